@@ -1,0 +1,158 @@
+//! HTTP target: delivers CloudEvents in binary or structured content mode.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use strait_routing::event::{percent_encode_header, Event};
+
+use crate::DeliveryError;
+
+/// CloudEvents HTTP content mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentMode {
+    /// `ce-*` headers and the data as the body.
+    Binary,
+    /// `application/cloudevents+json` with the whole event.
+    Structured,
+}
+
+/// Where and how to send.
+#[derive(Debug, Clone)]
+pub struct HttpTarget<'a> {
+    /// URL.
+    pub endpoint: &'a str,
+    /// Content mode.
+    pub mode: ContentMode,
+    /// Extra headers.
+    pub headers: &'a BTreeMap<String, String>,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+}
+
+/// A shared HTTP client for all HTTP targets of a node.
+#[derive(Debug, Clone)]
+pub struct HttpSink {
+    client: reqwest::Client,
+}
+
+impl Default for HttpSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpSink {
+    /// A client with connection pooling and no global timeout (each call sets one).
+    pub fn new() -> HttpSink {
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("strait/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        HttpSink { client }
+    }
+
+    /// Build the request parts (headers and body) for an event. Pure, so
+    /// the wire form is unit-tested.
+    pub fn encode(event: &Event, mode: ContentMode) -> (Vec<(String, String)>, Vec<u8>) {
+        match mode {
+            ContentMode::Structured => (
+                vec![(
+                    "content-type".to_string(),
+                    "application/cloudevents+json; charset=utf-8".to_string(),
+                )],
+                event.to_json_bytes(),
+            ),
+            ContentMode::Binary => {
+                let data = event.binary_data();
+                let mut headers: Vec<(String, String)> = event
+                    .header_attributes()
+                    .into_iter()
+                    .map(|(k, v)| (format!("ce-{k}"), percent_encode_header(&v)))
+                    .collect();
+                if let Some(ct) = data.content_type {
+                    headers.push(("content-type".into(), ct));
+                }
+                (headers, data.body)
+            }
+        }
+    }
+
+    /// POST one event. `traceparent` is the HTTP header for this attempt.
+    pub async fn deliver(
+        &self,
+        event: &Event,
+        target: &HttpTarget<'_>,
+        traceparent: &str,
+    ) -> Result<u16, DeliveryError> {
+        let (headers, body) = Self::encode(event, target.mode);
+        let mut req = self
+            .client
+            .post(target.endpoint)
+            .timeout(target.timeout)
+            .header("traceparent", traceparent);
+        for (k, v) in &headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        for (k, v) in target.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.body(body).send().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "connection failed"
+            } else if e.is_builder() {
+                return DeliveryError::Permanent(format!("invalid request: {e}"));
+            } else {
+                "request failed"
+            };
+            DeliveryError::Retryable(format!("{kind}: {e}"))
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(status.as_u16());
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let snippet: String = text.chars().take(200).collect();
+        let msg = format!("HTTP {} from {}: {}", status.as_u16(), target.endpoint, snippet);
+        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+            Err(DeliveryError::Retryable(msg))
+        } else {
+            Err(DeliveryError::Permanent(msg))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event() -> Event {
+        Event::from_structured(json!({
+            "specversion": "1.0", "id": "1", "source": "/s", "type": "t",
+            "subject": "a b", "myext": 5, "datacontenttype": "application/json", "data": {"k": "v"}
+        }))
+        .expect("valid")
+    }
+
+    #[test]
+    fn binary_mode_headers() {
+        let (h, body) = HttpSink::encode(&event(), ContentMode::Binary);
+        let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("ce-id").as_deref(), Some("1"));
+        assert_eq!(get("ce-subject").as_deref(), Some("a%20b"));
+        assert_eq!(get("ce-myext").as_deref(), Some("5"));
+        assert_eq!(get("content-type").as_deref(), Some("application/json"));
+        assert_eq!(body, br#"{"k":"v"}"#);
+    }
+
+    #[test]
+    fn structured_mode_body() {
+        let (h, body) = HttpSink::encode(&event(), ContentMode::Structured);
+        assert!(h[0].1.starts_with("application/cloudevents+json"));
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["data"]["k"], "v");
+    }
+}

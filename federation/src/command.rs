@@ -1,0 +1,96 @@
+//! Commands replicated through a site's Raft log and their results.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// One event to append: its bus, its dedup key and its JSON structured form.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppendEntry {
+    /// The bus the event was posted to.
+    pub bus: String,
+    /// CloudEvents `source` (dedup key part).
+    pub source: String,
+    /// CloudEvents `id` (dedup key part).
+    pub id: String,
+    /// The event, JSON structured form.
+    pub event: Box<RawValue>,
+}
+
+/// A command in the site log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Create or update a bus.
+    PutBus {
+        /// Bus name.
+        name: String,
+        /// The bus definition (JSON).
+        spec: serde_json::Value,
+    },
+    /// Delete a bus (refused while it has rules).
+    DeleteBus {
+        /// Bus name.
+        name: String,
+    },
+    /// Create or replace a rule. New targets start at the head of the bus.
+    PutRule {
+        /// Bus name.
+        bus: String,
+        /// Rule name.
+        name: String,
+        /// The validated rule definition (JSON, as accepted by the API).
+        spec: serde_json::Value,
+        /// Ids of the rule's targets (for cursors).
+        targets: Vec<String>,
+    },
+    /// Delete a rule and its targets' cursors.
+    DeleteRule {
+        /// Bus name.
+        bus: String,
+        /// Rule name.
+        name: String,
+    },
+    /// Append events (group commit: many producers' events in one entry).
+    Append {
+        /// Ingestion time in ms since the epoch, chosen by the proposer.
+        ingest_ms: u64,
+        /// Dedup window in ms.
+        dedup_window_ms: u64,
+        /// The events.
+        entries: Vec<AppendEntry>,
+    },
+    /// Record dispatch progress and garbage-collect delivered events.
+    Checkpoint {
+        /// Time of the checkpoint in ms since the epoch (for retention).
+        now_ms: u64,
+        /// Events younger than this stay even when delivered.
+        retention_ms: u64,
+        /// (target key, next sequence to process) pairs.
+        cursors: Vec<(String, u64)>,
+    },
+}
+
+/// Result of appending one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppendOutcome {
+    /// Stored with this sequence number.
+    Accepted(u64),
+    /// A repeat of (bus, source, id) inside the dedup window.
+    Duplicate,
+    /// The bus does not exist.
+    NoSuchBus,
+}
+
+/// What applying a command answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// Done.
+    Ok,
+    /// Per-entry outcomes of an append, in order.
+    Appended(Vec<AppendOutcome>),
+    /// The named bus or rule does not exist.
+    NotFound(String),
+    /// The command conflicts with the current state.
+    Conflict(String),
+}

@@ -1,0 +1,52 @@
+//! Strait replication layer.
+//!
+//! Every site is an openraft group. This crate holds the Raft type
+//! configuration, the commands replicated through it ([`command`]), the
+//! durable log store and state machine on redb ([`store`]), and the glue that
+//! opens a site's Raft group on a data directory ([`site`]).
+//!
+//! Multi-node transport (QUIC with mutual TLS) comes with the site-cluster
+//! work; a site opened here today is a one-member group, which still goes
+//! through the full Raft write path: append, fsync, commit, apply.
+
+pub mod command;
+pub mod error;
+mod network;
+pub mod site;
+pub mod store;
+
+pub use command::{AppendEntry, AppendOutcome, Command, CommandResponse};
+pub use error::FederationError;
+pub use site::{Site, SiteOptions};
+pub use store::state::{SiteState, StoredEvent};
+
+/// Node ids inside a Raft group.
+pub type NodeId = u64;
+
+/// What the group knows about one node (its addresses).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    /// Where the node's HTTP API listens.
+    pub http_addr: String,
+    /// Where the node's Raft transport listens (empty for a one-member site).
+    pub raft_addr: String,
+}
+
+impl std::fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http={} raft={}", self.http_addr, self.raft_addr)
+    }
+}
+
+use std::io::Cursor;
+
+openraft::declare_raft_types!(
+    /// Raft types of a Strait site group.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        Node = NodeInfo,
+);
+
+/// The Raft handle of a site group.
+pub type Raft = openraft::Raft<TypeConfig>;

@@ -1,0 +1,678 @@
+//! The site state machine: buses, rules, committed events, dedup index and
+//! dispatch cursors, on redb, plus an in-memory view for fast reads.
+//!
+//! Application is deterministic: it depends only on the command and the
+//! state, never on the clock or the node, so every replica (and a replica
+//! re-applying after a crash) computes the same sequence numbers and the
+//! same duplicate verdicts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, LogId, StorageError, StoredMembership};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::storage_err;
+use crate::command::{AppendOutcome, Command, CommandResponse};
+use crate::error::FederationError;
+use crate::{NodeId, NodeInfo, TypeConfig};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const BUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("buses");
+/// Key: "bus\u{0}rule".
+const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
+/// Key: (bus, seq). Value: 8-byte big-endian ingest ms, then the event JSON.
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// Key: "bus\u{0}source\u{0}id". Value: ingest ms.
+const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
+/// Key: (ingest ms, dedup key). For expiring the dedup index in time order.
+const DEDUP_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedup_by_time");
+/// Key: target key "bus/rule/target". Value: next sequence to process.
+const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+
+/// Most dedup entries expired per append, so one apply stays short.
+const DEDUP_EXPIRY_BATCH: usize = 10_000;
+
+type SResult<T> = Result<T, StorageError<NodeId>>;
+
+fn werr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
+    storage_err(ErrorSubject::StateMachine, ErrorVerb::Write, &e)
+}
+
+fn rerr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
+    storage_err(ErrorSubject::StateMachine, ErrorVerb::Read, &e)
+}
+
+/// The key of a rule in the rules table.
+pub fn rule_key(bus: &str, rule: &str) -> String {
+    format!("{bus}\u{0}{rule}")
+}
+
+/// The key of a target's dispatch cursor.
+pub fn target_key(bus: &str, rule: &str, target: &str) -> String {
+    format!("{bus}/{rule}/{target}")
+}
+
+fn dedup_key(bus: &str, source: &str, id: &str) -> String {
+    format!("{bus}\u{0}{source}\u{0}{id}")
+}
+
+/// A committed event as the dispatcher reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// The bus.
+    pub bus: String,
+    /// Site-wide sequence number (increasing in commit order).
+    pub seq: u64,
+    /// Ingestion time, ms since the epoch.
+    pub ingest_ms: u64,
+    /// The event in JSON structured form.
+    pub json: Vec<u8>,
+}
+
+fn encode_event(ingest_ms: u64, json: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + json.len());
+    v.extend_from_slice(&ingest_ms.to_be_bytes());
+    v.extend_from_slice(json);
+    v
+}
+
+fn decode_event(bus: &str, seq: u64, bytes: &[u8]) -> StoredEvent {
+    let (ms, json) = if bytes.len() >= 8 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&bytes[..8]);
+        (u64::from_be_bytes(a), bytes[8..].to_vec())
+    } else {
+        (0, Vec::new())
+    };
+    StoredEvent {
+        bus: bus.to_string(),
+        seq,
+        ingest_ms: ms,
+        json,
+    }
+}
+
+/// The in-memory view of the replicated configuration and progress.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Bus name → definition.
+    pub buses: BTreeMap<String, serde_json::Value>,
+    /// (bus, rule) → definition.
+    pub rules: BTreeMap<(String, String), serde_json::Value>,
+    /// Target key → next sequence to process.
+    pub cursors: BTreeMap<String, u64>,
+    /// The next sequence number to assign.
+    pub next_seq: u64,
+    /// The last applied log id.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// The last applied membership.
+    pub membership: StoredMembership<NodeId, NodeInfo>,
+}
+
+/// Everything in a snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotBody {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, NodeInfo>,
+    next_seq: u64,
+    buses: Vec<(String, serde_json::Value)>,
+    rules: Vec<(String, String, serde_json::Value)>,
+    cursors: Vec<(String, u64)>,
+    dedup: Vec<(String, u64)>,
+    events: Vec<(String, u64, u64, Box<serde_json::value::RawValue>)>,
+}
+
+/// The state of a site, shared by the Raft state machine (the only writer)
+/// and the node's readers (API, dispatcher).
+pub struct SiteState {
+    db: Database,
+    path: PathBuf,
+    view: RwLock<View>,
+    config_version: watch::Sender<u64>,
+    head: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for SiteState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteState").field("path", &self.path).finish()
+    }
+}
+
+impl SiteState {
+    /// Open (or create) the state database at `path` and load the view.
+    pub fn open(path: &Path) -> Result<Arc<SiteState>, FederationError> {
+        let fail = |m: String| FederationError::Storage {
+            path: path.display().to_string(),
+            message: m,
+        };
+        let db = Database::create(path).map_err(|e| fail(e.to_string()))?;
+        let state = SiteState {
+            db,
+            path: path.to_path_buf(),
+            view: RwLock::new(View::default()),
+            config_version: watch::Sender::new(0),
+            head: watch::Sender::new(0),
+        };
+        state.init_tables().map_err(|e| fail(e.to_string()))?;
+        let view = state.load_view().map_err(|e| fail(e.to_string()))?;
+        state.head.send_replace(view.next_seq);
+        *state.view.write().map_err(|_| fail("view lock poisoned".into()))? = view;
+        Ok(Arc::new(state))
+    }
+
+    fn init_tables(&self) -> SResult<()> {
+        let txn = self.db.begin_write().map_err(werr)?;
+        txn.open_table(META).map_err(werr)?;
+        txn.open_table(BUSES).map_err(werr)?;
+        txn.open_table(RULES).map_err(werr)?;
+        txn.open_table(EVENTS).map_err(werr)?;
+        txn.open_table(DEDUP).map_err(werr)?;
+        txn.open_table(DEDUP_BY_TIME).map_err(werr)?;
+        txn.open_table(CURSORS).map_err(werr)?;
+        txn.commit().map_err(werr)
+    }
+
+    fn load_view(&self) -> SResult<View> {
+        let txn = self.db.begin_read().map_err(rerr)?;
+        let meta = txn.open_table(META).map_err(rerr)?;
+        let get_meta = |k: &str| -> SResult<Option<Vec<u8>>> {
+            Ok(meta.get(k).map_err(rerr)?.map(|v| v.value().to_vec()))
+        };
+        let mut view = View::default();
+        if let Some(b) = get_meta("last_applied")? {
+            view.last_applied = serde_json::from_slice(&b).map_err(rerr)?;
+        }
+        if let Some(b) = get_meta("membership")? {
+            view.membership = serde_json::from_slice(&b).map_err(rerr)?;
+        }
+        if let Some(b) = get_meta("next_seq")? {
+            view.next_seq = serde_json::from_slice(&b).map_err(rerr)?;
+        }
+        for item in txn.open_table(BUSES).map_err(rerr)?.iter().map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            view.buses.insert(
+                k.value().to_string(),
+                serde_json::from_slice(v.value()).map_err(rerr)?,
+            );
+        }
+        for item in txn.open_table(RULES).map_err(rerr)?.iter().map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            let key = k.value();
+            let (bus, rule) = key.split_once('\u{0}').unwrap_or((key, ""));
+            view.rules.insert(
+                (bus.to_string(), rule.to_string()),
+                serde_json::from_slice(v.value()).map_err(rerr)?,
+            );
+        }
+        for item in txn.open_table(CURSORS).map_err(rerr)?.iter().map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            view.cursors.insert(k.value().to_string(), v.value());
+        }
+        Ok(view)
+    }
+
+    /// A read guard on the in-memory view.
+    pub fn view(&self) -> RwLockReadGuard<'_, View> {
+        match self.view.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Bumped whenever buses, rules or cursors change.
+    pub fn subscribe_config(&self) -> watch::Receiver<u64> {
+        self.config_version.subscribe()
+    }
+
+    /// The next sequence number to be assigned; bumped on every append.
+    pub fn subscribe_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    /// Up to `limit` events of `bus` with `seq >= from`, in order.
+    pub fn read_events(&self, bus: &str, from: u64, limit: usize) -> SResult<Vec<StoredEvent>> {
+        let txn = self.db.begin_read().map_err(rerr)?;
+        let table = txn.open_table(EVENTS).map_err(rerr)?;
+        let mut out = Vec::new();
+        for item in table.range((bus, from)..=(bus, u64::MAX)).map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            let (_, seq) = k.value();
+            out.push(decode_event(bus, seq, v.value()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many events of `bus` have `seq >= from` (counting stops at `cap`).
+    pub fn count_events_from(&self, bus: &str, from: u64, cap: u64) -> SResult<u64> {
+        let txn = self.db.begin_read().map_err(rerr)?;
+        let table = txn.open_table(EVENTS).map_err(rerr)?;
+        let mut n = 0;
+        for item in table.range((bus, from)..=(bus, u64::MAX)).map_err(rerr)? {
+            item.map_err(rerr)?;
+            n += 1;
+            if n >= cap {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Total events stored (all buses).
+    pub fn stored_events(&self) -> SResult<u64> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read().map_err(rerr)?;
+        txn.open_table(EVENTS).map_err(rerr)?.len().map_err(rerr)
+    }
+
+    /// Make every earlier `Durability::None` commit durable.
+    pub fn flush(&self) -> SResult<()> {
+        let mut txn = self.db.begin_write().map_err(werr)?;
+        txn.set_durability(Durability::Immediate).map_err(werr)?;
+        txn.commit().map_err(werr)
+    }
+
+    /// Apply committed log entries in one transaction.
+    pub fn apply(
+        &self,
+        entries: Vec<openraft::Entry<TypeConfig>>,
+        durable: bool,
+    ) -> SResult<Vec<CommandResponse>> {
+        let mut view = match self.view.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut next = view.clone();
+        let mut txn = self.db.begin_write().map_err(werr)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(werr)?;
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut config_changed = false;
+        for entry in entries {
+            next.last_applied = Some(entry.log_id);
+            let resp = match entry.payload {
+                EntryPayload::Blank => CommandResponse::Ok,
+                EntryPayload::Membership(m) => {
+                    next.membership = StoredMembership::new(Some(entry.log_id), m);
+                    CommandResponse::Ok
+                }
+                EntryPayload::Normal(cmd) => {
+                    if !matches!(cmd, Command::Append { .. }) {
+                        config_changed = true;
+                    }
+                    apply_command(&txn, &mut next, cmd)?
+                }
+            };
+            responses.push(resp);
+        }
+        {
+            let mut meta = txn.open_table(META).map_err(werr)?;
+            let la = serde_json::to_vec(&next.last_applied).map_err(werr)?;
+            meta.insert("last_applied", la.as_slice()).map_err(werr)?;
+            let m = serde_json::to_vec(&next.membership).map_err(werr)?;
+            meta.insert("membership", m.as_slice()).map_err(werr)?;
+            let s = serde_json::to_vec(&next.next_seq).map_err(werr)?;
+            meta.insert("next_seq", s.as_slice()).map_err(werr)?;
+        }
+        txn.commit().map_err(werr)?;
+        let head = next.next_seq;
+        *view = next;
+        drop(view);
+        if config_changed {
+            self.config_version.send_modify(|v| *v += 1);
+        }
+        self.head.send_if_modified(|h| {
+            if *h != head {
+                *h = head;
+                true
+            } else {
+                false
+            }
+        });
+        Ok(responses)
+    }
+
+    /// Serialize the whole state (made durable first).
+    pub fn snapshot_bytes(&self) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>, Vec<u8>)> {
+        self.flush()?;
+        let txn = self.db.begin_read().map_err(rerr)?;
+        let meta = txn.open_table(META).map_err(rerr)?;
+        let get = |k: &str| -> SResult<Option<Vec<u8>>> {
+            Ok(meta.get(k).map_err(rerr)?.map(|v| v.value().to_vec()))
+        };
+        let last_applied: Option<LogId<NodeId>> = match get("last_applied")? {
+            Some(b) => serde_json::from_slice(&b).map_err(rerr)?,
+            None => None,
+        };
+        let membership: StoredMembership<NodeId, NodeInfo> = match get("membership")? {
+            Some(b) => serde_json::from_slice(&b).map_err(rerr)?,
+            None => StoredMembership::default(),
+        };
+        let next_seq: u64 = match get("next_seq")? {
+            Some(b) => serde_json::from_slice(&b).map_err(rerr)?,
+            None => 0,
+        };
+        let mut body = SnapshotBody {
+            last_applied,
+            membership: membership.clone(),
+            next_seq,
+            buses: Vec::new(),
+            rules: Vec::new(),
+            cursors: Vec::new(),
+            dedup: Vec::new(),
+            events: Vec::new(),
+        };
+        for item in txn.open_table(BUSES).map_err(rerr)?.iter().map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            body.buses.push((k.value().to_string(), serde_json::from_slice(v.value()).map_err(rerr)?));
+        }
+        for item in txn.open_table(RULES).map_err(rerr)?.iter().map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            let key = k.value();
+            let (bus, rule) = key.split_once('\u{0}').unwrap_or((key, ""));
+            body.rules.push((bus.into(), rule.into(), serde_json::from_slice(v.value()).map_err(rerr)?));
+        }
+        for item in txn.open_table(CURSORS).map_err(rerr)?.iter().map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            body.cursors.push((k.value().to_string(), v.value()));
+        }
+        for item in txn.open_table(DEDUP).map_err(rerr)?.iter().map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            body.dedup.push((k.value().to_string(), v.value()));
+        }
+        for item in txn.open_table(EVENTS).map_err(rerr)?.iter().map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            let (bus, seq) = k.value();
+            let ev = decode_event(bus, seq, v.value());
+            let raw = String::from_utf8(ev.json).map_err(rerr)?;
+            let raw = serde_json::value::RawValue::from_string(raw).map_err(rerr)?;
+            body.events.push((bus.to_string(), seq, ev.ingest_ms, raw));
+        }
+        let bytes = serde_json::to_vec(&body).map_err(rerr)?;
+        Ok((last_applied, membership, bytes))
+    }
+
+    /// Replace the whole state with a snapshot's.
+    pub fn install_snapshot(&self, bytes: &[u8]) -> SResult<()> {
+        let body: SnapshotBody = serde_json::from_slice(bytes)
+            .map_err(|e| storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
+        let mut view = match self.view.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let txn = self.db.begin_write().map_err(werr)?;
+        {
+            txn.delete_table(BUSES).map_err(werr)?;
+            txn.delete_table(RULES).map_err(werr)?;
+            txn.delete_table(EVENTS).map_err(werr)?;
+            txn.delete_table(DEDUP).map_err(werr)?;
+            txn.delete_table(DEDUP_BY_TIME).map_err(werr)?;
+            txn.delete_table(CURSORS).map_err(werr)?;
+            let mut next = View {
+                last_applied: body.last_applied,
+                membership: body.membership.clone(),
+                next_seq: body.next_seq,
+                ..View::default()
+            };
+            let mut buses = txn.open_table(BUSES).map_err(werr)?;
+            for (name, spec) in body.buses {
+                let b = serde_json::to_vec(&spec).map_err(werr)?;
+                buses.insert(name.as_str(), b.as_slice()).map_err(werr)?;
+                next.buses.insert(name, spec);
+            }
+            let mut rules = txn.open_table(RULES).map_err(werr)?;
+            for (bus, rule, spec) in body.rules {
+                let b = serde_json::to_vec(&spec).map_err(werr)?;
+                rules.insert(rule_key(&bus, &rule).as_str(), b.as_slice()).map_err(werr)?;
+                next.rules.insert((bus, rule), spec);
+            }
+            let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
+            for (k, v) in body.cursors {
+                cursors.insert(k.as_str(), v).map_err(werr)?;
+                next.cursors.insert(k, v);
+            }
+            let mut dedup = txn.open_table(DEDUP).map_err(werr)?;
+            let mut by_time = txn.open_table(DEDUP_BY_TIME).map_err(werr)?;
+            for (k, ms) in body.dedup {
+                dedup.insert(k.as_str(), ms).map_err(werr)?;
+                by_time.insert((ms, k.as_str()), ()).map_err(werr)?;
+            }
+            let mut events = txn.open_table(EVENTS).map_err(werr)?;
+            for (bus, seq, ms, raw) in body.events {
+                let enc = encode_event(ms, raw.get().as_bytes());
+                events.insert((bus.as_str(), seq), enc.as_slice()).map_err(werr)?;
+            }
+            let mut meta = txn.open_table(META).map_err(werr)?;
+            let la = serde_json::to_vec(&next.last_applied).map_err(werr)?;
+            meta.insert("last_applied", la.as_slice()).map_err(werr)?;
+            let m = serde_json::to_vec(&next.membership).map_err(werr)?;
+            meta.insert("membership", m.as_slice()).map_err(werr)?;
+            let s = serde_json::to_vec(&next.next_seq).map_err(werr)?;
+            meta.insert("next_seq", s.as_slice()).map_err(werr)?;
+            *view = next;
+        }
+        txn.commit().map_err(werr)?;
+        let head = view.next_seq;
+        drop(view);
+        self.config_version.send_modify(|v| *v += 1);
+        self.head.send_replace(head);
+        Ok(())
+    }
+}
+
+fn apply_command(txn: &WriteTransaction, view: &mut View, cmd: Command) -> SResult<CommandResponse> {
+    Ok(match cmd {
+        Command::PutBus { name, spec } => {
+            let bytes = serde_json::to_vec(&spec).map_err(werr)?;
+            txn.open_table(BUSES)
+                .map_err(werr)?
+                .insert(name.as_str(), bytes.as_slice())
+                .map_err(werr)?;
+            view.buses.insert(name, spec);
+            CommandResponse::Ok
+        }
+        Command::DeleteBus { name } => {
+            if !view.buses.contains_key(&name) {
+                return Ok(CommandResponse::NotFound(format!("bus `{name}` does not exist")));
+            }
+            let rules: Vec<String> = view
+                .rules
+                .keys()
+                .filter(|(b, _)| *b == name)
+                .map(|(_, r)| r.clone())
+                .collect();
+            if !rules.is_empty() {
+                return Ok(CommandResponse::Conflict(format!(
+                    "bus `{name}` still has rules: {}",
+                    rules.join(", ")
+                )));
+            }
+            txn.open_table(BUSES)
+                .map_err(werr)?
+                .remove(name.as_str())
+                .map_err(werr)?;
+            let mut events = txn.open_table(EVENTS).map_err(werr)?;
+            events
+                .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |_, _| false)
+                .map_err(werr)?;
+            view.buses.remove(&name);
+            CommandResponse::Ok
+        }
+        Command::PutRule {
+            bus,
+            name,
+            spec,
+            targets,
+        } => {
+            if !view.buses.contains_key(&bus) {
+                return Ok(CommandResponse::NotFound(format!("bus `{bus}` does not exist")));
+            }
+            let bytes = serde_json::to_vec(&spec).map_err(werr)?;
+            txn.open_table(RULES)
+                .map_err(werr)?
+                .insert(rule_key(&bus, &name).as_str(), bytes.as_slice())
+                .map_err(werr)?;
+            let prefix = format!("{bus}/{name}/");
+            let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
+            // Targets removed from the rule lose their cursors.
+            let stale: Vec<String> = view
+                .cursors
+                .keys()
+                .filter(|k| k.starts_with(&prefix) && !targets.iter().any(|t| **k == format!("{prefix}{t}")))
+                .cloned()
+                .collect();
+            for k in stale {
+                cursors.remove(k.as_str()).map_err(werr)?;
+                view.cursors.remove(&k);
+            }
+            // New targets start at the head: a new rule sees new events only.
+            for t in &targets {
+                let key = format!("{prefix}{t}");
+                if !view.cursors.contains_key(&key) {
+                    cursors.insert(key.as_str(), view.next_seq).map_err(werr)?;
+                    view.cursors.insert(key, view.next_seq);
+                }
+            }
+            view.rules.insert((bus, name), spec);
+            CommandResponse::Ok
+        }
+        Command::DeleteRule { bus, name } => {
+            if view.rules.remove(&(bus.clone(), name.clone())).is_none() {
+                return Ok(CommandResponse::NotFound(format!(
+                    "rule `{name}` does not exist on bus `{bus}`"
+                )));
+            }
+            txn.open_table(RULES)
+                .map_err(werr)?
+                .remove(rule_key(&bus, &name).as_str())
+                .map_err(werr)?;
+            let prefix = format!("{bus}/{name}/");
+            let stale: Vec<String> = view
+                .cursors
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect();
+            let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
+            for k in stale {
+                cursors.remove(k.as_str()).map_err(werr)?;
+                view.cursors.remove(&k);
+            }
+            CommandResponse::Ok
+        }
+        Command::Append {
+            ingest_ms,
+            dedup_window_ms,
+            entries,
+        } => {
+            let mut events = txn.open_table(EVENTS).map_err(werr)?;
+            let mut dedup = txn.open_table(DEDUP).map_err(werr)?;
+            let mut by_time = txn.open_table(DEDUP_BY_TIME).map_err(werr)?;
+            // Expire old dedup entries first (bounded work per append).
+            let horizon = ingest_ms.saturating_sub(dedup_window_ms);
+            let mut expired: Vec<(u64, String)> = Vec::new();
+            for item in by_time.range((0u64, "")..(horizon, "")).map_err(werr)? {
+                let (k, _) = item.map_err(werr)?;
+                let (ms, key) = k.value();
+                expired.push((ms, key.to_string()));
+                if expired.len() >= DEDUP_EXPIRY_BATCH {
+                    break;
+                }
+            }
+            for (ms, key) in &expired {
+                by_time.remove((*ms, key.as_str())).map_err(werr)?;
+                let current = dedup.get(key.as_str()).map_err(werr)?.map(|g| g.value());
+                if current == Some(*ms) {
+                    dedup.remove(key.as_str()).map_err(werr)?;
+                }
+            }
+            let mut outcomes = Vec::with_capacity(entries.len());
+            for e in entries {
+                if !view.buses.contains_key(&e.bus) {
+                    outcomes.push(AppendOutcome::NoSuchBus);
+                    continue;
+                }
+                let key = dedup_key(&e.bus, &e.source, &e.id);
+                let seen = { dedup.get(key.as_str()).map_err(werr)?.map(|g| g.value()) };
+                if let Some(ms) = seen
+                    && ms >= horizon
+                {
+                    outcomes.push(AppendOutcome::Duplicate);
+                    continue;
+                }
+                if let Some(ms) = seen {
+                    by_time.remove((ms, key.as_str())).map_err(werr)?;
+                }
+                dedup.insert(key.as_str(), ingest_ms).map_err(werr)?;
+                by_time.insert((ingest_ms, key.as_str()), ()).map_err(werr)?;
+                let seq = view.next_seq;
+                view.next_seq += 1;
+                let enc = encode_event(ingest_ms, e.event.get().as_bytes());
+                events
+                    .insert((e.bus.as_str(), seq), enc.as_slice())
+                    .map_err(werr)?;
+                outcomes.push(AppendOutcome::Accepted(seq));
+            }
+            CommandResponse::Appended(outcomes)
+        }
+        Command::Checkpoint {
+            now_ms,
+            retention_ms,
+            cursors: updates,
+        } => {
+            let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
+            for (key, seq) in updates {
+                // Only known targets, and cursors never move backwards.
+                if let Some(cur) = view.cursors.get_mut(&key)
+                    && seq > *cur
+                {
+                    *cur = seq;
+                    cursors.insert(key.as_str(), seq).map_err(werr)?;
+                }
+            }
+            // Garbage-collect events every target of their bus is done with
+            // and that are older than the retention.
+            let horizon = now_ms.saturating_sub(retention_ms);
+            let mut events = txn.open_table(EVENTS).map_err(werr)?;
+            for bus in view.buses.keys() {
+                let prefix = format!("{bus}/");
+                let min_cursor = view
+                    .cursors
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .map(|(_, v)| *v)
+                    .min()
+                    .unwrap_or(view.next_seq);
+                let mut doomed = Vec::new();
+                for item in events
+                    .range((bus.as_str(), 0)..(bus.as_str(), min_cursor))
+                    .map_err(werr)?
+                {
+                    let (k, v) = item.map_err(werr)?;
+                    let ev = decode_event(bus, k.value().1, v.value());
+                    if ev.ingest_ms > horizon {
+                        break;
+                    }
+                    doomed.push(ev.seq);
+                    if doomed.len() >= 50_000 {
+                        break;
+                    }
+                }
+                for seq in doomed {
+                    events.remove((bus.as_str(), seq)).map_err(werr)?;
+                }
+            }
+            CommandResponse::Ok
+        }
+    })
+}

@@ -1,0 +1,495 @@
+//! The HTTP API (see docs/api.md).
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use strait_federation::store::state::target_key;
+use strait_federation::{AppendEntry, AppendOutcome, Command, CommandResponse, FederationError};
+use strait_routing::pattern::Pattern;
+use strait_routing::transform::{Transform, TransformContext, TransformOutput};
+
+use crate::app::{bus_json, App};
+use crate::commit::CommitError;
+use crate::ingest::{parse_request, RequestError};
+use crate::spec::{validate_name, RuleSpec, SpecError};
+
+/// An API error: status, code and message, rendered as
+/// `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Option<(&'static str, Value)>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some((k, v)) = self.extra {
+            body[k] = v;
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(e: SpecError) -> Self {
+        ApiError::bad_request(e.code, e.to_string())
+    }
+}
+
+impl From<FederationError> for ApiError {
+    fn from(e: FederationError) -> Self {
+        match e {
+            FederationError::NotLeader { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", e.to_string())
+            }
+            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", other.to_string()),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Build the router.
+pub fn router(app: Arc<App>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/buses", get(list_buses))
+        .route("/v1/buses/{bus}", put(put_bus).get(get_bus).delete(delete_bus))
+        .route("/v1/buses/{bus}/events", post(post_events))
+        .route("/v1/buses/{bus}/rules", get(list_rules))
+        .route(
+            "/v1/buses/{bus}/rules/{rule}",
+            put(put_rule).get(get_rule).delete(delete_rule),
+        )
+        .route("/v1/patterns:test", post(test_pattern))
+        .route("/v1/transforms:test", post(test_transform))
+        .route("/v1/cluster", get(cluster))
+        .layer(middleware::from_fn_with_state(app.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route (see docs/api.md)")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "this method is not allowed on this route",
+            )
+        })
+        .with_state(app)
+}
+
+async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if app.cfg.dev {
+        return next.run(req).await;
+    }
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(t) if app.cfg.auth.tokens.iter().any(|k| k == t) => next.run(req).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "the bearer token is not valid").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "missing `Authorization: Bearer <token>` header",
+        )
+        .into_response(),
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    })
+}
+
+async fn read_json(app: &App, body: Body) -> ApiResult<Value> {
+    let bytes = read_body(body, app.cfg.limits.max_request_bytes).await?;
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("MalformedRequest", format!("body is not valid JSON: {e}")))
+}
+
+fn check_name(kind: &str, name: &str) -> ApiResult<()> {
+    validate_name(kind, name).map_err(|e| ApiError::bad_request(e.code, e.message))
+}
+
+fn bus_must_exist(app: &App, bus: &str) -> ApiResult<()> {
+    if app.site.state.view().buses.contains_key(bus) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "BusNotFound",
+            format!("bus `{bus}` does not exist"),
+        ))
+    }
+}
+
+fn command_result(resp: CommandResponse) -> ApiResult<()> {
+    match resp {
+        CommandResponse::Ok | CommandResponse::Appended(_) => Ok(()),
+        CommandResponse::NotFound(m) => {
+            let code = if m.starts_with("bus") { "BusNotFound" } else { "RuleNotFound" };
+            Err(ApiError::new(StatusCode::NOT_FOUND, code, m))
+        }
+        CommandResponse::Conflict(m) => Err(ApiError::new(StatusCode::CONFLICT, "Conflict", m)),
+    }
+}
+
+async fn post_events(
+    State(app): State<Arc<App>>,
+    Path(bus): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    bus_must_exist(&app, &bus)?;
+    let bytes = read_body(body, app.cfg.limits.max_request_bytes).await?;
+    let span = tracing::info_span!("ingress", bus = %bus, bytes = bytes.len());
+    let _g = span.enter();
+    let parsed = parse_request(&headers, &bytes, &app.cfg.limits).map_err(|e| {
+        let status = match e {
+            RequestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RequestError::TooManyEvents(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::Malformed(_) => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    })?;
+    drop(_g);
+    let total = parsed.len();
+    metrics::counter!("strait_events_ingested_total").increment(total as u64);
+    let mut results: Vec<Value> = Vec::with_capacity(total);
+    let mut entries = Vec::new();
+    let mut slots = Vec::new();
+    let mut first_error: Option<(StatusCode, &'static str, String)> = None;
+    for (i, (id, r)) in parsed.into_iter().enumerate() {
+        match r {
+            Ok(p) => {
+                let raw = serde_json::value::RawValue::from_string(p.json)
+                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+                entries.push(AppendEntry {
+                    bus: bus.clone(),
+                    source: p.event.source().to_string(),
+                    id: p.event.id().to_string(),
+                    event: raw,
+                });
+                slots.push(i);
+                results.push(json!({"id": id, "status": "pending"}));
+            }
+            Err(e) => {
+                let status = if e.code() == "EventTooLarge" {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                if first_error.is_none() {
+                    first_error = Some((status, e.code(), e.to_string()));
+                }
+                results.push(json!({"id": id, "status": "error", "error": {"code": e.code(), "message": e.to_string()}}));
+            }
+        }
+    }
+    let outcomes = match app.committer.append(entries).await {
+        Ok(o) => o,
+        Err(CommitError::NotReady(m)) => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", m));
+        }
+        Err(CommitError::Failed(m)) => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CommitFailed", m));
+        }
+    };
+    let (mut accepted, mut duplicates) = (0u64, 0u64);
+    for (slot, outcome) in slots.into_iter().zip(outcomes) {
+        let status = match outcome {
+            AppendOutcome::Accepted(_) => {
+                accepted += 1;
+                "accepted"
+            }
+            AppendOutcome::Duplicate => {
+                duplicates += 1;
+                "duplicate"
+            }
+            AppendOutcome::NoSuchBus => {
+                results[slot]["error"] = json!({"code": "BusNotFound", "message": format!("bus `{bus}` was deleted")});
+                if first_error.is_none() {
+                    first_error = Some((StatusCode::NOT_FOUND, "BusNotFound", format!("bus `{bus}` was deleted")));
+                }
+                "error"
+            }
+        };
+        results[slot]["status"] = json!(status);
+    }
+    metrics::counter!("strait_events_committed_total").increment(accepted);
+    metrics::counter!("strait_events_duplicate_total").increment(duplicates);
+    let failed = total as u64 - accepted - duplicates;
+    let body = json!({"accepted": accepted, "duplicates": duplicates, "failed": failed, "results": results});
+    if failed == 0 {
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
+    metrics::counter!("strait_events_rejected_total").increment(failed);
+    if accepted + duplicates > 0 {
+        return Ok((StatusCode::MULTI_STATUS, Json(body)).into_response());
+    }
+    let (status, code, message) =
+        first_error.unwrap_or((StatusCode::BAD_REQUEST, "InvalidEvent", "no event accepted".into()));
+    let mut err = ApiError::new(status, code, message);
+    err.extra = Some(("results", body["results"].clone()));
+    Err(err)
+}
+
+async fn list_buses(State(app): State<Arc<App>>) -> Json<Value> {
+    let buses: Vec<Value> = app.site.state.view().buses.values().cloned().collect();
+    Json(json!({"buses": buses}))
+}
+
+async fn get_bus(State(app): State<Arc<App>>, Path(bus): Path<String>) -> ApiResult<Json<Value>> {
+    bus_must_exist(&app, &bus)?;
+    let v = app.site.state.view().buses.get(&bus).cloned().unwrap_or(Value::Null);
+    Ok(Json(v))
+}
+
+async fn put_bus(State(app): State<Arc<App>>, Path(bus): Path<String>, body: Body) -> ApiResult<Json<Value>> {
+    check_name("bus", &bus)?;
+    let v = read_json(&app, body).await?;
+    let description = match &v {
+        Value::Null => String::new(),
+        Value::Object(m) => {
+            if let Some(k) = m.keys().find(|k| *k != "description" && *k != "name") {
+                return Err(ApiError::bad_request("InvalidBus", format!("{k}: unknown field (allowed: description)")));
+            }
+            match m.get("description") {
+                None => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(_) => return Err(ApiError::bad_request("InvalidBus", "description: must be a string")),
+            }
+        }
+        _ => return Err(ApiError::bad_request("InvalidBus", "the body must be a JSON object")),
+    };
+    let created = app
+        .site
+        .state
+        .view()
+        .buses
+        .get(&bus)
+        .and_then(|b| b.get("createdAt"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let spec = bus_json(&bus, &description, created.as_deref());
+    command_result(app.site.write(Command::PutBus { name: bus, spec: spec.clone() }).await?)?;
+    Ok(Json(spec))
+}
+
+async fn delete_bus(State(app): State<Arc<App>>, Path(bus): Path<String>) -> ApiResult<Json<Value>> {
+    command_result(app.site.write(Command::DeleteBus { name: bus }).await?)?;
+    Ok(Json(json!({"deleted": true})))
+}
+
+fn rule_view(app: &App, bus: &str, name: &str, spec: &Value, with_status: bool) -> Value {
+    let mut v = spec.clone();
+    v["name"] = json!(name);
+    v["bus"] = json!(bus);
+    if with_status {
+        let mut targets = serde_json::Map::new();
+        if let Some(ts) = spec.get("targets").and_then(Value::as_array) {
+            for t in ts {
+                let Some(id) = t.get("id").and_then(Value::as_str) else { continue };
+                let key = target_key(bus, name, id);
+                let replicated = app.site.state.view().cursors.get(&key).copied().unwrap_or(0);
+                let live = crate::dispatch::stats(&app.progress, &key).unwrap_or_default();
+                let cursor = live.cursor.max(replicated);
+                let lag = app.site.state.count_events_from(bus, cursor, 1_000_000).unwrap_or(0);
+                targets.insert(
+                    id.to_string(),
+                    json!({
+                        "cursor": cursor,
+                        "checkpoint": replicated,
+                        "delivered": live.delivered,
+                        "deadLettered": live.dead_lettered,
+                        "failedAttempts": live.failed_attempts,
+                        "lastError": live.last_error,
+                        "lag": lag,
+                    }),
+                );
+            }
+        }
+        v["status"] = json!({"targets": targets});
+    }
+    v
+}
+
+async fn list_rules(State(app): State<Arc<App>>, Path(bus): Path<String>) -> ApiResult<Json<Value>> {
+    bus_must_exist(&app, &bus)?;
+    let rules: Vec<(String, Value)> = app
+        .site
+        .state
+        .view()
+        .rules
+        .iter()
+        .filter(|((b, _), _)| *b == bus)
+        .map(|((_, r), v)| (r.clone(), v.clone()))
+        .collect();
+    let out: Vec<Value> = rules.iter().map(|(r, v)| rule_view(&app, &bus, r, v, false)).collect();
+    Ok(Json(json!({"rules": out})))
+}
+
+async fn get_rule(State(app): State<Arc<App>>, Path((bus, rule)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    bus_must_exist(&app, &bus)?;
+    let spec = app.site.state.view().rules.get(&(bus.clone(), rule.clone())).cloned();
+    match spec {
+        Some(s) => Ok(Json(rule_view(&app, &bus, &rule, &s, true))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "RuleNotFound",
+            format!("rule `{rule}` does not exist on bus `{bus}`"),
+        )),
+    }
+}
+
+async fn put_rule(
+    State(app): State<Arc<App>>,
+    Path((bus, rule)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    check_name("rule", &rule)?;
+    bus_must_exist(&app, &bus)?;
+    let mut v = read_json(&app, body).await?;
+    if let Some(m) = v.as_object_mut() {
+        // Echoed fields from a GET are fine to send back.
+        m.remove("name");
+        m.remove("bus");
+        m.remove("status");
+    }
+    let spec = RuleSpec::from_json(&v)?;
+    let stored = serde_json::to_value(&spec)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    let targets = spec.targets.iter().map(|t| t.id.clone()).collect();
+    command_result(
+        app.site
+            .write(Command::PutRule {
+                bus: bus.clone(),
+                name: rule.clone(),
+                spec: stored.clone(),
+                targets,
+            })
+            .await?,
+    )?;
+    Ok(Json(rule_view(&app, &bus, &rule, &stored, false)))
+}
+
+async fn delete_rule(
+    State(app): State<Arc<App>>,
+    Path((bus, rule)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    command_result(app.site.write(Command::DeleteRule { bus, name: rule }).await?)?;
+    Ok(Json(json!({"deleted": true})))
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> ApiResult<&'a Value> {
+    v.get(name)
+        .ok_or_else(|| ApiError::bad_request("MalformedRequest", format!("{name}: required field is missing")))
+}
+
+async fn test_pattern(State(app): State<Arc<App>>, body: Body) -> ApiResult<Json<Value>> {
+    let v = read_json(&app, body).await?;
+    let pattern = Pattern::parse(field(&v, "pattern")?)
+        .map_err(|e| ApiError::bad_request("InvalidPattern", format!("pattern: {e}")))?;
+    let event = field(&v, "event")?;
+    Ok(Json(json!({"matched": pattern.matches(event)})))
+}
+
+async fn test_transform(State(app): State<Arc<App>>, body: Body) -> ApiResult<Json<Value>> {
+    let v = read_json(&app, body).await?;
+    let transform = Transform::parse(field(&v, "transform")?)
+        .map_err(|e| ApiError::bad_request("InvalidTransform", format!("transform: {e}")))?;
+    let event = field(&v, "event")?;
+    let now = chrono::Utc::now().to_rfc3339();
+    let ctx = TransformContext {
+        rule_name: "test-rule",
+        rule_id: "test-rule",
+        ingestion_time: &now,
+    };
+    let out = transform
+        .apply(event, &ctx)
+        .map_err(|e| ApiError::bad_request("TransformFailed", e.to_string()))?;
+    let output = match out {
+        TransformOutput::Original => event.clone(),
+        TransformOutput::Json(v) => v,
+        TransformOutput::Text(s) => Value::String(s),
+    };
+    Ok(Json(json!({"output": output})))
+}
+
+async fn cluster(State(app): State<Arc<App>>) -> Json<Value> {
+    let m = app.site.raft.metrics().borrow().clone();
+    let members: Vec<Value> = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| json!({"id": id, "httpAddr": n.http_addr, "raftAddr": n.raft_addr}))
+        .collect();
+    Json(json!({
+        "site": app.cfg.site,
+        "nodeId": m.id,
+        "role": format!("{:?}", m.state),
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "lastLogIndex": m.last_log_index,
+        "commitIndex": m.last_applied.map(|l| l.index),
+        "nodes": members,
+        "links": [],
+    }))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let leader = app.site.raft.metrics().borrow().current_leader;
+    match leader {
+        Some(l) => (StatusCode::OK, Json(json!({"status": "ready", "leader": l}))).into_response(),
+        None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", "no Raft leader yet").into_response(),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}

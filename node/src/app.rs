@@ -1,0 +1,83 @@
+//! The running node: storage, Raft, group commit, dispatcher and HTTP API
+//! wired together.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use strait_adapters::http::HttpSink;
+use strait_federation::{Command, CommandResponse, NodeInfo, Site, SiteOptions};
+
+use crate::commit::{now_ms, Committer};
+use crate::config::NodeConfig;
+use crate::dispatch::Progress;
+
+/// Shared state of a node.
+pub struct App {
+    /// Configuration.
+    pub cfg: NodeConfig,
+    /// The site's Raft group.
+    pub site: Site,
+    /// Group commit.
+    pub committer: Committer,
+    /// Dispatcher stats per target.
+    pub progress: Progress,
+    /// HTTP client for targets.
+    pub sink: HttpSink,
+    /// Prometheus renderer.
+    pub metrics: PrometheusHandle,
+}
+
+/// Open storage and Raft, create configured buses, start the dispatcher.
+pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
+    let site = Site::open(SiteOptions {
+        data_dir: cfg.data_dir.clone(),
+        node_id: cfg.node_id,
+        node: NodeInfo {
+            http_addr: cfg.http.clone(),
+            raft_addr: String::new(),
+        },
+        snapshot_every: cfg.snapshot_every,
+    })
+    .await?;
+    site.wait_for_leader(Duration::from_secs(30)).await?;
+    let committer = Committer::start(
+        site.clone(),
+        cfg.batching.clone(),
+        cfg.dedup_window_secs.saturating_mul(1000),
+    );
+    for bus in &cfg.buses {
+        let exists = site.state.view().buses.contains_key(bus);
+        if !exists {
+            let resp = site
+                .write(Command::PutBus {
+                    name: bus.clone(),
+                    spec: bus_json(bus, "", None),
+                })
+                .await?;
+            if !matches!(resp, CommandResponse::Ok) {
+                anyhow::bail!("creating bus {bus}: {resp:?}");
+            }
+        }
+    }
+    let app = Arc::new(App {
+        cfg,
+        site,
+        committer,
+        progress: Default::default(),
+        sink: HttpSink::new(),
+        metrics: crate::telemetry::metrics_handle(),
+    });
+    tokio::spawn(crate::dispatch::run(app.clone()));
+    Ok(app)
+}
+
+/// The stored form of a bus.
+pub fn bus_json(name: &str, description: &str, created_at: Option<&str>) -> serde_json::Value {
+    let created = created_at.map(str::to_string).unwrap_or_else(|| {
+        chrono::DateTime::from_timestamp_millis(now_ms() as i64)
+            .unwrap_or_default()
+            .to_rfc3339()
+    });
+    serde_json::json!({"name": name, "description": description, "createdAt": created})
+}

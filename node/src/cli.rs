@@ -1,0 +1,364 @@
+//! Command line: `serve`, `put`, `apply`, `get`, `test-pattern`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::NodeConfig;
+use crate::spec::{validate_name, RuleSpec};
+
+/// Strait: a multi-cloud CloudEvents federation gateway.
+#[derive(Debug, Parser)]
+#[command(name = "strait", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run a gateway node.
+    Serve(ServeArgs),
+    /// Send one event to a bus (structured mode).
+    Put(PutArgs),
+    /// Create or update buses and rules from a YAML/JSON file (idempotent).
+    Apply(ApplyArgs),
+    /// List resources.
+    Get(GetArgs),
+    /// Check whether an event matches a pattern (offline).
+    TestPattern(TestPatternArgs),
+}
+
+/// `strait serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Development mode: no auth, bus `default`, data in ./strait-data.
+    #[arg(long)]
+    pub dev: bool,
+    /// YAML configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data directory (overrides the config file).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address (overrides the config file).
+    #[arg(long)]
+    pub http: Option<String>,
+}
+
+/// Where the API is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Base URL of a Strait node.
+    #[arg(long, env = "STRAIT_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Bearer token (not needed in dev mode).
+    #[arg(long, env = "STRAIT_TOKEN")]
+    pub token: Option<String>,
+}
+
+/// `strait put`.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Bus.
+    #[arg(long, default_value = "default")]
+    bus: String,
+    /// Event id (default: a new UUID).
+    #[arg(long)]
+    id: Option<String>,
+    /// Event source.
+    #[arg(long, default_value = "strait-cli")]
+    source: String,
+    /// Event type.
+    #[arg(long = "type")]
+    event_type: String,
+    /// Event subject.
+    #[arg(long)]
+    subject: Option<String>,
+    /// JSON data (a JSON value; plain text is sent as a string).
+    #[arg(long)]
+    data: Option<String>,
+}
+
+/// `strait apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// File with `buses:` and `rules:`.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+}
+
+/// `strait get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// `rules` or `buses`.
+    #[arg(value_parser = ["rules", "buses"])]
+    what: String,
+    /// Bus (for rules; default: every bus).
+    #[arg(long)]
+    bus: Option<String>,
+}
+
+/// `strait test-pattern`.
+#[derive(Debug, Args)]
+pub struct TestPatternArgs {
+    /// Pattern file (JSON or YAML).
+    #[arg(long)]
+    pattern: PathBuf,
+    /// Event file (JSON or YAML).
+    #[arg(long)]
+    event: PathBuf,
+}
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Commands::Serve(a) => serve(a).await.map(|_| ExitCode::SUCCESS),
+        Commands::Put(a) => put(a).await,
+        Commands::Apply(a) => apply(a).await.map(|_| ExitCode::SUCCESS),
+        Commands::Get(a) => get(a).await.map(|_| ExitCode::SUCCESS),
+        Commands::TestPattern(a) => test_pattern(a),
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => NodeConfig::load(p)?,
+        None => NodeConfig::default(),
+    };
+    if a.dev {
+        cfg.dev = true;
+    }
+    if let Some(d) = a.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(h) = a.http {
+        cfg.http = h;
+    }
+    if a.config.is_none() && !a.dev {
+        bail!("give --dev for a local development node, or --config FILE for a real one");
+    }
+    cfg.validate()?;
+    let _telemetry = crate::telemetry::init(cfg.telemetry.otlp_endpoint.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(&cfg.http)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.http))?;
+    let addr = listener.local_addr()?;
+    let data_dir = cfg.data_dir.clone();
+    let dev = cfg.dev;
+    let app = crate::app::start(cfg)
+        .await
+        .with_context(|| format!("cannot open data dir {}", data_dir.display()))?;
+    eprintln!(
+        "strait {} listening on http://{addr} (data in {}{})",
+        env!("CARGO_PKG_VERSION"),
+        data_dir.display(),
+        if dev { ", dev mode: no auth" } else { "" }
+    );
+    if dev {
+        eprintln!(
+            "try:\n  curl -X POST http://{addr}/v1/buses/default/events \\\n    -H 'content-type: application/cloudevents+json' \\\n    -d '{{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/demo\",\"type\":\"demo.hello\",\"data\":{{\"hello\":\"world\"}}}}'"
+        );
+    }
+    let router = crate::api::router(app.clone());
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    app.site.shutdown().await?;
+    Ok(())
+}
+
+fn client(s: &ServerArgs) -> (reqwest::Client, String) {
+    (reqwest::Client::new(), s.server.trim_end_matches('/').to_string())
+}
+
+fn with_auth(req: reqwest::RequestBuilder, s: &ServerArgs) -> reqwest::RequestBuilder {
+    match &s.token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<(u16, Value)> {
+    let resp = req.send().await.with_context(|| format!("{what}: cannot reach the server"))?;
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+fn api_error(what: &str, status: u16, body: &Value) -> anyhow::Error {
+    let msg = body
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("no error message");
+    anyhow!("{what}: HTTP {status}: {msg}")
+}
+
+async fn put(a: PutArgs) -> anyhow::Result<ExitCode> {
+    let (c, base) = client(&a.server);
+    let mut ev = json!({
+        "specversion": "1.0",
+        "id": a.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        "source": a.source,
+        "type": a.event_type,
+    });
+    if let Some(s) = &a.subject {
+        ev["subject"] = json!(s);
+    }
+    if let Some(d) = &a.data {
+        ev["data"] = serde_json::from_str(d).unwrap_or_else(|_| json!(d));
+    }
+    let req = c
+        .post(format!("{base}/v1/buses/{}/events", a.bus))
+        .header("content-type", crate::ingest::STRUCTURED)
+        .body(ev.to_string());
+    let (status, body) = send(with_auth(req, &a.server), "put").await?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(if (200..300).contains(&status) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The declarative file for `strait apply`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyFile {
+    #[serde(default)]
+    buses: Vec<ApplyBus>,
+    #[serde(default)]
+    rules: Vec<ApplyRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyBus {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApplyRule {
+    bus: String,
+    name: String,
+    #[serde(flatten)]
+    spec: serde_json::Map<String, Value>,
+}
+
+fn load_doc<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_yaml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
+    let file: ApplyFile = load_doc(&a.file)?;
+    // Validate everything before changing anything.
+    for (i, b) in file.buses.iter().enumerate() {
+        validate_name("bus", &b.name).map_err(|e| anyhow!("{}: buses[{i}].name: {}", a.file.display(), e.message))?;
+    }
+    for (i, r) in file.rules.iter().enumerate() {
+        validate_name("rule", &r.name).map_err(|e| anyhow!("{}: rules[{i}].name: {}", a.file.display(), e.message))?;
+        RuleSpec::from_json(&Value::Object(r.spec.clone()))
+            .map_err(|e| anyhow!("{}: rules[{i}] ({}): {e}", a.file.display(), r.name))?;
+    }
+    let (c, base) = client(&a.server);
+    for b in &file.buses {
+        let req = c
+            .put(format!("{base}/v1/buses/{}", b.name))
+            .json(&json!({"description": b.description}));
+        let (status, body) = send(with_auth(req, &a.server), "apply").await?;
+        if !(200..300).contains(&status) {
+            return Err(api_error(&format!("bus {}", b.name), status, &body));
+        }
+        println!("bus {}: applied", b.name);
+    }
+    for r in &file.rules {
+        let req = c
+            .put(format!("{base}/v1/buses/{}/rules/{}", r.bus, r.name))
+            .json(&Value::Object(r.spec.clone()));
+        let (status, body) = send(with_auth(req, &a.server), "apply").await?;
+        if !(200..300).contains(&status) {
+            return Err(api_error(&format!("rule {}/{}", r.bus, r.name), status, &body));
+        }
+        println!("rule {}/{}: applied", r.bus, r.name);
+    }
+    Ok(())
+}
+
+async fn get(a: GetArgs) -> anyhow::Result<()> {
+    let (c, base) = client(&a.server);
+    let (status, body) = send(with_auth(c.get(format!("{base}/v1/buses")), &a.server), "get").await?;
+    if status != 200 {
+        return Err(api_error("get buses", status, &body));
+    }
+    let buses: Vec<String> = body["buses"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|b| b["name"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if a.what == "buses" {
+        println!("{:<24} DESCRIPTION", "BUS");
+        for b in body["buses"].as_array().into_iter().flatten() {
+            println!("{:<24} {}", b["name"].as_str().unwrap_or(""), b["description"].as_str().unwrap_or(""));
+        }
+        return Ok(());
+    }
+    println!("{:<16} {:<24} {:<8} {:<40} PATTERN", "BUS", "RULE", "ENABLED", "TARGETS");
+    for bus in buses.iter().filter(|b| a.bus.as_ref().is_none_or(|x| x == *b)) {
+        let (status, body) = send(
+            with_auth(c.get(format!("{base}/v1/buses/{bus}/rules")), &a.server),
+            "get rules",
+        )
+        .await?;
+        if status != 200 {
+            return Err(api_error(&format!("get rules of {bus}"), status, &body));
+        }
+        for r in body["rules"].as_array().into_iter().flatten() {
+            let targets: Vec<String> = r["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| format!("{}→{}", t["id"].as_str().unwrap_or(""), t["endpoint"].as_str().unwrap_or("")))
+                .collect();
+            println!(
+                "{:<16} {:<24} {:<8} {:<40} {}",
+                bus,
+                r["name"].as_str().unwrap_or(""),
+                r["enabled"].as_bool().unwrap_or(true),
+                targets.join(","),
+                r["pattern"]
+            );
+        }
+    }
+    if let Some(b) = &a.bus
+        && !buses.contains(b)
+    {
+        bail!("bus `{b}` does not exist");
+    }
+    Ok(())
+}
+
+fn test_pattern(a: TestPatternArgs) -> anyhow::Result<ExitCode> {
+    let pattern: Value = load_doc(&a.pattern)?;
+    let event: Value = load_doc(&a.event)?;
+    let p = strait_routing::pattern::Pattern::parse(&pattern)
+        .map_err(|e| anyhow!("{}: invalid pattern: {e}", a.pattern.display()))?;
+    let matched = p.matches(&event);
+    println!("{}", json!({"matched": matched}));
+    Ok(if matched { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

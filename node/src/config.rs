@@ -1,0 +1,221 @@
+//! Node configuration: a YAML file, flags on top, validation that names the
+//! field.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Request and event size limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest event (JSON structured form), bytes.
+    pub max_event_bytes: usize,
+    /// Largest request body, bytes.
+    pub max_request_bytes: usize,
+    /// Most events in one batch request.
+    pub max_batch_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_event_bytes: 256 * 1024,
+            max_request_bytes: 4 * 1024 * 1024,
+            max_batch_events: 1000,
+        }
+    }
+}
+
+/// Credentials for the HTTP API outside dev mode.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// Accepted bearer tokens.
+    pub tokens: Vec<String>,
+}
+
+/// Dispatcher tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dispatch {
+    /// How often target progress is checkpointed through Raft.
+    pub checkpoint_interval_ms: u64,
+    /// Events read from storage per batch.
+    pub read_batch: usize,
+}
+
+impl Default for Dispatch {
+    fn default() -> Self {
+        Dispatch {
+            checkpoint_interval_ms: 200,
+            read_batch: 256,
+        }
+    }
+}
+
+/// Group commit tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Batching {
+    /// Most events in one Raft proposal.
+    pub max_events_per_proposal: usize,
+    /// Proposals in flight at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_events_per_proposal: 8192,
+            max_in_flight: 2,
+        }
+    }
+}
+
+/// Telemetry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Telemetry {
+    /// OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`); off when unset.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Raft node id.
+    pub node_id: u64,
+    /// Site name.
+    pub site: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub http: String,
+    /// Dev mode: no auth.
+    pub dev: bool,
+    /// API credentials.
+    pub auth: Auth,
+    /// Size limits.
+    pub limits: Limits,
+    /// Dedup window for (bus, source, id).
+    pub dedup_window_secs: u64,
+    /// Delivered events are kept at least this long.
+    pub retention_secs: u64,
+    /// Snapshot (and purge the Raft log) after this many entries.
+    pub snapshot_every: u64,
+    /// Buses created at start if missing.
+    pub buses: Vec<String>,
+    /// Dispatcher tuning.
+    pub dispatch: Dispatch,
+    /// Group commit tuning.
+    pub batching: Batching,
+    /// Telemetry.
+    pub telemetry: Telemetry,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 1,
+            site: "local".into(),
+            data_dir: PathBuf::from("strait-data"),
+            http: "127.0.0.1:8080".into(),
+            dev: false,
+            auth: Auth::default(),
+            limits: Limits::default(),
+            dedup_window_secs: 86_400,
+            retention_secs: 3_600,
+            snapshot_every: 20_000,
+            buses: vec!["default".into()],
+            dispatch: Dispatch::default(),
+            batching: Batching::default(),
+            telemetry: Telemetry::default(),
+        }
+    }
+}
+
+/// A configuration problem, naming the file and field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file does not parse or has unknown/mistyped fields.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// File.
+        path: String,
+        /// serde_yaml's message (names the field and line).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config: {field}: {message}")]
+    Invalid {
+        /// Field.
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+impl NodeConfig {
+    /// Load a YAML (or JSON) file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg: NodeConfig = serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(cfg)
+    }
+
+    /// Check ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_string(),
+            })
+        };
+        if self.http.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("http", &format!("{:?} is not an address like 127.0.0.1:8080", self.http));
+        }
+        if !self.dev && self.auth.tokens.is_empty() {
+            return invalid(
+                "auth.tokens",
+                "at least one token is required outside dev mode (or run with --dev)",
+            );
+        }
+        if self.limits.max_event_bytes < 1024 {
+            return invalid("limits.max_event_bytes", "must be at least 1024");
+        }
+        if self.limits.max_request_bytes < self.limits.max_event_bytes {
+            return invalid("limits.max_request_bytes", "must be at least limits.max_event_bytes");
+        }
+        if self.limits.max_batch_events == 0 {
+            return invalid("limits.max_batch_events", "must be at least 1");
+        }
+        if self.batching.max_in_flight == 0 || self.batching.max_events_per_proposal == 0 {
+            return invalid("batching", "max_in_flight and max_events_per_proposal must be at least 1");
+        }
+        if self.dispatch.checkpoint_interval_ms == 0 || self.dispatch.read_batch == 0 {
+            return invalid("dispatch", "checkpoint_interval_ms and read_batch must be at least 1");
+        }
+        for b in &self.buses {
+            if crate::spec::validate_name("bus", b).is_err() {
+                return invalid("buses", &format!("{b:?} is not a valid bus name"));
+            }
+        }
+        Ok(())
+    }
+}

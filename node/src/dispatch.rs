@@ -1,0 +1,488 @@
+//! The dispatcher: reads committed events in order, matches each rule,
+//! transforms and delivers to every target, with retries, dead letters and
+//! progress checkpointed through Raft.
+//!
+//! Every target has its own worker and cursor, so a slow or dead target
+//! never holds up another. Within a target, up to `concurrency` deliveries
+//! run at once; the cursor only moves past an event once it is delivered or
+//! dead-lettered, so a restart re-sends at most the unfinished tail.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use serde_json::Value;
+use strait_adapters::http::{ContentMode, HttpTarget};
+use strait_adapters::DeliveryError;
+use strait_federation::store::state::target_key;
+use strait_federation::{AppendEntry, Command, StoredEvent};
+use strait_routing::event::Event;
+use strait_routing::transform::{TransformContext, TransformOutput};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::commit::now_ms;
+use crate::spec::{CompiledRule, DeadLetter, DeliveryMode, RetryPolicy, RuleSpec};
+use crate::trace::TraceParent;
+
+/// Live counters of one target (not replicated; the cursor is).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStats {
+    /// Next sequence to process (in memory, may be ahead of the checkpoint).
+    pub cursor: u64,
+    /// Events delivered since this node started.
+    pub delivered: u64,
+    /// Events dead-lettered (or dropped) since this node started.
+    pub dead_lettered: u64,
+    /// Failed attempts since this node started.
+    pub failed_attempts: u64,
+    /// Last delivery error.
+    pub last_error: Option<String>,
+}
+
+/// Per-target stats shared with the API.
+pub type Progress = Arc<Mutex<HashMap<String, TargetStats>>>;
+
+fn with_stats(progress: &Progress, key: &str, f: impl FnOnce(&mut TargetStats)) {
+    let mut map = match progress.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    f(map.entry(key.to_string()).or_default());
+}
+
+/// Read a target's stats.
+pub fn stats(progress: &Progress, key: &str) -> Option<TargetStats> {
+    let map = match progress.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    map.get(key).cloned()
+}
+
+struct Worker {
+    rule_json: Value,
+    handle: JoinHandle<()>,
+}
+
+/// Run the dispatcher until the process stops.
+pub async fn run(app: Arc<App>) {
+    let state = app.site.state.clone();
+    let mut config_rx = state.subscribe_config();
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    tokio::spawn(checkpointer(app.clone()));
+    loop {
+        config_rx.borrow_and_update();
+        reconcile(&app, &mut workers);
+        if config_rx.changed().await.is_err() {
+            break;
+        }
+    }
+    for (_, w) in workers {
+        w.handle.abort();
+    }
+}
+
+fn reconcile(app: &Arc<App>, workers: &mut HashMap<String, Worker>) {
+    let rules: Vec<((String, String), Value)> = {
+        let view = app.site.state.view();
+        view.rules.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    let mut wanted = HashMap::new();
+    for ((bus, rule_name), json) in rules {
+        let compiled = match RuleSpec::from_json(&json).and_then(|s| s.compile()) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(bus, rule = rule_name, error = %e, "stored rule does not compile; skipping");
+                continue;
+            }
+        };
+        for (idx, t) in compiled.spec.targets.iter().enumerate() {
+            let key = target_key(&bus, &rule_name, &t.id);
+            wanted.insert(key, (bus.clone(), rule_name.clone(), compiled.clone(), idx, json.clone()));
+        }
+    }
+    workers.retain(|key, w| {
+        let keep = wanted.get(key).is_some_and(|(_, _, _, _, json)| *json == w.rule_json);
+        if !keep {
+            w.handle.abort();
+        }
+        keep
+    });
+    for (key, (bus, rule_name, compiled, idx, json)) in wanted {
+        if workers.contains_key(&key) {
+            continue;
+        }
+        let worker = TargetWorker {
+            app: app.clone(),
+            key: key.clone(),
+            bus,
+            rule_name,
+            rule: compiled,
+            idx,
+        };
+        let handle = tokio::spawn(worker.run());
+        workers.insert(
+            key,
+            Worker {
+                rule_json: json,
+                handle,
+            },
+        );
+    }
+}
+
+struct TargetWorker {
+    app: Arc<App>,
+    key: String,
+    bus: String,
+    rule_name: String,
+    rule: Arc<CompiledRule>,
+    idx: usize,
+}
+
+impl TargetWorker {
+    async fn run(self) {
+        let this = Arc::new(self);
+        let state = this.app.site.state.clone();
+        let mut head_rx = state.subscribe_head();
+        let replicated = state.view().cursors.get(&this.key).copied();
+        let Some(replicated) = replicated else {
+            return;
+        };
+        let start = stats(&this.app.progress, &this.key)
+            .map(|s| s.cursor.max(replicated))
+            .unwrap_or(replicated);
+        with_stats(&this.app.progress, &this.key, |s| s.cursor = start);
+        let concurrency = this.rule.spec.targets[this.idx].concurrency;
+        let read_batch = this.app.cfg.dispatch.read_batch;
+        let mut next_read = start;
+        let mut buffer: std::collections::VecDeque<StoredEvent> = Default::default();
+        let mut inflight = FuturesOrdered::new();
+        loop {
+            if buffer.is_empty() && inflight.len() < concurrency {
+                head_rx.borrow_and_update();
+                match state.read_events(&this.bus, next_read, read_batch) {
+                    Ok(evs) => {
+                        if let Some(last) = evs.last() {
+                            next_read = last.seq + 1;
+                        }
+                        buffer.extend(evs);
+                    }
+                    Err(e) => {
+                        tracing::error!(target_key = this.key, error = %e, "reading events failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            while inflight.len() < concurrency {
+                let Some(ev) = buffer.pop_front() else { break };
+                let w = this.clone();
+                inflight.push_back(async move { w.process(ev).await });
+            }
+            if inflight.is_empty() {
+                if buffer.is_empty() && head_rx.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                Some(seq) = inflight.next() => {
+                    with_stats(&this.app.progress, &this.key, |s| s.cursor = seq + 1);
+                }
+                r = head_rx.changed(), if buffer.is_empty() && inflight.len() < concurrency => {
+                    if r.is_err() { return; }
+                }
+            }
+        }
+    }
+
+    /// Match, transform, deliver with retries; returns the event's seq once
+    /// it is finished (delivered, dead-lettered or not matched).
+    async fn process(self: Arc<Self>, stored: StoredEvent) -> u64 {
+        let seq = stored.seq;
+        let value: Value = match serde_json::from_slice(&stored.json) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(seq, error = %e, "stored event is not JSON; skipping");
+                return seq;
+            }
+        };
+        if !self.rule.spec.enabled || !self.rule.pattern.matches(&value) {
+            return seq;
+        }
+        let original = match Event::from_structured(value.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(seq, error = %e, "stored event is not a valid CloudEvent; skipping");
+                return seq;
+            }
+        };
+        let target = &self.rule.spec.targets[self.idx];
+        let labels = [
+            ("bus", self.bus.clone()),
+            ("rule", self.rule_name.clone()),
+            ("target", target.id.clone()),
+        ];
+        metrics::counter!("strait_events_matched_total", &labels).increment(1);
+        let mut event = original.clone();
+        if let Some(tr) = &self.rule.transforms[self.idx] {
+            let ingestion_time = chrono::DateTime::from_timestamp_millis(stored.ingest_ms as i64)
+                .unwrap_or_default()
+                .to_rfc3339();
+            let rule_id = format!("{}/{}", self.bus, self.rule_name);
+            let ctx = TransformContext {
+                rule_name: &self.rule_name,
+                rule_id: &rule_id,
+                ingestion_time: &ingestion_time,
+            };
+            match tr.apply(&value, &ctx) {
+                Ok(TransformOutput::Original) => {}
+                Ok(TransformOutput::Json(v)) => event.replace_data(v, "application/json"),
+                Ok(TransformOutput::Text(s)) => event.replace_data(Value::String(s), "text/plain; charset=utf-8"),
+                Err(e) => {
+                    self.dead_letter(original, format!("transform failed: {e}"), 0).await;
+                    return seq;
+                }
+            }
+        }
+        let parent = event
+            .str_attr("traceparent")
+            .and_then(TraceParent::parse)
+            .unwrap_or_else(TraceParent::new_root);
+        let policy: &RetryPolicy = &target.retry;
+        let mode = match target.mode {
+            DeliveryMode::Binary => ContentMode::Binary,
+            DeliveryMode::Structured => ContentMode::Structured,
+        };
+        let http_target = HttpTarget {
+            endpoint: &target.endpoint,
+            mode,
+            headers: &target.headers,
+            timeout: Duration::from_millis(target.timeout_ms),
+        };
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let span = tracing::info_span!(
+                "deliver",
+                bus = %self.bus,
+                rule = %self.rule_name,
+                target = %target.id,
+                event_id = %event.id(),
+                attempt,
+                trace_id = %parent.trace_id_hex(),
+            );
+            crate::telemetry::link_to_trace(&span, &parent);
+            let tp = crate::telemetry::traceparent_for(&span, &parent);
+            let started = Instant::now();
+            let result = self
+                .app
+                .sink
+                .deliver(&event, &http_target, &tp.to_string())
+                .instrument(span.clone())
+                .await;
+            metrics::histogram!("strait_delivery_latency_seconds", &labels).record(started.elapsed().as_secs_f64());
+            let err = match result {
+                Ok(_) => {
+                    metrics::counter!("strait_deliveries_total", "bus" => self.bus.clone(), "rule" => self.rule_name.clone(), "target" => target.id.clone(), "outcome" => "delivered").increment(1);
+                    with_stats(&self.app.progress, &self.key, |s| s.delivered += 1);
+                    return seq;
+                }
+                Err(e) => e,
+            };
+            span.in_scope(|| tracing::info!(error = %err, "delivery attempt failed"));
+            metrics::counter!("strait_deliveries_total", "bus" => self.bus.clone(), "rule" => self.rule_name.clone(), "target" => target.id.clone(), "outcome" => "failed").increment(1);
+            with_stats(&self.app.progress, &self.key, |s| {
+                s.failed_attempts += 1;
+                s.last_error = Some(err.to_string());
+            });
+            let age_ms = now_ms().saturating_sub(stored.ingest_ms);
+            let too_old = age_ms >= policy.max_event_age_seconds.saturating_mul(1000);
+            if !err.is_retryable() || attempt >= policy.max_attempts || too_old {
+                let why = match &err {
+                    DeliveryError::Permanent(m) => format!("permanent failure: {m}"),
+                    DeliveryError::Retryable(m) if too_old => format!("maximum event age exceeded; last error: {m}"),
+                    DeliveryError::Retryable(m) => format!("retries exhausted; last error: {m}"),
+                };
+                self.dead_letter(original, why, attempt).await;
+                return seq;
+            }
+            metrics::counter!("strait_delivery_retries_total", &labels).increment(1);
+            tokio::time::sleep(policy.backoff(attempt)).await;
+        }
+    }
+
+    async fn dead_letter(&self, mut event: Event, reason: String, attempts: u32) {
+        let target = &self.rule.spec.targets[self.idx];
+        with_stats(&self.app.progress, &self.key, |s| s.dead_lettered += 1);
+        let dl = target.dead_letter.clone().or_else(|| self.rule.spec.dead_letter.clone());
+        let labels = |outcome: &'static str| {
+            [
+                ("bus", self.bus.clone()),
+                ("rule", self.rule_name.clone()),
+                ("target", target.id.clone()),
+                ("outcome", outcome.to_string()),
+            ]
+        };
+        let Some(dl) = dl else {
+            tracing::warn!(bus = self.bus, rule = self.rule_name, target = target.id, event_id = event.id(), reason, "event dropped: no dead-letter destination");
+            metrics::counter!("strait_dead_lettered_total", &labels("dropped")).increment(1);
+            return;
+        };
+        if event.get("deadletterreason").is_some() && matches!(dl, DeadLetter::Bus { .. }) {
+            tracing::error!(event_id = event.id(), reason, "event dropped: it was already dead-lettered once (loop guard)");
+            metrics::counter!("strait_dead_lettered_total", &labels("dropped")).increment(1);
+            return;
+        }
+        event.set_attr("deadletterreason", Value::String(reason.clone()));
+        event.set_attr("deadletterattempts", Value::from(attempts));
+        event.set_attr("deadletterrule", Value::String(format!("{}/{}", self.bus, self.rule_name)));
+        event.set_attr("deadlettertarget", Value::String(target.id.clone()));
+        match dl {
+            DeadLetter::Bus { bus } => {
+                let json = event.to_json_bytes();
+                let raw = match String::from_utf8(json).ok().and_then(|s| serde_json::value::RawValue::from_string(s).ok()) {
+                    Some(r) => r,
+                    None => return,
+                };
+                let entry = AppendEntry {
+                    bus: bus.clone(),
+                    source: event.source().to_string(),
+                    id: event.id().to_string(),
+                    event: raw,
+                };
+                // Keep trying: the event is only finished once it is stored.
+                loop {
+                    match self.app.committer.append(vec![entry.clone()]).await {
+                        Ok(outcomes) => {
+                            if outcomes.first() == Some(&strait_federation::AppendOutcome::NoSuchBus) {
+                                tracing::error!(bus, event_id = event.id(), "dead-letter bus does not exist; event dropped");
+                                metrics::counter!("strait_dead_lettered_total", &labels("dropped")).increment(1);
+                            } else {
+                                metrics::counter!("strait_dead_lettered_total", &labels("bus")).increment(1);
+                            }
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "dead-letter append failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+            DeadLetter::Http { endpoint, mode, headers } => {
+                let policy = RetryPolicy {
+                    max_attempts: 5,
+                    max_event_age_seconds: 3600,
+                    initial_backoff_ms: 200,
+                    max_backoff_ms: 5_000,
+                };
+                let t = HttpTarget {
+                    endpoint: &endpoint,
+                    mode: match mode {
+                        DeliveryMode::Binary => ContentMode::Binary,
+                        DeliveryMode::Structured => ContentMode::Structured,
+                    },
+                    headers: &headers,
+                    timeout: Duration::from_secs(10),
+                };
+                let parent = event
+                    .str_attr("traceparent")
+                    .and_then(TraceParent::parse)
+                    .unwrap_or_else(TraceParent::new_root);
+                for attempt in 1..=policy.max_attempts {
+                    match self.app.sink.deliver(&event, &t, &parent.child().to_string()).await {
+                        Ok(_) => {
+                            metrics::counter!("strait_dead_lettered_total", &labels("http")).increment(1);
+                            return;
+                        }
+                        Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
+                            tokio::time::sleep(policy.backoff(attempt)).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(endpoint, event_id = event.id(), error = %e, "dead-letter delivery failed; event dropped");
+                            metrics::counter!("strait_dead_lettered_total", &labels("dropped")).increment(1);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Periodically write target cursors through Raft (which also collects
+/// delivered events past retention) and publish lag gauges.
+async fn checkpointer(app: Arc<App>) {
+    let interval = Duration::from_millis(app.cfg.dispatch.checkpoint_interval_ms);
+    let mut last_sent: HashMap<String, u64> = HashMap::new();
+    let mut last_gc = Instant::now();
+    let mut last_lag = Instant::now();
+    loop {
+        tokio::time::sleep(interval).await;
+        let cursors: Vec<(String, u64)> = {
+            let view = app.site.state.view();
+            let map = match app.progress.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            map.iter()
+                .filter(|(k, s)| view.cursors.get(*k).is_some_and(|c| s.cursor > *c))
+                .map(|(k, s)| (k.clone(), s.cursor))
+                .collect()
+        };
+        let changed: Vec<(String, u64)> = cursors
+            .into_iter()
+            .filter(|(k, c)| last_sent.get(k) != Some(c))
+            .collect();
+        let gc_due = last_gc.elapsed() >= Duration::from_secs(10);
+        if !changed.is_empty() || gc_due {
+            let cmd = Command::Checkpoint {
+                now_ms: now_ms(),
+                retention_ms: app.cfg.retention_secs.saturating_mul(1000),
+                cursors: changed.clone(),
+            };
+            match app.site.write(cmd).await {
+                Ok(_) => {
+                    for (k, c) in changed {
+                        last_sent.insert(k, c);
+                    }
+                    if gc_due {
+                        last_gc = Instant::now();
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "checkpoint not written"),
+            }
+        }
+        if last_lag.elapsed() >= Duration::from_secs(1) {
+            last_lag = Instant::now();
+            publish_lag(&app);
+        }
+    }
+}
+
+fn publish_lag(app: &App) {
+    let keys: Vec<(String, u64)> = {
+        let map = match app.progress.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        map.iter().map(|(k, s)| (k.clone(), s.cursor)).collect()
+    };
+    for (key, cursor) in keys {
+        let mut parts = key.splitn(3, '/');
+        let (Some(bus), Some(rule), Some(target)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let lag = app.site.state.count_events_from(bus, cursor, 1_000_000).unwrap_or(0);
+        metrics::gauge!("strait_target_lag_events", "bus" => bus.to_string(), "rule" => rule.to_string(), "target" => target.to_string()).set(lag as f64);
+    }
+    if let Ok(n) = app.site.state.stored_events() {
+        metrics::gauge!("strait_events_stored").set(n as f64);
+    }
+}

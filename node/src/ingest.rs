@@ -1,0 +1,319 @@
+//! Parsing the CloudEvents HTTP binding (binary, structured, batch) into
+//! validated events. Pure: no I/O, so it is property-tested and fuzzed.
+
+use http::HeaderMap;
+use serde_json::Value;
+use strait_routing::event::{percent_decode_header, Event, EventError};
+
+use crate::config::Limits;
+use crate::trace::TraceParent;
+
+/// Media type of one structured event.
+pub const STRUCTURED: &str = "application/cloudevents+json";
+/// Media type of a batch.
+pub const BATCH: &str = "application/cloudevents-batch+json";
+
+/// Why a whole request is rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    /// Neither a CloudEvents media type nor binary-mode headers.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The body does not parse.
+    #[error("{0}")]
+    Malformed(String),
+    /// Too many events in one batch.
+    #[error("{0}")]
+    TooManyEvents(String),
+}
+
+impl RequestError {
+    /// Machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            RequestError::Malformed(_) => "MalformedRequest",
+            RequestError::TooManyEvents(_) => "TooManyEvents",
+        }
+    }
+}
+
+/// Why one entry is rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EntryError {
+    /// Not a valid CloudEvent.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// Larger than the per-event limit.
+    #[error("event is {size} bytes in JSON form, above the limit of {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl EntryError {
+    /// Machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EntryError::Event(e) => e.code(),
+            EntryError::TooLarge { .. } => "EventTooLarge",
+        }
+    }
+}
+
+/// One parsed entry: the event (with its serialized form) or why not.
+#[derive(Debug, Clone)]
+pub struct ParsedEvent {
+    /// The validated event, trace context added.
+    pub event: Event,
+    /// Its JSON structured form.
+    pub json: String,
+}
+
+/// Entry results in request order; the id is kept for error reporting.
+pub type Entries = Vec<(Option<String>, Result<ParsedEvent, EntryError>)>;
+
+fn essence(ct: &str) -> String {
+    ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// Parse a request body according to its headers.
+pub fn parse_request(headers: &HeaderMap, body: &[u8], limits: &Limits) -> Result<Entries, RequestError> {
+    let content_type = match headers.get(http::header::CONTENT_TYPE) {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| RequestError::Malformed("Content-Type header is not ASCII".into()))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let http_traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let ct_essence = content_type.as_deref().map(essence);
+    let finish = |r: Result<Event, EventError>| -> (Option<String>, Result<ParsedEvent, EntryError>) {
+        match r {
+            Ok(e) => {
+                let id = Some(e.id().to_string());
+                (id, finish_event(e, http_traceparent, limits))
+            }
+            Err(e) => (None, Err(EntryError::Event(e))),
+        }
+    };
+    match ct_essence.as_deref() {
+        Some(STRUCTURED) => {
+            let value = parse_json(body)?;
+            let id = entry_id(&value);
+            let (_, r) = finish(Event::from_structured(value));
+            Ok(vec![(id, r)])
+        }
+        Some(BATCH) => {
+            let value = parse_json(body)?;
+            let Value::Array(items) = value else {
+                return Err(RequestError::Malformed(
+                    "a batch must be a JSON array of events".into(),
+                ));
+            };
+            if items.is_empty() {
+                return Err(RequestError::Malformed("the batch is empty".into()));
+            }
+            if items.len() > limits.max_batch_events {
+                return Err(RequestError::TooManyEvents(format!(
+                    "the batch has {} events, above the limit of {}",
+                    items.len(),
+                    limits.max_batch_events
+                )));
+            }
+            Ok(items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let id = entry_id(&v);
+                    let (_, r) = finish(Event::from_structured(v));
+                    (
+                        id,
+                        r.map_err(|e| match e {
+                            EntryError::Event(ev) => EntryError::Event(prefix_error(i, ev)),
+                            other => other,
+                        }),
+                    )
+                })
+                .collect())
+        }
+        Some(ct) if ct.starts_with("application/cloudevents") => Err(RequestError::UnsupportedMediaType(format!(
+            "content type {ct:?} is not supported (use {STRUCTURED}, {BATCH} or binary mode)"
+        ))),
+        _ => {
+            if !headers.contains_key("ce-specversion") {
+                return Err(RequestError::UnsupportedMediaType(format!(
+                    "content type {:?} is not a CloudEvents mode: send {STRUCTURED}, {BATCH}, or binary mode with ce-specversion, ce-id, ce-source and ce-type headers",
+                    content_type.unwrap_or_default()
+                )));
+            }
+            let mut attrs = Vec::new();
+            for (name, value) in headers {
+                let n = name.as_str();
+                if let Some(attr) = n.strip_prefix("ce-") {
+                    let v = percent_decode_header(value.as_bytes())
+                        .map_err(|e| RequestError::Malformed(format!("header {n}: {e}")))?;
+                    attrs.push((attr.to_string(), v));
+                }
+            }
+            let id = attrs.iter().find(|(k, _)| k == "id").map(|(_, v)| v.clone());
+            let (_, r) = finish(Event::from_binary(attrs, content_type.as_deref(), body));
+            Ok(vec![(id, r)])
+        }
+    }
+}
+
+fn prefix_error(index: usize, e: EventError) -> EventError {
+    match e {
+        EventError::Malformed(m) => EventError::Malformed(format!("event {index}: {m}")),
+        EventError::Invalid { attr, reason } => EventError::Invalid {
+            attr: format!("[{index}].{attr}"),
+            reason,
+        },
+        other => other,
+    }
+}
+
+fn entry_id(v: &Value) -> Option<String> {
+    v.get("id").and_then(Value::as_str).map(str::to_string)
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, RequestError> {
+    serde_json::from_slice(body).map_err(|e| RequestError::Malformed(format!("body is not valid JSON: {e}")))
+}
+
+/// Add trace context and check the size.
+fn finish_event(
+    mut event: Event,
+    http_traceparent: Option<TraceParent>,
+    limits: &Limits,
+) -> Result<ParsedEvent, EntryError> {
+    match event.get("traceparent") {
+        Some(Value::String(s)) => {
+            if TraceParent::parse(s).is_none() {
+                return Err(EntryError::Event(EventError::Invalid {
+                    attr: "traceparent".into(),
+                    reason: format!("is not a valid W3C traceparent: {s:?}"),
+                }));
+            }
+        }
+        Some(_) => {
+            return Err(EntryError::Event(EventError::Invalid {
+                attr: "traceparent".into(),
+                reason: "must be a string".into(),
+            }));
+        }
+        None => {
+            let tp = http_traceparent.map(|t| t.child()).unwrap_or_else(TraceParent::new_root);
+            event.set_attr("traceparent", Value::String(tp.to_string()));
+        }
+    }
+    let json = serde_json::to_string(event.as_map()).map_err(|e| EventError::Malformed(e.to_string()))?;
+    if json.len() > limits.max_event_bytes {
+        return Err(EntryError::TooLarge {
+            size: json.len(),
+            limit: limits.max_event_bytes,
+        });
+    }
+    Ok(ParsedEvent { event, json })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).expect("header"));
+        }
+        h
+    }
+
+    #[test]
+    fn structured_event() {
+        let h = headers(&[("content-type", STRUCTURED)]);
+        let body = br#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data":{"x":1}}"#;
+        let r = parse_request(&h, body, &Limits::default()).expect("parsed");
+        let ev = r[0].1.as_ref().expect("valid");
+        assert!(ev.event.get("traceparent").is_some());
+    }
+
+    #[test]
+    fn binary_event_keeps_http_trace() {
+        let h = headers(&[
+            ("content-type", "application/json"),
+            ("ce-specversion", "1.0"),
+            ("ce-id", "b"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+            ("ce-myext", "hello%20world"),
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ]);
+        let r = parse_request(&h, b"{\"x\":1}", &Limits::default()).expect("parsed");
+        let ev = &r[0].1.as_ref().expect("valid").event;
+        assert_eq!(ev.str_attr("myext"), Some("hello world"));
+        let tp = ev.str_attr("traceparent").expect("tp");
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    }
+
+    #[test]
+    fn batch_mixes_good_and_bad() {
+        let h = headers(&[("content-type", BATCH)]);
+        let body = br#"[{"specversion":"1.0","id":"a","source":"/s","type":"t"},{"specversion":"1.0","source":"/s","type":"t"}]"#;
+        let r = parse_request(&h, body, &Limits::default()).expect("parsed");
+        assert!(r[0].1.is_ok());
+        let err = r[1].1.as_ref().expect_err("missing id");
+        assert_eq!(err.code(), "MissingAttribute");
+    }
+
+    #[test]
+    fn rejects_unknown_media_type_and_oversize() {
+        let h = headers(&[("content-type", "text/plain")]);
+        assert_eq!(
+            parse_request(&h, b"hi", &Limits::default()).expect_err("415").code(),
+            "UnsupportedMediaType"
+        );
+        let h = headers(&[("content-type", STRUCTURED)]);
+        let big = format!(
+            r#"{{"specversion":"1.0","id":"a","source":"/s","type":"t","data":"{}"}}"#,
+            "x".repeat(2000)
+        );
+        let limits = Limits {
+            max_event_bytes: 1024,
+            ..Limits::default()
+        };
+        let r = parse_request(&h, big.as_bytes(), &limits).expect("parsed");
+        assert_eq!(r[0].1.as_ref().expect_err("big").code(), "EventTooLarge");
+    }
+
+    proptest! {
+        #[test]
+        fn random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512), mode in 0usize..4) {
+            let h = match mode {
+                0 => headers(&[("content-type", STRUCTURED)]),
+                1 => headers(&[("content-type", BATCH)]),
+                2 => headers(&[("content-type", "application/octet-stream"), ("ce-specversion", "1.0"), ("ce-id", "x"), ("ce-source", "s"), ("ce-type", "t")]),
+                _ => headers(&[("content-type", "application/json"), ("ce-specversion", "1.0")]),
+            };
+            let _ = parse_request(&h, &body, &Limits::default());
+        }
+
+        #[test]
+        fn random_json_events_never_panic(s in "\\PC{0,200}") {
+            let h = headers(&[("content-type", STRUCTURED)]);
+            let body = format!(r#"{{"specversion":"1.0","id":{s:?},"source":"/s","type":"t","data":{s:?}}}"#);
+            let r = parse_request(&h, body.as_bytes(), &Limits::default());
+            prop_assert!(r.is_ok());
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The Strait node: configuration, HTTP API, group commit, dispatcher and
+//! telemetry around the replicated site state.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod commit;
+pub mod config;
+pub mod dispatch;
+pub mod ingest;
+pub mod spec;
+pub mod telemetry;
+pub mod trace;
