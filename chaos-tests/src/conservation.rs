@@ -155,10 +155,20 @@ impl fmt::Display for ConservationReport {
             self.redelivered
         )?;
         if !self.lost.is_empty() {
-            writeln!(f, "LOST (acknowledged, never delivered): {} {}", self.lost.len(), sample(&self.lost))?;
+            writeln!(
+                f,
+                "LOST (acknowledged, never delivered): {} {}",
+                self.lost.len(),
+                sample(&self.lost)
+            )?;
         }
         if !self.unknown.is_empty() {
-            writeln!(f, "UNKNOWN (delivered, never sent): {} {}", self.unknown.len(), sample(&self.unknown))?;
+            writeln!(
+                f,
+                "UNKNOWN (delivered, never sent): {} {}",
+                self.unknown.len(),
+                sample(&self.unknown)
+            )?;
         }
         if !self.rejected_delivered.is_empty() {
             writeln!(
@@ -169,7 +179,12 @@ impl fmt::Display for ConservationReport {
             )?;
         }
         if !self.corrupted.is_empty() {
-            writeln!(f, "CORRUPTED: {} {}", self.corrupted.len(), sample(&self.corrupted))?;
+            writeln!(
+                f,
+                "CORRUPTED: {} {}",
+                self.corrupted.len(),
+                sample(&self.corrupted)
+            )?;
         }
         Ok(())
     }
@@ -235,7 +250,11 @@ pub fn difference(sent: &SentEvent, got: &DeliveredEvent) -> Option<String> {
         ));
     }
     if got.attr("type") != Some(sent.event_type.as_str()) {
-        return Some(format!("type {:?}, sent {:?}", got.attr("type"), sent.event_type));
+        return Some(format!(
+            "type {:?}, sent {:?}",
+            got.attr("type"),
+            sent.event_type
+        ));
     }
     for (k, v) in &sent.extensions {
         if got.attr(k) != Some(v.as_str()) {

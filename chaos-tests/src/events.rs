@@ -136,10 +136,7 @@ impl SentEvent {
         m.insert("id".into(), json!(self.id));
         m.insert("source".into(), json!(self.source));
         m.insert("type".into(), json!(self.event_type));
-        m.insert(
-            "datacontenttype".into(),
-            json!(self.payload.content_type()),
-        );
+        m.insert("datacontenttype".into(), json!(self.payload.content_type()));
         for (k, v) in &self.extensions {
             m.insert(k.clone(), json!(v));
         }

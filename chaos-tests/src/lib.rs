@@ -16,6 +16,10 @@
 //!
 //! Every function returns errors instead of panicking so tests can attach
 //! context; nothing here skips a test when the binary is missing, it fails.
+//!
+//! Environment: `STRAIT_BIN` picks the binary (default
+//! `<workspace>/target/debug/strait`); `STRAIT_CHAOS_KEEP=1` keeps every
+//! temporary data dir and node log (`<dir>/data.stderr.log`) after the run.
 
 pub mod conservation;
 pub mod events;
@@ -29,6 +33,8 @@ pub use receiver::{Behavior, DeliveredEvent, ReceivedRequest, Receiver};
 
 use std::future::Future;
 use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
 
 /// Poll `check` every `every` until it returns `Some`, or fail after `timeout`
 /// with `what` in the message.
@@ -58,4 +64,72 @@ where
 pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
+}
+
+/// Run a whole test body with a hard time limit, so a hang fails instead of
+/// blocking the suite.
+pub async fn bounded<T>(
+    limit: Duration,
+    fut: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!("test exceeded its time limit of {limit:?}"),
+    }
+}
+
+/// An `http` target (binary mode) with a fast retry policy.
+pub fn http_target(id: &str, endpoint: &str, retry: Value) -> Value {
+    json!({
+        "id": id,
+        "type": "http",
+        "endpoint": endpoint,
+        "timeoutMs": 2000,
+        "retry": retry,
+    })
+}
+
+/// A retry policy: attempts and backoff bounds in milliseconds.
+pub fn retry(max_attempts: u32, initial_backoff_ms: u64, max_backoff_ms: u64) -> Value {
+    json!({
+        "maxAttempts": max_attempts,
+        "maxEventAgeSeconds": 3600,
+        "initialBackoffMs": initial_backoff_ms,
+        "maxBackoffMs": max_backoff_ms,
+    })
+}
+
+/// Per-entry outcomes of an ingress answer: `(id, status, error code)`.
+pub fn entry_outcomes(reply: &HttpReply) -> Vec<(Option<String>, String, Option<String>)> {
+    reply
+        .results()
+        .iter()
+        .map(|r| {
+            (
+                r.get("id").and_then(Value::as_str).map(str::to_string),
+                r.get("status")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                r.pointer("/error/code")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// `Err` if the node's output shows a panic.
+pub fn ensure_no_panic(node: &StraitProcess) -> anyhow::Result<()> {
+    let out = std::fs::read_to_string(node.stderr_path()).unwrap_or_default();
+    if let Some(pos) = out.find("panicked at") {
+        let start = out[..pos].rfind('\n').map_or(0, |p| p + 1);
+        let end = out.len().min(pos + 2000);
+        anyhow::bail!(
+            "strait panicked ({}):\n{}",
+            node.stderr_path().display(),
+            out.get(start..end).unwrap_or("")
+        );
+    }
+    Ok(())
 }

@@ -17,7 +17,12 @@ use crate::free_port;
 /// The `strait` binary: `$STRAIT_BIN`, else `<workspace>/target/debug/strait`.
 /// Fails (never skips) when it does not exist.
 pub fn strait_bin() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("STRAIT_BIN") {
+    strait_bin_from(std::env::var_os("STRAIT_BIN"))
+}
+
+/// [`strait_bin`] with the value of `STRAIT_BIN` given.
+pub fn strait_bin_from(env_value: Option<std::ffi::OsString>) -> anyhow::Result<PathBuf> {
+    let path = match env_value {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
@@ -38,6 +43,8 @@ pub fn strait_bin() -> anyhow::Result<PathBuf> {
 /// How to start a node.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
+    /// The binary; [`strait_bin`] when `None`.
+    pub bin: Option<PathBuf>,
     /// Pass `--dev` (no auth, one-member group, bus `default`).
     pub dev: bool,
     /// Written as YAML next to the data dir and passed with `--config`.
@@ -59,6 +66,7 @@ pub struct NodeOptions {
 impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
+            bin: None,
             dev: true,
             config: None,
             data_dir: None,
@@ -112,7 +120,7 @@ impl NodeOptions {
 pub struct StraitProcess {
     opts: NodeOptions,
     bin: PathBuf,
-    _root: Option<TempDir>,
+    root: Option<TempDir>,
     data_dir: PathBuf,
     log_path: PathBuf,
     config_path: Option<PathBuf>,
@@ -130,14 +138,21 @@ impl StraitProcess {
 
     /// Start a node and wait until `/readyz` answers 200.
     pub async fn start(opts: NodeOptions) -> anyhow::Result<StraitProcess> {
-        let bin = strait_bin()?;
+        let bin = match &opts.bin {
+            Some(b) => b.clone(),
+            None => strait_bin()?,
+        };
         let (root, data_dir) = match &opts.data_dir {
             Some(d) => (None, d.clone()),
             None => {
-                let root = tempfile::Builder::new()
+                let mut root = tempfile::Builder::new()
                     .prefix("strait-chaos-")
                     .tempdir()
                     .context("creating a temporary directory")?;
+                if std::env::var_os("STRAIT_CHAOS_KEEP").is_some_and(|v| !v.is_empty() && v != "0")
+                {
+                    root.disable_cleanup(true);
+                }
                 let d = root.path().join("data");
                 (Some(root), d)
             }
@@ -169,7 +184,7 @@ impl StraitProcess {
         let mut node = StraitProcess {
             opts,
             bin,
-            _root: root,
+            root,
             data_dir,
             log_path,
             config_path,
@@ -253,7 +268,6 @@ impl StraitProcess {
     /// process exits or the time runs out.
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        let mut last = String::from("no answer yet");
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
@@ -269,15 +283,15 @@ impl StraitProcess {
             if self.child.is_none() {
                 anyhow::bail!("strait on port {} is not running", self.port);
             }
-            match self
+            let last = match self
                 .client
                 .request_with_timeout(Method::GET, "/readyz", &[], None, Duration::from_secs(1))
                 .await
             {
                 Ok(r) if r.status == 200 => return Ok(()),
-                Ok(r) => last = format!("/readyz answered {}: {}", r.status, r.text()),
-                Err(e) => last = format!("{e:#}"),
-            }
+                Ok(r) => format!("/readyz answered {}: {}", r.status, r.text()),
+                Err(e) => format!("{e:#}"),
+            };
             if Instant::now() >= deadline {
                 self.kill_9()?;
                 anyhow::bail!(
@@ -346,6 +360,14 @@ impl StraitProcess {
     /// Process id while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Keep the temporary data dir and log after the test (for diagnosis
+    /// of a failure). Setting `STRAIT_CHAOS_KEEP=1` keeps them always.
+    pub fn keep_files(&mut self) {
+        if let Some(root) = self.root.as_mut() {
+            root.disable_cleanup(true);
+        }
     }
 
     /// How many times the process was started.
@@ -598,7 +620,12 @@ impl NodeClient {
     }
 
     /// A request with a JSON body.
-    pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> anyhow::Result<HttpReply> {
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<HttpReply> {
         self.request(
             method,
             path,
@@ -639,7 +666,8 @@ impl NodeClient {
 
     /// `GET /v1/buses/{bus}/rules/{rule}`.
     pub async fn get_rule(&self, bus: &str, rule: &str) -> anyhow::Result<HttpReply> {
-        self.get_json(&format!("/v1/buses/{bus}/rules/{rule}")).await
+        self.get_json(&format!("/v1/buses/{bus}/rules/{rule}"))
+            .await
     }
 
     /// One event in structured mode.
@@ -694,5 +722,30 @@ impl NodeClient {
     /// `GET /readyz` status.
     pub async fn readyz(&self) -> anyhow::Result<u16> {
         Ok(self.get_json("/readyz").await?.status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binary_fails_loudly() {
+        let e = strait_bin_from(Some("/nonexistent/strait".into())).expect_err("missing");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("cargo build -p strait-node"), "{msg}");
+        assert!(msg.contains("/nonexistent/strait"), "{msg}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_process_that_exits_fails_start_with_its_output() {
+        let mut opts = NodeOptions::dev();
+        opts.bin = Some(PathBuf::from("/bin/false"));
+        let e = match StraitProcess::start(opts).await {
+            Ok(_) => panic!("/bin/false cannot become ready"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains("before it was ready"), "{e}");
+        assert!(e.contains("chaos harness: start #1"), "{e}");
     }
 }

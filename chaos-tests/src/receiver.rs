@@ -135,7 +135,12 @@ impl ReceivedRequest {
 }
 
 fn is_json(ct: &str) -> bool {
-    let e = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let e = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     e == "application/json" || e == "text/json" || e.ends_with("+json")
 }
 
@@ -301,11 +306,9 @@ impl Receiver {
                 );
             }
             // Wake on a new request, or re-check now and then anyway.
-            let _ = tokio::time::timeout(
-                (deadline - now).min(Duration::from_millis(200)),
-                notified,
-            )
-            .await;
+            let _ =
+                tokio::time::timeout((deadline - now).min(Duration::from_millis(200)), notified)
+                    .await;
         }
     }
 

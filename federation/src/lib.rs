@@ -9,6 +9,9 @@
 //! work; a site opened here today is a one-member group, which still goes
 //! through the full Raft write path: append, fsync, commit, apply.
 
+// openraft's `StorageError` is large and its traits return it by value.
+#![allow(clippy::result_large_err)]
+
 pub mod command;
 pub mod error;
 mod network;

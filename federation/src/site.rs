@@ -27,6 +27,9 @@ pub struct SiteOptions {
     pub node: NodeInfo,
     /// Build a snapshot (and purge the log before it) after this many entries.
     pub snapshot_every: u64,
+    /// Fsync applied state at most this often (zero: on every apply). The
+    /// log is always fsynced before an entry counts as written.
+    pub state_flush_interval: Duration,
 }
 
 /// A running site group on this node.
@@ -49,7 +52,7 @@ impl Site {
         })?;
         let log = LogStore::open(&opts.data_dir.join("raft-log.redb"))?;
         let state = SiteState::open(&opts.data_dir.join("state.redb"))?;
-        let sm = StateMachine::new(state.clone(), &opts.data_dir);
+        let sm = StateMachine::new(state.clone(), &opts.data_dir, opts.state_flush_interval);
         let config = Config {
             cluster_name: "strait-site".into(),
             heartbeat_interval: 250,
@@ -100,7 +103,9 @@ impl Site {
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(FederationError::NotLeader { leader: f.leader_id })
+                Err(FederationError::NotLeader {
+                    leader: f.leader_id,
+                })
             }
             Err(e) => Err(FederationError::Write(e.to_string())),
         }
@@ -112,11 +117,9 @@ impl Site {
             .shutdown()
             .await
             .map_err(|e| FederationError::Raft(e.to_string()))?;
-        self.state
-            .flush()
-            .map_err(|e| FederationError::Storage {
-                path: "state.redb".into(),
-                message: e.to_string(),
-            })
+        self.state.flush().map_err(|e| FederationError::Storage {
+            path: "state.redb".into(),
+            message: e.to_string(),
+        })
     }
 }

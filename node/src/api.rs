@@ -9,16 +9,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use strait_federation::store::state::target_key;
 use strait_federation::{AppendEntry, AppendOutcome, Command, CommandResponse, FederationError};
 use strait_routing::pattern::Pattern;
 use strait_routing::transform::{Transform, TransformContext, TransformOutput};
 
-use crate::app::{bus_json, App};
+use crate::app::{App, bus_json};
 use crate::commit::CommitError;
-use crate::ingest::{parse_request, RequestError};
-use crate::spec::{validate_name, RuleSpec, SpecError};
+use crate::ingest::{RequestError, parse_request};
+use crate::spec::{RuleSpec, SpecError, validate_name};
 
 /// An API error: status, code and message, rendered as
 /// `{"error": {"code", "message"}}`.
@@ -27,7 +27,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    extra: Option<(&'static str, Value)>,
+    extra: Option<Box<(&'static str, Value)>>,
 }
 
 impl ApiError {
@@ -49,7 +49,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({"error": {"code": self.code, "message": self.message}});
-        if let Some((k, v)) = self.extra {
+        if let Some((k, v)) = self.extra.map(|b| *b) {
             body[k] = v;
         }
         (self.status, Json(body)).into_response()
@@ -68,7 +68,11 @@ impl From<FederationError> for ApiError {
             FederationError::NotLeader { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", e.to_string())
             }
-            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", other.to_string()),
+            other => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                other.to_string(),
+            ),
         }
     }
 }
@@ -79,7 +83,10 @@ type ApiResult<T> = Result<T, ApiError>;
 pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()
         .route("/v1/buses", get(list_buses))
-        .route("/v1/buses/{bus}", put(put_bus).get(get_bus).delete(delete_bus))
+        .route(
+            "/v1/buses/{bus}",
+            put(put_bus).get(get_bus).delete(delete_bus),
+        )
         .route("/v1/buses/{bus}/events", post(post_events))
         .route("/v1/buses/{bus}/rules", get(list_rules))
         .route(
@@ -96,7 +103,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route (see docs/api.md)")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "no such route (see docs/api.md)",
+            )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -119,7 +130,12 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
         .and_then(|v| v.strip_prefix("Bearer "));
     match token {
         Some(t) if app.cfg.auth.tokens.iter().any(|k| k == t) => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "the bearer token is not valid").into_response(),
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "the bearer token is not valid",
+        )
+        .into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -144,8 +160,9 @@ async fn read_json(app: &App, body: Body) -> ApiResult<Value> {
     if bytes.is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("MalformedRequest", format!("body is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request("MalformedRequest", format!("body is not valid JSON: {e}"))
+    })
 }
 
 fn check_name(kind: &str, name: &str) -> ApiResult<()> {
@@ -168,10 +185,21 @@ fn command_result(resp: CommandResponse) -> ApiResult<()> {
     match resp {
         CommandResponse::Ok | CommandResponse::Appended(_) => Ok(()),
         CommandResponse::NotFound(m) => {
-            let code = if m.starts_with("bus") { "BusNotFound" } else { "RuleNotFound" };
+            let code = if m.starts_with("bus") {
+                "BusNotFound"
+            } else {
+                "RuleNotFound"
+            };
             Err(ApiError::new(StatusCode::NOT_FOUND, code, m))
         }
-        CommandResponse::Conflict(m) => Err(ApiError::new(StatusCode::CONFLICT, "Conflict", m)),
+        CommandResponse::Conflict(m) => {
+            let code = if m.contains("still has rules") {
+                "BusHasRules"
+            } else {
+                "Conflict"
+            };
+            Err(ApiError::new(StatusCode::CONFLICT, code, m))
+        }
     }
 }
 
@@ -203,8 +231,13 @@ async fn post_events(
     for (i, (id, r)) in parsed.into_iter().enumerate() {
         match r {
             Ok(p) => {
-                let raw = serde_json::value::RawValue::from_string(p.json)
-                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+                let raw = serde_json::value::RawValue::from_string(p.json).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        e.to_string(),
+                    )
+                })?;
                 entries.push(AppendEntry {
                     bus: bus.clone(),
                     source: p.event.source().to_string(),
@@ -230,10 +263,18 @@ async fn post_events(
     let outcomes = match app.committer.append(entries).await {
         Ok(o) => o,
         Err(CommitError::NotReady(m)) => {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", m));
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NotReady",
+                m,
+            ));
         }
         Err(CommitError::Failed(m)) => {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CommitFailed", m));
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "CommitFailed",
+                m,
+            ));
         }
     };
     let (mut accepted, mut duplicates) = (0u64, 0u64);
@@ -248,9 +289,14 @@ async fn post_events(
                 "duplicate"
             }
             AppendOutcome::NoSuchBus => {
-                results[slot]["error"] = json!({"code": "BusNotFound", "message": format!("bus `{bus}` was deleted")});
+                results[slot]["error"] =
+                    json!({"code": "BusNotFound", "message": format!("bus `{bus}` was deleted")});
                 if first_error.is_none() {
-                    first_error = Some((StatusCode::NOT_FOUND, "BusNotFound", format!("bus `{bus}` was deleted")));
+                    first_error = Some((
+                        StatusCode::NOT_FOUND,
+                        "BusNotFound",
+                        format!("bus `{bus}` was deleted"),
+                    ));
                 }
                 "error"
             }
@@ -268,10 +314,13 @@ async fn post_events(
     if accepted + duplicates > 0 {
         return Ok((StatusCode::MULTI_STATUS, Json(body)).into_response());
     }
-    let (status, code, message) =
-        first_error.unwrap_or((StatusCode::BAD_REQUEST, "InvalidEvent", "no event accepted".into()));
+    let (status, code, message) = first_error.unwrap_or((
+        StatusCode::BAD_REQUEST,
+        "InvalidEvent",
+        "no event accepted".into(),
+    ));
     let mut err = ApiError::new(status, code, message);
-    err.extra = Some(("results", body["results"].clone()));
+    err.extra = Some(Box::new(("results", body["results"].clone())));
     Err(err)
 }
 
@@ -282,26 +331,50 @@ async fn list_buses(State(app): State<Arc<App>>) -> Json<Value> {
 
 async fn get_bus(State(app): State<Arc<App>>, Path(bus): Path<String>) -> ApiResult<Json<Value>> {
     bus_must_exist(&app, &bus)?;
-    let v = app.site.state.view().buses.get(&bus).cloned().unwrap_or(Value::Null);
+    let v = app
+        .site
+        .state
+        .view()
+        .buses
+        .get(&bus)
+        .cloned()
+        .unwrap_or(Value::Null);
     Ok(Json(v))
 }
 
-async fn put_bus(State(app): State<Arc<App>>, Path(bus): Path<String>, body: Body) -> ApiResult<Json<Value>> {
+async fn put_bus(
+    State(app): State<Arc<App>>,
+    Path(bus): Path<String>,
+    body: Body,
+) -> ApiResult<Json<Value>> {
     check_name("bus", &bus)?;
     let v = read_json(&app, body).await?;
     let description = match &v {
         Value::Null => String::new(),
         Value::Object(m) => {
             if let Some(k) = m.keys().find(|k| *k != "description" && *k != "name") {
-                return Err(ApiError::bad_request("InvalidBus", format!("{k}: unknown field (allowed: description)")));
+                return Err(ApiError::bad_request(
+                    "InvalidBus",
+                    format!("{k}: unknown field (allowed: description)"),
+                ));
             }
             match m.get("description") {
                 None => String::new(),
                 Some(Value::String(s)) => s.clone(),
-                Some(_) => return Err(ApiError::bad_request("InvalidBus", "description: must be a string")),
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "InvalidBus",
+                        "description: must be a string",
+                    ));
+                }
             }
         }
-        _ => return Err(ApiError::bad_request("InvalidBus", "the body must be a JSON object")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "InvalidBus",
+                "the body must be a JSON object",
+            ));
+        }
     };
     let created = app
         .site
@@ -313,11 +386,21 @@ async fn put_bus(State(app): State<Arc<App>>, Path(bus): Path<String>, body: Bod
         .and_then(Value::as_str)
         .map(str::to_string);
     let spec = bus_json(&bus, &description, created.as_deref());
-    command_result(app.site.write(Command::PutBus { name: bus, spec: spec.clone() }).await?)?;
+    command_result(
+        app.site
+            .write(Command::PutBus {
+                name: bus,
+                spec: spec.clone(),
+            })
+            .await?,
+    )?;
     Ok(Json(spec))
 }
 
-async fn delete_bus(State(app): State<Arc<App>>, Path(bus): Path<String>) -> ApiResult<Json<Value>> {
+async fn delete_bus(
+    State(app): State<Arc<App>>,
+    Path(bus): Path<String>,
+) -> ApiResult<Json<Value>> {
     command_result(app.site.write(Command::DeleteBus { name: bus }).await?)?;
     Ok(Json(json!({"deleted": true})))
 }
@@ -330,12 +413,25 @@ fn rule_view(app: &App, bus: &str, name: &str, spec: &Value, with_status: bool) 
         let mut targets = serde_json::Map::new();
         if let Some(ts) = spec.get("targets").and_then(Value::as_array) {
             for t in ts {
-                let Some(id) = t.get("id").and_then(Value::as_str) else { continue };
+                let Some(id) = t.get("id").and_then(Value::as_str) else {
+                    continue;
+                };
                 let key = target_key(bus, name, id);
-                let replicated = app.site.state.view().cursors.get(&key).copied().unwrap_or(0);
+                let replicated = app
+                    .site
+                    .state
+                    .view()
+                    .cursors
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(0);
                 let live = crate::dispatch::stats(&app.progress, &key).unwrap_or_default();
                 let cursor = live.cursor.max(replicated);
-                let lag = app.site.state.count_events_from(bus, cursor, 1_000_000).unwrap_or(0);
+                let lag = app
+                    .site
+                    .state
+                    .count_events_from(bus, cursor, 1_000_000)
+                    .unwrap_or(0);
                 targets.insert(
                     id.to_string(),
                     json!({
@@ -355,7 +451,10 @@ fn rule_view(app: &App, bus: &str, name: &str, spec: &Value, with_status: bool) 
     v
 }
 
-async fn list_rules(State(app): State<Arc<App>>, Path(bus): Path<String>) -> ApiResult<Json<Value>> {
+async fn list_rules(
+    State(app): State<Arc<App>>,
+    Path(bus): Path<String>,
+) -> ApiResult<Json<Value>> {
     bus_must_exist(&app, &bus)?;
     let rules: Vec<(String, Value)> = app
         .site
@@ -366,13 +465,25 @@ async fn list_rules(State(app): State<Arc<App>>, Path(bus): Path<String>) -> Api
         .filter(|((b, _), _)| *b == bus)
         .map(|((_, r), v)| (r.clone(), v.clone()))
         .collect();
-    let out: Vec<Value> = rules.iter().map(|(r, v)| rule_view(&app, &bus, r, v, false)).collect();
+    let out: Vec<Value> = rules
+        .iter()
+        .map(|(r, v)| rule_view(&app, &bus, r, v, false))
+        .collect();
     Ok(Json(json!({"rules": out})))
 }
 
-async fn get_rule(State(app): State<Arc<App>>, Path((bus, rule)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+async fn get_rule(
+    State(app): State<Arc<App>>,
+    Path((bus, rule)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     bus_must_exist(&app, &bus)?;
-    let spec = app.site.state.view().rules.get(&(bus.clone(), rule.clone())).cloned();
+    let spec = app
+        .site
+        .state
+        .view()
+        .rules
+        .get(&(bus.clone(), rule.clone()))
+        .cloned();
     match spec {
         Some(s) => Ok(Json(rule_view(&app, &bus, &rule, &s, true))),
         None => Err(ApiError::new(
@@ -398,8 +509,13 @@ async fn put_rule(
         m.remove("status");
     }
     let spec = RuleSpec::from_json(&v)?;
-    let stored = serde_json::to_value(&spec)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    let stored = serde_json::to_value(&spec).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })?;
     let targets = spec.targets.iter().map(|t| t.id.clone()).collect();
     command_result(
         app.site
@@ -418,20 +534,43 @@ async fn delete_rule(
     State(app): State<Arc<App>>,
     Path((bus, rule)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    command_result(app.site.write(Command::DeleteRule { bus, name: rule }).await?)?;
+    command_result(
+        app.site
+            .write(Command::DeleteRule { bus, name: rule })
+            .await?,
+    )?;
     Ok(Json(json!({"deleted": true})))
 }
 
 fn field<'a>(v: &'a Value, name: &str) -> ApiResult<&'a Value> {
-    v.get(name)
-        .ok_or_else(|| ApiError::bad_request("MalformedRequest", format!("{name}: required field is missing")))
+    v.get(name).ok_or_else(|| {
+        ApiError::bad_request(
+            "MalformedRequest",
+            format!("{name}: required field is missing"),
+        )
+    })
+}
+
+fn event_field(v: &Value) -> ApiResult<&Value> {
+    let event = field(v, "event")?;
+    if event.is_object() {
+        Ok(event)
+    } else {
+        Err(ApiError::bad_request(
+            "MalformedRequest",
+            format!(
+                "event: must be a JSON object, got {}",
+                strait_routing::event::json_kind(event)
+            ),
+        ))
+    }
 }
 
 async fn test_pattern(State(app): State<Arc<App>>, body: Body) -> ApiResult<Json<Value>> {
     let v = read_json(&app, body).await?;
     let pattern = Pattern::parse(field(&v, "pattern")?)
         .map_err(|e| ApiError::bad_request("InvalidPattern", format!("pattern: {e}")))?;
-    let event = field(&v, "event")?;
+    let event = event_field(&v)?;
     Ok(Json(json!({"matched": pattern.matches(event)})))
 }
 
@@ -439,7 +578,7 @@ async fn test_transform(State(app): State<Arc<App>>, body: Body) -> ApiResult<Js
     let v = read_json(&app, body).await?;
     let transform = Transform::parse(field(&v, "transform")?)
         .map_err(|e| ApiError::bad_request("InvalidTransform", format!("transform: {e}")))?;
-    let event = field(&v, "event")?;
+    let event = event_field(&v)?;
     let now = chrono::Utc::now().to_rfc3339();
     let ctx = TransformContext {
         rule_name: "test-rule",
@@ -481,8 +620,17 @@ async fn cluster(State(app): State<Arc<App>>) -> Json<Value> {
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let leader = app.site.raft.metrics().borrow().current_leader;
     match leader {
-        Some(l) => (StatusCode::OK, Json(json!({"status": "ready", "leader": l}))).into_response(),
-        None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", "no Raft leader yet").into_response(),
+        Some(l) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "leader": l})),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NotReady",
+            "no Raft leader yet",
+        )
+        .into_response(),
     }
 }
 

@@ -8,7 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use strait_adapters::http::HttpSink;
 use strait_federation::{Command, CommandResponse, NodeInfo, Site, SiteOptions};
 
-use crate::commit::{now_ms, Committer};
+use crate::commit::{Committer, now_ms};
 use crate::config::NodeConfig;
 use crate::dispatch::Progress;
 
@@ -38,6 +38,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
             raft_addr: String::new(),
         },
         snapshot_every: cfg.snapshot_every,
+        state_flush_interval: Duration::from_millis(cfg.state_flush_ms),
     })
     .await?;
     site.wait_for_leader(Duration::from_secs(30)).await?;

@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::config::NodeConfig;
-use crate::spec::{validate_name, RuleSpec};
+use crate::spec::{RuleSpec, validate_name};
 
 /// Strait: a multi-cloud CloudEvents federation gateway.
 #[derive(Debug, Parser)]
@@ -183,7 +183,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn client(s: &ServerArgs) -> (reqwest::Client, String) {
-    (reqwest::Client::new(), s.server.trim_end_matches('/').to_string())
+    (
+        reqwest::Client::new(),
+        s.server.trim_end_matches('/').to_string(),
+    )
 }
 
 fn with_auth(req: reqwest::RequestBuilder, s: &ServerArgs) -> reqwest::RequestBuilder {
@@ -194,7 +197,10 @@ fn with_auth(req: reqwest::RequestBuilder, s: &ServerArgs) -> reqwest::RequestBu
 }
 
 async fn send(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<(u16, Value)> {
-    let resp = req.send().await.with_context(|| format!("{what}: cannot reach the server"))?;
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("{what}: cannot reach the server"))?;
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     Ok((status, body))
@@ -262,7 +268,8 @@ struct ApplyRule {
 }
 
 fn load_doc<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_yaml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
@@ -270,10 +277,12 @@ async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
     let file: ApplyFile = load_doc(&a.file)?;
     // Validate everything before changing anything.
     for (i, b) in file.buses.iter().enumerate() {
-        validate_name("bus", &b.name).map_err(|e| anyhow!("{}: buses[{i}].name: {}", a.file.display(), e.message))?;
+        validate_name("bus", &b.name)
+            .map_err(|e| anyhow!("{}: buses[{i}].name: {}", a.file.display(), e.message))?;
     }
     for (i, r) in file.rules.iter().enumerate() {
-        validate_name("rule", &r.name).map_err(|e| anyhow!("{}: rules[{i}].name: {}", a.file.display(), e.message))?;
+        validate_name("rule", &r.name)
+            .map_err(|e| anyhow!("{}: rules[{i}].name: {}", a.file.display(), e.message))?;
         RuleSpec::from_json(&Value::Object(r.spec.clone()))
             .map_err(|e| anyhow!("{}: rules[{i}] ({}): {e}", a.file.display(), r.name))?;
     }
@@ -294,7 +303,11 @@ async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
             .json(&Value::Object(r.spec.clone()));
         let (status, body) = send(with_auth(req, &a.server), "apply").await?;
         if !(200..300).contains(&status) {
-            return Err(api_error(&format!("rule {}/{}", r.bus, r.name), status, &body));
+            return Err(api_error(
+                &format!("rule {}/{}", r.bus, r.name),
+                status,
+                &body,
+            ));
         }
         println!("rule {}/{}: applied", r.bus, r.name);
     }
@@ -303,23 +316,41 @@ async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
 
 async fn get(a: GetArgs) -> anyhow::Result<()> {
     let (c, base) = client(&a.server);
-    let (status, body) = send(with_auth(c.get(format!("{base}/v1/buses")), &a.server), "get").await?;
+    let (status, body) = send(
+        with_auth(c.get(format!("{base}/v1/buses")), &a.server),
+        "get",
+    )
+    .await?;
     if status != 200 {
         return Err(api_error("get buses", status, &body));
     }
     let buses: Vec<String> = body["buses"]
         .as_array()
-        .map(|v| v.iter().filter_map(|b| b["name"].as_str().map(str::to_string)).collect())
+        .map(|v| {
+            v.iter()
+                .filter_map(|b| b["name"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     if a.what == "buses" {
         println!("{:<24} DESCRIPTION", "BUS");
         for b in body["buses"].as_array().into_iter().flatten() {
-            println!("{:<24} {}", b["name"].as_str().unwrap_or(""), b["description"].as_str().unwrap_or(""));
+            println!(
+                "{:<24} {}",
+                b["name"].as_str().unwrap_or(""),
+                b["description"].as_str().unwrap_or("")
+            );
         }
         return Ok(());
     }
-    println!("{:<16} {:<24} {:<8} {:<40} PATTERN", "BUS", "RULE", "ENABLED", "TARGETS");
-    for bus in buses.iter().filter(|b| a.bus.as_ref().is_none_or(|x| x == *b)) {
+    println!(
+        "{:<16} {:<24} {:<8} {:<40} PATTERN",
+        "BUS", "RULE", "ENABLED", "TARGETS"
+    );
+    for bus in buses
+        .iter()
+        .filter(|b| a.bus.as_ref().is_none_or(|x| x == *b))
+    {
         let (status, body) = send(
             with_auth(c.get(format!("{base}/v1/buses/{bus}/rules")), &a.server),
             "get rules",
@@ -333,7 +364,13 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|t| format!("{}→{}", t["id"].as_str().unwrap_or(""), t["endpoint"].as_str().unwrap_or("")))
+                .map(|t| {
+                    format!(
+                        "{}→{}",
+                        t["id"].as_str().unwrap_or(""),
+                        t["endpoint"].as_str().unwrap_or("")
+                    )
+                })
                 .collect();
             println!(
                 "{:<16} {:<24} {:<8} {:<40} {}",
@@ -360,5 +397,9 @@ fn test_pattern(a: TestPatternArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow!("{}: invalid pattern: {e}", a.pattern.display()))?;
     let matched = p.matches(&event);
     println!("{}", json!({"matched": matched}));
-    Ok(if matched { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if matched {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

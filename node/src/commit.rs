@@ -4,8 +4,10 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use strait_federation::{AppendEntry, AppendOutcome, Command, CommandResponse, FederationError, Site};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use strait_federation::{
+    AppendEntry, AppendOutcome, Command, CommandResponse, FederationError, Site,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::config::Batching;
@@ -50,7 +52,10 @@ impl Committer {
     }
 
     /// Append events; resolves once they are committed (or not).
-    pub async fn append(&self, entries: Vec<AppendEntry>) -> Result<Vec<AppendOutcome>, CommitError> {
+    pub async fn append(
+        &self,
+        entries: Vec<AppendEntry>,
+    ) -> Result<Vec<AppendOutcome>, CommitError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -68,7 +73,12 @@ impl Committer {
     }
 }
 
-async fn run(site: Site, batching: Batching, dedup_window_ms: u64, mut rx: mpsc::Receiver<Pending>) {
+async fn run(
+    site: Site,
+    batching: Batching,
+    dedup_window_ms: u64,
+    mut rx: mpsc::Receiver<Pending>,
+) {
     let permits = Arc::new(Semaphore::new(batching.max_in_flight));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -91,7 +101,9 @@ async fn run(site: Site, batching: Batching, dedup_window_ms: u64, mut rx: mpsc:
         let site = site.clone();
         tokio::spawn(async move {
             let span = tracing::info_span!("commit", events = count, requests = batch.len());
-            propose(&site, batch, dedup_window_ms).instrument(span).await;
+            propose(&site, batch, dedup_window_ms)
+                .instrument(span)
+                .await;
             drop(permit);
         });
     }
@@ -114,7 +126,9 @@ async fn propose(site: &Site, batch: Vec<Pending>, dedup_window_ms: u64) {
     };
     let result = match site.write(cmd).await {
         Ok(CommandResponse::Appended(outcomes)) if outcomes.len() == total => Ok(outcomes),
-        Ok(other) => Err(CommitError::Failed(format!("unexpected state machine answer {other:?}"))),
+        Ok(other) => Err(CommitError::Failed(format!(
+            "unexpected state machine answer {other:?}"
+        ))),
         Err(FederationError::NotLeader { leader }) => Err(CommitError::NotReady(format!(
             "not the leader (leader: {leader:?})"
         ))),
@@ -125,7 +139,8 @@ async fn propose(site: &Site, batch: Vec<Pending>, dedup_window_ms: u64) {
             let mut it = outcomes.into_iter();
             for ((reply, enqueued), n) in replies.into_iter().zip(sizes) {
                 let part: Vec<AppendOutcome> = it.by_ref().take(n).collect();
-                metrics::histogram!("strait_commit_latency_seconds").record(enqueued.elapsed().as_secs_f64());
+                metrics::histogram!("strait_commit_latency_seconds")
+                    .record(enqueued.elapsed().as_secs_f64());
                 let _ = reply.send(Ok(part));
             }
         }

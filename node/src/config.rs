@@ -105,6 +105,9 @@ pub struct NodeConfig {
     pub retention_secs: u64,
     /// Snapshot (and purge the Raft log) after this many entries.
     pub snapshot_every: u64,
+    /// Fsync the applied state at most this often, ms (0: on every apply).
+    /// The Raft log itself is always fsynced before an event is acknowledged.
+    pub state_flush_ms: u64,
     /// Buses created at start if missing.
     pub buses: Vec<String>,
     /// Dispatcher tuning.
@@ -128,6 +131,7 @@ impl Default for NodeConfig {
             dedup_window_secs: 86_400,
             retention_secs: 3_600,
             snapshot_every: 20_000,
+            state_flush_ms: 0,
             buses: vec!["default".into()],
             dispatch: Dispatch::default(),
             batching: Batching::default(),
@@ -188,7 +192,10 @@ impl NodeConfig {
             })
         };
         if self.http.parse::<std::net::SocketAddr>().is_err() {
-            return invalid("http", &format!("{:?} is not an address like 127.0.0.1:8080", self.http));
+            return invalid(
+                "http",
+                &format!("{:?} is not an address like 127.0.0.1:8080", self.http),
+            );
         }
         if !self.dev && self.auth.tokens.is_empty() {
             return invalid(
@@ -200,16 +207,25 @@ impl NodeConfig {
             return invalid("limits.max_event_bytes", "must be at least 1024");
         }
         if self.limits.max_request_bytes < self.limits.max_event_bytes {
-            return invalid("limits.max_request_bytes", "must be at least limits.max_event_bytes");
+            return invalid(
+                "limits.max_request_bytes",
+                "must be at least limits.max_event_bytes",
+            );
         }
         if self.limits.max_batch_events == 0 {
             return invalid("limits.max_batch_events", "must be at least 1");
         }
         if self.batching.max_in_flight == 0 || self.batching.max_events_per_proposal == 0 {
-            return invalid("batching", "max_in_flight and max_events_per_proposal must be at least 1");
+            return invalid(
+                "batching",
+                "max_in_flight and max_events_per_proposal must be at least 1",
+            );
         }
         if self.dispatch.checkpoint_interval_ms == 0 || self.dispatch.read_batch == 0 {
-            return invalid("dispatch", "checkpoint_interval_ms and read_batch must be at least 1");
+            return invalid(
+                "dispatch",
+                "checkpoint_interval_ms and read_batch must be at least 1",
+            );
         }
         for b in &self.buses {
             if crate::spec::validate_name("bus", b).is_err() {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use serde_json::Value;
-use strait_adapters::http::{ContentMode, HttpTarget};
 use strait_adapters::DeliveryError;
+use strait_adapters::http::{ContentMode, HttpTarget};
 use strait_federation::store::state::target_key;
 use strait_federation::{AppendEntry, Command, StoredEvent};
 use strait_routing::event::Event;
@@ -89,7 +89,10 @@ pub async fn run(app: Arc<App>) {
 fn reconcile(app: &Arc<App>, workers: &mut HashMap<String, Worker>) {
     let rules: Vec<((String, String), Value)> = {
         let view = app.site.state.view();
-        view.rules.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        view.rules
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     };
     let mut wanted = HashMap::new();
     for ((bus, rule_name), json) in rules {
@@ -102,11 +105,22 @@ fn reconcile(app: &Arc<App>, workers: &mut HashMap<String, Worker>) {
         };
         for (idx, t) in compiled.spec.targets.iter().enumerate() {
             let key = target_key(&bus, &rule_name, &t.id);
-            wanted.insert(key, (bus.clone(), rule_name.clone(), compiled.clone(), idx, json.clone()));
+            wanted.insert(
+                key,
+                (
+                    bus.clone(),
+                    rule_name.clone(),
+                    compiled.clone(),
+                    idx,
+                    json.clone(),
+                ),
+            );
         }
     }
     workers.retain(|key, w| {
-        let keep = wanted.get(key).is_some_and(|(_, _, _, _, json)| *json == w.rule_json);
+        let keep = wanted
+            .get(key)
+            .is_some_and(|(_, _, _, _, json)| *json == w.rule_json);
         if !keep {
             w.handle.abort();
         }
@@ -243,9 +257,12 @@ impl TargetWorker {
             match tr.apply(&value, &ctx) {
                 Ok(TransformOutput::Original) => {}
                 Ok(TransformOutput::Json(v)) => event.replace_data(v, "application/json"),
-                Ok(TransformOutput::Text(s)) => event.replace_data(Value::String(s), "text/plain; charset=utf-8"),
+                Ok(TransformOutput::Text(s)) => {
+                    event.replace_data(Value::String(s), "text/plain; charset=utf-8")
+                }
                 Err(e) => {
-                    self.dead_letter(original, format!("transform failed: {e}"), 0).await;
+                    self.dead_letter(original, format!("transform failed: {e}"), 0)
+                        .await;
                     return seq;
                 }
             }
@@ -286,7 +303,8 @@ impl TargetWorker {
                 .deliver(&event, &http_target, &tp.to_string())
                 .instrument(span.clone())
                 .await;
-            metrics::histogram!("strait_delivery_latency_seconds", &labels).record(started.elapsed().as_secs_f64());
+            metrics::histogram!("strait_delivery_latency_seconds", &labels)
+                .record(started.elapsed().as_secs_f64());
             let err = match result {
                 Ok(_) => {
                     metrics::counter!("strait_deliveries_total", "bus" => self.bus.clone(), "rule" => self.rule_name.clone(), "target" => target.id.clone(), "outcome" => "delivered").increment(1);
@@ -306,7 +324,9 @@ impl TargetWorker {
             if !err.is_retryable() || attempt >= policy.max_attempts || too_old {
                 let why = match &err {
                     DeliveryError::Permanent(m) => format!("permanent failure: {m}"),
-                    DeliveryError::Retryable(m) if too_old => format!("maximum event age exceeded; last error: {m}"),
+                    DeliveryError::Retryable(m) if too_old => {
+                        format!("maximum event age exceeded; last error: {m}")
+                    }
                     DeliveryError::Retryable(m) => format!("retries exhausted; last error: {m}"),
                 };
                 self.dead_letter(original, why, attempt).await;
@@ -320,7 +340,10 @@ impl TargetWorker {
     async fn dead_letter(&self, mut event: Event, reason: String, attempts: u32) {
         let target = &self.rule.spec.targets[self.idx];
         with_stats(&self.app.progress, &self.key, |s| s.dead_lettered += 1);
-        let dl = target.dead_letter.clone().or_else(|| self.rule.spec.dead_letter.clone());
+        let dl = target
+            .dead_letter
+            .clone()
+            .or_else(|| self.rule.spec.dead_letter.clone());
         let labels = |outcome: &'static str| {
             [
                 ("bus", self.bus.clone()),
@@ -330,23 +353,40 @@ impl TargetWorker {
             ]
         };
         let Some(dl) = dl else {
-            tracing::warn!(bus = self.bus, rule = self.rule_name, target = target.id, event_id = event.id(), reason, "event dropped: no dead-letter destination");
+            tracing::warn!(
+                bus = self.bus,
+                rule = self.rule_name,
+                target = target.id,
+                event_id = event.id(),
+                reason,
+                "event dropped: no dead-letter destination"
+            );
             metrics::counter!("strait_dead_lettered_total", &labels("dropped")).increment(1);
             return;
         };
         if event.get("deadletterreason").is_some() && matches!(dl, DeadLetter::Bus { .. }) {
-            tracing::error!(event_id = event.id(), reason, "event dropped: it was already dead-lettered once (loop guard)");
+            tracing::error!(
+                event_id = event.id(),
+                reason,
+                "event dropped: it was already dead-lettered once (loop guard)"
+            );
             metrics::counter!("strait_dead_lettered_total", &labels("dropped")).increment(1);
             return;
         }
         event.set_attr("deadletterreason", Value::String(reason.clone()));
         event.set_attr("deadletterattempts", Value::from(attempts));
-        event.set_attr("deadletterrule", Value::String(format!("{}/{}", self.bus, self.rule_name)));
+        event.set_attr(
+            "deadletterrule",
+            Value::String(format!("{}/{}", self.bus, self.rule_name)),
+        );
         event.set_attr("deadlettertarget", Value::String(target.id.clone()));
         match dl {
             DeadLetter::Bus { bus } => {
                 let json = event.to_json_bytes();
-                let raw = match String::from_utf8(json).ok().and_then(|s| serde_json::value::RawValue::from_string(s).ok()) {
+                let raw = match String::from_utf8(json)
+                    .ok()
+                    .and_then(|s| serde_json::value::RawValue::from_string(s).ok())
+                {
                     Some(r) => r,
                     None => return,
                 };
@@ -360,11 +400,19 @@ impl TargetWorker {
                 loop {
                     match self.app.committer.append(vec![entry.clone()]).await {
                         Ok(outcomes) => {
-                            if outcomes.first() == Some(&strait_federation::AppendOutcome::NoSuchBus) {
-                                tracing::error!(bus, event_id = event.id(), "dead-letter bus does not exist; event dropped");
-                                metrics::counter!("strait_dead_lettered_total", &labels("dropped")).increment(1);
+                            if outcomes.first()
+                                == Some(&strait_federation::AppendOutcome::NoSuchBus)
+                            {
+                                tracing::error!(
+                                    bus,
+                                    event_id = event.id(),
+                                    "dead-letter bus does not exist; event dropped"
+                                );
+                                metrics::counter!("strait_dead_lettered_total", &labels("dropped"))
+                                    .increment(1);
                             } else {
-                                metrics::counter!("strait_dead_lettered_total", &labels("bus")).increment(1);
+                                metrics::counter!("strait_dead_lettered_total", &labels("bus"))
+                                    .increment(1);
                             }
                             return;
                         }
@@ -375,7 +423,11 @@ impl TargetWorker {
                     }
                 }
             }
-            DeadLetter::Http { endpoint, mode, headers } => {
+            DeadLetter::Http {
+                endpoint,
+                mode,
+                headers,
+            } => {
                 let policy = RetryPolicy {
                     max_attempts: 5,
                     max_event_age_seconds: 3600,
@@ -396,9 +448,15 @@ impl TargetWorker {
                     .and_then(TraceParent::parse)
                     .unwrap_or_else(TraceParent::new_root);
                 for attempt in 1..=policy.max_attempts {
-                    match self.app.sink.deliver(&event, &t, &parent.child().to_string()).await {
+                    match self
+                        .app
+                        .sink
+                        .deliver(&event, &t, &parent.child().to_string())
+                        .await
+                    {
                         Ok(_) => {
-                            metrics::counter!("strait_dead_lettered_total", &labels("http")).increment(1);
+                            metrics::counter!("strait_dead_lettered_total", &labels("http"))
+                                .increment(1);
                             return;
                         }
                         Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
@@ -406,7 +464,8 @@ impl TargetWorker {
                         }
                         Err(e) => {
                             tracing::error!(endpoint, event_id = event.id(), error = %e, "dead-letter delivery failed; event dropped");
-                            metrics::counter!("strait_dead_lettered_total", &labels("dropped")).increment(1);
+                            metrics::counter!("strait_dead_lettered_total", &labels("dropped"))
+                                .increment(1);
                             return;
                         }
                     }
@@ -476,10 +535,15 @@ fn publish_lag(app: &App) {
     };
     for (key, cursor) in keys {
         let mut parts = key.splitn(3, '/');
-        let (Some(bus), Some(rule), Some(target)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(bus), Some(rule), Some(target)) = (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
-        let lag = app.site.state.count_events_from(bus, cursor, 1_000_000).unwrap_or(0);
+        let lag = app
+            .site
+            .state
+            .count_events_from(bus, cursor, 1_000_000)
+            .unwrap_or(0);
         metrics::gauge!("strait_target_lag_events", "bus" => bus.to_string(), "rule" => rule.to_string(), "target" => target.to_string()).set(lag as f64);
     }
     if let Ok(n) = app.site.state.stored_events() {

@@ -92,7 +92,10 @@ impl RetryPolicy {
 
     fn validate(&self, field: &str) -> Result<(), SpecError> {
         if self.max_attempts == 0 {
-            return Err(SpecError::new(format!("{field}.maxAttempts"), "must be at least 1"));
+            return Err(SpecError::new(
+                format!("{field}.maxAttempts"),
+                "must be at least 1",
+            ));
         }
         if self.max_event_age_seconds == 0 {
             return Err(SpecError::new(
@@ -213,16 +216,23 @@ fn validate_url(field: &str, url: &str) -> Result<(), SpecError> {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
         Ok(u) => Err(SpecError::new(
             field,
-            format!("scheme {:?} is not supported (use http or https)", u.scheme()),
+            format!(
+                "scheme {:?} is not supported (use http or https)",
+                u.scheme()
+            ),
         )),
-        Err(e) => Err(SpecError::new(field, format!("{url:?} is not a valid URL: {e}"))),
+        Err(e) => Err(SpecError::new(
+            field,
+            format!("{url:?} is not a valid URL: {e}"),
+        )),
     }
 }
 
 fn validate_dead_letter(field: &str, dl: &DeadLetter) -> Result<(), SpecError> {
     match dl {
-        DeadLetter::Bus { bus } => validate_name("bus", bus)
-            .map_err(|e| SpecError::new(format!("{field}.bus"), e.message)),
+        DeadLetter::Bus { bus } => {
+            validate_name("bus", bus).map_err(|e| SpecError::new(format!("{field}.bus"), e.message))
+        }
         DeadLetter::Http { endpoint, .. } => validate_url(&format!("{field}.endpoint"), endpoint),
     }
 }
@@ -259,7 +269,10 @@ impl RuleSpec {
             code: "InvalidPattern",
         })?;
         if self.targets.is_empty() {
-            return Err(SpecError::new("targets", "a rule needs at least one target"));
+            return Err(SpecError::new(
+                "targets",
+                "a rule needs at least one target",
+            ));
         }
         if self.targets.len() > 64 {
             return Err(SpecError::new("targets", "a rule has at most 64 targets"));
@@ -267,9 +280,13 @@ impl RuleSpec {
         let mut transforms = Vec::with_capacity(self.targets.len());
         for (i, t) in self.targets.iter().enumerate() {
             let f = format!("targets[{i}]");
-            validate_name("target id", &t.id).map_err(|e| SpecError::new(format!("{f}.id"), e.message))?;
+            validate_name("target id", &t.id)
+                .map_err(|e| SpecError::new(format!("{f}.id"), e.message))?;
             if self.targets[..i].iter().any(|o| o.id == t.id) {
-                return Err(SpecError::new(format!("{f}.id"), format!("duplicate target id {:?}", t.id)));
+                return Err(SpecError::new(
+                    format!("{f}.id"),
+                    format!("duplicate target id {:?}", t.id),
+                ));
             }
             if t.kind != "http" {
                 return Err(SpecError::new(
@@ -279,10 +296,16 @@ impl RuleSpec {
             }
             validate_url(&format!("{f}.endpoint"), &t.endpoint)?;
             if t.timeout_ms == 0 || t.timeout_ms > 300_000 {
-                return Err(SpecError::new(format!("{f}.timeoutMs"), "must be between 1 and 300000"));
+                return Err(SpecError::new(
+                    format!("{f}.timeoutMs"),
+                    "must be between 1 and 300000",
+                ));
             }
             if t.concurrency == 0 || t.concurrency > 1024 {
-                return Err(SpecError::new(format!("{f}.concurrency"), "must be between 1 and 1024"));
+                return Err(SpecError::new(
+                    format!("{f}.concurrency"),
+                    "must be between 1 and 1024",
+                ));
             }
             for name in t.headers.keys() {
                 if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -341,13 +364,24 @@ mod tests {
         assert_eq!(e.field, "targets[0].endpoint");
         let mut r = rule();
         r["targets"][0]["retry"] = json!({"maxAttempts": 0});
-        assert_eq!(RuleSpec::from_json(&r).expect_err("attempts").field, "targets[0].retry.maxAttempts");
+        assert_eq!(
+            RuleSpec::from_json(&r).expect_err("attempts").field,
+            "targets[0].retry.maxAttempts"
+        );
         let mut r = rule();
         r["targets"] = json!([]);
-        assert_eq!(RuleSpec::from_json(&r).expect_err("no targets").field, "targets");
+        assert_eq!(
+            RuleSpec::from_json(&r).expect_err("no targets").field,
+            "targets"
+        );
         let mut r = rule();
         r["bogus"] = json!(1);
-        assert!(RuleSpec::from_json(&r).expect_err("unknown").message.contains("bogus"));
+        assert!(
+            RuleSpec::from_json(&r)
+                .expect_err("unknown")
+                .message
+                .contains("bogus")
+        );
     }
 
     #[test]

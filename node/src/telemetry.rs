@@ -3,11 +3,13 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
 
 use crate::trace::TraceParent;
 
@@ -31,7 +33,8 @@ impl Drop for TelemetryGuard {
 /// Install logging (stderr, `RUST_LOG`, default `info`) and, when an
 /// endpoint is given, OTLP/HTTP trace export.
 pub fn init(otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let mut provider = None;
     match otlp_endpoint {
@@ -59,7 +62,10 @@ pub fn init(otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
             let _ = OTEL_ON.set(true);
         }
         None => {
-            tracing_subscriber::registry().with(filter).with(fmt).try_init()?;
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(fmt)
+                .try_init()?;
             let _ = OTEL_ON.set(false);
         }
     }
@@ -108,7 +114,8 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
                 ])
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();

@@ -152,7 +152,10 @@ impl Event {
             let data = match content_type {
                 Some(ct) if is_json_media_type(ct) => {
                     let v: Value = serde_json::from_slice(body).map_err(|e| {
-                        EventError::invalid("data", format!("is declared as JSON ({ct}) but does not parse: {e}"))
+                        EventError::invalid(
+                            "data",
+                            format!("is declared as JSON ({ct}) but does not parse: {e}"),
+                        )
                     })?;
                     ("data", v)
                 }
@@ -189,7 +192,9 @@ impl Event {
                     }));
                 }
                 Some(Value::String(s)) if !s.is_empty() => {}
-                Some(Value::String(_)) => return Err(EventError::invalid(attr, "must not be empty")),
+                Some(Value::String(_)) => {
+                    return Err(EventError::invalid(attr, "must not be empty"));
+                }
                 Some(other) => {
                     return Err(EventError::invalid(
                         attr,
@@ -233,7 +238,9 @@ impl Event {
                 Value::String(s) => {
                     base64::engine::general_purpose::STANDARD
                         .decode(s)
-                        .map_err(|e| EventError::invalid("data_base64", format!("is not valid base64: {e}")))?;
+                        .map_err(|e| {
+                            EventError::invalid("data_base64", format!("is not valid base64: {e}"))
+                        })?;
                 }
                 other => {
                     return Err(EventError::invalid(
@@ -423,7 +430,9 @@ pub fn percent_decode_header(value: &[u8]) -> Result<String, EventError> {
         out.push(value[i]);
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| EventError::Malformed("a ce- header is not valid UTF-8 after percent-decoding".into()))
+    String::from_utf8(out).map_err(|_| {
+        EventError::Malformed("a ce- header is not valid UTF-8 after percent-decoding".into())
+    })
 }
 
 fn hex(c: u8) -> Option<u8> {
@@ -471,10 +480,20 @@ mod tests {
     fn rejects_bad_time_and_extension() {
         let mut v = base();
         v["time"] = json!("yesterday");
-        assert!(Event::from_structured(v).expect_err("time").to_string().contains("time"));
+        assert!(
+            Event::from_structured(v)
+                .expect_err("time")
+                .to_string()
+                .contains("time")
+        );
         let mut v = base();
         v["Bad-Name"] = json!("x");
-        assert!(Event::from_structured(v).expect_err("ext").to_string().contains("Bad-Name"));
+        assert!(
+            Event::from_structured(v)
+                .expect_err("ext")
+                .to_string()
+                .contains("Bad-Name")
+        );
         let mut v = base();
         v["ext"] = json!({"a": 1});
         assert!(Event::from_structured(v).is_err());

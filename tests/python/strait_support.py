@@ -48,6 +48,7 @@ HTTP_TIMEOUT_S = 15.0
 STRUCTURED_CT = "application/cloudevents+json"
 BATCH_CT = "application/cloudevents-batch+json"
 
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 # ---------------------------------------------------------------------------
@@ -70,7 +71,7 @@ def tail(path: Path, limit: int = 6000) -> str:
         data = path.read_bytes()
     except OSError as exc:  # pragma: no cover - diagnostics only
         return f"<cannot read {path}: {exc}>"
-    text = data[-limit:].decode("utf-8", errors="replace")
+    text = ANSI_RE.sub("", data[-limit:].decode("utf-8", errors="replace"))
     if len(data) > limit:
         text = "...\n" + text
     return text or "<empty>"
@@ -138,6 +139,7 @@ class StraitServer:
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
         env.setdefault("RUST_LOG", "info")
+        env.setdefault("NO_COLOR", "1")
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 self.argv,

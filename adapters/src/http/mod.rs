@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use strait_routing::event::{percent_encode_header, Event};
+use strait_routing::event::{Event, percent_encode_header};
 
 use crate::DeliveryError;
 
@@ -115,7 +115,12 @@ impl HttpSink {
         }
         let text = resp.text().await.unwrap_or_default();
         let snippet: String = text.chars().take(200).collect();
-        let msg = format!("HTTP {} from {}: {}", status.as_u16(), target.endpoint, snippet);
+        let msg = format!(
+            "HTTP {} from {}: {}",
+            status.as_u16(),
+            target.endpoint,
+            snippet
+        );
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
             Err(DeliveryError::Retryable(msg))
         } else {

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
+use openraft::{
+    Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote,
+};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{blocking, storage_err, storage_msg};
@@ -40,12 +42,10 @@ impl LogStore {
             message: e.to_string(),
         })?;
         let store = LogStore { db: Arc::new(db) };
-        store
-            .init_tables()
-            .map_err(|e| FederationError::Storage {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+        store.init_tables().map_err(|e| FederationError::Storage {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         Ok(store)
     }
 
@@ -61,13 +61,16 @@ impl LogStore {
         let table = txn.open_table(META).map_err(rerr)?;
         match table.get(key).map_err(rerr)? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(v.value())
-                .map(Some)
-                .map_err(|e| rerr(e)),
+            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(rerr),
         }
     }
 
-    fn write_meta<T: serde::Serialize>(&self, key: &str, value: &T, durability: Durability) -> SResult<()> {
+    fn write_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        durability: Durability,
+    ) -> SResult<()> {
         let bytes = serde_json::to_vec(value).map_err(werr)?;
         let mut txn = self.db.begin_write().map_err(werr)?;
         txn.set_durability(durability).map_err(werr)?;
@@ -154,7 +157,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> SResult<Option<LogId<NodeId>>> {
-        Ok(self.read_meta::<Option<LogId<NodeId>>>("committed")?.flatten())
+        Ok(self
+            .read_meta::<Option<LogId<NodeId>>>("committed")?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> SResult<()>
@@ -194,7 +199,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.set_durability(Durability::Immediate).map_err(werr)?;
             {
                 let mut table = txn.open_table(LOG).map_err(werr)?;
-                table.retain_in(log_id.index.., |_, _| false).map_err(werr)?;
+                table
+                    .retain_in(log_id.index.., |_, _| false)
+                    .map_err(werr)?;
             }
             txn.commit().map_err(werr)
         })
@@ -211,13 +218,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut meta = txn.open_table(META).map_err(werr)?;
                 meta.insert("last_purged", bytes.as_slice()).map_err(werr)?;
                 let mut table = txn.open_table(LOG).map_err(werr)?;
-                table.retain_in(..=log_id.index, |_, _| false).map_err(werr)?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .map_err(werr)?;
             }
             txn.commit().map_err(werr)
         })
         .await
         .map_err(|e| {
-            storage_msg(ErrorSubject::Logs, ErrorVerb::Delete, format!("purge up to {log_id}: {e}"))
+            storage_msg(
+                ErrorSubject::Logs,
+                ErrorVerb::Delete,
+                format!("purge up to {log_id}: {e}"),
+            )
         })
     }
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StoredMembership,
+    Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 
@@ -17,9 +17,6 @@ use super::{blocking, storage_err};
 use crate::command::CommandResponse;
 use crate::{NodeId, NodeInfo, TypeConfig};
 
-/// How often applied state is made durable even without a snapshot.
-const DURABLE_EVERY: Duration = Duration::from_secs(1);
-
 type SResult<T> = Result<T, StorageError<NodeId>>;
 
 /// The Raft state machine of a site.
@@ -27,16 +24,19 @@ pub struct StateMachine {
     state: Arc<SiteState>,
     dir: PathBuf,
     last_durable: Instant,
+    flush_interval: Duration,
     snapshot_seq: u64,
 }
 
 impl StateMachine {
-    /// A state machine over `state`, keeping snapshots in `dir`.
-    pub fn new(state: Arc<SiteState>, dir: &Path) -> StateMachine {
+    /// A state machine over `state`, keeping snapshots in `dir`, fsyncing
+    /// applied state at most every `flush_interval` (zero: every apply).
+    pub fn new(state: Arc<SiteState>, dir: &Path, flush_interval: Duration) -> StateMachine {
         StateMachine {
             state,
             dir: dir.to_path_buf(),
             last_durable: Instant::now(),
+            flush_interval,
             snapshot_seq: 0,
         }
     }
@@ -95,7 +95,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let dir = self.dir.clone();
         let seq = self.seq;
         blocking(move || {
-            let (last_applied, membership, data) = state.snapshot_bytes()?;
+            let image = state.snapshot_bytes()?;
+            let (last_applied, membership, data) =
+                (image.last_applied, image.membership, image.data);
             let snapshot_id = match last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
                 None => format!("--{seq}"),
@@ -118,7 +120,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>)> {
+    async fn applied_state(
+        &mut self,
+    ) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>)> {
         let view = self.state.view();
         Ok((view.last_applied, view.membership.clone()))
     }
@@ -129,7 +133,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
+        let durable = self.last_durable.elapsed() >= self.flush_interval;
         if durable {
             self.last_durable = Instant::now();
         }

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, LogId, StorageError, StoredMembership};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -126,6 +128,17 @@ struct SnapshotBody {
     events: Vec<(String, u64, u64, Box<serde_json::value::RawValue>)>,
 }
 
+/// A serialized snapshot of the whole state and the log position it covers.
+#[derive(Debug, Clone)]
+pub struct SnapshotImage {
+    /// The last log id applied in it.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// The membership as of that log id.
+    pub membership: StoredMembership<NodeId, NodeInfo>,
+    /// The serialized state.
+    pub data: Vec<u8>,
+}
+
 /// The state of a site, shared by the Raft state machine (the only writer)
 /// and the node's readers (API, dispatcher).
 pub struct SiteState {
@@ -138,7 +151,9 @@ pub struct SiteState {
 
 impl std::fmt::Debug for SiteState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SiteState").field("path", &self.path).finish()
+        f.debug_struct("SiteState")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -160,7 +175,10 @@ impl SiteState {
         state.init_tables().map_err(|e| fail(e.to_string()))?;
         let view = state.load_view().map_err(|e| fail(e.to_string()))?;
         state.head.send_replace(view.next_seq);
-        *state.view.write().map_err(|_| fail("view lock poisoned".into()))? = view;
+        *state
+            .view
+            .write()
+            .map_err(|_| fail("view lock poisoned".into()))? = view;
         Ok(Arc::new(state))
     }
 
@@ -208,7 +226,12 @@ impl SiteState {
                 serde_json::from_slice(v.value()).map_err(rerr)?,
             );
         }
-        for item in txn.open_table(CURSORS).map_err(rerr)?.iter().map_err(rerr)? {
+        for item in txn
+            .open_table(CURSORS)
+            .map_err(rerr)?
+            .iter()
+            .map_err(rerr)?
+        {
             let (k, v) = item.map_err(rerr)?;
             view.cursors.insert(k.value().to_string(), v.value());
         }
@@ -223,7 +246,7 @@ impl SiteState {
         }
     }
 
-    /// Bumped whenever buses, rules or cursors change.
+    /// Bumped whenever buses or rules change (not on appends or checkpoints).
     pub fn subscribe_config(&self) -> watch::Receiver<u64> {
         self.config_version.subscribe()
     }
@@ -307,7 +330,7 @@ impl SiteState {
                     CommandResponse::Ok
                 }
                 EntryPayload::Normal(cmd) => {
-                    if !matches!(cmd, Command::Append { .. }) {
+                    if !matches!(cmd, Command::Append { .. } | Command::Checkpoint { .. }) {
                         config_changed = true;
                     }
                     apply_command(&txn, &mut next, cmd)?
@@ -343,7 +366,7 @@ impl SiteState {
     }
 
     /// Serialize the whole state (made durable first).
-    pub fn snapshot_bytes(&self) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>, Vec<u8>)> {
+    pub fn snapshot_bytes(&self) -> SResult<SnapshotImage> {
         self.flush()?;
         let txn = self.db.begin_read().map_err(rerr)?;
         let meta = txn.open_table(META).map_err(rerr)?;
@@ -374,15 +397,27 @@ impl SiteState {
         };
         for item in txn.open_table(BUSES).map_err(rerr)?.iter().map_err(rerr)? {
             let (k, v) = item.map_err(rerr)?;
-            body.buses.push((k.value().to_string(), serde_json::from_slice(v.value()).map_err(rerr)?));
+            body.buses.push((
+                k.value().to_string(),
+                serde_json::from_slice(v.value()).map_err(rerr)?,
+            ));
         }
         for item in txn.open_table(RULES).map_err(rerr)?.iter().map_err(rerr)? {
             let (k, v) = item.map_err(rerr)?;
             let key = k.value();
             let (bus, rule) = key.split_once('\u{0}').unwrap_or((key, ""));
-            body.rules.push((bus.into(), rule.into(), serde_json::from_slice(v.value()).map_err(rerr)?));
+            body.rules.push((
+                bus.into(),
+                rule.into(),
+                serde_json::from_slice(v.value()).map_err(rerr)?,
+            ));
         }
-        for item in txn.open_table(CURSORS).map_err(rerr)?.iter().map_err(rerr)? {
+        for item in txn
+            .open_table(CURSORS)
+            .map_err(rerr)?
+            .iter()
+            .map_err(rerr)?
+        {
             let (k, v) = item.map_err(rerr)?;
             body.cursors.push((k.value().to_string(), v.value()));
         }
@@ -398,8 +433,12 @@ impl SiteState {
             let raw = serde_json::value::RawValue::from_string(raw).map_err(rerr)?;
             body.events.push((bus.to_string(), seq, ev.ingest_ms, raw));
         }
-        let bytes = serde_json::to_vec(&body).map_err(rerr)?;
-        Ok((last_applied, membership, bytes))
+        let data = serde_json::to_vec(&body).map_err(rerr)?;
+        Ok(SnapshotImage {
+            last_applied,
+            membership,
+            data,
+        })
     }
 
     /// Replace the whole state with a snapshot's.
@@ -433,7 +472,9 @@ impl SiteState {
             let mut rules = txn.open_table(RULES).map_err(werr)?;
             for (bus, rule, spec) in body.rules {
                 let b = serde_json::to_vec(&spec).map_err(werr)?;
-                rules.insert(rule_key(&bus, &rule).as_str(), b.as_slice()).map_err(werr)?;
+                rules
+                    .insert(rule_key(&bus, &rule).as_str(), b.as_slice())
+                    .map_err(werr)?;
                 next.rules.insert((bus, rule), spec);
             }
             let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
@@ -450,7 +491,9 @@ impl SiteState {
             let mut events = txn.open_table(EVENTS).map_err(werr)?;
             for (bus, seq, ms, raw) in body.events {
                 let enc = encode_event(ms, raw.get().as_bytes());
-                events.insert((bus.as_str(), seq), enc.as_slice()).map_err(werr)?;
+                events
+                    .insert((bus.as_str(), seq), enc.as_slice())
+                    .map_err(werr)?;
             }
             let mut meta = txn.open_table(META).map_err(werr)?;
             let la = serde_json::to_vec(&next.last_applied).map_err(werr)?;
@@ -470,7 +513,11 @@ impl SiteState {
     }
 }
 
-fn apply_command(txn: &WriteTransaction, view: &mut View, cmd: Command) -> SResult<CommandResponse> {
+fn apply_command(
+    txn: &WriteTransaction,
+    view: &mut View,
+    cmd: Command,
+) -> SResult<CommandResponse> {
     Ok(match cmd {
         Command::PutBus { name, spec } => {
             let bytes = serde_json::to_vec(&spec).map_err(werr)?;
@@ -483,7 +530,9 @@ fn apply_command(txn: &WriteTransaction, view: &mut View, cmd: Command) -> SResu
         }
         Command::DeleteBus { name } => {
             if !view.buses.contains_key(&name) {
-                return Ok(CommandResponse::NotFound(format!("bus `{name}` does not exist")));
+                return Ok(CommandResponse::NotFound(format!(
+                    "bus `{name}` does not exist"
+                )));
             }
             let rules: Vec<String> = view
                 .rules
@@ -515,7 +564,9 @@ fn apply_command(txn: &WriteTransaction, view: &mut View, cmd: Command) -> SResu
             targets,
         } => {
             if !view.buses.contains_key(&bus) {
-                return Ok(CommandResponse::NotFound(format!("bus `{bus}` does not exist")));
+                return Ok(CommandResponse::NotFound(format!(
+                    "bus `{bus}` does not exist"
+                )));
             }
             let bytes = serde_json::to_vec(&spec).map_err(werr)?;
             txn.open_table(RULES)
@@ -528,7 +579,9 @@ fn apply_command(txn: &WriteTransaction, view: &mut View, cmd: Command) -> SResu
             let stale: Vec<String> = view
                 .cursors
                 .keys()
-                .filter(|k| k.starts_with(&prefix) && !targets.iter().any(|t| **k == format!("{prefix}{t}")))
+                .filter(|k| {
+                    k.starts_with(&prefix) && !targets.iter().any(|t| **k == format!("{prefix}{t}"))
+                })
                 .cloned()
                 .collect();
             for k in stale {
@@ -614,7 +667,9 @@ fn apply_command(txn: &WriteTransaction, view: &mut View, cmd: Command) -> SResu
                     by_time.remove((ms, key.as_str())).map_err(werr)?;
                 }
                 dedup.insert(key.as_str(), ingest_ms).map_err(werr)?;
-                by_time.insert((ingest_ms, key.as_str()), ()).map_err(werr)?;
+                by_time
+                    .insert((ingest_ms, key.as_str()), ())
+                    .map_err(werr)?;
                 let seq = view.next_seq;
                 view.next_seq += 1;
                 let enc = encode_event(ingest_ms, e.event.get().as_bytes());
