@@ -231,18 +231,11 @@ async fn post_events(
     for (i, (id, r)) in parsed.into_iter().enumerate() {
         match r {
             Ok(p) => {
-                let raw = serde_json::value::RawValue::from_string(p.json).map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "InternalError",
-                        e.to_string(),
-                    )
-                })?;
                 entries.push(AppendEntry {
                     bus: bus.clone(),
                     source: p.event.source().to_string(),
                     id: p.event.id().to_string(),
-                    event: raw,
+                    event: p.json,
                 });
                 slots.push(i);
                 results.push(json!({"id": id, "status": "pending"}));

@@ -69,8 +69,8 @@ impl EntryError {
 pub struct ParsedEvent {
     /// The validated event, trace context added.
     pub event: Event,
-    /// Its JSON structured form.
-    pub json: String,
+    /// Its JSON structured form (serialized once, never re-parsed).
+    pub json: Box<serde_json::value::RawValue>,
 }
 
 /// Entry results in request order; the id is kept for error reporting.
@@ -236,11 +236,11 @@ fn finish_event(
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         event.set_attr("time", Value::String(now));
     }
-    let json =
-        serde_json::to_string(event.as_map()).map_err(|e| EventError::Malformed(e.to_string()))?;
-    if json.len() > limits.max_event_bytes {
+    let json = serde_json::value::to_raw_value(event.as_map())
+        .map_err(|e| EventError::Malformed(e.to_string()))?;
+    if json.get().len() > limits.max_event_bytes {
         return Err(EntryError::TooLarge {
-            size: json.len(),
+            size: json.get().len(),
             limit: limits.max_event_bytes,
         });
     }

@@ -1,9 +1,10 @@
 //! The Raft log on redb.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -20,10 +21,16 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 type SResult<T> = Result<T, StorageError<NodeId>>;
 
+/// How many recently appended entries are kept in memory, so that applying
+/// them (and, in a multi-node site, replicating them) does not read them
+/// back from disk and parse them again.
+const CACHE_ENTRIES: usize = 64;
+
 /// The durable Raft log of one node.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    cache: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
 }
 
 fn werr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
@@ -41,12 +48,22 @@ impl LogStore {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        let store = LogStore { db: Arc::new(db) };
+        let store = LogStore {
+            db: Arc::new(db),
+            cache: Arc::default(),
+        };
         store.init_tables().map_err(|e| FederationError::Storage {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
         Ok(store)
+    }
+
+    fn cache(&self) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+        match self.cache.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
     }
 
     fn init_tables(&self) -> SResult<()> {
@@ -111,6 +128,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = range.end_bound().cloned();
+        {
+            let cache = self.cache();
+            if let Some((&first, _)) = cache.first_key_value()
+                && first <= start
+            {
+                let hit: Vec<Entry<TypeConfig>> = cache
+                    .range((Bound::Included(start), end))
+                    .map(|(_, e)| e.clone())
+                    .collect();
+                let last_cached = cache.last_key_value().map(|(k, _)| *k).unwrap_or(0);
+                let covers_end = match end {
+                    Bound::Included(e) => e <= last_cached,
+                    Bound::Excluded(e) => e <= last_cached + 1,
+                    Bound::Unbounded => true,
+                };
+                if covers_end {
+                    return Ok(hit);
+                }
+            }
+        }
         let this = self.clone();
         blocking(move || this.read_range(start, end)).await
     }
@@ -168,9 +205,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
+        let mut fresh = Vec::new();
         for entry in entries {
             let bytes = serde_json::to_vec(&entry).map_err(werr)?;
             encoded.push((entry.log_id.index, bytes));
+            fresh.push(entry);
         }
         let db = self.db.clone();
         let result = blocking(move || {
@@ -185,6 +224,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.commit().map_err(werr)
         })
         .await;
+        if result.is_ok() {
+            let mut cache = self.cache();
+            for entry in fresh {
+                cache.insert(entry.log_id.index, entry);
+            }
+            while cache.len() > CACHE_ENTRIES {
+                cache.pop_first();
+            }
+        }
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
@@ -193,6 +241,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
+        self.cache().retain(|k, _| *k < log_id.index);
         let db = self.db.clone();
         blocking(move || {
             let mut txn = db.begin_write().map_err(werr)?;
@@ -209,6 +258,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
+        self.cache().retain(|k, _| *k > log_id.index);
         let db = self.db.clone();
         blocking(move || {
             let bytes = serde_json::to_vec(&log_id).map_err(werr)?;
