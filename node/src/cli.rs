@@ -382,11 +382,6 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if let Some(b) = &a.bus
-        && !buses.contains(b)
-    {
-        bail!("bus `{b}` does not exist");
-    }
     Ok(())
 }
 
