@@ -343,6 +343,11 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(b) = &a.bus
+        && !buses.contains(b)
+    {
+        bail!("bus `{b}` does not exist");
+    }
     println!(
         "{:<16} {:<24} {:<8} {:<40} PATTERN",
         "BUS", "RULE", "ENABLED", "TARGETS"

@@ -1,0 +1,263 @@
+//! The `strait` command line, run as a user would: clear errors for bad
+//! flags and files, and the client commands against a real node.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_strait");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run strait")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Node {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_node(dir: &Path) -> Node {
+    start_node_with(dir, &["--dev"])
+}
+
+fn start_node_with(dir: &Path, extra: &[&str]) -> Node {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .args(extra)
+        .args(["--http", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn node");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut node = Node { child, url };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::Write;
+            let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
+                return node;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = node.child.kill();
+            let mut err = String::new();
+            if let Some(mut e) = node.child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("node never became ready: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn bad_flags_and_files_get_clear_errors() {
+    let o = run(&["serve", "--no-such-flag"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--no-such-flag"), "{}", stderr(&o));
+
+    let o = run(&["serve"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--dev"), "{}", stderr(&o));
+
+    let o = run(&["serve", "--config", "/nonexistent/strait.yaml"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/strait.yaml"),
+        "{}",
+        stderr(&o)
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("node.yaml");
+    std::fs::write(&cfg, "http: not-an-address\ndev: true\n").expect("write");
+    let o = run(&["serve", "--config", cfg.to_str().expect("utf8")]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("http"), "{}", stderr(&o));
+
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "rules:\n  - bus: default\n    name: r\n    pattern: {data: {n: [{numeric: [\">\", \"five\"]}]}}\n    targets: [{id: t, type: http, endpoint: \"http://127.0.0.1:1/\"}]\n",
+    )
+    .expect("write");
+    let o = run(&[
+        "apply",
+        "-f",
+        rules.to_str().expect("utf8"),
+        "--server",
+        "http://127.0.0.1:1",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("rules.yaml") && e.contains("pattern.data.n"),
+        "{e}"
+    );
+}
+
+#[test]
+fn test_pattern_exit_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p.json");
+    let e = dir.path().join("e.yaml");
+    std::fs::write(
+        &p,
+        r#"{"detail-type": ["order.created"], "detail": {"amount": [{"numeric": [">", 100]}]}}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        &e,
+        "specversion: '1.0'\nid: '1'\nsource: /s\ntype: order.created\ndata: {amount: 250}\n",
+    )
+    .expect("write");
+    let o = run(&[
+        "test-pattern",
+        "--pattern",
+        p.to_str().expect("utf8"),
+        "--event",
+        e.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("\"matched\":true"));
+    std::fs::write(
+        &e,
+        "specversion: '1.0'\nid: '1'\nsource: /s\ntype: order.created\ndata: {amount: 5}\n",
+    )
+    .expect("write");
+    let o = run(&[
+        "test-pattern",
+        "--pattern",
+        p.to_str().expect("utf8"),
+        "--event",
+        e.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    std::fs::write(&p, r#"{"source": "not-a-list"}"#).expect("write");
+    let o = run(&[
+        "test-pattern",
+        "--pattern",
+        p.to_str().expect("utf8"),
+        "--event",
+        e.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("p.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn apply_get_put_against_a_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(&dir.path().join("data"));
+    let file = dir.path().join("apply.yaml");
+    std::fs::write(
+        &file,
+        "buses:\n  - name: orders\n    description: order events\nrules:\n  - bus: orders\n    name: big\n    pattern: {type: [order.created]}\n    targets: [{id: hook, type: http, endpoint: \"http://127.0.0.1:9/\"}]\n",
+    )
+    .expect("write");
+    for _ in 0..2 {
+        // Idempotent: the second apply changes nothing and still succeeds.
+        let o = run(&[
+            "apply",
+            "-f",
+            file.to_str().expect("utf8"),
+            "--server",
+            &node.url,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains("rule orders/big: applied"));
+    }
+    let o = run(&["get", "rules", "--server", &node.url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("big") && stdout(&o).contains("http://127.0.0.1:9/"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["get", "buses", "--server", &node.url]);
+    assert!(stdout(&o).contains("order events"));
+    let o = run(&["get", "rules", "--bus", "nope", "--server", &node.url]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nope"));
+
+    let put = |id: &str| {
+        run(&[
+            "put",
+            "--server",
+            &node.url,
+            "--bus",
+            "orders",
+            "--type",
+            "order.created",
+            "--id",
+            id,
+            "--data",
+            r#"{"amount": 1}"#,
+        ])
+    };
+    let o = put("cli-1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("accepted"));
+    assert!(put("cli-1").status.success());
+    assert!(stdout(&put("cli-1")).contains("duplicate"));
+    let o = run(&[
+        "put", "--server", &node.url, "--bus", "missing", "--type", "t",
+    ]);
+    assert!(!o.status.success());
+    assert!(stdout(&o).contains("BusNotFound"), "{}", stdout(&o));
+}
+
+#[test]
+fn outside_dev_mode_the_api_needs_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("node.yaml");
+    std::fs::write(&cfg, "auth:\n  tokens: [s3cret]\n").expect("write");
+    let node = start_node_with(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().expect("utf8")],
+    );
+    let o = run(&["get", "buses", "--server", &node.url]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("401"), "{}", stderr(&o));
+    let o = run(&["get", "buses", "--server", &node.url, "--token", "wrong"]);
+    assert!(stderr(&o).contains("not valid"), "{}", stderr(&o));
+    let o = run(&["get", "buses", "--server", &node.url, "--token", "s3cret"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["put", "--server", &node.url, "--type", "t"]);
+    assert!(!o.status.success());
+    assert!(stdout(&o).contains("Unauthorized"), "{}", stdout(&o));
+    let o = run(&[
+        "put", "--server", &node.url, "--type", "t", "--token", "s3cret",
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+}
