@@ -1,17 +1,27 @@
 //! Strait adapters: one module per external system.
 //!
-//! Each adapter keeps its configuration checks pure and its I/O in one
-//! place. Today: [`http`], the webhook / CloudEvents HTTP sink.
+//! Each adapter keeps its configuration checks pure ([`validate_target`])
+//! and apart from building the running piece ([`build_target`]), the way
+//! Vector separates config validation from component construction. Today:
+//! [`http`], the webhook / CloudEvents HTTP sink.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use strait_routing::event::Event;
 
 pub mod http;
 
 /// How a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
-    /// Worth retrying (network error, timeout, 5xx, 408, 429).
+    /// Worth retrying (network error, timeout, 5xx, 408, 429, throttling).
     #[error("{0}")]
     Retryable(String),
-    /// Retrying will not help (4xx, bad request): dead-letter at once.
+    /// Retrying will not help (4xx, validation): dead-letter at once.
     #[error("{0}")]
     Permanent(String),
 }
@@ -20,5 +30,89 @@ impl DeliveryError {
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, DeliveryError::Retryable(_))
+    }
+}
+
+/// A target definition problem, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// Field inside the target definition (`endpoint`, `headers`, ...).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A new error.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Boxed future returned by [`Sink::deliver`].
+pub type DeliveryFuture<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send + 'a>>;
+
+/// A running target: delivers one (already transformed) event per call.
+pub trait Sink: Send + Sync + 'static {
+    /// Deliver `event`; `traceparent` is the W3C context of this attempt.
+    fn deliver<'a>(&'a self, event: &'a Event, traceparent: &'a str) -> DeliveryFuture<'a>;
+}
+
+/// Shared resources for building targets (clients, later secrets).
+#[derive(Debug, Clone, Default)]
+pub struct SinkContext {
+    /// The node's pooled HTTP client.
+    pub http: http::HttpClient,
+}
+
+/// Target types this build knows.
+pub const TARGET_TYPES: &[&str] = &["http"];
+
+/// Check a target's type-specific settings (pure) and return them in
+/// normal form (defaults filled in), as they are stored.
+pub fn validate_target(
+    kind: &str,
+    settings: &Map<String, Value>,
+) -> Result<Map<String, Value>, ConfigError> {
+    let normal = match kind {
+        "http" => serde_json::to_value(http::HttpSettings::from_settings(settings)?),
+        other => {
+            return Err(ConfigError::new(
+                "type",
+                format!(
+                    "unknown target type {other:?} (supported: {})",
+                    TARGET_TYPES.join(", ")
+                ),
+            ));
+        }
+    };
+    match normal {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ConfigError::new("settings", "settings must be an object")),
+        Err(e) => Err(ConfigError::new("settings", e.to_string())),
+    }
+}
+
+/// Build the running target.
+pub fn build_target(
+    kind: &str,
+    settings: &Map<String, Value>,
+    timeout: Duration,
+    ctx: &SinkContext,
+) -> Result<Arc<dyn Sink>, ConfigError> {
+    match kind {
+        "http" => Ok(Arc::new(http::HttpTarget::new(
+            ctx.http.clone(),
+            http::HttpSettings::from_settings(settings)?,
+            timeout,
+        ))),
+        other => Err(ConfigError::new(
+            "type",
+            format!("unknown target type {other:?}"),
+        )),
     }
 }

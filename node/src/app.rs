@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use strait_adapters::http::HttpSink;
+use strait_adapters::SinkContext;
 use strait_federation::{Command, CommandResponse, NodeInfo, Site, SiteOptions};
 
 use crate::commit::{Committer, now_ms};
@@ -22,8 +22,8 @@ pub struct App {
     pub committer: Committer,
     /// Dispatcher stats per target.
     pub progress: Progress,
-    /// HTTP client for targets.
-    pub sink: HttpSink,
+    /// Shared clients for building targets.
+    pub sinks: SinkContext,
     /// Prometheus renderer.
     pub metrics: PrometheusHandle,
 }
@@ -66,7 +66,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         site,
         committer,
         progress: Default::default(),
-        sink: HttpSink::new(),
+        sinks: SinkContext::default(),
         metrics: crate::telemetry::metrics_handle(),
     });
     tokio::spawn(crate::dispatch::run(app.clone()));

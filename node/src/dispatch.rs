@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use serde_json::Value;
-use strait_adapters::DeliveryError;
-use strait_adapters::http::{ContentMode, HttpTarget};
+use strait_adapters::http::HttpTarget;
+use strait_adapters::{DeliveryError, Sink};
 use strait_federation::store::state::target_key;
 use strait_federation::{AppendEntry, Command, StoredEvent};
 use strait_routing::event::Event;
@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::app::App;
 use crate::commit::now_ms;
-use crate::spec::{CompiledRule, DeadLetter, DeliveryMode, RetryPolicy, RuleSpec};
+use crate::spec::{CompiledRule, DeadLetter, RetryPolicy, RuleSpec};
 use crate::trace::TraceParent;
 
 /// Live counters of one target (not replicated; the cursor is).
@@ -130,6 +130,19 @@ fn reconcile(app: &Arc<App>, workers: &mut HashMap<String, Worker>) {
         if workers.contains_key(&key) {
             continue;
         }
+        let t = &compiled.spec.targets[idx];
+        let sink = match strait_adapters::build_target(
+            &t.kind,
+            &t.settings,
+            Duration::from_millis(t.timeout_ms),
+            &app.sinks,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(target_key = key, error = %e, "target cannot be built; not dispatching to it");
+                continue;
+            }
+        };
         let worker = TargetWorker {
             app: app.clone(),
             key: key.clone(),
@@ -137,6 +150,7 @@ fn reconcile(app: &Arc<App>, workers: &mut HashMap<String, Worker>) {
             rule_name,
             rule: compiled,
             idx,
+            sink,
         };
         let handle = tokio::spawn(worker.run());
         workers.insert(
@@ -156,6 +170,7 @@ struct TargetWorker {
     rule_name: String,
     rule: Arc<CompiledRule>,
     idx: usize,
+    sink: Arc<dyn Sink>,
 }
 
 impl TargetWorker {
@@ -272,16 +287,6 @@ impl TargetWorker {
             .and_then(TraceParent::parse)
             .unwrap_or_else(TraceParent::new_root);
         let policy: &RetryPolicy = &target.retry;
-        let mode = match target.mode {
-            DeliveryMode::Binary => ContentMode::Binary,
-            DeliveryMode::Structured => ContentMode::Structured,
-        };
-        let http_target = HttpTarget {
-            endpoint: &target.endpoint,
-            mode,
-            headers: &target.headers,
-            timeout: Duration::from_millis(target.timeout_ms),
-        };
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -298,9 +303,8 @@ impl TargetWorker {
             let tp = crate::telemetry::traceparent_for(&span, &parent);
             let started = Instant::now();
             let result = self
-                .app
                 .sink
-                .deliver(&event, &http_target, &tp.to_string())
+                .deliver(&event, &tp.to_string())
                 .instrument(span.clone())
                 .await;
             metrics::histogram!("strait_delivery_latency_seconds", &labels)
@@ -423,37 +427,25 @@ impl TargetWorker {
                     }
                 }
             }
-            DeadLetter::Http {
-                endpoint,
-                mode,
-                headers,
-            } => {
+            DeadLetter::Http(settings) => {
                 let policy = RetryPolicy {
                     max_attempts: 5,
                     max_event_age_seconds: 3600,
                     initial_backoff_ms: 200,
                     max_backoff_ms: 5_000,
                 };
-                let t = HttpTarget {
-                    endpoint: &endpoint,
-                    mode: match mode {
-                        DeliveryMode::Binary => ContentMode::Binary,
-                        DeliveryMode::Structured => ContentMode::Structured,
-                    },
-                    headers: &headers,
-                    timeout: Duration::from_secs(10),
-                };
+                let endpoint = settings.endpoint.clone();
+                let t = HttpTarget::new(
+                    self.app.sinks.http.clone(),
+                    settings,
+                    Duration::from_secs(10),
+                );
                 let parent = event
                     .str_attr("traceparent")
                     .and_then(TraceParent::parse)
                     .unwrap_or_else(TraceParent::new_root);
                 for attempt in 1..=policy.max_attempts {
-                    match self
-                        .app
-                        .sink
-                        .deliver(&event, &t, &parent.child().to_string())
-                        .await
-                    {
+                    match t.deliver(&event, &parent.child().to_string()).await {
                         Ok(_) => {
                             metrics::counter!("strait_dead_lettered_total", &labels("http"))
                                 .increment(1);

@@ -2,11 +2,11 @@
 //! (pure, naming the offending field) kept apart from building the
 //! runtime pieces (compiled pattern, transform, HTTP client).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
+pub use strait_adapters::http::{ContentMode as DeliveryMode, HttpSettings};
 use strait_routing::pattern::Pattern;
 use strait_routing::transform::Transform;
 
@@ -113,17 +113,6 @@ impl RetryPolicy {
     }
 }
 
-/// HTTP content mode for delivering CloudEvents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryMode {
-    /// `ce-*` headers, data as the body.
-    #[default]
-    Binary,
-    /// The whole event as `application/cloudevents+json`.
-    Structured,
-}
-
 /// Where events go after the last failed attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -133,36 +122,20 @@ pub enum DeadLetter {
         /// The bus.
         bus: String,
     },
-    /// POST to an HTTP endpoint.
-    Http {
-        /// URL.
-        endpoint: String,
-        /// Content mode.
-        #[serde(default)]
-        mode: DeliveryMode,
-        /// Extra headers.
-        #[serde(default)]
-        headers: BTreeMap<String, String>,
-    },
+    /// POST to an HTTP endpoint (`endpoint`, `mode`, `headers`).
+    Http(HttpSettings),
 }
 
-/// One target of a rule.
+/// One target of a rule: the fields every target has, plus the settings of
+/// its type (for `http`: `endpoint`, `mode`, `headers`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct TargetSpec {
     /// Target id, unique within the rule.
     pub id: String,
-    /// Target kind (`http`).
+    /// Target type (`http`).
     #[serde(rename = "type")]
     pub kind: String,
-    /// URL for HTTP targets.
-    pub endpoint: String,
-    /// Content mode.
-    #[serde(default)]
-    pub mode: DeliveryMode,
-    /// Extra headers sent with every delivery.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
     /// Per-attempt timeout.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -178,6 +151,9 @@ pub struct TargetSpec {
     /// Dead-letter destination (else the rule's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<DeadLetter>,
+    /// The type's own settings, checked by the adapter.
+    #[serde(flatten)]
+    pub settings: Map<String, Value>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -211,29 +187,14 @@ fn yes() -> bool {
     true
 }
 
-fn validate_url(field: &str, url: &str) -> Result<(), SpecError> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
-        Ok(u) => Err(SpecError::new(
-            field,
-            format!(
-                "scheme {:?} is not supported (use http or https)",
-                u.scheme()
-            ),
-        )),
-        Err(e) => Err(SpecError::new(
-            field,
-            format!("{url:?} is not a valid URL: {e}"),
-        )),
-    }
-}
-
 fn validate_dead_letter(field: &str, dl: &DeadLetter) -> Result<(), SpecError> {
     match dl {
         DeadLetter::Bus { bus } => {
             validate_name("bus", bus).map_err(|e| SpecError::new(format!("{field}.bus"), e.message))
         }
-        DeadLetter::Http { endpoint, .. } => validate_url(&format!("{field}.endpoint"), endpoint),
+        DeadLetter::Http(settings) => settings
+            .validate()
+            .map_err(|e| SpecError::new(format!("{field}.{}", e.field), e.message)),
     }
 }
 
@@ -251,9 +212,15 @@ pub struct CompiledRule {
 impl RuleSpec {
     /// Parse and validate a rule definition from JSON.
     pub fn from_json(value: &Value) -> Result<RuleSpec, SpecError> {
-        let spec: RuleSpec = serde_json::from_value(value.clone())
+        let mut spec: RuleSpec = serde_json::from_value(value.clone())
             .map_err(|e| SpecError::new("rule", e.to_string()))?;
         spec.compile()?;
+        // Store targets in normal form (defaults filled in).
+        for t in &mut spec.targets {
+            if let Ok(normal) = strait_adapters::validate_target(&t.kind, &t.settings) {
+                t.settings = normal;
+            }
+        }
         Ok(spec)
     }
 
@@ -288,13 +255,14 @@ impl RuleSpec {
                     format!("duplicate target id {:?}", t.id),
                 ));
             }
-            if t.kind != "http" {
-                return Err(SpecError::new(
-                    format!("{f}.type"),
-                    format!("unknown target type {:?} (supported: http)", t.kind),
-                ));
-            }
-            validate_url(&format!("{f}.endpoint"), &t.endpoint)?;
+            strait_adapters::validate_target(&t.kind, &t.settings).map_err(|e| {
+                let field = if e.field == "settings" {
+                    f.clone()
+                } else {
+                    format!("{f}.{}", e.field)
+                };
+                SpecError::new(field, e.message)
+            })?;
             if t.timeout_ms == 0 || t.timeout_ms > 300_000 {
                 return Err(SpecError::new(
                     format!("{f}.timeoutMs"),
@@ -306,14 +274,6 @@ impl RuleSpec {
                     format!("{f}.concurrency"),
                     "must be between 1 and 1024",
                 ));
-            }
-            for name in t.headers.keys() {
-                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    return Err(SpecError::new(
-                        format!("{f}.headers"),
-                        format!("{name:?} is not a valid header name"),
-                    ));
-                }
             }
             t.retry.validate(&format!("{f}.retry"))?;
             if let Some(dl) = &t.dead_letter {
@@ -353,7 +313,16 @@ mod tests {
     fn accepts_minimal_rule() {
         let r = RuleSpec::from_json(&rule()).expect("valid");
         assert_eq!(r.targets[0].retry.max_attempts, 185);
-        assert_eq!(r.targets[0].mode, DeliveryMode::Binary);
+        // Stored in normal form: the HTTP defaults are filled in.
+        assert_eq!(r.targets[0].settings["mode"], "binary");
+        assert_eq!(r.targets[0].settings["headers"], json!({}));
+        let mut bad = rule();
+        bad["targets"][0]["bogus"] = json!(1);
+        let e = RuleSpec::from_json(&bad).expect_err("unknown http field");
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let mut bad = rule();
+        bad["targets"][0]["type"] = json!("smtp");
+        assert_eq!(RuleSpec::from_json(&bad).expect_err("type").field, "targets[0].type");
     }
 
     #[test]

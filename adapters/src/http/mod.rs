@@ -3,53 +3,135 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use strait_routing::event::{Event, percent_encode_header};
 
-use crate::DeliveryError;
+use crate::{ConfigError, DeliveryError, DeliveryFuture, Sink};
 
 /// CloudEvents HTTP content mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ContentMode {
     /// `ce-*` headers and the data as the body.
+    #[default]
     Binary,
     /// `application/cloudevents+json` with the whole event.
     Structured,
 }
 
-/// Where and how to send.
-#[derive(Debug, Clone)]
-pub struct HttpTarget<'a> {
-    /// URL.
-    pub endpoint: &'a str,
+/// Settings of an HTTP target (the fields next to `id` and `type`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpSettings {
+    /// URL (http or https).
+    pub endpoint: String,
     /// Content mode.
+    #[serde(default)]
     pub mode: ContentMode,
-    /// Extra headers.
-    pub headers: &'a BTreeMap<String, String>,
-    /// Per-attempt timeout.
-    pub timeout: Duration,
+    /// Extra headers sent with every delivery.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
-/// A shared HTTP client for all HTTP targets of a node.
+impl HttpSettings {
+    /// Parse and check settings given as a JSON object.
+    pub fn from_settings(settings: &Map<String, Value>) -> Result<HttpSettings, ConfigError> {
+        let s: HttpSettings = serde_json::from_value(Value::Object(settings.clone()))
+            .map_err(|e| ConfigError::new("settings", e.to_string()))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Check the URL and header names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match reqwest::Url::parse(&self.endpoint) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(u) => {
+                return Err(ConfigError::new(
+                    "endpoint",
+                    format!(
+                        "scheme {:?} is not supported (use http or https)",
+                        u.scheme()
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(ConfigError::new(
+                    "endpoint",
+                    format!("{:?} is not a valid URL: {e}", self.endpoint),
+                ));
+            }
+        }
+        for (name, value) in &self.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::new(
+                    "headers",
+                    format!("{name:?} is not a valid header name"),
+                ));
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(ConfigError::new(
+                    "headers",
+                    format!("the value of {name:?} is not a valid header value"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A shared, pooled HTTP client for all HTTP targets of a node.
 #[derive(Debug, Clone)]
-pub struct HttpSink {
+pub struct HttpClient {
     client: reqwest::Client,
 }
 
-impl Default for HttpSink {
+impl Default for HttpClient {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl HttpSink {
+/// An HTTP target: a client and its settings.
+#[derive(Debug, Clone)]
+pub struct HttpTarget {
+    client: HttpClient,
+    settings: HttpSettings,
+    timeout: Duration,
+}
+
+impl HttpTarget {
+    /// A target posting with `client`.
+    pub fn new(client: HttpClient, settings: HttpSettings, timeout: Duration) -> HttpTarget {
+        HttpTarget {
+            client,
+            settings,
+            timeout,
+        }
+    }
+}
+
+impl Sink for HttpTarget {
+    fn deliver<'a>(&'a self, event: &'a Event, traceparent: &'a str) -> DeliveryFuture<'a> {
+        Box::pin(async move {
+            self.client
+                .post(event, &self.settings, self.timeout, traceparent)
+                .await
+                .map(|_| ())
+        })
+    }
+}
+
+impl HttpClient {
     /// A client with connection pooling and no global timeout (each call sets one).
-    pub fn new() -> HttpSink {
+    pub fn new() -> HttpClient {
         let client = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("strait/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        HttpSink { client }
+        HttpClient { client }
     }
 
     /// Build the request parts (headers and body) for an event. Pure, so
@@ -79,22 +161,23 @@ impl HttpSink {
     }
 
     /// POST one event. `traceparent` is the HTTP header for this attempt.
-    pub async fn deliver(
+    pub async fn post(
         &self,
         event: &Event,
-        target: &HttpTarget<'_>,
+        target: &HttpSettings,
+        timeout: Duration,
         traceparent: &str,
     ) -> Result<u16, DeliveryError> {
         let (headers, body) = Self::encode(event, target.mode);
         let mut req = self
             .client
-            .post(target.endpoint)
-            .timeout(target.timeout)
+            .post(&target.endpoint)
+            .timeout(timeout)
             .header("traceparent", traceparent);
         for (k, v) in &headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        for (k, v) in target.headers {
+        for (k, v) in &target.headers {
             req = req.header(k.as_str(), v.as_str());
         }
         let resp = req.body(body).send().await.map_err(|e| {
@@ -144,7 +227,7 @@ mod tests {
 
     #[test]
     fn binary_mode_headers() {
-        let (h, body) = HttpSink::encode(&event(), ContentMode::Binary);
+        let (h, body) = HttpClient::encode(&event(), ContentMode::Binary);
         let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         assert_eq!(get("ce-id").as_deref(), Some("1"));
         assert_eq!(get("ce-subject").as_deref(), Some("a%20b"));
@@ -155,7 +238,7 @@ mod tests {
 
     #[test]
     fn structured_mode_body() {
-        let (h, body) = HttpSink::encode(&event(), ContentMode::Structured);
+        let (h, body) = HttpClient::encode(&event(), ContentMode::Structured);
         assert!(h[0].1.starts_with("application/cloudevents+json"));
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["data"]["k"], "v");
