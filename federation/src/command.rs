@@ -65,6 +65,9 @@ pub enum Command {
         now_ms: u64,
         /// Events younger than this stay even when delivered.
         retention_ms: u64,
+        /// Dedup entries older than this are swept (0: no sweep).
+        #[serde(default)]
+        dedup_window_ms: u64,
         /// (target key, next sequence to process) pairs.
         cursors: Vec<(String, u64)>,
     },

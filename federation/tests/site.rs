@@ -140,6 +140,7 @@ async fn rules_cursors_and_gc() {
     site.write(Command::Checkpoint {
         now_ms: 2_000_000,
         retention_ms: 0,
+        dedup_window_ms: 0,
         cursors: vec![("b/r/t".into(), 2), ("b/r/unknown".into(), 9)],
     })
     .await
@@ -151,6 +152,7 @@ async fn rules_cursors_and_gc() {
     site.write(Command::Checkpoint {
         now_ms: 2_000_000,
         retention_ms: 0,
+        dedup_window_ms: 0,
         cursors: vec![("b/r/t".into(), 1)],
     })
     .await
@@ -190,4 +192,77 @@ async fn snapshot_round_trips_into_a_fresh_state() {
     assert_eq!(evs.len(), 50);
     let v: serde_json::Value = serde_json::from_slice(&evs[49].json).expect("json");
     assert_eq!(v["id"], "e49");
+}
+
+fn append_at(ingest_ms: u64, entries: Vec<AppendEntry>) -> Command {
+    Command::Append {
+        ingest_ms,
+        dedup_window_ms: 60_000,
+        entries,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dedup_window_is_not_extended_by_repeats_and_is_swept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = open(dir.path()).await;
+    site.write(Command::PutBus {
+        name: "b".into(),
+        spec: json!({}),
+    })
+    .await
+    .expect("bus");
+    let outcome = |r: CommandResponse| match r {
+        CommandResponse::Appended(o) => o,
+        other => panic!("unexpected {other:?}"),
+    };
+    let first = site
+        .write(append_at(1_000_000, vec![entry("b", "x")]))
+        .await
+        .expect("append");
+    assert!(matches!(outcome(first)[0], AppendOutcome::Accepted(_)));
+    let again = site
+        .write(append_at(1_050_000, vec![entry("b", "x")]))
+        .await
+        .expect("append");
+    assert_eq!(outcome(again), vec![AppendOutcome::Duplicate]);
+    // 70 s after the first copy: outside the window even though a repeat came at 50 s.
+    let later = site
+        .write(append_at(1_070_000, vec![entry("b", "x")]))
+        .await
+        .expect("append");
+    assert!(matches!(outcome(later)[0], AppendOutcome::Accepted(_)));
+
+    let dedup_len = |site: &Site| -> usize {
+        let data = site.state.snapshot_bytes().expect("snapshot").data;
+        let v: serde_json::Value = serde_json::from_slice(&data).expect("json");
+        v["dedup"].as_array().map(Vec::len).unwrap_or(0)
+    };
+    site.write(append_at(1_070_000, vec![entry("b", "y")]))
+        .await
+        .expect("append");
+    assert_eq!(dedup_len(&site), 2);
+    site.write(Command::Checkpoint {
+        now_ms: 1_100_000,
+        retention_ms: 3_600_000,
+        dedup_window_ms: 60_000,
+        cursors: vec![],
+    })
+    .await
+    .expect("checkpoint");
+    assert_eq!(
+        dedup_len(&site),
+        2,
+        "both entries are still inside the window"
+    );
+    site.write(Command::Checkpoint {
+        now_ms: 1_200_000,
+        retention_ms: 3_600_000,
+        dedup_window_ms: 60_000,
+        cursors: vec![],
+    })
+    .await
+    .expect("checkpoint");
+    assert_eq!(dedup_len(&site), 0, "expired entries are swept");
+    site.shutdown().await.expect("shutdown");
 }

@@ -496,6 +496,7 @@ async fn checkpointer(app: Arc<App>) {
             let cmd = Command::Checkpoint {
                 now_ms: now_ms(),
                 retention_ms: app.cfg.retention_secs.saturating_mul(1000),
+                dedup_window_ms: app.cfg.dedup_window_secs.saturating_mul(1000),
                 cursors: changed.clone(),
             };
             match app.site.write(cmd).await {

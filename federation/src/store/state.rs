@@ -30,13 +30,12 @@ const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 /// Key: "bus\u{0}source\u{0}id". Value: ingest ms.
 const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
-/// Key: (ingest ms, dedup key). For expiring the dedup index in time order.
-const DEDUP_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedup_by_time");
 /// Key: target key "bus/rule/target". Value: next sequence to process.
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 
-/// Most dedup entries expired per append, so one apply stays short.
-const DEDUP_EXPIRY_BATCH: usize = 10_000;
+/// Most dedup entries examined per checkpoint by the expiry sweep, so one
+/// apply stays short. The sweep walks the index in key order and wraps.
+const DEDUP_SWEEP_BATCH: usize = 20_000;
 
 type SResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -189,7 +188,6 @@ impl SiteState {
         txn.open_table(RULES).map_err(werr)?;
         txn.open_table(EVENTS).map_err(werr)?;
         txn.open_table(DEDUP).map_err(werr)?;
-        txn.open_table(DEDUP_BY_TIME).map_err(werr)?;
         txn.open_table(CURSORS).map_err(werr)?;
         txn.commit().map_err(werr)
     }
@@ -455,7 +453,6 @@ impl SiteState {
             txn.delete_table(RULES).map_err(werr)?;
             txn.delete_table(EVENTS).map_err(werr)?;
             txn.delete_table(DEDUP).map_err(werr)?;
-            txn.delete_table(DEDUP_BY_TIME).map_err(werr)?;
             txn.delete_table(CURSORS).map_err(werr)?;
             let mut next = View {
                 last_applied: body.last_applied,
@@ -483,10 +480,8 @@ impl SiteState {
                 next.cursors.insert(k, v);
             }
             let mut dedup = txn.open_table(DEDUP).map_err(werr)?;
-            let mut by_time = txn.open_table(DEDUP_BY_TIME).map_err(werr)?;
             for (k, ms) in body.dedup {
                 dedup.insert(k.as_str(), ms).map_err(werr)?;
-                by_time.insert((ms, k.as_str()), ()).map_err(werr)?;
             }
             let mut events = txn.open_table(EVENTS).map_err(werr)?;
             for (bus, seq, ms, raw) in body.events {
@@ -511,6 +506,44 @@ impl SiteState {
         self.head.send_replace(head);
         Ok(())
     }
+}
+
+/// Delete up to [`DEDUP_SWEEP_BATCH`] dedup entries older than `horizon`,
+/// continuing where the previous sweep stopped (kept in the meta table).
+fn sweep_dedup(txn: &WriteTransaction, horizon: u64) -> SResult<()> {
+    let mut meta = txn.open_table(META).map_err(werr)?;
+    let from: String = match meta.get("dedup_sweep").map_err(werr)? {
+        Some(v) => String::from_utf8_lossy(v.value()).into_owned(),
+        None => String::new(),
+    };
+    let mut dedup = txn.open_table(DEDUP).map_err(werr)?;
+    let mut doomed = Vec::new();
+    let mut last = None;
+    let mut seen = 0;
+    for item in dedup.range(from.as_str()..).map_err(werr)? {
+        let (k, v) = item.map_err(werr)?;
+        seen += 1;
+        if v.value() < horizon {
+            doomed.push(k.value().to_string());
+        }
+        last = Some(k.value().to_string());
+        if seen >= DEDUP_SWEEP_BATCH {
+            break;
+        }
+    }
+    for k in &doomed {
+        dedup.remove(k.as_str()).map_err(werr)?;
+    }
+    // Resume just after the last key seen, or wrap to the start at the end.
+    let next = match last {
+        Some(mut k) if seen >= DEDUP_SWEEP_BATCH => {
+            k.push('\u{0}');
+            k
+        }
+        _ => String::new(),
+    };
+    meta.insert("dedup_sweep", next.as_bytes()).map_err(werr)?;
+    Ok(())
 }
 
 fn apply_command(
@@ -630,25 +663,9 @@ fn apply_command(
         } => {
             let mut events = txn.open_table(EVENTS).map_err(werr)?;
             let mut dedup = txn.open_table(DEDUP).map_err(werr)?;
-            let mut by_time = txn.open_table(DEDUP_BY_TIME).map_err(werr)?;
-            // Expire old dedup entries first (bounded work per append).
+            // Entries older than the window no longer count; the checkpoint
+            // sweep deletes them later.
             let horizon = ingest_ms.saturating_sub(dedup_window_ms);
-            let mut expired: Vec<(u64, String)> = Vec::new();
-            for item in by_time.range((0u64, "")..(horizon, "")).map_err(werr)? {
-                let (k, _) = item.map_err(werr)?;
-                let (ms, key) = k.value();
-                expired.push((ms, key.to_string()));
-                if expired.len() >= DEDUP_EXPIRY_BATCH {
-                    break;
-                }
-            }
-            for (ms, key) in &expired {
-                by_time.remove((*ms, key.as_str())).map_err(werr)?;
-                let current = dedup.get(key.as_str()).map_err(werr)?.map(|g| g.value());
-                if current == Some(*ms) {
-                    dedup.remove(key.as_str()).map_err(werr)?;
-                }
-            }
             let mut outcomes = Vec::with_capacity(entries.len());
             for e in entries {
                 if !view.buses.contains_key(&e.bus) {
@@ -656,20 +673,22 @@ fn apply_command(
                     continue;
                 }
                 let key = dedup_key(&e.bus, &e.source, &e.id);
-                let seen = { dedup.get(key.as_str()).map_err(werr)?.map(|g| g.value()) };
-                if let Some(ms) = seen
+                // One index operation per new event: insert, and look at what
+                // was there before.
+                let prev = {
+                    dedup
+                        .insert(key.as_str(), ingest_ms)
+                        .map_err(werr)?
+                        .map(|g| g.value())
+                };
+                if let Some(ms) = prev
                     && ms >= horizon
                 {
+                    // A repeat does not extend the window: keep the first time.
+                    dedup.insert(key.as_str(), ms).map_err(werr)?;
                     outcomes.push(AppendOutcome::Duplicate);
                     continue;
                 }
-                if let Some(ms) = seen {
-                    by_time.remove((ms, key.as_str())).map_err(werr)?;
-                }
-                dedup.insert(key.as_str(), ingest_ms).map_err(werr)?;
-                by_time
-                    .insert((ingest_ms, key.as_str()), ())
-                    .map_err(werr)?;
                 let seq = view.next_seq;
                 view.next_seq += 1;
                 let enc = encode_event(ingest_ms, e.event.get().as_bytes());
@@ -683,8 +702,12 @@ fn apply_command(
         Command::Checkpoint {
             now_ms,
             retention_ms,
+            dedup_window_ms,
             cursors: updates,
         } => {
+            if dedup_window_ms > 0 {
+                sweep_dedup(txn, now_ms.saturating_sub(dedup_window_ms))?;
+            }
             let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
             for (key, seq) in updates {
                 // Only known targets, and cursors never move backwards.
