@@ -73,9 +73,7 @@ pub enum CertError {
     #[error("{} already exists; refusing to overwrite an existing cluster CA", .0.display())]
     AlreadyExists(PathBuf),
     /// A site name that cannot be used in a node identity.
-    #[error(
-        "invalid site name {0:?}: use 1 to 63 characters from a-z, A-Z, 0-9, '-', '_' and '.'"
-    )]
+    #[error("invalid site name {0:?}: use 1 to 63 characters from a-z, A-Z, 0-9, '-', '_' and '.'")]
     InvalidSite(String),
     /// A DNS name that cannot go in a certificate.
     #[error("invalid DNS name {name:?}: {message}")]
@@ -293,7 +291,10 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(path, format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
-        return Err(file_err(path, "no PEM certificate (BEGIN CERTIFICATE) found"));
+        return Err(file_err(
+            path,
+            "no PEM certificate (BEGIN CERTIFICATE) found",
+        ));
     }
     Ok(certs)
 }
@@ -545,15 +546,16 @@ pub fn issue_node_cert_with(
     let identity = NodeIdentity::new(req.node_id, req.site.clone())?;
     let ca = load_ca(ca_dir)?;
     let mut sans = vec![SanType::URI(identity.uri().try_into().map_err(
-        |e: rcgen::InvalidAsn1String| CertError::InvalidSite(format!("{}: {e}", req.site)),
+        |e: rcgen::Error| CertError::InvalidSite(format!("{}: {e}", req.site)),
     )?)];
     for d in &req.dns {
-        let name = d.clone().try_into().map_err(|e: rcgen::InvalidAsn1String| {
-            CertError::InvalidDnsName {
+        let name = d
+            .clone()
+            .try_into()
+            .map_err(|e: rcgen::Error| CertError::InvalidDnsName {
                 name: d.clone(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         if d.is_empty() || d.parse::<IpAddr>().is_ok() {
             return Err(CertError::InvalidDnsName {
                 name: d.clone(),
@@ -579,7 +581,10 @@ pub fn issue_node_cert_with(
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Strait");
     dn.push(DnType::OrganizationalUnitName, identity.site.clone());
-    dn.push(DnType::CommonName, format!("strait node {}", identity.node_id));
+    dn.push(
+        DnType::CommonName,
+        format!("strait node {}", identity.node_id),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -648,7 +653,6 @@ pub fn load_node_identity(
     key_path: &Path,
     ca_path: &Path,
 ) -> Result<NodeCredentials, CertError> {
-    crate::transport::tls::ensure_crypto_provider();
     let cert_chain = read_certs(cert_path)?;
     let key = read_private_key(key_path)?;
     let ca = read_certs(ca_path)?;

@@ -12,15 +12,18 @@
 // openraft's `StorageError` is large and its traits return it by value.
 #![allow(clippy::result_large_err)]
 
+pub mod certs;
 pub mod command;
 pub mod error;
 mod network;
+pub mod network_quic;
 pub mod site;
 pub mod store;
+pub mod transport;
 
 pub use command::{AppendEntry, AppendOutcome, Command, CommandResponse};
 pub use error::FederationError;
-pub use site::{Site, SiteOptions};
+pub use site::{Bootstrap, Site, SiteOptions};
 pub use store::state::{SiteState, StoredEvent};
 
 /// Node ids inside a Raft group.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::network::RaftNetworkFactory;
 use openraft::{Config, SnapshotPolicy};
 
 use crate::command::{Command, CommandResponse};
@@ -14,7 +15,20 @@ use crate::network::LocalOnly;
 use crate::store::log::LogStore;
 use crate::store::machine::StateMachine;
 use crate::store::state::SiteState;
-use crate::{NodeId, NodeInfo, Raft};
+use crate::{NodeId, NodeInfo, Raft, TypeConfig};
+
+/// How a site's Raft group is formed when this node's storage is new.
+#[derive(Debug, Clone, Default)]
+pub enum Bootstrap {
+    /// A one-member group of this node (what [`Site::open`] does).
+    #[default]
+    Single,
+    /// A group of these members (give it to exactly one node of a new site;
+    /// the others start with [`Bootstrap::Join`]).
+    Members(BTreeMap<NodeId, NodeInfo>),
+    /// Do not initialize: wait for the group's leader to add this node.
+    Join,
+}
 
 /// How to open a site.
 #[derive(Debug, Clone)]
@@ -46,6 +60,21 @@ pub struct Site {
 impl Site {
     /// Open storage, start Raft, and initialize a one-member group on first start.
     pub async fn open(opts: SiteOptions) -> Result<Site, FederationError> {
+        Site::open_with_network(opts, LocalOnly, Bootstrap::Single).await
+    }
+
+    /// Open storage and start Raft with `network` to reach the other
+    /// members (e.g. [`crate::network_quic::QuicNetwork`]); on first start
+    /// form the group as `bootstrap` says. A node restarting on existing
+    /// storage ignores `bootstrap`.
+    pub async fn open_with_network<N>(
+        opts: SiteOptions,
+        network: N,
+        bootstrap: Bootstrap,
+    ) -> Result<Site, FederationError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
         std::fs::create_dir_all(&opts.data_dir).map_err(|e| FederationError::Storage {
             path: opts.data_dir.display().to_string(),
             message: e.to_string(),
@@ -64,7 +93,7 @@ impl Site {
         }
         .validate()
         .map_err(|e| FederationError::Raft(e.to_string()))?;
-        let raft = Raft::new(opts.node_id, Arc::new(config), LocalOnly, log, sm)
+        let raft = Raft::new(opts.node_id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| FederationError::Raft(e.to_string()))?;
         let initialized = raft
@@ -72,11 +101,16 @@ impl Site {
             .await
             .map_err(|e| FederationError::Raft(e.to_string()))?;
         if !initialized {
-            let mut members = BTreeMap::new();
-            members.insert(opts.node_id, opts.node.clone());
-            raft.initialize(members)
-                .await
-                .map_err(|e| FederationError::Raft(e.to_string()))?;
+            let members = match bootstrap {
+                Bootstrap::Single => Some(BTreeMap::from([(opts.node_id, opts.node.clone())])),
+                Bootstrap::Members(m) => Some(m),
+                Bootstrap::Join => None,
+            };
+            if let Some(members) = members {
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| FederationError::Raft(e.to_string()))?;
+            }
         }
         Ok(Site {
             raft,

@@ -306,9 +306,7 @@ mod tests {
                 method: 7,
                 body: Bytes::from_static(b"hello"),
             },
-            Frame::Response {
-                body: Bytes::new(),
-            },
+            Frame::Response { body: Bytes::new() },
             Frame::Error {
                 code: 3,
                 message: "no".into(),

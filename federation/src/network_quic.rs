@@ -1,0 +1,435 @@
+//! openraft's network over the QUIC transport.
+//!
+//! - [`QuicNetwork`] is the `RaftNetworkFactory` a site's Raft uses: a
+//!   client for a member is created without I/O and reaches it through the
+//!   endpoint's shared connection to that node (connecting lazily,
+//!   reconnecting with backoff). The peer must prove, by certificate, to be
+//!   that node id of this site.
+//! - [`RaftService`] is the transport [`Handler`] that hands incoming Raft
+//!   RPCs to this node's [`Raft`]; it only serves nodes of its own site.
+//!
+//! Followers forward client writes to the leader with [`write_via_leader`]
+//! / [`forward_write`] (method [`METHOD_CLIENT_WRITE`]).
+//!
+//! Bodies are JSON (openraft's serde types); an install-snapshot chunk is a
+//! JSON header followed by the raw chunk bytes. Transport failures map to
+//! `RPCError::Unreachable` (no connection: openraft backs off) or
+//! `RPCError::Network` (the connection failed mid-request); an error
+//! answered by the peer's Raft is `RPCError::RemoteError`.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use openraft::error::ClientWriteError;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::certs::NodeIdentity;
+use crate::command::{Command, CommandResponse};
+use crate::error::FederationError;
+use crate::site::Site;
+use crate::transport::codec::codes;
+use crate::transport::{
+    CodecError, Endpoint, Handler, HandlerFuture, PeerClient, RemoteError as WireError, Request,
+    RequestError,
+};
+use crate::{NodeId, NodeInfo, Raft, TypeConfig};
+
+/// Method: Raft append-entries (and heartbeats).
+pub const METHOD_APPEND_ENTRIES: u16 = 0x0101;
+/// Method: Raft vote.
+pub const METHOD_VOTE: u16 = 0x0102;
+/// Method: one chunk of a snapshot.
+pub const METHOD_INSTALL_SNAPSHOT: u16 = 0x0103;
+/// Method: a client write forwarded by a follower to the leader.
+pub const METHOD_CLIENT_WRITE: u16 = 0x0201;
+
+/// The answer to a forwarded write.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ForwardReply {
+    /// Committed and applied.
+    Applied(CommandResponse),
+    /// The receiver is not the leader (any more).
+    NotLeader(Option<NodeId>),
+    /// The write failed.
+    Failed(String),
+}
+
+/// Send a write to the node `leader` reaches (normally the site's leader)
+/// and wait until it is committed and applied there.
+pub async fn forward_write(
+    leader: &PeerClient,
+    cmd: &Command,
+) -> Result<CommandResponse, FederationError> {
+    let body = encode_json(cmd)
+        .map_err(|e| FederationError::Write(format!("cannot encode the command: {e}")))?;
+    let reply = leader
+        .request(METHOD_CLIENT_WRITE, body)
+        .await
+        .map_err(|e| FederationError::Write(format!("forwarding to the leader failed: {e}")))?;
+    let reply: ForwardReply = serde_json::from_slice(&reply).map_err(|e| {
+        FederationError::Write(format!("undecodable answer from {}: {e}", leader.peer()))
+    })?;
+    match reply {
+        ForwardReply::Applied(r) => Ok(r),
+        ForwardReply::NotLeader(leader) => Err(FederationError::NotLeader { leader }),
+        ForwardReply::Failed(m) => Err(FederationError::Write(m)),
+    }
+}
+
+/// Write through the site's leader: locally when this node leads, else
+/// forwarded over `endpoint` to the leader this node knows of. Fails with
+/// `NotLeader` when no leader is known (the caller retries).
+pub async fn write_via_leader(
+    site: &Site,
+    endpoint: &Endpoint,
+    cmd: Command,
+) -> Result<CommandResponse, FederationError> {
+    let (leader, node) = {
+        let m = site.raft.metrics().borrow().clone();
+        let leader = m.current_leader;
+        let node = leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+        (leader, node)
+    };
+    match (leader, node) {
+        (Some(l), Some(node)) if l != site.node_id => {
+            let identity = NodeIdentity {
+                node_id: l,
+                site: endpoint.identity().site.clone(),
+            };
+            forward_write(&endpoint.peer(identity, node.raft_addr), &cmd).await
+        }
+        (Some(_), _) => site.write(cmd).await,
+        (None, _) => Err(FederationError::NotLeader { leader: None }),
+    }
+}
+
+/// The Raft network factory of a site over QUIC.
+#[derive(Debug, Clone)]
+pub struct QuicNetwork {
+    endpoint: Endpoint,
+    site: String,
+}
+
+impl QuicNetwork {
+    /// A network for members of `endpoint`'s own site.
+    pub fn new(endpoint: Endpoint) -> QuicNetwork {
+        let site = endpoint.identity().site.clone();
+        QuicNetwork { endpoint, site }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
+    type Network = QuicPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> QuicPeer {
+        let identity = NodeIdentity {
+            node_id: target,
+            site: self.site.clone(),
+        };
+        QuicPeer {
+            target,
+            peer: self.endpoint.peer(identity, node.raft_addr.clone()),
+        }
+    }
+}
+
+/// A connection handle to one member (shared with every other handle to
+/// the same member).
+#[derive(Debug)]
+pub struct QuicPeer {
+    target: NodeId,
+    peer: Arc<PeerClient>,
+}
+
+/// Why a reply could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable reply from node {target}: {message}")]
+struct DecodeError {
+    target: NodeId,
+    message: String,
+}
+
+fn encode_json<T: Serialize>(v: &T) -> Result<Bytes, serde_json::Error> {
+    serde_json::to_vec(v).map(Bytes::from)
+}
+
+impl QuicPeer {
+    /// Decode a reply (or map the transport failure) into openraft's terms.
+    fn decode<Resp, E>(
+        &self,
+        reply: Result<Bytes, RequestError>,
+    ) -> Result<Resp, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error,
+        RaftError<NodeId, E>: DeserializeOwned,
+    {
+        let reply = reply.map_err(|e| map_request_error(&e))?;
+        let answer: Result<Resp, RaftError<NodeId, E>> =
+            serde_json::from_slice(&reply).map_err(|e| {
+                RPCError::Network(NetworkError::new(&DecodeError {
+                    target: self.target,
+                    message: e.to_string(),
+                }))
+            })?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn map_request_error<E: std::error::Error>(
+    e: &RequestError,
+) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
+    match e {
+        RequestError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(e)),
+        RequestError::Remote { error, .. } if error.code == codes::UNAVAILABLE => {
+            RPCError::Unreachable(Unreachable::new(e))
+        }
+        _ => RPCError::Network(NetworkError::new(e)),
+    }
+}
+
+fn encode_error<E: std::error::Error>(
+    e: &serde_json::Error,
+) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(e))
+}
+
+/// Encode a snapshot chunk: u32 BE header length, JSON header (the request
+/// without its data), then the raw data.
+fn encode_snapshot_chunk(
+    rpc: &InstallSnapshotRequest<TypeConfig>,
+) -> Result<Bytes, serde_json::Error> {
+    let header = InstallSnapshotRequest::<TypeConfig> {
+        vote: rpc.vote,
+        meta: rpc.meta.clone(),
+        offset: rpc.offset,
+        data: Vec::new(),
+        done: rpc.done,
+    };
+    let h = serde_json::to_vec(&header)?;
+    let mut out = BytesMut::with_capacity(4 + h.len() + rpc.data.len());
+    out.put_u32(h.len() as u32);
+    out.put_slice(&h);
+    out.put_slice(&rpc.data);
+    Ok(out.freeze())
+}
+
+fn decode_snapshot_chunk(body: &[u8]) -> Result<InstallSnapshotRequest<TypeConfig>, String> {
+    let (len, rest) = body
+        .split_first_chunk::<4>()
+        .ok_or_else(|| "snapshot chunk shorter than its header length".to_string())?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if len > rest.len() {
+        return Err(format!(
+            "snapshot chunk header of {len} bytes but only {} bytes follow",
+            rest.len()
+        ));
+    }
+    let (header, data) = rest.split_at(len);
+    let mut req: InstallSnapshotRequest<TypeConfig> =
+        serde_json::from_slice(header).map_err(|e| format!("bad snapshot chunk header: {e}"))?;
+    req.data = data.to_vec();
+    Ok(req)
+}
+
+impl RaftNetwork<TypeConfig> for QuicPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        let n = rpc.entries.len() as u64;
+        let body = encode_json(&rpc).map_err(|e| encode_error(&e))?;
+        let reply = self
+            .peer
+            .request_within(METHOD_APPEND_ENTRIES, body, option.hard_ttl())
+            .await;
+        if n > 1
+            && matches!(
+                &reply,
+                Err(RequestError::Codec {
+                    error: CodecError::TooLarge { .. },
+                    ..
+                })
+            )
+        {
+            // Ask openraft to send fewer entries per request.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(n / 2),
+            ));
+        }
+        self.decode(reply)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let body = encode_snapshot_chunk(&rpc).map_err(|e| encode_error(&e))?;
+        let reply = self
+            .peer
+            .request_within(METHOD_INSTALL_SNAPSHOT, body, option.hard_ttl())
+            .await;
+        self.decode(reply)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        let body = encode_json(&rpc).map_err(|e| encode_error(&e))?;
+        let reply = self
+            .peer
+            .request_within(METHOD_VOTE, body, option.hard_ttl())
+            .await;
+        self.decode(reply)
+    }
+}
+
+/// The transport handler that serves Raft RPCs to this node's [`Raft`].
+/// Create it before the endpoint, hand the Raft handle over with
+/// [`RaftService::set_raft`] once it exists; until then peers are told
+/// the node is unavailable (they see it as unreachable and retry).
+pub struct RaftService {
+    site: String,
+    raft: OnceLock<Raft>,
+}
+
+impl std::fmt::Debug for RaftService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftService")
+            .field("site", &self.site)
+            .field("running", &self.raft.get().is_some())
+            .finish()
+    }
+}
+
+impl RaftService {
+    /// A service for members of `site`.
+    pub fn new(site: impl Into<String>) -> Arc<RaftService> {
+        Arc::new(RaftService {
+            site: site.into(),
+            raft: OnceLock::new(),
+        })
+    }
+
+    /// Start serving `raft` (only the first call counts).
+    pub fn set_raft(&self, raft: Raft) {
+        let _ = self.raft.set(raft);
+    }
+
+    /// Serve Raft RPCs from the transport.
+    pub fn handler(self: &Arc<Self>) -> Arc<dyn Handler> {
+        self.clone()
+    }
+}
+
+fn reply<T: Serialize>(v: &T) -> Result<Bytes, WireError> {
+    encode_json(v).map_err(|e| WireError::new(codes::INTERNAL, format!("cannot encode reply: {e}")))
+}
+
+fn bad_request(what: &str, e: impl std::fmt::Display) -> WireError {
+    WireError::new(codes::BAD_REQUEST, format!("bad {what} request: {e}"))
+}
+
+impl Handler for RaftService {
+    fn handle(&self, req: Request) -> HandlerFuture {
+        let raft = self.raft.get().cloned();
+        let site_ok = req.peer.site == self.site;
+        let site = self.site.clone();
+        Box::pin(async move {
+            if !site_ok {
+                return Err(WireError::new(
+                    codes::FORBIDDEN,
+                    format!("{} is not a member of site {site:?}", req.peer),
+                ));
+            }
+            let Some(raft) = raft else {
+                return Err(WireError::new(
+                    codes::UNAVAILABLE,
+                    "this node's Raft is not running yet",
+                ));
+            };
+            match req.method {
+                METHOD_APPEND_ENTRIES => {
+                    let rpc: AppendEntriesRequest<TypeConfig> =
+                        serde_json::from_slice(&req.body)
+                            .map_err(|e| bad_request("append-entries", e))?;
+                    reply(&raft.append_entries(rpc).await)
+                }
+                METHOD_VOTE => {
+                    let rpc: VoteRequest<NodeId> =
+                        serde_json::from_slice(&req.body).map_err(|e| bad_request("vote", e))?;
+                    reply(&raft.vote(rpc).await)
+                }
+                METHOD_INSTALL_SNAPSHOT => {
+                    let rpc = decode_snapshot_chunk(&req.body)
+                        .map_err(|e| bad_request("install-snapshot", e))?;
+                    reply(&raft.install_snapshot(rpc).await)
+                }
+                METHOD_CLIENT_WRITE => {
+                    let cmd: Command = serde_json::from_slice(&req.body)
+                        .map_err(|e| bad_request("client-write", e))?;
+                    let answer = match raft.client_write(cmd).await {
+                        Ok(r) => ForwardReply::Applied(r.data),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                            ForwardReply::NotLeader(f.leader_id)
+                        }
+                        Err(e) => ForwardReply::Failed(e.to_string()),
+                    };
+                    reply(&answer)
+                }
+                m => Err(WireError::new(
+                    codes::UNKNOWN_METHOD,
+                    format!("unknown Raft method {m:#06x}"),
+                )),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{LogId, SnapshotMeta, StoredMembership, Vote};
+
+    #[test]
+    fn snapshot_chunks_round_trip_and_garbage_is_refused() {
+        let req = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), 42)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "s-1".into(),
+            },
+            offset: 1024,
+            data: (0..=255u8).collect(),
+            done: true,
+        };
+        let enc = encode_snapshot_chunk(&req).expect("encode");
+        let dec = decode_snapshot_chunk(&enc).expect("decode");
+        assert_eq!(dec.data, req.data);
+        assert_eq!(dec.offset, 1024);
+        assert_eq!(dec.meta.snapshot_id, "s-1");
+        assert!(dec.done);
+        for junk in [&[][..], &[0, 0], &[0, 0, 0, 9, 1], &[0, 0, 0, 1, b'{']] {
+            assert!(decode_snapshot_chunk(junk).is_err());
+        }
+    }
+}
