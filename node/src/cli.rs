@@ -33,6 +33,52 @@ pub enum Commands {
     Get(GetArgs),
     /// Check whether an event matches a pattern (offline).
     TestPattern(TestPatternArgs),
+    /// Create the cluster CA and node certificates (for QUIC mutual TLS).
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// `strait cert ...`.
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Create a cluster CA (`ca.pem`, `ca.key`) in a new directory.
+    InitCa {
+        /// Directory for the CA files (refuses to overwrite an existing CA).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a node certificate signed by the CA.
+    Issue {
+        /// The CA directory (from `init-ca`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Node id inside its site.
+        #[arg(long)]
+        node_id: u64,
+        /// Site name.
+        #[arg(long)]
+        site: String,
+        /// DNS names the node is reached by (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// IP addresses the node is reached by (repeatable).
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        /// Output directory (default: the CA directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Show a certificate: identity, names, expiry.
+    Show {
+        /// A PEM file.
+        file: PathBuf,
+    },
 }
 
 /// `strait serve`.
@@ -130,6 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Apply(a) => apply(a).await.map(|_| ExitCode::SUCCESS),
         Commands::Get(a) => get(a).await.map(|_| ExitCode::SUCCESS),
         Commands::TestPattern(a) => test_pattern(a),
+        Commands::Cert(c) => cert(c).map(|_| ExitCode::SUCCESS),
     }
 }
 
@@ -402,4 +449,78 @@ fn test_pattern(a: TestPatternArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn show_cert(info: &strait_federation::certs::CertInfo) {
+    let day = |t: std::time::SystemTime| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339();
+    println!("  subject:   {}", info.subject);
+    if let Some(id) = &info.identity {
+        println!("  identity:  {id}");
+    }
+    if info.is_ca {
+        println!("  role:      certificate authority");
+    }
+    if !info.dns_names.is_empty() {
+        println!("  dns:       {}", info.dns_names.join(", "));
+    }
+    if !info.ips.is_empty() {
+        let ips: Vec<String> = info.ips.iter().map(|i| i.to_string()).collect();
+        println!("  ip:        {}", ips.join(", "));
+    }
+    println!(
+        "  valid:     {} to {}",
+        day(info.not_before),
+        day(info.not_after)
+    );
+}
+
+fn cert(c: CertCommand) -> anyhow::Result<()> {
+    use strait_federation::certs;
+    match c {
+        CertCommand::InitCa { dir, days } => {
+            let ca = certs::init_ca_with(
+                &dir,
+                &certs::CaOptions {
+                    validity_days: days,
+                },
+            )?;
+            println!(
+                "created CA {} (key {})",
+                ca.cert_path.display(),
+                ca.key_path.display()
+            );
+            show_cert(&ca.info);
+        }
+        CertCommand::Issue {
+            ca,
+            node_id,
+            site,
+            dns,
+            ip,
+            out,
+            days,
+        } => {
+            let out = out.unwrap_or_else(|| ca.clone());
+            let req = certs::NodeCertRequest {
+                node_id,
+                site,
+                dns,
+                ips: ip,
+                validity_days: days,
+            };
+            let issued = certs::issue_node_cert_with(&ca, &req, &out)?;
+            println!(
+                "issued {} (key {})",
+                issued.cert_path.display(),
+                issued.key_path.display()
+            );
+            show_cert(&issued.info);
+        }
+        CertCommand::Show { file } => {
+            let info = certs::read_cert_info(&file)?;
+            println!("{}", file.display());
+            show_cert(&info);
+        }
+    }
+    Ok(())
 }

@@ -261,3 +261,58 @@ fn outside_dev_mode_the_api_needs_a_token() {
     ]);
     assert!(o.status.success(), "{}", stdout(&o));
 }
+
+#[test]
+fn cert_commands_create_a_ca_and_node_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    let ca_s = ca.to_str().expect("utf8");
+    let o = run(&["cert", "init-ca", "--dir", ca_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("certificate authority"));
+    let o = run(&["cert", "init-ca", "--dir", ca_s]);
+    assert!(
+        !o.status.success(),
+        "a second CA must not overwrite the first"
+    );
+    assert!(stderr(&o).contains("ca.pem"), "{}", stderr(&o));
+    let out = dir.path().join("n3");
+    let o = run(&[
+        "cert",
+        "issue",
+        "--ca",
+        ca_s,
+        "--node-id",
+        "3",
+        "--site",
+        "aws-us-east-1",
+        "--dns",
+        "n3.example",
+        "--ip",
+        "127.0.0.1",
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cert = out.join("node-3.pem");
+    assert!(cert.exists() && out.join("node-3.key").exists());
+    let o = run(&["cert", "show", cert.to_str().expect("utf8")]);
+    let text = stdout(&o);
+    assert!(text.contains("node 3 of site \"aws-us-east-1\""), "{text}");
+    assert!(
+        text.contains("n3.example") && text.contains("127.0.0.1"),
+        "{text}"
+    );
+    let o = run(&[
+        "cert",
+        "issue",
+        "--ca",
+        ca_s,
+        "--node-id",
+        "1",
+        "--site",
+        "bad site",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bad site"), "{}", stderr(&o));
+}
