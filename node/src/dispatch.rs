@@ -18,12 +18,14 @@ use strait_adapters::{DeliveryError, Sink};
 use strait_federation::store::state::target_key;
 use strait_federation::{AppendEntry, Command, StoredEvent};
 use strait_routing::event::Event;
+use strait_routing::pattern::RuleSet;
 use strait_routing::transform::{TransformContext, TransformOutput};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::app::App;
 use crate::commit::now_ms;
+use crate::feed::{BusFeed, FeedItem, FeedRead};
 use crate::spec::{CompiledRule, DeadLetter, RetryPolicy, RuleSpec};
 use crate::trace::TraceParent;
 
@@ -73,10 +75,13 @@ pub async fn run(app: Arc<App>) {
     let state = app.site.state.clone();
     let mut config_rx = state.subscribe_config();
     let mut workers: HashMap<String, Worker> = HashMap::new();
+    let mut feeds: HashMap<String, Feed> = HashMap::new();
+    let mut version = 0u64;
     tokio::spawn(checkpointer(app.clone()));
     loop {
         config_rx.borrow_and_update();
-        reconcile(&app, &mut workers);
+        version += 1;
+        reconcile(&app, &mut workers, &mut feeds, version);
         if config_rx.changed().await.is_err() {
             break;
         }
@@ -84,9 +89,34 @@ pub async fn run(app: Arc<App>) {
     for (_, w) in workers {
         w.handle.abort();
     }
+    for (_, f) in feeds {
+        f.handle.abort();
+    }
 }
 
-fn reconcile(app: &Arc<App>, workers: &mut HashMap<String, Worker>) {
+struct Feed {
+    feed: Arc<BusFeed>,
+    handle: JoinHandle<()>,
+}
+
+/// One compiled rule set per bus (enabled rules only), keyed by rule name.
+fn rule_sets(rules: &[(String, String, Arc<CompiledRule>)]) -> HashMap<String, RuleSet<String>> {
+    let mut sets: HashMap<String, RuleSet<String>> = HashMap::new();
+    for (bus, name, rule) in rules {
+        let set = sets.entry(bus.clone()).or_default();
+        if rule.spec.enabled {
+            set.insert(name.clone(), rule.pattern.clone());
+        }
+    }
+    sets
+}
+
+fn reconcile(
+    app: &Arc<App>,
+    workers: &mut HashMap<String, Worker>,
+    feeds: &mut HashMap<String, Feed>,
+    version: u64,
+) {
     let rules: Vec<((String, String), Value)> = {
         let view = app.site.state.view();
         view.rules
@@ -95,6 +125,7 @@ fn reconcile(app: &Arc<App>, workers: &mut HashMap<String, Worker>) {
             .collect()
     };
     let mut wanted = HashMap::new();
+    let mut compiled_rules = Vec::new();
     for ((bus, rule_name), json) in rules {
         let compiled = match RuleSpec::from_json(&json).and_then(|s| s.compile()) {
             Ok(c) => Arc::new(c),
@@ -103,6 +134,7 @@ fn reconcile(app: &Arc<App>, workers: &mut HashMap<String, Worker>) {
                 continue;
             }
         };
+        compiled_rules.push((bus.clone(), rule_name.clone(), compiled.clone()));
         for (idx, t) in compiled.spec.targets.iter().enumerate() {
             let key = target_key(&bus, &rule_name, &t.id);
             wanted.insert(
@@ -116,6 +148,38 @@ fn reconcile(app: &Arc<App>, workers: &mut HashMap<String, Worker>) {
                 ),
             );
         }
+    }
+    // One feed per bus with rules; it starts at the oldest cursor of the bus.
+    let mut sets = rule_sets(&compiled_rules);
+    feeds.retain(|bus, f| {
+        let keep = sets.contains_key(bus);
+        if !keep {
+            f.handle.abort();
+        }
+        keep
+    });
+    for (bus, set) in sets.drain() {
+        if let Some(f) = feeds.get(&bus) {
+            f.feed.set_rules(version, set);
+            continue;
+        }
+        let start = {
+            let view = app.site.state.view();
+            let prefix = format!("{bus}/");
+            view.cursors
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, c)| *c)
+                .min()
+                .unwrap_or(view.next_seq)
+        };
+        let feed = BusFeed::new(start, version, set);
+        let handle = tokio::spawn(crate::feed::run(
+            app.site.state.clone(),
+            bus.clone(),
+            feed.clone(),
+        ));
+        feeds.insert(bus, Feed { feed, handle });
     }
     workers.retain(|key, w| {
         let keep = wanted
@@ -143,6 +207,9 @@ fn reconcile(app: &Arc<App>, workers: &mut HashMap<String, Worker>) {
                 continue;
             }
         };
+        let Some(feed) = feeds.get(&bus).map(|f| f.feed.clone()) else {
+            continue;
+        };
         let worker = TargetWorker {
             app: app.clone(),
             key: key.clone(),
@@ -151,6 +218,8 @@ fn reconcile(app: &Arc<App>, workers: &mut HashMap<String, Worker>) {
             rule: compiled,
             idx,
             sink,
+            feed,
+            version,
         };
         let handle = tokio::spawn(worker.run());
         workers.insert(
@@ -171,6 +240,17 @@ struct TargetWorker {
     rule: Arc<CompiledRule>,
     idx: usize,
     sink: Arc<dyn Sink>,
+    feed: Arc<BusFeed>,
+    /// The rule-set version this worker's rule entered the feed with.
+    version: u64,
+}
+
+/// An event waiting to be processed by a target worker.
+enum Pending {
+    /// Matched by the bus feed.
+    Fed(Arc<FeedItem>),
+    /// Read from storage by the worker itself (it was behind the feed).
+    Stored(StoredEvent),
 }
 
 impl TargetWorker {
@@ -178,6 +258,7 @@ impl TargetWorker {
         let this = Arc::new(self);
         let state = this.app.site.state.clone();
         let mut head_rx = state.subscribe_head();
+        let mut feed_rx = this.feed.subscribe();
         let replicated = state.view().cursors.get(&this.key).copied();
         let Some(replicated) = replicated else {
             return;
@@ -189,23 +270,33 @@ impl TargetWorker {
         let concurrency = this.rule.spec.targets[this.idx].concurrency;
         let read_batch = this.app.cfg.dispatch.read_batch;
         let mut next_read = start;
-        let mut buffer: std::collections::VecDeque<StoredEvent> = Default::default();
+        let mut buffer: std::collections::VecDeque<Pending> = Default::default();
         let mut inflight = FuturesOrdered::new();
         loop {
             if buffer.is_empty() && inflight.len() < concurrency {
                 head_rx.borrow_and_update();
-                match state.read_events(&this.bus, next_read, read_batch) {
-                    Ok(evs) => {
-                        if let Some(last) = evs.last() {
+                feed_rx.borrow_and_update();
+                match this.feed.take(next_read, read_batch) {
+                    FeedRead::Items(items) => {
+                        if let Some(last) = items.last() {
                             next_read = last.seq + 1;
                         }
-                        buffer.extend(evs);
+                        buffer.extend(items.into_iter().map(Pending::Fed));
                     }
-                    Err(e) => {
-                        tracing::error!(target_key = this.key, error = %e, "reading events failed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
+                    // Behind the feed's window: read storage ourselves.
+                    FeedRead::Behind => match state.read_events(&this.bus, next_read, read_batch) {
+                        Ok(evs) => {
+                            if let Some(last) = evs.last() {
+                                next_read = last.seq + 1;
+                            }
+                            buffer.extend(evs.into_iter().map(Pending::Stored));
+                        }
+                        Err(e) => {
+                            tracing::error!(target_key = this.key, error = %e, "reading events failed");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    },
                 }
             }
             while inflight.len() < concurrency {
@@ -214,8 +305,11 @@ impl TargetWorker {
                 inflight.push_back(async move { w.process(ev).await });
             }
             if inflight.is_empty() {
-                if buffer.is_empty() && head_rx.changed().await.is_err() {
-                    return;
+                if buffer.is_empty() {
+                    tokio::select! {
+                        r = head_rx.changed() => if r.is_err() { return; },
+                        r = feed_rx.changed() => if r.is_err() { return; },
+                    }
                 }
                 continue;
             }
@@ -226,20 +320,38 @@ impl TargetWorker {
                 r = head_rx.changed(), if buffer.is_empty() && inflight.len() < concurrency => {
                     if r.is_err() { return; }
                 }
+                r = feed_rx.changed(), if buffer.is_empty() && inflight.len() < concurrency => {
+                    if r.is_err() { return; }
+                }
             }
         }
     }
 
     /// Match, transform, deliver with retries; returns the event's seq once
     /// it is finished (delivered, dead-lettered or not matched).
-    async fn process(self: Arc<Self>, stored: StoredEvent) -> u64 {
-        let seq = stored.seq;
-        let value: Value = match serde_json::from_slice(&stored.json) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(seq, error = %e, "stored event is not JSON; skipping");
-                return seq;
+    async fn process(self: Arc<Self>, pending: Pending) -> u64 {
+        let (seq, ingest_ms, value) = match pending {
+            Pending::Fed(item) => {
+                // The feed's verdict holds unless it used an older rule set
+                // than the one this worker's rule entered with.
+                if item.version >= self.version && !item.rules.contains(&self.rule_name) {
+                    return item.seq;
+                }
+                match &item.value {
+                    Some(v) => (item.seq, item.ingest_ms, v.clone()),
+                    None => {
+                        tracing::error!(seq = item.seq, "stored event is not JSON; skipping");
+                        return item.seq;
+                    }
+                }
             }
+            Pending::Stored(stored) => match serde_json::from_slice(&stored.json) {
+                Ok(v) => (stored.seq, stored.ingest_ms, v),
+                Err(e) => {
+                    tracing::error!(seq = stored.seq, error = %e, "stored event is not JSON; skipping");
+                    return stored.seq;
+                }
+            },
         };
         if !self.rule.spec.enabled || !self.rule.pattern.matches(&value) {
             return seq;
@@ -260,7 +372,7 @@ impl TargetWorker {
         metrics::counter!("strait_events_matched_total", &labels).increment(1);
         let mut event = original.clone();
         if let Some(tr) = &self.rule.transforms[self.idx] {
-            let ingestion_time = chrono::DateTime::from_timestamp_millis(stored.ingest_ms as i64)
+            let ingestion_time = chrono::DateTime::from_timestamp_millis(ingest_ms as i64)
                 .unwrap_or_default()
                 .to_rfc3339();
             let rule_id = format!("{}/{}", self.bus, self.rule_name);
@@ -323,7 +435,7 @@ impl TargetWorker {
                 s.failed_attempts += 1;
                 s.last_error = Some(err.to_string());
             });
-            let age_ms = now_ms().saturating_sub(stored.ingest_ms);
+            let age_ms = now_ms().saturating_sub(ingest_ms);
             let too_old = age_ms >= policy.max_event_age_seconds.saturating_mul(1000);
             if !err.is_retryable() || attempt >= policy.max_attempts || too_old {
                 let why = match &err {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod dispatch;
+pub mod feed;
 pub mod ingest;
 pub mod spec;
 pub mod telemetry;

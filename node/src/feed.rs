@@ -1,0 +1,206 @@
+//! The bus feed: reads each committed event of a bus once, parses it once
+//! and matches it once against every rule of the bus with the compiled
+//! [`RuleSet`], keeping a bounded window of results in memory.
+//!
+//! Target workers take their events from the window, so a bus with many
+//! rules costs one parse and one compiled match per event instead of one per
+//! target. The feed never waits for a worker: when the window is full the
+//! oldest results are dropped, and a worker that has fallen behind the
+//! window reads storage and matches its own pattern until it catches up. A
+//! slow target therefore still holds up nobody.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use strait_federation::{SiteState, StoredEvent};
+use strait_routing::pattern::RuleSet;
+use tokio::sync::watch;
+
+/// Results kept per bus.
+const WINDOW: usize = 8192;
+/// Events read from storage per step.
+const READ_BATCH: usize = 512;
+
+/// One event as the feed saw it.
+#[derive(Debug)]
+pub struct FeedItem {
+    /// Sequence number.
+    pub seq: u64,
+    /// Ingestion time, ms since the epoch.
+    pub ingest_ms: u64,
+    /// The event (JSON structured form), `None` if it did not parse.
+    pub value: Option<Value>,
+    /// Names of the enabled rules it matched.
+    pub rules: Vec<String>,
+    /// Version of the rule set it was matched with.
+    pub version: u64,
+}
+
+/// What a worker gets when it asks the feed for events from a position.
+pub enum FeedRead {
+    /// The position is older than the window: read storage instead.
+    Behind,
+    /// Results from the position on (empty: nothing new yet).
+    Items(Vec<Arc<FeedItem>>),
+}
+
+struct Window {
+    /// Every event of the bus with `start <= seq < tail` is in `items`.
+    start: u64,
+    tail: u64,
+    items: VecDeque<Arc<FeedItem>>,
+}
+
+/// The feed of one bus.
+pub struct BusFeed {
+    window: Mutex<Window>,
+    progress: watch::Sender<u64>,
+    rules: RwLock<(u64, Arc<RuleSet<String>>)>,
+}
+
+impl BusFeed {
+    /// A feed starting at `start`, matching with `rules` (version `version`).
+    pub fn new(start: u64, version: u64, rules: RuleSet<String>) -> Arc<BusFeed> {
+        Arc::new(BusFeed {
+            window: Mutex::new(Window {
+                start,
+                tail: start,
+                items: VecDeque::new(),
+            }),
+            progress: watch::Sender::new(start),
+            rules: RwLock::new((version, Arc::new(rules))),
+        })
+    }
+
+    /// Swap in a new rule set (events read from now on are matched with it).
+    pub fn set_rules(&self, version: u64, rules: RuleSet<String>) {
+        let mut g = match self.rules.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *g = (version, Arc::new(rules));
+    }
+
+    fn current_rules(&self) -> (u64, Arc<RuleSet<String>>) {
+        let g = match self.rules.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        (g.0, g.1.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        match self.window.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Bumped whenever the feed has read further.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
+    /// Up to `max` results with `seq >= from`.
+    pub fn take(&self, from: u64, max: usize) -> FeedRead {
+        let w = self.lock();
+        if from < w.start {
+            return FeedRead::Behind;
+        }
+        let first = w.items.partition_point(|i| i.seq < from);
+        FeedRead::Items(w.items.iter().skip(first).take(max).cloned().collect())
+    }
+
+    fn push(&self, items: Vec<Arc<FeedItem>>, tail: u64) {
+        let mut w = self.lock();
+        w.items.extend(items);
+        while w.items.len() > WINDOW {
+            if let Some(old) = w.items.pop_front() {
+                w.start = old.seq + 1;
+            }
+        }
+        w.tail = tail;
+        drop(w);
+        self.progress.send_replace(tail);
+    }
+
+    fn tail(&self) -> u64 {
+        self.lock().tail
+    }
+}
+
+/// Read, parse and match the bus's events for as long as the feed lives.
+pub async fn run(state: Arc<SiteState>, bus: String, feed: Arc<BusFeed>) {
+    let mut head_rx = state.subscribe_head();
+    loop {
+        head_rx.borrow_and_update();
+        let from = feed.tail();
+        let events: Vec<StoredEvent> = match state.read_events(&bus, from, READ_BATCH) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(bus, error = %e, "feed: reading events failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(last) = events.last().map(|e| e.seq) else {
+            if head_rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let (version, rules) = feed.current_rules();
+        let items = events
+            .into_iter()
+            .map(|ev| {
+                let value: Option<Value> = serde_json::from_slice(&ev.json).ok();
+                let matched = value.as_ref().map(|v| rules.matches(v)).unwrap_or_default();
+                Arc::new(FeedItem {
+                    seq: ev.seq,
+                    ingest_ms: ev.ingest_ms,
+                    value,
+                    rules: matched,
+                    version,
+                })
+            })
+            .collect();
+        feed.push(items, last + 1);
+        tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(seq: u64) -> Arc<FeedItem> {
+        Arc::new(FeedItem {
+            seq,
+            ingest_ms: 0,
+            value: None,
+            rules: Vec::new(),
+            version: 0,
+        })
+    }
+
+    #[test]
+    fn window_slides_and_reports_behind() {
+        let feed = BusFeed::new(10, 0, RuleSet::new());
+        assert!(matches!(feed.take(10, 5), FeedRead::Items(v) if v.is_empty()));
+        assert!(matches!(feed.take(3, 5), FeedRead::Behind));
+        // Sequence numbers are site-wide, so a bus sees gaps.
+        feed.push(vec![item(10), item(14), item(20)], 21);
+        match feed.take(11, 5) {
+            FeedRead::Items(v) => {
+                assert_eq!(v.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![14, 20])
+            }
+            FeedRead::Behind => panic!("inside the window"),
+        }
+        let many: Vec<_> = (21..21 + WINDOW as u64).map(item).collect();
+        feed.push(many, 21 + WINDOW as u64);
+        assert!(matches!(feed.take(20, 5), FeedRead::Behind));
+        assert!(matches!(feed.take(21, 1), FeedRead::Items(v) if v.len() == 1 && v[0].seq == 21));
+    }
+}
