@@ -3,7 +3,8 @@
 //! Each adapter keeps its configuration checks pure ([`validate_target`])
 //! and apart from building the running piece ([`build_target`]), the way
 //! Vector separates config validation from component construction. Today:
-//! [`http`], the webhook / CloudEvents HTTP sink.
+//! [`http`], the webhook / CloudEvents HTTP sink, and
+//! [`alibaba_eventbridge`], Alibaba Cloud EventBridge PutEvents.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use strait_routing::event::Event;
 
+pub mod alibaba_eventbridge;
 pub mod http;
 
 /// How a delivery failed.
@@ -62,15 +64,17 @@ pub trait Sink: Send + Sync + 'static {
     fn deliver<'a>(&'a self, event: &'a Event, traceparent: &'a str) -> DeliveryFuture<'a>;
 }
 
-/// Shared resources for building targets (clients, later secrets).
+/// Shared resources for building targets: clients and node-local secrets.
 #[derive(Debug, Clone, Default)]
 pub struct SinkContext {
     /// The node's pooled HTTP client.
     pub http: http::HttpClient,
+    /// Alibaba Cloud credentials by name (node config `alibaba.credentials`).
+    pub alibaba_credentials: alibaba_eventbridge::Credentials,
 }
 
 /// Target types this build knows.
-pub const TARGET_TYPES: &[&str] = &["http"];
+pub const TARGET_TYPES: &[&str] = &["http", "alibaba_eventbridge"];
 
 /// Check a target's type-specific settings (pure) and return them in
 /// normal form (defaults filled in), as they are stored.
@@ -80,6 +84,9 @@ pub fn validate_target(
 ) -> Result<Map<String, Value>, ConfigError> {
     let normal = match kind {
         "http" => serde_json::to_value(http::HttpSettings::from_settings(settings)?),
+        "alibaba_eventbridge" => serde_json::to_value(
+            alibaba_eventbridge::AlibabaSettings::from_settings(settings)?,
+        ),
         other => {
             return Err(ConfigError::new(
                 "type",
@@ -110,6 +117,28 @@ pub fn build_target(
             http::HttpSettings::from_settings(settings)?,
             timeout,
         ))),
+        "alibaba_eventbridge" => {
+            let s = alibaba_eventbridge::AlibabaSettings::from_settings(settings)?;
+            let credential = ctx
+                .alibaba_credentials
+                .get(&s.credential)
+                .cloned()
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "credential",
+                        format!(
+                            "{:?} is not in this node's alibaba.credentials",
+                            s.credential
+                        ),
+                    )
+                })?;
+            Ok(Arc::new(alibaba_eventbridge::AlibabaTarget::start(
+                ctx.http.client(),
+                s,
+                credential,
+                timeout,
+            )?))
+        }
         other => Err(ConfigError::new(
             "type",
             format!("unknown target type {other:?}"),

@@ -77,7 +77,7 @@ impl From<FederationError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Build the router.
 pub fn router(app: Arc<App>) -> Router {
@@ -102,6 +102,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            strait_adapters::alibaba_eventbridge::PUT_EVENTS_PATH,
+            post(crate::alibaba::put_events),
+        )
+        .route("/alibaba/push/{bus}", post(crate::alibaba::push))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -145,7 +150,7 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
     axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -169,7 +174,7 @@ fn check_name(kind: &str, name: &str) -> ApiResult<()> {
     validate_name(kind, name).map_err(|e| ApiError::bad_request(e.code, e.message))
 }
 
-fn bus_must_exist(app: &App, bus: &str) -> ApiResult<()> {
+pub(crate) fn bus_must_exist(app: &App, bus: &str) -> ApiResult<()> {
     if app.site.state.view().buses.contains_key(bus) {
         Ok(())
     } else {
@@ -222,6 +227,18 @@ async fn post_events(
         ApiError::new(status, e.code(), e.to_string())
     })?;
     drop(_g);
+    commit_parsed(&app, &bus, parsed).await
+}
+
+/// Commit parsed entries to `bus` and answer with per-entry results (the
+/// commit path of `POST /v1/buses/{bus}/events`, shared with the Alibaba
+/// push source).
+pub(crate) async fn commit_parsed(
+    app: &App,
+    bus: &str,
+    parsed: crate::ingest::Entries,
+) -> ApiResult<Response> {
+    let bus = bus.to_string();
     let total = parsed.len();
     metrics::counter!("strait_events_ingested_total").increment(total as u64);
     let mut results: Vec<Value> = Vec::with_capacity(total);

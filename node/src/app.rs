@@ -26,10 +26,13 @@ pub struct App {
     pub sinks: SinkContext,
     /// Prometheus renderer.
     pub metrics: PrometheusHandle,
+    /// Alibaba ingress keys, push keys and the nonce cache.
+    pub alibaba: crate::alibaba::AlibabaState,
 }
 
 /// Open storage and Raft, create configured buses, start the dispatcher.
 pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
+    let alibaba = crate::alibaba::AlibabaState::from_config(&cfg.alibaba)?;
     let site = Site::open(SiteOptions {
         data_dir: cfg.data_dir.clone(),
         node_id: cfg.node_id,
@@ -61,12 +64,17 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
             }
         }
     }
+    let sinks = SinkContext {
+        http: Default::default(),
+        alibaba_credentials: Arc::new(cfg.alibaba.credentials.clone()),
+    };
     let app = Arc::new(App {
         cfg,
         site,
         committer,
         progress: Default::default(),
-        sinks: SinkContext::default(),
+        sinks,
+        alibaba,
         metrics: crate::telemetry::metrics_handle(),
     });
     tokio::spawn(crate::dispatch::run(app.clone()));

@@ -81,6 +81,87 @@ pub struct Telemetry {
     pub otlp_endpoint: Option<String>,
 }
 
+/// An AccessKey pair accepted by the Alibaba-compatible ingress.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlibabaIngressKey {
+    /// AccessKey ID.
+    pub access_key_id: String,
+    /// AccessKey secret.
+    pub access_key_secret: String,
+    /// If set, requests must carry this `x-acs-security-token` (STS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_token: Option<String>,
+}
+
+impl std::fmt::Debug for AlibabaIngressKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlibabaIngressKey")
+            .field("access_key_id", &self.access_key_id)
+            .field("access_key_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The HTTP push source for Alibaba EventBridge HTTP targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlibabaPush {
+    /// Reject pushes without a valid `x-eventbridge-signature`. Default true.
+    pub require_signature: bool,
+    /// Trusted signing keys: `x-eventbridge-signature-url` value → PEM file
+    /// (public key or certificate) on this node. Never fetched at run time.
+    pub public_keys: std::collections::BTreeMap<String, PathBuf>,
+    /// Replay window: the signature timestamp must be this close to now.
+    pub max_age_secs: u64,
+    /// The URL as configured on the Alibaba HTTP target, without the path
+    /// (e.g. `https://gw.example.com`), when Strait is behind a proxy. Else
+    /// `http://{Host}`.
+    pub public_url: Option<String>,
+}
+
+impl Default for AlibabaPush {
+    fn default() -> Self {
+        AlibabaPush {
+            require_signature: true,
+            public_keys: Default::default(),
+            max_age_secs: 60,
+            public_url: None,
+        }
+    }
+}
+
+/// Alibaba Cloud: node-local secrets and the ingress settings. Never
+/// replicated; targets name a credential.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Alibaba {
+    /// Credentials for `alibaba_eventbridge` targets, by name.
+    pub credentials:
+        std::collections::BTreeMap<String, strait_adapters::alibaba_eventbridge::Credential>,
+    /// AccessKey pairs that may call `POST /openapi/putEvents`. Empty: the
+    /// endpoint rejects every request.
+    pub ingress_keys: Vec<AlibabaIngressKey>,
+    /// Largest allowed distance between the `Date` header and the clock.
+    pub max_clock_skew_secs: u64,
+    /// Value of `ResourceOwnerAccountId` in PutEvents answers.
+    pub account_id: String,
+    /// HTTP push source.
+    pub push: AlibabaPush,
+}
+
+impl Default for Alibaba {
+    fn default() -> Self {
+        Alibaba {
+            credentials: Default::default(),
+            ingress_keys: Vec::new(),
+            max_clock_skew_secs: 900,
+            account_id: "strait".into(),
+            push: AlibabaPush::default(),
+        }
+    }
+}
+
 /// The whole node configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -116,6 +197,8 @@ pub struct NodeConfig {
     pub batching: Batching,
     /// Telemetry.
     pub telemetry: Telemetry,
+    /// Alibaba Cloud secrets, ingress and push source.
+    pub alibaba: Alibaba,
 }
 
 impl Default for NodeConfig {
@@ -136,6 +219,7 @@ impl Default for NodeConfig {
             dispatch: Dispatch::default(),
             batching: Batching::default(),
             telemetry: Telemetry::default(),
+            alibaba: Alibaba::default(),
         }
     }
 }
@@ -164,6 +248,14 @@ pub enum ConfigError {
     Invalid {
         /// Field.
         field: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// A value is out of range (field path built at run time).
+    #[error("config: {field}: {message}")]
+    InvalidAt {
+        /// Field path, e.g. `alibaba.credentials.main.access_key_id`.
+        field: String,
         /// Why.
         message: String,
     },
@@ -230,6 +322,83 @@ impl NodeConfig {
         for b in &self.buses {
             if crate::spec::validate_name("bus", b).is_err() {
                 return invalid("buses", &format!("{b:?} is not a valid bus name"));
+            }
+        }
+        self.validate_alibaba()
+    }
+
+    fn validate_alibaba(&self) -> Result<(), ConfigError> {
+        let at = |field: String, message: &str| {
+            Err(ConfigError::InvalidAt {
+                field,
+                message: message.to_string(),
+            })
+        };
+        let a = &self.alibaba;
+        for (name, c) in &a.credentials {
+            if crate::spec::validate_name("credential", name).is_err() {
+                return at(
+                    format!("alibaba.credentials.{name}"),
+                    "credential names are 1-64 characters of A-Z a-z 0-9 . _ -",
+                );
+            }
+            if c.access_key_id.trim().is_empty() {
+                return at(
+                    format!("alibaba.credentials.{name}.access_key_id"),
+                    "must not be empty",
+                );
+            }
+            if c.access_key_secret.is_empty() {
+                return at(
+                    format!("alibaba.credentials.{name}.access_key_secret"),
+                    "must not be empty",
+                );
+            }
+        }
+        for (i, k) in a.ingress_keys.iter().enumerate() {
+            if k.access_key_id.trim().is_empty() {
+                return at(
+                    format!("alibaba.ingress_keys[{i}].access_key_id"),
+                    "must not be empty",
+                );
+            }
+            if k.access_key_secret.is_empty() {
+                return at(
+                    format!("alibaba.ingress_keys[{i}].access_key_secret"),
+                    "must not be empty",
+                );
+            }
+            if a.ingress_keys[..i]
+                .iter()
+                .any(|o| o.access_key_id == k.access_key_id)
+            {
+                return at(
+                    format!("alibaba.ingress_keys[{i}].access_key_id"),
+                    "duplicate AccessKey ID",
+                );
+            }
+        }
+        if a.max_clock_skew_secs == 0 || a.max_clock_skew_secs > 86_400 {
+            return at(
+                "alibaba.max_clock_skew_secs".into(),
+                "must be between 1 and 86400",
+            );
+        }
+        if a.push.max_age_secs == 0 || a.push.max_age_secs > 86_400 {
+            return at(
+                "alibaba.push.max_age_secs".into(),
+                "must be between 1 and 86400",
+            );
+        }
+        if let Some(u) = &a.push.public_url {
+            match reqwest::Url::parse(u) {
+                Ok(p) if p.scheme() == "http" || p.scheme() == "https" => {}
+                _ => {
+                    return at(
+                        "alibaba.push.public_url".into(),
+                        "must be an http or https URL such as https://gw.example.com",
+                    );
+                }
             }
         }
         Ok(())

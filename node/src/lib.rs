@@ -1,6 +1,7 @@
 //! The Strait node: configuration, HTTP API, group commit, dispatcher and
 //! telemetry around the replicated site state.
 
+pub mod alibaba;
 pub mod api;
 pub mod app;
 pub mod cli;

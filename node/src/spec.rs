@@ -322,7 +322,10 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         let mut bad = rule();
         bad["targets"][0]["type"] = json!("smtp");
-        assert_eq!(RuleSpec::from_json(&bad).expect_err("type").field, "targets[0].type");
+        assert_eq!(
+            RuleSpec::from_json(&bad).expect_err("type").field,
+            "targets[0].type"
+        );
     }
 
     #[test]

@@ -156,6 +156,22 @@ proptest! {
             let _ = Pattern::parse(&v).map(|p| p.matches(&v));
             let _ = Transform::parse(&v).map(|t| t.apply(&v, &CTX));
         }
+        // The one-pass event reader on arbitrary bytes.
+        let set = reader_set();
+        let _ = set.matches_json_bytes(&bytes);
+    }
+
+    #[test]
+    fn event_reader_never_panics_on_mangled_json(ev in json_value(), cut in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut text = serde_json::to_vec(&serde_json::json!({"a": ev.clone(), "b": {"c": ev}})).unwrap_or_default();
+        let set = reader_set();
+        if !text.is_empty() {
+            let i = cut.index(text.len());
+            text[i] = byte;
+            let _ = set.matches_json_bytes(&text);
+            text.truncate(i);
+            let _ = set.matches_json_bytes(&text);
+        }
     }
 }
 
@@ -170,4 +186,21 @@ fn deeply_nested_inputs_are_rejected_not_overflowed() {
     assert!(EventPath::parse(&deep_path).is_err());
     let deep_path = format!("$.a{}", "[".repeat(500));
     assert!(EventPath::parse(&deep_path).is_err());
+}
+
+fn reader_set() -> strait_routing::pattern::RuleSet<u8> {
+    let mut set = strait_routing::pattern::RuleSet::new();
+    for (i, p) in [
+        serde_json::json!({"a": [{"exists": true}]}),
+        serde_json::json!({"b": {"c": [{"prefix": "x"}]}}),
+        serde_json::json!({"a": {"x": [1]}, "b": {"c": [{"numeric": [">", 0]}]}}),
+    ]
+    .iter()
+    .enumerate()
+    {
+        if let Ok(p) = Pattern::parse(p) {
+            set.insert(i as u8, p);
+        }
+    }
+    set
 }

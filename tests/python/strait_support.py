@@ -103,9 +103,15 @@ def new_traceparent() -> tuple[str, str]:
 class StraitServer:
     """One ``strait serve --dev`` process and an HTTP client for it."""
 
-    def __init__(self, binary: str, workdir: Path):
+    def __init__(self, binary: str, workdir: Path, config: dict[str, Any] | None = None):
         self.binary = binary
         self.workdir = workdir
+        # Optional node config (written as JSON, which is YAML), passed with --config.
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = workdir / "strait.json"
+            workdir.mkdir(parents=True, exist_ok=True)
+            self.config_path.write_text(json.dumps(config, indent=2))
         self.data_dir = workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.stdout_path = workdir / "strait.stdout.log"
@@ -127,7 +133,7 @@ class StraitServer:
             str(self.data_dir),
             "--http",
             f"127.0.0.1:{self.port}",
-        ]
+        ] + (["--config", str(self.config_path)] if self.config_path else [])
 
     def logs(self) -> str:
         return (

@@ -134,6 +134,11 @@ impl HttpClient {
         HttpClient { client }
     }
 
+    /// The underlying pooled client (shared with other HTTP-based targets).
+    pub fn client(&self) -> reqwest::Client {
+        self.client.clone()
+    }
+
     /// Build the request parts (headers and body) for an event. Pure, so
     /// the wire form is unit-tested.
     pub fn encode(event: &Event, mode: ContentMode) -> (Vec<(String, String)>, Vec<u8>) {

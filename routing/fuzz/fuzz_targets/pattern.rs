@@ -2,7 +2,8 @@
 //!
 //! Input: a JSON pattern and a JSON event separated by a NUL byte (any
 //! input without one is used as both). Invariants: nothing panics, and a
-//! RuleSet holding the pattern agrees with `Pattern::matches`.
+//! RuleSet holding the pattern agrees with `Pattern::matches`, both on the
+//! parsed event and through `matches_json_bytes` on its JSON text.
 
 #![no_main]
 
@@ -25,6 +26,12 @@ fuzz_target!(|data: &[u8]| {
             let mut set = RuleSet::new();
             set.insert(0u8, pattern);
             assert_eq!(set.matches(&event).len(), usize::from(direct));
+            // The one-pass reader never panics on arbitrary bytes, and on
+            // the event's own (duplicate-free) text it agrees.
+            let _ = set.matches_json_bytes(event_bytes);
+            let text = serde_json::to_vec(&event).unwrap_or_default();
+            let flat = set.matches_json_bytes(&text).map(|m| m.len());
+            assert_eq!(flat.ok(), Some(usize::from(direct)));
         }
         Err(e) => {
             assert!(!e.path.is_empty());

@@ -42,17 +42,9 @@ pub(crate) enum IndexKey {
     SuffixIgnoreCase(String),
 }
 
-impl ValueKey {
-    /// The key of an event scalar; None for arrays and objects.
-    pub(crate) fn of(v: &Value) -> Option<ValueKey> {
-        match v {
-            Value::String(s) => Some(ValueKey::Str(s.clone())),
-            Value::Number(n) => n.as_f64().map(|x| ValueKey::Num(num_bits(x))),
-            Value::Bool(b) => Some(ValueKey::Bool(*b)),
-            Value::Null => Some(ValueKey::Null),
-            Value::Array(_) | Value::Object(_) => None,
-        }
-    }
+/// The bits a number is hashed by (zeros normalised).
+pub(crate) fn num_key(x: f64) -> u64 {
+    num_bits(x)
 }
 
 impl Scalar {
@@ -66,12 +58,12 @@ impl Scalar {
         }
     }
 
-    pub(crate) fn eq_value(&self, v: &Value) -> bool {
+    pub(crate) fn eq_scalar(&self, v: ScalarRef<'_>) -> bool {
         match (self, v) {
-            (Scalar::Str(a), Value::String(b)) => a == b,
-            (Scalar::Num(a), Value::Number(b)) => b.as_f64().is_some_and(|b| *a == b),
-            (Scalar::Bool(a), Value::Bool(b)) => a == b,
-            (Scalar::Null, Value::Null) => true,
+            (Scalar::Str(a), ScalarRef::Str(b)) => a == b,
+            (Scalar::Num(a), ScalarRef::Num(b)) => *a == b,
+            (Scalar::Bool(a), ScalarRef::Bool(b)) => *a == b,
+            (Scalar::Null, ScalarRef::Null) => true,
             _ => false,
         }
     }
@@ -86,12 +78,100 @@ impl Scalar {
     }
 }
 
-/// Lower-cases for case-insensitive comparison, borrowing when nothing changes.
+/// Folds one character for case-insensitive comparison: Unicode simple
+/// case folding, character by character (so `ß` stays one letter and never
+/// equals `ss`, while `Σ`, `σ` and `ς` all fold to `σ`). `İ` folds to `i`,
+/// as Java's `Character.toLowerCase` (Event Ruler) does.
+pub(crate) fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    match c {
+        // Characters whose simple case folding is not their lower case.
+        '\u{3c2}' => '\u{3c3}',   // ς -> σ
+        '\u{17f}' => 's',         // ſ
+        '\u{b5}' => '\u{3bc}',    // µ -> μ
+        '\u{345}' => '\u{3b9}',   // combining ypogegrammeni -> ι
+        '\u{1fbe}' => '\u{3b9}',  // ι -> ι
+        '\u{3d0}' => '\u{3b2}',   // ϐ -> β
+        '\u{3d1}' => '\u{3b8}',   // ϑ -> θ
+        '\u{3d5}' => '\u{3c6}',   // ϕ -> φ
+        '\u{3d6}' => '\u{3c0}',   // ϖ -> π
+        '\u{3f0}' => '\u{3ba}',   // ϰ -> κ
+        '\u{3f1}' => '\u{3c1}',   // ϱ -> ρ
+        '\u{3f5}' => '\u{3b5}',   // ϵ -> ε
+        '\u{1e9b}' => '\u{1e61}', // ẛ -> ṡ
+        '\u{1c80}' => '\u{432}',
+        '\u{1c81}' => '\u{434}',
+        '\u{1c82}' => '\u{43e}',
+        '\u{1c83}' => '\u{441}',
+        '\u{1c84}' | '\u{1c85}' => '\u{442}',
+        '\u{1c86}' => '\u{44a}',
+        '\u{1c87}' => '\u{463}',
+        '\u{1c88}' => '\u{a64b}',
+        _ => c.to_lowercase().next().unwrap_or(c),
+    }
+}
+
+/// Folds a string for case-insensitive comparison (see [`fold_char`]),
+/// borrowing when nothing changes.
 pub(crate) fn fold(s: &str) -> Cow<'_, str> {
     if s.bytes().any(|b| b.is_ascii_uppercase() || b >= 0x80) {
-        Cow::Owned(s.to_lowercase())
+        Cow::Owned(s.chars().map(fold_char).collect())
     } else {
         Cow::Borrowed(s)
+    }
+}
+
+/// `fold(s) == folded`, without allocating.
+pub(crate) fn eq_folded(s: &str, folded: &str) -> bool {
+    if s.is_ascii() {
+        return s.len() == folded.len()
+            && s.bytes()
+                .zip(folded.bytes())
+                .all(|(a, b)| a.to_ascii_lowercase() == b);
+    }
+    s.chars().map(fold_char).eq(folded.chars())
+}
+
+/// `fold(s).starts_with(folded)`, without allocating.
+pub(crate) fn starts_with_folded(s: &str, folded: &str) -> bool {
+    let mut it = s.chars().map(fold_char);
+    folded.chars().all(|p| it.next() == Some(p))
+}
+
+/// `fold(s).ends_with(folded)`, without allocating.
+pub(crate) fn ends_with_folded(s: &str, folded: &str) -> bool {
+    let mut it = s.chars().rev().map(fold_char);
+    folded.chars().rev().all(|p| it.next() == Some(p))
+}
+
+/// One scalar of an event, borrowed: what leaf matchers look at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum ScalarRef<'a> {
+    Str(&'a str),
+    Num(f64),
+    Bool(bool),
+    Null,
+}
+
+impl<'a> ScalarRef<'a> {
+    /// The scalar of a JSON value; None for arrays and objects.
+    pub(crate) fn of(v: &'a Value) -> Option<ScalarRef<'a>> {
+        match v {
+            Value::String(s) => Some(ScalarRef::Str(s)),
+            Value::Number(n) => n.as_f64().map(ScalarRef::Num),
+            Value::Bool(b) => Some(ScalarRef::Bool(*b)),
+            Value::Null => Some(ScalarRef::Null),
+            Value::Array(_) | Value::Object(_) => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&'a str> {
+        match self {
+            ScalarRef::Str(s) => Some(s),
+            _ => None,
+        }
     }
 }
 
@@ -242,32 +322,29 @@ pub(crate) enum Matcher {
 
 impl Matcher {
     /// Does this matcher accept one scalar event value?
-    pub(crate) fn matches_scalar(&self, v: &Value) -> bool {
+    pub(crate) fn matches_scalar(&self, v: ScalarRef<'_>) -> bool {
         match self {
-            Matcher::Exact(s) => s.eq_value(v),
+            Matcher::Exact(s) => s.eq_scalar(v),
             Matcher::Prefix(p) => v.as_str().is_some_and(|s| s.starts_with(p.as_str())),
-            Matcher::PrefixIgnoreCase(p) => {
-                v.as_str().is_some_and(|s| fold(s).starts_with(p.as_str()))
-            }
+            Matcher::PrefixIgnoreCase(p) => v.as_str().is_some_and(|s| starts_with_folded(s, p)),
             Matcher::Suffix(p) => v.as_str().is_some_and(|s| s.ends_with(p.as_str())),
-            Matcher::SuffixIgnoreCase(p) => {
-                v.as_str().is_some_and(|s| fold(s).ends_with(p.as_str()))
-            }
-            Matcher::EqualsIgnoreCase(p) => v.as_str().is_some_and(|s| fold(s) == p.as_str()),
+            Matcher::SuffixIgnoreCase(p) => v.as_str().is_some_and(|s| ends_with_folded(s, p)),
+            Matcher::EqualsIgnoreCase(p) => v.as_str().is_some_and(|s| eq_folded(s, p)),
             Matcher::Wildcard(w) => v.as_str().is_some_and(|s| w.matches(s)),
             Matcher::AnythingBut(ab) => anything_but(ab, v),
             Matcher::Numeric(r) => match v {
-                Value::Number(n) => n.as_f64().is_some_and(|x| r.contains(x)),
+                ScalarRef::Num(x) => r.contains(x),
                 _ => false,
             },
+            // Event values must be exactly an address: no blanks, no zone.
             Matcher::Cidr(net) => v
                 .as_str()
-                .and_then(|s| s.trim().parse::<IpAddr>().ok())
+                .and_then(|s| s.parse::<IpAddr>().ok())
                 .is_some_and(|ip| net.contains(&ip) || net.contains(&ip.to_canonical())),
             Matcher::Exists(_) => false,
             Matcher::Contains(op) => match (op, v) {
-                (Scalar::Str(sub), Value::String(s)) => s.contains(sub.as_str()),
-                (op, v) => op.eq_value(v),
+                (Scalar::Str(sub), ScalarRef::Str(s)) => s.contains(sub.as_str()),
+                (op, v) => op.eq_scalar(v),
             },
         }
     }
@@ -300,9 +377,9 @@ impl Matcher {
 /// `anything-but` accepts every present value the excluded set does not
 /// cover. The string forms (prefix, suffix, ...) only exclude strings, so
 /// numbers, booleans and null always pass them.
-fn anything_but(ab: &AnythingBut, v: &Value) -> bool {
+fn anything_but(ab: &AnythingBut, v: ScalarRef<'_>) -> bool {
     match ab {
-        AnythingBut::Values(xs) => !xs.iter().any(|x| x.eq_value(v)),
+        AnythingBut::Values(xs) => !xs.iter().any(|x| x.eq_scalar(v)),
         AnythingBut::Prefix(ps) => match v.as_str() {
             Some(s) => !ps.iter().any(|p| s.starts_with(p.as_str())),
             None => true,
@@ -312,10 +389,7 @@ fn anything_but(ab: &AnythingBut, v: &Value) -> bool {
             None => true,
         },
         AnythingBut::EqualsIgnoreCase(ps) => match v.as_str() {
-            Some(s) => {
-                let s = fold(s);
-                !ps.iter().any(|p| s == p.as_str())
-            }
+            Some(s) => !ps.iter().any(|p| eq_folded(s, p)),
             None => true,
         },
         AnythingBut::Wildcard(ws) => match v.as_str() {
@@ -354,6 +428,22 @@ mod tests {
     }
 
     #[test]
+    fn folding() {
+        assert_eq!(fold("STRAẞE"), "straße");
+        assert_ne!(fold("STRASSE"), fold("straße"));
+        assert_eq!(fold("ΣΊΣΥΦΟΣ"), fold("σίσυφος"));
+        assert_eq!(fold("İ"), "i");
+        assert!(eq_folded("MOSKVA", "moskva"));
+        assert!(eq_folded("Москва", "москва"));
+        assert!(starts_with_folded("EVENTBRIDGE", "eventb"));
+        assert!(ends_with_folded("ΟΔΟΣ", "οσ"));
+        assert!(!ends_with_folded("Σ", "σσ"));
+        for c in ['ς', 'ſ', 'ϑ', 'İ', 'ẞ', 'Ꭰ', 'ꭰ', 'K'] {
+            assert_eq!(fold_char(fold_char(c)), fold_char(c), "{c}");
+        }
+    }
+
+    #[test]
     fn wildcard_rejects() {
         assert!(Wildcard::parse("a**b").is_err());
         assert!(Wildcard::parse(r"a\nb").is_err());
@@ -363,9 +453,6 @@ mod tests {
     #[test]
     fn number_keys_normalise_zero() {
         assert_eq!(Scalar::Num(0.0).key(), Scalar::Num(-0.0).key());
-        assert_eq!(
-            ValueKey::of(&serde_json::json!(5)),
-            Some(Scalar::Num(5.0).key())
-        );
+        assert_eq!(ValueKey::Num(num_key(5.0)), Scalar::Num(5.0).key());
     }
 }

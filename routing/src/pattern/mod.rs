@@ -3,7 +3,11 @@
 //! A [`Pattern`] is parsed (and fully validated) once with [`Pattern::parse`]
 //! and then tested against events with [`Pattern::matches`]. Many patterns
 //! are compiled together into a [`RuleSet`], whose matching cost grows much
-//! more slowly than the number of rules.
+//! more slowly than the number of rules; it reads an event once, from its
+//! JSON text ([`RuleSet::matches_json_bytes`]) or from a parsed value, keeping
+//! only the fields its rules use. A `RuleSet` is `Clone + Send + Sync`:
+//! publish it behind an `Arc` and swap in a new one to change rules while
+//! other threads match.
 //!
 //! The grammar is AWS EventBridge's (exact values, `""`, `null`, `prefix`,
 //! `suffix`, `equals-ignore-case`, `wildcard`, every `anything-but` form,
@@ -24,15 +28,19 @@
 //!   matches. When a nested pattern object meets an array of objects, all of
 //!   its fields must be satisfied by **the same** array element.
 
+mod compiled;
+mod fields;
+mod flat;
 mod matcher;
 mod parse;
 mod ruleset;
 
 use serde_json::{Map, Value};
 
+pub use flat::{EventJsonError, MAX_EVENT_DEPTH};
 pub use ruleset::RuleSet;
 
-use matcher::Matcher;
+use matcher::{Matcher, ScalarRef};
 
 /// Most nesting levels (objects and `$or` branches) a pattern may have.
 pub const MAX_PATTERN_DEPTH: usize = 32;
@@ -175,6 +183,10 @@ fn leaf_matches(matchers: &[Matcher], child: Option<&Value>) -> bool {
             let present = child.is_some_and(|v| any_leaf(v, &mut |_| true));
             present == *want
         }
-        m => child.is_some_and(|v| any_leaf(v, &mut |x| m.matches_scalar(x))),
+        m => child.is_some_and(|v| {
+            any_leaf(v, &mut |x| {
+                ScalarRef::of(x).is_some_and(|x| m.matches_scalar(x))
+            })
+        }),
     })
 }

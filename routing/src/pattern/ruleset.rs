@@ -1,66 +1,264 @@
 //! Many patterns compiled together.
 //!
-//! Each rule gets a *guard*: a set of (field path, index key) pairs such that
-//! the rule can only match an event having at least one of them. An index key
-//! is an exact value, a lower-cased value (`equals-ignore-case`), a prefix or
-//! a suffix (plain or ignoring case; a `wildcard` gives its literal text
-//! before the first or after the last `*`). A guard comes from a leaf whose
-//! every matcher has an index key (`"type": ["a", "b"]`,
-//! `"subject": [{"prefix": "orders/"}]`), at any depth, or from a `$or`
-//! whose every branch has such a leaf. Leaves with `anything-but`,
-//! `numeric`, `cidr`, `exists` or a string `contains` give no guard (other
-//! leaves of the same rule usually do).
+//! **Field table.** Every field path any rule reads is registered in one trie
+//! (`fields.rs`). An event is flattened once against it (`flat.rs`): one pass
+//! over the JSON text that records only the values on those paths, with their
+//! array structure, and skips everything else without decoding it.
 //!
-//! Guards are stored in a trie of field paths; each trie node maps keys to
-//! rules. Matching walks the event along the trie (at most the event's size
-//! and the trie's size), looks each value found up (one hash look-up for
-//! exact values; one per distinct prefix/suffix length for affixes),
-//! collects the rules found plus the rules that had no guard at all, and
-//! verifies only those candidates with [`Pattern::matches`]. The cost per
-//! event follows the number of candidates, not the number of rules.
+//! **Index.** Each rule gets a *guard*: a set of (field, index key) pairs such
+//! that the rule can only match an event having at least one of them. An index
+//! key is an exact value, a folded value (`equals-ignore-case`), a prefix or a
+//! suffix (plain or ignoring case; a `wildcard` gives its literal text before
+//! the first or after the last `*`). A guard comes from a leaf whose every
+//! matcher has an index key (`"type": ["a", "b"]`, `"subject": [{"prefix":
+//! "orders/"}]`), at any depth, or from a `$or` whose every branch has such a
+//! leaf. Leaves with `anything-but`, `numeric`, `cidr`, `exists` or a string
+//! `contains` give no guard (other leaves of the same rule usually do).
+//!
+//! Each field node of the trie holds the index of the keys filed under it.
+//! Matching looks every recorded value up in its field's index (one hash
+//! look-up for exact values, one per distinct prefix/suffix length for
+//! affixes), adds the rules that had no guard at all, and verifies only those
+//! candidates, each with its pattern compiled against the field table
+//! (`compiled.rs`). The cost per event follows the event's relevant values and
+//! the number of candidates, not the number of rules.
 //!
 //! When a rule has several possible guards, the one whose index buckets are
 //! currently smallest is chosen (an affix counts a little more than an exact
 //! value), which spreads rules sharing a common value (`"source":
 //! ["aws.ec2"]`) over their more selective fields.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
 
 use serde_json::Value;
 
-use super::matcher::{IndexKey, ValueKey, fold};
-use super::{Field, Node, Pattern, any_leaf, lookup};
+use super::compiled::{CNode, Registration};
+use super::fields::{Fields, alias_of, name_tag};
+use super::flat::{EventJsonError, FlatEvent};
+use super::matcher::{IndexKey, Matcher, ScalarRef, ValueKey, fold_char, num_key};
+use super::{Field, Node, Pattern};
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 type Guard = Vec<(Vec<String>, IndexKey)>;
 
 /// A set of patterns, each under a key, matched together.
 ///
-/// [`RuleSet::matches`] returns exactly the keys whose pattern
-/// [`Pattern::matches`] the event, in insertion order (re-inserting a key
-/// moves it to the end).
+/// [`RuleSet::matches`] and [`RuleSet::matches_json_bytes`] return exactly
+/// the keys whose pattern [`Pattern::matches`] the event, in insertion order
+/// (re-inserting a key moves it to the end).
+///
+/// # Sharing between threads
+///
+/// A `RuleSet` is `Clone + Send + Sync` (when `K` is) and matching takes
+/// `&self`, so any number of threads may match against one set at once. It
+/// is meant to be published behind an `Arc` and replaced whole: a writer
+/// clones the current set (or builds a new one), applies its inserts and
+/// removes, and swaps the new `Arc` in (`ArcSwap`, or an
+/// `RwLock<Arc<RuleSet<K>>>` held only for the pointer swap). Matchers that
+/// loaded the old `Arc` finish on a complete, consistent old set; no reader
+/// ever sees half an update.
 #[derive(Clone)]
 pub struct RuleSet<K> {
-    entries: HashMap<u64, Entry<K>>,
-    seq_of: HashMap<K, u64>,
-    index: IndexNode,
-    unindexed: BTreeSet<u64>,
+    fields: Fields,
+    slots: Vec<Option<Entry>>,
+    /// The key of each slot (dense, so that reporting a hit touches little
+    /// memory).
+    keys: Vec<Option<K>>,
+    free_slots: Vec<u32>,
+    slot_of: HashMap<K, u32>,
+    /// Index by field node id.
+    index: Vec<Option<Box<IndexNode>>>,
+    /// Slots with no guard; verified against every event.
+    unindexed: Vec<u32>,
+    /// Insertion sequence number by slot (dense, for ordering results).
+    seqs: Vec<u64>,
     next_seq: u64,
 }
 
 #[derive(Clone)]
-struct Entry<K> {
-    key: K,
+struct Entry {
     pattern: Pattern,
-    guard: Guard,
+    compiled: CNode,
+    regs: Vec<Registration>,
+    guard: Vec<(u32, IndexKey)>,
 }
 
-/// Keys by affix, plus how many keys have each byte length.
+/// Marks a bucket entry whose hit alone proves the rule matches (see
+/// [`certain_leaf`]); the rest is the rule's slot.
+const CERTAIN: u32 = 1 << 31;
+
+/// The rules filed under one key. Most keys have one rule.
+#[derive(Clone, Debug)]
+enum Bucket {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Bucket {
+    fn push(&mut self, v: u32) {
+        match self {
+            Bucket::One(x) => *self = Bucket::Many(vec![*x, v]),
+            Bucket::Many(xs) => xs.push(v),
+        }
+    }
+
+    /// Removes `slot` (with or without the flag); true when now empty.
+    fn remove(&mut self, slot: u32) -> bool {
+        match self {
+            Bucket::One(x) => *x & !CERTAIN == slot,
+            Bucket::Many(xs) => {
+                xs.retain(|x| *x & !CERTAIN != slot);
+                if xs.len() == 1 {
+                    *self = Bucket::One(xs[0]);
+                }
+                xs_is_empty(self)
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Bucket::One(_) => 1,
+            Bucket::Many(xs) => xs.len(),
+        }
+    }
+
+    #[inline]
+    fn extend_into(&self, out: &mut Vec<u32>) {
+        match self {
+            Bucket::One(x) => out.push(*x),
+            Bucket::Many(xs) => out.extend_from_slice(xs),
+        }
+    }
+}
+
+fn xs_is_empty(b: &Bucket) -> bool {
+    matches!(b, Bucket::Many(xs) if xs.is_empty())
+}
+
+/// Strings to buckets. Strings of up to 7 bytes are keyed by one integer
+/// (bytes + length), up to 23 bytes by an inline array (length byte +
+/// bytes), so a look-up touches no other memory; longer ones are boxed.
+#[derive(Clone, Default)]
+struct StrMap {
+    tiny: FastMap<u64, Bucket>,
+    short: FastMap<[u8; 24], Bucket>,
+    long: FastMap<Box<str>, Bucket>,
+}
+
+#[inline]
+fn tiny_key(s: &str) -> Option<u64> {
+    if s.len() > 7 {
+        return None;
+    }
+    Some(name_tag(s.as_bytes()) | ((s.len() as u64) << 56))
+}
+
+#[inline]
+fn short_key(s: &str) -> Option<[u8; 24]> {
+    if s.len() > 23 {
+        return None;
+    }
+    let mut k = [0u8; 24];
+    k[0] = s.len() as u8;
+    k[1..=s.len()].copy_from_slice(s.as_bytes());
+    Some(k)
+}
+
+impl StrMap {
+    fn is_empty(&self) -> bool {
+        self.tiny.is_empty() && self.short.is_empty() && self.long.is_empty()
+    }
+
+    #[inline]
+    fn get(&self, s: &str) -> Option<&Bucket> {
+        if let Some(k) = tiny_key(s) {
+            return self.tiny.get(&k);
+        }
+        match short_key(s) {
+            Some(k) => self.short.get(&k),
+            None => self.long.get(s),
+        }
+    }
+
+    /// Adds; true when the key is new.
+    fn add(&mut self, s: &str, v: u32) -> bool {
+        if let Some(k) = tiny_key(s) {
+            return match self.tiny.get_mut(&k) {
+                Some(b) => {
+                    b.push(v);
+                    false
+                }
+                None => {
+                    self.tiny.insert(k, Bucket::One(v));
+                    true
+                }
+            };
+        }
+        let bucket = match short_key(s) {
+            Some(k) => self.short.entry(k),
+            None => {
+                return match self.long.get_mut(s) {
+                    Some(b) => {
+                        b.push(v);
+                        false
+                    }
+                    None => {
+                        self.long.insert(s.into(), Bucket::One(v));
+                        true
+                    }
+                };
+            }
+        };
+        match bucket {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                e.get_mut().push(v);
+                false
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Bucket::One(v));
+                true
+            }
+        }
+    }
+
+    /// Removes; true when the key is gone.
+    fn remove(&mut self, s: &str, slot: u32) -> bool {
+        if let Some(k) = tiny_key(s) {
+            if self.tiny.get_mut(&k).is_some_and(|b| b.remove(slot)) {
+                self.tiny.remove(&k);
+                return true;
+            }
+            return false;
+        }
+        match short_key(s) {
+            Some(k) => {
+                if self.short.get_mut(&k).is_some_and(|b| b.remove(slot)) {
+                    self.short.remove(&k);
+                    return true;
+                }
+            }
+            None => {
+                if self.long.get_mut(s).is_some_and(|b| b.remove(slot)) {
+                    self.long.remove(s);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Keys by affix, plus how many keys have each byte length (sorted by
+/// length).
 #[derive(Clone, Default)]
 struct AffixIndex {
-    map: HashMap<String, Vec<u64>>,
-    lengths: BTreeMap<usize, usize>,
+    map: StrMap,
+    lengths: Vec<(usize, usize)>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -74,70 +272,286 @@ impl AffixIndex {
         self.map.is_empty()
     }
 
-    fn get(&self, key: &str) -> Option<&Vec<u64>> {
+    fn get(&self, key: &str) -> Option<&Bucket> {
         self.map.get(key)
     }
 
-    fn add(&mut self, key: &str, seq: u64) {
-        let bucket = self.map.entry(key.to_string()).or_default();
-        if bucket.is_empty() {
-            *self.lengths.entry(key.len()).or_default() += 1;
-        }
-        bucket.push(seq);
-    }
-
-    fn remove(&mut self, key: &str, seq: u64) {
-        let Some(bucket) = self.map.get_mut(key) else {
-            return;
-        };
-        bucket.retain(|s| *s != seq);
-        if bucket.is_empty() {
-            self.map.remove(key);
-            if let Some(n) = self.lengths.get_mut(&key.len()) {
-                *n -= 1;
-                if *n == 0 {
-                    self.lengths.remove(&key.len());
-                }
+    fn add(&mut self, key: &str, v: u32) {
+        if self.map.add(key, v) {
+            match self.lengths.binary_search_by_key(&key.len(), |(l, _)| *l) {
+                Ok(i) => self.lengths[i].1 += 1,
+                Err(i) => self.lengths.insert(i, (key.len(), 1)),
             }
         }
     }
 
-    fn collect(&self, s: &str, side: Side, out: &mut Vec<u64>) {
-        for &len in self.lengths.range(..=s.len()).map(|(len, _)| len) {
+    fn remove(&mut self, key: &str, slot: u32) {
+        if self.map.remove(key, slot)
+            && let Ok(i) = self.lengths.binary_search_by_key(&key.len(), |(l, _)| *l)
+        {
+            self.lengths[i].1 -= 1;
+            if self.lengths[i].1 == 0 {
+                self.lengths.remove(i);
+            }
+        }
+    }
+
+    #[inline]
+    fn collect(&self, s: &str, side: Side, out: &mut Vec<u32>) {
+        for &(len, _) in &self.lengths {
+            if len > s.len() {
+                break;
+            }
             let part = match side {
                 Side::Prefix if s.is_char_boundary(len) => &s[..len],
                 Side::Suffix if s.is_char_boundary(s.len() - len) => &s[s.len() - len..],
                 _ => continue,
             };
             if let Some(bucket) = self.map.get(part) {
-                out.extend_from_slice(bucket);
+                bucket.extend_into(out);
             }
         }
     }
 }
 
+/// The keys filed under one field.
 #[derive(Clone, Default)]
 struct IndexNode {
-    children: HashMap<String, IndexNode>,
-    /// Exact string values, looked up without allocating.
-    strings: HashMap<String, Vec<u64>>,
+    /// Exact string values.
+    strings: StrMap,
     /// Exact numbers, booleans and null.
-    others: HashMap<ValueKey, Vec<u64>>,
-    /// Lower-cased values (`equals-ignore-case`).
-    folded: HashMap<String, Vec<u64>>,
+    others: FastMap<ValueKey, Bucket>,
+    /// Folded values (`equals-ignore-case`).
+    folded: StrMap,
     prefixes: AffixIndex,
     prefixes_folded: AffixIndex,
     suffixes: AffixIndex,
     suffixes_folded: AffixIndex,
 }
 
+impl IndexNode {
+    fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+            && self.others.is_empty()
+            && self.folded.is_empty()
+            && self.prefixes.is_empty()
+            && self.prefixes_folded.is_empty()
+            && self.suffixes.is_empty()
+            && self.suffixes_folded.is_empty()
+    }
+
+    fn needs_fold(&self) -> bool {
+        !(self.folded.is_empty()
+            && self.prefixes_folded.is_empty()
+            && self.suffixes_folded.is_empty())
+    }
+
+    fn bucket_len(&self, key: &IndexKey) -> usize {
+        let bucket = match key {
+            IndexKey::Exact(ValueKey::Str(s)) => self.strings.get(s),
+            IndexKey::Exact(other) => self.others.get(other),
+            IndexKey::IgnoreCase(s) => self.folded.get(s),
+            IndexKey::Prefix(s) => self.prefixes.get(s),
+            IndexKey::PrefixIgnoreCase(s) => self.prefixes_folded.get(s),
+            IndexKey::Suffix(s) => self.suffixes.get(s),
+            IndexKey::SuffixIgnoreCase(s) => self.suffixes_folded.get(s),
+        };
+        bucket.map_or(0, Bucket::len)
+    }
+
+    fn add(&mut self, key: &IndexKey, v: u32) {
+        match key {
+            IndexKey::Exact(ValueKey::Str(s)) => {
+                self.strings.add(s, v);
+            }
+            IndexKey::Exact(other) => match self.others.get_mut(other) {
+                Some(b) => b.push(v),
+                None => {
+                    self.others.insert(other.clone(), Bucket::One(v));
+                }
+            },
+            IndexKey::IgnoreCase(s) => {
+                self.folded.add(s, v);
+            }
+            IndexKey::Prefix(s) => self.prefixes.add(s, v),
+            IndexKey::PrefixIgnoreCase(s) => self.prefixes_folded.add(s, v),
+            IndexKey::Suffix(s) => self.suffixes.add(s, v),
+            IndexKey::SuffixIgnoreCase(s) => self.suffixes_folded.add(s, v),
+        }
+    }
+
+    fn remove(&mut self, key: &IndexKey, slot: u32) {
+        match key {
+            IndexKey::Exact(ValueKey::Str(s)) => {
+                self.strings.remove(s, slot);
+            }
+            IndexKey::Exact(other) => {
+                if self.others.get_mut(other).is_some_and(|b| b.remove(slot)) {
+                    self.others.remove(other);
+                }
+            }
+            IndexKey::IgnoreCase(s) => {
+                self.folded.remove(s, slot);
+            }
+            IndexKey::Prefix(s) => self.prefixes.remove(s, slot),
+            IndexKey::PrefixIgnoreCase(s) => self.prefixes_folded.remove(s, slot),
+            IndexKey::Suffix(s) => self.suffixes.remove(s, slot),
+            IndexKey::SuffixIgnoreCase(s) => self.suffixes_folded.remove(s, slot),
+        }
+    }
+
+    /// Rules whose key here accepts the event scalar `v`.
+    #[inline]
+    fn collect(&self, v: ScalarRef<'_>, out: &mut Vec<u32>, fold_buf: &mut String) {
+        let s = match v {
+            ScalarRef::Str(s) => s,
+            ScalarRef::Num(x) => {
+                if let Some(b) = self.others.get(&ValueKey::Num(num_key(x))) {
+                    b.extend_into(out);
+                }
+                return;
+            }
+            ScalarRef::Bool(b) => {
+                if let Some(b) = self.others.get(&ValueKey::Bool(b)) {
+                    b.extend_into(out);
+                }
+                return;
+            }
+            ScalarRef::Null => {
+                if let Some(b) = self.others.get(&ValueKey::Null) {
+                    b.extend_into(out);
+                }
+                return;
+            }
+        };
+        if !self.strings.is_empty()
+            && let Some(bucket) = self.strings.get(s)
+        {
+            bucket.extend_into(out);
+        }
+        if !self.prefixes.is_empty() {
+            self.prefixes.collect(s, Side::Prefix, out);
+        }
+        if !self.suffixes.is_empty() {
+            self.suffixes.collect(s, Side::Suffix, out);
+        }
+        if !self.needs_fold() {
+            return;
+        }
+        let folded: &str = if s.is_ascii() {
+            if s.bytes().any(|b| b.is_ascii_uppercase()) {
+                fold_buf.clear();
+                fold_buf.push_str(s);
+                fold_buf.make_ascii_lowercase();
+                fold_buf
+            } else {
+                s
+            }
+        } else {
+            fold_buf.clear();
+            fold_buf.extend(s.chars().map(fold_char));
+            fold_buf
+        };
+        if let Some(bucket) = self.folded.get(folded) {
+            bucket.extend_into(out);
+        }
+        if !self.prefixes_folded.is_empty() {
+            self.prefixes_folded.collect(folded, Side::Prefix, out);
+        }
+        if !self.suffixes_folded.is_empty() {
+            self.suffixes_folded.collect(folded, Side::Suffix, out);
+        }
+    }
+}
+
+/// Whether a hit in the index proves that a pattern matches: the pattern is
+/// one chain of single-field objects (no `$or`, not starting at an aliased
+/// top-level name) ending in a leaf whose matchers are all exact values,
+/// `equals-ignore-case`, `prefix` or `suffix` (plain or ignoring case). Such
+/// a leaf accepts a value exactly when its key is found for it, and with a
+/// single leaf "one array element must satisfy the whole object" always
+/// holds for the element the value came from.
+fn certain_leaf(node: &Node) -> bool {
+    let mut node = node;
+    let mut top = true;
+    loop {
+        if node.fields.len() != 1 || !node.ors.is_empty() {
+            return false;
+        }
+        let (key, field) = &node.fields[0];
+        if top && alias_of(key).is_some() {
+            return false;
+        }
+        top = false;
+        match field {
+            Field::Nested(inner) => node = inner,
+            Field::Leaf(matchers) => {
+                return matchers.iter().all(|m| {
+                    matches!(
+                        m,
+                        Matcher::Exact(_)
+                            | Matcher::EqualsIgnoreCase(_)
+                            | Matcher::Prefix(_)
+                            | Matcher::PrefixIgnoreCase(_)
+                            | Matcher::Suffix(_)
+                            | Matcher::SuffixIgnoreCase(_)
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// Per-thread buffers reused across matches.
+#[derive(Default)]
+struct Scratch {
+    flat: FlatEvent,
+    cands: Vec<u32>,
+    hits: Vec<(u64, u32)>,
+    fold: String,
+}
+
+impl Scratch {
+    const fn new() -> Self {
+        Scratch {
+            flat: FlatEvent::new(),
+            cands: Vec::new(),
+            hits: Vec::new(),
+            fold: String::new(),
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::new()) };
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => {
+            let r = f(&mut s);
+            s.flat.trim();
+            if s.cands.capacity() > 1 << 16 {
+                s.cands = Vec::new();
+            }
+            r
+        }
+        // Re-entered (a key's Clone matching events?): use fresh buffers.
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
 impl<K> Default for RuleSet<K> {
     fn default() -> Self {
         RuleSet {
-            entries: HashMap::new(),
-            seq_of: HashMap::new(),
-            index: IndexNode::default(),
-            unindexed: BTreeSet::new(),
+            fields: Fields::default(),
+            slots: Vec::new(),
+            keys: Vec::new(),
+            free_slots: Vec::new(),
+            slot_of: HashMap::new(),
+            index: Vec::new(),
+            unindexed: Vec::new(),
+            seqs: Vec::new(),
             next_seq: 0,
         }
     }
@@ -146,7 +560,7 @@ impl<K> Default for RuleSet<K> {
 impl<K> fmt::Debug for RuleSet<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RuleSet")
-            .field("rules", &self.entries.len())
+            .field("rules", &(self.slots.len() - self.free_slots.len()))
             .field("unindexed", &self.unindexed.len())
             .finish()
     }
@@ -163,76 +577,163 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
         self.remove(&key);
         let seq = self.next_seq;
         self.next_seq += 1;
+        let mut regs = Vec::new();
+        let compiled = CNode::compile(pattern.root(), &mut self.fields, &mut regs);
         let guard = self.choose_guard(&pattern);
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
         if guard.is_empty() {
-            self.unindexed.insert(seq);
+            self.unindexed.push(slot);
         }
-        for (path, index_key) in &guard {
-            self.index.node_mut(path).add(index_key, seq);
+        let certain = certain_leaf(pattern.root());
+        for (field, index_key) in &guard {
+            let i = *field as usize;
+            if self.index.len() <= i {
+                self.index.resize_with(i + 1, || None);
+            }
+            let v = if certain { slot | CERTAIN } else { slot };
+            self.index[i]
+                .get_or_insert_with(Default::default)
+                .add(index_key, v);
         }
-        self.seq_of.insert(key.clone(), seq);
-        self.entries.insert(
-            seq,
-            Entry {
-                key,
-                pattern,
-                guard,
-            },
-        );
+        if self.seqs.len() <= slot as usize {
+            self.seqs.resize(slot as usize + 1, 0);
+        }
+        self.seqs[slot as usize] = seq;
+        self.slot_of.insert(key.clone(), slot);
+        if self.keys.len() <= slot as usize {
+            self.keys.resize_with(slot as usize + 1, || None);
+        }
+        self.keys[slot as usize] = Some(key);
+        self.slots[slot as usize] = Some(Entry {
+            pattern,
+            compiled,
+            regs,
+            guard,
+        });
     }
 
     /// Removes the pattern under `key`, if any.
     pub fn remove(&mut self, key: &K) {
-        let Some(seq) = self.seq_of.remove(key) else {
+        let Some(slot) = self.slot_of.remove(key) else {
             return;
         };
-        let Some(entry) = self.entries.remove(&seq) else {
+        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
             return;
         };
+        self.keys[slot as usize] = None;
         if entry.guard.is_empty() {
-            self.unindexed.remove(&seq);
+            self.unindexed.retain(|s| *s != slot);
         }
-        for (path, index_key) in &entry.guard {
-            self.index.remove(path, index_key, seq);
+        for (field, index_key) in &entry.guard {
+            if let Some(Some(ix)) = self.index.get_mut(*field as usize) {
+                ix.remove(index_key, slot);
+                if ix.is_empty() {
+                    self.index[*field as usize] = None;
+                }
+            }
         }
+        let mut freed = Vec::new();
+        for &(id, direct) in &entry.regs {
+            self.fields.release(id, direct, &mut freed);
+        }
+        for id in freed {
+            if let Some(ix) = self.index.get_mut(id as usize) {
+                *ix = None;
+            }
+        }
+        self.free_slots.push(slot);
     }
 
     /// The keys of every pattern that matches the event, in insertion order.
     pub fn matches(&self, event: &Value) -> Vec<K> {
-        let mut candidates: Vec<u64> = Vec::new();
-        self.index.collect_children(event, true, &mut candidates);
-        candidates.extend(self.unindexed.iter().copied());
-        candidates.sort_unstable();
-        candidates.dedup();
-        candidates
-            .into_iter()
-            .filter_map(|seq| self.entries.get(&seq))
-            .filter(|entry| entry.pattern.matches(event))
-            .map(|entry| entry.key.clone())
+        with_scratch(|sc| {
+            sc.flat.read_value(&self.fields, event);
+            self.run(sc)
+        })
+    }
+
+    /// Like [`matches`](Self::matches), reading the event from its JSON
+    /// text in one pass, without building a `Value`: only the fields the
+    /// rules use are decoded, the rest is skipped (and not validated). An
+    /// object is left once every member name the rules use has been seen,
+    /// so with duplicate member names the first one counts.
+    pub fn matches_json_bytes(&self, json: &[u8]) -> Result<Vec<K>, EventJsonError> {
+        with_scratch(|sc| {
+            sc.flat.read_json(&self.fields, json)?;
+            Ok(self.run(sc))
+        })
+    }
+
+    fn run(&self, sc: &mut Scratch) -> Vec<K> {
+        let Scratch {
+            flat,
+            cands,
+            hits,
+            fold,
+        } = sc;
+        cands.clear();
+        hits.clear();
+        for &(field, slot) in &flat.leaves {
+            if let Some(Some(ix)) = self.index.get(field as usize)
+                && let Some(v) = flat.scalar(slot)
+            {
+                ix.collect(v, cands, fold);
+            }
+        }
+        cands.extend_from_slice(&self.unindexed);
+        if cands.len() > 1 {
+            // Per slot, a proven hit first; then one entry per slot.
+            cands.sort_unstable_by_key(|&v| (v & !CERTAIN, v & CERTAIN == 0));
+            cands.dedup_by_key(|v| *v & !CERTAIN);
+        }
+        for &v in cands.iter() {
+            let slot = v & !CERTAIN;
+            let hit = v & CERTAIN != 0
+                || self
+                    .slots
+                    .get(slot as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|e| e.compiled.matches(flat));
+            if hit {
+                hits.push((self.seqs[slot as usize], slot));
+            }
+        }
+        if hits.len() > 1 {
+            hits.sort_unstable();
+        }
+        hits.iter()
+            .filter_map(|&(_, slot)| self.keys[slot as usize].clone())
             .collect()
     }
 
     /// The pattern stored under `key`.
     pub fn get(&self, key: &K) -> Option<&Pattern> {
-        self.seq_of
+        self.slot_of
             .get(key)
-            .and_then(|seq| self.entries.get(seq))
+            .and_then(|s| self.slots.get(*s as usize))
+            .and_then(Option::as_ref)
             .map(|e| &e.pattern)
     }
 
     /// Is there a pattern under `key`?
     pub fn contains_key(&self, key: &K) -> bool {
-        self.seq_of.contains_key(key)
+        self.slot_of.contains_key(key)
     }
 
     /// Number of patterns.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.slot_of.len()
     }
 
     /// True when there are no patterns.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.slot_of.is_empty()
     }
 
     /// Number of patterns with no usable guard; each is checked against
@@ -241,11 +742,30 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
         self.unindexed.len()
     }
 
+    /// The fields of a string path (and its top-level alias) in the table.
+    fn resolve(&self, path: &[String]) -> Vec<u32> {
+        let mut out = Vec::with_capacity(2);
+        out.extend(self.fields.find(0, path));
+        if let Some((first, rest)) = path.split_first()
+            && let Some(other) = alias_of(first)
+            && let Some(id) = self.fields.child(0, other.as_bytes())
+            && let Some(id) = self.fields.find(id, rest)
+        {
+            out.push(id);
+        }
+        out
+    }
+
     fn guard_cost(&self, guard: &Guard) -> usize {
         guard
             .iter()
             .map(|(path, key)| {
-                let bucket = self.index.node(path).map_or(0, |n| n.bucket_len(key));
+                let bucket = self
+                    .fields
+                    .find(0, path)
+                    .and_then(|id| self.index.get(id as usize))
+                    .and_then(Option::as_ref)
+                    .map_or(0, |n| n.bucket_len(key));
                 let weight = if matches!(key, IndexKey::Exact(_)) {
                     1
                 } else {
@@ -256,13 +776,25 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
             .sum()
     }
 
-    /// The cheapest guard of the pattern, or empty when it has none.
-    fn choose_guard(&self, pattern: &Pattern) -> Guard {
+    /// The cheapest guard of the pattern, resolved to fields, or empty when
+    /// it has none.
+    fn choose_guard(&self, pattern: &Pattern) -> Vec<(u32, IndexKey)> {
         let mut prefix = Vec::new();
-        self.guards(pattern.root(), &mut prefix)
+        let best = self
+            .guards(pattern.root(), &mut prefix)
             .into_iter()
             .min_by_key(|g| self.guard_cost(g))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for (path, key) in best {
+            for id in self.resolve(&path) {
+                if seen.insert((id, key.clone())) {
+                    out.push((id, key.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// Every guard of `node`; each alone is a necessary condition.
@@ -311,156 +843,5 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
             }
         }
         out
-    }
-}
-
-impl IndexNode {
-    fn node(&self, path: &[String]) -> Option<&IndexNode> {
-        let mut node = self;
-        for seg in path {
-            node = node.children.get(seg)?;
-        }
-        Some(node)
-    }
-
-    fn node_mut(&mut self, path: &[String]) -> &mut IndexNode {
-        let mut node = self;
-        for seg in path {
-            node = node.children.entry(seg.clone()).or_default();
-        }
-        node
-    }
-
-    fn has_values(&self) -> bool {
-        !(self.strings.is_empty()
-            && self.others.is_empty()
-            && self.folded.is_empty()
-            && self.prefixes.is_empty()
-            && self.prefixes_folded.is_empty()
-            && self.suffixes.is_empty()
-            && self.suffixes_folded.is_empty())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.children.is_empty() && !self.has_values()
-    }
-
-    fn bucket_len(&self, key: &IndexKey) -> usize {
-        let bucket = match key {
-            IndexKey::Exact(ValueKey::Str(s)) => self.strings.get(s),
-            IndexKey::Exact(other) => self.others.get(other),
-            IndexKey::IgnoreCase(s) => self.folded.get(s),
-            IndexKey::Prefix(s) => self.prefixes.get(s),
-            IndexKey::PrefixIgnoreCase(s) => self.prefixes_folded.get(s),
-            IndexKey::Suffix(s) => self.suffixes.get(s),
-            IndexKey::SuffixIgnoreCase(s) => self.suffixes_folded.get(s),
-        };
-        bucket.map_or(0, Vec::len)
-    }
-
-    fn add(&mut self, key: &IndexKey, seq: u64) {
-        match key {
-            IndexKey::Exact(ValueKey::Str(s)) => {
-                self.strings.entry(s.clone()).or_default().push(seq)
-            }
-            IndexKey::Exact(other) => self.others.entry(other.clone()).or_default().push(seq),
-            IndexKey::IgnoreCase(s) => self.folded.entry(s.clone()).or_default().push(seq),
-            IndexKey::Prefix(s) => self.prefixes.add(s, seq),
-            IndexKey::PrefixIgnoreCase(s) => self.prefixes_folded.add(s, seq),
-            IndexKey::Suffix(s) => self.suffixes.add(s, seq),
-            IndexKey::SuffixIgnoreCase(s) => self.suffixes_folded.add(s, seq),
-        }
-    }
-
-    /// Removes `seq` from the bucket at `path`/`key`, pruning empty nodes.
-    fn remove(&mut self, path: &[String], key: &IndexKey, seq: u64) {
-        let Some((seg, rest)) = path.split_first() else {
-            self.remove_here(key, seq);
-            return;
-        };
-        if let Some(child) = self.children.get_mut(seg) {
-            child.remove(rest, key, seq);
-            if child.is_empty() {
-                self.children.remove(seg);
-            }
-        }
-    }
-
-    fn remove_here(&mut self, key: &IndexKey, seq: u64) {
-        fn drop_from<Q: Hash + Eq + Clone>(map: &mut HashMap<Q, Vec<u64>>, k: &Q, seq: u64) {
-            if let Some(bucket) = map.get_mut(k) {
-                bucket.retain(|s| *s != seq);
-                if bucket.is_empty() {
-                    map.remove(k);
-                }
-            }
-        }
-        match key {
-            IndexKey::Exact(ValueKey::Str(s)) => drop_from(&mut self.strings, s, seq),
-            IndexKey::Exact(other) => drop_from(&mut self.others, other, seq),
-            IndexKey::IgnoreCase(s) => drop_from(&mut self.folded, s, seq),
-            IndexKey::Prefix(s) => self.prefixes.remove(s, seq),
-            IndexKey::PrefixIgnoreCase(s) => self.prefixes_folded.remove(s, seq),
-            IndexKey::Suffix(s) => self.suffixes.remove(s, seq),
-            IndexKey::SuffixIgnoreCase(s) => self.suffixes_folded.remove(s, seq),
-        }
-    }
-
-    /// Rules whose key at this node accepts the event scalar `v`.
-    fn collect_scalar(&self, v: &Value, out: &mut Vec<u64>) {
-        let Value::String(s) = v else {
-            if let Some(bucket) = ValueKey::of(v).and_then(|k| self.others.get(&k)) {
-                out.extend_from_slice(bucket);
-            }
-            return;
-        };
-        if let Some(bucket) = self.strings.get(s.as_str()) {
-            out.extend_from_slice(bucket);
-        }
-        self.prefixes.collect(s, Side::Prefix, out);
-        self.suffixes.collect(s, Side::Suffix, out);
-        if self.folded.is_empty()
-            && self.prefixes_folded.is_empty()
-            && self.suffixes_folded.is_empty()
-        {
-            return;
-        }
-        let folded = fold(s);
-        if let Some(bucket) = self.folded.get(folded.as_ref()) {
-            out.extend_from_slice(bucket);
-        }
-        self.prefixes_folded.collect(&folded, Side::Prefix, out);
-        self.suffixes_folded.collect(&folded, Side::Suffix, out);
-    }
-
-    /// `v` is the event value at this node's path.
-    fn collect(&self, v: &Value, out: &mut Vec<u64>) {
-        if self.has_values() {
-            any_leaf(v, &mut |scalar| {
-                self.collect_scalar(scalar, out);
-                false
-            });
-        }
-        if !self.children.is_empty() {
-            self.collect_children(v, false, out);
-        }
-    }
-
-    fn collect_children(&self, v: &Value, root: bool, out: &mut Vec<u64>) {
-        match v {
-            Value::Object(obj) => {
-                for (key, child) in &self.children {
-                    if let Some(cv) = lookup(obj, key, root) {
-                        child.collect(cv, out);
-                    }
-                }
-            }
-            Value::Array(items) => {
-                for item in items {
-                    self.collect_children(item, root, out);
-                }
-            }
-            _ => {}
-        }
     }
 }

@@ -1,0 +1,386 @@
+//! Alibaba Cloud EventBridge compatibility endpoints (outside the `/v1`
+//! bearer-token middleware; they authenticate by signature):
+//!
+//! * `POST /openapi/putEvents` — Alibaba's data-plane PutEvents, so the
+//!   official `alibabacloud-eventbridge` SDKs work unchanged against Strait.
+//! * `POST /alibaba/push/{bus}` — the URL to give an Alibaba EventBridge HTTP
+//!   target; verifies `x-eventbridge-signature` and the replay window.
+//!
+//! What exactly is verified is documented in docs/adapters/alibaba.md.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use strait_adapters::alibaba_eventbridge::sign::{self, IngressKey, RsaPublicKey, SignedRequest};
+use strait_adapters::alibaba_eventbridge::{
+    BUS_EXTENSION, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_REQUEST_BYTES,
+};
+use strait_federation::{AppendEntry, AppendOutcome};
+
+use crate::api::{ApiError, bus_must_exist, commit_parsed, read_body};
+use crate::app::App;
+use crate::commit::{CommitError, now_ms};
+use crate::config::{Alibaba, Limits};
+use crate::ingest::{BATCH, RequestError, STRUCTURED, parse_request};
+
+/// Most remembered signature nonces before expired ones are pruned.
+const NONCE_PRUNE_AT: usize = 10_000;
+
+/// Keys and replay state of the Alibaba endpoints.
+#[derive(Debug)]
+pub struct AlibabaState {
+    ingress_keys: Vec<IngressKey>,
+    push_keys: BTreeMap<String, RsaPublicKey>,
+    /// `x-acs-signature-nonce` → Unix seconds until which it is remembered.
+    nonces: Mutex<HashMap<String, i64>>,
+}
+
+impl AlibabaState {
+    /// Build from the config; reads the push public keys from disk.
+    pub fn from_config(cfg: &Alibaba) -> anyhow::Result<AlibabaState> {
+        let mut push_keys = BTreeMap::new();
+        for (url, path) in &cfg.push.public_keys {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "config: alibaba.push.public_keys.{url:?}: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            let key = RsaPublicKey::from_pem(&pem).map_err(|e| {
+                anyhow::anyhow!(
+                    "config: alibaba.push.public_keys.{url:?}: {}: {e}",
+                    path.display()
+                )
+            })?;
+            push_keys.insert(url.clone(), key);
+        }
+        Ok(AlibabaState {
+            ingress_keys: cfg
+                .ingress_keys
+                .iter()
+                .map(|k| IngressKey {
+                    access_key_id: k.access_key_id.clone(),
+                    access_key_secret: k.access_key_secret.clone(),
+                    security_token: k.security_token.clone(),
+                })
+                .collect(),
+            push_keys,
+            nonces: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Remember a nonce until `until`; false if it was already used.
+    fn fresh_nonce(&self, nonce: &str, now: i64, until: i64) -> bool {
+        let mut map = match self.nonces.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if map.get(nonce).is_some_and(|t| *t >= now) {
+            return false;
+        }
+        if map.len() >= NONCE_PRUNE_AT {
+            map.retain(|_, t| *t >= now);
+        }
+        map.insert(nonce.to_string(), until);
+        true
+    }
+}
+
+fn request_id() -> String {
+    uuid::Uuid::new_v4().to_string().to_uppercase()
+}
+
+/// Alibaba's error shape, as the SDK reads it (`code`, `message`, `requestId`).
+fn ali_error(status: u16, code: &str, message: impl Into<String>, request_id: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = json!({
+        "requestId": request_id,
+        "code": code,
+        "message": message.into(),
+        "httpCode": status.as_u16(),
+        "success": false,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// Lower-case header names (HeaderMap already has them) and string values.
+fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, value) in headers {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        out.insert(name.as_str().to_string(), v);
+    }
+    out
+}
+
+fn query_map(uri: &Uri) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Some(q) = uri.query() {
+        for part in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            out.insert(k.to_string(), v.to_string());
+        }
+    }
+    out
+}
+
+/// `POST /openapi/putEvents`.
+pub async fn put_events(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let rid = request_id();
+    let state = &app.alibaba;
+    if state.ingress_keys.is_empty() {
+        return ali_error(
+            403,
+            "AccessDenied",
+            "the Alibaba-compatible ingress is disabled on this node: no alibaba.ingress_keys are configured",
+            &rid,
+        );
+    }
+    let req = SignedRequest {
+        method: method.as_str().to_string(),
+        pathname: uri.path().to_string(),
+        headers: header_map(&headers),
+        query: query_map(&uri),
+    };
+    let now = (now_ms() / 1000) as i64;
+    let skew = app.cfg.alibaba.max_clock_skew_secs;
+    if let Err(e) = sign::verify_request(&req, &state.ingress_keys, now, skew) {
+        metrics::counter!("strait_alibaba_auth_failures_total", "code" => e.code).increment(1);
+        return ali_error(e.status, e.code, e.message, &rid);
+    }
+    if let Some(nonce) = req.headers.get("x-acs-signature-nonce")
+        && !state.fresh_nonce(nonce, now, now.saturating_add(2 * skew as i64))
+    {
+        return ali_error(
+            403,
+            "SignatureNonceUsed",
+            "the x-acs-signature-nonce was already used (replayed request)",
+            &rid,
+        );
+    }
+    let limit = MAX_REQUEST_BYTES.min(app.cfg.limits.max_request_bytes);
+    let bytes = match read_body(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ali_error(
+                413,
+                "RequestTooLarge",
+                format!("the request body is larger than {limit} bytes (PutEvents limit)"),
+                &rid,
+            );
+        }
+    };
+    if let Err(e) = sign::check_content_md5(&req, &bytes) {
+        return ali_error(e.status, e.code, e.message, &rid);
+    }
+    let limits = Limits {
+        max_event_bytes: MAX_EVENT_BYTES.min(app.cfg.limits.max_event_bytes),
+        max_request_bytes: limit,
+        max_batch_events: MAX_BATCH_EVENTS,
+    };
+    let parsed = match parse_request(&headers, &bytes, &limits) {
+        Ok(p) => p,
+        Err(e) => {
+            let (status, code) = match &e {
+                RequestError::TooManyEvents(_) => (400, "TooManyEvents"),
+                RequestError::UnsupportedMediaType(_) => (415, "UnsupportedMediaType"),
+                RequestError::Malformed(_) => (400, "MalformedRequest"),
+            };
+            let message = match &e {
+                RequestError::TooManyEvents(m) => {
+                    format!(
+                        "{m} (Alibaba EventBridge takes at most {MAX_BATCH_EVENTS} events per PutEvents call)"
+                    )
+                }
+                other => other.to_string(),
+            };
+            return ali_error(status, code, message, &rid);
+        }
+    };
+    metrics::counter!("strait_events_ingested_total").increment(parsed.len() as u64);
+    // One EntryList slot per input, in order.
+    let mut entries_out: Vec<Value> = Vec::with_capacity(parsed.len());
+    let mut appends = Vec::new();
+    let mut slots = Vec::new();
+    {
+        let view = app.site.state.view();
+        for (id, r) in parsed {
+            let mut entry = json!({"EventId": id.clone().unwrap_or_default()});
+            match r {
+                Ok(p) => {
+                    if let Some(tp) = p.event.str_attr("traceparent") {
+                        entry["TraceId"] = json!(tp.split('-').nth(1).unwrap_or(""));
+                    }
+                    match p.event.str_attr(BUS_EXTENSION) {
+                        None => {
+                            entry["ErrorCode"] = json!("EventBusNotSpecified");
+                            entry["ErrorMessage"] = json!(format!(
+                                "the `{BUS_EXTENSION}` extension is missing: it names the event bus"
+                            ));
+                        }
+                        Some(bus) if !view.buses.contains_key(bus) => {
+                            entry["ErrorCode"] = json!("EventBusNotExist");
+                            entry["ErrorMessage"] =
+                                json!(format!("the event bus `{bus}` does not exist"));
+                        }
+                        Some(bus) => {
+                            appends.push(AppendEntry {
+                                bus: bus.to_string(),
+                                source: p.event.source().to_string(),
+                                id: p.event.id().to_string(),
+                                event: p.json,
+                            });
+                            slots.push(entries_out.len());
+                        }
+                    }
+                }
+                Err(e) => {
+                    entry["ErrorCode"] = json!(e.code());
+                    entry["ErrorMessage"] = json!(e.to_string());
+                }
+            }
+            entries_out.push(entry);
+        }
+    }
+    let outcomes = match app.committer.append(appends).await {
+        Ok(o) => o,
+        Err(CommitError::NotReady(m)) | Err(CommitError::Failed(m)) => {
+            return ali_error(503, "ServiceUnavailable", m, &rid);
+        }
+    };
+    let mut committed = 0u64;
+    for (slot, outcome) in slots.into_iter().zip(outcomes) {
+        match outcome {
+            AppendOutcome::Accepted(_) => committed += 1,
+            AppendOutcome::Duplicate => {
+                metrics::counter!("strait_events_duplicate_total").increment(1);
+            }
+            AppendOutcome::NoSuchBus => {
+                entries_out[slot]["ErrorCode"] = json!("EventBusNotExist");
+                entries_out[slot]["ErrorMessage"] = json!("the event bus was deleted");
+            }
+        }
+    }
+    metrics::counter!("strait_events_committed_total").increment(committed);
+    let failed = entries_out
+        .iter()
+        .filter(|e| e.get("ErrorCode").is_some())
+        .count();
+    if failed > 0 {
+        metrics::counter!("strait_events_rejected_total").increment(failed as u64);
+    }
+    let body = json!({
+        "RequestId": rid,
+        "ResourceOwnerAccountId": app.cfg.alibaba.account_id,
+        "FailedEntryCount": failed,
+        "EntryList": entries_out,
+    });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// `POST /alibaba/push/{bus}`: what an Alibaba EventBridge HTTP target
+/// sends (the complete CloudEvent, or an array of them), signature checked.
+pub async fn push(
+    State(app): State<Arc<App>>,
+    Path(bus): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    bus_must_exist(&app, &bus)?;
+    let bytes = read_body(body, app.cfg.limits.max_request_bytes).await?;
+    let push_cfg = &app.cfg.alibaba.push;
+    if push_cfg.require_signature {
+        let h = header_map(&headers);
+        let base = match &push_cfg.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!(
+                "http://{}",
+                h.get("host").map(String::as_str).unwrap_or("localhost")
+            ),
+        };
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let url = format!("{base}{path}");
+        sign::verify_push(
+            &url,
+            &h,
+            &bytes,
+            &app.alibaba.push_keys,
+            now_ms() as i64,
+            push_cfg.max_age_secs,
+        )
+        .map_err(|e| {
+            metrics::counter!("strait_alibaba_push_rejected_total").increment(1);
+            let code = match e {
+                sign::PushError::Malformed(_) => "InvalidSignature",
+                sign::PushError::Expired(_) => "RequestExpired",
+                sign::PushError::UntrustedKey(_) => "UntrustedSigningKey",
+                sign::PushError::BadSignature(_) => "SignatureDoesNotMatch",
+            };
+            ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+        })?;
+    }
+    // Alibaba pushes the event as JSON (`application/json`): one event
+    // object, or an array when the target batches.
+    let first = bytes.iter().copied().find(|b| !b.is_ascii_whitespace());
+    let ct = match first {
+        Some(b'[') => BATCH,
+        Some(b'{') => STRUCTURED,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "MalformedRequest",
+                "the body must be a CloudEvent in JSON form or an array of them (configure the Alibaba HTTP target to push the complete event)",
+            ));
+        }
+    };
+    let mut h = HeaderMap::new();
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    if let Some(tp) = headers.get("traceparent") {
+        h.insert("traceparent", tp.clone());
+    }
+    let parsed = parse_request(&h, &bytes, &app.cfg.limits).map_err(|e| {
+        let status = match e {
+            RequestError::TooManyEvents(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    })?;
+    metrics::counter!("strait_events_ingested_total").increment(parsed.len() as u64);
+    commit_parsed(&app, &bus, parsed).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonces_are_single_use_within_their_window() {
+        let s = AlibabaState::from_config(&Alibaba::default()).expect("state");
+        assert!(s.fresh_nonce("n1", 100, 200));
+        assert!(!s.fresh_nonce("n1", 150, 250));
+        assert!(s.fresh_nonce("n1", 201, 300));
+        assert!(s.fresh_nonce("n2", 150, 250));
+    }
+
+    #[test]
+    fn query_is_split() {
+        let uri: Uri = "/openapi/putEvents?b=2&a=1&c".parse().expect("uri");
+        let q = query_map(&uri);
+        assert_eq!(q.get("a").map(String::as_str), Some("1"));
+        assert_eq!(q.get("c").map(String::as_str), Some(""));
+    }
+}

@@ -1,0 +1,1140 @@
+//! The flattened event: one pass over the JSON text (or over a parsed
+//! [`Value`]) that keeps only what lies on the field paths of a rule set.
+//!
+//! The result is a small tape: objects hold only the members the rules read
+//! (as field-node ids), arrays keep their elements (so "one element must
+//! satisfy the whole object" can be checked), and every scalar is also listed
+//! as a leaf `(field node, value)` for the index. Everything else in the
+//! event is skipped without being decoded. Matching any number of rules then
+//! works on this tape; no rule walks the JSON again.
+//!
+//! Reading JSON text:
+//!
+//! * What is recorded is fully checked (string escapes, UTF-8, number syntax,
+//!   literals); skipped values are only scanned for their end, so a malformed
+//!   value the rules never look at may go unnoticed.
+//! * An object is left as soon as every member name the rules need has been
+//!   seen, and the whole text as soon as the top-level object has shown all
+//!   of them, so duplicate member names resolve to their **first**
+//!   occurrence (RFC 8259 leaves duplicates undefined; `serde_json` keeps the
+//!   last one).
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use super::fields::{Fields, name_tag};
+use super::matcher::ScalarRef;
+
+/// Deepest nesting of arrays and objects the flattener follows (as
+/// `serde_json`'s own limit).
+pub const MAX_EVENT_DEPTH: usize = 128;
+
+/// Why event JSON could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct EventJsonError {
+    /// Byte offset where the problem was found.
+    pub offset: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for EventJsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid event JSON at byte {}: {}",
+            self.offset, self.message
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Slot {
+    /// `members[start..start + len]`
+    Obj {
+        start: u32,
+        len: u32,
+    },
+    /// `elems[start..start + len]`
+    Arr {
+        start: u32,
+        len: u32,
+    },
+    /// `text[start..start + len]`
+    Str {
+        start: u32,
+        len: u32,
+    },
+    Num(f64),
+    Bool(bool),
+    Null,
+}
+
+/// A flattened event (see the module documentation). Buffers are reused
+/// across events.
+#[derive(Clone, Debug)]
+pub(crate) struct FlatEvent {
+    pub(crate) slots: Vec<Slot>,
+    /// (field node, slot)
+    members: Vec<(u32, u32)>,
+    elems: Vec<u32>,
+    text: String,
+    /// Every scalar slot with the field node it sits at.
+    pub(crate) leaves: Vec<(u32, u32)>,
+    /// Work stacks for members and elements of open containers.
+    pending_members: Vec<(u32, u32)>,
+    pending_elems: Vec<u32>,
+}
+
+impl Default for FlatEvent {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FlatEvent {
+    pub(crate) const fn new() -> Self {
+        FlatEvent {
+            slots: Vec::new(),
+            members: Vec::new(),
+            elems: Vec::new(),
+            text: String::new(),
+            leaves: Vec::new(),
+            pending_members: Vec::new(),
+            pending_elems: Vec::new(),
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.slots.clear();
+        self.members.clear();
+        self.elems.clear();
+        self.text.clear();
+        self.leaves.clear();
+        self.pending_members.clear();
+        self.pending_elems.clear();
+    }
+
+    /// Drops buffers that grew unusually large (after a huge event).
+    pub(crate) fn trim(&mut self) {
+        const KEEP: usize = 1 << 16;
+        if self.slots.capacity() > KEEP || self.text.capacity() > 4 * KEEP {
+            *self = FlatEvent::default();
+        }
+    }
+
+    /// The root slot (the event itself), if any.
+    pub(crate) fn root(&self) -> Option<u32> {
+        if self.slots.is_empty() { None } else { Some(0) }
+    }
+
+    #[inline]
+    pub(crate) fn slot(&self, i: u32) -> Slot {
+        self.slots[i as usize]
+    }
+
+    #[inline]
+    pub(crate) fn elems(&self, start: u32, len: u32) -> &[u32] {
+        &self.elems[start as usize..(start + len) as usize]
+    }
+
+    /// The member `field` of an object slot.
+    #[inline]
+    pub(crate) fn member(&self, start: u32, len: u32, field: u32) -> Option<u32> {
+        self.members[start as usize..(start + len) as usize]
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, s)| *s)
+    }
+
+    /// The scalar in a slot; None for containers.
+    #[inline]
+    pub(crate) fn scalar(&self, i: u32) -> Option<ScalarRef<'_>> {
+        Some(match self.slots[i as usize] {
+            Slot::Str { start, len } => {
+                ScalarRef::Str(&self.text[start as usize..(start + len) as usize])
+            }
+            Slot::Num(x) => ScalarRef::Num(x),
+            Slot::Bool(b) => ScalarRef::Bool(b),
+            Slot::Null => ScalarRef::Null,
+            Slot::Obj { .. } | Slot::Arr { .. } => return None,
+        })
+    }
+
+    /// Calls `f` on every scalar reachable from slot `i` through arrays
+    /// (objects are not leaves); true as soon as `f` is.
+    pub(crate) fn any_scalar(&self, i: u32, f: &mut impl FnMut(ScalarRef<'_>) -> bool) -> bool {
+        match self.slots[i as usize] {
+            Slot::Arr { start, len } => self
+                .elems(start, len)
+                .iter()
+                .any(|&e| self.any_scalar(e, f)),
+            Slot::Obj { .. } => false,
+            _ => self.scalar(i).is_some_and(f),
+        }
+    }
+
+    fn push_slot(&mut self, slot: Slot) -> u32 {
+        self.slots.push(slot);
+        (self.slots.len() - 1) as u32
+    }
+
+    fn push_str(&mut self, field: u32, s: &str) -> u32 {
+        let start = self.text.len() as u32;
+        self.text.push_str(s);
+        let slot = self.push_slot(Slot::Str {
+            start,
+            len: s.len() as u32,
+        });
+        self.leaves.push((field, slot));
+        slot
+    }
+
+    fn push_scalar(&mut self, field: u32, slot: Slot) -> u32 {
+        let i = self.push_slot(slot);
+        self.leaves.push((field, i));
+        i
+    }
+
+    fn close_object(&mut self, slot: u32, mark: usize) {
+        let start = self.members.len() as u32;
+        let len = (self.pending_members.len() - mark) as u32;
+        self.members
+            .extend_from_slice(&self.pending_members[mark..]);
+        self.pending_members.truncate(mark);
+        self.slots[slot as usize] = Slot::Obj { start, len };
+    }
+
+    fn close_array(&mut self, slot: u32, mark: usize) {
+        let start = self.elems.len() as u32;
+        let len = (self.pending_elems.len() - mark) as u32;
+        self.elems.extend_from_slice(&self.pending_elems[mark..]);
+        self.pending_elems.truncate(mark);
+        self.slots[slot as usize] = Slot::Arr { start, len };
+    }
+
+    // ---- from a parsed Value ------------------------------------------------
+
+    /// Flattens a parsed event.
+    pub(crate) fn read_value(&mut self, fields: &Fields, v: &Value) {
+        self.clear();
+        self.value(fields, 0, v, 0);
+    }
+
+    fn value(&mut self, fields: &Fields, field: u32, v: &Value, depth: usize) -> u32 {
+        match v {
+            Value::Object(map) => {
+                let slot = self.push_slot(Slot::Null);
+                let mark = self.pending_members.len();
+                if depth < MAX_EVENT_DEPTH {
+                    for &child in &fields.node(field).children {
+                        if let Some(cv) = map.get(&*fields.node(child).name) {
+                            let s = self.value(fields, child, cv, depth + 1);
+                            self.pending_members.push((child, s));
+                        }
+                    }
+                }
+                self.close_object(slot, mark);
+                slot
+            }
+            Value::Array(items) => {
+                let slot = self.push_slot(Slot::Null);
+                let mark = self.pending_elems.len();
+                if depth < MAX_EVENT_DEPTH {
+                    for item in items {
+                        let s = self.value(fields, field, item, depth + 1);
+                        self.pending_elems.push(s);
+                    }
+                }
+                self.close_array(slot, mark);
+                slot
+            }
+            Value::String(s) => self.push_str(field, s),
+            Value::Number(n) => self.push_scalar(field, n.as_f64().map_or(Slot::Null, Slot::Num)),
+            Value::Bool(b) => self.push_scalar(field, Slot::Bool(*b)),
+            Value::Null => self.push_scalar(field, Slot::Null),
+        }
+    }
+
+    // ---- from JSON text -----------------------------------------------------
+
+    /// Flattens JSON text.
+    pub(crate) fn read_json(&mut self, fields: &Fields, json: &[u8]) -> Result<(), EventJsonError> {
+        self.clear();
+        let mut r = Reader {
+            b: json,
+            i: 0,
+            scratch: String::new(),
+        };
+        let (_, stopped) = r.value_slot(self, fields, 0, 0, true)?;
+        if !stopped {
+            r.ws();
+            if r.i != r.b.len() {
+                return Err(r.err("trailing characters after the event").into());
+            }
+        }
+        Ok(())
+    }
+}
+
+const HIGH: u64 = 0x8080_8080_8080_8080;
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// High bit set in each byte of `w` equal to `c` (exact, no false hits).
+#[inline(always)]
+fn bytes_eq(w: u64, c: u8) -> u64 {
+    const L: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let x = w ^ (u64::from(c) * ONES);
+    !(((x & L) + L) | x) & HIGH
+}
+
+/// High bit set in bytes below 0x20; the lowest one set is always exact.
+#[inline(always)]
+fn bytes_control(w: u64) -> u64 {
+    w.wrapping_sub(0x20 * ONES) & !w & HIGH
+}
+
+/// Byte equality without a `memcmp` call (names are short).
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+#[inline(always)]
+fn load8(b: &[u8], i: usize) -> Option<u64> {
+    let chunk = b.get(i..i + 8)?;
+    let mut word = [0u8; 8];
+    word.copy_from_slice(chunk);
+    Some(u64::from_le_bytes(word))
+}
+
+/// Bytes that end a string's fast path: quote, backslash, control characters.
+static STR_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// 10^n for n <= 308, each the correctly rounded double (as serde_json's
+/// own table).
+fn pow10(n: usize) -> f64 {
+    static TABLE: OnceLock<Vec<f64>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            (0..=308)
+                .map(|n| format!("1e{n}").parse::<f64>().unwrap_or(f64::INFINITY))
+                .collect()
+        })
+        .get(n)
+        .copied()
+        .unwrap_or(f64::INFINITY)
+}
+
+/// `serde_json`'s float conversion when its `float_roundtrip` feature is off
+/// (the default): the significand rounded to a double, then one multiply or
+/// divide by a power of ten. None where serde_json reports out of range.
+fn serde_json_default_float(significand: u64, mut exponent: i32) -> Option<f64> {
+    let mut f = significand as f64;
+    loop {
+        let e = exponent.unsigned_abs() as usize;
+        if e <= 308 {
+            if exponent >= 0 {
+                f *= pow10(e);
+                if f.is_infinite() {
+                    return None;
+                }
+            } else {
+                f /= pow10(e);
+            }
+            return Some(f);
+        }
+        if f == 0.0 {
+            return Some(f);
+        }
+        if exponent >= 0 {
+            return None;
+        }
+        f /= 1e308;
+        exponent += 308;
+    }
+}
+
+/// Whether the `serde_json` in this build parses floats correctly rounded
+/// (its `float_roundtrip` feature, which any crate of the build may turn
+/// on). Decided once, on a number where the two methods differ.
+fn serde_json_is_correctly_rounded() -> bool {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        const PROBE: &str = "2.2250738585072011e-308";
+        let serde = serde_json::from_str::<f64>(PROBE).ok();
+        serde != serde_json_default_float(22_250_738_585_072_011, -324)
+    })
+}
+
+/// A reading error without allocation (cheap to pass around); becomes an
+/// [`EventJsonError`] at the end.
+#[derive(Clone, Copy, Debug)]
+struct ReadErr {
+    offset: usize,
+    message: &'static str,
+}
+
+impl From<ReadErr> for EventJsonError {
+    fn from(e: ReadErr) -> Self {
+        EventJsonError {
+            offset: e.offset,
+            message: e.message.to_string(),
+        }
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    i: usize,
+    scratch: String,
+}
+
+enum Key {
+    /// `b[start..end]`, no escapes.
+    Raw(usize, usize),
+    /// Decoded into `scratch`.
+    Decoded,
+}
+
+impl<'a> Reader<'a> {
+    #[cold]
+    fn err(&self, message: &'static str) -> ReadErr {
+        ReadErr {
+            offset: self.i.min(self.b.len()),
+            message,
+        }
+    }
+
+    #[inline(always)]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    /// Reads a value at field node `field`. `stop_ok`: nothing after this
+    /// value is needed (every enclosing object has then shown all the names
+    /// the rules need, and no array encloses it), so reading may stop for
+    /// good as soon as this value has all it needs; the second result says
+    /// that it did.
+    fn value_slot(
+        &mut self,
+        fe: &mut FlatEvent,
+        fields: &Fields,
+        field: u32,
+        depth: usize,
+        stop_ok: bool,
+    ) -> Result<(u32, bool), ReadErr> {
+        if depth > MAX_EVENT_DEPTH {
+            return Err(self.err("event nests too deeply"));
+        }
+        self.ws();
+        let Some(c) = self.peek() else {
+            return Err(self.err("unexpected end of input, expected a value"));
+        };
+        match c {
+            b'{' => self.object(fe, fields, field, depth, stop_ok),
+            b'[' => self.array(fe, fields, field, depth).map(|s| (s, false)),
+            b'"' => {
+                self.i += 1;
+                let start = self.i;
+                if self.string_body()? {
+                    Ok((fe.push_str(field, &self.scratch), false))
+                } else {
+                    let raw = &self.b[start..self.i - 1];
+                    let s = std::str::from_utf8(raw).map_err(|_| ReadErr {
+                        offset: start,
+                        message: "string is not valid UTF-8",
+                    })?;
+                    Ok((fe.push_str(field, s), false))
+                }
+            }
+            b't' => self
+                .literal(b"true")
+                .map(|_| (fe.push_scalar(field, Slot::Bool(true)), false)),
+            b'f' => self
+                .literal(b"false")
+                .map(|_| (fe.push_scalar(field, Slot::Bool(false)), false)),
+            b'n' => self
+                .literal(b"null")
+                .map(|_| (fe.push_scalar(field, Slot::Null), false)),
+            b'-' | b'0'..=b'9' => {
+                let x = self.number()?;
+                Ok((fe.push_scalar(field, Slot::Num(x)), false))
+            }
+            _ => Err(self.err("expected a JSON value")),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), ReadErr> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.err("invalid literal"))
+        }
+    }
+
+    fn object(
+        &mut self,
+        fe: &mut FlatEvent,
+        fields: &Fields,
+        field: u32,
+        depth: usize,
+        stop_ok: bool,
+    ) -> Result<(u32, bool), ReadErr> {
+        let slot = fe.push_slot(Slot::Null);
+        let mark = fe.pending_members.len();
+        let node = fields.node(field);
+        if node.children.is_empty() {
+            // Nothing below here is read: keep the fact that it is an object.
+            self.skip_container()?;
+            fe.close_object(slot, mark);
+            return Ok((slot, false));
+        }
+        self.i += 1; // {
+        let required = node.required;
+        let mut seen = 0u64;
+        // Few children (the usual case): compare names against a local copy
+        // of their first eight bytes and lengths.
+        const LOCAL: usize = 4;
+        let nkids = node.children.len();
+        let local = nkids <= LOCAL;
+        let mut kid_tag = [0u64; LOCAL];
+        let mut kid_len = [usize::MAX; LOCAL];
+        let mut kid_id = [0u32; LOCAL];
+        if local {
+            for (k, &c) in node.children.iter().enumerate() {
+                let n = fields.node(c);
+                kid_tag[k] = n.tag;
+                kid_len[k] = n.name.len();
+                kid_id[k] = c;
+            }
+        }
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            fe.close_object(slot, mark);
+            return Ok((slot, false));
+        }
+        loop {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return Err(self.err("expected a member name"));
+            }
+            self.i += 1;
+            let (key, tag) = self.key_tagged()?;
+            self.ws();
+            if self.peek() != Some(b':') {
+                return Err(self.err("expected ':' after a member name"));
+            }
+            self.i += 1;
+            let child = match key {
+                Key::Raw(s, e) => {
+                    let name = &self.b[s..e];
+                    if local {
+                        (0..nkids)
+                            .find(|&k| {
+                                kid_tag[k] == tag
+                                    && kid_len[k] == name.len()
+                                    && (name.len() <= 8
+                                        || same_bytes(
+                                            &fields.node(kid_id[k]).name.as_bytes()[8..],
+                                            &name[8..],
+                                        ))
+                            })
+                            .map(|k| kid_id[k])
+                    } else {
+                        fields.child_tagged(field, name, tag)
+                    }
+                }
+                Key::Decoded => fields.child(field, self.scratch.as_bytes()),
+            };
+            let mut wanted = None;
+            if let Some(child) = child {
+                let ord = fields.ordinal(child);
+                let first = if ord < 64 {
+                    seen & (1 << ord) == 0
+                } else {
+                    !fe.pending_members[mark..].iter().any(|(f, _)| *f == child)
+                };
+                if first {
+                    if ord < 64 {
+                        seen |= 1 << ord;
+                    }
+                    wanted = Some(child);
+                }
+            }
+            match wanted {
+                Some(child) => {
+                    let complete = required != 0 && seen & required == required;
+                    let (s, stopped) =
+                        self.value_slot(fe, fields, child, depth + 1, stop_ok && complete)?;
+                    fe.pending_members.push((child, s));
+                    if stopped {
+                        fe.close_object(slot, mark);
+                        return Ok((slot, true));
+                    }
+                    if complete {
+                        fe.close_object(slot, mark);
+                        if stop_ok {
+                            return Ok((slot, true));
+                        }
+                        self.skip_rest(b'{', b'}', 1)?;
+                        return Ok((slot, false));
+                    }
+                }
+                None => self.skip_value()?,
+            }
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(self.err("expected ',' or '}' in an object")),
+            }
+        }
+        fe.close_object(slot, mark);
+        Ok((slot, false))
+    }
+
+    fn array(
+        &mut self,
+        fe: &mut FlatEvent,
+        fields: &Fields,
+        field: u32,
+        depth: usize,
+    ) -> Result<u32, ReadErr> {
+        let slot = fe.push_slot(Slot::Null);
+        let mark = fe.pending_elems.len();
+        self.i += 1; // [
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            fe.close_array(slot, mark);
+            return Ok(slot);
+        }
+        loop {
+            let (s, _) = self.value_slot(fe, fields, field, depth + 1, false)?;
+            fe.pending_elems.push(s);
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(self.err("expected ',' or ']' in an array")),
+            }
+        }
+        fe.close_array(slot, mark);
+        Ok(slot)
+    }
+
+    /// Reads a member name (after its opening quote) and its
+    /// [`name_tag`]. A name followed by at least `":` and a value lets its
+    /// first eight bytes be loaded at once.
+    #[inline(always)]
+    fn key_tagged(&mut self) -> Result<(Key, u64), ReadErr> {
+        let start = self.i;
+        if let Some(w) = load8(self.b, start) {
+            let m = bytes_eq(w, b'"') | bytes_eq(w, b'\\') | bytes_control(w);
+            if m != 0 {
+                let k = (m.trailing_zeros() / 8) as usize;
+                if self.b[start + k] == b'"' {
+                    self.i = start + k + 1;
+                    let tag = if k == 0 {
+                        0
+                    } else {
+                        w & (u64::MAX >> (64 - 8 * k))
+                    };
+                    return Ok((Key::Raw(start, start + k), tag));
+                }
+            } else {
+                let key = self.key()?;
+                return Ok((key, w));
+            }
+        }
+        let key = self.key()?;
+        let tag = match key {
+            Key::Raw(s, e) => name_tag(&self.b[s..e]),
+            Key::Decoded => 0,
+        };
+        Ok((key, tag))
+    }
+
+    /// Reads a member name (after its opening quote).
+    #[inline(always)]
+    fn key(&mut self) -> Result<Key, ReadErr> {
+        let start = self.i;
+        if self.string_body()? {
+            Ok(Key::Decoded)
+        } else {
+            Ok(Key::Raw(start, self.i - 1))
+        }
+    }
+
+    /// Reads a string body after its opening quote, up to and including the
+    /// closing quote. Returns true when it had escapes, decoded (and UTF-8
+    /// checked) into `scratch`; otherwise the raw bytes are the string.
+    #[inline(always)]
+    fn string_body(&mut self) -> Result<bool, ReadErr> {
+        let start = self.i;
+        let b = self.b;
+        let mut i = self.i;
+        loop {
+            match load8(b, i) {
+                Some(w) => {
+                    let m = bytes_eq(w, b'"') | bytes_eq(w, b'\\') | bytes_control(w);
+                    if m == 0 {
+                        i += 8;
+                        continue;
+                    }
+                    i += (m.trailing_zeros() / 8) as usize;
+                }
+                None => {
+                    while i < b.len() && !STR_STOP[b[i] as usize] {
+                        i += 1;
+                    }
+                }
+            }
+            break;
+        }
+        match b.get(i) {
+            Some(b'"') => {
+                self.i = i + 1;
+                Ok(false)
+            }
+            Some(b'\\') => {
+                self.i = start;
+                self.decode_string().map(|_| true)
+            }
+            Some(_) => {
+                self.i = i;
+                Err(self.err("control character in a string"))
+            }
+            None => {
+                self.i = i;
+                Err(self.err("unterminated string"))
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn decode_string(&mut self) -> Result<(), ReadErr> {
+        let mut out = std::mem::take(&mut self.scratch).into_bytes();
+        out.clear();
+        loop {
+            let Some(&c) = self.b.get(self.i) else {
+                return Err(self.err("unterminated string"));
+            };
+            self.i += 1;
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    let Some(&e) = self.b.get(self.i) else {
+                        return Err(self.err("unterminated string"));
+                    };
+                    self.i += 1;
+                    match e {
+                        b'"' | b'\\' | b'/' => out.push(e),
+                        b'b' => out.push(8),
+                        b'f' => out.push(12),
+                        b'n' => out.push(b'\n'),
+                        b'r' => out.push(b'\r'),
+                        b't' => out.push(b'\t'),
+                        b'u' => {
+                            let hi = self.hex4()?;
+                            let cp = if (0xD800..0xDC00).contains(&hi) {
+                                if self.b.get(self.i..self.i + 2) != Some(b"\\u") {
+                                    return Err(self.err("lone leading surrogate in a \\u escape"));
+                                }
+                                self.i += 2;
+                                let lo = self.hex4()?;
+                                if !(0xDC00..0xE000).contains(&lo) {
+                                    return Err(self.err("invalid low surrogate in a \\u escape"));
+                                }
+                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                            } else if (0xDC00..0xE000).contains(&hi) {
+                                return Err(self.err("lone trailing surrogate in a \\u escape"));
+                            } else {
+                                hi
+                            };
+                            let ch =
+                                char::from_u32(cp).ok_or_else(|| self.err("invalid \\u escape"))?;
+                            let mut buf = [0u8; 4];
+                            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                        }
+                        _ => return Err(self.err("invalid escape in a string")),
+                    }
+                }
+                c if c < 0x20 => return Err(self.err("control character in a string")),
+                c => out.push(c),
+            }
+        }
+        self.scratch = String::from_utf8(out).map_err(|_| self.err("string is not valid UTF-8"))?;
+        Ok(())
+    }
+
+    fn hex4(&mut self) -> Result<u32, ReadErr> {
+        let digits = self
+            .b
+            .get(self.i..self.i + 4)
+            .ok_or_else(|| self.err("truncated \\u escape"))?;
+        let mut v = 0u32;
+        for &d in digits {
+            let x = (d as char)
+                .to_digit(16)
+                .ok_or_else(|| self.err("invalid \\u escape"))?;
+            v = v * 16 + x;
+        }
+        self.i += 4;
+        Ok(v)
+    }
+
+    /// Reads a JSON number into a double, exactly as `serde_json` would.
+    fn number(&mut self) -> Result<f64, ReadErr> {
+        let start = self.i;
+        let b = self.b;
+        let mut i = self.i;
+        let neg = b.get(i) == Some(&b'-');
+        if neg {
+            i += 1;
+        }
+        let mut mant: u64 = 0;
+        let mut digits = 0u32;
+        let mut exact = true;
+        match b.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => {
+                while let Some(&d @ b'0'..=b'9') = b.get(i) {
+                    if digits < 19 {
+                        mant = mant * 10 + u64::from(d - b'0');
+                        if mant != 0 {
+                            digits += 1;
+                        }
+                    } else {
+                        exact = false;
+                    }
+                    i += 1;
+                }
+            }
+            _ => {
+                self.i = i;
+                return Err(self.err("invalid number"));
+            }
+        }
+        // Integer digits beyond the 19th were dropped: scale back up (only
+        // matters for the `exact` check below, which then fails anyway).
+        let mut exp10: i64 = 0;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let frac_start = i;
+            while let Some(&d @ b'0'..=b'9') = b.get(i) {
+                if digits < 19 {
+                    mant = mant * 10 + u64::from(d - b'0');
+                    if mant != 0 {
+                        digits += 1;
+                    }
+                    exp10 -= 1;
+                } else {
+                    exact = false;
+                }
+                i += 1;
+            }
+            if i == frac_start {
+                self.i = i;
+                return Err(self.err("invalid number: no digits after '.'"));
+            }
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            let mut eneg = false;
+            if let Some(&s @ (b'+' | b'-')) = b.get(i) {
+                eneg = s == b'-';
+                i += 1;
+            }
+            let e_start = i;
+            let mut e: i64 = 0;
+            while let Some(&d @ b'0'..=b'9') = b.get(i) {
+                e = (e * 10 + i64::from(d - b'0')).min(1_000_000);
+                i += 1;
+            }
+            if i == e_start {
+                self.i = i;
+                return Err(self.err("invalid number: no digits in the exponent"));
+            }
+            exp10 += if eneg { -e } else { e };
+        }
+        self.i = i;
+        // Exact fast path: the mantissa and the power of ten are both exact
+        // doubles, so one operation rounds correctly (as serde_json does too).
+        if exact && mant <= (1u64 << 53) && exp10.unsigned_abs() <= 22 {
+            const EXACT: [f64; 23] = [
+                1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
+                1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+            ];
+            let m = mant as f64;
+            let x = if exp10 >= 0 {
+                m * EXACT[exp10 as usize]
+            } else {
+                m / EXACT[(-exp10) as usize]
+            };
+            return Ok(if neg { -x } else { x });
+        }
+        // Otherwise the result must be what serde_json gives, so that
+        // matching the text and matching a `Value` parsed from it agree.
+        if exact && exp10.unsigned_abs() <= 1000 {
+            let x = if serde_json_is_correctly_rounded() {
+                std::str::from_utf8(&b[start..i])
+                    .ok()
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .filter(|x| x.is_finite())
+            } else {
+                serde_json_default_float(mant, exp10 as i32).map(|x| if neg { -x } else { x })
+            };
+            if let Some(x) = x {
+                return Ok(x);
+            }
+        }
+        serde_json::from_slice::<f64>(&b[start..i]).map_err(|_| ReadErr {
+            offset: start,
+            message: "invalid or out-of-range number",
+        })
+    }
+
+    /// Skips one value of any kind.
+    #[inline(always)]
+    fn skip_value(&mut self) -> Result<(), ReadErr> {
+        self.ws();
+        match self.peek() {
+            Some(b'"') => {
+                self.i += 1;
+                self.skip_string()
+            }
+            Some(b'{' | b'[') => self.skip_container(),
+            Some(_) => {
+                // Number or literal: up to the next delimiter.
+                let start = self.i;
+                while let Some(&c) = self.b.get(self.i) {
+                    if matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') {
+                        break;
+                    }
+                    self.i += 1;
+                }
+                if self.i == start {
+                    Err(self.err("expected a JSON value"))
+                } else {
+                    Ok(())
+                }
+            }
+            None => Err(self.err("unexpected end of input, expected a value")),
+        }
+    }
+
+    /// Skips a string body after its opening quote.
+    #[inline(always)]
+    fn skip_string(&mut self) -> Result<(), ReadErr> {
+        let b = self.b;
+        let mut i = self.i;
+        loop {
+            if let Some(w) = load8(b, i) {
+                let m = bytes_eq(w, b'"') | bytes_eq(w, b'\\');
+                if m == 0 {
+                    i += 8;
+                    continue;
+                }
+                i += (m.trailing_zeros() / 8) as usize;
+            }
+            match b.get(i) {
+                Some(b'"') => {
+                    self.i = i + 1;
+                    return Ok(());
+                }
+                Some(b'\\') => i += 2,
+                Some(_) => i += 1,
+                None => {
+                    self.i = b.len();
+                    return Err(self.err("unterminated string"));
+                }
+            }
+        }
+    }
+
+    /// Skips an array or object starting at its opening bracket.
+    fn skip_container(&mut self) -> Result<(), ReadErr> {
+        let open = self.b[self.i];
+        let close = if open == b'[' { b']' } else { b'}' };
+        self.i += 1;
+        self.skip_rest(open, close, 1)
+    }
+
+    /// Skips to just after the `close` bracket ending `depth` open
+    /// containers of its kind. In valid JSON brackets and braces nest
+    /// properly, so only this kind needs counting, and only outside strings.
+    ///
+    /// Eight bytes at a time (SWAR) while a word holds no backslash and no
+    /// bracket of this kind outside strings (quotes give which bytes are
+    /// inside strings by prefix parity); such words are done byte by byte.
+    fn skip_rest(&mut self, open: u8, close: u8, mut depth: usize) -> Result<(), ReadErr> {
+        let b = self.b;
+        let mut i = self.i;
+        let mut in_str = false;
+        let mut esc = false;
+        loop {
+            // After a backslash the next byte must be taken byte by byte.
+            while let Some(w) = load8(b, i).filter(|_| !esc) {
+                if bytes_eq(w, b'\\') != 0 {
+                    break;
+                }
+                let q = bytes_eq(w, b'"');
+                // Prefix parity of quotes: byte k has its high bit set when
+                // bytes 0..=k hold an odd number of quotes.
+                let mut p = q;
+                p ^= p << 8;
+                p ^= p << 16;
+                p ^= p << 32;
+                let brackets = bytes_eq(w, open) | bytes_eq(w, close);
+                if brackets != 0 {
+                    let inside = if in_str { !p & HIGH } else { p };
+                    if brackets & !inside != 0 {
+                        // A bracket outside strings: count it byte by byte.
+                        break;
+                    }
+                }
+                if p >> 63 != 0 {
+                    in_str = !in_str;
+                }
+                i += 8;
+            }
+            // Byte by byte through (at least) one word.
+            let stop = i + 8;
+            while i < stop || esc {
+                let Some(&c) = b.get(i) else {
+                    self.i = b.len();
+                    return Err(self.err("unexpected end of input inside an array or object"));
+                };
+                i += 1;
+                if esc {
+                    esc = false;
+                } else if in_str {
+                    if c == b'\\' {
+                        esc = true;
+                    } else if c == b'"' {
+                        in_str = false;
+                    }
+                } else if c == b'"' {
+                    in_str = true;
+                } else if c == open {
+                    depth += 1;
+                } else if c == close {
+                    depth -= 1;
+                    if depth == 0 {
+                        self.i = i;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_number(text: &str) -> Result<f64, ReadErr> {
+        let mut r = Reader {
+            b: text.as_bytes(),
+            i: 0,
+            scratch: String::new(),
+        };
+        let x = r.number()?;
+        if r.i == text.len() {
+            Ok(x)
+        } else {
+            Err(r.err("trailing"))
+        }
+    }
+
+    #[test]
+    fn numbers_read_exactly_as_serde_json() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        let mut checked = 0;
+        for _ in 0..200_000 {
+            let mut t = String::new();
+            if next() % 2 == 0 {
+                t.push('-');
+            }
+            let int_digits = 1 + next() % 21;
+            for k in 0..int_digits {
+                let d = next() % 10;
+                t.push(char::from(
+                    b'0' + if k == 0 && int_digits > 1 {
+                        1 + d % 9
+                    } else {
+                        d
+                    } as u8,
+                ));
+            }
+            if next() % 2 == 0 {
+                t.push('.');
+                for _ in 0..1 + next() % 20 {
+                    t.push(char::from(b'0' + (next() % 10) as u8));
+                }
+            }
+            if next() % 2 == 0 {
+                t.push(if next() % 2 == 0 { 'e' } else { 'E' });
+                match next() % 3 {
+                    0 => t.push('-'),
+                    1 => t.push('+'),
+                    _ => {}
+                }
+                t.push_str(&(next() % 420).to_string());
+            }
+            let ours = read_number(&t).ok();
+            let theirs = serde_json::from_str::<f64>(&t).ok();
+            assert_eq!(
+                ours.map(f64::to_bits),
+                theirs.map(f64::to_bits),
+                "{t}: ours {ours:?}, serde_json {theirs:?}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 200_000);
+        for bad in ["-", "01", "1.", ".5", "1e", "1e+", "--1", "+1"] {
+            assert!(read_number(bad).is_err(), "{bad}");
+        }
+    }
+}
