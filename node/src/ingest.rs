@@ -3,6 +3,7 @@
 
 use http::HeaderMap;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use strait_routing::event::{Event, EventError, percent_decode_header};
 
 use crate::config::Limits;
@@ -67,7 +68,9 @@ impl EntryError {
 /// One parsed entry: the event (with its serialized form) or why not.
 #[derive(Debug, Clone)]
 pub struct ParsedEvent {
-    /// The validated event, trace context added.
+    /// The validated event's context attributes, trace context added. In
+    /// structured and batch mode its `data` is only in `json` (kept as the
+    /// producer sent it, never parsed into a tree).
     pub event: Event,
     /// Its JSON structured form (serialized once, never re-parsed).
     pub json: Box<serde_json::value::RawValue>,
@@ -108,24 +111,34 @@ pub fn parse_request(
             match r {
                 Ok(e) => {
                     let id = Some(e.id().to_string());
-                    (id, finish_event(e, http_traceparent, limits))
+                    (id, finish_event(e, None, http_traceparent, limits))
                 }
                 Err(e) => (None, Err(EntryError::Event(e))),
             }
         };
     match ct_essence.as_deref() {
         Some(STRUCTURED) => {
-            let value = parse_json(body)?;
-            let id = entry_id(&value);
-            let (_, r) = finish(Event::from_structured(value));
-            Ok(vec![(id, r)])
+            let raw: Box<RawValue> = serde_json::from_slice(body)
+                .map_err(|e| RequestError::Malformed(format!("body is not valid JSON: {e}")))?;
+            let (id, r) = split_data(&raw);
+            Ok(vec![(
+                id,
+                r.map_err(EntryError::Event)
+                    .and_then(|(ev, data)| finish_event(ev, data, http_traceparent, limits)),
+            )])
         }
         Some(BATCH) => {
-            let value = parse_json(body)?;
-            let Value::Array(items) = value else {
-                return Err(RequestError::Malformed(
-                    "a batch must be a JSON array of events".into(),
-                ));
+            let items: Vec<Box<RawValue>> = match serde_json::from_slice(body) {
+                Ok(items) => items,
+                Err(e) => {
+                    // Valid JSON that is not an array, or not JSON at all?
+                    return Err(RequestError::Malformed(
+                        match serde_json::from_slice::<Value>(body) {
+                            Ok(_) => "a batch must be a JSON array of events".into(),
+                            Err(_) => format!("body is not valid JSON: {e}"),
+                        },
+                    ));
+                }
             };
             if items.is_empty() {
                 return Err(RequestError::Malformed("the batch is empty".into()));
@@ -138,18 +151,14 @@ pub fn parse_request(
                 )));
             }
             Ok(items
-                .into_iter()
+                .iter()
                 .enumerate()
-                .map(|(i, v)| {
-                    let id = entry_id(&v);
-                    let (_, r) = finish(Event::from_structured(v));
-                    (
-                        id,
-                        r.map_err(|e| match e {
-                            EntryError::Event(ev) => EntryError::Event(prefix_error(i, ev)),
-                            other => other,
-                        }),
-                    )
+                .map(|(i, raw)| {
+                    let (id, r) = split_data(raw);
+                    let r = r
+                        .map_err(|ev| EntryError::Event(prefix_error(i, ev)))
+                        .and_then(|(ev, data)| finish_event(ev, data, http_traceparent, limits));
+                    (id, r)
                 })
                 .collect())
         }
@@ -195,18 +204,104 @@ fn prefix_error(index: usize, e: EventError) -> EventError {
     }
 }
 
-fn entry_id(v: &Value) -> Option<String> {
-    v.get("id").and_then(Value::as_str).map(str::to_string)
+/// A structured event's attributes and its raw `data`, if any.
+type Split = (Event, Option<Box<RawValue>>);
+
+/// The members of one JSON object, values kept as raw JSON text.
+struct RawMembers(Vec<(String, Box<RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for RawMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawMembers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<RawMembers, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, Box<RawValue>>()? {
+                    out.push((k, v));
+                }
+                Ok(RawMembers(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, RequestError> {
-    serde_json::from_slice(body)
-        .map_err(|e| RequestError::Malformed(format!("body is not valid JSON: {e}")))
+/// Validate one structured event without building a JSON tree for its
+/// `data`: the context attributes are parsed and checked, the data stays raw
+/// text and is written back as it came. Returns the id (for error reports)
+/// and the event's attributes plus its raw data.
+fn split_data(raw: &RawValue) -> (Option<String>, Result<Split, EventError>) {
+    let members: RawMembers = match serde_json::from_str(raw.get()) {
+        Ok(m) => m,
+        Err(_) => {
+            let kind = serde_json::from_str::<Value>(raw.get())
+                .map(|v| strait_routing::event::json_kind(&v))
+                .unwrap_or("invalid JSON");
+            return (
+                None,
+                Err(EventError::Malformed(format!(
+                    "an event must be a JSON object, got {kind}"
+                ))),
+            );
+        }
+    };
+    let mut map = serde_json::Map::new();
+    let mut data = None;
+    for (k, v) in members.0 {
+        if k == "data" {
+            // `"data": null` is the same as no data.
+            data = (v.get().trim() != "null").then_some(v);
+            continue;
+        }
+        match serde_json::from_str::<Value>(v.get()) {
+            Ok(val) => {
+                map.insert(k, val);
+            }
+            Err(e) => return (None, Err(EventError::Malformed(e.to_string()))),
+        }
+    }
+    let id = map.get("id").and_then(Value::as_str).map(str::to_string);
+    if data.is_some() {
+        // Stand-in so validation sees that data is present.
+        map.insert("data".into(), Value::Bool(true));
+    }
+    let r = Event::from_structured(Value::Object(map)).map(|mut ev| {
+        if data.is_some() {
+            ev.remove_attr("data");
+        }
+        (ev, data)
+    });
+    (id, r)
+}
+
+/// An event's attributes followed by its raw data, serialized as one object.
+struct WithData<'a>(&'a serde_json::Map<String, Value>, Option<&'a RawValue>);
+
+impl serde::Serialize for WithData<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        if let Some(d) = self.1 {
+            m.serialize_entry("data", d)?;
+        }
+        m.end()
+    }
 }
 
 /// Add trace context and `time` (ingestion time) when missing, and check the size.
 fn finish_event(
     mut event: Event,
+    data: Option<Box<RawValue>>,
     http_traceparent: Option<TraceParent>,
     limits: &Limits,
 ) -> Result<ParsedEvent, EntryError> {
@@ -236,7 +331,7 @@ fn finish_event(
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         event.set_attr("time", Value::String(now));
     }
-    let json = serde_json::value::to_raw_value(event.as_map())
+    let json = serde_json::value::to_raw_value(&WithData(event.as_map(), data.as_deref()))
         .map_err(|e| EventError::Malformed(e.to_string()))?;
     if json.get().len() > limits.max_event_bytes {
         return Err(EntryError::TooLarge {

@@ -308,6 +308,11 @@ impl Event {
         self.attrs.insert(name.to_string(), value);
     }
 
+    /// Remove an attribute (or `data`), returning it.
+    pub fn remove_attr(&mut self, name: &str) -> Option<Value> {
+        self.attrs.shift_remove(name)
+    }
+
     /// The structured JSON form.
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.attrs
