@@ -318,15 +318,21 @@ impl Receiver {
         I: IntoIterator<Item = &'a String>,
     {
         let want: BTreeSet<String> = ids.into_iter().cloned().collect();
+        // Incremental: each wake-up looks only at requests not seen before,
+        // so waiting for n ids costs O(n), not O(n²).
+        let mut missing = want.clone();
+        let mut seen = 0;
         let result = self
             .wait_until(&format!("{} event ids", want.len()), timeout, |reqs| {
-                let got: BTreeSet<String> = reqs
-                    .iter()
-                    .filter(|r| r.succeeded())
-                    .filter_map(ReceivedRequest::event)
-                    .map(|e| e.id)
-                    .collect();
-                want.is_subset(&got)
+                for r in &reqs[seen.min(reqs.len())..] {
+                    if r.succeeded()
+                        && let Some(e) = r.event()
+                    {
+                        missing.remove(&e.id);
+                    }
+                }
+                seen = reqs.len();
+                missing.is_empty()
             })
             .await;
         if let Err(e) = result {
