@@ -127,7 +127,11 @@ fn reconcile(
     let mut wanted = HashMap::new();
     let mut compiled_rules = Vec::new();
     for ((bus, rule_name), json) in rules {
-        let compiled = match RuleSpec::from_json(&json).and_then(|s| s.compile()) {
+        // Stored rules were validated and normalized on write: parse and compile once.
+        let parsed = serde_json::from_value::<RuleSpec>(json.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|s| s.compile().map_err(|e| e.to_string()));
+        let compiled = match parsed {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 tracing::error!(bus, rule = rule_name, error = %e, "stored rule does not compile; skipping");
@@ -330,15 +334,17 @@ impl TargetWorker {
     /// Match, transform, deliver with retries; returns the event's seq once
     /// it is finished (delivered, dead-lettered or not matched).
     async fn process(self: Arc<Self>, pending: Pending) -> u64 {
-        let (seq, ingest_ms, value) = match pending {
+        // `decided`: the feed already matched this event against this rule.
+        let (seq, ingest_ms, value, decided) = match pending {
             Pending::Fed(item) => {
                 // The feed's verdict holds unless it used an older rule set
                 // than the one this worker's rule entered with.
-                if item.version >= self.version && !item.rules.contains(&self.rule_name) {
+                let current = item.version >= self.version;
+                if current && !item.rules.contains(&self.rule_name) {
                     return item.seq;
                 }
                 match &item.value {
-                    Some(v) => (item.seq, item.ingest_ms, v.clone()),
+                    Some(v) => (item.seq, item.ingest_ms, v.clone(), current),
                     None => {
                         tracing::error!(seq = item.seq, "stored event is not JSON; skipping");
                         return item.seq;
@@ -346,14 +352,14 @@ impl TargetWorker {
                 }
             }
             Pending::Stored(stored) => match serde_json::from_slice(&stored.json) {
-                Ok(v) => (stored.seq, stored.ingest_ms, v),
+                Ok(v) => (stored.seq, stored.ingest_ms, v, false),
                 Err(e) => {
                     tracing::error!(seq = stored.seq, error = %e, "stored event is not JSON; skipping");
                     return stored.seq;
                 }
             },
         };
-        if !self.rule.spec.enabled || !self.rule.pattern.matches(&value) {
+        if !self.rule.spec.enabled || (!decided && !self.rule.pattern.matches(&value)) {
             return seq;
         }
         let original = match Event::from_structured(value.clone()) {
