@@ -367,7 +367,10 @@ async fn the_client_reconnects_after_the_server_restarts() {
     peer.request(METHOD_ECHO, Bytes::from_static(b"1"))
         .await
         .expect("first");
-    let first = peer.connection().await.expect("conn").stable_id();
+    // Keep the old connection object alive: `stable_id` is an address, and
+    // a freed one could be handed to the new connection.
+    let old_conn = peer.connection().await.expect("conn");
+    let first = old_conn.stable_id();
 
     srv.close().await;
     drop(srv);
@@ -413,6 +416,7 @@ async fn the_client_reconnects_after_the_server_restarts() {
         first,
         "a new connection"
     );
+    drop(old_conn);
     cli.close().await;
     srv.close().await;
 }
