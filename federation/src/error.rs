@@ -23,4 +23,11 @@ pub enum FederationError {
     /// The write could not be committed.
     #[error("write failed: {0}")]
     Write(String),
+    /// The leader could not be reached (the write may or may not have been
+    /// committed; retrying is safe for idempotent commands).
+    #[error("leader unreachable: {0}")]
+    Unreachable(String),
+    /// A membership change was refused.
+    #[error("membership change refused: {0}")]
+    Membership(String),
 }

@@ -23,7 +23,7 @@ pub mod transport;
 
 pub use command::{AppendEntry, AppendOutcome, Command, CommandResponse};
 pub use error::FederationError;
-pub use site::{Bootstrap, Site, SiteOptions};
+pub use site::{Bootstrap, RaftTiming, Site, SiteOptions};
 pub use store::state::{SiteState, StoredEvent};
 
 /// Node ids inside a Raft group.

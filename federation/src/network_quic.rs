@@ -76,7 +76,9 @@ pub async fn forward_write(
     let reply = leader
         .request(METHOD_CLIENT_WRITE, body)
         .await
-        .map_err(|e| FederationError::Write(format!("forwarding to the leader failed: {e}")))?;
+        .map_err(|e| {
+            FederationError::Unreachable(format!("forwarding to {} failed: {e}", leader.peer()))
+        })?;
     let reply: ForwardReply = serde_json::from_slice(&reply).map_err(|e| {
         FederationError::Write(format!("undecodable answer from {}: {e}", leader.peer()))
     })?;

@@ -1,13 +1,13 @@
 //! Opening a site's Raft group on a data directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::network::RaftNetworkFactory;
-use openraft::{Config, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, SnapshotPolicy};
 
 use crate::command::{Command, CommandResponse};
 use crate::error::FederationError;
@@ -44,6 +44,27 @@ pub struct SiteOptions {
     /// Fsync applied state at most this often (zero: on every apply). The
     /// log is always fsynced before an entry counts as written.
     pub state_flush_interval: Duration,
+    /// Raft timing.
+    pub timing: RaftTiming,
+}
+
+/// Raft heartbeat and election timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// Leader heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// A follower that hears nothing for a random time between this and
+    /// twice this starts an election, ms.
+    pub election_timeout_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 100,
+            election_timeout_ms: 300,
+        }
+    }
 }
 
 /// A running site group on this node.
@@ -84,9 +105,9 @@ impl Site {
         let sm = StateMachine::new(state.clone(), &opts.data_dir, opts.state_flush_interval);
         let config = Config {
             cluster_name: "strait-site".into(),
-            heartbeat_interval: 250,
-            election_timeout_min: 600,
-            election_timeout_max: 1200,
+            heartbeat_interval: opts.timing.heartbeat_ms,
+            election_timeout_min: opts.timing.election_timeout_ms,
+            election_timeout_max: opts.timing.election_timeout_ms * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every.max(16)),
             max_in_snapshot_log_to_keep: 256,
             ..Default::default()
@@ -100,6 +121,30 @@ impl Site {
             .is_initialized()
             .await
             .map_err(|e| FederationError::Raft(e.to_string()))?;
+        if initialized {
+            // A restarted member must not start an election before it has
+            // had a chance to hear the current leader: its higher term would
+            // depose a healthy leader (openraft 0.9 has no pre-vote).
+            let voters = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .count();
+            if voters > 1 {
+                raft.runtime_config().elect(false);
+                let r = raft.clone();
+                let quiet = Duration::from_millis(opts.timing.election_timeout_ms * 4);
+                tokio::spawn(async move {
+                    let _ = r
+                        .wait(Some(quiet))
+                        .metrics(|m| m.current_leader.is_some(), "heard a leader")
+                        .await;
+                    r.runtime_config().elect(true);
+                });
+            }
+        }
         if !initialized {
             let members = match bootstrap {
                 Bootstrap::Single => Some(BTreeMap::from([(opts.node_id, opts.node.clone())])),
@@ -145,6 +190,65 @@ impl Site {
         }
     }
 
+    /// Add `id` (reached at `node`) to the group as a voter: first as a
+    /// learner, waiting until it has caught up, then promoted. Must run on
+    /// the leader. Adding a node that is already a voter only updates
+    /// nothing and succeeds.
+    pub async fn add_member(&self, id: NodeId, node: NodeInfo) -> Result<(), FederationError> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        if membership.membership().voter_ids().any(|v| v == id) {
+            return Ok(());
+        }
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(membership_error)?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(membership_error)?;
+        Ok(())
+    }
+
+    /// Remove `id` from the group (voter and node). Must run on the leader.
+    /// The last voter cannot be removed.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), FederationError> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+        let known = membership.membership().get_node(&id).is_some();
+        if !known {
+            return Err(FederationError::Membership(format!(
+                "node {id} is not a member of this site"
+            )));
+        }
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(FederationError::Membership(format!(
+                    "node {id} is the only voter; a site cannot remove its last voter"
+                )));
+            }
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(membership_error)?;
+        }
+        let still_known = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if still_known {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(membership_error)?;
+        }
+        Ok(())
+    }
+
     /// Stop Raft cleanly and make applied state durable.
     pub async fn shutdown(&self) -> Result<(), FederationError> {
         self.raft
@@ -155,5 +259,16 @@ impl Site {
             path: "state.redb".into(),
             message: e.to_string(),
         })
+    }
+}
+
+fn membership_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
+) -> FederationError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => FederationError::NotLeader {
+            leader: f.leader_id,
+        },
+        other => FederationError::Membership(other.to_string()),
     }
 }

@@ -85,6 +85,7 @@ async fn open(
             node: info(addr),
             snapshot_every,
             state_flush_interval: Duration::from_millis(100),
+            timing: Default::default(),
         },
         QuicNetwork::new(endpoint.clone()),
         bootstrap,

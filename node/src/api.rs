@@ -65,8 +65,11 @@ impl From<SpecError> for ApiError {
 impl From<FederationError> for ApiError {
     fn from(e: FederationError) -> Self {
         match e {
-            FederationError::NotLeader { .. } => {
+            FederationError::NotLeader { .. } | FederationError::Unreachable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", e.to_string())
+            }
+            FederationError::Membership(_) => {
+                ApiError::new(StatusCode::CONFLICT, "MembershipChangeRefused", e.to_string())
             }
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -77,7 +80,7 @@ impl From<FederationError> for ApiError {
     }
 }
 
-pub(crate) type ApiResult<T> = Result<T, ApiError>;
+pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Build the router.
 pub fn router(app: Arc<App>) -> Router {
@@ -96,6 +99,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/patterns:test", post(test_pattern))
         .route("/v1/transforms:test", post(test_transform))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/members", post(crate::cluster_api::add_member))
+        .route(
+            "/v1/cluster/members/{id}",
+            axum::routing::delete(crate::cluster_api::remove_member),
+        )
         .layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .merge(v1)
@@ -150,7 +158,7 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
     }
 }
 
-pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+pub async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
     use futures::StreamExt;
     let mut stream = body.into_data_stream();
     let mut buf = bytes::BytesMut::new();
@@ -424,7 +432,7 @@ async fn put_bus(
         .map(str::to_string);
     let spec = bus_json(&bus, &description, created.as_deref());
     command_result(
-        app.site
+        app.writer
             .write(Command::PutBus {
                 name: bus,
                 spec: spec.clone(),
@@ -438,7 +446,7 @@ async fn delete_bus(
     State(app): State<Arc<App>>,
     Path(bus): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    command_result(app.site.write(Command::DeleteBus { name: bus }).await?)?;
+    command_result(app.writer.write(Command::DeleteBus { name: bus }).await?)?;
     Ok(Json(json!({"deleted": true})))
 }
 
@@ -555,7 +563,7 @@ async fn put_rule(
     })?;
     let targets = spec.targets.iter().map(|t| t.id.clone()).collect();
     command_result(
-        app.site
+        app.writer
             .write(Command::PutRule {
                 bus: bus.clone(),
                 name: rule.clone(),
@@ -572,7 +580,7 @@ async fn delete_rule(
     Path((bus, rule)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     command_result(
-        app.site
+        app.writer
             .write(Command::DeleteRule { bus, name: rule })
             .await?,
     )?;
@@ -634,24 +642,7 @@ async fn test_transform(State(app): State<Arc<App>>, body: Body) -> ApiResult<Js
 }
 
 async fn cluster(State(app): State<Arc<App>>) -> Json<Value> {
-    let m = app.site.raft.metrics().borrow().clone();
-    let members: Vec<Value> = m
-        .membership_config
-        .membership()
-        .nodes()
-        .map(|(id, n)| json!({"id": id, "httpAddr": n.http_addr, "raftAddr": n.raft_addr}))
-        .collect();
-    Json(json!({
-        "site": app.cfg.site,
-        "nodeId": m.id,
-        "role": format!("{:?}", m.state),
-        "leader": m.current_leader,
-        "term": m.current_term,
-        "lastLogIndex": m.last_log_index,
-        "commitIndex": m.last_applied.map(|l| l.index),
-        "nodes": members,
-        "links": [],
-    }))
+    Json(crate::cluster::status(&app.cfg, &app.site, app.cert_expiry))
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use strait_adapters::SinkContext;
-use strait_federation::{Command, CommandResponse, NodeInfo, Site, SiteOptions};
+use strait_federation::{Command, CommandResponse, Site};
+
+use crate::cluster::Writer;
 
 use crate::commit::{Committer, now_ms};
 use crate::config::NodeConfig;
@@ -28,42 +30,37 @@ pub struct App {
     pub metrics: PrometheusHandle,
     /// Alibaba ingress keys, push keys and the nonce cache.
     pub alibaba: crate::alibaba::AlibabaState,
+    /// Writes routed to the site's leader.
+    pub writer: Writer,
+    /// Expiry of this node's certificate (cluster mode).
+    pub cert_expiry: Option<i64>,
 }
 
 /// Open storage and Raft, create configured buses, start the dispatcher.
 pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
     let alibaba = crate::alibaba::AlibabaState::from_config(&cfg.alibaba)?;
-    let site = Site::open(SiteOptions {
-        data_dir: cfg.data_dir.clone(),
-        node_id: cfg.node_id,
-        node: NodeInfo {
-            http_addr: cfg.http.clone(),
-            raft_addr: String::new(),
-        },
-        snapshot_every: cfg.snapshot_every,
-        state_flush_interval: Duration::from_millis(cfg.state_flush_ms),
-    })
-    .await?;
-    site.wait_for_leader(Duration::from_secs(30)).await?;
-    let committer = Committer::start(
+    let (site, endpoint) = crate::cluster::open_site(&cfg).await?;
+    let clustered = endpoint.is_some();
+    let writer = Writer::new(
         site.clone(),
+        endpoint,
+        Duration::from_millis(cfg.cluster.write_timeout_ms),
+    );
+    if !clustered {
+        // A one-node site elects itself at once; create the configured
+        // buses before serving. In a cluster the leader does it.
+        site.wait_for_leader(Duration::from_secs(30)).await?;
+        ensure_buses(&writer, &site, &cfg.buses).await?;
+    }
+    let committer = Committer::start(
+        writer.clone(),
         cfg.batching.clone(),
         cfg.dedup_window_secs.saturating_mul(1000),
     );
-    for bus in &cfg.buses {
-        let exists = site.state.view().buses.contains_key(bus);
-        if !exists {
-            let resp = site
-                .write(Command::PutBus {
-                    name: bus.clone(),
-                    spec: bus_json(bus, "", None),
-                })
-                .await?;
-            if !matches!(resp, CommandResponse::Ok) {
-                anyhow::bail!("creating bus {bus}: {resp:?}");
-            }
-        }
+    if cfg.cluster.join.is_some() {
+        tokio::spawn(crate::cluster::join(site.clone(), cfg.clone()));
     }
+    let cert_expiry = crate::cluster::cert_expiry(&cfg);
     let sinks = SinkContext {
         http: Default::default(),
         alibaba_credentials: Arc::new(cfg.alibaba.credentials.clone()),
@@ -76,9 +73,30 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         sinks,
         alibaba,
         metrics: crate::telemetry::metrics_handle(),
+        writer,
+        cert_expiry,
     });
     tokio::spawn(crate::dispatch::run(app.clone()));
     Ok(app)
+}
+
+/// Create the configured buses that do not exist yet.
+pub async fn ensure_buses(writer: &Writer, site: &Site, buses: &[String]) -> anyhow::Result<()> {
+    for bus in buses {
+        let exists = site.state.view().buses.contains_key(bus);
+        if !exists {
+            let resp = writer
+                .write(Command::PutBus {
+                    name: bus.clone(),
+                    spec: bus_json(bus, "", None),
+                })
+                .await?;
+            if !matches!(resp, CommandResponse::Ok) {
+                anyhow::bail!("creating bus {bus}: {resp:?}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The stored form of a bus.

@@ -36,6 +36,73 @@ pub enum Commands {
     /// Create the cluster CA and node certificates (for QUIC mutual TLS).
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Inspect and change a site's membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Start or stop a cluster of local processes on loopback.
+    #[command(subcommand)]
+    Local(LocalCommand),
+}
+
+/// `strait cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Nodes, roles, leader, term, replication lag, certificate expiry.
+    Status {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a running node (started with `--join` or as a learner) as a voter.
+    Join {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The node's id.
+        #[arg(long)]
+        node_id: u64,
+        /// Its QUIC address (host:port).
+        #[arg(long)]
+        raft_addr: String,
+        /// Its HTTP address (host:port).
+        #[arg(long)]
+        http_addr: String,
+    },
+    /// Remove a node from its site.
+    Leave {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The node's id.
+        #[arg(long)]
+        node_id: u64,
+    },
+}
+
+/// `strait local ...`.
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
+    /// Start nodes (each a background process) and write DIR/cluster.json.
+    Up {
+        /// Directory for certificates, configs, data, logs and cluster.json.
+        #[arg(long)]
+        dir: PathBuf,
+        /// A site and its node count, e.g. `idc:3` (repeatable).
+        #[arg(long = "site", required = true)]
+        sites: Vec<String>,
+        /// YAML mapping merged into every node's config.
+        #[arg(long)]
+        extra: Option<PathBuf>,
+        /// Seconds to wait for every node to be ready.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Stop the nodes listed in DIR/cluster.json (data is kept).
+    Down {
+        /// The directory given to `up`.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 /// `strait cert ...`.
@@ -96,6 +163,10 @@ pub struct ServeArgs {
     /// HTTP listen address (overrides the config file).
     #[arg(long)]
     pub http: Option<String>,
+    /// Join an existing site through this node's HTTP address (overrides
+    /// `cluster.join`; needs `cluster.listen` and `cluster.certs_dir`).
+    #[arg(long)]
+    pub join: Option<String>,
 }
 
 /// Where the API is and how to authenticate.
@@ -177,6 +248,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Get(a) => get(a).await.map(|_| ExitCode::SUCCESS),
         Commands::TestPattern(a) => test_pattern(a),
         Commands::Cert(c) => cert(c).map(|_| ExitCode::SUCCESS),
+        Commands::Cluster(c) => cluster(c).await.map(|_| ExitCode::SUCCESS),
+        Commands::Local(c) => local(c).await.map(|_| ExitCode::SUCCESS),
     }
 }
 
@@ -193,6 +266,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(h) = a.http {
         cfg.http = h;
+    }
+    if let Some(j) = a.join {
+        cfg.cluster.join = Some(j);
+        cfg.cluster.initial_members.clear();
     }
     if a.config.is_none() && !a.dev {
         bail!("give --dev for a local development node, or --config FILE for a real one");
@@ -221,11 +298,106 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let router = crate::api::router(app.clone());
     axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
     app.site.shutdown().await?;
+    if let Some(e) = app.writer.endpoint() {
+        e.close().await;
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
+    match c {
+        ClusterCommand::Status { server, json } => {
+            let (client, base) = client(&server);
+            let (status, body) =
+                send(with_auth(client.get(format!("{base}/v1/cluster")), &server), "cluster status").await?;
+            if status != 200 {
+                return Err(api_error("cluster status", status, &body));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print!("{}", crate::local::status_table(&body));
+            }
+        }
+        ClusterCommand::Join {
+            server,
+            node_id,
+            raft_addr,
+            http_addr,
+        } => {
+            let (client, base) = client(&server);
+            let req = client
+                .post(format!("{base}/v1/cluster/members"))
+                .json(&json!({"id": node_id, "raftAddr": raft_addr, "httpAddr": http_addr}));
+            let (status, body) = send(with_auth(req, &server), "cluster join").await?;
+            if status != 200 {
+                return Err(api_error("cluster join", status, &body));
+            }
+            println!("node {node_id} is a voter; voters now {}", body["voters"]);
+        }
+        ClusterCommand::Leave { server, node_id } => {
+            let (client, base) = client(&server);
+            let req = client.delete(format!("{base}/v1/cluster/members/{node_id}"));
+            let (status, body) = send(with_auth(req, &server), "cluster leave").await?;
+            if status != 200 {
+                return Err(api_error("cluster leave", status, &body));
+            }
+            println!("node {node_id} removed; voters now {}", body["voters"]);
+        }
+    }
+    Ok(())
+}
+
+async fn local(c: LocalCommand) -> anyhow::Result<()> {
+    match c {
+        LocalCommand::Up {
+            dir,
+            sites,
+            extra,
+            timeout,
+        } => {
+            let sites = sites
+                .iter()
+                .map(|s| crate::local::parse_site(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let opts = crate::local::UpOptions {
+                dir: dir.clone(),
+                sites,
+                extra,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            let cluster = crate::local::up(&opts).await?;
+            println!(
+                "local cluster up ({} nodes); see {}",
+                cluster.nodes.len(),
+                crate::local::cluster_file(&dir).display()
+            );
+            print!("{}", crate::local::describe(&cluster));
+        }
+        LocalCommand::Down { dir } => {
+            let nodes = crate::local::down(&dir, std::time::Duration::from_secs(10)).await?;
+            println!("stopped {} nodes (data kept in {})", nodes.len(), dir.display());
+        }
+    }
     Ok(())
 }
 

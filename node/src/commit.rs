@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use strait_federation::{
-    AppendEntry, AppendOutcome, Command, CommandResponse, FederationError, Site,
-};
+use strait_federation::{AppendEntry, AppendOutcome, Command, CommandResponse, FederationError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 
+use crate::cluster::Writer;
 use crate::config::Batching;
 
 /// Why a commit failed (the events were not stored).
@@ -45,7 +44,7 @@ pub fn now_ms() -> u64 {
 
 impl Committer {
     /// Start the batching task.
-    pub fn start(site: Site, batching: Batching, dedup_window_ms: u64) -> Committer {
+    pub fn start(site: Writer, batching: Batching, dedup_window_ms: u64) -> Committer {
         let (tx, rx) = mpsc::channel::<Pending>(16 * 1024);
         tokio::spawn(run(site, batching, dedup_window_ms, rx));
         Committer { tx }
@@ -74,7 +73,7 @@ impl Committer {
 }
 
 async fn run(
-    site: Site,
+    site: Writer,
     batching: Batching,
     dedup_window_ms: u64,
     mut rx: mpsc::Receiver<Pending>,
@@ -109,7 +108,7 @@ async fn run(
     }
 }
 
-async fn propose(site: &Site, batch: Vec<Pending>, dedup_window_ms: u64) {
+async fn propose(site: &Writer, batch: Vec<Pending>, dedup_window_ms: u64) {
     let mut sizes = Vec::with_capacity(batch.len());
     let mut entries = Vec::new();
     let mut replies = Vec::with_capacity(batch.len());
@@ -130,8 +129,9 @@ async fn propose(site: &Site, batch: Vec<Pending>, dedup_window_ms: u64) {
             "unexpected state machine answer {other:?}"
         ))),
         Err(FederationError::NotLeader { leader }) => Err(CommitError::NotReady(format!(
-            "not the leader (leader: {leader:?})"
+            "no leader could take the write (last known leader: {leader:?})"
         ))),
+        Err(FederationError::Unreachable(m)) => Err(CommitError::NotReady(m)),
         Err(e) => Err(CommitError::Failed(e.to_string())),
     };
     match result {

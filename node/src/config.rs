@@ -199,6 +199,9 @@ pub struct NodeConfig {
     pub telemetry: Telemetry,
     /// Alibaba Cloud secrets, ingress and push source.
     pub alibaba: Alibaba,
+    /// Site cluster membership and the QUIC transport (one-node site when
+    /// `cluster.listen` is unset).
+    pub cluster: Cluster,
 }
 
 impl Default for NodeConfig {
@@ -220,6 +223,63 @@ impl Default for NodeConfig {
             batching: Batching::default(),
             telemetry: Telemetry::default(),
             alibaba: Alibaba::default(),
+            cluster: Cluster::default(),
+        }
+    }
+}
+
+/// One member of a new site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Node id.
+    pub id: u64,
+    /// QUIC address (`host:port`).
+    pub raft_addr: String,
+    /// HTTP address (`host:port`).
+    #[serde(default)]
+    pub http_addr: String,
+}
+
+/// Site cluster settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// QUIC listen address (UDP). Unset: a one-node site without transport.
+    pub listen: Option<String>,
+    /// The QUIC address peers use to reach this node (default: `listen`).
+    pub advertise: Option<String>,
+    /// The HTTP address other nodes and clients use for this node (default: `http`).
+    pub advertise_http: Option<String>,
+    /// Directory with `ca.pem`, `node-<id>.pem`, `node-<id>.key`.
+    pub certs_dir: Option<PathBuf>,
+    /// Members of a new site (the same list on every one of them; the
+    /// lowest id forms the group). Ignored once the node has state.
+    pub initial_members: Vec<Member>,
+    /// HTTP address (`http://host:port`) of any node of an existing site to
+    /// join through (`strait serve --join`).
+    pub join: Option<String>,
+    /// How long a write waits for a leader (elections, forwarding) before it
+    /// fails with 503.
+    pub write_timeout_ms: u64,
+    /// Raft leader heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// Raft election timeout (a random time between this and twice this), ms.
+    pub election_timeout_ms: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            listen: None,
+            advertise: None,
+            advertise_http: None,
+            certs_dir: None,
+            initial_members: Vec::new(),
+            join: None,
+            write_timeout_ms: 10_000,
+            heartbeat_ms: 100,
+            election_timeout_ms: 300,
         }
     }
 }
@@ -324,7 +384,77 @@ impl NodeConfig {
                 return invalid("buses", &format!("{b:?} is not a valid bus name"));
             }
         }
-        self.validate_alibaba()
+        self.validate_alibaba()?;
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let at = |field: &str, message: String| {
+            Err(ConfigError::InvalidAt {
+                field: format!("cluster.{field}"),
+                message,
+            })
+        };
+        if c.heartbeat_ms == 0 || c.election_timeout_ms <= c.heartbeat_ms * 2 {
+            return at(
+                "election_timeout_ms",
+                format!(
+                    "must be more than twice heartbeat_ms ({}), got {}",
+                    c.heartbeat_ms, c.election_timeout_ms
+                ),
+            );
+        }
+        let Some(listen) = &c.listen else {
+            if !c.initial_members.is_empty() || c.join.is_some() {
+                return at(
+                    "listen",
+                    "a QUIC listen address is required with initial_members or join".into(),
+                );
+            }
+            return Ok(());
+        };
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return at(
+                "listen",
+                format!("{listen:?} is not an address like 127.0.0.1:7401"),
+            );
+        }
+        if c.certs_dir.is_none() {
+            return at(
+                "certs_dir",
+                "required in cluster mode: a directory with ca.pem, node-<id>.pem and node-<id>.key (see `strait cert`)".into(),
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, m) in c.initial_members.iter().enumerate() {
+            if !seen.insert(m.id) {
+                return at(
+                    &format!("initial_members[{i}].id"),
+                    format!("node id {} appears twice", m.id),
+                );
+            }
+            if m.raft_addr.is_empty() {
+                return at(
+                    &format!("initial_members[{i}].raft_addr"),
+                    "must be set (host:port of the node's QUIC endpoint)".into(),
+                );
+            }
+        }
+        if !c.initial_members.is_empty() && !seen.contains(&self.node_id) {
+            return at(
+                "initial_members",
+                format!("must include this node (node_id {})", self.node_id),
+            );
+        }
+        if c.join.is_some() && !c.initial_members.is_empty() {
+            return at(
+                "join",
+                "give either join (an existing site) or initial_members (a new site), not both"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     fn validate_alibaba(&self) -> Result<(), ConfigError> {

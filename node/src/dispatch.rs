@@ -70,14 +70,68 @@ struct Worker {
     handle: JoinHandle<()>,
 }
 
-/// Run the dispatcher until the process stops.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Run the dispatcher until the process stops: only while this node leads
+/// its site, so every target has exactly one active dispatcher. A new
+/// leader resumes every target from its replicated checkpoint; deliveries
+/// that were in flight on the old leader may repeat (same event id).
 pub async fn run(app: Arc<App>) {
+    let mut metrics = app.site.raft.metrics();
+    loop {
+        // Wait until this node leads.
+        while !crate::cluster::is_leader(&app.site) {
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+        tracing::info!(node = app.site.node_id, "leading the site: dispatcher started");
+        metrics::counter!("strait_dispatcher_starts_total").increment(1);
+        if let Err(e) = crate::app::ensure_buses(&app.writer, &app.site, &app.cfg.buses).await {
+            tracing::warn!(error = %e, "cannot create the configured buses");
+        }
+        let lost = async {
+            while crate::cluster::is_leader(&app.site) {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = lead(app.clone()) => return,
+            _ = lost => {}
+        }
+        tracing::info!(node = app.site.node_id, "no longer leading: dispatcher stopped");
+        // Forget in-memory progress: the next term starts from checkpoints.
+        match app.progress.lock() {
+            Ok(mut g) => g.clear(),
+            Err(p) => p.into_inner().clear(),
+        }
+    }
+}
+
+/// The dispatcher of a leader: feeds and workers follow the replicated
+/// rules; everything stops when this future is dropped.
+async fn lead(app: Arc<App>) {
     let state = app.site.state.clone();
     let mut config_rx = state.subscribe_config();
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut feeds: HashMap<String, Feed> = HashMap::new();
     let mut version = 0u64;
-    tokio::spawn(checkpointer(app.clone()));
+    let _checkpointer = AbortOnDrop(tokio::spawn(checkpointer(app.clone())));
     loop {
         config_rx.borrow_and_update();
         version += 1;
@@ -86,17 +140,17 @@ pub async fn run(app: Arc<App>) {
             break;
         }
     }
-    for (_, w) in workers {
-        w.handle.abort();
-    }
-    for (_, f) in feeds {
-        f.handle.abort();
-    }
 }
 
 struct Feed {
     feed: Arc<BusFeed>,
     handle: JoinHandle<()>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
 }
 
 /// One compiled rule set per bus (enabled rules only), keyed by rule name.
@@ -617,7 +671,7 @@ async fn checkpointer(app: Arc<App>) {
                 dedup_window_ms: app.cfg.dedup_window_secs.saturating_mul(1000),
                 cursors: changed.clone(),
             };
-            match app.site.write(cmd).await {
+            match app.writer.write(cmd).await {
                 Ok(_) => {
                     for (k, c) in changed {
                         last_sent.insert(k, c);

@@ -1,0 +1,346 @@
+//! The node's place in its site cluster: the QUIC endpoint, opening the
+//! site's Raft group over it, writes routed to the leader, membership
+//! changes and the cluster status document.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use openraft::ServerState;
+use serde_json::{Value, json};
+use strait_federation::certs::{self, NodeCredentials};
+use strait_federation::network_quic::{QuicNetwork, RaftService, write_via_leader};
+use strait_federation::transport::{AcceptPolicy, Endpoint, TransportConfig};
+use strait_federation::{
+    Bootstrap, Command, CommandResponse, FederationError, NodeId, NodeInfo, Site, SiteOptions,
+};
+
+use crate::config::NodeConfig;
+
+/// Writes through the site's leader: locally when this node leads,
+/// forwarded over QUIC otherwise, retried across elections until the
+/// configured write timeout.
+#[derive(Clone)]
+pub struct Writer {
+    site: Site,
+    endpoint: Option<Endpoint>,
+    timeout: Duration,
+}
+
+impl Writer {
+    /// A writer for `site` (one-node site when `endpoint` is `None`).
+    pub fn new(site: Site, endpoint: Option<Endpoint>, timeout: Duration) -> Writer {
+        Writer {
+            site,
+            endpoint,
+            timeout,
+        }
+    }
+
+    /// Propose `cmd` to the leader and wait until it is applied there.
+    ///
+    /// Retries while there is no leader or the leader cannot be reached.
+    /// A retry after an unanswered forward may apply a command twice; every
+    /// command is idempotent (appends are deduplicated by event id).
+    pub async fn write(&self, cmd: Command) -> Result<CommandResponse, FederationError> {
+        let Some(endpoint) = &self.endpoint else {
+            return self.site.write(cmd).await;
+        };
+        let deadline = Instant::now() + self.timeout;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let leader = self.site.raft.metrics().borrow().current_leader;
+            // A request to a leader that just died would wait for the QUIC
+            // idle timeout; give up on it as soon as another leader is known.
+            let result = tokio::select! {
+                r = write_via_leader(&self.site, endpoint, cmd.clone()) => r,
+                _ = leader_changed(&self.site, leader) => Err(FederationError::NotLeader { leader: None }),
+            };
+            match result {
+                Err(FederationError::NotLeader { .. } | FederationError::Unreachable(_))
+                    if Instant::now() + delay < deadline =>
+                {
+                    // Retry as soon as another leader is known (or after a backoff).
+                    let now_leader = self.site.raft.metrics().borrow().current_leader;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = leader_changed(&self.site, now_leader) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_millis(400));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The QUIC endpoint (cluster mode only).
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        self.endpoint.as_ref()
+    }
+}
+
+/// Resolves when the site's leader (as this node sees it) is no longer `leader`.
+async fn leader_changed(site: &Site, leader: Option<NodeId>) {
+    let mut rx = site.raft.metrics();
+    loop {
+        if rx.borrow_and_update().current_leader != leader {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// This node's addresses as the group records them.
+pub fn node_info(cfg: &NodeConfig) -> NodeInfo {
+    let c = &cfg.cluster;
+    NodeInfo {
+        http_addr: c.advertise_http.clone().unwrap_or_else(|| cfg.http.clone()),
+        raft_addr: c
+            .advertise
+            .clone()
+            .or_else(|| c.listen.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// Load this node's certificate, checking that it names this node and site.
+pub fn load_credentials(cfg: &NodeConfig) -> anyhow::Result<NodeCredentials> {
+    let dir = cfg
+        .cluster
+        .certs_dir
+        .as_ref()
+        .context("config: cluster.certs_dir: required in cluster mode")?;
+    let creds = certs::load_node_identity_from_dir(dir, cfg.node_id)
+        .with_context(|| format!("config: cluster.certs_dir {}", dir.display()))?;
+    if creds.identity.node_id != cfg.node_id || creds.identity.site != cfg.site {
+        anyhow::bail!(
+            "config: cluster.certs_dir {}: the certificate is for node {} of site {:?}, but this node is node {} of site {:?}",
+            dir.display(),
+            creds.identity.node_id,
+            creds.identity.site,
+            cfg.node_id,
+            cfg.site
+        );
+    }
+    Ok(creds)
+}
+
+/// Open the site's Raft group: a one-node group without transport when
+/// `cluster.listen` is unset, else over QUIC with mutual TLS.
+pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<(Site, Option<Endpoint>)> {
+    let opts = SiteOptions {
+        data_dir: cfg.data_dir.clone(),
+        node_id: cfg.node_id,
+        node: node_info(cfg),
+        snapshot_every: cfg.snapshot_every,
+        state_flush_interval: Duration::from_millis(cfg.state_flush_ms),
+        timing: strait_federation::RaftTiming {
+            heartbeat_ms: cfg.cluster.heartbeat_ms,
+            election_timeout_ms: cfg.cluster.election_timeout_ms,
+        },
+    };
+    let Some(listen) = &cfg.cluster.listen else {
+        return Ok((Site::open(opts).await?, None));
+    };
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("config: cluster.listen: {listen:?} is not an address"))?;
+    let creds = load_credentials(cfg)?;
+    let service = RaftService::new(cfg.site.clone());
+    let transport = TransportConfig {
+        accept: AcceptPolicy::SameSite,
+        connect_timeout: Duration::from_secs(1),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(500),
+        ..TransportConfig::default()
+    };
+    let endpoint = Endpoint::bind(addr, &creds, transport, Some(service.handler()))
+        .with_context(|| format!("cannot listen for QUIC on {addr}"))?;
+    let bootstrap = bootstrap(cfg);
+    let site = Site::open_with_network(opts, QuicNetwork::new(endpoint.clone()), bootstrap).await?;
+    service.set_raft(site.raft.clone());
+    Ok((site, Some(endpoint)))
+}
+
+fn bootstrap(cfg: &NodeConfig) -> Bootstrap {
+    let c = &cfg.cluster;
+    if c.join.is_some() {
+        return Bootstrap::Join;
+    }
+    if c.initial_members.is_empty() {
+        return Bootstrap::Single;
+    }
+    let lowest = c.initial_members.iter().map(|m| m.id).min();
+    if lowest != Some(cfg.node_id) {
+        return Bootstrap::Join;
+    }
+    let members: BTreeMap<NodeId, NodeInfo> = c
+        .initial_members
+        .iter()
+        .map(|m| {
+            (
+                m.id,
+                NodeInfo {
+                    http_addr: m.http_addr.clone(),
+                    raft_addr: m.raft_addr.clone(),
+                },
+            )
+        })
+        .collect();
+    Bootstrap::Members(members)
+}
+
+/// Ask an existing site (through any of its nodes' HTTP API) to add this
+/// node, retrying until it answers. Does nothing once this node is a voter.
+pub async fn join(site: Site, cfg: NodeConfig) {
+    let Some(base) = cfg.cluster.join.clone() else {
+        return;
+    };
+    let base = normalize_url(&base);
+    let info = node_info(&cfg);
+    let client = reqwest::Client::new();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let is_voter = site
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == cfg.node_id);
+        if is_voter {
+            tracing::info!(node = cfg.node_id, "this node is a voter of the site");
+            return;
+        }
+        let mut req = client
+            .post(format!("{base}/v1/cluster/members"))
+            .timeout(Duration::from_secs(120))
+            .json(&json!({
+                "id": cfg.node_id,
+                "raftAddr": info.raft_addr,
+                "httpAddr": info.http_addr,
+            }));
+        if let Some(t) = cfg.auth.tokens.first() {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(via = %base, "joined the site");
+            }
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                tracing::warn!(via = %base, %status, body, "join refused; retrying");
+            }
+            Err(e) => tracing::warn!(via = %base, error = %e, "cannot reach the site to join; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// `host:port` or a URL → a URL without a trailing slash.
+pub fn normalize_url(addr: &str) -> String {
+    let a = addr.trim_end_matches('/');
+    if a.starts_with("http://") || a.starts_with("https://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    }
+}
+
+/// The HTTP base URL of the site's current leader, when known and not this node.
+pub fn leader_http(site: &Site) -> Option<(NodeId, String)> {
+    let m = site.raft.metrics().borrow().clone();
+    let leader = m.current_leader?;
+    if leader == site.node_id {
+        return None;
+    }
+    let node = m.membership_config.membership().get_node(&leader)?.clone();
+    Some((leader, normalize_url(&node.http_addr)))
+}
+
+/// Whether this node currently leads its site.
+pub fn is_leader(site: &Site) -> bool {
+    let m = site.raft.metrics().borrow().clone();
+    m.state == ServerState::Leader && m.current_leader == Some(site.node_id)
+}
+
+/// Role name as shown in the API.
+fn role(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// The cluster status document of `GET /v1/cluster`.
+pub fn status(cfg: &NodeConfig, site: &Site, cert_expiry: Option<i64>) -> Value {
+    let m = site.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let last = m.last_log_index.unwrap_or(0);
+    let replication = m.replication.clone().unwrap_or_default();
+    let nodes: Vec<Value> = membership
+        .nodes()
+        .map(|(id, n)| {
+            let voter = voters.contains(id);
+            let role_of = if *id == m.id {
+                role(m.state).to_string()
+            } else if Some(*id) == m.current_leader {
+                "leader".into()
+            } else if voter {
+                "follower".into()
+            } else {
+                "learner".into()
+            };
+            let mut v = json!({
+                "id": id,
+                "site": cfg.site,
+                "role": role_of,
+                "voter": voter,
+                "httpAddr": n.http_addr,
+                "raftAddr": n.raft_addr,
+            });
+            if let Some(matched) = replication.get(id) {
+                let idx = matched.map(|l| l.index).unwrap_or(0);
+                v["matchedIndex"] = json!(idx);
+                v["replicationLag"] = json!(last.saturating_sub(idx));
+            }
+            v
+        })
+        .collect();
+    let now = chrono::Utc::now().timestamp();
+    json!({
+        "site": cfg.site,
+        "nodeId": m.id,
+        "role": role(m.state),
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "lastLogIndex": m.last_log_index,
+        "commitIndex": m.last_applied.map(|l| l.index),
+        "appliedIndex": m.last_applied.map(|l| l.index),
+        "snapshotIndex": m.snapshot.map(|l| l.index),
+        "purgedIndex": m.purged.map(|l| l.index),
+        "millisSinceQuorumAck": m.millis_since_quorum_ack,
+        "certificate": cert_expiry.map(|t| json!({
+            "notAfter": chrono::DateTime::from_timestamp(t, 0).map(|d| d.to_rfc3339()),
+            "expiresInDays": (t - now) / 86_400,
+        })),
+        "nodes": nodes,
+        "links": [],
+    })
+}
+
+/// Certificate expiry (Unix seconds) of this node's certificate, if any.
+pub fn cert_expiry(cfg: &NodeConfig) -> Option<i64> {
+    let dir = cfg.cluster.certs_dir.as_ref()?;
+    let info = certs::read_cert_info(&dir.join(certs::node_cert_file(cfg.node_id))).ok()?;
+    Some(info.not_after_unix())
+}
