@@ -21,14 +21,18 @@
 //! `<workspace>/target/debug/strait`); `STRAIT_CHAOS_KEEP=1` keeps every
 //! temporary data dir and node log (`<dir>/data.stderr.log`) after the run.
 
+pub mod cluster;
 pub mod conservation;
 pub mod events;
 pub mod process;
+pub mod producer;
 pub mod receiver;
 
+pub use cluster::{ClusterNode, LocalCluster};
 pub use conservation::{ConservationReport, Ledger, check_conservation};
 pub use events::{Payload, SentEvent};
 pub use process::{HttpReply, NodeClient, NodeOptions, StraitProcess, strait_bin};
+pub use producer::{ProducerOptions, ProducerStats, lock, produce};
 pub use receiver::{Behavior, DeliveredEvent, ReceivedRequest, Receiver};
 
 use std::future::Future;

@@ -2,201 +2,24 @@
 //! acknowledged event may be lost, corrupted or invented, and the
 //! configuration survives.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use strait_chaos_tests::{
-    Behavior, Ledger, NodeClient, NodeOptions, Payload, Receiver, SentEvent, StraitProcess,
-    bounded, check_conservation, ensure_no_panic, entry_outcomes, http_target, retry,
+    Behavior, Ledger, NodeOptions, Payload, ProducerOptions, Receiver, SentEvent, StraitProcess,
+    bounded, check_conservation, ensure_no_panic, entry_outcomes, http_target, lock, produce,
+    retry,
 };
 
 const BUS: &str = "default";
 const RULE: &str = "crash-sink";
 const SOURCE: &str = "chaos.crash";
 const KILLS: usize = 6;
-
-#[derive(Debug, Default)]
-struct ProducerStats {
-    requests: usize,
-    transport_errors: usize,
-    server_errors: usize,
-    retried_requests: usize,
-    retried_entries: usize,
-    /// Problems that fail the test (valid events rejected, odd answers).
-    problems: Vec<String>,
-}
-
-fn lock(l: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
-    l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Send one request for `batch` (one event: structured or binary mode at
-/// random; more: batch mode). `Ok(true)` when every entry got a final answer.
-async fn send(
-    client: &NodeClient,
-    batch: &[SentEvent],
-    binary: bool,
-    ledger: &Mutex<Ledger>,
-    stats: &mut ProducerStats,
-    is_retry: bool,
-) -> bool {
-    {
-        let mut l = lock(ledger);
-        for ev in batch {
-            l.record_sent(ev);
-        }
-    }
-    stats.requests += 1;
-    let reply = match batch {
-        [one] if binary => {
-            client
-                .post_binary(
-                    BUS,
-                    &one.binary_headers(),
-                    Some(one.payload.content_type()),
-                    one.payload.bytes(),
-                )
-                .await
-        }
-        [one] => client.post_structured(BUS, &one.to_json()).await,
-        many => {
-            let events: Vec<Value> = many.iter().map(SentEvent::to_json).collect();
-            client.post_batch(BUS, &events).await
-        }
-    };
-    let reply = match reply {
-        Ok(r) => r,
-        Err(_) => {
-            // Connection refused or reset, timeout: in doubt.
-            stats.transport_errors += 1;
-            let mut l = lock(ledger);
-            for ev in batch {
-                l.record_in_doubt(&ev.id);
-            }
-            return false;
-        }
-    };
-    if reply.status >= 500 {
-        // 503 NotReady while the node comes up, or a failure: in doubt.
-        stats.server_errors += 1;
-        let mut l = lock(ledger);
-        for ev in batch {
-            l.record_in_doubt(&ev.id);
-        }
-        return false;
-    }
-    if reply.status != 200 {
-        stats.problems.push(format!(
-            "valid request of {} events answered {}: {}",
-            batch.len(),
-            reply.status,
-            reply.text()
-        ));
-        let mut l = lock(ledger);
-        for ev in batch {
-            l.record_rejected(&ev.id);
-        }
-        return true;
-    }
-    let outcomes = entry_outcomes(&reply);
-    if outcomes.len() != batch.len() {
-        stats.problems.push(format!(
-            "{} results for {} events: {}",
-            outcomes.len(),
-            batch.len(),
-            reply.text()
-        ));
-    }
-    let mut l = lock(ledger);
-    for (i, ev) in batch.iter().enumerate() {
-        let Some((id, status, code)) = outcomes.get(i) else {
-            l.record_in_doubt(&ev.id);
-            continue;
-        };
-        if id.as_deref() != Some(ev.id.as_str()) {
-            stats
-                .problems
-                .push(format!("result {i} has id {id:?}, sent {:?}", ev.id));
-        }
-        match status.as_str() {
-            "accepted" | "duplicate" => l.record_acked(&ev.id),
-            other => {
-                stats.problems.push(format!(
-                    "valid event {} answered {other} ({code:?}){}",
-                    ev.id,
-                    if is_retry { " on retry" } else { "" }
-                ));
-                l.record_rejected(&ev.id);
-            }
-        }
-    }
-    true
-}
-
-async fn produce(
-    client: NodeClient,
-    ledger: Arc<Mutex<Ledger>>,
-    stop: Arc<AtomicBool>,
-) -> ProducerStats {
-    let mut rng = StdRng::seed_from_u64(0x5eed_c4a5);
-    let mut stats = ProducerStats::default();
-    // Requests without a final answer, re-sent with the same ids and bytes.
-    let mut pending: VecDeque<(Vec<SentEvent>, bool)> = VecDeque::new();
-    let mut next_id = 0usize;
-    let mut drain_deadline: Option<Instant> = None;
-    loop {
-        let (batch, binary, is_retry) = match pending.pop_front() {
-            Some((b, bin)) => (b, bin, true),
-            None if stop.load(Ordering::SeqCst) => break,
-            None => {
-                let n = if rng.random_bool(0.5) {
-                    1
-                } else {
-                    rng.random_range(2..=25usize)
-                };
-                let batch: Vec<SentEvent> = (0..n)
-                    .map(|_| {
-                        next_id += 1;
-                        let id = format!("crash-{next_id:06}");
-                        let payload = Payload::random(&mut rng, &id);
-                        let mut ev = SentEvent::new(id, SOURCE, "chaos.crash.tick", payload);
-                        ev.extensions.push(("seq".into(), next_id.to_string()));
-                        ev
-                    })
-                    .collect();
-                let binary = n == 1 && rng.random_bool(0.5);
-                (batch, binary, false)
-            }
-        };
-        if is_retry {
-            stats.retried_requests += 1;
-            stats.retried_entries += batch.len();
-        }
-        let done = send(&client, &batch, binary, &ledger, &mut stats, is_retry).await;
-        if !done {
-            pending.push_back((batch, binary));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if stop.load(Ordering::SeqCst) {
-            let deadline =
-                *drain_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(20));
-            if Instant::now() > deadline {
-                stats.problems.push(format!(
-                    "{} requests still without an answer 20 s after the last restart",
-                    pending.len()
-                ));
-                break;
-            }
-        }
-    }
-    stats
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_and_restart_lose_no_acknowledged_event() -> anyhow::Result<()> {
@@ -217,7 +40,14 @@ async fn kill_9_and_restart_lose_no_acknowledged_event() -> anyhow::Result<()> {
 
         let ledger = Arc::new(Mutex::new(Ledger::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let producer = tokio::spawn(produce(node.client(), ledger.clone(), stop.clone()));
+        let mut opts = ProducerOptions::new(BUS, SOURCE);
+        opts.id_prefix = "crash-".into();
+        let producer = tokio::spawn(produce(
+            vec![node.client()],
+            opts,
+            ledger.clone(),
+            stop.clone(),
+        ));
 
         let mut rng = StdRng::seed_from_u64(0xdead_beef);
         let mut acked_at_kill = Vec::new();

@@ -350,6 +350,44 @@ fn bad_request(what: &str, e: impl std::fmt::Display) -> WireError {
     WireError::new(codes::BAD_REQUEST, format!("bad {what} request: {e}"))
 }
 
+/// A Raft RPC must come from the node its certificate names, and (once
+/// this node knows its site's membership) from a member of the site.
+fn check_sender(
+    raft: &Raft,
+    peer: &NodeIdentity,
+    claimed: Option<NodeId>,
+    must_be_member: bool,
+) -> Result<(), WireError> {
+    if let Some(claimed) = claimed
+        && claimed != peer.node_id
+    {
+        tracing::warn!(%peer, claimed, "refused a Raft request: the certificate is for another node");
+        return Err(WireError::new(
+            codes::FORBIDDEN,
+            format!(
+                "{peer} cannot speak for node {claimed}: its certificate is for node {}",
+                peer.node_id
+            ),
+        ));
+    }
+    if !must_be_member {
+        return Ok(());
+    }
+    // Only votes: a node that was down while members were added must still
+    // accept entries from a leader it does not know yet.
+    let membership = raft.metrics().borrow().membership_config.clone();
+    let m = membership.membership();
+    let known = m.nodes().next().is_some();
+    if known && m.get_node(&peer.node_id).is_none() {
+        tracing::warn!(%peer, "refused a Raft request: not a member of this site");
+        return Err(WireError::new(
+            codes::FORBIDDEN,
+            format!("{peer} is not a member of this site"),
+        ));
+    }
+    Ok(())
+}
+
 impl Handler for RaftService {
     fn handle(&self, req: Request) -> HandlerFuture {
         let raft = self.raft.get().cloned();
@@ -373,16 +411,19 @@ impl Handler for RaftService {
                     let rpc: AppendEntriesRequest<TypeConfig> =
                         serde_json::from_slice(&req.body)
                             .map_err(|e| bad_request("append-entries", e))?;
+                    check_sender(&raft, &req.peer, rpc.vote.leader_id().voted_for(), false)?;
                     reply(&raft.append_entries(rpc).await)
                 }
                 METHOD_VOTE => {
                     let rpc: VoteRequest<NodeId> =
                         serde_json::from_slice(&req.body).map_err(|e| bad_request("vote", e))?;
+                    check_sender(&raft, &req.peer, rpc.vote.leader_id().voted_for(), true)?;
                     reply(&raft.vote(rpc).await)
                 }
                 METHOD_INSTALL_SNAPSHOT => {
                     let rpc = decode_snapshot_chunk(&req.body)
                         .map_err(|e| bad_request("install-snapshot", e))?;
+                    check_sender(&raft, &req.peer, rpc.vote.leader_id().voted_for(), false)?;
                     reply(&raft.install_snapshot(rpc).await)
                 }
                 METHOD_CLIENT_WRITE => {

@@ -262,9 +262,7 @@ impl Site {
     }
 }
 
-fn membership_error(
-    e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
-) -> FederationError {
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> FederationError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => FederationError::NotLeader {
             leader: f.leader_id,

@@ -68,9 +68,11 @@ impl From<FederationError> for ApiError {
             FederationError::NotLeader { .. } | FederationError::Unreachable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", e.to_string())
             }
-            FederationError::Membership(_) => {
-                ApiError::new(StatusCode::CONFLICT, "MembershipChangeRefused", e.to_string())
-            }
+            FederationError::Membership(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "MembershipChangeRefused",
+                e.to_string(),
+            ),
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",

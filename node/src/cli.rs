@@ -327,8 +327,11 @@ async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
     match c {
         ClusterCommand::Status { server, json } => {
             let (client, base) = client(&server);
-            let (status, body) =
-                send(with_auth(client.get(format!("{base}/v1/cluster")), &server), "cluster status").await?;
+            let (status, body) = send(
+                with_auth(client.get(format!("{base}/v1/cluster")), &server),
+                "cluster status",
+            )
+            .await?;
             if status != 200 {
                 return Err(api_error("cluster status", status, &body));
             }
@@ -395,7 +398,11 @@ async fn local(c: LocalCommand) -> anyhow::Result<()> {
         }
         LocalCommand::Down { dir } => {
             let nodes = crate::local::down(&dir, std::time::Duration::from_secs(10)).await?;
-            println!("stopped {} nodes (data kept in {})", nodes.len(), dir.display());
+            println!(
+                "stopped {} nodes (data kept in {})",
+                nodes.len(),
+                dir.display()
+            );
         }
     }
     Ok(())

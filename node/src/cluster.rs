@@ -235,7 +235,9 @@ pub async fn join(site: Site, cfg: NodeConfig) {
                 let body = r.text().await.unwrap_or_default();
                 tracing::warn!(via = %base, %status, body, "join refused; retrying");
             }
-            Err(e) => tracing::warn!(via = %base, error = %e, "cannot reach the site to join; retrying"),
+            Err(e) => {
+                tracing::warn!(via = %base, error = %e, "cannot reach the site to join; retrying")
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));

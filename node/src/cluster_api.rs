@@ -113,8 +113,8 @@ pub async fn add_member(
     body: Body,
 ) -> ApiResult<Response> {
     let bytes = read_body(body, 64 * 1024).await?;
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
     let (id, info) = parse_member(&v)?;
     if !is_leader(&app.site) {
         return to_leader(&app, Method::POST, "/v1/cluster/members", &headers, Some(v)).await;
@@ -129,7 +129,9 @@ pub async fn add_member(
         Err(_) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "Timeout",
-            format!("node {id} did not catch up within {CHANGE_TIMEOUT:?}; is it running and reachable?"),
+            format!(
+                "node {id} did not catch up within {CHANGE_TIMEOUT:?}; is it running and reachable?"
+            ),
         )),
     }
 }

@@ -98,7 +98,10 @@ pub async fn run(app: Arc<App>) {
                 return;
             }
         }
-        tracing::info!(node = app.site.node_id, "leading the site: dispatcher started");
+        tracing::info!(
+            node = app.site.node_id,
+            "leading the site: dispatcher started"
+        );
         metrics::counter!("strait_dispatcher_starts_total").increment(1);
         if let Err(e) = crate::app::ensure_buses(&app.writer, &app.site, &app.cfg.buses).await {
             tracing::warn!(error = %e, "cannot create the configured buses");
@@ -114,7 +117,10 @@ pub async fn run(app: Arc<App>) {
             _ = lead(app.clone()) => return,
             _ = lost => {}
         }
-        tracing::info!(node = app.site.node_id, "no longer leading: dispatcher stopped");
+        tracing::info!(
+            node = app.site.node_id,
+            "no longer leading: dispatcher stopped"
+        );
         // Forget in-memory progress: the next term starts from checkpoints.
         match app.progress.lock() {
             Ok(mut g) => g.clear(),

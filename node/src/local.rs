@@ -78,7 +78,9 @@ fn free_tcp() -> anyhow::Result<u16> {
 }
 
 fn free_udp() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Options of `strait local up`.
@@ -183,11 +185,7 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<LocalCluster> {
     Ok(cluster)
 }
 
-fn write_config(
-    cfg: &NodeConfig,
-    extra: &serde_yaml::Mapping,
-    path: &Path,
-) -> anyhow::Result<()> {
+fn write_config(cfg: &NodeConfig, extra: &serde_yaml::Mapping, path: &Path) -> anyhow::Result<()> {
     let mut doc = serde_yaml::to_value(cfg)?;
     if let serde_yaml::Value::Mapping(m) = &mut doc {
         for (k, v) in extra {

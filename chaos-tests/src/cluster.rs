@@ -1,0 +1,417 @@
+//! A site cluster of real `strait` processes, started with `strait local up`
+//! (certificates, free ports, one process per node) and driven from the
+//! outside: kill -9, restart on the same data, add nodes that join over
+//! QUIC, ask who leads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::{NodeClient, free_port, strait_bin};
+
+/// One node of a [`LocalCluster`].
+#[derive(Debug)]
+pub struct ClusterNode {
+    /// Node id in its site.
+    pub id: u64,
+    /// Site.
+    pub site: String,
+    /// HTTP address (`host:port`).
+    pub http: String,
+    /// QUIC address.
+    pub quic: String,
+    /// Config file.
+    pub config: PathBuf,
+    /// Log file (stdout and stderr of every run).
+    pub log: PathBuf,
+    /// Pid of a process started by `strait local up` (not our child).
+    foreign_pid: Option<u32>,
+    /// A process we started (restart, new node).
+    child: Option<Child>,
+    /// Starts so far.
+    pub starts: u32,
+}
+
+impl ClusterNode {
+    /// `http://host:port`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// Is the process running?
+    pub fn is_running(&mut self) -> bool {
+        if let Some(c) = self.child.as_mut() {
+            return matches!(c.try_wait(), Ok(None));
+        }
+        self.foreign_pid.is_some_and(pid_alive)
+    }
+
+    fn kill_9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(pid) = self.foreign_pid.take() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A local cluster of node processes.
+pub struct LocalCluster {
+    root: TempDir,
+    dir: PathBuf,
+    bin: PathBuf,
+    /// The nodes, in `cluster.json` order (then added ones).
+    pub nodes: Vec<ClusterNode>,
+    timeout: Duration,
+}
+
+impl LocalCluster {
+    /// `strait local up --site SITE:COUNT` for each site, with `extra` merged
+    /// into every node's config.
+    pub async fn up(sites: &[(&str, usize)], extra: Option<Value>) -> anyhow::Result<LocalCluster> {
+        let bin = strait_bin()?;
+        let root = tempfile::Builder::new()
+            .prefix("strait-cluster-")
+            .tempdir()
+            .context("temp dir")?;
+        let dir = root.path().join("cluster");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("local").arg("up").arg("--dir").arg(&dir);
+        for (s, n) in sites {
+            cmd.arg("--site").arg(format!("{s}:{n}"));
+        }
+        if let Some(extra) = &extra {
+            let p = root.path().join("extra.yaml");
+            std::fs::write(&p, serde_yaml::to_string(extra)?)?;
+            cmd.arg("--extra").arg(p);
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await?
+            .context("running strait local up")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "strait local up failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file: Value = serde_json::from_slice(&std::fs::read(dir.join("cluster.json"))?)
+            .context("cluster.json")?;
+        let mut nodes = Vec::new();
+        for n in file["nodes"].as_array().context("cluster.json: nodes")? {
+            let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+            nodes.push(ClusterNode {
+                id: n["id"].as_u64().context("node id")?,
+                site: s("site"),
+                http: s("http"),
+                quic: s("quic"),
+                config: PathBuf::from(s("config")),
+                log: PathBuf::from(s("log")),
+                foreign_pid: n["pid"].as_u64().map(|p| p as u32),
+                child: None,
+                starts: 1,
+            });
+        }
+        let mut c = LocalCluster {
+            root,
+            dir,
+            bin,
+            nodes,
+            timeout: Duration::from_secs(30),
+        };
+        if std::env::var_os("STRAIT_CHAOS_KEEP").is_some() {
+            c.keep_files();
+        }
+        Ok(c)
+    }
+
+    /// Keep the directory (configs, data, logs) after the test.
+    pub fn keep_files(&mut self) {
+        self.root.disable_cleanup(true);
+        eprintln!("cluster files kept in {}", self.dir.display());
+    }
+
+    /// The cluster directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn node(&self, id: u64) -> anyhow::Result<&ClusterNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .with_context(|| format!("no node {id}"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> anyhow::Result<&mut ClusterNode> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .with_context(|| format!("no node {id}"))
+    }
+
+    /// A client for node `id`.
+    pub fn client(&self, id: u64) -> anyhow::Result<NodeClient> {
+        NodeClient::new(&self.node(id)?.base_url(), self.timeout)
+    }
+
+    /// Clients for every node.
+    pub fn clients(&self) -> anyhow::Result<Vec<NodeClient>> {
+        self.nodes
+            .iter()
+            .map(|n| NodeClient::new(&n.base_url(), self.timeout))
+            .collect()
+    }
+
+    /// Node ids.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// `GET /v1/cluster` of node `id`.
+    pub async fn status(&self, id: u64) -> anyhow::Result<Value> {
+        let c = NodeClient::new(&self.node(id)?.base_url(), Duration::from_secs(2))?;
+        let r = c.get_json("/v1/cluster").await?;
+        r.expect_status(200, "GET /v1/cluster")?;
+        r.json().context("cluster status is JSON")
+    }
+
+    /// Wait until every running node among `among` names the same leader,
+    /// which is running and says it leads; returns it.
+    pub async fn leader_among(&mut self, among: &[u64], timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = Vec::new();
+            for id in among {
+                let running = self.node_mut(*id)?.is_running();
+                if !running {
+                    continue;
+                }
+                match self.status(*id).await {
+                    Ok(s) => seen.push((*id, s["leader"].as_u64(), s["role"].clone())),
+                    Err(_) => seen.push((*id, None, Value::Null)),
+                }
+            }
+            if let Some((_, Some(l), _)) = seen.first() {
+                let agree = seen.iter().all(|(_, x, _)| *x == Some(*l));
+                let leads = seen
+                    .iter()
+                    .any(|(id, _, role)| id == l && role == &json!("leader"));
+                if agree && leads {
+                    return Ok(*l);
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no agreed leader after {timeout:?}: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// [`Self::leader_among`] all nodes.
+    pub async fn leader(&mut self, timeout: Duration) -> anyhow::Result<u64> {
+        let ids = self.ids();
+        self.leader_among(&ids, timeout).await
+    }
+
+    /// SIGKILL node `id`.
+    pub fn kill_9(&mut self, id: u64) -> anyhow::Result<()> {
+        self.node_mut(id)?.kill_9();
+        Ok(())
+    }
+
+    /// Start node `id` again on its data (after [`Self::kill_9`]); waits for `/healthz`.
+    pub async fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        let bin = self.bin.clone();
+        let node = self.node_mut(id)?;
+        node.kill_9();
+        node.child = Some(spawn(&bin, &node.config, &node.log, &[])?);
+        node.starts += 1;
+        let url = node.base_url();
+        wait_healthy(&url, Duration::from_secs(30)).await
+    }
+
+    /// Create node `id` of `site` (certificate, config) and start it with
+    /// `--join` through node `via`; returns once its HTTP API is up (it joins
+    /// in the background; see [`Self::wait_voter`]).
+    pub async fn add_node(&mut self, site: &str, id: u64, via: u64) -> anyhow::Result<()> {
+        let via_url = self.node(via)?.base_url();
+        let node_dir = self.dir.join(format!("{site}-{id}"));
+        let certs = node_dir.join("certs");
+        let status = Command::new(&self.bin)
+            .args(["cert", "issue", "--ca"])
+            .arg(self.dir.join("certs"))
+            .args(["--node-id", &id.to_string(), "--site", site])
+            .args(["--ip", "127.0.0.1", "--dns", "localhost", "--out"])
+            .arg(&certs)
+            .stdout(Stdio::null())
+            .status()
+            .context("strait cert issue")?;
+        anyhow::ensure!(status.success(), "strait cert issue failed");
+        let http = format!("127.0.0.1:{}", free_port()?);
+        let quic = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            s.local_addr()?.to_string()
+        };
+        // Same settings as the others, but joining instead of bootstrapping.
+        let template = &self.nodes.first().context("no nodes")?.config;
+        let mut cfg: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(template)?)?;
+        cfg["node_id"] = id.into();
+        cfg["site"] = site.into();
+        cfg["http"] = http.clone().into();
+        cfg["data_dir"] = node_dir.join("data").display().to_string().into();
+        cfg["cluster"]["listen"] = quic.clone().into();
+        cfg["cluster"]["certs_dir"] = certs.display().to_string().into();
+        cfg["cluster"]["initial_members"] = serde_yaml::Value::Sequence(Vec::new());
+        cfg["cluster"]["join"] = via_url.into();
+        let config = node_dir.join("config.yaml");
+        std::fs::write(&config, serde_yaml::to_string(&cfg)?)?;
+        let log = node_dir.join("node.log");
+        let child = spawn(&self.bin, &config, &log, &[])?;
+        self.nodes.push(ClusterNode {
+            id,
+            site: site.into(),
+            http: http.clone(),
+            quic,
+            config,
+            log,
+            foreign_pid: None,
+            child: Some(child),
+            starts: 1,
+        });
+        wait_healthy(&format!("http://{http}"), Duration::from_secs(30)).await
+    }
+
+    /// Wait until node `via`'s view of the membership has exactly `voters`.
+    pub async fn wait_voters(
+        &self,
+        via: u64,
+        voters: &[u64],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut want = voters.to_vec();
+        want.sort_unstable();
+        loop {
+            let mut have: Vec<u64> = match self.status(via).await {
+                Ok(s) => s["nodes"]
+                    .as_array()
+                    .map(|ns| {
+                        ns.iter()
+                            .filter(|n| n["voter"] == json!(true))
+                            .filter_map(|n| n["id"].as_u64())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            have.sort_unstable();
+            if have == want {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "voters are {have:?}, expected {want:?} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stop node `id` for good and forget it (after it left the site).
+    pub fn remove(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill_9(id)?;
+        self.nodes.retain(|n| n.id != id);
+        Ok(())
+    }
+
+    /// Fail when any node's log shows a panic.
+    pub fn ensure_no_panic(&self) -> anyhow::Result<()> {
+        for n in &self.nodes {
+            let out = std::fs::read_to_string(&n.log).unwrap_or_default();
+            if let Some(pos) = out.find("panicked at") {
+                let start = out[..pos].rfind('\n').map_or(0, |p| p + 1);
+                let end = out.len().min(pos + 2000);
+                anyhow::bail!(
+                    "node {} panicked ({}):\n{}",
+                    n.id,
+                    n.log.display(),
+                    out.get(start..end).unwrap_or("")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The log of node `id`.
+    pub fn log(&self, id: u64) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(&self.node(id)?.log).unwrap_or_default())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill_9();
+        }
+    }
+}
+
+fn spawn(bin: &Path, config: &Path, log: &Path, extra: &[&str]) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve").arg("--config").arg(config).args(extra);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+async fn wait_healthy(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let c = NodeClient::new(url, Duration::from_secs(2))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if matches!(c.healthz().await, Ok(200)) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{url} not healthy after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
