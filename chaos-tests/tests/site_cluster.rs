@@ -326,7 +326,10 @@ async fn membership_grows_and_shrinks_under_load() -> anyhow::Result<()> {
         c.remove(5)?;
         c.remove(4)?;
         let after = c.status(1).await?;
-        anyhow::ensure!(after["nodes"].as_array().map(Vec::len) == Some(3), "{after}");
+        anyhow::ensure!(
+            after["nodes"].as_array().map(Vec::len) == Some(3),
+            "{after}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         finish(&stop, producer, &ledger, &receiver, 100).await?;
         c.ensure_no_panic()

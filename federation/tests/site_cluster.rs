@@ -370,3 +370,49 @@ async fn a_new_member_catches_up_by_snapshot() {
         n.stop().await;
     }
 }
+
+/// A Raft request must come from the node its certificate names, and a vote
+/// from a member of the site; anything else is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_requests_must_match_the_certificate_and_the_membership() {
+    use openraft::{LogId, Vote};
+    use strait_federation::certs::NodeIdentity;
+    use strait_federation::network_quic::METHOD_VOTE;
+    use strait_federation::transport::RequestError;
+    use strait_federation::transport::codec::codes;
+
+    let c = start(3).await;
+    let _ = leader(&c.nodes).await;
+    let target = &c.nodes[0];
+    let addr = target.endpoint.local_addr().expect("addr").to_string();
+    // A stranger from the right CA and site: node 8.
+    let stranger = common::node(&c.certs, 8, SITE);
+    let (ep, _svc) = bind(&stranger, "127.0.0.1:0".parse().expect("addr")).await;
+    let peer = ep.peer(NodeIdentity::new(target.id, SITE).expect("identity"), addr);
+    let vote = |candidate: u64| {
+        let req = openraft::raft::VoteRequest::<NodeId> {
+            vote: Vote::new(99, candidate),
+            last_log_id: Some(LogId::new(
+                openraft::CommittedLeaderId::new(98, candidate),
+                1_000,
+            )),
+        };
+        bytes::Bytes::from(serde_json::to_vec(&req).expect("json"))
+    };
+    for (claimed, needle) in [(2u64, "cannot speak for node 2"), (8, "not a member")] {
+        match peer.request(METHOD_VOTE, vote(claimed)).await {
+            Err(RequestError::Remote { error, .. }) => {
+                assert_eq!(error.code, codes::FORBIDDEN, "{error:?}");
+                assert!(error.message.contains(needle), "{}", error.message);
+            }
+            other => panic!("vote claiming node {claimed} was not refused: {other:?}"),
+        }
+    }
+    // The site did not move to term 99.
+    let m = target.site.raft.metrics().borrow().clone();
+    assert!(m.current_term < 99, "term {}", m.current_term);
+    ep.close().await;
+    for n in c.nodes {
+        n.stop().await;
+    }
+}
