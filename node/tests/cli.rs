@@ -316,3 +316,102 @@ fn cert_commands_create_a_ca_and_node_certificates() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("bad site"), "{}", stderr(&o));
 }
+
+#[test]
+fn cluster_config_errors_name_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("cluster: {listen: nowhere}\n", "cluster.listen"),
+        ("cluster: {listen: \"127.0.0.1:0\"}\n", "cluster.certs_dir"),
+        (
+            "cluster: {initial_members: [{id: 2, raft_addr: \"127.0.0.1:1\"}]}\n",
+            "cluster.listen",
+        ),
+        (
+            "cluster: {listen: \"127.0.0.1:0\", certs_dir: /tmp, initial_members: [{id: 2, raft_addr: \"127.0.0.1:1\"}]}\n",
+            "must include this node",
+        ),
+        (
+            "cluster: {heartbeat_ms: 200, election_timeout_ms: 300}\n",
+            "cluster.election_timeout_ms",
+        ),
+        ("cluster: {peers: []}\n", "peers"),
+        (
+            "cluster: {listen: \"127.0.0.1:0\", certs_dir: /nonexistent-certs}\n",
+            "/nonexistent-certs",
+        ),
+    ];
+    for (i, (yaml, needle)) in cases.iter().enumerate() {
+        let cfg = dir.path().join(format!("c{i}.yaml"));
+        std::fs::write(&cfg, format!("dev: true\n{yaml}")).expect("write");
+        let o = run(&[
+            "serve",
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--data-dir",
+            dir.path().join(format!("d{i}")).to_str().expect("utf8"),
+            "--http",
+            &format!("127.0.0.1:{}", free_port()),
+        ]);
+        assert!(!o.status.success(), "{yaml} was accepted");
+        assert!(stderr(&o).contains(needle), "{yaml}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn local_up_status_and_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("lc");
+    let ds = d.to_str().expect("utf8");
+    let o = run(&["local", "up", "--dir", ds, "--site", "idc:bad"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("idc:bad"), "{}", stderr(&o));
+
+    let o = run(&["local", "up", "--dir", ds, "--site", "idc:3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("cluster.json")).expect("cluster.json"))
+            .expect("json");
+    let nodes = file["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    for n in nodes {
+        for k in ["id", "site", "pid", "http", "quic", "dataDir"] {
+            assert!(!n[k].is_null(), "{k} missing in {n}");
+        }
+    }
+    // A second `up` in the same directory is refused.
+    let o = run(&["local", "up", "--dir", ds, "--site", "idc:1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("local down"), "{}", stderr(&o));
+
+    let http = nodes[2]["http"].as_str().expect("http");
+    let server = format!("http://{http}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let o = run(&["cluster", "status", "--server", &server, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if o.status.success() && v["leader"].is_u64() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no leader: {}", stderr(&o));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(3), "{status}");
+    assert!(status["certificate"]["expiresInDays"].as_i64() > Some(300));
+    // Leaving with a bad node id names it.
+    let o = run(&["cluster", "leave", "--server", &server, "--node-id", "42"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("42"), "{}", stderr(&o));
+
+    let o = run(&["local", "down", "--dir", ds]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("stopped 3"), "{}", stdout(&o));
+    for n in nodes {
+        let pid = n["pid"].as_u64().expect("pid");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "node pid {pid} still running"
+        );
+    }
+}
