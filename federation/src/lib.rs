@@ -5,9 +5,10 @@
 //! durable log store and state machine on redb ([`store`]), and the glue that
 //! opens a site's Raft group on a data directory ([`site`]).
 //!
-//! Multi-node transport (QUIC with mutual TLS) comes with the site-cluster
-//! work; a site opened here today is a one-member group, which still goes
-//! through the full Raft write path: append, fsync, commit, apply.
+//! A site is one node ([`Site::open`]) or several talking over QUIC with
+//! mutual TLS ([`transport`], [`network_quic`], [`Site::open_with_network`]);
+//! either way every write goes the full Raft path: append, fsync, commit,
+//! apply.
 
 // openraft's `StorageError` is large and its traits return it by value.
 #![allow(clippy::result_large_err)]
