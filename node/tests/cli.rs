@@ -396,7 +396,11 @@ fn local_up_status_and_down() {
         assert!(Instant::now() < deadline, "no leader: {}", stderr(&o));
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(3), "{status}");
+    assert_eq!(
+        status["nodes"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
     assert!(status["certificate"]["expiresInDays"].as_i64() > Some(300));
     // Leaving with a bad node id names it.
     let o = run(&["cluster", "leave", "--server", &server, "--node-id", "42"]);
