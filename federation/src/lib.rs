@@ -16,6 +16,7 @@
 pub mod certs;
 pub mod command;
 pub mod error;
+pub mod link;
 mod network;
 pub mod network_quic;
 pub mod site;

@@ -1,0 +1,9 @@
+//! Links between sites: durable, ordered store-and-forward of deliveries
+//! from one site's outbox to another site's log (see docs/federation.md).
+//!
+//! [`proto`] is the protocol core without I/O: batching, windowing,
+//! cumulative acknowledgements, rewinds, and the receiver's in-order,
+//! exactly-once-per-sequence admission. The tokio/QUIC glue that runs it
+//! over the site endpoints comes with the federation issue.
+
+pub mod proto;
