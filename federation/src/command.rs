@@ -71,6 +71,52 @@ pub enum Command {
         /// (target key, next sequence to process) pairs.
         cursors: Vec<(String, u64)>,
     },
+    /// Append deliveries owed to another site to its outbox.
+    LinkEnqueue {
+        /// The remote site.
+        remote: String,
+        /// The deliveries (JSON each).
+        items: Vec<Box<RawValue>>,
+    },
+    /// The remote site committed the outbox up to `upto`.
+    LinkAcked {
+        /// The remote site.
+        remote: String,
+        /// Cumulative acknowledgement.
+        upto: u64,
+    },
+    /// A batch received from another site's outbox.
+    LinkReceive {
+        /// The sending site (as its certificate names it).
+        origin: String,
+        /// Sequence of the first item.
+        first_seq: u64,
+        /// The deliveries.
+        items: Vec<Box<RawValue>>,
+    },
+}
+
+/// What a link command answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkAnswer {
+    /// Deliveries were given these outbox sequences.
+    Enqueued {
+        /// First sequence.
+        first: u64,
+        /// Last sequence.
+        last: u64,
+    },
+    /// Everything up to `upto` is committed (outbox: acknowledged).
+    Ack {
+        /// Cumulative sequence.
+        upto: u64,
+    },
+    /// A batch left a gap; the inbox needs `expected` next.
+    Gap {
+        /// Next sequence needed.
+        expected: u64,
+    },
 }
 
 /// Result of appending one event.
@@ -96,4 +142,6 @@ pub enum CommandResponse {
     NotFound(String),
     /// The command conflicts with the current state.
     Conflict(String),
+    /// A link command's answer.
+    Link(LinkAnswer),
 }

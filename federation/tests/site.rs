@@ -267,3 +267,123 @@ async fn dedup_window_is_not_extended_by_repeats_and_is_swept() {
     assert_eq!(dedup_len(&site), 0, "expired entries are swept");
     site.shutdown().await.expect("shutdown");
 }
+
+fn items(tags: &[&str]) -> Vec<Box<RawValue>> {
+    tags.iter()
+        .map(|t| RawValue::from_string(json!({"d": t}).to_string()).expect("raw"))
+        .collect()
+}
+
+fn bodies(entries: &[strait_federation::store::links::LinkEntry]) -> Vec<(u64, String)> {
+    entries
+        .iter()
+        .map(|e| (e.seq, String::from_utf8_lossy(&e.body).into_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn link_outbox_and_inbox_are_replicated_ordered_and_deduplicated() {
+    use strait_federation::LinkAnswer;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = open(dir.path()).await;
+    let link = |r: CommandResponse| match r {
+        CommandResponse::Link(a) => a,
+        other => panic!("unexpected {other:?}"),
+    };
+    // Outbox: sequences from 1; acknowledged entries go away.
+    let r = site
+        .write(Command::LinkEnqueue {
+            remote: "aws".into(),
+            items: items(&["a", "b", "c"]),
+        })
+        .await
+        .expect("enqueue");
+    assert_eq!(link(r), LinkAnswer::Enqueued { first: 1, last: 3 });
+    assert_eq!(site.state.read_outbox("aws", 1, 10).expect("read").len(), 3);
+    let r = site
+        .write(Command::LinkAcked {
+            remote: "aws".into(),
+            upto: 2,
+        })
+        .await
+        .expect("ack");
+    assert_eq!(link(r), LinkAnswer::Ack { upto: 2 });
+    assert_eq!(
+        bodies(&site.state.read_outbox("aws", 1, 10).expect("read")),
+        vec![(3, r#"{"d":"c"}"#.to_string())]
+    );
+    // Inbox: the next expected sequences only.
+    let recv = |first: u64, tags: &[&str]| Command::LinkReceive {
+        origin: "idc".into(),
+        first_seq: first,
+        items: items(tags),
+    };
+    assert_eq!(
+        link(site.write(recv(1, &["x1", "x2"])).await.expect("recv")),
+        LinkAnswer::Ack { upto: 2 }
+    );
+    assert_eq!(
+        link(site.write(recv(1, &["x1", "x2"])).await.expect("recv")),
+        LinkAnswer::Ack { upto: 2 }
+    );
+    assert_eq!(
+        link(site.write(recv(5, &["x5"])).await.expect("recv")),
+        LinkAnswer::Gap { expected: 3 }
+    );
+    assert_eq!(
+        link(
+            site.write(recv(2, &["x2", "x3", "x4"]))
+                .await
+                .expect("recv")
+        ),
+        LinkAnswer::Ack { upto: 4 }
+    );
+    let inbox = bodies(&site.state.read_inbox("idc", 1, 10).expect("read"));
+    let seqs: Vec<u64> = inbox.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    assert!(inbox[2].1.contains("x3"), "{inbox:?}");
+    assert_eq!(site.state.view().links.inbound.get("idc"), Some(&4));
+    // The inbox reader's cursor exists; a checkpoint past 3 collects 1..=2.
+    let key = strait_federation::store::links::inbox_cursor_key("idc");
+    assert_eq!(site.state.view().cursors.get(&key), Some(&1));
+    site.write(Command::Checkpoint {
+        now_ms: 0,
+        retention_ms: 0,
+        dedup_window_ms: 0,
+        cursors: vec![(key, 3)],
+    })
+    .await
+    .expect("checkpoint");
+    let left: Vec<u64> = site
+        .state
+        .read_inbox("idc", 0, 10)
+        .expect("read")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(left, vec![3, 4]);
+
+    // Snapshots carry links; so does a restart.
+    let image = site.state.snapshot_bytes().expect("snapshot");
+    let other = tempfile::tempdir().expect("tempdir");
+    let copy = SiteState::open(&other.path().join("state.redb")).expect("open");
+    copy.install_snapshot(&image.data).expect("install");
+    assert_eq!(copy.view().links, site.state.view().links);
+    assert_eq!(copy.read_outbox("aws", 0, 10).expect("read").len(), 1);
+    assert_eq!(copy.read_inbox("idc", 0, 10).expect("read").len(), 2);
+    site.shutdown().await.expect("shutdown");
+    drop(site);
+    let again = open(dir.path()).await;
+    assert_eq!(
+        again
+            .state
+            .view()
+            .links
+            .out
+            .get("aws")
+            .map(|o| (o.last_seq, o.acked)),
+        Some((3, 2))
+    );
+    assert_eq!(again.state.view().links.inbound.get("idc"), Some(&4));
+    again.shutdown().await.expect("shutdown");
+}

@@ -43,6 +43,14 @@ fn werr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     storage_err(ErrorSubject::StateMachine, ErrorVerb::Write, &e)
 }
 
+/// A state-machine write error (for sibling modules).
+pub(crate) fn write_error<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
+    werr(e)
+}
+
+/// The cursors table (for sibling modules).
+pub(crate) const CURSORS_TABLE: TableDefinition<&str, u64> = CURSORS;
+
 fn rerr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     storage_err(ErrorSubject::StateMachine, ErrorVerb::Read, &e)
 }
@@ -112,6 +120,8 @@ pub struct View {
     pub last_applied: Option<LogId<NodeId>>,
     /// The last applied membership.
     pub membership: StoredMembership<NodeId, NodeInfo>,
+    /// Outbox and inbox progress of links to other sites.
+    pub links: super::links::LinkView,
 }
 
 /// Everything in a snapshot.
@@ -125,6 +135,8 @@ struct SnapshotBody {
     cursors: Vec<(String, u64)>,
     dedup: Vec<(String, u64)>,
     events: Vec<(String, u64, u64, Box<serde_json::value::RawValue>)>,
+    #[serde(default)]
+    links: super::links::LinkSnapshot,
 }
 
 /// A serialized snapshot of the whole state and the log position it covers.
@@ -146,6 +158,7 @@ pub struct SiteState {
     view: RwLock<View>,
     config_version: watch::Sender<u64>,
     head: watch::Sender<u64>,
+    links_version: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for SiteState {
@@ -170,6 +183,7 @@ impl SiteState {
             view: RwLock::new(View::default()),
             config_version: watch::Sender::new(0),
             head: watch::Sender::new(0),
+            links_version: watch::Sender::new(0),
         };
         state.init_tables().map_err(|e| fail(e.to_string()))?;
         let view = state.load_view().map_err(|e| fail(e.to_string()))?;
@@ -189,6 +203,9 @@ impl SiteState {
         txn.open_table(EVENTS).map_err(werr)?;
         txn.open_table(DEDUP).map_err(werr)?;
         txn.open_table(CURSORS).map_err(werr)?;
+        txn.open_table(super::links::OUTBOX).map_err(werr)?;
+        txn.open_table(super::links::INBOX).map_err(werr)?;
+        txn.open_table(super::links::LINK_META).map_err(werr)?;
         txn.commit().map_err(werr)
     }
 
@@ -233,6 +250,8 @@ impl SiteState {
             let (k, v) = item.map_err(rerr)?;
             view.cursors.insert(k.value().to_string(), v.value());
         }
+        let link_meta = txn.open_table(super::links::LINK_META).map_err(rerr)?;
+        view.links = super::links::load(&link_meta).map_err(|m| rerr(std::io::Error::other(m)))?;
         Ok(view)
     }
 
@@ -247,6 +266,11 @@ impl SiteState {
     /// Bumped whenever buses or rules change (not on appends or checkpoints).
     pub fn subscribe_config(&self) -> watch::Receiver<u64> {
         self.config_version.subscribe()
+    }
+
+    /// Bumped whenever an outbox or inbox changes.
+    pub fn subscribe_links(&self) -> watch::Receiver<u64> {
+        self.links_version.subscribe()
     }
 
     /// The next sequence number to be assigned; bumped on every append.
@@ -268,6 +292,30 @@ impl SiteState {
             }
         }
         Ok(out)
+    }
+
+    /// Up to `limit` outbox entries owed to `remote` with `seq >= from`.
+    pub fn read_outbox(
+        &self,
+        remote: &str,
+        from: u64,
+        limit: usize,
+    ) -> SResult<Vec<super::links::LinkEntry>> {
+        let txn = self.db.begin_read().map_err(rerr)?;
+        let table = txn.open_table(super::links::OUTBOX).map_err(rerr)?;
+        super::links::read(&table, remote, from, limit).map_err(|m| rerr(std::io::Error::other(m)))
+    }
+
+    /// Up to `limit` inbox entries from `origin` with `seq >= from`.
+    pub fn read_inbox(
+        &self,
+        origin: &str,
+        from: u64,
+        limit: usize,
+    ) -> SResult<Vec<super::links::LinkEntry>> {
+        let txn = self.db.begin_read().map_err(rerr)?;
+        let table = txn.open_table(super::links::INBOX).map_err(rerr)?;
+        super::links::read(&table, origin, from, limit).map_err(|m| rerr(std::io::Error::other(m)))
     }
 
     /// How many events of `bus` have `seq >= from` (counting stops at `cap`).
@@ -319,6 +367,7 @@ impl SiteState {
         .map_err(werr)?;
         let mut responses = Vec::with_capacity(entries.len());
         let mut config_changed = false;
+        let mut links_changed = false;
         for entry in entries {
             next.last_applied = Some(entry.log_id);
             let resp = match entry.payload {
@@ -328,7 +377,22 @@ impl SiteState {
                     CommandResponse::Ok
                 }
                 EntryPayload::Normal(cmd) => {
-                    if !matches!(cmd, Command::Append { .. } | Command::Checkpoint { .. }) {
+                    if matches!(
+                        cmd,
+                        Command::LinkEnqueue { .. }
+                            | Command::LinkAcked { .. }
+                            | Command::LinkReceive { .. }
+                    ) {
+                        links_changed = true;
+                    }
+                    if !matches!(
+                        cmd,
+                        Command::Append { .. }
+                            | Command::Checkpoint { .. }
+                            | Command::LinkEnqueue { .. }
+                            | Command::LinkAcked { .. }
+                            | Command::LinkReceive { .. }
+                    ) {
                         config_changed = true;
                     }
                     apply_command(&txn, &mut next, cmd)?
@@ -351,6 +415,9 @@ impl SiteState {
         drop(view);
         if config_changed {
             self.config_version.send_modify(|v| *v += 1);
+        }
+        if links_changed {
+            self.links_version.send_modify(|v| *v += 1);
         }
         self.head.send_if_modified(|h| {
             if *h != head {
@@ -392,6 +459,7 @@ impl SiteState {
             cursors: Vec::new(),
             dedup: Vec::new(),
             events: Vec::new(),
+            links: Default::default(),
         };
         for item in txn.open_table(BUSES).map_err(rerr)?.iter().map_err(rerr)? {
             let (k, v) = item.map_err(rerr)?;
@@ -431,6 +499,11 @@ impl SiteState {
             let raw = serde_json::value::RawValue::from_string(raw).map_err(rerr)?;
             body.events.push((bus.to_string(), seq, ev.ingest_ms, raw));
         }
+        let link_meta = txn.open_table(super::links::LINK_META).map_err(rerr)?;
+        let link_view =
+            super::links::load(&link_meta).map_err(|m| rerr(std::io::Error::other(m)))?;
+        body.links =
+            super::links::dump(&txn, &link_view).map_err(|m| rerr(std::io::Error::other(m)))?;
         let data = serde_json::to_vec(&body).map_err(rerr)?;
         Ok(SnapshotImage {
             last_applied,
@@ -490,6 +563,8 @@ impl SiteState {
                     .insert((bus.as_str(), seq), enc.as_slice())
                     .map_err(werr)?;
             }
+            super::links::restore(&txn, &body.links)?;
+            next.links = body.links.view.clone();
             let mut meta = txn.open_table(META).map_err(werr)?;
             let la = serde_json::to_vec(&next.last_applied).map_err(werr)?;
             meta.insert("last_applied", la.as_slice()).map_err(werr)?;
@@ -503,6 +578,7 @@ impl SiteState {
         let head = view.next_seq;
         drop(view);
         self.config_version.send_modify(|v| *v += 1);
+        self.links_version.send_modify(|v| *v += 1);
         self.head.send_replace(head);
         Ok(())
     }
@@ -750,7 +826,26 @@ fn apply_command(
                     events.remove((bus.as_str(), seq)).map_err(werr)?;
                 }
             }
+            super::links::collect_inbox(txn, &view.links, &view.cursors)?;
             CommandResponse::Ok
         }
+        Command::LinkEnqueue { remote, items } => {
+            super::links::enqueue(txn, &mut view.links, &remote, &items)?
+        }
+        Command::LinkAcked { remote, upto } => {
+            super::links::acked(txn, &mut view.links, &remote, upto)?
+        }
+        Command::LinkReceive {
+            origin,
+            first_seq,
+            items,
+        } => super::links::receive(
+            txn,
+            &mut view.links,
+            &mut view.cursors,
+            &origin,
+            first_seq,
+            &items,
+        )?,
     })
 }

@@ -1,0 +1,279 @@
+//! Replicated link state: per remote site an outbox of deliveries owed to
+//! it, and per origin site an inbox of deliveries received from it.
+//!
+//! - Outbox `(remote, seq)`: sequences start at 1 and grow by one per
+//!   delivery; entries up to the remote's cumulative acknowledgement are
+//!   deleted by [`Command::LinkAcked`](crate::Command::LinkAcked).
+//! - Inbox `(origin, seq)`: [`Command::LinkReceive`](crate::Command::LinkReceive)
+//!   stores exactly the next expected sequences (repeats are skipped, a gap
+//!   is refused), so the inbox holds each origin sequence once, in order —
+//!   the same rule as [`crate::link::proto::Receiver`], applied
+//!   deterministically by every replica. Its reader's cursor is
+//!   [`inbox_cursor_key`] in the site's cursors; delivered entries are
+//!   deleted by the next checkpoint.
+
+use std::collections::BTreeMap;
+
+use openraft::StorageError;
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::NodeId;
+use crate::command::{CommandResponse, LinkAnswer};
+
+pub(crate) const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("link_out");
+pub(crate) const INBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("link_in");
+pub(crate) const LINK_META: TableDefinition<&str, &[u8]> = TableDefinition::new("link_meta");
+
+type SResult<T> = Result<T, StorageError<NodeId>>;
+
+fn werr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
+    super::state::write_error(e)
+}
+
+/// The cursor key of the inbox reader for `origin`.
+pub fn inbox_cursor_key(origin: &str) -> String {
+    format!("link-in/{origin}")
+}
+
+/// Progress of the outbox to one remote site.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutLink {
+    /// Highest sequence enqueued (0: none yet).
+    pub last_seq: u64,
+    /// Highest sequence the remote site acknowledged.
+    pub acked: u64,
+}
+
+/// Link progress as the replicated view holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkView {
+    /// Remote site → outbox progress.
+    pub out: BTreeMap<String, OutLink>,
+    /// Origin site → highest sequence committed into the inbox.
+    pub inbound: BTreeMap<String, u64>,
+}
+
+/// One stored link entry (outbox or inbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkEntry {
+    /// Its sequence.
+    pub seq: u64,
+    /// The delivery (JSON).
+    pub body: Vec<u8>,
+}
+
+fn out_key(remote: &str) -> String {
+    format!("out/{remote}")
+}
+
+fn in_key(origin: &str) -> String {
+    format!("in/{origin}")
+}
+
+fn save_meta(txn: &WriteTransaction, links: &LinkView) -> SResult<()> {
+    let mut meta = txn.open_table(LINK_META).map_err(werr)?;
+    for (remote, o) in &links.out {
+        let b = serde_json::to_vec(o).map_err(werr)?;
+        meta.insert(out_key(remote).as_str(), b.as_slice())
+            .map_err(werr)?;
+    }
+    for (origin, c) in &links.inbound {
+        let b = serde_json::to_vec(c).map_err(werr)?;
+        meta.insert(in_key(origin).as_str(), b.as_slice())
+            .map_err(werr)?;
+    }
+    Ok(())
+}
+
+/// Load the link view from the meta table.
+pub(crate) fn load(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<LinkView, String> {
+    let mut v = LinkView::default();
+    for item in meta.iter().map_err(|e| e.to_string())? {
+        let (k, val) = item.map_err(|e| e.to_string())?;
+        let key = k.value();
+        if let Some(remote) = key.strip_prefix("out/") {
+            let o: OutLink = serde_json::from_slice(val.value()).map_err(|e| e.to_string())?;
+            v.out.insert(remote.to_string(), o);
+        } else if let Some(origin) = key.strip_prefix("in/") {
+            let c: u64 = serde_json::from_slice(val.value()).map_err(|e| e.to_string())?;
+            v.inbound.insert(origin.to_string(), c);
+        }
+    }
+    Ok(v)
+}
+
+/// Append deliveries to the outbox for `remote`.
+pub(crate) fn enqueue(
+    txn: &WriteTransaction,
+    links: &mut LinkView,
+    remote: &str,
+    items: &[Box<RawValue>],
+) -> SResult<CommandResponse> {
+    let o = links.out.entry(remote.to_string()).or_default();
+    let first = o.last_seq + 1;
+    {
+        let mut t = txn.open_table(OUTBOX).map_err(werr)?;
+        for item in items {
+            o.last_seq += 1;
+            t.insert((remote, o.last_seq), item.get().as_bytes())
+                .map_err(werr)?;
+        }
+    }
+    let last = o.last_seq;
+    save_meta(txn, links)?;
+    Ok(CommandResponse::Link(LinkAnswer::Enqueued { first, last }))
+}
+
+/// The remote acknowledged everything up to `upto`: drop it from the outbox.
+pub(crate) fn acked(
+    txn: &WriteTransaction,
+    links: &mut LinkView,
+    remote: &str,
+    upto: u64,
+) -> SResult<CommandResponse> {
+    let Some(o) = links.out.get_mut(remote) else {
+        return Ok(CommandResponse::NotFound(format!(
+            "no link to site `{remote}`"
+        )));
+    };
+    let upto = upto.min(o.last_seq);
+    if upto > o.acked {
+        let mut t = txn.open_table(OUTBOX).map_err(werr)?;
+        t.retain_in((remote, o.acked + 1)..=(remote, upto), |_, _| false)
+            .map_err(werr)?;
+        o.acked = upto;
+    }
+    let acked = o.acked;
+    save_meta(txn, links)?;
+    Ok(CommandResponse::Link(LinkAnswer::Ack { upto: acked }))
+}
+
+/// Store the next expected deliveries of a batch from `origin`.
+pub(crate) fn receive(
+    txn: &WriteTransaction,
+    links: &mut LinkView,
+    cursors: &mut BTreeMap<String, u64>,
+    origin: &str,
+    first_seq: u64,
+    items: &[Box<RawValue>],
+) -> SResult<CommandResponse> {
+    let committed = links.inbound.get(origin).copied().unwrap_or(0);
+    let receiver = crate::link::proto::Receiver::new(committed);
+    let skip = match receiver.admit(first_seq, items.len()) {
+        crate::link::proto::Admit::Fresh { skip } => skip,
+        crate::link::proto::Admit::Repeat { upto } => {
+            return Ok(CommandResponse::Link(LinkAnswer::Ack { upto }));
+        }
+        crate::link::proto::Admit::Gap { expected } => {
+            return Ok(CommandResponse::Link(LinkAnswer::Gap { expected }));
+        }
+    };
+    let mut seq = committed;
+    {
+        let mut t = txn.open_table(INBOX).map_err(werr)?;
+        for item in &items[skip..] {
+            seq += 1;
+            t.insert((origin, seq), item.get().as_bytes())
+                .map_err(werr)?;
+        }
+    }
+    links.inbound.insert(origin.to_string(), seq);
+    let key = inbox_cursor_key(origin);
+    if !cursors.contains_key(&key) {
+        cursors.insert(key.clone(), 1);
+        txn.open_table(super::state::CURSORS_TABLE)
+            .map_err(werr)?
+            .insert(key.as_str(), 1u64)
+            .map_err(werr)?;
+    }
+    save_meta(txn, links)?;
+    Ok(CommandResponse::Link(LinkAnswer::Ack { upto: seq }))
+}
+
+/// Delete inbox entries their reader is past.
+pub(crate) fn collect_inbox(
+    txn: &WriteTransaction,
+    links: &LinkView,
+    cursors: &BTreeMap<String, u64>,
+) -> SResult<()> {
+    let mut t = txn.open_table(INBOX).map_err(werr)?;
+    for origin in links.inbound.keys() {
+        if let Some(c) = cursors.get(&inbox_cursor_key(origin))
+            && *c > 1
+        {
+            t.retain_in((origin.as_str(), 0)..(origin.as_str(), *c), |_, _| false)
+                .map_err(werr)?;
+        }
+    }
+    Ok(())
+}
+
+/// Read up to `limit` entries of `(name, seq >= from)` from `table`.
+pub(crate) fn read(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    name: &str,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<LinkEntry>, String> {
+    let mut out = Vec::new();
+    for item in table
+        .range((name, from)..=(name, u64::MAX))
+        .map_err(|e| e.to_string())?
+    {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        out.push(LinkEntry {
+            seq: k.value().1,
+            body: v.value().to_vec(),
+        });
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Everything of the link tables, for snapshots.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct LinkSnapshot {
+    pub view: LinkView,
+    pub outbox: Vec<(String, u64, Box<RawValue>)>,
+    pub inbox: Vec<(String, u64, Box<RawValue>)>,
+}
+
+/// Dump the link tables.
+pub(crate) fn dump(txn: &redb::ReadTransaction, view: &LinkView) -> Result<LinkSnapshot, String> {
+    let mut s = LinkSnapshot {
+        view: view.clone(),
+        ..LinkSnapshot::default()
+    };
+    for (def, out) in [(OUTBOX, &mut s.outbox), (INBOX, &mut s.inbox)] {
+        let t = txn.open_table(def).map_err(|e| e.to_string())?;
+        for item in t.iter().map_err(|e| e.to_string())? {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            let (name, seq) = k.value();
+            let raw = String::from_utf8(v.value().to_vec()).map_err(|e| e.to_string())?;
+            let raw = RawValue::from_string(raw).map_err(|e| e.to_string())?;
+            out.push((name.to_string(), seq, raw));
+        }
+    }
+    Ok(s)
+}
+
+/// Replace the link tables with a snapshot's.
+pub(crate) fn restore(txn: &WriteTransaction, s: &LinkSnapshot) -> SResult<()> {
+    txn.delete_table(OUTBOX).map_err(werr)?;
+    txn.delete_table(INBOX).map_err(werr)?;
+    txn.delete_table(LINK_META).map_err(werr)?;
+    for (def, rows) in [(OUTBOX, &s.outbox), (INBOX, &s.inbox)] {
+        let mut t = txn.open_table(def).map_err(werr)?;
+        for (name, seq, raw) in rows {
+            t.insert((name.as_str(), *seq), raw.get().as_bytes())
+                .map_err(werr)?;
+        }
+    }
+    save_meta(txn, &s.view)
+}
