@@ -3,7 +3,8 @@
 //!
 //! [`proto`] is the protocol core without I/O: batching, windowing,
 //! cumulative acknowledgements, rewinds, and the receiver's in-order,
-//! exactly-once-per-sequence admission. The tokio/QUIC glue that runs it
-//! over the site endpoints comes with the federation issue.
+//! exactly-once-per-sequence admission; [`service`] runs it over the QUIC
+//! endpoints of the sites (receiving side and per-remote sender).
 
 pub mod proto;
+pub mod service;

@@ -1,0 +1,426 @@
+//! The tokio/QUIC glue of links: [`LinkService`] receives batches from
+//! other sites and commits them into this site's inbox; [`run_sender`]
+//! drains this site's outbox for one remote site while this node leads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::value::RawValue;
+use tokio::sync::Mutex;
+
+use super::proto::{Batch, Sender, SenderConfig, decode_batch, encode_batch};
+use crate::NodeId;
+use crate::certs::NodeIdentity;
+use crate::command::{Command, CommandResponse, LinkAnswer};
+use crate::error::FederationError;
+use crate::network_quic::write_via_leader;
+use crate::site::Site;
+use crate::transport::codec::codes;
+use crate::transport::{
+    Endpoint, Handler, HandlerFuture, PeerClient, RemoteError, Request, RequestError,
+};
+
+/// Method: a batch of deliveries from another site's outbox.
+pub const METHOD_LINK_BATCH: u16 = 0x0301;
+
+/// Largest batch body a sender builds.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Serves [`METHOD_LINK_BATCH`]: checks that the batch's origin is the
+/// sending node's site (by certificate) and one this site accepts, then
+/// commits it (through the leader) and answers with the cumulative
+/// acknowledgement or the gap. Batches from one origin are committed one at
+/// a time, in sequence order.
+pub struct LinkService {
+    own_site: String,
+    origins: Vec<String>,
+    running: OnceLock<(Site, Endpoint)>,
+    per_origin: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for LinkService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkService")
+            .field("own_site", &self.own_site)
+            .field("origins", &self.origins)
+            .finish()
+    }
+}
+
+impl LinkService {
+    /// A service for site `own_site` accepting batches from `origins`.
+    pub fn new(own_site: impl Into<String>, origins: Vec<String>) -> Arc<LinkService> {
+        Arc::new(LinkService {
+            own_site: own_site.into(),
+            origins,
+            running: OnceLock::new(),
+            per_origin: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Start serving with the site and the endpoint (to forward to the leader).
+    pub fn start(&self, site: Site, endpoint: Endpoint) {
+        let _ = self.running.set((site, endpoint));
+    }
+
+    fn lock_for(&self, origin: &str) -> Arc<Mutex<()>> {
+        let mut m = match self.per_origin.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(origin.to_string()).or_default().clone()
+    }
+
+    /// Handle one [`METHOD_LINK_BATCH`] request.
+    pub async fn receive(&self, req: Request) -> Result<Bytes, RemoteError> {
+        let Some((site, endpoint)) = self.running.get().cloned() else {
+            return Err(RemoteError::new(
+                codes::UNAVAILABLE,
+                "links are not running yet",
+            ));
+        };
+        let batch = decode_batch(req.body)
+            .map_err(|e| RemoteError::new(codes::BAD_REQUEST, e.to_string()))?;
+        if batch.origin != req.peer.site {
+            tracing::warn!(peer = %req.peer, origin = batch.origin, "refused a link batch: origin is not the sender's site");
+            return Err(RemoteError::new(
+                codes::FORBIDDEN,
+                format!(
+                    "{} cannot send on behalf of site {:?}",
+                    req.peer, batch.origin
+                ),
+            ));
+        }
+        if batch.origin == self.own_site || !self.origins.contains(&batch.origin) {
+            tracing::warn!(peer = %req.peer, "refused a link batch: no link from this site");
+            return Err(RemoteError::new(
+                codes::FORBIDDEN,
+                format!(
+                    "site {} has no link from site {:?}",
+                    self.own_site, batch.origin
+                ),
+            ));
+        }
+        let mut items = Vec::with_capacity(batch.items.len());
+        for (i, item) in batch.items.iter().enumerate() {
+            let s = std::str::from_utf8(item).map_err(|_| {
+                RemoteError::new(codes::BAD_REQUEST, format!("item {i} is not UTF-8"))
+            })?;
+            let raw = RawValue::from_string(s.to_string()).map_err(|e| {
+                RemoteError::new(codes::BAD_REQUEST, format!("item {i} is not JSON: {e}"))
+            })?;
+            items.push(raw);
+        }
+        let lock = self.lock_for(&batch.origin);
+        let _serial = lock.lock().await;
+        // A batch that starts after what is committed may be waiting for
+        // its predecessor (requests on separate streams can overtake each
+        // other): give it a moment before answering with the gap.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut links = site.state.subscribe_links();
+        loop {
+            let committed = site
+                .state
+                .view()
+                .links
+                .inbound
+                .get(&batch.origin)
+                .copied()
+                .unwrap_or(0);
+            if batch.first_seq <= committed + 1 || Instant::now() >= deadline {
+                break;
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), links.changed()).await;
+        }
+        let cmd = Command::LinkReceive {
+            origin: batch.origin.clone(),
+            first_seq: batch.first_seq,
+            items,
+        };
+        let answer = match write_via_leader(&site, &endpoint, cmd).await {
+            Ok(CommandResponse::Link(a)) => a,
+            Ok(other) => {
+                return Err(RemoteError::new(
+                    codes::INTERNAL,
+                    format!("unexpected answer {other:?}"),
+                ));
+            }
+            Err(FederationError::NotLeader { .. } | FederationError::Unreachable(_)) => {
+                return Err(RemoteError::new(
+                    codes::UNAVAILABLE,
+                    "this site has no reachable leader right now",
+                ));
+            }
+            Err(e) => return Err(RemoteError::new(codes::INTERNAL, e.to_string())),
+        };
+        serde_json::to_vec(&answer)
+            .map(Bytes::from)
+            .map_err(|e| RemoteError::new(codes::INTERNAL, e.to_string()))
+    }
+}
+
+/// Routes requests to the Raft service or the link service by method.
+pub struct Methods {
+    raft: Arc<dyn Handler>,
+    link: Arc<LinkService>,
+}
+
+impl Methods {
+    /// One handler for both.
+    pub fn handler(raft: Arc<dyn Handler>, link: Arc<LinkService>) -> Arc<dyn Handler> {
+        Arc::new(Methods { raft, link })
+    }
+}
+
+impl Handler for Methods {
+    fn handle(&self, req: Request) -> HandlerFuture {
+        if req.method == METHOD_LINK_BATCH {
+            let link = self.link.clone();
+            Box::pin(async move { link.receive(req).await })
+        } else {
+            self.raft.handle(req)
+        }
+    }
+}
+
+/// Where a remote site can be reached: its nodes.
+#[derive(Debug, Clone)]
+pub struct RemoteSite {
+    /// Site name.
+    pub site: String,
+    /// (node id, QUIC address) of its nodes; any of them accepts batches.
+    pub nodes: Vec<(NodeId, String)>,
+}
+
+/// Live figures of one outgoing link (shared with the API).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkStats {
+    /// `up`, `down` or `idle` (not leading).
+    pub state: String,
+    /// Highest sequence acknowledged by the remote site.
+    pub acked: u64,
+    /// Deliveries in the outbox not yet acknowledged.
+    pub backlog: u64,
+    /// Round trip of the last batch, ms.
+    pub rtt_ms: Option<f64>,
+    /// Deliveries acknowledged since this node started.
+    pub delivered: u64,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// The node of the remote site in use.
+    pub peer: Option<String>,
+}
+
+/// Shared link figures by remote site.
+pub type LinkStatsMap = Arc<std::sync::Mutex<HashMap<String, LinkStats>>>;
+
+fn set_stats(stats: &LinkStatsMap, remote: &str, f: impl FnOnce(&mut LinkStats)) {
+    let mut m = match stats.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    f(m.entry(remote.to_string()).or_default());
+}
+
+fn is_leader(site: &Site) -> bool {
+    let m = site.raft.metrics().borrow().clone();
+    m.current_leader == Some(site.node_id) && m.state == openraft::ServerState::Leader
+}
+
+/// Drain this site's outbox for `remote` over `endpoint`, for as long as
+/// the process runs; active only while this node leads its site.
+pub async fn run_sender(
+    site: Site,
+    endpoint: Endpoint,
+    remote: RemoteSite,
+    cfg: SenderConfig,
+    stats: LinkStatsMap,
+) {
+    let mut metrics = site.raft.metrics();
+    loop {
+        while !is_leader(&site) {
+            set_stats(&stats, &remote.site, |s| s.state = "idle".into());
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+        let lost = async {
+            let mut m = site.raft.metrics();
+            while is_leader(&site) {
+                if m.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = lost => {}
+            _ = drain(&site, &endpoint, &remote, cfg, &stats) => {}
+        }
+    }
+}
+
+type Reply = (u64, u64, Instant, Result<Bytes, RequestError>);
+
+async fn drain(
+    site: &Site,
+    endpoint: &Endpoint,
+    remote: &RemoteSite,
+    cfg: SenderConfig,
+    stats: &LinkStatsMap,
+) {
+    let own = endpoint.identity().site.clone();
+    let acked0 = site
+        .state
+        .view()
+        .links
+        .out
+        .get(&remote.site)
+        .map(|o| o.acked)
+        .unwrap_or(0);
+    let mut sender = Sender::new(cfg, acked0);
+    let mut links = site.state.subscribe_links();
+    let mut peer_idx = 0usize;
+    let mut backoff = Duration::from_millis(50);
+    let mut in_flight: FuturesUnordered<
+        std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>,
+    > = FuturesUnordered::new();
+    let mut acked_written = acked0;
+    let mut ack_write: Option<tokio::task::JoinHandle<()>> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        let last = site
+            .state
+            .view()
+            .links
+            .out
+            .get(&remote.site)
+            .map(|o| o.last_seq)
+            .unwrap_or(0);
+        sender.outbox_extended(last);
+        let Some((node, addr)) = remote
+            .nodes
+            .get(peer_idx % remote.nodes.len().max(1))
+            .cloned()
+        else {
+            set_stats(stats, &remote.site, |s| {
+                s.state = "down".into();
+                s.last_error = Some("no nodes configured for the remote site".into());
+            });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let peer: Arc<PeerClient> = match NodeIdentity::new(node, remote.site.clone()) {
+            Ok(id) => endpoint.peer(id, addr.clone()),
+            Err(e) => {
+                set_stats(stats, &remote.site, |s| s.last_error = Some(e.to_string()));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(w) = sender.want() {
+            let entries = match site.state.read_outbox(&remote.site, w.first, w.max_items) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    break;
+                }
+            };
+            let mut items = Vec::new();
+            let mut bytes = 0usize;
+            for (expect, e) in (w.first..).zip(entries) {
+                if e.seq != expect || (bytes + e.body.len() > MAX_BATCH_BYTES && !items.is_empty())
+                {
+                    break;
+                }
+                bytes += e.body.len();
+                items.push(Bytes::from(e.body));
+            }
+            if items.is_empty() {
+                break;
+            }
+            let last = w.first + items.len() as u64 - 1;
+            let batch = Batch {
+                origin: own.clone(),
+                first_seq: w.first,
+                items,
+            };
+            let body = match encode_batch(&batch) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a link batch");
+                    break;
+                }
+            };
+            let p = peer.clone();
+            let first = w.first;
+            let sent = Instant::now();
+            sender.sent(first, last, sent);
+            in_flight.push(Box::pin(async move {
+                (first, last, sent, p.request(METHOD_LINK_BATCH, body).await)
+            }));
+        }
+        set_stats(stats, &remote.site, |s| {
+            s.backlog = sender.backlog();
+            s.acked = sender.acked();
+            s.peer = Some(format!("node {node} at {addr}"));
+        });
+        // Persist the acknowledgement (one write at a time).
+        if sender.acked() > acked_written && ack_write.as_ref().is_none_or(|h| h.is_finished()) {
+            let upto = sender.acked();
+            let site2 = site.clone();
+            let remote_name = remote.site.clone();
+            acked_written = upto;
+            ack_write = Some(tokio::spawn(async move {
+                let _ = site2
+                    .write(Command::LinkAcked {
+                        remote: remote_name,
+                        upto,
+                    })
+                    .await;
+            }));
+        }
+        tokio::select! {
+            Some((first, last, sent, reply)) = in_flight.next(), if !in_flight.is_empty() => {
+                match reply.map_err(|e| e.to_string()).and_then(|b| {
+                    serde_json::from_slice::<LinkAnswer>(&b).map_err(|e| e.to_string())
+                }) {
+                    Ok(LinkAnswer::Ack { upto }) => {
+                        let before = sender.acked();
+                        sender.on_ack(upto);
+                        backoff = Duration::from_millis(50);
+                        set_stats(stats, &remote.site, |s| {
+                            s.state = "up".into();
+                            s.rtt_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+                            s.delivered += sender.acked().saturating_sub(before);
+                        });
+                        let _ = (first, last);
+                    }
+                    Ok(LinkAnswer::Gap { expected }) => sender.on_gap(expected),
+                    Ok(LinkAnswer::Enqueued { .. }) => sender.on_disconnect(),
+                    Err(e) => {
+                        tracing::debug!(remote = remote.site, error = %e, "link batch failed");
+                        set_stats(stats, &remote.site, |s| {
+                            s.state = "down".into();
+                            s.last_error = Some(e.clone());
+                        });
+                        sender.on_disconnect();
+                        in_flight = FuturesUnordered::new();
+                        peer_idx += 1;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            _ = links.changed() => {}
+            _ = tick.tick() => {
+                if sender.on_tick(Instant::now()) {
+                    in_flight = FuturesUnordered::new();
+                }
+            }
+        }
+    }
+}
