@@ -225,7 +225,7 @@ pub(crate) fn bus_must_exist(app: &App, bus: &str) -> ApiResult<()> {
 
 fn command_result(resp: CommandResponse) -> ApiResult<()> {
     match resp {
-        CommandResponse::Ok | CommandResponse::Appended(_) => Ok(()),
+        CommandResponse::Ok | CommandResponse::Appended(_) | CommandResponse::Link(_) => Ok(()),
         CommandResponse::NotFound(m) => {
             let code = if m.starts_with("bus") {
                 "BusNotFound"
@@ -556,6 +556,23 @@ async fn put_rule(
         m.remove("status");
     }
     let spec = RuleSpec::from_json(&v)?;
+    for (i, t) in spec.targets.iter().enumerate() {
+        if let Some(site) = &t.site
+            && *site != app.cfg.site
+            && !app.cfg.federation.links.contains_key(site)
+        {
+            let known: Vec<&String> = std::iter::once(&app.cfg.site)
+                .chain(app.cfg.federation.links.keys())
+                .collect();
+            return Err(ApiError::bad_request(
+                "UnknownSite",
+                format!(
+                    "targets[{i}].site: no link from site {:?} to site {site:?} (known sites: {known:?})",
+                    app.cfg.site
+                ),
+            ));
+        }
+    }
     let stored = serde_json::to_value(&spec).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -644,7 +661,9 @@ async fn test_transform(State(app): State<Arc<App>>, body: Body) -> ApiResult<Js
 }
 
 async fn cluster(State(app): State<Arc<App>>) -> Json<Value> {
-    Json(crate::cluster::status(&app.cfg, &app.site, app.cert_expiry))
+    let mut v = crate::cluster::status(&app.cfg, &app.site, app.cert_expiry);
+    v["links"] = crate::links::status(&app);
+    Json(v)
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

@@ -34,6 +34,10 @@ pub struct App {
     pub writer: Writer,
     /// Expiry of this node's certificate (cluster mode).
     pub cert_expiry: Option<i64>,
+    /// Outboxes to other sites (group commit).
+    pub outbox: crate::links::Outbox,
+    /// Live figures of the outgoing links.
+    pub link_stats: strait_federation::link::service::LinkStatsMap,
 }
 
 /// Open storage and Raft, create configured buses, start the dispatcher.
@@ -73,9 +77,12 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         sinks,
         alibaba,
         metrics: crate::telemetry::metrics_handle(),
+        outbox: crate::links::Outbox::start(writer.clone()),
         writer,
         cert_expiry,
+        link_stats: crate::links::new_stats(),
     });
+    crate::links::start_senders(&app);
     tokio::spawn(crate::dispatch::run(app.clone()));
     Ok(app)
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use openraft::ServerState;
 use serde_json::{Value, json};
 use strait_federation::certs::{self, NodeCredentials};
+use strait_federation::link::service::{LinkService, Methods};
 use strait_federation::network_quic::{QuicNetwork, RaftService, write_via_leader};
 use strait_federation::transport::{AcceptPolicy, Endpoint, TransportConfig};
 use strait_federation::{
@@ -149,18 +150,29 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<(Site, Option<Endpoin
         .with_context(|| format!("config: cluster.listen: {listen:?} is not an address"))?;
     let creds = load_credentials(cfg)?;
     let service = RaftService::new(cfg.site.clone());
+    let remotes: Vec<String> = cfg.federation.links.keys().cloned().collect();
+    let link = LinkService::new(cfg.site.clone(), remotes.clone());
+    let accept = if remotes.is_empty() {
+        AcceptPolicy::SameSite
+    } else {
+        let mut sites = remotes;
+        sites.push(cfg.site.clone());
+        AcceptPolicy::Sites(sites)
+    };
     let transport = TransportConfig {
-        accept: AcceptPolicy::SameSite,
+        accept,
         connect_timeout: Duration::from_secs(1),
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(500),
         ..TransportConfig::default()
     };
-    let endpoint = Endpoint::bind(addr, &creds, transport, Some(service.handler()))
+    let handler = Methods::handler(service.handler(), link.clone());
+    let endpoint = Endpoint::bind(addr, &creds, transport, Some(handler))
         .with_context(|| format!("cannot listen for QUIC on {addr}"))?;
     let bootstrap = bootstrap(cfg);
     let site = Site::open_with_network(opts, QuicNetwork::new(endpoint.clone()), bootstrap).await?;
     service.set_raft(site.raft.clone());
+    link.start(site.clone(), endpoint.clone());
     Ok((site, Some(endpoint)))
 }
 
@@ -282,7 +294,7 @@ fn role(s: ServerState) -> &'static str {
     }
 }
 
-/// The cluster status document of `GET /v1/cluster`.
+/// The cluster status document of `GET /v1/cluster` (`links` filled in by the caller).
 pub fn status(cfg: &NodeConfig, site: &Site, cert_expiry: Option<i64>) -> Value {
     let m = site.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();

@@ -202,6 +202,8 @@ pub struct NodeConfig {
     /// Site cluster membership and the QUIC transport (one-node site when
     /// `cluster.listen` is unset).
     pub cluster: Cluster,
+    /// Links to other sites.
+    pub federation: Federation,
 }
 
 impl Default for NodeConfig {
@@ -224,6 +226,7 @@ impl Default for NodeConfig {
             telemetry: Telemetry::default(),
             alibaba: Alibaba::default(),
             cluster: Cluster::default(),
+            federation: Federation::default(),
         }
     }
 }
@@ -280,6 +283,30 @@ impl Default for Cluster {
             write_timeout_ms: 10_000,
             heartbeat_ms: 100,
             election_timeout_ms: 300,
+        }
+    }
+}
+
+/// Links to other sites (see docs/federation.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Federation {
+    /// Remote site → its nodes (`id`, `raft_addr` = QUIC address). This site
+    /// sends deliveries for targets of those sites, and accepts deliveries
+    /// from them.
+    pub links: std::collections::BTreeMap<String, Vec<Member>>,
+    /// Most deliveries per link batch.
+    pub max_batch: usize,
+    /// Unacknowledged batches per link.
+    pub window: usize,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Federation {
+            links: Default::default(),
+            max_batch: 512,
+            window: 8,
         }
     }
 }
@@ -385,7 +412,48 @@ impl NodeConfig {
             }
         }
         self.validate_alibaba()?;
-        self.validate_cluster()
+        self.validate_cluster()?;
+        self.validate_federation()
+    }
+
+    fn validate_federation(&self) -> Result<(), ConfigError> {
+        let f = &self.federation;
+        let at = |field: String, message: String| {
+            Err(ConfigError::InvalidAt {
+                field: format!("federation.{field}"),
+                message,
+            })
+        };
+        if f.max_batch == 0 || f.window == 0 {
+            return at(
+                "max_batch".into(),
+                "max_batch and window must be at least 1".into(),
+            );
+        }
+        if !f.links.is_empty() && self.cluster.listen.is_none() {
+            return at(
+                "links".into(),
+                "links need the QUIC transport: set cluster.listen and cluster.certs_dir".into(),
+            );
+        }
+        for (site, nodes) in &f.links {
+            if strait_federation::certs::validate_site(site).is_err() {
+                return at(format!("links.{site}"), "not a valid site name".into());
+            }
+            if *site == self.site {
+                return at(
+                    format!("links.{site}"),
+                    "a site does not link to itself".into(),
+                );
+            }
+            if nodes.is_empty() {
+                return at(
+                    format!("links.{site}"),
+                    "list at least one node of the site".into(),
+                );
+            }
+        }
+        Ok(())
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {

@@ -48,6 +48,11 @@ pub struct TargetStats {
 /// Per-target stats shared with the API.
 pub type Progress = Arc<Mutex<HashMap<String, TargetStats>>>;
 
+/// Set the in-memory cursor of `key` (checkpointed by the leader).
+pub fn set_cursor(progress: &Progress, key: &str, cursor: u64) {
+    with_stats(progress, key, |s| s.cursor = cursor);
+}
+
 fn with_stats(progress: &Progress, key: &str, f: impl FnOnce(&mut TargetStats)) {
     let mut map = match progress.lock() {
         Ok(g) => g,
@@ -138,6 +143,7 @@ async fn lead(app: Arc<App>) {
     let mut feeds: HashMap<String, Feed> = HashMap::new();
     let mut version = 0u64;
     let _checkpointer = AbortOnDrop(tokio::spawn(checkpointer(app.clone())));
+    let _inbound = AbortOnDrop(tokio::spawn(crate::links::run_inbound(app.clone())));
     loop {
         config_rx.borrow_and_update();
         version += 1;
@@ -259,16 +265,28 @@ fn reconcile(
             continue;
         }
         let t = &compiled.spec.targets[idx];
-        let sink = match strait_adapters::build_target(
-            &t.kind,
-            &t.settings,
-            Duration::from_millis(t.timeout_ms),
-            &app.sinks,
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(target_key = key, error = %e, "target cannot be built; not dispatching to it");
-                continue;
+        let remote_site = t.site.clone().filter(|s| *s != app.cfg.site);
+        let sink: Arc<dyn Sink> = if let Some(remote) = &remote_site {
+            Arc::new(crate::links::LinkSink {
+                remote: remote.clone(),
+                bus: bus.clone(),
+                rule: rule_name.clone(),
+                rule_spec: json.clone(),
+                target: t.id.clone(),
+                outbox: app.outbox.clone(),
+            })
+        } else {
+            match strait_adapters::build_target(
+                &t.kind,
+                &t.settings,
+                Duration::from_millis(t.timeout_ms),
+                &app.sinks,
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(target_key = key, error = %e, "target cannot be built; not dispatching to it");
+                    continue;
+                }
             }
         };
         let Some(feed) = feeds.get(&bus).map(|f| f.feed.clone()) else {
@@ -284,6 +302,8 @@ fn reconcile(
             sink,
             feed,
             version,
+            prematched: false,
+            via_link: remote_site.is_some(),
         };
         let handle = tokio::spawn(worker.run());
         workers.insert(
@@ -307,6 +327,63 @@ struct TargetWorker {
     feed: Arc<BusFeed>,
     /// The rule-set version this worker's rule entered the feed with.
     version: u64,
+    /// Matched already (at the origin site): deliver without matching.
+    prematched: bool,
+    /// The target lives in another site: hand the untransformed event to
+    /// the link (the remote site transforms and delivers).
+    via_link: bool,
+}
+
+/// Delivers events another site routed to a target of this site.
+pub struct Remote {
+    worker: Arc<TargetWorker>,
+}
+
+impl Remote {
+    /// The target named by `d`, built with this node's credentials.
+    pub fn build(
+        app: &Arc<App>,
+        origin: &str,
+        d: &crate::links::Delivery,
+    ) -> Result<Remote, String> {
+        let spec: RuleSpec = serde_json::from_value(d.rule_spec.clone())
+            .map_err(|e| format!("rule definition: {e}"))?;
+        let rule = Arc::new(spec.compile().map_err(|e| e.to_string())?);
+        let idx = rule
+            .spec
+            .targets
+            .iter()
+            .position(|t| t.id == d.target)
+            .ok_or_else(|| format!("rule {} has no target {}", d.rule, d.target))?;
+        let t = &rule.spec.targets[idx];
+        let sink = strait_adapters::build_target(
+            &t.kind,
+            &t.settings,
+            Duration::from_millis(t.timeout_ms),
+            &app.sinks,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Remote {
+            worker: Arc::new(TargetWorker {
+                app: app.clone(),
+                key: strait_federation::store::links::inbox_cursor_key(origin),
+                bus: d.bus.clone(),
+                rule_name: d.rule.clone(),
+                rule,
+                idx,
+                sink,
+                feed: BusFeed::new(0, 0, RuleSet::default()),
+                version: 0,
+                prematched: true,
+                via_link: false,
+            }),
+        })
+    }
+
+    /// Transform and deliver one event (retries, dead letters) to the target.
+    pub async fn deliver(&self, event: StoredEvent) {
+        self.worker.clone().process(Pending::Stored(event)).await;
+    }
 }
 
 /// An event waiting to be processed by a target worker.
@@ -331,7 +408,11 @@ impl TargetWorker {
             .map(|s| s.cursor.max(replicated))
             .unwrap_or(replicated);
         with_stats(&this.app.progress, &this.key, |s| s.cursor = start);
-        let concurrency = this.rule.spec.targets[this.idx].concurrency;
+        let mut concurrency = this.rule.spec.targets[this.idx].concurrency;
+        if this.via_link {
+            // Enqueueing is a Raft write: let the outbox batch many at once.
+            concurrency = concurrency.max(512);
+        }
         let read_batch = this.app.cfg.dispatch.read_batch;
         let mut next_read = start;
         let mut buffer: std::collections::VecDeque<Pending> = Default::default();
@@ -419,7 +500,9 @@ impl TargetWorker {
                 }
             },
         };
-        if !self.rule.spec.enabled || (!decided && !self.rule.pattern.matches(&value)) {
+        if !self.prematched
+            && (!self.rule.spec.enabled || (!decided && !self.rule.pattern.matches(&value)))
+        {
             return seq;
         }
         let original = match Event::from_structured(value.clone()) {
@@ -437,7 +520,12 @@ impl TargetWorker {
         ];
         metrics::counter!("strait_events_matched_total", &labels).increment(1);
         let mut event = original.clone();
-        if let Some(tr) = &self.rule.transforms[self.idx] {
+        let transform = if self.via_link {
+            None
+        } else {
+            self.rule.transforms[self.idx].as_ref()
+        };
+        if let Some(tr) = transform {
             let ingestion_time = chrono::DateTime::from_timestamp_millis(ingest_ms as i64)
                 .unwrap_or_default()
                 .to_rfc3339();

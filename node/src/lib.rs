@@ -12,6 +12,7 @@ pub mod config;
 pub mod dispatch;
 pub mod feed;
 pub mod ingest;
+pub mod links;
 pub mod local;
 pub mod spec;
 pub mod telemetry;

@@ -110,6 +110,11 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<LocalCluster> {
     if opts.sites.is_empty() {
         bail!("give at least one --site NAME:COUNT");
     }
+    for (i, (s, _)) in opts.sites.iter().enumerate() {
+        if opts.sites[..i].iter().any(|(o, _)| o == s) {
+            bail!("--site {s}: given twice");
+        }
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir
         .canonicalize()
@@ -133,6 +138,7 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<LocalCluster> {
         nodes: Vec::new(),
         certs_dir: certs_dir.clone(),
     };
+    let mut all: BTreeMap<String, Vec<Member>> = BTreeMap::new();
     for (site, count) in &opts.sites {
         let mut members = Vec::new();
         for id in 1..=*count as u64 {
@@ -142,6 +148,15 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<LocalCluster> {
                 http_addr: format!("127.0.0.1:{}", free_tcp()?),
             });
         }
+        all.insert(site.clone(), members);
+    }
+    for (site, _) in &opts.sites {
+        let members = all.get(site).cloned().unwrap_or_default();
+        let links: BTreeMap<String, Vec<Member>> = all
+            .iter()
+            .filter(|(s, _)| *s != site)
+            .map(|(s, m)| (s.clone(), m.clone()))
+            .collect();
         for m in &members {
             let node_dir = dir.join(format!("{site}-{}", m.id));
             let node_certs = node_dir.join("certs");
@@ -164,6 +179,7 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<LocalCluster> {
             cfg.cluster.listen = Some(m.raft_addr.clone());
             cfg.cluster.certs_dir = Some(node_certs);
             cfg.cluster.initial_members = members.clone();
+            cfg.federation.links = links.clone();
             let config_path = node_dir.join("config.yaml");
             write_config(&cfg, &extra, &config_path)?;
             let log = node_dir.join("node.log");

@@ -151,6 +151,10 @@ pub struct TargetSpec {
     /// Dead-letter destination (else the rule's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<DeadLetter>,
+    /// The site that delivers to this target (default: the site the event
+    /// is ingested at). Another site's target is reached over the link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
     /// The type's own settings, checked by the adapter.
     #[serde(flatten)]
     pub settings: Map<String, Value>,
@@ -276,6 +280,10 @@ impl RuleSpec {
                 ));
             }
             t.retry.validate(&format!("{f}.retry"))?;
+            if let Some(site) = &t.site {
+                strait_federation::certs::validate_site(site)
+                    .map_err(|e| SpecError::new(format!("{f}.site"), e.to_string()))?;
+            }
             if let Some(dl) = &t.dead_letter {
                 validate_dead_letter(&format!("{f}.deadLetter"), dl)?;
             }

@@ -1,0 +1,432 @@
+//! Cross-site delivery on the node: a target whose `site` is another site
+//! becomes a delivery in this site's outbox for that site ([`LinkSink`],
+//! batched through Raft by [`Outbox`]); link senders drain the outboxes
+//! while this node leads; the inbox of deliveries received from other
+//! sites is delivered here by [`run_inbound`] without routing again.
+//!
+//! A delivery carries the bus, the rule's name and definition, the target
+//! id, the event (untransformed: the remote site applies the target's
+//! transform), its ingestion time, the hop count and the trace context.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use strait_adapters::{DeliveryError, DeliveryFuture, Sink};
+use strait_federation::link::proto::SenderConfig;
+use strait_federation::link::service::{LinkStatsMap, RemoteSite, run_sender};
+use strait_federation::store::links::inbox_cursor_key;
+use strait_federation::{Command, CommandResponse, LinkAnswer, StoredEvent};
+use strait_routing::event::Event;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::app::App;
+use crate::cluster::Writer;
+use crate::commit::now_ms;
+
+/// Most hops a delivery may make between sites.
+pub const MAX_HOPS: u32 = 8;
+
+/// One delivery on a link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// The bus the event was ingested on (at the origin).
+    pub bus: String,
+    /// The rule that matched.
+    pub rule: String,
+    /// The rule's definition as the origin evaluated it.
+    pub rule_spec: Value,
+    /// The target to deliver to.
+    pub target: String,
+    /// Ingestion time at the origin, ms.
+    pub ingest_ms: u64,
+    /// When it entered the outbox, ms.
+    pub enqueued_ms: u64,
+    /// Sites passed so far.
+    pub hops: u32,
+    /// W3C trace context of the link hop.
+    pub traceparent: String,
+    /// The event, structured JSON.
+    pub event: Box<RawValue>,
+}
+
+struct Pending {
+    remote: String,
+    item: Box<RawValue>,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// Group commit for outboxes: deliveries queued at the same time go into
+/// one Raft entry per remote site.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Outbox {
+    /// Start the batching task.
+    pub fn start(writer: Writer) -> Outbox {
+        let (tx, mut rx) = mpsc::channel::<Pending>(64 * 1024);
+        tokio::spawn(async move {
+            let permits = Arc::new(tokio::sync::Semaphore::new(2));
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = rx.recv().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < 4096 {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let writer = writer.clone();
+                tokio::spawn(async move {
+                    let mut by_remote: HashMap<String, Vec<Pending>> = HashMap::new();
+                    for p in batch {
+                        by_remote.entry(p.remote.clone()).or_default().push(p);
+                    }
+                    for (remote, ps) in by_remote {
+                        let items: Vec<Box<RawValue>> = ps.iter().map(|p| p.item.clone()).collect();
+                        let r = writer
+                            .write(Command::LinkEnqueue {
+                                remote: remote.clone(),
+                                items,
+                            })
+                            .await;
+                        let answer = match r {
+                            Ok(CommandResponse::Link(LinkAnswer::Enqueued { .. })) => Ok(()),
+                            Ok(other) => Err(format!("unexpected answer {other:?}")),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        for p in ps {
+                            let _ = p.reply.send(answer.clone());
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Outbox { tx }
+    }
+
+    /// Put one delivery in the outbox for `remote`; resolves once committed.
+    pub async fn enqueue(&self, remote: &str, item: Box<RawValue>) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Pending {
+                remote: remote.to_string(),
+                item,
+                reply,
+            })
+            .await
+            .map_err(|_| "the outbox task stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the outbox task stopped".to_string())?
+    }
+}
+
+/// The sink of a target that lives in another site.
+pub struct LinkSink {
+    /// The remote site.
+    pub remote: String,
+    /// The origin bus.
+    pub bus: String,
+    /// The rule.
+    pub rule: String,
+    /// The rule's definition.
+    pub rule_spec: Value,
+    /// The target id.
+    pub target: String,
+    /// Hops the event made before arriving here.
+    pub outbox: Outbox,
+}
+
+impl Sink for LinkSink {
+    fn deliver<'a>(&'a self, event: &'a Event, traceparent: &'a str) -> DeliveryFuture<'a> {
+        Box::pin(async move {
+            let hops = event
+                .get("strait-hops")
+                .or_else(|| event.get("straithops"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0) as u32;
+            if hops >= MAX_HOPS {
+                return Err(DeliveryError::Permanent(format!(
+                    "hop limit of {MAX_HOPS} sites reached (loop?)"
+                )));
+            }
+            let json = String::from_utf8(event.to_json_bytes())
+                .map_err(|e| DeliveryError::Permanent(e.to_string()))?;
+            let event_raw =
+                RawValue::from_string(json).map_err(|e| DeliveryError::Permanent(e.to_string()))?;
+            let d = Delivery {
+                bus: self.bus.clone(),
+                rule: self.rule.clone(),
+                rule_spec: self.rule_spec.clone(),
+                target: self.target.clone(),
+                ingest_ms: now_ms(),
+                enqueued_ms: now_ms(),
+                hops: hops + 1,
+                traceparent: traceparent.to_string(),
+                event: event_raw,
+            };
+            let raw = serde_json::to_string(&d)
+                .ok()
+                .and_then(|s| RawValue::from_string(s).ok())
+                .ok_or_else(|| DeliveryError::Permanent("cannot encode the delivery".into()))?;
+            self.outbox
+                .enqueue(&self.remote, raw)
+                .await
+                .map_err(DeliveryError::Retryable)
+        })
+    }
+}
+
+/// Start one sender per linked remote site (each is active only while
+/// this node leads its site).
+pub fn start_senders(app: &Arc<App>) {
+    let Some(endpoint) = app.writer.endpoint().cloned() else {
+        return;
+    };
+    for (site, nodes) in &app.cfg.federation.links {
+        let remote = RemoteSite {
+            site: site.clone(),
+            nodes: nodes.iter().map(|m| (m.id, m.raft_addr.clone())).collect(),
+        };
+        let cfg = SenderConfig {
+            max_batch_items: app.cfg.federation.max_batch,
+            window: app.cfg.federation.window,
+            retransmit_after: Duration::from_secs(10),
+        };
+        tokio::spawn(run_sender(
+            app.site.clone(),
+            endpoint.clone(),
+            remote,
+            cfg,
+            app.link_stats.clone(),
+        ));
+    }
+}
+
+/// Deliver the inboxes of every origin site, for as long as this future
+/// runs (the dispatcher runs it while this node leads).
+pub async fn run_inbound(app: Arc<App>) {
+    let mut links = app.site.state.subscribe_links();
+    let mut workers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    struct AbortAll<'a>(&'a mut HashMap<String, tokio::task::JoinHandle<()>>);
+    impl Drop for AbortAll<'_> {
+        fn drop(&mut self) {
+            for (_, h) in self.0.drain() {
+                h.abort();
+            }
+        }
+    }
+    let guard = AbortAll(&mut workers);
+    loop {
+        let origins: Vec<String> = app
+            .site
+            .state
+            .view()
+            .links
+            .inbound
+            .keys()
+            .cloned()
+            .collect();
+        for o in origins {
+            if !guard.0.contains_key(&o) {
+                guard
+                    .0
+                    .insert(o.clone(), tokio::spawn(inbound_worker(app.clone(), o)));
+            }
+        }
+        if links.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Deliver the inbox from `origin` in order, `concurrency` at a time.
+async fn inbound_worker(app: Arc<App>, origin: String) {
+    let key = inbox_cursor_key(&origin);
+    let mut links = app.site.state.subscribe_links();
+    let start = app
+        .site
+        .state
+        .view()
+        .cursors
+        .get(&key)
+        .copied()
+        .unwrap_or(1);
+    crate::dispatch::set_cursor(&app.progress, &key, start);
+    let mut next = start;
+    let mut inflight = FuturesOrdered::new();
+    let mut cache: HashMap<(String, String, String), Arc<crate::dispatch::Remote>> = HashMap::new();
+    loop {
+        if inflight.len() < 256 {
+            links.borrow_and_update();
+            let entries = match app
+                .site
+                .state
+                .read_inbox(&origin, next, 256 - inflight.len())
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(origin, error = %e, "cannot read the inbox");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            for e in entries {
+                next = e.seq + 1;
+                let handler = prepare(&app, &origin, &e.body, &mut cache);
+                let seq = e.seq;
+                inflight.push_back(async move {
+                    if let Some((remote, stored)) = handler {
+                        remote.deliver(stored).await;
+                    }
+                    seq
+                });
+            }
+        }
+        if inflight.is_empty() {
+            if links.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            Some(seq) = inflight.next() => {
+                crate::dispatch::set_cursor(&app.progress, &key, seq + 1);
+            }
+            r = links.changed(), if inflight.len() < 256 => {
+                if r.is_err() { return; }
+            }
+        }
+    }
+}
+
+/// Decode a delivery and find (or build) the target it names.
+fn prepare(
+    app: &Arc<App>,
+    origin: &str,
+    body: &[u8],
+    cache: &mut HashMap<(String, String, String), Arc<crate::dispatch::Remote>>,
+) -> Option<(Arc<crate::dispatch::Remote>, StoredEvent)> {
+    let d: Delivery = match serde_json::from_slice(body) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(origin, error = %e, "undecodable delivery from another site; skipped");
+            return None;
+        }
+    };
+    let spec_key = (
+        d.bus.clone(),
+        d.rule.clone(),
+        d.rule_spec.to_string() + &d.target,
+    );
+    let remote = match cache.get(&spec_key) {
+        Some(r) => r.clone(),
+        None => {
+            let r = match crate::dispatch::Remote::build(app, origin, &d) {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    tracing::error!(origin, rule = d.rule, target = d.target, error = %e, "cannot deliver a delivery from another site; skipped");
+                    metrics::counter!("strait_link_deliveries_skipped_total", "origin" => origin.to_string()).increment(1);
+                    return None;
+                }
+            };
+            if cache.len() > 1024 {
+                cache.clear();
+            }
+            cache.insert(spec_key, r.clone());
+            r
+        }
+    };
+    let mut event: Value = serde_json::from_str(d.event.get()).ok()?;
+    if let Some(m) = event.as_object_mut() {
+        m.insert("straithops".into(), Value::from(d.hops));
+        if !d.traceparent.is_empty() {
+            m.insert("traceparent".into(), Value::String(d.traceparent.clone()));
+        }
+    }
+    let json = serde_json::to_vec(&event).ok()?;
+    Some((
+        remote,
+        StoredEvent {
+            bus: d.bus,
+            seq: 0,
+            ingest_ms: d.ingest_ms,
+            json,
+        },
+    ))
+}
+
+/// The `links` part of `GET /v1/cluster` (and the link gauges).
+pub fn status(app: &App) -> Value {
+    let stats = match app.link_stats.lock() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    let view = app.site.state.view().links.clone();
+    let now = now_ms();
+    let mut out = Vec::new();
+    for remote in app.cfg.federation.links.keys() {
+        let s = stats.get(remote).cloned().unwrap_or_default();
+        let o = view.out.get(remote).copied().unwrap_or_default();
+        let backlog = o.last_seq.saturating_sub(o.acked);
+        let oldest_ms = app
+            .site
+            .state
+            .read_outbox(remote, o.acked + 1, 1)
+            .ok()
+            .and_then(|e| e.into_iter().next())
+            .and_then(|e| serde_json::from_slice::<Delivery>(&e.body).ok())
+            .map(|d| now.saturating_sub(d.enqueued_ms));
+        metrics::gauge!("strait_link_backlog", "remote" => remote.clone()).set(backlog as f64);
+        metrics::gauge!("strait_link_oldest_undelivered_seconds", "remote" => remote.clone())
+            .set(oldest_ms.unwrap_or(0) as f64 / 1000.0);
+        out.push(serde_json::json!({
+            "remote": remote,
+            "direction": "out",
+            "state": if s.state.is_empty() { "idle".to_string() } else { s.state.clone() },
+            "rttMs": s.rtt_ms,
+            "outboxDepth": backlog,
+            "enqueued": o.last_seq,
+            "acked": o.acked,
+            "oldestUndeliveredMs": oldest_ms,
+            "delivered": s.delivered,
+            "lastError": s.last_error,
+            "peer": s.peer,
+        }));
+    }
+    for (origin, committed) in &view.inbound {
+        let cursor = app
+            .site
+            .state
+            .view()
+            .cursors
+            .get(&inbox_cursor_key(origin))
+            .copied()
+            .unwrap_or(1);
+        out.push(serde_json::json!({
+            "remote": origin,
+            "direction": "in",
+            "received": committed,
+            "undelivered": (committed + 1).saturating_sub(cursor),
+        }));
+    }
+    Value::Array(out)
+}
+
+/// The shared link figures.
+pub fn new_stats() -> LinkStatsMap {
+    LinkStatsMap::default()
+}
