@@ -240,6 +240,40 @@ impl LocalCluster {
         self.leader_among(&ids, timeout).await
     }
 
+    /// A client for the node at `idx` in [`Self::nodes`] (node ids repeat
+    /// across sites).
+    pub fn client_at(&self, idx: usize) -> anyhow::Result<NodeClient> {
+        let n = self.nodes.get(idx).context("no such node index")?;
+        NodeClient::new(&n.base_url(), self.timeout)
+    }
+
+    /// Indexes (in [`Self::nodes`]) of the nodes of `site`.
+    pub fn site_nodes(&self, site: &str) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].site == site)
+            .collect()
+    }
+
+    /// SIGKILL the node at `idx`.
+    pub fn kill_9_at(&mut self, idx: usize) -> anyhow::Result<()> {
+        self.nodes
+            .get_mut(idx)
+            .context("no such node index")?
+            .kill_9();
+        Ok(())
+    }
+
+    /// Start the node at `idx` again on its data; waits for `/healthz`.
+    pub async fn restart_at(&mut self, idx: usize) -> anyhow::Result<()> {
+        let bin = self.bin.clone();
+        let node = self.nodes.get_mut(idx).context("no such node index")?;
+        node.kill_9();
+        node.child = Some(spawn(&bin, &node.config, &node.log, &[])?);
+        node.starts += 1;
+        let url = node.base_url();
+        wait_healthy(&url, Duration::from_secs(30)).await
+    }
+
     /// SIGKILL node `id`.
     pub fn kill_9(&mut self, id: u64) -> anyhow::Result<()> {
         self.node_mut(id)?.kill_9();

@@ -1,0 +1,242 @@
+//! Sites linked over QUIC (`strait local up --site a:N --site b:M ...`):
+//! an event is routed once, where it enters; a target of another site is
+//! reached over the link and delivered there. Every acknowledged event must
+//! reach exactly the targets its rule names, at least once, bytes intact,
+//! also when leaders of the sending or the receiving site are killed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use strait_chaos_tests::{
+    Behavior, Ledger, LocalCluster, ProducerOptions, ProducerStats, Receiver, bounded,
+    check_conservation, http_target, lock, produce, retry,
+};
+
+const BUS: &str = "default";
+
+fn extra() -> Value {
+    json!({"dispatch": {"checkpoint_interval_ms": 50}})
+}
+
+async fn finish_producers(
+    stop: &AtomicBool,
+    producers: Vec<tokio::task::JoinHandle<ProducerStats>>,
+    ledger: &Mutex<Ledger>,
+) -> anyhow::Result<Ledger> {
+    stop.store(true, Ordering::SeqCst);
+    for p in producers {
+        let stats = p.await.context("producer")?;
+        anyhow::ensure!(
+            stats.problems.is_empty(),
+            "producer problems: {:?}",
+            stats.problems
+        );
+    }
+    let l = lock(ledger).clone();
+    anyhow::ensure!(
+        l.in_doubt().is_empty(),
+        "{} events without a final answer",
+        l.in_doubt().len()
+    );
+    Ok(l)
+}
+
+/// Check that `receiver` got exactly the acknowledged events whose id
+/// starts with one of `prefixes`, intact, and nothing else.
+async fn expect_exactly(
+    receiver: &Receiver,
+    ledger: &Ledger,
+    prefixes: &[&str],
+    what: &str,
+) -> anyhow::Result<()> {
+    let mut part = Ledger::new();
+    for ev in ledger.all_sent() {
+        if prefixes.iter().any(|p| ev.id.starts_with(p)) {
+            part.record_sent(ev);
+            if ledger.acked().contains(&ev.id) {
+                part.record_acked(&ev.id);
+            }
+        }
+    }
+    anyhow::ensure!(!part.acked().is_empty(), "{what}: nothing was acknowledged");
+    receiver
+        .wait_for_ids(part.acked().iter(), Duration::from_secs(60))
+        .await
+        .with_context(|| format!("{what}: every acknowledged event must arrive"))?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = receiver.events();
+    if let Some(stray) = got
+        .iter()
+        .find(|e| !prefixes.iter().any(|p| e.id.starts_with(p)))
+    {
+        anyhow::bail!(
+            "{what}: received {} which its rules do not send here",
+            stray.id
+        );
+    }
+    let report = check_conservation(&part, &got);
+    eprintln!("{what}: {report}");
+    report.ensure_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_sites_deliver_exactly_where_the_rules_say() -> anyhow::Result<()> {
+    bounded(Duration::from_secs(150), async {
+        let sites = ["idc", "aliyun", "aws"];
+        let c = LocalCluster::up(&[("idc", 1), ("aliyun", 1), ("aws", 1)], Some(extra())).await?;
+        let recv_idc = Receiver::start(Behavior::Ok).await?;
+        let recv_aliyun = Receiver::start(Behavior::Ok).await?;
+        let recv_aws = Receiver::start(Behavior::Ok).await?;
+        // Rules, per entry site:
+        //   idc events    → the aliyun and aws targets
+        //   aliyun events → the idc and aws targets
+        //   aws events    → the idc target and its own aws target
+        let plan: [(&str, Vec<(&str, &Receiver)>); 3] = [
+            ("idc", vec![("aliyun", &recv_aliyun), ("aws", &recv_aws)]),
+            ("aliyun", vec![("idc", &recv_idc), ("aws", &recv_aws)]),
+            ("aws", vec![("idc", &recv_idc), ("aws", &recv_aws)]),
+        ];
+        let mut clients = Vec::new();
+        for (site, targets) in &plan {
+            let idx = *c.site_nodes(site).first().context("site node")?;
+            wait_site_leader(&c, site).await?;
+            let client = c.client_at(idx)?;
+            let ts: Vec<Value> = targets
+                .iter()
+                .map(|(tsite, r)| {
+                    let mut t = http_target(
+                        &format!("to-{tsite}"),
+                        &r.url(&format!("/{tsite}")),
+                        retry(100_000, 20, 500),
+                    );
+                    t["site"] = json!(tsite);
+                    t
+                })
+                .collect();
+            let body = json!({"pattern": {"source": [format!("fed.{site}")]}, "targets": ts});
+            client
+                .put_rule(BUS, "fan-out", &body)
+                .await?
+                .expect_status(200, "PUT rule")?;
+            clients.push(client);
+        }
+        // A target at a site without a link is refused, naming the field.
+        let bad = json!({"pattern": {}, "targets": [{"id": "t", "type": "http", "endpoint": "http://127.0.0.1:1/", "site": "mars"}]});
+        let r = clients[0].put_rule(BUS, "bad", &bad).await?;
+        r.expect_status(400, "rule with an unknown site")?;
+        anyhow::ensure!(r.text().contains("targets[0].site"), "{}", r.text());
+        let ledger = Arc::new(Mutex::new(Ledger::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut producers = Vec::new();
+        for (i, (site, client)) in sites.iter().zip(clients).enumerate() {
+            let mut opts = ProducerOptions::new(BUS, &format!("fed.{site}"));
+            opts.id_prefix = format!("{site}-");
+            opts.seed = i as u64 + 11;
+            opts.pause = Duration::from_millis(5);
+            producers.push(tokio::spawn(produce(vec![client], opts, ledger.clone(), stop.clone())));
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let ledger = finish_producers(&stop, producers, &ledger).await?;
+        expect_exactly(&recv_idc, &ledger, &["aliyun-", "aws-"], "idc targets").await?;
+        expect_exactly(&recv_aliyun, &ledger, &["idc-"], "aliyun targets").await?;
+        expect_exactly(&recv_aws, &ledger, &["idc-", "aliyun-", "aws-"], "aws targets").await?;
+        // The links report what they carried.
+        let s = clients_status(&c, "idc").await?;
+        let out: Vec<&Value> = s["links"]
+            .as_array()
+            .map(|l| l.iter().filter(|x| x["direction"] == json!("out")).collect())
+            .unwrap_or_default();
+        anyhow::ensure!(out.len() == 2, "idc should list links to aliyun and aws: {s}");
+        for l in out {
+            anyhow::ensure!(l["outboxDepth"] == json!(0) && l["acked"].as_u64() > Some(0), "{l}");
+        }
+        c.ensure_no_panic()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_kills_in_sending_and_receiving_sites_lose_nothing() -> anyhow::Result<()> {
+    bounded(Duration::from_secs(180), async {
+        let mut c = LocalCluster::up(&[("idc", 3), ("aws", 3)], Some(extra())).await?;
+        let recv = Receiver::start(Behavior::Ok).await?;
+        let idc_client = c.client_at(c.site_nodes("idc")[0])?;
+        let mut t = http_target("far", &recv.url("/aws"), retry(100_000, 20, 500));
+        t["site"] = json!("aws");
+        // Wait for both sites to have leaders.
+        wait_site_leader(&c, "idc").await?;
+        wait_site_leader(&c, "aws").await?;
+        idc_client
+            .put_rule(
+                BUS,
+                "to-aws",
+                &json!({"pattern": {"source": ["fed.kill"]}, "targets": [t]}),
+            )
+            .await?
+            .expect_status(200, "PUT rule")?;
+        let ledger = Arc::new(Mutex::new(Ledger::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = c
+            .site_nodes("idc")
+            .into_iter()
+            .map(|i| c.client_at(i))
+            .collect::<anyhow::Result<_>>()?;
+        let mut opts = ProducerOptions::new(BUS, "fed.kill");
+        opts.id_prefix = "k-".into();
+        opts.drain = Duration::from_secs(30);
+        let producer = tokio::spawn(produce(clients, opts, ledger.clone(), stop.clone()));
+        for round in 0..4 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let site = if round % 2 == 0 { "idc" } else { "aws" };
+            let (idx, id) = wait_site_leader(&c, site).await?;
+            kill_restart(&mut c, idx).await?;
+            eprintln!("round {round}: killed the leader of {site} (node {id})");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ledger = finish_producers(&stop, vec![producer], &ledger).await?;
+        expect_exactly(&recv, &ledger, &["k-"], "aws target").await?;
+        c.ensure_no_panic()
+    })
+    .await
+}
+
+/// The index in `c.nodes` and id of the leader of `site`.
+async fn wait_site_leader(c: &LocalCluster, site: &str) -> anyhow::Result<(usize, u64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for (i, n) in c.nodes.iter().enumerate() {
+            if n.site != site {
+                continue;
+            }
+            let client =
+                strait_chaos_tests::NodeClient::new(&n.base_url(), Duration::from_secs(2))?;
+            if let Ok(r) = client.get_json("/v1/cluster").await
+                && let Some(v) = r.json()
+                && v["role"] == json!("leader")
+            {
+                return Ok((i, n.id));
+            }
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "site {site} has no leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn kill_restart(c: &mut LocalCluster, idx: usize) -> anyhow::Result<()> {
+    c.kill_9_at(idx)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.restart_at(idx).await
+}
+
+async fn clients_status(c: &LocalCluster, site: &str) -> anyhow::Result<Value> {
+    let (idx, _) = wait_site_leader(c, site).await?;
+    let r = c.client_at(idx)?.get_json("/v1/cluster").await?;
+    r.expect_status(200, "GET /v1/cluster")?;
+    r.json().context("cluster status JSON")
+}
