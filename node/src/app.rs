@@ -28,6 +28,8 @@ pub struct App {
     pub metrics: PrometheusHandle,
     /// Alibaba ingress keys, push keys and the nonce cache.
     pub alibaba: crate::alibaba::AlibabaState,
+    /// AWS ingress keys.
+    pub aws: crate::aws::AwsState,
 }
 
 /// Open storage and Raft, create configured buses, start the dispatcher.
@@ -67,7 +69,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
     let sinks = SinkContext {
         http: Default::default(),
         alibaba_credentials: Arc::new(cfg.alibaba.credentials.clone()),
+        aws_credentials: Arc::new(cfg.aws.credentials.clone()),
     };
+    let aws = crate::aws::AwsState::from_config(&cfg.aws);
     let app = Arc::new(App {
         cfg,
         site,
@@ -75,9 +79,11 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         progress: Default::default(),
         sinks,
         alibaba,
+        aws,
         metrics: crate::telemetry::metrics_handle(),
     });
     tokio::spawn(crate::dispatch::run(app.clone()));
+    crate::aws::spawn_sources(&app);
     Ok(app)
 }
 
