@@ -406,7 +406,23 @@ async fn run_source(app: Arc<App>, index: usize) {
                 }
             }
         }
-        let outcomes = match app.committer.append(appends).await {
+        // While the commit runs, keep the messages invisible (extend at half
+        // the visibility timeout), so a slow commit is not re-delivered.
+        let commit = app.committer.append(appends);
+        tokio::pin!(commit);
+        let half = Duration::from_millis((src.visibility_timeout_secs as u64 * 500).max(500));
+        let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+        let committed = loop {
+            tokio::select! {
+                r = &mut commit => break r,
+                _ = extend.tick() => {
+                    if let Err(e) = client.extend_visibility(&pending, src.visibility_timeout_secs).await {
+                        tracing::warn!(source = %name, error = %e, "extending the visibility timeout failed");
+                    }
+                }
+            }
+        };
+        let outcomes = match committed {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(source = %name, error = %e, "commit failed; the messages become visible again after the visibility timeout");

@@ -385,6 +385,59 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn oversized_entry_is_permanent_without_a_call() {
+        let s = AwsEventBridgeSettings::from_settings(&settings()).expect("valid");
+        let t = AwsEventBridgeTarget::start(s, None, Duration::from_secs(1)).expect("start");
+        let big = Event::from_structured(json!({"specversion": "1.0", "id": "1", "source": "s",
+            "type": "t", "data": {"x": "y".repeat(MAX_REQUEST_BYTES)}}))
+        .expect("event");
+        let e = t.deliver(&big, "").await.expect_err("too large");
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("262144"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn batcher_sends_full_batches() {
+        use std::sync::Mutex;
+        let sizes: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let seen = sizes.clone();
+        let send: SendFn<usize> = Arc::new(move |batch: Vec<usize>| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                if let Ok(mut s) = seen.lock() {
+                    s.push(batch.len());
+                }
+                batch.iter().map(|_| Ok(())).collect()
+            })
+        });
+        let (tx, rx) = mpsc::channel(64);
+        let limits = BatchLimits {
+            max_items: 10,
+            max_bytes: 1000,
+            max_delay: Duration::from_millis(50),
+        };
+        let mut waits = Vec::new();
+        for i in 0..25 {
+            let (reply, r) = oneshot::channel();
+            tx.send(Item {
+                payload: i,
+                size: 10,
+                reply,
+            })
+            .await
+            .expect("queued");
+            waits.push(r);
+        }
+        tokio::spawn(aws_common::run_batcher(rx, limits, send));
+        for w in waits {
+            assert!(w.await.expect("reply").is_ok());
+        }
+        let mut got = sizes.lock().map(|s| s.clone()).unwrap_or_default();
+        got.sort();
+        assert_eq!(got, vec![5, 10, 10]);
+    }
+
     #[test]
     fn sdk_entry_carries_every_field() {
         let e = AwsEntry {

@@ -4,7 +4,8 @@
 //! and commits in between.
 
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName,
 };
 use serde_json::{Value, json};
 
@@ -130,6 +131,39 @@ impl SqsSource {
             }
         }
         Ok(deleted)
+    }
+
+    /// Keep messages invisible for another `visibility_secs` (called while a
+    /// commit takes long, so SQS does not hand them out again meanwhile).
+    pub async fn extend_visibility(
+        &self,
+        receipts: &[String],
+        visibility_secs: i32,
+    ) -> Result<(), DeliveryError> {
+        for chunk in receipts.chunks(10) {
+            let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(visibility_secs)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            self.sqs
+                .change_message_visibility_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| {
+                    aws_common::classify_sdk_error("SQS ChangeMessageVisibilityBatch", &e)
+                })?;
+        }
+        Ok(())
     }
 
     /// Create the queue (named by the last segment of the queue URL) if
