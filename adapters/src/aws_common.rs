@@ -560,6 +560,42 @@ mod tests {
     }
 
     #[test]
+    fn sdk_errors_are_classified() {
+        use aws_sdk_eventbridge::operation::put_events::PutEventsError;
+        use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+        use aws_smithy_runtime_api::client::result::SdkError;
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+
+        let service = |status: u16, code: &str| -> SdkError<PutEventsError, HttpResponse> {
+            let raw = HttpResponse::new(status.try_into().expect("status"), SdkBody::empty());
+            let err =
+                PutEventsError::generic(ErrorMetadata::builder().code(code).message("m").build());
+            SdkError::service_error(err, raw)
+        };
+        let c = |e: &SdkError<PutEventsError, HttpResponse>| classify_sdk_error("PutEvents", e);
+        assert!(c(&service(400, "ThrottlingException")).is_retryable());
+        assert!(c(&service(500, "InternalException")).is_retryable());
+        assert!(c(&service(503, "")).is_retryable());
+        assert!(c(&service(429, "TooManyRequests")).is_retryable());
+        let v = c(&service(400, "ValidationException"));
+        assert!(
+            !v.is_retryable() && v.to_string().contains("ValidationException"),
+            "{v}"
+        );
+        assert!(!c(&service(404, "ResourceNotFoundException")).is_retryable());
+        assert!(!c(&service(403, "AccessDeniedException")).is_retryable());
+        let t: SdkError<PutEventsError, HttpResponse> = SdkError::timeout_error("slow");
+        assert!(c(&t).is_retryable());
+        let d: SdkError<PutEventsError, HttpResponse> = SdkError::dispatch_failure(
+            aws_smithy_runtime_api::client::result::ConnectorError::io("refused".into()),
+        );
+        assert!(c(&d).is_retryable());
+        let k: SdkError<PutEventsError, HttpResponse> = SdkError::construction_failure("bad");
+        assert!(!c(&k).is_retryable());
+    }
+
+    #[test]
     fn codes() {
         assert!(retryable_code("ThrottlingException"));
         assert!(retryable_code("InternalFailure"));
