@@ -4,7 +4,8 @@
 //! and apart from building the running piece ([`build_target`]), the way
 //! Vector separates config validation from component construction. Today:
 //! [`http`], the webhook / CloudEvents HTTP sink, and
-//! [`alibaba_eventbridge`], Alibaba Cloud EventBridge PutEvents.
+//! [`alibaba_eventbridge`], Alibaba Cloud EventBridge PutEvents,
+//! [`aws_eventbridge`] (AWS EventBridge PutEvents) and [`aws_sqs`] (SQS).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +16,9 @@ use serde_json::{Map, Value};
 use strait_routing::event::Event;
 
 pub mod alibaba_eventbridge;
+pub mod aws_common;
+pub mod aws_eventbridge;
+pub mod aws_sqs;
 pub mod http;
 
 /// How a delivery failed.
@@ -71,10 +75,12 @@ pub struct SinkContext {
     pub http: http::HttpClient,
     /// Alibaba Cloud credentials by name (node config `alibaba.credentials`).
     pub alibaba_credentials: alibaba_eventbridge::Credentials,
+    /// AWS credentials by name (node config `aws.credentials`).
+    pub aws_credentials: aws_common::AwsCredentials,
 }
 
 /// Target types this build knows.
-pub const TARGET_TYPES: &[&str] = &["http", "alibaba_eventbridge"];
+pub const TARGET_TYPES: &[&str] = &["http", "alibaba_eventbridge", "aws_eventbridge", "aws_sqs"];
 
 /// Check a target's type-specific settings (pure) and return them in
 /// normal form (defaults filled in), as they are stored.
@@ -87,6 +93,10 @@ pub fn validate_target(
         "alibaba_eventbridge" => serde_json::to_value(
             alibaba_eventbridge::AlibabaSettings::from_settings(settings)?,
         ),
+        "aws_eventbridge" => serde_json::to_value(
+            aws_eventbridge::AwsEventBridgeSettings::from_settings(settings)?,
+        ),
+        "aws_sqs" => serde_json::to_value(aws_sqs::AwsSqsSettings::from_settings(settings)?),
         other => {
             return Err(ConfigError::new(
                 "type",
@@ -137,6 +147,22 @@ pub fn build_target(
                 s,
                 credential,
                 timeout,
+            )?))
+        }
+        "aws_eventbridge" => {
+            let s = aws_eventbridge::AwsEventBridgeSettings::from_settings(settings)?;
+            let credential =
+                aws_common::resolve_credential(&ctx.aws_credentials, s.credential.as_deref())?;
+            Ok(Arc::new(aws_eventbridge::AwsEventBridgeTarget::start(
+                s, credential, timeout,
+            )?))
+        }
+        "aws_sqs" => {
+            let s = aws_sqs::AwsSqsSettings::from_settings(settings)?;
+            let credential =
+                aws_common::resolve_credential(&ctx.aws_credentials, s.credential.as_deref())?;
+            Ok(Arc::new(aws_sqs::AwsSqsTarget::start(
+                s, credential, timeout,
             )?))
         }
         other => Err(ConfigError::new(

@@ -86,6 +86,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Build the router.
 pub fn router(app: Arc<App>) -> Router {
+    let aws_path = app.cfg.aws.ingress_path.clone();
     let v1 = Router::new()
         .route("/v1/buses", get(list_buses))
         .route(
@@ -117,6 +118,7 @@ pub fn router(app: Arc<App>) -> Router {
             post(crate::alibaba::put_events),
         )
         .route("/alibaba/push/{bus}", post(crate::alibaba::push))
+        .route(&aws_path, post(crate::aws::put_events))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

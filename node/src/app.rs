@@ -38,6 +38,8 @@ pub struct App {
     pub outbox: crate::links::Outbox,
     /// Live figures of the outgoing links.
     pub link_stats: strait_federation::link::service::LinkStatsMap,
+    /// AWS ingress keys.
+    pub aws: crate::aws::AwsState,
 }
 
 /// Open storage and Raft, create configured buses, start the dispatcher.
@@ -68,7 +70,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
     let sinks = SinkContext {
         http: Default::default(),
         alibaba_credentials: Arc::new(cfg.alibaba.credentials.clone()),
+        aws_credentials: Arc::new(cfg.aws.credentials.clone()),
     };
+    let aws = crate::aws::AwsState::from_config(&cfg.aws);
     let app = Arc::new(App {
         cfg,
         site,
@@ -76,6 +80,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         progress: Default::default(),
         sinks,
         alibaba,
+        aws,
         metrics: crate::telemetry::metrics_handle(),
         outbox: crate::links::Outbox::start(writer.clone()),
         writer,
@@ -84,6 +89,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
     });
     crate::links::start_senders(&app);
     tokio::spawn(crate::dispatch::run(app.clone()));
+    crate::aws::spawn_sources(&app);
     Ok(app)
 }
 

@@ -162,6 +162,127 @@ impl Default for Alibaba {
     }
 }
 
+/// An access key pair accepted by the AWS-compatible PutEvents ingress.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsIngressKey {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for AwsIngressKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsIngressKey")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+fn default_aws_bus() -> String {
+    "default".into()
+}
+
+fn default_wait_time_secs() -> i32 {
+    20
+}
+
+fn default_visibility_timeout_secs() -> i32 {
+    30
+}
+
+fn default_max_messages() -> i32 {
+    10
+}
+
+/// An SQS queue polled into a Strait bus (see docs/adapters/aws.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSource {
+    /// Name (logs, metrics).
+    pub name: String,
+    /// The queue URL.
+    pub queue_url: String,
+    /// The Strait bus events are committed to.
+    pub bus: String,
+    /// Name in `aws.credentials`; absent: the standard AWS credential chain.
+    #[serde(
+        default,
+        alias = "credentials",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub credential: Option<String>,
+    /// Region (else the environment's, else us-east-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Long-poll wait, seconds (0-20).
+    #[serde(default = "default_wait_time_secs")]
+    pub wait_time_secs: i32,
+    /// How long a received message stays invisible before SQS hands it out
+    /// again (it is deleted once committed), seconds (1-43200).
+    #[serde(default = "default_visibility_timeout_secs")]
+    pub visibility_timeout_secs: i32,
+    /// Messages per receive (1-10).
+    #[serde(default = "default_max_messages")]
+    pub max_messages: i32,
+    /// Create the queue, its policy, and an EventBridge rule targeting it.
+    #[serde(default)]
+    pub provision: bool,
+    /// Provisioning: the EventBridge bus of the rule.
+    #[serde(default = "default_aws_bus")]
+    pub event_bus: String,
+    /// Provisioning: the rule name (default `strait-{name}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_name: Option<String>,
+    /// Provisioning: the rule's event pattern (default: every event with a
+    /// `source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_pattern: Option<serde_json::Value>,
+}
+
+fn default_ingress_path() -> String {
+    "/".into()
+}
+
+/// AWS: node-local credentials, the PutEvents ingress and SQS sources.
+/// Never replicated; targets name a credential.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Aws {
+    /// Credentials for `aws_eventbridge` / `aws_sqs` targets and sources, by name.
+    pub credentials: std::collections::BTreeMap<String, strait_adapters::aws_common::AwsCredential>,
+    /// Key pairs that may call the PutEvents ingress. Empty: it rejects
+    /// every request.
+    pub ingress_keys: Vec<AwsIngressKey>,
+    /// Path of the PutEvents ingress.
+    #[serde(default = "default_ingress_path")]
+    pub ingress_path: String,
+    /// Largest allowed distance between the signed date and the clock.
+    pub max_clock_skew_secs: u64,
+    /// The `account` of events that came in through the ingress.
+    pub account_id: String,
+    /// SQS queues polled into buses.
+    pub sources: Vec<AwsSource>,
+}
+
+impl Default for Aws {
+    fn default() -> Self {
+        Aws {
+            credentials: Default::default(),
+            ingress_keys: Vec::new(),
+            ingress_path: default_ingress_path(),
+            max_clock_skew_secs: 300,
+            account_id: "000000000000".into(),
+            sources: Vec::new(),
+        }
+    }
+}
+
 /// The whole node configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -204,6 +325,8 @@ pub struct NodeConfig {
     pub cluster: Cluster,
     /// Links to other sites.
     pub federation: Federation,
+    /// AWS secrets, PutEvents ingress and SQS sources.
+    pub aws: Aws,
 }
 
 impl Default for NodeConfig {
@@ -227,6 +350,7 @@ impl Default for NodeConfig {
             alibaba: Alibaba::default(),
             cluster: Cluster::default(),
             federation: Federation::default(),
+            aws: Aws::default(),
         }
     }
 }
@@ -413,7 +537,8 @@ impl NodeConfig {
         }
         self.validate_alibaba()?;
         self.validate_cluster()?;
-        self.validate_federation()
+        self.validate_federation()?;
+        self.validate_aws()
     }
 
     fn validate_federation(&self) -> Result<(), ConfigError> {
@@ -521,6 +646,119 @@ impl NodeConfig {
                 "give either join (an existing site) or initial_members (a new site), not both"
                     .into(),
             );
+        }
+        Ok(())
+    }
+
+    fn validate_aws(&self) -> Result<(), ConfigError> {
+        let at = |field: String, message: String| Err(ConfigError::InvalidAt { field, message });
+        let a = &self.aws;
+        for (name, c) in &a.credentials {
+            if crate::spec::validate_name("credential", name).is_err() {
+                return at(
+                    format!("aws.credentials.{name}"),
+                    "credential names are 1-64 characters of A-Z a-z 0-9 . _ -".into(),
+                );
+            }
+            if let Err(e) = c.validate() {
+                return at(format!("aws.credentials.{name}.{}", e.field), e.message);
+            }
+        }
+        for (i, k) in a.ingress_keys.iter().enumerate() {
+            if k.access_key_id.trim().is_empty() {
+                return at(
+                    format!("aws.ingress_keys[{i}].access_key_id"),
+                    "must not be empty".into(),
+                );
+            }
+            if k.secret_access_key.is_empty() {
+                return at(
+                    format!("aws.ingress_keys[{i}].secret_access_key"),
+                    "must not be empty".into(),
+                );
+            }
+            if a.ingress_keys[..i]
+                .iter()
+                .any(|o| o.access_key_id == k.access_key_id)
+            {
+                return at(
+                    format!("aws.ingress_keys[{i}].access_key_id"),
+                    "duplicate access key id".into(),
+                );
+            }
+        }
+        let p = &a.ingress_path;
+        if !p.starts_with('/')
+            || p.contains(['{', '}', '*', '?', '#'])
+            || p.starts_with("/v1/")
+            || p.starts_with("/alibaba/")
+            || p.starts_with("/openapi/")
+            || ["/healthz", "/readyz", "/metrics", "/v1"].contains(&p.as_str())
+        {
+            return at(
+                "aws.ingress_path".into(),
+                format!("{p:?} must be a literal path starting with / that no other route uses"),
+            );
+        }
+        if a.max_clock_skew_secs == 0 || a.max_clock_skew_secs > 86_400 {
+            return at(
+                "aws.max_clock_skew_secs".into(),
+                "must be between 1 and 86400".into(),
+            );
+        }
+        if a.account_id.is_empty() {
+            return at("aws.account_id".into(), "must not be empty".into());
+        }
+        for (i, s) in a.sources.iter().enumerate() {
+            let f = |name: &str| format!("aws.sources[{i}].{name}");
+            if crate::spec::validate_name("source", &s.name).is_err()
+                || a.sources[..i].iter().any(|o| o.name == s.name)
+            {
+                return at(
+                    f("name"),
+                    "must be unique, 1-64 characters of A-Z a-z 0-9 . _ -".into(),
+                );
+            }
+            match reqwest::Url::parse(&s.queue_url) {
+                Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.path().len() > 1 => {}
+                _ => {
+                    return at(
+                        f("queue_url"),
+                        format!("{:?} is not a queue URL", s.queue_url),
+                    );
+                }
+            }
+            if crate::spec::validate_name("bus", &s.bus).is_err() {
+                return at(f("bus"), format!("{:?} is not a valid bus name", s.bus));
+            }
+            if let Some(c) = &s.credential
+                && !a.credentials.contains_key(c)
+            {
+                return at(f("credential"), format!("{c:?} is not in aws.credentials"));
+            }
+            if let Err(e) = strait_adapters::aws_common::validate_region_endpoint(
+                s.region.as_deref(),
+                s.endpoint.as_deref(),
+            ) {
+                return at(f(&e.field), e.message);
+            }
+            if !(0..=20).contains(&s.wait_time_secs) {
+                return at(f("wait_time_secs"), "must be between 0 and 20".into());
+            }
+            if !(1..=43_200).contains(&s.visibility_timeout_secs) {
+                return at(
+                    f("visibility_timeout_secs"),
+                    "must be between 1 and 43200".into(),
+                );
+            }
+            if !(1..=10).contains(&s.max_messages) {
+                return at(f("max_messages"), "must be between 1 and 10".into());
+            }
+            if let Some(p) = &s.event_pattern
+                && !p.is_object()
+            {
+                return at(f("event_pattern"), "must be a JSON object".into());
+            }
         }
         Ok(())
     }

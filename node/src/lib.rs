@@ -4,6 +4,7 @@
 pub mod alibaba;
 pub mod api;
 pub mod app;
+pub mod aws;
 pub mod cli;
 pub mod cluster;
 pub mod cluster_api;
