@@ -293,7 +293,7 @@ impl LocalCluster {
 
     /// Create node `id` of `site` (certificate, config) and start it with
     /// `--join` through node `via`; returns once its HTTP API is up (it joins
-    /// in the background; see [`Self::wait_voter`]).
+    /// in the background; see [`Self::wait_voters`]).
     pub async fn add_node(&mut self, site: &str, id: u64, via: u64) -> anyhow::Result<()> {
         let via_url = self.node(via)?.base_url();
         let node_dir = self.dir.join(format!("{site}-{id}"));

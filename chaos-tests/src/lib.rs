@@ -13,6 +13,15 @@
 //!   with what the receivers saw: lost acknowledged events, events nobody
 //!   sent, corrupted data.
 //! * [`events`] builds CloudEvents with known payloads.
+//! * [`UdpProxy`] stands between two sites' QUIC endpoints and injects WAN
+//!   faults the kernel here cannot (no `netem`): partitions (both ways or one
+//!   way), one-way delay, jitter, loss, duplication and reordering,
+//!   changeable at run time through a [`FaultHandle`]. Point a node's peer
+//!   address at [`UdpProxy::local_addr`] instead of the peer itself; each
+//!   client address gets its own upstream socket, so one proxy in front of a
+//!   node serves every node that talks to it. Delays are scheduled per
+//!   datagram (no head-of-line blocking), so jitter reorders like a real
+//!   network, and [`ProxyStats`] counts what passed and what was dropped.
 //!
 //! Every function returns errors instead of panicking so tests can attach
 //! context; nothing here skips a test when the binary is missing, it fails.
@@ -27,6 +36,7 @@ pub mod events;
 pub mod process;
 pub mod producer;
 pub mod receiver;
+pub mod udp_proxy;
 
 pub use cluster::{ClusterNode, LocalCluster};
 pub use conservation::{ConservationReport, Ledger, check_conservation};
@@ -34,6 +44,7 @@ pub use events::{Payload, SentEvent};
 pub use process::{HttpReply, NodeClient, NodeOptions, StraitProcess, strait_bin};
 pub use producer::{ProducerOptions, ProducerStats, lock, produce};
 pub use receiver::{Behavior, DeliveredEvent, ReceivedRequest, Receiver};
+pub use udp_proxy::{Direction, DirectionStats, FaultHandle, Faults, ProxyStats, UdpProxy};
 
 use std::future::Future;
 use std::time::{Duration, Instant};
