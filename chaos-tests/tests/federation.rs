@@ -240,3 +240,102 @@ async fn clients_status(c: &LocalCluster, site: &str) -> anyhow::Result<Value> {
     r.expect_status(200, "GET /v1/cluster")?;
     r.json().context("cluster status JSON")
 }
+
+/// Point `site`'s link to `remote` at `addr` (a proxy) in its config file.
+fn relink(c: &LocalCluster, idx: usize, remote: &str, addr: &str) -> anyhow::Result<()> {
+    let path = &c.nodes[idx].config;
+    let mut cfg: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(path)?)?;
+    let nodes = cfg["federation"]["links"][remote]
+        .as_sequence_mut()
+        .context("link list")?;
+    for n in nodes.iter_mut() {
+        n["raft_addr"] = addr.into();
+    }
+    std::fs::write(path, serde_yaml::to_string(&cfg)?)?;
+    Ok(())
+}
+
+/// Cut one site off (its links through fault-injecting UDP proxies), keep
+/// producing on both sides, heal: local delivery never stops, the links
+/// show the growing backlog while cut, and everything arrives afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wan_partition_only_delays_cross_site_delivery() -> anyhow::Result<()> {
+    use strait_chaos_tests::udp_proxy::UdpProxy;
+    bounded(Duration::from_secs(150), async {
+        let mut c = LocalCluster::up(&[("idc", 1), ("aws", 1)], Some(extra())).await?;
+        let idc = c.site_nodes("idc")[0];
+        let aws = c.site_nodes("aws")[0];
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+        let to_aws = UdpProxy::start(any, c.nodes[aws].quic.parse()?).await?;
+        let to_idc = UdpProxy::start(any, c.nodes[idc].quic.parse()?).await?;
+        relink(&c, idc, "aws", &to_aws.local_addr().to_string())?;
+        relink(&c, aws, "idc", &to_idc.local_addr().to_string())?;
+        c.restart_at(idc).await?;
+        c.restart_at(aws).await?;
+        wait_site_leader(&c, "idc").await?;
+        wait_site_leader(&c, "aws").await?;
+        // Each site: a local target and a target at the other site.
+        let local_idc = Receiver::start(Behavior::Ok).await?;
+        let local_aws = Receiver::start(Behavior::Ok).await?;
+        let cross_to_aws = Receiver::start(Behavior::Ok).await?;
+        let cross_to_idc = Receiver::start(Behavior::Ok).await?;
+        for (idx, here, there, local, cross) in [
+            (idc, "idc", "aws", &local_idc, &cross_to_aws),
+            (aws, "aws", "idc", &local_aws, &cross_to_idc),
+        ] {
+            let mut t_local = http_target("local", &local.url("/l"), retry(100_000, 20, 500));
+            t_local["site"] = json!(here);
+            let mut t_cross = http_target("cross", &cross.url("/c"), retry(100_000, 20, 500));
+            t_cross["site"] = json!(there);
+            c.client_at(idx)?
+                .put_rule(BUS, "both", &json!({"pattern": {"source": [format!("wan.{here}")]}, "targets": [t_local, t_cross]}))
+                .await?
+                .expect_status(200, "PUT rule")?;
+        }
+        let ledger = Arc::new(Mutex::new(Ledger::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut producers = Vec::new();
+        for (i, (idx, here)) in [(idc, "idc"), (aws, "aws")].into_iter().enumerate() {
+            let mut opts = ProducerOptions::new(BUS, &format!("wan.{here}"));
+            opts.id_prefix = format!("{here}-");
+            opts.seed = 40 + i as u64;
+            opts.pause = Duration::from_millis(10);
+            producers.push(tokio::spawn(produce(vec![c.client_at(idx)?], opts, ledger.clone(), stop.clone())));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        to_aws.faults().partition();
+        to_idc.faults().partition();
+        let local_before = (local_idc.events().len(), local_aws.events().len());
+        let cross_at_cut = cross_to_aws.events().len();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let local_after = (local_idc.events().len(), local_aws.events().len());
+        anyhow::ensure!(
+            local_after.0 > local_before.0 + 20 && local_after.1 > local_before.1 + 20,
+            "local delivery stalled during the partition: {local_before:?} -> {local_after:?}"
+        );
+        // The cut is visible: the link is down and its backlog and age grow.
+        let status = clients_status(&c, "idc").await?;
+        let link = status["links"]
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["remote"] == json!("aws") && x["direction"] == json!("out")))
+            .cloned()
+            .context("idc link to aws")?;
+        eprintln!("link during the partition: {link}");
+        anyhow::ensure!(link["outboxDepth"].as_u64() > Some(20), "no backlog shown: {link}");
+        anyhow::ensure!(link["oldestUndeliveredMs"].as_u64() > Some(1000), "age not shown: {link}");
+        anyhow::ensure!(
+            cross_to_aws.events().len() <= cross_at_cut + 600,
+            "cross-site deliveries kept flowing through a partition?"
+        );
+        to_aws.faults().heal();
+        to_idc.faults().heal();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ledger = finish_producers(&stop, producers, &ledger).await?;
+        expect_exactly(&local_idc, &ledger, &["idc-"], "idc local").await?;
+        expect_exactly(&local_aws, &ledger, &["aws-"], "aws local").await?;
+        expect_exactly(&cross_to_aws, &ledger, &["idc-"], "idc → aws").await?;
+        expect_exactly(&cross_to_idc, &ledger, &["aws-"], "aws → idc").await?;
+        c.ensure_no_panic()
+    })
+    .await
+}
