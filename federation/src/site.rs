@@ -110,6 +110,9 @@ impl Site {
             election_timeout_max: opts.timing.election_timeout_ms * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every.max(16)),
             max_in_snapshot_log_to_keep: 256,
+            // openraft 0.9 gives every append-entries request one heartbeat
+            // interval to complete: keep requests small (entries are ~1 MiB).
+            max_payload_entries: 2,
             ..Default::default()
         }
         .validate()

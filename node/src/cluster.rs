@@ -164,6 +164,11 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<(Site, Option<Endpoin
         connect_timeout: Duration::from_secs(1),
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(500),
+        // A restarted peer never answers the old connection: notice within
+        // ~1.5 s (keep-alives every 250 ms) and reconnect, rather than
+        // timing out every Raft request to it until the default idle timeout.
+        keep_alive: Duration::from_millis(250),
+        idle_timeout: Duration::from_millis(1500),
         ..TransportConfig::default()
     };
     let handler = Methods::handler(service.handler(), link.clone());

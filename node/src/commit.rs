@@ -45,8 +45,14 @@ pub fn now_ms() -> u64 {
 impl Committer {
     /// Start the batching task.
     pub fn start(site: Writer, batching: Batching, dedup_window_ms: u64) -> Committer {
+        let clustered = site.endpoint().is_some();
+        let max_bytes = match batching.max_bytes_per_proposal {
+            0 if clustered => 1024 * 1024,
+            0 => usize::MAX,
+            n => n,
+        };
         let (tx, rx) = mpsc::channel::<Pending>(16 * 1024);
-        tokio::spawn(run(site, batching, dedup_window_ms, rx));
+        tokio::spawn(run(site, batching, max_bytes, dedup_window_ms, rx));
         Committer { tx }
     }
 
@@ -75,6 +81,7 @@ impl Committer {
 async fn run(
     site: Writer,
     batching: Batching,
+    max_bytes: usize,
     dedup_window_ms: u64,
     mut rx: mpsc::Receiver<Pending>,
 ) {
@@ -86,12 +93,15 @@ async fn run(
         let Some(first) = rx.recv().await else {
             return;
         };
+        let size = |p: &Pending| p.entries.iter().map(|e| e.event.get().len()).sum::<usize>();
+        let mut bytes = size(&first);
         let mut batch = vec![first];
         let mut count = batch[0].entries.len();
-        while count < batching.max_events_per_proposal {
+        while count < batching.max_events_per_proposal && bytes < max_bytes {
             match rx.try_recv() {
                 Ok(p) => {
                     count += p.entries.len();
+                    bytes += size(&p);
                     batch.push(p);
                 }
                 Err(_) => break,

@@ -60,6 +60,9 @@ impl Default for Dispatch {
 pub struct Batching {
     /// Most events in one Raft proposal.
     pub max_events_per_proposal: usize,
+    /// Most bytes of events in one Raft proposal; 0: 1 MiB in a cluster (a
+    /// follower must take an entry within one heartbeat), unlimited alone.
+    pub max_bytes_per_proposal: usize,
     /// Proposals in flight at once.
     pub max_in_flight: usize,
 }
@@ -68,6 +71,7 @@ impl Default for Batching {
     fn default() -> Self {
         Batching {
             max_events_per_proposal: 8192,
+            max_bytes_per_proposal: 0,
             max_in_flight: 2,
         }
     }

@@ -204,9 +204,7 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<LocalCluster> {
 fn write_config(cfg: &NodeConfig, extra: &serde_yaml::Mapping, path: &Path) -> anyhow::Result<()> {
     let mut doc = serde_yaml::to_value(cfg)?;
     if let serde_yaml::Value::Mapping(m) = &mut doc {
-        for (k, v) in extra {
-            m.insert(k.clone(), v.clone());
-        }
+        merge(m, extra);
     }
     let merged: NodeConfig = serde_yaml::from_value(doc.clone())
         .context("--extra: the merged node config is invalid")?;
@@ -218,6 +216,19 @@ fn write_config(cfg: &NodeConfig, extra: &serde_yaml::Mapping, path: &Path) -> a
     }
     std::fs::write(path, serde_yaml::to_string(&doc)?)
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Merge `extra` into `base`, mappings key by key (so `cluster:
+/// {heartbeat_ms: 150}` keeps the generated peers and certificates).
+fn merge(base: &mut serde_yaml::Mapping, extra: &serde_yaml::Mapping) {
+    for (k, v) in extra {
+        match (base.get_mut(k), v) {
+            (Some(serde_yaml::Value::Mapping(b)), serde_yaml::Value::Mapping(e)) => merge(b, e),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
 }
 
 /// Start `strait serve --config CONFIG` in the background (its own process
