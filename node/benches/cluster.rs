@@ -183,7 +183,7 @@ async fn strait_phases(
     label: &str,
     cl: &Local,
     k: &Knobs,
-    rows: &mut Vec<(String, Summary)>,
+    rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let (leader, term0) =
@@ -196,19 +196,30 @@ async fn strait_phases(
         .context("leader not in cluster.json")?;
     let to_leader = vec![events_url(leader_node)];
     let counter = Arc::new(Mutex::new(0u64));
+    let nodes = &cl.cluster.nodes;
+    let t = max_term(&client, nodes).await;
     let (s, e) = closed_loop(&to_leader, k.clients, k.batch, k.secs, counter.clone()).await;
     let name = format!("{label} batched → leader");
     let lead = report(&name, s, e);
-    rows.push((name, lead.clone()));
+    rows.push(Row::new(
+        name,
+        lead.clone(),
+        t,
+        max_term(&client, nodes).await,
+    ));
     if cl.cluster.nodes.len() > 1 {
+        let t = max_term(&client, nodes).await;
         let (s, e) = closed_loop(&cl.urls(), k.clients, k.batch, k.secs, counter.clone()).await;
         let name = format!("{label} batched → all nodes");
-        rows.push((name.clone(), report(&name, s, e)));
+        let sum = report(&name, s, e);
+        rows.push(Row::new(name, sum, t, max_term(&client, nodes).await));
     }
     let half = lead.rate / 2.0;
+    let t = max_term(&client, nodes).await;
     let (s, e) = open_loop(&to_leader, k.batch, half, k.secs, counter.clone()).await;
     let name = format!("{label} open loop @ {half:.0}/s → leader");
-    rows.push((name.clone(), report(&name, s, e)));
+    let sum = report(&name, s, e);
+    rows.push(Row::new(name, sum, t, max_term(&client, nodes).await));
     let (leader1, term1) =
         stable_leader(&client, &cl.cluster.nodes, Duration::from_secs(30)).await?;
     if (leader1, term1) != (leader, term0) {
@@ -217,6 +228,36 @@ async fn strait_phases(
         );
     }
     Ok(())
+}
+
+/// The highest Raft term any node reports right now.
+async fn max_term(client: &reqwest::Client, nodes: &[LocalNode]) -> Option<u64> {
+    let mut best = None;
+    for n in nodes {
+        if let Some(t) = status(client, n).await.and_then(|v| v["term"].as_u64()) {
+            best = best.max(Some(t));
+        }
+    }
+    best
+}
+
+/// One line of the final table.
+struct Row {
+    name: String,
+    sum: Summary,
+    /// Raft term before and after the phase (elections under load).
+    terms: String,
+}
+
+impl Row {
+    fn new(name: String, sum: Summary, before: Option<u64>, after: Option<u64>) -> Row {
+        let show = |t: Option<u64>| t.map(|t| t.to_string()).unwrap_or_else(|| "?".into());
+        Row {
+            name,
+            sum,
+            terms: format!("{} → {}", show(before), show(after)),
+        }
+    }
 }
 
 fn kill9(pid: u32) -> anyhow::Result<()> {
@@ -707,7 +748,7 @@ fn main() -> anyhow::Result<()> {
             "1 KiB events, {} concurrent clients, {} events/request, {} s per phase, fsync on every commit",
             k.clients, k.batch, k.secs
         );
-        let mut rows: Vec<(String, Summary)> = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
 
         {
             let solo = Local::up(&bin, &dir.path().join("solo"), "solo:1")?;
@@ -726,30 +767,37 @@ fn main() -> anyhow::Result<()> {
         let (s, e) = nats_closed_loop(&nats, &k).await?;
         let name = format!("nats R3 async publish (window {})", k.batch);
         let nats_sum = report(&name, s, e);
-        rows.push((name, nats_sum.clone()));
+        rows.push(Row {
+            name,
+            sum: nats_sum.clone(),
+            terms: "–".into(),
+        });
         drop(nats);
 
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!();
         println!("load average at end: {}", load.trim());
         println!("fsync/s {fsyncs:.0}");
-        println!("| run | events/s | p50 ms | p99 ms | errors | ÷ NATS |");
-        println!("|---|---|---|---|---|---|");
-        for (name, s) in &rows {
+        println!("| run | events/s | p50 ms | p99 ms | errors | ÷ NATS | Raft term |");
+        println!("|---|---|---|---|---|---|---|");
+        for r in &rows {
+            let s = &r.sum;
             println!(
-                "| {name} | {:.0} | {:.1} | {:.1} | {} | {:.2} |",
+                "| {} | {:.0} | {:.1} | {:.1} | {} | {:.2} | {} |",
+                r.name,
                 s.rate,
                 s.p50,
                 s.p99,
                 s.errors,
-                s.rate / nats_sum.rate
+                s.rate / nats_sum.rate,
+                r.terms
             );
         }
         let mut times = fo.times.clone();
         times.sort();
         let sorted: Vec<Duration> = times.clone();
         println!(
-            "| failover ({} kills): kill → first ack | p50 {:.0} ms | p99 {:.0} ms | max {:.0} ms | term steps {:?} |  |",
+            "| failover ({} kills): kill → first ack | p50 {:.0} ms | p99 {:.0} ms | max {:.0} ms | | | term +{:?} per kill |",
             times.len(),
             pct(&sorted, 0.5),
             pct(&sorted, 0.99),
