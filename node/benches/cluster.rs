@@ -18,7 +18,8 @@
 //!
 //! Knobs (env): `BENCH_SECS` (per phase, 10), `BENCH_CLIENTS` (64),
 //! `BENCH_BATCH` (100), `BENCH_KILLS` (20), `BENCH_DIR` (parent of the
-//! temporary directory), `STRAIT_BIN` (default: `strait` next to this
+//! temporary directory), `BENCH_EXTRA` (a YAML file passed to
+//! `strait local up --extra`, e.g. Raft timing), `STRAIT_BIN` (default: `strait` next to this
 //! bench's target directory, i.e. `target/release/strait`), `NATS_SERVER`
 //! (default: `nats-server` on `PATH`).
 
@@ -85,12 +86,14 @@ struct Local {
 
 impl Local {
     fn up(bin: &Path, dir: &Path, site: &str) -> anyhow::Result<Local> {
-        let out = Command::new(bin)
-            .args(["local", "up", "--dir"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["local", "up", "--dir"])
             .arg(dir)
-            .args(["--site", site])
-            .output()
-            .context("cannot run strait local up")?;
+            .args(["--site", site]);
+        if let Some(extra) = std::env::var_os("BENCH_EXTRA") {
+            cmd.arg("--extra").arg(extra);
+        }
+        let out = cmd.output().context("cannot run strait local up")?;
         if !out.status.success() {
             bail!(
                 "strait local up --site {site} failed: {}{}",

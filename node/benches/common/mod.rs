@@ -124,6 +124,15 @@ pub fn report(name: &str, mut s: Stats, elapsed: Duration) -> Summary {
     sum
 }
 
+/// A client whose requests give up after 30 s (counted as errors), so a
+/// stuck node cannot hang a phase.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
+}
+
 /// `clients` clients, each sending a request as soon as the previous one was
 /// answered, for `secs`; client `k` talks to `urls[k % urls.len()]`.
 /// `batch == 1` sends structured events, otherwise batches.
@@ -134,7 +143,7 @@ pub async fn closed_loop(
     secs: u64,
     counter: Arc<Mutex<u64>>,
 ) -> (Stats, Duration) {
-    let client = reqwest::Client::new();
+    let client = http_client();
     let payload: String = "x".repeat(EVENT_DATA_BYTES);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
@@ -198,7 +207,7 @@ pub async fn open_loop(
     secs: u64,
     counter: Arc<Mutex<u64>>,
 ) -> (Stats, Duration) {
-    let client = reqwest::Client::new();
+    let client = http_client();
     let payload: String = "x".repeat(EVENT_DATA_BYTES);
     let requests_per_sec = (rate / batch as f64).max(1.0);
     let interval = Duration::from_secs_f64(1.0 / requests_per_sec);
