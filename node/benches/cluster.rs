@@ -131,6 +131,8 @@ impl Drop for Local {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        // The data of every phase stays otherwise; the disk is shared.
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -609,7 +611,7 @@ async fn nats_setup(port: u16) -> anyhow::Result<()> {
         "max_msgs": -1,
         "max_msgs_per_subject": -1,
         // Bound the disk the bench uses; old messages are dropped.
-        "max_bytes": 2i64 << 30,
+        "max_bytes": 1i64 << 30,
         "max_age": 0,
         "max_msg_size": -1,
         "duplicate_window": 0,
