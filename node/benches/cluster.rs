@@ -811,14 +811,20 @@ fn main() -> anyhow::Result<()> {
         println!("|---|---|---|---|---|---|---|");
         for r in &rows {
             let s = &r.sum;
+            // An open-loop rate is the offered load, not a capacity.
+            let ratio = if r.name.contains("open loop") {
+                "–".to_string()
+            } else {
+                format!("{:.2}", s.rate / nats_sum.rate)
+            };
             println!(
-                "| {} | {:.0} | {:.1} | {:.1} | {} | {:.2} | {} |",
+                "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {} |",
                 r.name,
                 s.rate,
                 s.p50,
                 s.p99,
                 s.errors,
-                s.rate / nats_sum.rate,
+                ratio,
                 r.terms
             );
         }
