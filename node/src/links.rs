@@ -430,3 +430,66 @@ pub fn status(app: &App) -> Value {
 pub fn new_stats() -> LinkStatsMap {
     LinkStatsMap::default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink() -> LinkSink {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        LinkSink {
+            remote: "aws".into(),
+            bus: "default".into(),
+            rule: "r".into(),
+            rule_spec: serde_json::json!({}),
+            target: "t".into(),
+            outbox: Outbox { tx },
+        }
+    }
+
+    fn event(hops: Option<u64>) -> Event {
+        let mut v =
+            serde_json::json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+        if let Some(h) = hops {
+            v["straithops"] = serde_json::json!(h);
+        }
+        Event::from_structured(v).expect("event")
+    }
+
+    #[tokio::test]
+    async fn the_hop_limit_stops_loops_and_a_stopped_outbox_is_retryable() {
+        let s = sink();
+        match s.deliver(&event(Some(u64::from(MAX_HOPS))), "").await {
+            Err(DeliveryError::Permanent(m)) => assert!(m.contains("hop limit"), "{m}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        match s.deliver(&event(None), "").await {
+            Err(DeliveryError::Retryable(m)) => assert!(m.contains("outbox"), "{m}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn deliveries_round_trip_as_json() {
+        let d = Delivery {
+            bus: "b".into(),
+            rule: "r".into(),
+            rule_spec: serde_json::json!({"pattern": {}}),
+            target: "t".into(),
+            ingest_ms: 1,
+            enqueued_ms: 2,
+            hops: 1,
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            event: RawValue::from_string(r#"{"id":"1"}"#.into()).expect("raw"),
+        };
+        let s = serde_json::to_string(&d).expect("encode");
+        assert!(
+            s.contains("\"ruleSpec\"") && s.contains("\"enqueuedMs\""),
+            "{s}"
+        );
+        let back: Delivery = serde_json::from_str(&s).expect("decode");
+        assert_eq!(back.event.get(), r#"{"id":"1"}"#);
+        assert_eq!(back.hops, 1);
+    }
+}
