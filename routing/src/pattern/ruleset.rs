@@ -74,6 +74,12 @@ pub struct RuleSet<K> {
     index: Vec<Option<Box<IndexNode>>>,
     /// Slots with no guard; verified against every event.
     unindexed: Vec<u32>,
+    /// Rules with no guard that are one leaf (see [`single_leaf`]), by the
+    /// field node of that leaf: tested on the event's values at that field
+    /// as they are listed, without walking the pattern.
+    scan: Vec<Option<Vec<ScanRule>>>,
+    /// Number of rules in `scan`.
+    scan_len: usize,
     /// Insertion sequence number by slot (dense, for ordering results).
     seqs: Vec<u64>,
     next_seq: u64,
@@ -85,6 +91,15 @@ struct Entry {
     compiled: CNode,
     regs: Vec<Registration>,
     guard: Vec<(u32, IndexKey)>,
+    /// The field node the rule is filed under in `scan`, if it is.
+    scan_field: Option<u32>,
+}
+
+/// A rule tested value by value (see `RuleSet::scan`).
+#[derive(Clone)]
+struct ScanRule {
+    slot: u32,
+    matchers: Box<[Matcher]>,
 }
 
 /// Marks a bucket entry whose hit alone proves the rule matches (see
@@ -327,7 +342,18 @@ struct IndexNode {
     prefixes_folded: AffixIndex,
     suffixes: AffixIndex,
     suffixes_folded: AffixIndex,
+    /// Which of the above are non-empty (`HAS_*` bits), kept up to date by
+    /// `add` and `remove` so that matching tests one byte.
+    kinds: u8,
 }
+
+const HAS_STRINGS: u8 = 1;
+const HAS_PREFIXES: u8 = 2;
+const HAS_SUFFIXES: u8 = 4;
+const HAS_FOLDED: u8 = 8;
+const HAS_PREFIXES_FOLDED: u8 = 16;
+const HAS_SUFFIXES_FOLDED: u8 = 32;
+const NEEDS_FOLD: u8 = HAS_FOLDED | HAS_PREFIXES_FOLDED | HAS_SUFFIXES_FOLDED;
 
 impl IndexNode {
     fn is_empty(&self) -> bool {
@@ -340,10 +366,21 @@ impl IndexNode {
             && self.suffixes_folded.is_empty()
     }
 
-    fn needs_fold(&self) -> bool {
-        !(self.folded.is_empty()
-            && self.prefixes_folded.is_empty()
-            && self.suffixes_folded.is_empty())
+    fn update_kinds(&mut self) {
+        let mut k = 0;
+        for (empty, bit) in [
+            (self.strings.is_empty(), HAS_STRINGS),
+            (self.prefixes.is_empty(), HAS_PREFIXES),
+            (self.suffixes.is_empty(), HAS_SUFFIXES),
+            (self.folded.is_empty(), HAS_FOLDED),
+            (self.prefixes_folded.is_empty(), HAS_PREFIXES_FOLDED),
+            (self.suffixes_folded.is_empty(), HAS_SUFFIXES_FOLDED),
+        ] {
+            if !empty {
+                k |= bit;
+            }
+        }
+        self.kinds = k;
     }
 
     fn bucket_len(&self, key: &IndexKey) -> usize {
@@ -378,6 +415,7 @@ impl IndexNode {
             IndexKey::Suffix(s) => self.suffixes.add(s, v),
             IndexKey::SuffixIgnoreCase(s) => self.suffixes_folded.add(s, v),
         }
+        self.update_kinds();
     }
 
     fn remove(&mut self, key: &IndexKey, slot: u32) {
@@ -398,6 +436,7 @@ impl IndexNode {
             IndexKey::Suffix(s) => self.suffixes.remove(s, slot),
             IndexKey::SuffixIgnoreCase(s) => self.suffixes_folded.remove(s, slot),
         }
+        self.update_kinds();
     }
 
     /// Rules whose key here accepts the event scalar `v`.
@@ -424,18 +463,19 @@ impl IndexNode {
                 return;
             }
         };
-        if !self.strings.is_empty()
+        let kinds = self.kinds;
+        if kinds & HAS_STRINGS != 0
             && let Some(bucket) = self.strings.get(s)
         {
             bucket.extend_into(out);
         }
-        if !self.prefixes.is_empty() {
+        if kinds & HAS_PREFIXES != 0 {
             self.prefixes.collect(s, Side::Prefix, out);
         }
-        if !self.suffixes.is_empty() {
+        if kinds & HAS_SUFFIXES != 0 {
             self.suffixes.collect(s, Side::Suffix, out);
         }
-        if !self.needs_fold() {
+        if kinds & NEEDS_FOLD == 0 {
             return;
         }
         let folded: &str = if s.is_ascii() {
@@ -452,13 +492,15 @@ impl IndexNode {
             fold_buf.extend(s.chars().map(fold_char));
             fold_buf
         };
-        if let Some(bucket) = self.folded.get(folded) {
+        if kinds & HAS_FOLDED != 0
+            && let Some(bucket) = self.folded.get(folded)
+        {
             bucket.extend_into(out);
         }
-        if !self.prefixes_folded.is_empty() {
+        if kinds & HAS_PREFIXES_FOLDED != 0 {
             self.prefixes_folded.collect(folded, Side::Prefix, out);
         }
-        if !self.suffixes_folded.is_empty() {
+        if kinds & HAS_SUFFIXES_FOLDED != 0 {
             self.suffixes_folded.collect(folded, Side::Suffix, out);
         }
     }
@@ -497,6 +539,38 @@ fn certain_leaf(node: &Node) -> bool {
                             | Matcher::SuffixIgnoreCase(_)
                     )
                 });
+            }
+        }
+    }
+}
+
+/// The leaf of a pattern that is one chain of single-field objects (no
+/// `$or`, not starting at an aliased top-level name) ending in a leaf
+/// without `exists`: its path and matchers. Such a pattern matches exactly
+/// when one matcher accepts one of the event's values at that path (the
+/// values the flattener lists for that field): with a single leaf, "one
+/// array element must satisfy the whole object" always holds for the
+/// element a value came from, and every matcher but `exists` needs a
+/// value.
+fn single_leaf(node: &Node) -> Option<(Vec<String>, &[Matcher])> {
+    let mut node = node;
+    let mut path = Vec::new();
+    loop {
+        if node.fields.len() != 1 || !node.ors.is_empty() {
+            return None;
+        }
+        let (key, field) = &node.fields[0];
+        if path.is_empty() && alias_of(key).is_some() {
+            return None;
+        }
+        path.push(key.clone());
+        match field {
+            Field::Nested(inner) => node = inner,
+            Field::Leaf(matchers) => {
+                if matchers.is_empty() || matchers.iter().any(|m| matches!(m, Matcher::Exists(_))) {
+                    return None;
+                }
+                return Some((path, matchers));
             }
         }
     }
@@ -551,6 +625,8 @@ impl<K> Default for RuleSet<K> {
             slot_of: HashMap::new(),
             index: Vec::new(),
             unindexed: Vec::new(),
+            scan: Vec::new(),
+            scan_len: 0,
             seqs: Vec::new(),
             next_seq: 0,
         }
@@ -587,8 +663,25 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
                 (self.slots.len() - 1) as u32
             }
         };
+        let mut scan_field = None;
         if guard.is_empty() {
-            self.unindexed.push(slot);
+            match single_leaf(pattern.root())
+                .and_then(|(path, m)| Some((self.fields.find(0, &path)?, m)))
+            {
+                Some((field, matchers)) => {
+                    let i = field as usize;
+                    if self.scan.len() <= i {
+                        self.scan.resize_with(i + 1, || None);
+                    }
+                    self.scan[i].get_or_insert_with(Vec::new).push(ScanRule {
+                        slot,
+                        matchers: matchers.into(),
+                    });
+                    self.scan_len += 1;
+                    scan_field = Some(field);
+                }
+                None => self.unindexed.push(slot),
+            }
         }
         let certain = certain_leaf(pattern.root());
         for (field, index_key) in &guard {
@@ -615,6 +708,7 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
             compiled,
             regs,
             guard,
+            scan_field,
         });
     }
 
@@ -627,7 +721,15 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
             return;
         };
         self.keys[slot as usize] = None;
-        if entry.guard.is_empty() {
+        if let Some(field) = entry.scan_field {
+            if let Some(Some(rules)) = self.scan.get_mut(field as usize) {
+                rules.retain(|r| r.slot != slot);
+                if rules.is_empty() {
+                    self.scan[field as usize] = None;
+                }
+            }
+            self.scan_len -= 1;
+        } else if entry.guard.is_empty() {
             self.unindexed.retain(|s| *s != slot);
         }
         for (field, index_key) in &entry.guard {
@@ -645,6 +747,9 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
         for id in freed {
             if let Some(ix) = self.index.get_mut(id as usize) {
                 *ix = None;
+            }
+            if let Some(sc) = self.scan.get_mut(id as usize) {
+                *sc = None;
             }
         }
         self.free_slots.push(slot);
@@ -680,10 +785,23 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
         cands.clear();
         hits.clear();
         for &(field, slot) in &flat.leaves {
-            if let Some(Some(ix)) = self.index.get(field as usize)
-                && let Some(v) = flat.scalar(slot)
-            {
+            let ix = self.index.get(field as usize).and_then(Option::as_ref);
+            let sc = self.scan.get(field as usize).and_then(Option::as_ref);
+            if ix.is_none() && sc.is_none() {
+                continue;
+            }
+            let Some(v) = flat.scalar(slot) else {
+                continue;
+            };
+            if let Some(ix) = ix {
                 ix.collect(v, cands, fold);
+            }
+            if let Some(rules) = sc {
+                for r in rules {
+                    if r.matchers.iter().any(|m| m.matches_scalar(v)) {
+                        cands.push(r.slot | CERTAIN);
+                    }
+                }
             }
         }
         cands.extend_from_slice(&self.unindexed);
@@ -707,9 +825,12 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
         if hits.len() > 1 {
             hits.sort_unstable();
         }
-        hits.iter()
-            .filter_map(|&(_, slot)| self.keys[slot as usize].clone())
-            .collect()
+        let mut out = Vec::with_capacity(hits.len());
+        out.extend(
+            hits.iter()
+                .filter_map(|&(_, slot)| self.keys[slot as usize].clone()),
+        );
+        out
     }
 
     /// The pattern stored under `key`.
@@ -739,7 +860,7 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
     /// Number of patterns with no usable guard; each is checked against
     /// every event.
     pub fn unindexed_len(&self) -> usize {
-        self.unindexed.len()
+        self.unindexed.len() + self.scan_len
     }
 
     /// The fields of a string path (and its top-level alias) in the table.
