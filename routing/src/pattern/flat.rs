@@ -378,13 +378,22 @@ fn skip_plain(b: &[u8], i: usize, open: u8, close: u8, in_str: &mut bool) -> usi
     // Quote masks XORed together: their total has the parity of the number
     // of quotes skipped.
     let mut quotes = 0u64;
+    // Cheap existence test first: a byte from `open` to `close` (the
+    // brackets are two apart; for `[` `]` that takes in the backslash).
+    let special = |w: u64| {
+        has_between(w, open - 1, close + 1) | if open == b'{' { has_byte(w, b'\\') } else { 0 }
+    };
+    // Two words at a time while neither needs a closer look.
+    while let (Some(w1), Some(w2)) = (load8(b, i), load8(b, i + 8)) {
+        if special(w1) | special(w2) != 0 {
+            break;
+        }
+        quotes ^= bytes_eq(w1, b'"') ^ bytes_eq(w2, b'"');
+        i += 16;
+    }
     while let Some(w) = load8(b, i) {
         let q = bytes_eq(w, b'"');
-        // Cheap existence test first: a byte from `open` to `close` (the
-        // brackets are two apart; for `[` `]` that takes in the backslash).
-        let special =
-            has_between(w, open - 1, close + 1) | if open == b'{' { has_byte(w, b'\\') } else { 0 };
-        if special != 0 {
+        if special(w) != 0 {
             if has_byte(w, b'\\') != 0 {
                 break;
             }
@@ -561,36 +570,44 @@ impl<'a> Reader<'a> {
         match c {
             b'{' => self.object(fe, fields, field, depth, stop_ok),
             b'[' => self.array(fe, fields, field, depth).map(|s| (s, false)),
+            _ => self.scalar(fe, field, c).map(|s| (s, false)),
+        }
+    }
+
+    /// Reads a scalar value starting with byte `c` (at `self.i`).
+    #[inline(always)]
+    fn scalar(&mut self, fe: &mut FlatEvent, field: u32, c: u8) -> Result<u32, ReadErr> {
+        match c {
             b'"' => {
                 self.i += 1;
                 let start = self.i;
                 if let Some(end) = self.ascii_string_end() {
                     self.i = end + 1;
-                    return Ok((fe.push_checked(field, &self.b[start..end]), false));
+                    return Ok(fe.push_checked(field, &self.b[start..end]));
                 }
                 if self.string_body()? {
-                    Ok((fe.push_str(field, &self.scratch), false))
+                    Ok(fe.push_str(field, &self.scratch))
                 } else {
                     let raw = &self.b[start..self.i - 1];
                     let s = std::str::from_utf8(raw).map_err(|_| ReadErr {
                         offset: start,
                         message: "string is not valid UTF-8",
                     })?;
-                    Ok((fe.push_str(field, s), false))
+                    Ok(fe.push_str(field, s))
                 }
             }
             b't' => self
                 .literal(b"true")
-                .map(|_| (fe.push_scalar(field, Slot::Bool(true)), false)),
+                .map(|_| fe.push_scalar(field, Slot::Bool(true))),
             b'f' => self
                 .literal(b"false")
-                .map(|_| (fe.push_scalar(field, Slot::Bool(false)), false)),
+                .map(|_| fe.push_scalar(field, Slot::Bool(false))),
             b'n' => self
                 .literal(b"null")
-                .map(|_| (fe.push_scalar(field, Slot::Null), false)),
+                .map(|_| fe.push_scalar(field, Slot::Null)),
             b'-' | b'0'..=b'9' => {
                 let x = self.number()?;
-                Ok((fe.push_scalar(field, Slot::Num(x)), false))
+                Ok(fe.push_scalar(field, Slot::Num(x)))
             }
             _ => Err(self.err("expected a JSON value")),
         }
@@ -703,8 +720,15 @@ impl<'a> Reader<'a> {
             match wanted {
                 Some(child) => {
                     let complete = required != 0 && seen & required == required;
-                    let (s, stopped) =
-                        self.value_slot(fe, fields, child, depth + 1, stop_ok && complete)?;
+                    // A scalar is read here (the common case), without a
+                    // call; containers (and whitespace first) go through
+                    // `value_slot`.
+                    let (s, stopped) = match self.peek() {
+                        Some(c @ (b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')) => {
+                            (self.scalar(fe, child, c)?, false)
+                        }
+                        _ => self.value_slot(fe, fields, child, depth + 1, stop_ok && complete)?,
+                    };
                     fe.pending_members.push((child, s));
                     if stopped {
                         fe.close_object(slot, mark);
@@ -715,7 +739,7 @@ impl<'a> Reader<'a> {
                         if stop_ok {
                             return Ok((slot, true));
                         }
-                        self.skip_rest(b'{', b'}', 1)?;
+                        self.skip_object_rest()?;
                         return Ok((slot, false));
                     }
                 }
@@ -1128,11 +1152,15 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips an array or object starting at its opening bracket.
+    #[inline(never)]
     fn skip_container(&mut self) -> Result<(), ReadErr> {
         let open = self.b[self.i];
-        let close = if open == b'[' { b']' } else { b'}' };
         self.i += 1;
-        self.skip_rest(open, close, 1)
+        if open == b'[' {
+            self.skip_rest(b'[', b']', 1)
+        } else {
+            self.skip_rest(b'{', b'}', 1)
+        }
     }
 
     /// Skips to just after the `close` bracket ending `depth` open
@@ -1143,6 +1171,13 @@ impl<'a> Reader<'a> {
     /// bracket of this kind outside strings: such a word only flips "inside
     /// a string" when it holds an odd number of quotes. Words with a
     /// backslash or a bracket outside strings are done byte by byte.
+    /// Skips the rest of an object (after its opening brace).
+    #[inline(never)]
+    fn skip_object_rest(&mut self) -> Result<(), ReadErr> {
+        self.skip_rest(b'{', b'}', 1)
+    }
+
+    #[inline(always)]
     fn skip_rest(&mut self, open: u8, close: u8, mut depth: usize) -> Result<(), ReadErr> {
         let b = self.b;
         let mut i = self.i;

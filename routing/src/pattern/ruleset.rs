@@ -161,8 +161,34 @@ fn xs_is_empty(b: &Bucket) -> bool {
 #[derive(Clone, Default)]
 struct StrMap {
     tiny: FastMap<u64, Bucket>,
-    short: FastMap<[u8; 24], Bucket>,
+    short: FastMap<ShortKey, Bucket>,
     long: FastMap<Box<str>, Bucket>,
+}
+
+/// A string of 8 to 23 bytes: its length byte and bytes, zero-padded,
+/// packed into three words, hashed as three words (not as a byte slice).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ShortKey([u64; 3]);
+
+impl Hash for ShortKey {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(self.0[0]);
+        h.write_u64(self.0[1]);
+        h.write_u64(self.0[2]);
+    }
+}
+
+impl ShortKey {
+    #[inline]
+    fn pack(k: &[u8; 24]) -> ShortKey {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&k[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        ShortKey([word(0), word(8), word(16)])
+    }
 }
 
 #[inline]
@@ -174,14 +200,14 @@ fn tiny_key(s: &str) -> Option<u64> {
 }
 
 #[inline]
-fn short_key(s: &str) -> Option<[u8; 24]> {
+fn short_key(s: &str) -> Option<ShortKey> {
     if s.len() > 23 {
         return None;
     }
     let mut k = [0u8; 24];
     k[0] = s.len() as u8;
     k[1..=s.len()].copy_from_slice(s.as_bytes());
-    Some(k)
+    Some(ShortKey::pack(&k))
 }
 
 impl StrMap {
@@ -198,6 +224,35 @@ impl StrMap {
             Some(k) => self.short.get(&k),
             None => self.long.get(s),
         }
+    }
+
+    /// [`get`](Self::get) of the ASCII lower case of `s`, without building
+    /// it as a string; None when `s` is not ASCII or longer than 23 bytes
+    /// (then fold it and use `get`).
+    #[inline]
+    fn get_ascii_lowercase(&self, s: &str) -> Option<Option<&Bucket>> {
+        let len = s.len();
+        if len > 23 {
+            return None;
+        }
+        let mut k = [0u8; 24];
+        let mut high = 0u8;
+        for (d, &c) in k[1..].iter_mut().zip(s.as_bytes()) {
+            high |= c;
+            *d = c.to_ascii_lowercase();
+        }
+        if high >= 0x80 {
+            return None;
+        }
+        if len <= 7 {
+            // Bytes 1..8 are the name tag of the lower-cased string.
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&k[1..9]);
+            let key = u64::from_le_bytes(w) | ((len as u64) << 56);
+            return Some(self.tiny.get(&key));
+        }
+        k[0] = len as u8;
+        Some(self.short.get(&ShortKey::pack(&k)))
     }
 
     /// Adds; true when the key is new.
@@ -476,6 +531,14 @@ impl IndexNode {
             self.suffixes.collect(s, Side::Suffix, out);
         }
         if kinds & NEEDS_FOLD == 0 {
+            return;
+        }
+        if kinds & NEEDS_FOLD == HAS_FOLDED
+            && let Some(found) = self.folded.get_ascii_lowercase(s)
+        {
+            if let Some(bucket) = found {
+                bucket.extend_into(out);
+            }
             return;
         }
         let folded: &str = if s.is_ascii() {
