@@ -20,7 +20,10 @@
 //! look-up for exact values, one per distinct prefix/suffix length for
 //! affixes), adds the rules that had no guard at all, and verifies only those
 //! candidates, each with its pattern compiled against the field table
-//! (`compiled.rs`). The cost per event follows the event's relevant values and
+//! (`compiled.rs`). Rules without a guard that are a single leaf (typically
+//! one `anything-but`, `numeric` or `cidr` test) are filed under their
+//! leaf's field instead and tested on that field's recorded values directly,
+//! without walking a pattern. The cost per event follows the event's relevant values and
 //! the number of candidates, not the number of rules.
 //!
 //! When a rule has several possible guards, the one whose index buckets are
