@@ -622,6 +622,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline(never)]
     fn object(
         &mut self,
         fe: &mut FlatEvent,
