@@ -817,6 +817,17 @@ impl<'a> Reader<'a> {
                     return Ok((Key::Raw(start, start + k), tag));
                 }
             } else {
+                // Names of 8 to 15 bytes (common) end in the next word.
+                if let Some(w2) = load8(self.b, start + 8) {
+                    let q2 = bytes_eq(w2, b'"');
+                    let m2 = q2 | bytes_eq(w2, b'\\') | bytes_control(w2);
+                    // The first stop byte is a quote: the name ends there.
+                    if (m2 & m2.wrapping_neg()) & q2 != 0 {
+                        let end = start + 8 + (m2.trailing_zeros() / 8) as usize;
+                        self.i = end + 1;
+                        return Ok((Key::Raw(start, end), w));
+                    }
+                }
                 let key = self.key()?;
                 return Ok((key, w));
             }
