@@ -331,3 +331,73 @@ proptest! {
         prop_assert!(Pattern::parse(&p).is_ok(), "{}", p);
     }
 }
+
+/// Rules without a guard that are a single leaf are tested value by value
+/// (not by walking the pattern); the results must be those of
+/// `Pattern::matches` on every shape of event, including arrays of objects,
+/// absent and empty fields, and across inserts and removes that free and
+/// reuse field nodes.
+#[test]
+fn single_leaf_rules_without_a_guard() {
+    let rules = [
+        json!({"a": {"b": [{"anything-but": ["x"]}]}}),
+        json!({"a": {"b": [{"numeric": [">", 1, "<=", 5]}]}}),
+        json!({"a": {"c": [{"cidr": "10.0.0.0/8"}]}}),
+        json!({"a": {"b": [{"anything-but": {"prefix": "y"}}, {"numeric": ["=", 9]}]}}),
+        json!({"a": {"b": [{"exists": false}]}}),
+        json!({"detail": {"b": [{"anything-but": ["x"]}]}}),
+        json!({"a": {"b": ["x"], "c": [{"anything-but": ["q"]}]}}),
+    ];
+    let events = [
+        json!({}),
+        json!({"a": {}}),
+        json!({"a": {"b": "x"}}),
+        json!({"a": {"b": "y1"}}),
+        json!({"a": {"b": 3}}),
+        json!({"a": {"b": 9}}),
+        json!({"a": {"b": []}}),
+        json!({"a": {"b": ["x", 2]}}),
+        json!({"a": {"b": {"c": 1}}}),
+        json!({"a": [{"b": "x"}, {"b": 4}, {"c": "10.1.2.3"}]}),
+        json!({"a": {"b": "x", "c": "10.1.2.3"}}),
+        json!({"a": {"b": null, "c": "11.0.0.1"}}),
+        json!({"data": {"b": "z"}}),
+        json!({"detail": {"b": "x"}, "data": {"b": "z"}}),
+        json!([{"a": {"b": 2}}]),
+    ];
+    let mut set = RuleSet::new();
+    for (i, r) in rules.iter().enumerate() {
+        set.insert(i, pattern(r.clone()));
+    }
+    assert_eq!(set.unindexed_len(), 6);
+    let check = |set: &RuleSet<usize>, live: &[usize]| {
+        for ev in &events {
+            let want: Vec<usize> = live
+                .iter()
+                .copied()
+                .filter(|&i| pattern(rules[i].clone()).matches(ev))
+                .collect();
+            assert_eq!(set.matches(ev), want, "event {ev}");
+            let text = ev.to_string();
+            assert_eq!(
+                set.matches_json_bytes(text.as_bytes()).expect("valid JSON"),
+                want,
+                "event {text}"
+            );
+        }
+    };
+    check(&set, &[0, 1, 2, 3, 4, 5, 6]);
+    set.remove(&0);
+    set.remove(&2);
+    check(&set, &[1, 3, 4, 5, 6]);
+    set.remove(&1);
+    set.remove(&3);
+    set.remove(&4);
+    set.remove(&5);
+    check(&set, &[6]);
+    assert_eq!(set.unindexed_len(), 0);
+    set.insert(2, pattern(rules[2].clone()));
+    set.insert(0, pattern(rules[0].clone()));
+    check(&set, &[6, 2, 0]);
+    assert_eq!(set.unindexed_len(), 2);
+}

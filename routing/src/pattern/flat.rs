@@ -80,7 +80,12 @@ pub(crate) struct FlatEvent {
     /// (field node, slot)
     members: Vec<(u32, u32)>,
     elems: Vec<u32>,
+    /// The strings, once reading is done (see `buf`).
     text: String,
+    /// The strings while reading: each is checked to be UTF-8 as it is
+    /// added, and the whole becomes `text` at the end (one more check, of
+    /// text already known to be valid, instead of one per string).
+    buf: Vec<u8>,
     /// Every scalar slot with the field node it sits at.
     pub(crate) leaves: Vec<(u32, u32)>,
     /// Work stacks for members and elements of open containers.
@@ -101,6 +106,7 @@ impl FlatEvent {
             members: Vec::new(),
             elems: Vec::new(),
             text: String::new(),
+            buf: Vec::new(),
             leaves: Vec::new(),
             pending_members: Vec::new(),
             pending_elems: Vec::new(),
@@ -111,7 +117,8 @@ impl FlatEvent {
         self.slots.clear();
         self.members.clear();
         self.elems.clear();
-        self.text.clear();
+        self.buf = std::mem::take(&mut self.text).into_bytes();
+        self.buf.clear();
         self.leaves.clear();
         self.pending_members.clear();
         self.pending_elems.clear();
@@ -120,7 +127,8 @@ impl FlatEvent {
     /// Drops buffers that grew unusually large (after a huge event).
     pub(crate) fn trim(&mut self) {
         const KEEP: usize = 1 << 16;
-        if self.slots.capacity() > KEEP || self.text.capacity() > 4 * KEEP {
+        if self.slots.capacity() > KEEP || self.text.capacity().max(self.buf.capacity()) > 4 * KEEP
+        {
             *self = FlatEvent::default();
         }
     }
@@ -182,8 +190,14 @@ impl FlatEvent {
     }
 
     fn push_str(&mut self, field: u32, s: &str) -> u32 {
-        let start = self.text.len() as u32;
-        self.text.push_str(s);
+        self.push_checked(field, s.as_bytes())
+    }
+
+    /// Adds a string already known to be UTF-8.
+    #[inline]
+    fn push_checked(&mut self, field: u32, s: &[u8]) -> u32 {
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(s);
         let slot = self.push_slot(Slot::Str {
             start,
             len: s.len() as u32,
@@ -221,6 +235,23 @@ impl FlatEvent {
     pub(crate) fn read_value(&mut self, fields: &Fields, v: &Value) {
         self.clear();
         self.value(fields, 0, v, 0);
+        // Every string came from a `&str`.
+        let _ = self.finish_text();
+    }
+
+    /// Moves the strings read into `text`; false (and no text) if they
+    /// were not UTF-8, which the readers rule out string by string.
+    fn finish_text(&mut self) -> bool {
+        match String::from_utf8(std::mem::take(&mut self.buf)) {
+            Ok(t) => {
+                self.text = t;
+                true
+            }
+            Err(e) => {
+                self.buf = e.into_bytes();
+                false
+            }
+        }
     }
 
     fn value(&mut self, fields: &Fields, field: u32, v: &Value, depth: usize) -> u32 {
@@ -275,6 +306,12 @@ impl FlatEvent {
                 return Err(r.err("trailing characters after the event").into());
             }
         }
+        if !self.finish_text() {
+            return Err(EventJsonError {
+                offset: 0,
+                message: "string is not valid UTF-8".to_string(),
+            });
+        }
         Ok(())
     }
 }
@@ -288,6 +325,26 @@ fn bytes_eq(w: u64, c: u8) -> u64 {
     const L: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     let x = w ^ (u64::from(c) * ONES);
     !(((x & L) + L) | x) & HIGH
+}
+
+/// Non-zero exactly when some byte of `w` equals `c` (which bytes the
+/// result marks is not exact: use [`bytes_eq`] for positions).
+#[inline(always)]
+fn has_byte(w: u64, c: u8) -> u64 {
+    let x = w ^ (u64::from(c) * ONES);
+    x.wrapping_sub(ONES) & !x & HIGH
+}
+
+/// Non-zero exactly when some byte of `w` lies strictly between `m` and
+/// `n` (both at most 128).
+#[inline(always)]
+fn has_between(w: u64, m: u8, n: u8) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let low = w & LOW7;
+    (ONES * (127 + u64::from(n))).wrapping_sub(low)
+        & !w
+        & (low + ONES * (127 - u64::from(m)))
+        & HIGH
 }
 
 /// High bit set in bytes below 0x20; the lowest one set is always exact.
@@ -308,6 +365,62 @@ fn load8(b: &[u8], i: usize) -> Option<u64> {
     let mut word = [0u8; 8];
     word.copy_from_slice(chunk);
     Some(u64::from_le_bytes(word))
+}
+
+/// The fast part of [`Reader::skip_rest`]: from `i`, skips whole words
+/// that hold no backslash and no `open`/`close` bracket outside strings,
+/// keeping `in_str` (inside a string) up to date. Returns where a word
+/// needs to be taken byte by byte (or fewer than eight bytes are left).
+#[inline(always)]
+fn skip_plain(b: &[u8], i: usize, open: u8, close: u8, in_str: &mut bool) -> usize {
+    debug_assert!(matches!((open, close), (b'[', b']') | (b'{', b'}')));
+    let mut i = i;
+    // Quote masks XORed together: their total has the parity of the number
+    // of quotes skipped.
+    let mut quotes = 0u64;
+    // Cheap existence test first: a byte from `open` to `close` (the
+    // brackets are two apart; for `[` `]` that takes in the backslash).
+    let special = |w: u64| {
+        has_between(w, open - 1, close + 1) | if open == b'{' { has_byte(w, b'\\') } else { 0 }
+    };
+    // Two words at a time while neither needs a closer look.
+    while let (Some(w1), Some(w2)) = (load8(b, i), load8(b, i + 8)) {
+        if special(w1) | special(w2) != 0 {
+            break;
+        }
+        quotes ^= bytes_eq(w1, b'"') ^ bytes_eq(w2, b'"');
+        i += 16;
+    }
+    while let Some(w) = load8(b, i) {
+        let q = bytes_eq(w, b'"');
+        if special(w) != 0 {
+            if has_byte(w, b'\\') != 0 {
+                break;
+            }
+            // Prefix parity of quotes: byte k has its high bit set when
+            // bytes 0..=k hold an odd number of quotes.
+            let mut p = q;
+            p ^= p << 8;
+            p ^= p << 16;
+            p ^= p << 32;
+            let brackets = bytes_eq(w, open) | bytes_eq(w, close);
+            let odd = *in_str ^ (byte_count(quotes) & 1 != 0);
+            let inside = if odd { !p & HIGH } else { p };
+            if brackets & !inside != 0 {
+                break;
+            }
+        }
+        quotes ^= q;
+        i += 8;
+    }
+    *in_str ^= byte_count(quotes) & 1 != 0;
+    i
+}
+
+/// How many bytes of `m` have their high bit set (`m` has no other bits).
+#[inline(always)]
+fn byte_count(m: u64) -> u64 {
+    (m >> 7).wrapping_mul(ONES) >> 56
 }
 
 /// Bytes that end a string's fast path: quote, backslash, control characters.
@@ -457,32 +570,44 @@ impl<'a> Reader<'a> {
         match c {
             b'{' => self.object(fe, fields, field, depth, stop_ok),
             b'[' => self.array(fe, fields, field, depth).map(|s| (s, false)),
+            _ => self.scalar(fe, field, c).map(|s| (s, false)),
+        }
+    }
+
+    /// Reads a scalar value starting with byte `c` (at `self.i`).
+    #[inline(always)]
+    fn scalar(&mut self, fe: &mut FlatEvent, field: u32, c: u8) -> Result<u32, ReadErr> {
+        match c {
             b'"' => {
                 self.i += 1;
                 let start = self.i;
+                if let Some(end) = self.ascii_string_end() {
+                    self.i = end + 1;
+                    return Ok(fe.push_checked(field, &self.b[start..end]));
+                }
                 if self.string_body()? {
-                    Ok((fe.push_str(field, &self.scratch), false))
+                    Ok(fe.push_str(field, &self.scratch))
                 } else {
                     let raw = &self.b[start..self.i - 1];
                     let s = std::str::from_utf8(raw).map_err(|_| ReadErr {
                         offset: start,
                         message: "string is not valid UTF-8",
                     })?;
-                    Ok((fe.push_str(field, s), false))
+                    Ok(fe.push_str(field, s))
                 }
             }
             b't' => self
                 .literal(b"true")
-                .map(|_| (fe.push_scalar(field, Slot::Bool(true)), false)),
+                .map(|_| fe.push_scalar(field, Slot::Bool(true))),
             b'f' => self
                 .literal(b"false")
-                .map(|_| (fe.push_scalar(field, Slot::Bool(false)), false)),
+                .map(|_| fe.push_scalar(field, Slot::Bool(false))),
             b'n' => self
                 .literal(b"null")
-                .map(|_| (fe.push_scalar(field, Slot::Null), false)),
+                .map(|_| fe.push_scalar(field, Slot::Null)),
             b'-' | b'0'..=b'9' => {
                 let x = self.number()?;
-                Ok((fe.push_scalar(field, Slot::Num(x)), false))
+                Ok(fe.push_scalar(field, Slot::Num(x)))
             }
             _ => Err(self.err("expected a JSON value")),
         }
@@ -497,6 +622,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline(never)]
     fn object(
         &mut self,
         fe: &mut FlatEvent,
@@ -540,15 +666,20 @@ impl<'a> Reader<'a> {
             return Ok((slot, false));
         }
         loop {
-            self.ws();
+            // Compact JSON first: no whitespace between tokens.
             if self.peek() != Some(b'"') {
-                return Err(self.err("expected a member name"));
+                self.ws();
+                if self.peek() != Some(b'"') {
+                    return Err(self.err("expected a member name"));
+                }
             }
             self.i += 1;
             let (key, tag) = self.key_tagged()?;
-            self.ws();
             if self.peek() != Some(b':') {
-                return Err(self.err("expected ':' after a member name"));
+                self.ws();
+                if self.peek() != Some(b':') {
+                    return Err(self.err("expected ':' after a member name"));
+                }
             }
             self.i += 1;
             let child = match key {
@@ -590,8 +721,15 @@ impl<'a> Reader<'a> {
             match wanted {
                 Some(child) => {
                     let complete = required != 0 && seen & required == required;
-                    let (s, stopped) =
-                        self.value_slot(fe, fields, child, depth + 1, stop_ok && complete)?;
+                    // A scalar is read here (the common case), without a
+                    // call; containers (and whitespace first) go through
+                    // `value_slot`.
+                    let (s, stopped) = match self.peek() {
+                        Some(c @ (b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')) => {
+                            (self.scalar(fe, child, c)?, false)
+                        }
+                        _ => self.value_slot(fe, fields, child, depth + 1, stop_ok && complete)?,
+                    };
                     fe.pending_members.push((child, s));
                     if stopped {
                         fe.close_object(slot, mark);
@@ -602,14 +740,18 @@ impl<'a> Reader<'a> {
                         if stop_ok {
                             return Ok((slot, true));
                         }
-                        self.skip_rest(b'{', b'}', 1)?;
+                        self.skip_object_rest()?;
                         return Ok((slot, false));
                     }
                 }
                 None => self.skip_value()?,
             }
-            self.ws();
-            match self.peek() {
+            let mut next = self.peek();
+            if !matches!(next, Some(b',' | b'}')) {
+                self.ws();
+                next = self.peek();
+            }
+            match next {
                 Some(b',') => self.i += 1,
                 Some(b'}') => {
                     self.i += 1;
@@ -675,6 +817,17 @@ impl<'a> Reader<'a> {
                     return Ok((Key::Raw(start, start + k), tag));
                 }
             } else {
+                // Names of 8 to 15 bytes (common) end in the next word.
+                if let Some(w2) = load8(self.b, start + 8) {
+                    let q2 = bytes_eq(w2, b'"');
+                    let m2 = q2 | bytes_eq(w2, b'\\') | bytes_control(w2);
+                    // The first stop byte is a quote: the name ends there.
+                    if (m2 & m2.wrapping_neg()) & q2 != 0 {
+                        let end = start + 8 + (m2.trailing_zeros() / 8) as usize;
+                        self.i = end + 1;
+                        return Ok((Key::Raw(start, end), w));
+                    }
+                }
                 let key = self.key()?;
                 return Ok((key, w));
             }
@@ -695,6 +848,30 @@ impl<'a> Reader<'a> {
             Ok(Key::Decoded)
         } else {
             Ok(Key::Raw(start, self.i - 1))
+        }
+    }
+
+    /// Where the string starting at `self.i` (after its opening quote)
+    /// ends, when it is plain ASCII (no escapes, no control characters) and
+    /// its end is found within the words read; None otherwise (then read it
+    /// with [`string_body`](Self::string_body)).
+    #[inline(always)]
+    fn ascii_string_end(&self) -> Option<usize> {
+        let b = self.b;
+        let mut i = self.i;
+        let mut hi = 0u64;
+        loop {
+            let w = load8(b, i)?;
+            let m = bytes_eq(w, b'"') | bytes_eq(w, b'\\') | bytes_control(w);
+            if m == 0 {
+                hi |= w;
+                i += 8;
+                continue;
+            }
+            let k = m.trailing_zeros() / 8;
+            hi |= w & ((1u64 << (8 * k)) - 1);
+            i += k as usize;
+            return (b[i] == b'"' && hi & HIGH == 0).then_some(i);
         }
     }
 
@@ -987,11 +1164,15 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips an array or object starting at its opening bracket.
+    #[inline(never)]
     fn skip_container(&mut self) -> Result<(), ReadErr> {
         let open = self.b[self.i];
-        let close = if open == b'[' { b']' } else { b'}' };
         self.i += 1;
-        self.skip_rest(open, close, 1)
+        if open == b'[' {
+            self.skip_rest(b'[', b']', 1)
+        } else {
+            self.skip_rest(b'{', b'}', 1)
+        }
     }
 
     /// Skips to just after the `close` bracket ending `depth` open
@@ -999,8 +1180,16 @@ impl<'a> Reader<'a> {
     /// properly, so only this kind needs counting, and only outside strings.
     ///
     /// Eight bytes at a time (SWAR) while a word holds no backslash and no
-    /// bracket of this kind outside strings (quotes give which bytes are
-    /// inside strings by prefix parity); such words are done byte by byte.
+    /// bracket of this kind outside strings: such a word only flips "inside
+    /// a string" when it holds an odd number of quotes. Words with a
+    /// backslash or a bracket outside strings are done byte by byte.
+    /// Skips the rest of an object (after its opening brace).
+    #[inline(never)]
+    fn skip_object_rest(&mut self) -> Result<(), ReadErr> {
+        self.skip_rest(b'{', b'}', 1)
+    }
+
+    #[inline(always)]
     fn skip_rest(&mut self, open: u8, close: u8, mut depth: usize) -> Result<(), ReadErr> {
         let b = self.b;
         let mut i = self.i;
@@ -1008,29 +1197,8 @@ impl<'a> Reader<'a> {
         let mut esc = false;
         loop {
             // After a backslash the next byte must be taken byte by byte.
-            while let Some(w) = load8(b, i).filter(|_| !esc) {
-                if bytes_eq(w, b'\\') != 0 {
-                    break;
-                }
-                let q = bytes_eq(w, b'"');
-                // Prefix parity of quotes: byte k has its high bit set when
-                // bytes 0..=k hold an odd number of quotes.
-                let mut p = q;
-                p ^= p << 8;
-                p ^= p << 16;
-                p ^= p << 32;
-                let brackets = bytes_eq(w, open) | bytes_eq(w, close);
-                if brackets != 0 {
-                    let inside = if in_str { !p & HIGH } else { p };
-                    if brackets & !inside != 0 {
-                        // A bracket outside strings: count it byte by byte.
-                        break;
-                    }
-                }
-                if p >> 63 != 0 {
-                    in_str = !in_str;
-                }
-                i += 8;
+            if !esc {
+                i = skip_plain(b, i, open, close, &mut in_str);
             }
             // Byte by byte through (at least) one word.
             let stop = i + 8;
@@ -1079,6 +1247,62 @@ mod tests {
             Ok(x)
         } else {
             Err(r.err("trailing"))
+        }
+    }
+
+    /// Skipping any value ends exactly where it ends, whatever its strings
+    /// hold (brackets, `|`, quotes and backslashes, at every offset within
+    /// a word), compact or pretty-printed.
+    #[test]
+    fn skipping_finds_the_end_of_every_value() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        const PIECES: [&str; 12] = [
+            "[", "]", "{", "}", "|", "\\", "\"", "a", "é", " ", "\\\"", "xyz01234",
+        ];
+        fn value_of(next: &mut impl FnMut() -> u64, depth: u32) -> Value {
+            match next() % if depth > 3 { 3 } else { 5 } {
+                0 => {
+                    let n = next() % 12;
+                    let s: String = (0..n)
+                        .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                        .collect();
+                    Value::String(s)
+                }
+                1 => serde_json::json!(next() % 1000),
+                2 => Value::Null,
+                3 => Value::Array((0..next() % 5).map(|_| value_of(next, depth + 1)).collect()),
+                _ => Value::Object(
+                    (0..next() % 5)
+                        .map(|k| {
+                            (
+                                format!("k{k}{}", "[{|".repeat(k as usize)),
+                                value_of(next, depth + 1),
+                            )
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        for _ in 0..5_000 {
+            let v = value_of(&mut next, 0);
+            for text in [v.to_string(), format!("{v:#}")] {
+                for pad in 0..8 {
+                    let t = format!("{}{text}", " ".repeat(pad));
+                    let mut r = Reader {
+                        b: t.as_bytes(),
+                        i: 0,
+                        scratch: String::new(),
+                    };
+                    assert!(r.skip_value().is_ok(), "{t}");
+                    assert_eq!(r.i, t.len(), "{t}");
+                }
+            }
         }
     }
 

@@ -20,7 +20,10 @@
 //! look-up for exact values, one per distinct prefix/suffix length for
 //! affixes), adds the rules that had no guard at all, and verifies only those
 //! candidates, each with its pattern compiled against the field table
-//! (`compiled.rs`). The cost per event follows the event's relevant values and
+//! (`compiled.rs`). Rules without a guard that are a single leaf (typically
+//! one `anything-but`, `numeric` or `cidr` test) are filed under their
+//! leaf's field instead and tested on that field's recorded values directly,
+//! without walking a pattern. The cost per event follows the event's relevant values and
 //! the number of candidates, not the number of rules.
 //!
 //! When a rule has several possible guards, the one whose index buckets are
@@ -74,6 +77,12 @@ pub struct RuleSet<K> {
     index: Vec<Option<Box<IndexNode>>>,
     /// Slots with no guard; verified against every event.
     unindexed: Vec<u32>,
+    /// Rules with no guard that are one leaf (see [`single_leaf`]), by the
+    /// field node of that leaf: tested on the event's values at that field
+    /// as they are listed, without walking the pattern.
+    scan: Vec<Option<Vec<ScanRule>>>,
+    /// Number of rules in `scan`.
+    scan_len: usize,
     /// Insertion sequence number by slot (dense, for ordering results).
     seqs: Vec<u64>,
     next_seq: u64,
@@ -85,6 +94,15 @@ struct Entry {
     compiled: CNode,
     regs: Vec<Registration>,
     guard: Vec<(u32, IndexKey)>,
+    /// The field node the rule is filed under in `scan`, if it is.
+    scan_field: Option<u32>,
+}
+
+/// A rule tested value by value (see `RuleSet::scan`).
+#[derive(Clone)]
+struct ScanRule {
+    slot: u32,
+    matchers: Box<[Matcher]>,
 }
 
 /// Marks a bucket entry whose hit alone proves the rule matches (see
@@ -146,8 +164,34 @@ fn xs_is_empty(b: &Bucket) -> bool {
 #[derive(Clone, Default)]
 struct StrMap {
     tiny: FastMap<u64, Bucket>,
-    short: FastMap<[u8; 24], Bucket>,
+    short: FastMap<ShortKey, Bucket>,
     long: FastMap<Box<str>, Bucket>,
+}
+
+/// A string of 8 to 23 bytes: its length byte and bytes, zero-padded,
+/// packed into three words, hashed as three words (not as a byte slice).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ShortKey([u64; 3]);
+
+impl Hash for ShortKey {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(self.0[0]);
+        h.write_u64(self.0[1]);
+        h.write_u64(self.0[2]);
+    }
+}
+
+impl ShortKey {
+    #[inline]
+    fn pack(k: &[u8; 24]) -> ShortKey {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&k[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        ShortKey([word(0), word(8), word(16)])
+    }
 }
 
 #[inline]
@@ -159,14 +203,14 @@ fn tiny_key(s: &str) -> Option<u64> {
 }
 
 #[inline]
-fn short_key(s: &str) -> Option<[u8; 24]> {
+fn short_key(s: &str) -> Option<ShortKey> {
     if s.len() > 23 {
         return None;
     }
     let mut k = [0u8; 24];
     k[0] = s.len() as u8;
     k[1..=s.len()].copy_from_slice(s.as_bytes());
-    Some(k)
+    Some(ShortKey::pack(&k))
 }
 
 impl StrMap {
@@ -183,6 +227,35 @@ impl StrMap {
             Some(k) => self.short.get(&k),
             None => self.long.get(s),
         }
+    }
+
+    /// [`get`](Self::get) of the ASCII lower case of `s`, without building
+    /// it as a string; None when `s` is not ASCII or longer than 23 bytes
+    /// (then fold it and use `get`).
+    #[inline]
+    fn get_ascii_lowercase(&self, s: &str) -> Option<Option<&Bucket>> {
+        let len = s.len();
+        if len > 23 {
+            return None;
+        }
+        let mut k = [0u8; 24];
+        let mut high = 0u8;
+        for (d, &c) in k[1..].iter_mut().zip(s.as_bytes()) {
+            high |= c;
+            *d = c.to_ascii_lowercase();
+        }
+        if high >= 0x80 {
+            return None;
+        }
+        if len <= 7 {
+            // Bytes 1..8 are the name tag of the lower-cased string.
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&k[1..9]);
+            let key = u64::from_le_bytes(w) | ((len as u64) << 56);
+            return Some(self.tiny.get(&key));
+        }
+        k[0] = len as u8;
+        Some(self.short.get(&ShortKey::pack(&k)))
     }
 
     /// Adds; true when the key is new.
@@ -327,7 +400,18 @@ struct IndexNode {
     prefixes_folded: AffixIndex,
     suffixes: AffixIndex,
     suffixes_folded: AffixIndex,
+    /// Which of the above are non-empty (`HAS_*` bits), kept up to date by
+    /// `add` and `remove` so that matching tests one byte.
+    kinds: u8,
 }
+
+const HAS_STRINGS: u8 = 1;
+const HAS_PREFIXES: u8 = 2;
+const HAS_SUFFIXES: u8 = 4;
+const HAS_FOLDED: u8 = 8;
+const HAS_PREFIXES_FOLDED: u8 = 16;
+const HAS_SUFFIXES_FOLDED: u8 = 32;
+const NEEDS_FOLD: u8 = HAS_FOLDED | HAS_PREFIXES_FOLDED | HAS_SUFFIXES_FOLDED;
 
 impl IndexNode {
     fn is_empty(&self) -> bool {
@@ -340,10 +424,21 @@ impl IndexNode {
             && self.suffixes_folded.is_empty()
     }
 
-    fn needs_fold(&self) -> bool {
-        !(self.folded.is_empty()
-            && self.prefixes_folded.is_empty()
-            && self.suffixes_folded.is_empty())
+    fn update_kinds(&mut self) {
+        let mut k = 0;
+        for (empty, bit) in [
+            (self.strings.is_empty(), HAS_STRINGS),
+            (self.prefixes.is_empty(), HAS_PREFIXES),
+            (self.suffixes.is_empty(), HAS_SUFFIXES),
+            (self.folded.is_empty(), HAS_FOLDED),
+            (self.prefixes_folded.is_empty(), HAS_PREFIXES_FOLDED),
+            (self.suffixes_folded.is_empty(), HAS_SUFFIXES_FOLDED),
+        ] {
+            if !empty {
+                k |= bit;
+            }
+        }
+        self.kinds = k;
     }
 
     fn bucket_len(&self, key: &IndexKey) -> usize {
@@ -378,6 +473,7 @@ impl IndexNode {
             IndexKey::Suffix(s) => self.suffixes.add(s, v),
             IndexKey::SuffixIgnoreCase(s) => self.suffixes_folded.add(s, v),
         }
+        self.update_kinds();
     }
 
     fn remove(&mut self, key: &IndexKey, slot: u32) {
@@ -398,6 +494,7 @@ impl IndexNode {
             IndexKey::Suffix(s) => self.suffixes.remove(s, slot),
             IndexKey::SuffixIgnoreCase(s) => self.suffixes_folded.remove(s, slot),
         }
+        self.update_kinds();
     }
 
     /// Rules whose key here accepts the event scalar `v`.
@@ -424,18 +521,27 @@ impl IndexNode {
                 return;
             }
         };
-        if !self.strings.is_empty()
+        let kinds = self.kinds;
+        if kinds & HAS_STRINGS != 0
             && let Some(bucket) = self.strings.get(s)
         {
             bucket.extend_into(out);
         }
-        if !self.prefixes.is_empty() {
+        if kinds & HAS_PREFIXES != 0 {
             self.prefixes.collect(s, Side::Prefix, out);
         }
-        if !self.suffixes.is_empty() {
+        if kinds & HAS_SUFFIXES != 0 {
             self.suffixes.collect(s, Side::Suffix, out);
         }
-        if !self.needs_fold() {
+        if kinds & NEEDS_FOLD == 0 {
+            return;
+        }
+        if kinds & NEEDS_FOLD == HAS_FOLDED
+            && let Some(found) = self.folded.get_ascii_lowercase(s)
+        {
+            if let Some(bucket) = found {
+                bucket.extend_into(out);
+            }
             return;
         }
         let folded: &str = if s.is_ascii() {
@@ -452,13 +558,15 @@ impl IndexNode {
             fold_buf.extend(s.chars().map(fold_char));
             fold_buf
         };
-        if let Some(bucket) = self.folded.get(folded) {
+        if kinds & HAS_FOLDED != 0
+            && let Some(bucket) = self.folded.get(folded)
+        {
             bucket.extend_into(out);
         }
-        if !self.prefixes_folded.is_empty() {
+        if kinds & HAS_PREFIXES_FOLDED != 0 {
             self.prefixes_folded.collect(folded, Side::Prefix, out);
         }
-        if !self.suffixes_folded.is_empty() {
+        if kinds & HAS_SUFFIXES_FOLDED != 0 {
             self.suffixes_folded.collect(folded, Side::Suffix, out);
         }
     }
@@ -497,6 +605,38 @@ fn certain_leaf(node: &Node) -> bool {
                             | Matcher::SuffixIgnoreCase(_)
                     )
                 });
+            }
+        }
+    }
+}
+
+/// The leaf of a pattern that is one chain of single-field objects (no
+/// `$or`, not starting at an aliased top-level name) ending in a leaf
+/// without `exists`: its path and matchers. Such a pattern matches exactly
+/// when one matcher accepts one of the event's values at that path (the
+/// values the flattener lists for that field): with a single leaf, "one
+/// array element must satisfy the whole object" always holds for the
+/// element a value came from, and every matcher but `exists` needs a
+/// value.
+fn single_leaf(node: &Node) -> Option<(Vec<String>, &[Matcher])> {
+    let mut node = node;
+    let mut path = Vec::new();
+    loop {
+        if node.fields.len() != 1 || !node.ors.is_empty() {
+            return None;
+        }
+        let (key, field) = &node.fields[0];
+        if path.is_empty() && alias_of(key).is_some() {
+            return None;
+        }
+        path.push(key.clone());
+        match field {
+            Field::Nested(inner) => node = inner,
+            Field::Leaf(matchers) => {
+                if matchers.is_empty() || matchers.iter().any(|m| matches!(m, Matcher::Exists(_))) {
+                    return None;
+                }
+                return Some((path, matchers));
             }
         }
     }
@@ -551,6 +691,8 @@ impl<K> Default for RuleSet<K> {
             slot_of: HashMap::new(),
             index: Vec::new(),
             unindexed: Vec::new(),
+            scan: Vec::new(),
+            scan_len: 0,
             seqs: Vec::new(),
             next_seq: 0,
         }
@@ -587,8 +729,25 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
                 (self.slots.len() - 1) as u32
             }
         };
+        let mut scan_field = None;
         if guard.is_empty() {
-            self.unindexed.push(slot);
+            match single_leaf(pattern.root())
+                .and_then(|(path, m)| Some((self.fields.find(0, &path)?, m)))
+            {
+                Some((field, matchers)) => {
+                    let i = field as usize;
+                    if self.scan.len() <= i {
+                        self.scan.resize_with(i + 1, || None);
+                    }
+                    self.scan[i].get_or_insert_with(Vec::new).push(ScanRule {
+                        slot,
+                        matchers: matchers.into(),
+                    });
+                    self.scan_len += 1;
+                    scan_field = Some(field);
+                }
+                None => self.unindexed.push(slot),
+            }
         }
         let certain = certain_leaf(pattern.root());
         for (field, index_key) in &guard {
@@ -615,6 +774,7 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
             compiled,
             regs,
             guard,
+            scan_field,
         });
     }
 
@@ -627,7 +787,15 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
             return;
         };
         self.keys[slot as usize] = None;
-        if entry.guard.is_empty() {
+        if let Some(field) = entry.scan_field {
+            if let Some(Some(rules)) = self.scan.get_mut(field as usize) {
+                rules.retain(|r| r.slot != slot);
+                if rules.is_empty() {
+                    self.scan[field as usize] = None;
+                }
+            }
+            self.scan_len -= 1;
+        } else if entry.guard.is_empty() {
             self.unindexed.retain(|s| *s != slot);
         }
         for (field, index_key) in &entry.guard {
@@ -645,6 +813,9 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
         for id in freed {
             if let Some(ix) = self.index.get_mut(id as usize) {
                 *ix = None;
+            }
+            if let Some(sc) = self.scan.get_mut(id as usize) {
+                *sc = None;
             }
         }
         self.free_slots.push(slot);
@@ -680,10 +851,23 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
         cands.clear();
         hits.clear();
         for &(field, slot) in &flat.leaves {
-            if let Some(Some(ix)) = self.index.get(field as usize)
-                && let Some(v) = flat.scalar(slot)
-            {
+            let ix = self.index.get(field as usize).and_then(Option::as_ref);
+            let sc = self.scan.get(field as usize).and_then(Option::as_ref);
+            if ix.is_none() && sc.is_none() {
+                continue;
+            }
+            let Some(v) = flat.scalar(slot) else {
+                continue;
+            };
+            if let Some(ix) = ix {
                 ix.collect(v, cands, fold);
+            }
+            if let Some(rules) = sc {
+                for r in rules {
+                    if r.matchers.iter().any(|m| m.matches_scalar(v)) {
+                        cands.push(r.slot | CERTAIN);
+                    }
+                }
             }
         }
         cands.extend_from_slice(&self.unindexed);
@@ -707,9 +891,12 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
         if hits.len() > 1 {
             hits.sort_unstable();
         }
-        hits.iter()
-            .filter_map(|&(_, slot)| self.keys[slot as usize].clone())
-            .collect()
+        let mut out = Vec::with_capacity(hits.len());
+        out.extend(
+            hits.iter()
+                .filter_map(|&(_, slot)| self.keys[slot as usize].clone()),
+        );
+        out
     }
 
     /// The pattern stored under `key`.
@@ -739,7 +926,7 @@ impl<K: Clone + Eq + Hash> RuleSet<K> {
     /// Number of patterns with no usable guard; each is checked against
     /// every event.
     pub fn unindexed_len(&self) -> usize {
-        self.unindexed.len()
+        self.unindexed.len() + self.scan_len
     }
 
     /// The fields of a string path (and its top-level alias) in the table.
