@@ -261,8 +261,12 @@ fn relink(c: &LocalCluster, idx: usize, remote: &str, addr: &str) -> anyhow::Res
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wan_partition_only_delays_cross_site_delivery() -> anyhow::Result<()> {
     use strait_chaos_tests::udp_proxy::UdpProxy;
-    bounded(Duration::from_secs(150), async {
-        let mut c = LocalCluster::up(&[("idc", 1), ("aws", 1)], Some(extra())).await?;
+    bounded(Duration::from_secs(240), async {
+        // A small outbox bound: it fills during the cut, and deliveries for
+        // the other site wait (retrying) while ingest and local delivery go on.
+        let mut x = extra();
+        x["federation"] = json!({"max_outbox": 300});
+        let mut c = LocalCluster::up(&[("idc", 1), ("aws", 1)], Some(x)).await?;
         let idc = c.site_nodes("idc")[0];
         let aws = c.site_nodes("aws")[0];
         let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
@@ -322,6 +326,11 @@ async fn a_wan_partition_only_delays_cross_site_delivery() -> anyhow::Result<()>
             .context("idc link to aws")?;
         eprintln!("link during the partition: {link}");
         anyhow::ensure!(link["outboxDepth"].as_u64() > Some(20), "no backlog shown: {link}");
+        anyhow::ensure!(link["alarm"] == json!("full"), "a full outbox is not flagged: {link}");
+        anyhow::ensure!(
+            link["outboxDepth"].as_u64() <= Some(300 + 512),
+            "the outbox bound (300 + deliveries in flight) was not kept: {link}"
+        );
         anyhow::ensure!(link["oldestUndeliveredMs"].as_u64() > Some(1000), "age not shown: {link}");
         anyhow::ensure!(
             cross_to_aws.events().len() <= cross_at_cut + 600,

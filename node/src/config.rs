@@ -427,6 +427,11 @@ pub struct Federation {
     pub max_batch: usize,
     /// Unacknowledged batches per link.
     pub window: usize,
+    /// Most deliveries waiting in the outbox for one remote site. When full,
+    /// deliveries to that site's targets wait and retry under their
+    /// target's retry policy (then dead-letter); ingest and other targets
+    /// go on.
+    pub max_outbox: u64,
 }
 
 impl Default for Federation {
@@ -435,6 +440,7 @@ impl Default for Federation {
             links: Default::default(),
             max_batch: 512,
             window: 8,
+            max_outbox: 1_000_000,
         }
     }
 }
@@ -553,6 +559,9 @@ impl NodeConfig {
                 message,
             })
         };
+        if f.max_outbox == 0 {
+            return at("max_outbox".into(), "must be at least 1".into());
+        }
         if f.max_batch == 0 || f.window == 0 {
             return at(
                 "max_batch".into(),

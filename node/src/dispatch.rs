@@ -274,6 +274,8 @@ fn reconcile(
                 rule_spec: json.clone(),
                 target: t.id.clone(),
                 outbox: app.outbox.clone(),
+                state: app.site.state.clone(),
+                limit: app.cfg.federation.max_outbox,
             })
         } else {
             match strait_adapters::build_target(

@@ -146,8 +146,12 @@ pub struct LinkSink {
     pub rule_spec: Value,
     /// The target id.
     pub target: String,
-    /// Hops the event made before arriving here.
+    /// The outboxes.
     pub outbox: Outbox,
+    /// The site state (for the outbox depth).
+    pub state: Arc<strait_federation::SiteState>,
+    /// Most deliveries waiting for the remote site.
+    pub limit: u64,
 }
 
 impl Sink for LinkSink {
@@ -161,6 +165,22 @@ impl Sink for LinkSink {
             if hops >= MAX_HOPS {
                 return Err(DeliveryError::Permanent(format!(
                     "hop limit of {MAX_HOPS} sites reached (loop?)"
+                )));
+            }
+            let depth = self
+                .state
+                .view()
+                .links
+                .out
+                .get(&self.remote)
+                .map(|o| o.last_seq.saturating_sub(o.acked))
+                .unwrap_or(0);
+            if depth >= self.limit {
+                metrics::counter!("strait_link_outbox_full_total", "remote" => self.remote.clone())
+                    .increment(1);
+                return Err(DeliveryError::Retryable(format!(
+                    "the outbox for site {} is full ({depth} deliveries waiting, limit {})",
+                    self.remote, self.limit
                 )));
             }
             let json = String::from_utf8(event.to_json_bytes())
@@ -391,6 +411,9 @@ pub fn status(app: &App) -> Value {
             .and_then(|e| serde_json::from_slice::<Delivery>(&e.body).ok())
             .map(|d| now.saturating_sub(d.enqueued_ms));
         metrics::gauge!("strait_link_backlog", "remote" => remote.clone()).set(backlog as f64);
+        let limit = app.cfg.federation.max_outbox;
+        let fill = backlog as f64 / limit.max(1) as f64;
+        metrics::gauge!("strait_link_outbox_fill_ratio", "remote" => remote.clone()).set(fill);
         metrics::gauge!("strait_link_oldest_undelivered_seconds", "remote" => remote.clone())
             .set(oldest_ms.unwrap_or(0) as f64 / 1000.0);
         out.push(serde_json::json!({
@@ -399,6 +422,8 @@ pub fn status(app: &App) -> Value {
             "state": if s.state.is_empty() { "idle".to_string() } else { s.state.clone() },
             "rttMs": s.rtt_ms,
             "outboxDepth": backlog,
+            "outboxLimit": limit,
+            "alarm": if backlog >= limit { "full" } else if fill >= 0.8 { "filling" } else { "ok" },
             "enqueued": o.last_seq,
             "acked": o.acked,
             "oldestUndeliveredMs": oldest_ms,
@@ -435,7 +460,7 @@ pub fn new_stats() -> LinkStatsMap {
 mod tests {
     use super::*;
 
-    fn sink() -> LinkSink {
+    fn sink(dir: &std::path::Path) -> LinkSink {
         let (tx, rx) = mpsc::channel(1);
         drop(rx);
         LinkSink {
@@ -445,6 +470,8 @@ mod tests {
             rule_spec: serde_json::json!({}),
             target: "t".into(),
             outbox: Outbox { tx },
+            state: strait_federation::SiteState::open(&dir.join("state.redb")).expect("state"),
+            limit: 10,
         }
     }
 
@@ -459,7 +486,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_hop_limit_stops_loops_and_a_stopped_outbox_is_retryable() {
-        let s = sink();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = sink(dir.path());
         match s.deliver(&event(Some(u64::from(MAX_HOPS))), "").await {
             Err(DeliveryError::Permanent(m)) => assert!(m.contains("hop limit"), "{m}"),
             other => panic!("unexpected {other:?}"),
