@@ -348,3 +348,60 @@ async fn a_wan_partition_only_delays_cross_site_delivery() -> anyhow::Result<()>
     })
     .await
 }
+
+/// Change a rule (its pattern) while events flow to a target at another
+/// site: every delivered event was matched by the old or the new version;
+/// nothing matched by neither arrives, and both versions take effect.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_change_during_cross_site_traffic_delivers_nothing_unmatched() -> anyhow::Result<()>
+{
+    bounded(Duration::from_secs(120), async {
+        let c = LocalCluster::up(&[("idc", 1), ("aws", 1)], Some(extra())).await?;
+        let idc = c.site_nodes("idc")[0];
+        wait_site_leader(&c, "idc").await?;
+        wait_site_leader(&c, "aws").await?;
+        let recv = Receiver::start(Behavior::Ok).await?;
+        let client = c.client_at(idc)?;
+        let rule = |ty: &str| {
+            let mut t = http_target("far", &recv.url("/chg"), retry(100_000, 20, 500));
+            t["site"] = json!("aws");
+            json!({"pattern": {"source": ["chg"], "type": [ty]}, "targets": [t]})
+        };
+        client.put_rule(BUS, "chg", &rule("a")).await?.expect_status(200, "PUT v1")?;
+        let types = ["a", "b", "c"];
+        let mut before_a = Vec::new();
+        let mut after_b = Vec::new();
+        for i in 0..600usize {
+            if i == 300 {
+                client.put_rule(BUS, "chg", &rule("b")).await?.expect_status(200, "PUT v2")?;
+            }
+            let ty = types[i % 3];
+            let id = format!("chg-{i:04}-{ty}");
+            let ev = json!({"specversion": "1.0", "id": id, "source": "chg", "type": ty, "data": {"i": i}});
+            client.post_structured(BUS, &ev).await?.expect_status(200, "post")?;
+            if ty == "b" && i > 300 {
+                after_b.push(id);
+            } else if ty == "a" && i < 300 {
+                before_a.push(id);
+            }
+        }
+        recv.wait_for_ids(after_b.iter(), Duration::from_secs(60))
+            .await
+            .context("events matched by the new version must arrive")?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let got = recv.events();
+        if let Some(bad) = got.iter().find(|e| e.id.ends_with("-c")) {
+            anyhow::bail!("{} was delivered though neither rule version matches it", bad.id);
+        }
+        let a_count = got.iter().filter(|e| e.id.ends_with("-a")).count();
+        anyhow::ensure!(a_count > 0, "the old version never took effect");
+        eprintln!(
+            "delivered {} events: {a_count} of {} type-a events sent before the change, all {} type-b events sent after it",
+            got.len(),
+            before_a.len(),
+            after_b.len()
+        );
+        c.ensure_no_panic()
+    })
+    .await
+}
