@@ -316,8 +316,9 @@ impl Load {
     }
 }
 
-/// Closed loop: `clients` tasks posting batches until `stop`; returns a
-/// counter of acknowledged events (live) and the join handles.
+/// Closed loop: `clients` tasks posting batches until `stop`, never more
+/// than `max_backlog` events ahead of the receiver; returns counters of
+/// acknowledged events and failed requests (live) and the join handles.
 fn closed_loop(
     load: &Arc<Load>,
     phase: usize,
@@ -325,6 +326,8 @@ fn closed_loop(
     clients: u64,
     batch: u64,
     stop: &Arc<AtomicBool>,
+    sink: &Arc<Sink>,
+    max_backlog: u64,
 ) -> (
     Arc<AtomicU64>,
     Arc<AtomicU64>,
@@ -343,8 +346,17 @@ fn closed_loop(
             stop.clone(),
         );
         let source = source.to_string();
+        let sink = sink.clone();
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
+                // Bounded backlog: ingest no further ahead of the receiver
+                // than `max_backlog` (a closed loop end to end), so the
+                // window measures what the pipeline sustains and the next
+                // phase does not queue behind this one.
+                if acked.load(Ordering::Relaxed) > sink.count(phase) + max_backlog {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
                 let first = next.fetch_add(batch, Ordering::Relaxed);
                 let body = batch_body(phase, first, batch, &source, &load.payload);
                 if load.post(body).await {
@@ -370,6 +382,20 @@ async fn open_loop(
     batch: u64,
     secs: u64,
 ) -> Vec<Option<Instant>> {
+    open_loop_from(load, phase, 0, source, rate, batch, secs).await
+}
+
+/// [`open_loop`] with event sequence numbers from `base` (index `i` of the
+/// answer is event `base + i`).
+async fn open_loop_from(
+    load: &Arc<Load>,
+    phase: usize,
+    base: u64,
+    source: &str,
+    rate: u64,
+    batch: u64,
+    secs: u64,
+) -> Vec<Option<Instant>> {
     let per_sec = (rate as f64 / batch as f64).max(1.0);
     let interval = Duration::from_secs_f64(1.0 / per_sec);
     let total = (per_sec * secs as f64) as u64;
@@ -378,7 +404,7 @@ async fn open_loop(
     for k in 0..total {
         tokio::time::sleep_until((start + interval.mul_f64(k as f64)).into()).await;
         let first = k * batch;
-        let body = batch_body(phase, first, batch, source, &load.payload);
+        let body = batch_body(phase, base + first, batch, source, &load.payload);
         let load = load.clone();
         tasks.push(tokio::spawn(async move {
             let ok = load.post(body).await;
@@ -474,6 +500,9 @@ struct Throughput {
     max_depths: Depths,
     end_depths: Depths,
     drain_secs: f64,
+    /// Events delivered / (first request .. last delivery).
+    sustained: f64,
+    drained: bool,
     total: u64,
     errors: u64,
 }
@@ -548,7 +577,18 @@ impl Bench {
         let warmup = Duration::from_secs(env_or("BENCH_WARMUP_SECS", 2));
         let window = Duration::from_secs(env_or("BENCH_SECS", 10));
         let stop = Arc::new(AtomicBool::new(false));
-        let (acked, errors, tasks) = closed_loop(&self.load, phase, source, clients, batch, &stop);
+        let max_backlog = env_or("BENCH_MAX_BACKLOG", 20_000);
+        let started = Instant::now();
+        let (acked, errors, tasks) = closed_loop(
+            &self.load,
+            phase,
+            source,
+            clients,
+            batch,
+            &stop,
+            &self.recv.sink,
+            max_backlog,
+        );
         tokio::time::sleep(warmup).await;
         let (a0, d0, c0) = (
             acked.load(Ordering::Relaxed),
@@ -576,10 +616,12 @@ impl Bench {
         }
         let stopped = Instant::now();
         let total = acked.load(Ordering::Relaxed);
-        self.recv
-            .wait_count(phase, total, self.drain_timeout)
-            .await
-            .context("throughput: every acknowledged event must arrive")?;
+        let drained = self.recv.wait_count(phase, total, self.drain_timeout).await;
+        if let Err(e) = &drained {
+            println!("  NOT DRAINED: {e:#}");
+        }
+        let end = drained.unwrap_or_else(|_| Instant::now());
+        let got = self.recv.sink.count(phase).min(total);
         self.ensure_alive("throughput")?;
         Ok(Throughput {
             ingest: (a1 - a0) as f64 / secs,
@@ -587,7 +629,9 @@ impl Bench {
             cpu: self.cpu.pct(c0, c1),
             max_depths,
             end_depths,
-            drain_secs: stopped.elapsed().as_secs_f64(),
+            drain_secs: (end - stopped).as_secs_f64(),
+            sustained: got as f64 / (end - started).as_secs_f64(),
+            drained: got == total,
             total,
             errors: errors.load(Ordering::Relaxed),
         })
@@ -602,7 +646,11 @@ impl Bench {
         let acked = acks.iter().filter(|a| a.is_some()).count();
         let waited = self
             .recv
-            .wait_count(phase, acked as u64, Duration::from_secs(60))
+            .wait_count(
+                phase,
+                acked as u64,
+                Duration::from_secs(env_or("BENCH_LAT_WAIT_SECS", 60)),
+            )
             .await;
         self.recv.sink.record[phase].store(false, Ordering::Relaxed);
         let mut first: HashMap<u64, Instant> = HashMap::new();
@@ -626,7 +674,9 @@ impl Bench {
                 None => missing += 1,
             }
         }
-        waited.context("latency: every acknowledged event must arrive")?;
+        if let Err(e) = &waited {
+            println!("  INCOMPLETE: {e:#}");
+        }
         lat.sort_by(f64::total_cmp);
         self.ensure_alive("latency")?;
         Ok(Latency {
@@ -780,12 +830,29 @@ async fn run() -> anyhow::Result<()> {
         .context("restarting idc with its link through the proxy")?;
     wait_leader(&b.idc, "site idc (restarted)").await?;
     b.cpu.idc_pid = pid_of(&cfg_path).context("no process for the restarted idc")?;
-    let acks = open_loop(&b.load, P_WARM, "bench.remote", 200, 10, 2).await;
+    // Fresh ids: the node drops a repeated (source, id) as a duplicate.
+    let acks = open_loop_from(&b.load, P_WARM, 1_000_000, "bench.remote", 200, 10, 2).await;
     let n2 = acks.iter().filter(|a| a.is_some()).count() as u64;
-    b.recv
+    if let Err(e) = b
+        .recv
         .wait_count(P_WARM, n + n2, Duration::from_secs(60))
         .await
-        .context("warm-up through the proxy")?;
+    {
+        let link = link_out(&b.idc, "aws").await.unwrap_or_default();
+        let aws_links = match b.aws.get_json("/v1/cluster").await {
+            Ok(r) => r.json().map(|v| v["links"].clone()).unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        let rule = match b.idc.get_rule(BUS, "remote").await {
+            Ok(r) => r.json().map(|v| v["status"].clone()).unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        anyhow::bail!(
+            "warm-up through the proxy: {e:#}; idc's link to aws: {link}; aws links: {aws_links}; \
+             idc rule status: {rule}; proxy: {:?}",
+            proxy.stats()
+        );
+    }
     let lp = b.latency(P_LAT_PROXY, "bench.remote").await?;
     print_lat("(b') target at aws, via proxy, 0 ms", &lp);
     let delay = Duration::from_millis(env_or("BENCH_DELAY_MS", 50));
@@ -820,10 +887,13 @@ async fn run() -> anyhow::Result<()> {
     let done = b
         .recv
         .wait_count(P_PARTITION, before + acked, b.drain_timeout)
-        .await
-        .context("backlog drain: every acknowledged event must arrive after the heal")?;
+        .await;
+    if let Err(e) = &done {
+        println!("  NOT DRAINED: {e:#}");
+    }
+    let done = done.unwrap_or_else(|_| Instant::now());
     let drain = done - healed;
-    let backlog = acked - during;
+    let backlog = (b.recv.sink.count(P_PARTITION) - before).min(acked) - during;
     let drain_rate = backlog as f64 / (drain - first).as_secs_f64().max(1e-9);
     println!(
         "  acked {acked}, delivered during the partition {during}, outboxDepth at the heal {}, oldestUndeliveredMs {}, link state {}",
@@ -845,12 +915,12 @@ async fn run() -> anyhow::Result<()> {
     println!("| figure | value |");
     println!("|---|---|");
     println!(
-        "| throughput, target at idc (no link) | {:.0} ev/s delivered ({:.0} ev/s ingested) |",
-        tl.delivered, tl.ingest
+        "| throughput, target at idc (no link) | {:.0} ev/s delivered in the window ({:.0} ev/s ingested), {:.0} ev/s sustained end to end |",
+        tl.delivered, tl.ingest, tl.sustained
     );
     println!(
-        "| throughput, target at aws (link) | {:.0} ev/s delivered ({:.0} ev/s ingested) |",
-        tr.delivered, tr.ingest
+        "| throughput, target at aws (link) | {:.0} ev/s delivered in the window ({:.0} ev/s ingested), {:.0} ev/s sustained end to end |",
+        tr.delivered, tr.ingest, tr.sustained
     );
     println!(
         "| backlog at the end of the link window | {} |",
@@ -909,7 +979,7 @@ async fn run() -> anyhow::Result<()> {
 
 fn print_tp(name: &str, t: &Throughput) {
     println!(
-        "{name:<32} delivered {:>8.0} ev/s   ingested {:>8.0} ev/s   CPU idc {:>4.0}% aws {:>4.0}% receiver {:>4.0}%\n{:<32} backlog at the end of the window: {}; max: {}\n{:<32} all {} events delivered {:.1} s after the load stopped; ingest errors {}",
+        "{name:<32} delivered {:>8.0} ev/s   ingested {:>8.0} ev/s   CPU idc {:>4.0}% aws {:>4.0}% receiver {:>4.0}%\n{:<32} backlog at the end of the window: {}; max: {}\n{:<32} {} events, delivered{} {:.1} s after the load stopped: sustained {:.0} ev/s end to end; ingest errors {}",
         t.delivered,
         t.ingest,
         t.cpu.0,
@@ -920,7 +990,9 @@ fn print_tp(name: &str, t: &Throughput) {
         t.max_depths,
         "",
         t.total,
+        if t.drained { "" } else { " (NOT all)" },
         t.drain_secs,
+        t.sustained,
         t.errors
     );
 }
