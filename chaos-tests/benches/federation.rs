@@ -297,6 +297,8 @@ struct Load {
     http: reqwest::Client,
     url: String,
     payload: Arc<String>,
+    /// The receiver's counts (to bound the backlog).
+    sink: Arc<Sink>,
 }
 
 impl Load {
@@ -326,7 +328,6 @@ fn closed_loop(
     clients: u64,
     batch: u64,
     stop: &Arc<AtomicBool>,
-    sink: &Arc<Sink>,
     max_backlog: u64,
 ) -> (
     Arc<AtomicU64>,
@@ -346,7 +347,7 @@ fn closed_loop(
             stop.clone(),
         );
         let source = source.to_string();
-        let sink = sink.clone();
+        let sink = load.sink.clone();
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 // Bounded backlog: ingest no further ahead of the receiver
@@ -586,7 +587,6 @@ impl Bench {
             clients,
             batch,
             &stop,
-            &self.recv.sink,
             max_backlog,
         );
         tokio::time::sleep(warmup).await;
@@ -750,9 +750,18 @@ async fn run() -> anyhow::Result<()> {
         ("local", "bench.local", target("local", None)),
         ("remote", "bench.remote", target("remote", Some("aws"))),
     ] {
-        idc.put_rule(BUS, rule, &put_rules_body(source, t))
-            .await?
-            .expect_status(200, "PUT rule")?;
+        // The default bus appears shortly after the site elects its leader.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = idc
+                .put_rule(BUS, rule, &put_rules_body(source, t.clone()))
+                .await?;
+            if r.status == 200 || Instant::now() >= deadline {
+                r.expect_status(200, "PUT rule")?;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let load = Arc::new(Load {
         http: reqwest::Client::builder()
@@ -760,6 +769,7 @@ async fn run() -> anyhow::Result<()> {
             .build()?,
         url: format!("{}/v1/buses/{BUS}/events", idc.base_url()),
         payload: Arc::new("x".repeat(EVENT_DATA_BYTES)),
+        sink: recv.sink.clone(),
     });
     let mut b = Bench {
         c,
