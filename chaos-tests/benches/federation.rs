@@ -835,6 +835,19 @@ async fn run() -> anyhow::Result<()> {
         })?;
     *slot = proxy.local_addr().to_string().into();
     std::fs::write(&cfg_path, serde_yaml::to_string(&cfg)?)?;
+    // Stop it and wait for its ports: a SIGKILLed node busy in fsync can
+    // hold them for a while after `kill` returns.
+    b.c.kill_9_at(idc_idx)?;
+    let http = b.c.nodes[idc_idx].http.clone();
+    let quic = b.c.nodes[idc_idx].quic.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpListener::bind(&http).is_err() || std::net::UdpSocket::bind(&quic).is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "idc's ports {http} / {quic} still busy 60 s after SIGKILL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     b.c.restart_at(idc_idx)
         .await
         .context("restarting idc with its link through the proxy")?;
