@@ -114,11 +114,10 @@ impl LinkService {
             })?;
             items.push(raw);
         }
-        let lock = self.lock_for(&batch.origin);
-        let _serial = lock.lock().await;
         // A batch that starts after what is committed may be waiting for
         // its predecessor (requests on separate streams can overtake each
-        // other): give it a moment before answering with the gap.
+        // other): give it a moment before answering with the gap. Wait
+        // *before* taking the per-origin lock: the predecessor needs it.
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut links = site.state.subscribe_links();
         loop {
@@ -135,6 +134,8 @@ impl LinkService {
             }
             let _ = tokio::time::timeout_at(deadline.into(), links.changed()).await;
         }
+        let lock = self.lock_for(&batch.origin);
+        let _serial = lock.lock().await;
         let cmd = Command::LinkReceive {
             origin: batch.origin.clone(),
             first_seq: batch.first_seq,
