@@ -162,17 +162,12 @@ impl LocalCluster {
     }
 
     fn node(&self, id: u64) -> anyhow::Result<&ClusterNode> {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .with_context(|| format!("no node {id}"))
+        Ok(&self.nodes[self.index(id)?])
     }
 
     fn node_mut(&mut self, id: u64) -> anyhow::Result<&mut ClusterNode> {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .with_context(|| format!("no node {id}"))
+        let i = self.index(id)?;
+        Ok(&mut self.nodes[i])
     }
 
     /// A client for node `id`.
@@ -274,21 +269,23 @@ impl LocalCluster {
         wait_healthy(&url, Duration::from_secs(30)).await
     }
 
+    fn index(&self, id: u64) -> anyhow::Result<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .with_context(|| format!("no node {id}"))
+    }
+
     /// SIGKILL node `id`.
     pub fn kill_9(&mut self, id: u64) -> anyhow::Result<()> {
-        self.node_mut(id)?.kill_9();
-        Ok(())
+        let i = self.index(id)?;
+        self.kill_9_at(i)
     }
 
     /// Start node `id` again on its data (after [`Self::kill_9`]); waits for `/healthz`.
     pub async fn restart(&mut self, id: u64) -> anyhow::Result<()> {
-        let bin = self.bin.clone();
-        let node = self.node_mut(id)?;
-        node.kill_9();
-        node.child = Some(spawn(&bin, &node.config, &node.log, &[])?);
-        node.starts += 1;
-        let url = node.base_url();
-        wait_healthy(&url, Duration::from_secs(30)).await
+        let i = self.index(id)?;
+        self.restart_at(i).await
     }
 
     /// Create node `id` of `site` (certificate, config) and start it with

@@ -42,7 +42,7 @@ pub use cluster::{ClusterNode, LocalCluster};
 pub use conservation::{ConservationReport, Ledger, check_conservation};
 pub use events::{Payload, SentEvent};
 pub use process::{HttpReply, NodeClient, NodeOptions, StraitProcess, strait_bin};
-pub use producer::{ProducerOptions, ProducerStats, lock, produce};
+pub use producer::{ProducerOptions, ProducerStats, lock, produce, stop_producers};
 pub use receiver::{Behavior, DeliveredEvent, ReceivedRequest, Receiver};
 pub use udp_proxy::{Direction, DirectionStats, FaultHandle, Faults, ProxyStats, UdpProxy};
 

@@ -243,3 +243,30 @@ pub async fn produce(
     }
     stats
 }
+
+/// Stop `producers`, fail on any problem they saw or any event left
+/// without a final answer, and return the ledger.
+pub async fn stop_producers(
+    stop: &AtomicBool,
+    producers: Vec<tokio::task::JoinHandle<ProducerStats>>,
+    ledger: &Mutex<Ledger>,
+) -> anyhow::Result<Ledger> {
+    stop.store(true, Ordering::SeqCst);
+    for p in producers {
+        let stats = p.await.map_err(|e| anyhow::anyhow!("producer task: {e}"))?;
+        eprintln!("producer: {stats:?}");
+        anyhow::ensure!(
+            stats.problems.is_empty(),
+            "the producer saw problems:\n{}",
+            stats.problems.join("\n")
+        );
+    }
+    let l = lock(ledger).clone();
+    eprintln!("acked {}, in doubt {}", l.acked().len(), l.in_doubt().len());
+    anyhow::ensure!(
+        l.in_doubt().is_empty(),
+        "{} events never got a final answer",
+        l.in_doubt().len()
+    );
+    Ok(l)
+}

@@ -4,44 +4,21 @@
 //! reach exactly the targets its rule names, at least once, bytes intact,
 //! also when leaders of the sending or the receiving site are killed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use strait_chaos_tests::{
-    Behavior, Ledger, LocalCluster, ProducerOptions, ProducerStats, Receiver, bounded,
-    check_conservation, http_target, lock, produce, retry,
+    Behavior, Ledger, LocalCluster, ProducerOptions, Receiver, bounded, check_conservation,
+    http_target, produce, retry, stop_producers,
 };
 
 const BUS: &str = "default";
 
 fn extra() -> Value {
     json!({"dispatch": {"checkpoint_interval_ms": 50}})
-}
-
-async fn finish_producers(
-    stop: &AtomicBool,
-    producers: Vec<tokio::task::JoinHandle<ProducerStats>>,
-    ledger: &Mutex<Ledger>,
-) -> anyhow::Result<Ledger> {
-    stop.store(true, Ordering::SeqCst);
-    for p in producers {
-        let stats = p.await.context("producer")?;
-        anyhow::ensure!(
-            stats.problems.is_empty(),
-            "producer problems: {:?}",
-            stats.problems
-        );
-    }
-    let l = lock(ledger).clone();
-    anyhow::ensure!(
-        l.in_doubt().is_empty(),
-        "{} events without a final answer",
-        l.in_doubt().len()
-    );
-    Ok(l)
 }
 
 /// Check that `receiver` got exactly the acknowledged events whose id
@@ -139,7 +116,7 @@ async fn three_sites_deliver_exactly_where_the_rules_say() -> anyhow::Result<()>
             producers.push(tokio::spawn(produce(vec![client], opts, ledger.clone(), stop.clone())));
         }
         tokio::time::sleep(Duration::from_secs(4)).await;
-        let ledger = finish_producers(&stop, producers, &ledger).await?;
+        let ledger = stop_producers(&stop, producers, &ledger).await?;
         expect_exactly(&recv_idc, &ledger, &["aliyun-", "aws-"], "idc targets").await?;
         expect_exactly(&recv_aliyun, &ledger, &["idc-"], "aliyun targets").await?;
         expect_exactly(&recv_aws, &ledger, &["idc-", "aliyun-", "aws-"], "aws targets").await?;
@@ -196,7 +173,7 @@ async fn leader_kills_in_sending_and_receiving_sites_lose_nothing() -> anyhow::R
             eprintln!("round {round}: killed the leader of {site} (node {id})");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let ledger = finish_producers(&stop, vec![producer], &ledger).await?;
+        let ledger = stop_producers(&stop, vec![producer], &ledger).await?;
         expect_exactly(&recv, &ledger, &["k-"], "aws target").await?;
         c.ensure_no_panic()
     })
@@ -339,7 +316,7 @@ async fn a_wan_partition_only_delays_cross_site_delivery() -> anyhow::Result<()>
         to_aws.faults().heal();
         to_idc.faults().heal();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let ledger = finish_producers(&stop, producers, &ledger).await?;
+        let ledger = stop_producers(&stop, producers, &ledger).await?;
         expect_exactly(&local_idc, &ledger, &["idc-"], "idc local").await?;
         expect_exactly(&local_aws, &ledger, &["aws-"], "aws local").await?;
         expect_exactly(&cross_to_aws, &ledger, &["idc-"], "idc → aws").await?;

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use strait_chaos_tests::{
     Behavior, Ledger, LocalCluster, ProducerOptions, Receiver, bounded, check_conservation,
-    http_target, lock, produce, retry,
+    http_target, produce, retry, stop_producers,
 };
 
 const BUS: &str = "default";
@@ -58,28 +58,11 @@ async fn finish(
     receiver: &Receiver,
     min_acked: usize,
 ) -> anyhow::Result<()> {
-    stop.store(true, Ordering::SeqCst);
-    let stats = producer.await.context("producer task")?;
-    let ledger = lock(ledger).clone();
-    eprintln!(
-        "producer: {stats:?}; acked {}, in doubt {}",
-        ledger.acked().len(),
-        ledger.in_doubt().len()
-    );
-    anyhow::ensure!(
-        stats.problems.is_empty(),
-        "the producer saw problems:\n{}",
-        stats.problems.join("\n")
-    );
+    let ledger = stop_producers(stop, vec![producer], ledger).await?;
     anyhow::ensure!(
         ledger.acked().len() >= min_acked,
         "only {} events acknowledged",
         ledger.acked().len()
-    );
-    anyhow::ensure!(
-        ledger.in_doubt().is_empty(),
-        "{} events never got a final answer",
-        ledger.in_doubt().len()
     );
     receiver
         .wait_for_ids(ledger.acked().iter(), Duration::from_secs(60))

@@ -180,6 +180,24 @@ impl Site {
             .ok_or_else(|| FederationError::Raft("no leader".into()))
     }
 
+    /// Whether this node currently leads its site.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == openraft::ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
+    /// Wait until this node leads (or leads no more, with `leading = false`).
+    /// Returns `false` when Raft has stopped.
+    pub async fn wait_leading(&self, leading: bool) -> bool {
+        let mut metrics = self.raft.metrics();
+        while self.is_leader() != leading {
+            if metrics.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Propose a command and wait until it is committed and applied.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, FederationError> {
         match self.raft.client_write(cmd).await {

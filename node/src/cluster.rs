@@ -282,12 +282,6 @@ pub fn leader_http(site: &Site) -> Option<(NodeId, String)> {
     Some((leader, normalize_url(&node.http_addr)))
 }
 
-/// Whether this node currently leads its site.
-pub fn is_leader(site: &Site) -> bool {
-    let m = site.raft.metrics().borrow().clone();
-    m.state == ServerState::Leader && m.current_leader == Some(site.node_id)
-}
-
 /// Role name as shown in the API.
 fn role(s: ServerState) -> &'static str {
     match s {

@@ -15,7 +15,7 @@ use strait_federation::{FederationError, NodeInfo};
 
 use crate::api::{ApiError, ApiResult, read_body};
 use crate::app::App;
-use crate::cluster::{is_leader, leader_http};
+use crate::cluster::leader_http;
 
 /// Longest a membership change may take (a learner catching up first).
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -116,7 +116,7 @@ pub async fn add_member(
     let v: Value =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
     let (id, info) = parse_member(&v)?;
-    if !is_leader(&app.site) {
+    if !app.site.is_leader() {
         return to_leader(&app, Method::POST, "/v1/cluster/members", &headers, Some(v)).await;
     }
     tracing::info!(id, node = %info, "adding a member");
@@ -143,7 +143,7 @@ pub async fn remove_member(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let path = format!("/v1/cluster/members/{id}");
-    if !is_leader(&app.site) {
+    if !app.site.is_leader() {
         return to_leader(&app, Method::DELETE, &path, &headers, None).await;
     }
     tracing::info!(id, "removing a member");

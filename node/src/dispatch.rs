@@ -82,7 +82,7 @@ impl Drop for Worker {
 }
 
 /// Aborts a task when dropped.
-struct AbortOnDrop(JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -95,13 +95,9 @@ impl Drop for AbortOnDrop {
 /// leader resumes every target from its replicated checkpoint; deliveries
 /// that were in flight on the old leader may repeat (same event id).
 pub async fn run(app: Arc<App>) {
-    let mut metrics = app.site.raft.metrics();
     loop {
-        // Wait until this node leads.
-        while !crate::cluster::is_leader(&app.site) {
-            if metrics.changed().await.is_err() {
-                return;
-            }
+        if !app.site.wait_leading(true).await {
+            return;
         }
         tracing::info!(
             node = app.site.node_id,
@@ -111,16 +107,9 @@ pub async fn run(app: Arc<App>) {
         if let Err(e) = crate::app::ensure_buses(&app.writer, &app.site, &app.cfg.buses).await {
             tracing::warn!(error = %e, "cannot create the configured buses");
         }
-        let lost = async {
-            while crate::cluster::is_leader(&app.site) {
-                if metrics.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
         tokio::select! {
             _ = lead(app.clone()) => return,
-            _ = lost => {}
+            _ = app.site.wait_leading(false) => {}
         }
         tracing::info!(
             node = app.site.node_id,

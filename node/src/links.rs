@@ -240,16 +240,8 @@ pub fn start_senders(app: &Arc<App>) {
 /// runs (the dispatcher runs it while this node leads).
 pub async fn run_inbound(app: Arc<App>) {
     let mut links = app.site.state.subscribe_links();
-    let mut workers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-    struct AbortAll<'a>(&'a mut HashMap<String, tokio::task::JoinHandle<()>>);
-    impl Drop for AbortAll<'_> {
-        fn drop(&mut self) {
-            for (_, h) in self.0.drain() {
-                h.abort();
-            }
-        }
-    }
-    let guard = AbortAll(&mut workers);
+    // Dropping the map (when this future is dropped) aborts every worker.
+    let mut workers: HashMap<String, crate::dispatch::AbortOnDrop> = HashMap::new();
     loop {
         let origins: Vec<String> = app
             .site
@@ -261,11 +253,9 @@ pub async fn run_inbound(app: Arc<App>) {
             .cloned()
             .collect();
         for o in origins {
-            if !guard.0.contains_key(&o) {
-                guard
-                    .0
-                    .insert(o.clone(), tokio::spawn(inbound_worker(app.clone(), o)));
-            }
+            workers.entry(o.clone()).or_insert_with(|| {
+                crate::dispatch::AbortOnDrop(tokio::spawn(inbound_worker(app.clone(), o)))
+            });
         }
         if links.changed().await.is_err() {
             return;

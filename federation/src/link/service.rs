@@ -227,11 +227,6 @@ fn set_stats(stats: &LinkStatsMap, remote: &str, f: impl FnOnce(&mut LinkStats))
     f(m.entry(remote.to_string()).or_default());
 }
 
-fn is_leader(site: &Site) -> bool {
-    let m = site.raft.metrics().borrow().clone();
-    m.current_leader == Some(site.node_id) && m.state == openraft::ServerState::Leader
-}
-
 /// Drain this site's outbox for `remote` over `endpoint`, for as long as
 /// the process runs; active only while this node leads its site.
 pub async fn run_sender(
@@ -241,30 +236,19 @@ pub async fn run_sender(
     cfg: SenderConfig,
     stats: LinkStatsMap,
 ) {
-    let mut metrics = site.raft.metrics();
     loop {
-        while !is_leader(&site) {
-            set_stats(&stats, &remote.site, |s| s.state = "idle".into());
-            if metrics.changed().await.is_err() {
-                return;
-            }
+        set_stats(&stats, &remote.site, |s| s.state = "idle".into());
+        if !site.wait_leading(true).await {
+            return;
         }
-        let lost = async {
-            let mut m = site.raft.metrics();
-            while is_leader(&site) {
-                if m.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
         tokio::select! {
-            _ = lost => {}
+            _ = site.wait_leading(false) => {}
             _ = drain(&site, &endpoint, &remote, cfg, &stats) => {}
         }
     }
 }
 
-type Reply = (u64, u64, Instant, Result<Bytes, RequestError>);
+type Reply = (Instant, Result<Bytes, RequestError>);
 
 async fn drain(
     site: &Site,
@@ -361,7 +345,7 @@ async fn drain(
             let sent = Instant::now();
             sender.sent(first, last, sent);
             in_flight.push(Box::pin(async move {
-                (first, last, sent, p.request(METHOD_LINK_BATCH, body).await)
+                (sent, p.request(METHOD_LINK_BATCH, body).await)
             }));
         }
         set_stats(stats, &remote.site, |s| {
@@ -385,7 +369,7 @@ async fn drain(
             }));
         }
         tokio::select! {
-            Some((first, last, sent, reply)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((sent, reply)) = in_flight.next(), if !in_flight.is_empty() => {
                 match reply.map_err(|e| e.to_string()).and_then(|b| {
                     serde_json::from_slice::<LinkAnswer>(&b).map_err(|e| e.to_string())
                 }) {
@@ -398,7 +382,6 @@ async fn drain(
                             s.rtt_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
                             s.delivered += sender.acked().saturating_sub(before);
                         });
-                        let _ = (first, last);
                     }
                     Ok(LinkAnswer::Gap { expected }) => sender.on_gap(expected),
                     Ok(LinkAnswer::Enqueued { .. }) => sender.on_disconnect(),
