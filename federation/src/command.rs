@@ -71,6 +71,13 @@ pub enum Command {
         /// (target key, next sequence to process) pairs.
         cursors: Vec<(String, u64)>,
     },
+    /// The site now runs the federation's shared configuration as of this
+    /// control-group version (written after the buses and rules of that
+    /// version; see [`crate::control`]).
+    ConfigVersion {
+        /// The control group's applied log index the site's configuration matches.
+        version: u64,
+    },
     /// Append deliveries owed to another site to its outbox.
     LinkEnqueue {
         /// The remote site.

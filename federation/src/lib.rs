@@ -15,6 +15,7 @@
 
 pub mod certs;
 pub mod command;
+pub mod control;
 pub mod error;
 pub mod link;
 mod network;
@@ -31,6 +32,19 @@ pub use store::state::{SiteState, StoredEvent};
 /// Node ids inside a Raft group.
 pub type NodeId = u64;
 
+/// The id of node `node` of `site` in the control group, whose members
+/// span sites (node ids are only unique inside a site): the FNV-1a hash of
+/// the site name in the high 32 bits, the node id (which must fit in 32
+/// bits) in the low 32 bits.
+pub fn control_node_id(site: &str, node: NodeId) -> NodeId {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in site.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (u64::from(h) << 32) | (node & 0xffff_ffff)
+}
+
 /// What the group knows about one node (its addresses).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeInfo {
@@ -38,6 +52,10 @@ pub struct NodeInfo {
     pub http_addr: String,
     /// Where the node's Raft transport listens (empty for a one-member site).
     pub raft_addr: String,
+    /// The node's site (set in the control group, whose members span
+    /// sites; empty in a site group, whose members are all of its site).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub site: String,
 }
 
 impl std::fmt::Display for NodeInfo {

@@ -52,6 +52,65 @@ pub const METHOD_VOTE: u16 = 0x0102;
 pub const METHOD_INSTALL_SNAPSHOT: u16 = 0x0103;
 /// Method: a client write forwarded by a follower to the leader.
 pub const METHOD_CLIENT_WRITE: u16 = 0x0201;
+/// Added to a site-group method to address the control group instead.
+pub const CONTROL_METHOD_BIT: u16 = 0x0080;
+
+/// Which of a node's two Raft groups an RPC is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The node's site group: members are nodes of its own site, with
+    /// their site-local node ids.
+    Site,
+    /// The control group: members span sites; a member's id is
+    /// [`crate::control_node_id`] of its site and node id.
+    Control,
+}
+
+impl Group {
+    /// The wire method of `method` (a site-group constant) in this group.
+    pub fn method(self, method: u16) -> u16 {
+        match self {
+            Group::Site => method,
+            Group::Control => method | CONTROL_METHOD_BIT,
+        }
+    }
+
+    /// The group a wire method addresses, and the site-group method.
+    fn of_method(method: u16) -> (Group, u16) {
+        if method & CONTROL_METHOD_BIT != 0 {
+            (Group::Control, method & !CONTROL_METHOD_BIT)
+        } else {
+            (Group::Site, method)
+        }
+    }
+
+    /// The id a peer (as its certificate names it) has in this group.
+    pub fn member_id(self, peer: &NodeIdentity) -> NodeId {
+        match self {
+            Group::Site => peer.node_id,
+            Group::Control => crate::control_node_id(&peer.site, peer.node_id),
+        }
+    }
+
+    /// The identity the certificate of member `id` (described by `node`)
+    /// must carry; `own_site` for site groups.
+    fn identity(self, id: NodeId, node: &NodeInfo, own_site: &str) -> NodeIdentity {
+        match self {
+            Group::Site => NodeIdentity {
+                node_id: id,
+                site: own_site.to_string(),
+            },
+            Group::Control => NodeIdentity {
+                node_id: id & 0xffff_ffff,
+                site: if node.site.is_empty() {
+                    own_site.to_string()
+                } else {
+                    node.site.clone()
+                },
+            },
+        }
+    }
+}
 
 /// The answer to a forwarded write.
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,10 +130,19 @@ pub async fn forward_write(
     leader: &PeerClient,
     cmd: &Command,
 ) -> Result<CommandResponse, FederationError> {
+    forward_write_in(Group::Site, leader, cmd).await
+}
+
+/// [`forward_write`] to the leader of `group`.
+pub async fn forward_write_in(
+    group: Group,
+    leader: &PeerClient,
+    cmd: &Command,
+) -> Result<CommandResponse, FederationError> {
     let body = encode_json(cmd)
         .map_err(|e| FederationError::Write(format!("cannot encode the command: {e}")))?;
     let reply = leader
-        .request(METHOD_CLIENT_WRITE, body)
+        .request(group.method(METHOD_CLIENT_WRITE), body)
         .await
         .map_err(|e| {
             FederationError::Unreachable(format!("forwarding to {} failed: {e}", leader.peer()))
@@ -97,6 +165,16 @@ pub async fn write_via_leader(
     endpoint: &Endpoint,
     cmd: Command,
 ) -> Result<CommandResponse, FederationError> {
+    write_via_leader_in(Group::Site, site, endpoint, cmd).await
+}
+
+/// [`write_via_leader`] for the group `site` is a replica of.
+pub async fn write_via_leader_in(
+    group: Group,
+    site: &Site,
+    endpoint: &Endpoint,
+    cmd: Command,
+) -> Result<CommandResponse, FederationError> {
     let (leader, node) = {
         let m = site.raft.metrics().borrow().clone();
         let leader = m.current_leader;
@@ -105,11 +183,8 @@ pub async fn write_via_leader(
     };
     match (leader, node) {
         (Some(l), Some(node)) if l != site.node_id => {
-            let identity = NodeIdentity {
-                node_id: l,
-                site: endpoint.identity().site.clone(),
-            };
-            forward_write(&endpoint.peer(identity, node.raft_addr), &cmd).await
+            let identity = group.identity(l, &node, &endpoint.identity().site);
+            forward_write_in(group, &endpoint.peer(identity, node.raft_addr), &cmd).await
         }
         (Some(_), _) => site.write(cmd).await,
         (None, _) => Err(FederationError::NotLeader { leader: None }),
@@ -121,13 +196,23 @@ pub async fn write_via_leader(
 pub struct QuicNetwork {
     endpoint: Endpoint,
     site: String,
+    group: Group,
 }
 
 impl QuicNetwork {
     /// A network for members of `endpoint`'s own site.
     pub fn new(endpoint: Endpoint) -> QuicNetwork {
+        QuicNetwork::for_group(endpoint, Group::Site)
+    }
+
+    /// A network for the members of `group`.
+    pub fn for_group(endpoint: Endpoint, group: Group) -> QuicNetwork {
         let site = endpoint.identity().site.clone();
-        QuicNetwork { endpoint, site }
+        QuicNetwork {
+            endpoint,
+            site,
+            group,
+        }
     }
 }
 
@@ -135,12 +220,10 @@ impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
     type Network = QuicPeer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> QuicPeer {
-        let identity = NodeIdentity {
-            node_id: target,
-            site: self.site.clone(),
-        };
+        let identity = self.group.identity(target, node, &self.site);
         QuicPeer {
             target,
+            group: self.group,
             peer: self.endpoint.peer(identity, node.raft_addr.clone()),
         }
     }
@@ -151,6 +234,7 @@ impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
 #[derive(Debug)]
 pub struct QuicPeer {
     target: NodeId,
+    group: Group,
     peer: Arc<PeerClient>,
 }
 
@@ -255,7 +339,7 @@ impl RaftNetwork<TypeConfig> for QuicPeer {
         let body = encode_json(&rpc).map_err(|e| encode_error(&e))?;
         let reply = self
             .peer
-            .request_within(METHOD_APPEND_ENTRIES, body, option.hard_ttl())
+            .request_within(self.group.method(METHOD_APPEND_ENTRIES), body, option.hard_ttl())
             .await;
         if n > 1
             && matches!(
@@ -285,7 +369,7 @@ impl RaftNetwork<TypeConfig> for QuicPeer {
         let body = encode_snapshot_chunk(&rpc).map_err(|e| encode_error(&e))?;
         let reply = self
             .peer
-            .request_within(METHOD_INSTALL_SNAPSHOT, body, option.hard_ttl())
+            .request_within(self.group.method(METHOD_INSTALL_SNAPSHOT), body, option.hard_ttl())
             .await;
         self.decode(reply)
     }
@@ -298,7 +382,7 @@ impl RaftNetwork<TypeConfig> for QuicPeer {
         let body = encode_json(&rpc).map_err(|e| encode_error(&e))?;
         let reply = self
             .peer
-            .request_within(METHOD_VOTE, body, option.hard_ttl())
+            .request_within(self.group.method(METHOD_VOTE), body, option.hard_ttl())
             .await;
         self.decode(reply)
     }
@@ -311,6 +395,7 @@ impl RaftNetwork<TypeConfig> for QuicPeer {
 pub struct RaftService {
     site: String,
     raft: OnceLock<Raft>,
+    control: OnceLock<Raft>,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -318,6 +403,7 @@ impl std::fmt::Debug for RaftService {
         f.debug_struct("RaftService")
             .field("site", &self.site)
             .field("running", &self.raft.get().is_some())
+            .field("control", &self.control.get().is_some())
             .finish()
     }
 }
@@ -328,12 +414,18 @@ impl RaftService {
         Arc::new(RaftService {
             site: site.into(),
             raft: OnceLock::new(),
+            control: OnceLock::new(),
         })
     }
 
     /// Start serving `raft` (only the first call counts).
     pub fn set_raft(&self, raft: Raft) {
         let _ = self.raft.set(raft);
+    }
+
+    /// Start serving the control group's `raft` (only the first call counts).
+    pub fn set_control_raft(&self, raft: Raft) {
+        let _ = self.control.set(raft);
     }
 
     /// Serve Raft RPCs from the transport.
@@ -354,20 +446,19 @@ fn bad_request(what: &str, e: impl std::fmt::Display) -> WireError {
 /// this node knows its site's membership) from a member of the site.
 fn check_sender(
     raft: &Raft,
+    group: Group,
     peer: &NodeIdentity,
     claimed: Option<NodeId>,
     must_be_member: bool,
 ) -> Result<(), WireError> {
+    let id = group.member_id(peer);
     if let Some(claimed) = claimed
-        && claimed != peer.node_id
+        && claimed != id
     {
         tracing::warn!(%peer, claimed, "refused a Raft request: the certificate is for another node");
         return Err(WireError::new(
             codes::FORBIDDEN,
-            format!(
-                "{peer} cannot speak for node {claimed}: its certificate is for node {}",
-                peer.node_id
-            ),
+            format!("{peer} cannot speak for node {claimed}: its certificate is for node {id}"),
         ));
     }
     if !must_be_member {
@@ -378,11 +469,11 @@ fn check_sender(
     let membership = raft.metrics().borrow().membership_config.clone();
     let m = membership.membership();
     let known = m.nodes().next().is_some();
-    if known && m.get_node(&peer.node_id).is_none() {
-        tracing::warn!(%peer, "refused a Raft request: not a member of this site");
+    if known && m.get_node(&id).is_none() {
+        tracing::warn!(%peer, ?group, "refused a Raft request: not a member of the group");
         return Err(WireError::new(
             codes::FORBIDDEN,
-            format!("{peer} is not a member of this site"),
+            format!("{peer} is not a member of this group ({group:?})"),
         ));
     }
     Ok(())
@@ -390,8 +481,14 @@ fn check_sender(
 
 impl Handler for RaftService {
     fn handle(&self, req: Request) -> HandlerFuture {
-        let raft = self.raft.get().cloned();
-        let site_ok = req.peer.site == self.site;
+        let (group, method) = Group::of_method(req.method);
+        let raft = match group {
+            Group::Site => self.raft.get().cloned(),
+            Group::Control => self.control.get().cloned(),
+        };
+        // The control group spans sites: any site's node may take part (its
+        // membership decides); a site group only takes its own site's.
+        let site_ok = group == Group::Control || req.peer.site == self.site;
         let site = self.site.clone();
         Box::pin(async move {
             if !site_ok {
@@ -403,27 +500,27 @@ impl Handler for RaftService {
             let Some(raft) = raft else {
                 return Err(WireError::new(
                     codes::UNAVAILABLE,
-                    "this node's Raft is not running yet",
+                    format!("this node's {group:?} Raft group is not running (yet)"),
                 ));
             };
-            match req.method {
+            match method {
                 METHOD_APPEND_ENTRIES => {
                     let rpc: AppendEntriesRequest<TypeConfig> =
                         serde_json::from_slice(&req.body)
                             .map_err(|e| bad_request("append-entries", e))?;
-                    check_sender(&raft, &req.peer, rpc.vote.leader_id().voted_for(), false)?;
+                    check_sender(&raft, group, &req.peer, rpc.vote.leader_id().voted_for(), false)?;
                     reply(&raft.append_entries(rpc).await)
                 }
                 METHOD_VOTE => {
                     let rpc: VoteRequest<NodeId> =
                         serde_json::from_slice(&req.body).map_err(|e| bad_request("vote", e))?;
-                    check_sender(&raft, &req.peer, rpc.vote.leader_id().voted_for(), true)?;
+                    check_sender(&raft, group, &req.peer, rpc.vote.leader_id().voted_for(), true)?;
                     reply(&raft.vote(rpc).await)
                 }
                 METHOD_INSTALL_SNAPSHOT => {
                     let rpc = decode_snapshot_chunk(&req.body)
                         .map_err(|e| bad_request("install-snapshot", e))?;
-                    check_sender(&raft, &req.peer, rpc.vote.leader_id().voted_for(), false)?;
+                    check_sender(&raft, group, &req.peer, rpc.vote.leader_id().voted_for(), false)?;
                     reply(&raft.install_snapshot(rpc).await)
                 }
                 METHOD_CLIENT_WRITE => {
@@ -440,7 +537,7 @@ impl Handler for RaftService {
                 }
                 m => Err(WireError::new(
                     codes::UNKNOWN_METHOD,
-                    format!("unknown Raft method {m:#06x}"),
+                    format!("unknown Raft method {:#06x}", group.method(m)),
                 )),
             }
         })

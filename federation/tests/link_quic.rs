@@ -71,6 +71,7 @@ async fn start_site(
             node: NodeInfo {
                 http_addr: String::new(),
                 raft_addr: local.to_string(),
+                site: String::new(),
             },
             snapshot_every: 1000,
             state_flush_interval: Duration::from_millis(100),

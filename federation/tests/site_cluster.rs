@@ -49,6 +49,7 @@ fn info(addr: SocketAddr) -> NodeInfo {
     NodeInfo {
         http_addr: String::new(),
         raft_addr: addr.to_string(),
+        site: String::new(),
     }
 }
 

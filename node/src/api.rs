@@ -436,12 +436,11 @@ async fn put_bus(
         .map(str::to_string);
     let spec = bus_json(&bus, &description, created.as_deref());
     command_result(
-        app.writer
-            .write(Command::PutBus {
-                name: bus,
-                spec: spec.clone(),
-            })
-            .await?,
+        app.write_config(Command::PutBus {
+            name: bus,
+            spec: spec.clone(),
+        })
+        .await?,
     )?;
     Ok(Json(spec))
 }
@@ -450,7 +449,7 @@ async fn delete_bus(
     State(app): State<Arc<App>>,
     Path(bus): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    command_result(app.writer.write(Command::DeleteBus { name: bus }).await?)?;
+    command_result(app.write_config(Command::DeleteBus { name: bus }).await?)?;
     Ok(Json(json!({"deleted": true})))
 }
 
@@ -557,8 +556,13 @@ async fn put_rule(
         m.remove("bus");
         m.remove("status");
     }
-    let spec = RuleSpec::from_json(&v)?;
-    for (i, t) in spec.targets.iter().enumerate() {
+    let mut spec = RuleSpec::from_json(&v)?;
+    for (i, t) in spec.targets.iter_mut().enumerate() {
+        if app.control.is_some() && t.site.is_none() {
+            // Shared rules run everywhere: a target without a site is
+            // delivered by the site it was created at.
+            t.site = Some(app.cfg.site.clone());
+        }
         if let Some(site) = &t.site
             && *site != app.cfg.site
             && !app.cfg.federation.links.contains_key(site)
@@ -583,15 +587,29 @@ async fn put_rule(
         )
     })?;
     let targets = spec.targets.iter().map(|t| t.id.clone()).collect();
+    if let Some(control) = &app.control {
+        // A bus this site has from its own configuration becomes shared
+        // with its first shared rule.
+        let bus_spec = app.site.state.view().buses.get(&bus).cloned();
+        let shared = control.group.state.view().buses.contains_key(&bus);
+        if let (false, Some(spec)) = (shared, bus_spec) {
+            command_result(
+                app.write_config(Command::PutBus {
+                    name: bus.clone(),
+                    spec,
+                })
+                .await?,
+            )?;
+        }
+    }
     command_result(
-        app.writer
-            .write(Command::PutRule {
-                bus: bus.clone(),
-                name: rule.clone(),
-                spec: stored.clone(),
-                targets,
-            })
-            .await?,
+        app.write_config(Command::PutRule {
+            bus: bus.clone(),
+            name: rule.clone(),
+            spec: stored.clone(),
+            targets,
+        })
+        .await?,
     )?;
     Ok(Json(rule_view(&app, &bus, &rule, &stored, false)))
 }
@@ -601,8 +619,7 @@ async fn delete_rule(
     Path((bus, rule)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     command_result(
-        app.writer
-            .write(Command::DeleteRule { bus, name: rule })
+        app.write_config(Command::DeleteRule { bus, name: rule })
             .await?,
     )?;
     Ok(Json(json!({"deleted": true})))
@@ -665,6 +682,9 @@ async fn test_transform(State(app): State<Arc<App>>, body: Body) -> ApiResult<Js
 async fn cluster(State(app): State<Arc<App>>) -> Json<Value> {
     let mut v = crate::cluster::status(&app.cfg, &app.site, app.cert_expiry);
     v["links"] = crate::links::status(&app);
+    if let Some(c) = &app.control {
+        v["control"] = c.status(&app.site);
+    }
     Json(v)
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use strait_adapters::SinkContext;
-use strait_federation::{Command, CommandResponse, Site};
+use strait_federation::{Command, CommandResponse, FederationError, Site};
 
 use crate::cluster::Writer;
 
@@ -40,12 +40,29 @@ pub struct App {
     pub link_stats: strait_federation::link::service::LinkStatsMap,
     /// AWS ingress keys.
     pub aws: crate::aws::AwsState,
+    /// The control group's replica (federation with shared configuration).
+    pub control: Option<crate::control::Control>,
+}
+
+impl App {
+    /// Apply a bus or rule change: through the control group when there is
+    /// one (answering once this site runs it), else to this site.
+    pub async fn write_config(&self, cmd: Command) -> Result<CommandResponse, FederationError> {
+        match &self.control {
+            Some(c) => c.write(&self.site, cmd).await,
+            None => self.writer.write(cmd).await,
+        }
+    }
 }
 
 /// Open storage and Raft, create configured buses, start the dispatcher.
 pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
     let alibaba = crate::alibaba::AlibabaState::from_config(&cfg.alibaba)?;
-    let (site, endpoint) = crate::cluster::open_site(&cfg).await?;
+    let crate::cluster::Opened {
+        site,
+        endpoint,
+        control,
+    } = crate::cluster::open_site(&cfg).await?;
     let clustered = endpoint.is_some();
     let writer = Writer::new(
         site.clone(),
@@ -86,6 +103,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         writer,
         cert_expiry,
         link_stats: crate::links::new_stats(),
+        control,
     });
     crate::links::start_senders(&app);
     tokio::spawn(crate::dispatch::run(app.clone()));

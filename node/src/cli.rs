@@ -96,6 +96,11 @@ pub enum LocalCommand {
         /// Seconds to wait for every node to be ready.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// With two or more sites: voters of the control group (shared
+        /// buses and rules) per site; every other node is a learner. 0: no
+        /// control group (each site keeps its own rules).
+        #[arg(long, default_value_t = 1)]
+        control_voters_per_site: usize,
     },
     /// Stop the nodes listed in DIR/cluster.json (data is kept).
     Down {
@@ -377,6 +382,7 @@ async fn local(c: LocalCommand) -> anyhow::Result<()> {
             sites,
             extra,
             timeout,
+            control_voters_per_site,
         } => {
             let sites = sites
                 .iter()
@@ -387,6 +393,7 @@ async fn local(c: LocalCommand) -> anyhow::Result<()> {
                 sites,
                 extra,
                 timeout: std::time::Duration::from_secs(timeout),
+                control_voters_per_site,
             };
             let cluster = crate::local::up(&opts).await?;
             println!(

@@ -10,7 +10,7 @@ use openraft::ServerState;
 use serde_json::{Value, json};
 use strait_federation::certs::{self, NodeCredentials};
 use strait_federation::link::service::{LinkService, Methods};
-use strait_federation::network_quic::{QuicNetwork, RaftService, write_via_leader};
+use strait_federation::network_quic::{Group, QuicNetwork, RaftService, write_via_leader_in};
 use strait_federation::transport::{AcceptPolicy, Endpoint, TransportConfig};
 use strait_federation::{
     Bootstrap, Command, CommandResponse, FederationError, NodeId, NodeInfo, Site, SiteOptions,
@@ -26,15 +26,27 @@ pub struct Writer {
     site: Site,
     endpoint: Option<Endpoint>,
     timeout: Duration,
+    group: Group,
 }
 
 impl Writer {
     /// A writer for `site` (one-node site when `endpoint` is `None`).
     pub fn new(site: Site, endpoint: Option<Endpoint>, timeout: Duration) -> Writer {
+        Writer::for_group(site, endpoint, timeout, Group::Site)
+    }
+
+    /// A writer for the replica `site` of `group`.
+    pub fn for_group(
+        site: Site,
+        endpoint: Option<Endpoint>,
+        timeout: Duration,
+        group: Group,
+    ) -> Writer {
         Writer {
             site,
             endpoint,
             timeout,
+            group,
         }
     }
 
@@ -54,7 +66,7 @@ impl Writer {
             // A request to a leader that just died would wait for the QUIC
             // idle timeout; give up on it as soon as another leader is known.
             let result = tokio::select! {
-                r = write_via_leader(&self.site, endpoint, cmd.clone()) => r,
+                r = write_via_leader_in(self.group, &self.site, endpoint, cmd.clone()) => r,
                 _ = leader_changed(&self.site, leader) => Err(FederationError::NotLeader { leader: None }),
             };
             match result {
@@ -103,6 +115,7 @@ pub fn node_info(cfg: &NodeConfig) -> NodeInfo {
             .clone()
             .or_else(|| c.listen.clone())
             .unwrap_or_default(),
+        site: String::new(),
     }
 }
 
@@ -128,9 +141,20 @@ pub fn load_credentials(cfg: &NodeConfig) -> anyhow::Result<NodeCredentials> {
     Ok(creds)
 }
 
-/// Open the site's Raft group: a one-node group without transport when
-/// `cluster.listen` is unset, else over QUIC with mutual TLS.
-pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<(Site, Option<Endpoint>)> {
+/// What [`open_site`] opened.
+pub struct Opened {
+    /// The site group.
+    pub site: Site,
+    /// The QUIC endpoint (cluster mode).
+    pub endpoint: Option<Endpoint>,
+    /// The control-group replica (when `control.members` is set).
+    pub control: Option<crate::control::Control>,
+}
+
+/// Open the site's Raft group (and the control group's replica when
+/// configured): a one-node group without transport when `cluster.listen`
+/// is unset, else over QUIC with mutual TLS.
+pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
     let opts = SiteOptions {
         data_dir: cfg.data_dir.clone(),
         node_id: cfg.node_id,
@@ -143,7 +167,11 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<(Site, Option<Endpoin
         },
     };
     let Some(listen) = &cfg.cluster.listen else {
-        return Ok((Site::open(opts).await?, None));
+        return Ok(Opened {
+            site: Site::open(opts).await?,
+            endpoint: None,
+            control: None,
+        });
     };
     let addr: std::net::SocketAddr = listen
         .parse()
@@ -152,11 +180,15 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<(Site, Option<Endpoin
     let service = RaftService::new(cfg.site.clone());
     let remotes: Vec<String> = cfg.federation.links.keys().cloned().collect();
     let link = LinkService::new(cfg.site.clone(), remotes.clone());
-    let accept = if remotes.is_empty() {
+    let mut sites = remotes;
+    sites.extend(cfg.control.members.iter().map(|m| m.site.clone()));
+    sites.retain(|s| *s != cfg.site);
+    let accept = if sites.is_empty() {
         AcceptPolicy::SameSite
     } else {
-        let mut sites = remotes;
         sites.push(cfg.site.clone());
+        sites.sort();
+        sites.dedup();
         AcceptPolicy::Sites(sites)
     };
     let transport = TransportConfig {
@@ -178,7 +210,18 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<(Site, Option<Endpoin
     let site = Site::open_with_network(opts, QuicNetwork::new(endpoint.clone()), bootstrap).await?;
     service.set_raft(site.raft.clone());
     link.start(site.clone(), endpoint.clone());
-    Ok((site, Some(endpoint)))
+    let control = if cfg.control.enabled() {
+        let control = crate::control::open(cfg, &endpoint).await?;
+        service.set_control_raft(control.group.raft.clone());
+        Some(control)
+    } else {
+        None
+    };
+    Ok(Opened {
+        site,
+        endpoint: Some(endpoint),
+        control,
+    })
 }
 
 fn bootstrap(cfg: &NodeConfig) -> Bootstrap {
@@ -202,6 +245,7 @@ fn bootstrap(cfg: &NodeConfig) -> Bootstrap {
                 NodeInfo {
                     http_addr: m.http_addr.clone(),
                     raft_addr: m.raft_addr.clone(),
+                    site: String::new(),
                 },
             )
         })
@@ -283,7 +327,7 @@ pub fn leader_http(site: &Site) -> Option<(NodeId, String)> {
 }
 
 /// Role name as shown in the API.
-fn role(s: ServerState) -> &'static str {
+pub(crate) fn role(s: ServerState) -> &'static str {
     match s {
         ServerState::Leader => "leader",
         ServerState::Follower => "follower",

@@ -47,6 +47,7 @@ fn parse_member(v: &Value) -> ApiResult<(u64, NodeInfo)> {
         NodeInfo {
             raft_addr: addr("raftAddr")?,
             http_addr: addr("httpAddr")?,
+            site: String::new(),
         },
     ))
 }

@@ -329,6 +329,9 @@ pub struct NodeConfig {
     pub cluster: Cluster,
     /// Links to other sites.
     pub federation: Federation,
+    /// The control group replicating buses and rules to every site
+    /// (disabled when `control.members` is empty).
+    pub control: Control,
     /// AWS secrets, PutEvents ingress and SQS sources.
     pub aws: Aws,
 }
@@ -354,6 +357,7 @@ impl Default for NodeConfig {
             alibaba: Alibaba::default(),
             cluster: Cluster::default(),
             federation: Federation::default(),
+            control: Control::default(),
             aws: Aws::default(),
         }
     }
@@ -442,6 +446,59 @@ impl Default for Federation {
             window: 8,
             max_outbox: 1_000_000,
         }
+    }
+}
+
+/// One member of the control group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlMember {
+    /// The node's site.
+    pub site: String,
+    /// The node's id in its site.
+    pub id: u64,
+    /// Its QUIC address (`host:port`).
+    pub raft_addr: String,
+    /// Its HTTP address (`host:port`).
+    #[serde(default)]
+    pub http_addr: String,
+    /// A voter of the control group (else a learner: it holds the whole
+    /// configuration but does not vote).
+    #[serde(default)]
+    pub voter: bool,
+}
+
+/// The control group (see docs/federation.md): the same member list on
+/// every node of the federation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Control {
+    /// Every node of every site; a few per site are voters.
+    pub members: Vec<ControlMember>,
+    /// Raft heartbeat of the control group, ms (it spans the WAN).
+    pub heartbeat_ms: u64,
+    /// Election timeout of the control group, ms.
+    pub election_timeout_ms: u64,
+    /// How long a configuration change waits for the control group's
+    /// leader and then for this site to apply it, ms.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            members: Vec::new(),
+            heartbeat_ms: 200,
+            election_timeout_ms: 1000,
+            write_timeout_ms: 15_000,
+        }
+    }
+}
+
+impl Control {
+    /// Is the control group configured?
+    pub fn enabled(&self) -> bool {
+        !self.members.is_empty()
     }
 }
 
@@ -548,7 +605,62 @@ impl NodeConfig {
         self.validate_alibaba()?;
         self.validate_cluster()?;
         self.validate_federation()?;
+        self.validate_control()?;
         self.validate_aws()
+    }
+
+    fn validate_control(&self) -> Result<(), ConfigError> {
+        let c = &self.control;
+        let at = |field: String, message: String| {
+            Err(ConfigError::InvalidAt {
+                field: format!("control.{field}"),
+                message,
+            })
+        };
+        if !c.enabled() {
+            return Ok(());
+        }
+        if self.cluster.listen.is_none() {
+            return at(
+                "members".into(),
+                "the control group needs the QUIC transport: set cluster.listen and cluster.certs_dir".into(),
+            );
+        }
+        if c.heartbeat_ms == 0 || c.election_timeout_ms <= c.heartbeat_ms {
+            return at(
+                "election_timeout_ms".into(),
+                "heartbeat_ms must be at least 1 and election_timeout_ms larger than it".into(),
+            );
+        }
+        let mut ids = std::collections::BTreeMap::new();
+        for (i, m) in c.members.iter().enumerate() {
+            if strait_federation::certs::validate_site(&m.site).is_err() {
+                return at(format!("members[{i}].site"), format!("{:?} is not a valid site name", m.site));
+            }
+            if m.id > u64::from(u32::MAX) {
+                return at(format!("members[{i}].id"), "control-group members need node ids below 2^32".into());
+            }
+            if m.raft_addr.is_empty() {
+                return at(format!("members[{i}].raft_addr"), "required".into());
+            }
+            let cid = strait_federation::control_node_id(&m.site, m.id);
+            if let Some(j) = ids.insert(cid, i) {
+                return at(
+                    format!("members[{i}]"),
+                    format!("node {} of site {:?} is listed twice (or its id collides with members[{j}])", m.id, m.site),
+                );
+            }
+        }
+        if !c.members.iter().any(|m| m.voter) {
+            return at("members".into(), "mark at least one member `voter: true`".into());
+        }
+        if !c.members.iter().any(|m| m.site == self.site && m.id == self.node_id) {
+            return at(
+                "members".into(),
+                format!("this node (node {} of site {:?}) is not listed", self.node_id, self.site),
+            );
+        }
+        Ok(())
     }
 
     fn validate_federation(&self) -> Result<(), ConfigError> {

@@ -133,6 +133,7 @@ async fn lead(app: Arc<App>) {
     let mut version = 0u64;
     let _checkpointer = AbortOnDrop(tokio::spawn(checkpointer(app.clone())));
     let _inbound = AbortOnDrop(tokio::spawn(crate::links::run_inbound(app.clone())));
+    let _import = AbortOnDrop(tokio::spawn(crate::control::import_loop(app.clone())));
     loop {
         config_rx.borrow_and_update();
         version += 1;

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod cluster_api;
 pub mod commit;
 pub mod config;
+pub mod control;
 pub mod dispatch;
 pub mod feed;
 pub mod ingest;

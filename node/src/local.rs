@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use strait_federation::certs;
 
-use crate::config::{Member, NodeConfig};
+use crate::config::{ControlMember, Member, NodeConfig};
 
 /// One node of a local cluster, as listed in `cluster.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +94,9 @@ pub struct UpOptions {
     pub extra: Option<PathBuf>,
     /// Wait at most this long for every site to elect a leader.
     pub timeout: Duration,
+    /// With two or more sites: control-group voters per site (0: no
+    /// control group).
+    pub control_voters_per_site: usize,
 }
 
 /// Start a local cluster; returns what it wrote to `cluster.json`.
@@ -150,6 +153,20 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<LocalCluster> {
         }
         all.insert(site.clone(), members);
     }
+    let mut control = Vec::new();
+    if opts.sites.len() > 1 && opts.control_voters_per_site > 0 {
+        for (site, members) in &all {
+            for (i, m) in members.iter().enumerate() {
+                control.push(ControlMember {
+                    site: site.clone(),
+                    id: m.id,
+                    raft_addr: m.raft_addr.clone(),
+                    http_addr: m.http_addr.clone(),
+                    voter: i < opts.control_voters_per_site,
+                });
+            }
+        }
+    }
     for (site, _) in &opts.sites {
         let members = all.get(site).cloned().unwrap_or_default();
         let links: BTreeMap<String, Vec<Member>> = all
@@ -180,6 +197,7 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<LocalCluster> {
             cfg.cluster.certs_dir = Some(node_certs);
             cfg.cluster.initial_members = members.clone();
             cfg.federation.links = links.clone();
+            cfg.control.members = control.clone();
             let config_path = node_dir.join("config.yaml");
             write_config(&cfg, &extra, &config_path)?;
             let log = node_dir.join("node.log");

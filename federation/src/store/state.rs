@@ -122,6 +122,9 @@ pub struct View {
     pub membership: StoredMembership<NodeId, NodeInfo>,
     /// Outbox and inbox progress of links to other sites.
     pub links: super::links::LinkView,
+    /// The control-group version of the shared configuration this site
+    /// runs ([`Command::ConfigVersion`]; 0: none imported).
+    pub config_version: u64,
 }
 
 /// Everything in a snapshot.
@@ -137,6 +140,8 @@ struct SnapshotBody {
     events: Vec<(String, u64, u64, Box<serde_json::value::RawValue>)>,
     #[serde(default)]
     links: super::links::LinkSnapshot,
+    #[serde(default)]
+    config_version: u64,
 }
 
 /// A serialized snapshot of the whole state and the log position it covers.
@@ -224,6 +229,9 @@ impl SiteState {
         }
         if let Some(b) = get_meta("next_seq")? {
             view.next_seq = serde_json::from_slice(&b).map_err(rerr)?;
+        }
+        if let Some(b) = get_meta("config_version")? {
+            view.config_version = serde_json::from_slice(&b).map_err(rerr)?;
         }
         for item in txn.open_table(BUSES).map_err(rerr)?.iter().map_err(rerr)? {
             let (k, v) = item.map_err(rerr)?;
@@ -408,6 +416,8 @@ impl SiteState {
             meta.insert("membership", m.as_slice()).map_err(werr)?;
             let s = serde_json::to_vec(&next.next_seq).map_err(werr)?;
             meta.insert("next_seq", s.as_slice()).map_err(werr)?;
+            let c = serde_json::to_vec(&next.config_version).map_err(werr)?;
+            meta.insert("config_version", c.as_slice()).map_err(werr)?;
         }
         txn.commit().map_err(werr)?;
         let head = next.next_seq;
@@ -450,6 +460,10 @@ impl SiteState {
             Some(b) => serde_json::from_slice(&b).map_err(rerr)?,
             None => 0,
         };
+        let config_version: u64 = match get("config_version")? {
+            Some(b) => serde_json::from_slice(&b).map_err(rerr)?,
+            None => 0,
+        };
         let mut body = SnapshotBody {
             last_applied,
             membership: membership.clone(),
@@ -460,6 +474,7 @@ impl SiteState {
             dedup: Vec::new(),
             events: Vec::new(),
             links: Default::default(),
+            config_version,
         };
         for item in txn.open_table(BUSES).map_err(rerr)?.iter().map_err(rerr)? {
             let (k, v) = item.map_err(rerr)?;
@@ -531,6 +546,7 @@ impl SiteState {
                 last_applied: body.last_applied,
                 membership: body.membership.clone(),
                 next_seq: body.next_seq,
+                config_version: body.config_version,
                 ..View::default()
             };
             let mut buses = txn.open_table(BUSES).map_err(werr)?;
@@ -572,6 +588,8 @@ impl SiteState {
             meta.insert("membership", m.as_slice()).map_err(werr)?;
             let s = serde_json::to_vec(&next.next_seq).map_err(werr)?;
             meta.insert("next_seq", s.as_slice()).map_err(werr)?;
+            let c = serde_json::to_vec(&next.config_version).map_err(werr)?;
+            meta.insert("config_version", c.as_slice()).map_err(werr)?;
             *view = next;
         }
         txn.commit().map_err(werr)?;
@@ -827,6 +845,10 @@ fn apply_command(
                 }
             }
             super::links::collect_inbox(txn, &view.links, &view.cursors)?;
+            CommandResponse::Ok
+        }
+        Command::ConfigVersion { version } => {
+            view.config_version = view.config_version.max(version);
             CommandResponse::Ok
         }
         Command::LinkEnqueue { remote, items } => {

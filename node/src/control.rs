@@ -1,0 +1,262 @@
+//! The node's replica of the control group (the federation's shared
+//! buses and rules, see `strait_federation::control`) and the import of its
+//! configuration into this node's site.
+//!
+//! - Every node opens the control group over the same QUIC endpoint as its
+//!   site group (methods with [`Group::Control`]); `control.members` marks
+//!   some nodes voters, every other node is added as a learner by the
+//!   control leader, so every node holds the whole configuration.
+//! - Bus and rule changes from the API are written to the control group
+//!   (forwarded to its leader, wherever it runs) and the API answers once
+//!   this node's site runs the new version.
+//! - The site's leader imports every new control version into the site log
+//!   ([`import_loop`]); routing only ever reads the site's own state, so it
+//!   never waits on the WAN.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use strait_federation::control::{SharedConfig, plan};
+use strait_federation::network_quic::{Group, QuicNetwork};
+use strait_federation::transport::Endpoint;
+use strait_federation::{
+    Bootstrap, Command, CommandResponse, FederationError, NodeId, NodeInfo, Site, SiteOptions,
+    control_node_id,
+};
+
+use crate::app::App;
+use crate::cluster::Writer;
+use crate::config::{ControlMember, NodeConfig};
+
+/// This node's control-group replica and a writer to its leader.
+#[derive(Clone)]
+pub struct Control {
+    /// The control group's Raft and state on this node.
+    pub group: Site,
+    /// Writes through the control group's leader.
+    pub writer: Writer,
+    /// How long an API change waits for this site to apply it.
+    pub apply_timeout: Duration,
+}
+
+fn member_info(m: &ControlMember) -> NodeInfo {
+    NodeInfo {
+        http_addr: m.http_addr.clone(),
+        raft_addr: m.raft_addr.clone(),
+        site: m.site.clone(),
+    }
+}
+
+/// Open this node's control-group replica over `endpoint` (whose Raft
+/// service must be given the returned group's Raft).
+pub async fn open(cfg: &NodeConfig, endpoint: &Endpoint) -> anyhow::Result<Control> {
+    let c = &cfg.control;
+    let me = control_node_id(&cfg.site, cfg.node_id);
+    let this = c
+        .members
+        .iter()
+        .find(|m| m.site == cfg.site && m.id == cfg.node_id)
+        .map(member_info)
+        .unwrap_or_else(|| NodeInfo {
+            site: cfg.site.clone(),
+            ..crate::cluster::node_info(cfg)
+        });
+    let mut voters: Vec<&ControlMember> = c.members.iter().filter(|m| m.voter).collect();
+    voters.sort_by(|a, b| (&a.site, a.id).cmp(&(&b.site, b.id)));
+    // The first voter (by site, then id) forms the group; everyone else
+    // waits to be added.
+    let bootstrap = match voters.first() {
+        Some(first) if first.site == cfg.site && first.id == cfg.node_id => Bootstrap::Members(
+            voters
+                .iter()
+                .map(|m| (control_node_id(&m.site, m.id), member_info(m)))
+                .collect(),
+        ),
+        _ => Bootstrap::Join,
+    };
+    let opts = SiteOptions {
+        data_dir: cfg.data_dir.join("control"),
+        node_id: me,
+        node: this,
+        snapshot_every: 1_000,
+        state_flush_interval: Duration::ZERO,
+        timing: strait_federation::RaftTiming {
+            heartbeat_ms: c.heartbeat_ms,
+            election_timeout_ms: c.election_timeout_ms,
+        },
+    };
+    let network = QuicNetwork::for_group(endpoint.clone(), Group::Control);
+    let group = Site::open_with_network(opts, network, bootstrap).await?;
+    let writer = Writer::for_group(
+        group.clone(),
+        Some(endpoint.clone()),
+        Duration::from_millis(c.write_timeout_ms),
+        Group::Control,
+    );
+    tokio::spawn(add_learners(group.clone(), c.members.clone()));
+    Ok(Control {
+        group,
+        writer,
+        apply_timeout: Duration::from_millis(c.write_timeout_ms),
+    })
+}
+
+/// On the control group's leader: add every configured member that is not
+/// in the group yet as a learner (voters are in it from the start).
+async fn add_learners(group: Site, members: Vec<ControlMember>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if !group.is_leader() {
+            continue;
+        }
+        let present: Vec<NodeId> = group
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        let missing: BTreeMap<NodeId, NodeInfo> = members
+            .iter()
+            .map(|m| (control_node_id(&m.site, m.id), member_info(m)))
+            .filter(|(id, _)| !present.contains(id))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        for (id, info) in missing {
+            let site = info.site.clone();
+            match group.raft.add_learner(id, info, false).await {
+                Ok(_) => tracing::info!(%site, id, "added to the control group as a learner"),
+                Err(e) => {
+                    tracing::warn!(%site, id, error = %e, "cannot add a control-group learner")
+                }
+            }
+        }
+    }
+}
+
+impl Control {
+    /// Write a configuration change to the control group, then wait until
+    /// `site` runs the version that contains it.
+    pub async fn write(
+        &self,
+        site: &Site,
+        cmd: Command,
+    ) -> Result<CommandResponse, FederationError> {
+        let resp = self.writer.write(cmd).await?;
+        let version = self
+            .group
+            .state
+            .view()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        self.wait_applied(site, version).await?;
+        Ok(resp)
+    }
+
+    /// Wait until `site` runs control version `version` (or later).
+    async fn wait_applied(&self, site: &Site, version: u64) -> Result<(), FederationError> {
+        let deadline = Instant::now() + self.apply_timeout;
+        let mut rx = site.state.subscribe_config();
+        loop {
+            if site.state.view().config_version >= version {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(FederationError::Unreachable(format!(
+                    "the change is committed in the control group (version {version}) but this site has not applied it within {} ms (is its leader up?)",
+                    self.apply_timeout.as_millis()
+                )));
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), rx.changed()).await;
+        }
+    }
+
+    /// The control group part of `GET /v1/cluster`.
+    pub fn status(&self, site: &Site) -> Value {
+        let m = self.group.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let members: Vec<Value> = membership
+            .nodes()
+            .map(|(id, n)| {
+                json!({
+                    "site": n.site,
+                    "id": id & 0xffff_ffff,
+                    "voter": voters.contains(id),
+                    "leader": Some(*id) == m.current_leader,
+                })
+            })
+            .collect();
+        let leader = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| (l, n.site.clone())))
+            .map(|(l, s)| json!({"site": s, "id": l & 0xffff_ffff}));
+        json!({
+            "role": crate::cluster::role(m.state),
+            "term": m.current_term,
+            "leader": leader,
+            "version": self.group.state.view().last_applied.map(|l| l.index).unwrap_or(0),
+            "appliedVersion": site.state.view().config_version,
+            "members": members,
+        })
+    }
+}
+
+/// While this node leads its site: keep the site's buses and rules equal
+/// to the control group's (as this node's replica has them), version by
+/// version.
+pub async fn import_loop(app: Arc<App>) {
+    let Some(control) = app.control.clone() else {
+        return;
+    };
+    let mut rx = control.group.state.subscribe_config();
+    loop {
+        rx.borrow_and_update();
+        if let Err(e) = import_once(&app, &control).await {
+            tracing::warn!(error = %e, "cannot import the shared configuration; retrying");
+        }
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn import_once(app: &App, control: &Control) -> Result<(), FederationError> {
+    let shared = SharedConfig::of(&control.group.state.view());
+    let cmds = {
+        let site = app.site.state.view();
+        // A replica behind what this site already runs (a new site leader
+        // whose control replica lags) must not roll the site back.
+        if shared.version < site.config_version {
+            return Ok(());
+        }
+        plan(&shared, &site, &app.cfg.buses)
+    };
+    if cmds.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        version = shared.version,
+        changes = cmds.len() - 1,
+        "importing the shared configuration"
+    );
+    for cmd in cmds {
+        let what = format!("{cmd:?}");
+        match app.writer.write(cmd).await? {
+            CommandResponse::Ok => {}
+            other => tracing::warn!(command = %what.chars().take(200).collect::<String>(), answer = ?other, "an imported change was refused"),
+        }
+    }
+    metrics::gauge!("strait_config_version").set(shared.version as f64);
+    Ok(())
+}
