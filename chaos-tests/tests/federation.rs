@@ -95,7 +95,7 @@ async fn three_sites_deliver_exactly_where_the_rules_say() -> anyhow::Result<()>
                 .collect();
             let body = json!({"pattern": {"source": [format!("fed.{site}")]}, "targets": ts});
             client
-                .put_rule(BUS, "fan-out", &body)
+                .put_rule(BUS, &format!("fan-out-{site}"), &body)
                 .await?
                 .expect_status(200, "PUT rule")?;
             clients.push(client);
@@ -269,7 +269,7 @@ async fn a_wan_partition_only_delays_cross_site_delivery() -> anyhow::Result<()>
             let mut t_cross = http_target("cross", &cross.url("/c"), retry(100_000, 20, 500));
             t_cross["site"] = json!(there);
             c.client_at(idx)?
-                .put_rule(BUS, "both", &json!({"pattern": {"source": [format!("wan.{here}")]}, "targets": [t_local, t_cross]}))
+                .put_rule(BUS, &format!("both-{here}"), &json!({"pattern": {"source": [format!("wan.{here}")]}, "targets": [t_local, t_cross]}))
                 .await?
                 .expect_status(200, "PUT rule")?;
         }
@@ -326,36 +326,47 @@ async fn a_wan_partition_only_delays_cross_site_delivery() -> anyhow::Result<()>
     .await
 }
 
-/// Change a rule (its pattern) while events flow to a target at another
-/// site: every delivered event was matched by the old or the new version;
-/// nothing matched by neither arrives, and both versions take effect.
+/// Change a rule (its pattern) through one site while events enter at two
+/// sites and go to a target at one of them: the change is in force at both
+/// sites within seconds; every delivered event was matched by the old or
+/// the new version; nothing matched by neither arrives; both versions take
+/// effect.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rule_change_during_cross_site_traffic_delivers_nothing_unmatched() -> anyhow::Result<()>
 {
     bounded(Duration::from_secs(120), async {
-        let c = LocalCluster::up(&[("idc", 1), ("aws", 1)], Some(extra())).await?;
+        let mut c = LocalCluster::up(&[("idc", 1), ("aws", 1)], Some(extra())).await?;
         let idc = c.site_nodes("idc")[0];
+        let aws = c.site_nodes("aws")[0];
         wait_site_leader(&c, "idc").await?;
         wait_site_leader(&c, "aws").await?;
         let recv = Receiver::start(Behavior::Ok).await?;
-        let client = c.client_at(idc)?;
+        let clients = [c.client_at(idc)?, c.client_at(aws)?];
         let rule = |ty: &str| {
             let mut t = http_target("far", &recv.url("/chg"), retry(100_000, 20, 500));
             t["site"] = json!("aws");
             json!({"pattern": {"source": ["chg"], "type": [ty]}, "targets": [t]})
         };
-        client.put_rule(BUS, "chg", &rule("a")).await?.expect_status(200, "PUT v1")?;
+        // Created at idc; the shared rule runs at both sites.
+        clients[0].put_rule(BUS, "chg", &rule("a")).await?.expect_status(200, "PUT v1")?;
+        wait_config_everywhere(&mut c).await?;
         let types = ["a", "b", "c"];
         let mut before_a = Vec::new();
         let mut after_b = Vec::new();
         for i in 0..600usize {
             if i == 300 {
-                client.put_rule(BUS, "chg", &rule("b")).await?.expect_status(200, "PUT v2")?;
+                // Changed through the other site.
+                let t0 = std::time::Instant::now();
+                clients[1].put_rule(BUS, "chg", &rule("b")).await?.expect_status(200, "PUT v2")?;
+                let version = wait_config_everywhere(&mut c).await?;
+                let took = t0.elapsed();
+                eprintln!("version {version} in force at both sites {} ms after the PUT", took.as_millis());
+                anyhow::ensure!(took < Duration::from_secs(5), "the change took {took:?} to reach every site");
             }
             let ty = types[i % 3];
             let id = format!("chg-{i:04}-{ty}");
             let ev = json!({"specversion": "1.0", "id": id, "source": "chg", "type": ty, "data": {"i": i}});
-            client.post_structured(BUS, &ev).await?.expect_status(200, "post")?;
+            clients[i % 2].post_structured(BUS, &ev).await?.expect_status(200, "post")?;
             if ty == "b" && i > 300 {
                 after_b.push(id);
             } else if ty == "a" && i < 300 {
@@ -364,7 +375,7 @@ async fn a_rule_change_during_cross_site_traffic_delivers_nothing_unmatched() ->
         }
         recv.wait_for_ids(after_b.iter(), Duration::from_secs(60))
             .await
-            .context("events matched by the new version must arrive")?;
+            .context("events matched by the new version must arrive, from both sites")?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let got = recv.events();
         if let Some(bad) = got.iter().find(|e| e.id.ends_with("-c")) {
@@ -378,6 +389,143 @@ async fn a_rule_change_during_cross_site_traffic_delivers_nothing_unmatched() ->
             before_a.len(),
             after_b.len()
         );
+        c.ensure_no_panic()
+    })
+    .await
+}
+
+/// The `control` part of a live node's `/v1/cluster`.
+async fn control_status(c: &LocalCluster, idx: usize) -> anyhow::Result<Value> {
+    let r = c.client_at(idx)?.get_json("/v1/cluster").await?;
+    r.expect_status(200, "GET /v1/cluster")?;
+    let v = r.json().context("cluster status JSON")?;
+    anyhow::ensure!(v["control"].is_object(), "no control group in {v}");
+    Ok(v["control"].clone())
+}
+
+/// Wait until every live node's site runs the control group's newest
+/// version (as the most advanced node knows it); returns that version.
+async fn wait_config_everywhere(c: &mut LocalCluster) -> anyhow::Result<u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut seen = Vec::new();
+        let live: Vec<usize> = (0..c.nodes.len())
+            .filter(|i| c.nodes[*i].is_running())
+            .collect();
+        for i in live {
+            if let Ok(s) = control_status(c, i).await {
+                seen.push((
+                    s["version"].as_u64().unwrap_or(0),
+                    s["appliedVersion"].as_u64().unwrap_or(0),
+                ));
+            } else {
+                seen.push((0, 0));
+            }
+        }
+        let newest = seen.iter().map(|s| s.0).max().unwrap_or(0);
+        if newest > 0 && seen.iter().all(|s| s.1 >= newest) {
+            return Ok(newest);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the shared configuration did not reach every node: (version, applied) per node {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The shared configuration: a rule written at one site is in force at
+/// every node of every site (events entering anywhere reach its target);
+/// with the control group's leader killed, configuration changes go on
+/// through the other voters, and the restarted node catches up.
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_rules_reach_every_site_and_survive_a_control_leader_kill() -> anyhow::Result<()> {
+    bounded(Duration::from_secs(180), async {
+        let mut c =
+            LocalCluster::up(&[("idc", 3), ("aws", 1), ("aliyun", 1)], Some(extra())).await?;
+        for s in ["idc", "aws", "aliyun"] {
+            wait_site_leader(&c, s).await?;
+        }
+        let recv = Receiver::start(Behavior::Ok).await?;
+        let rule = |source: &str| {
+            let mut t = http_target("to-idc", &recv.url("/idc"), retry(100_000, 20, 500));
+            t["site"] = json!("idc");
+            json!({"pattern": {"source": [source]}, "targets": [t]})
+        };
+        let aliyun = c.site_nodes("aliyun")[0];
+        let aws = c.site_nodes("aws")[0];
+        let idc = c.site_nodes("idc");
+        c.client_at(aliyun)?
+            .put_rule(BUS, "shared", &rule("ctl"))
+            .await?
+            .expect_status(200, "PUT rule at aliyun")?;
+        let v1 = wait_config_everywhere(&mut c).await?;
+        for i in 0..c.nodes.len() {
+            let r = c.client_at(i)?.get_json("/v1/buses/default/rules/shared").await?;
+            r.expect_status(200, &format!("the shared rule at {}-{}", c.nodes[i].site, c.nodes[i].id))?;
+            anyhow::ensure!(r.text().contains("\"ctl\""), "{}", r.text());
+        }
+        // Events entering at aws and at an idc follower go to idc's target.
+        let mut ids = Vec::new();
+        for (k, idx) in [aws, idc[1], aliyun].into_iter().enumerate() {
+            for n in 0..10 {
+                let id = format!("ctl-{k}-{n}");
+                let ev = json!({"specversion": "1.0", "id": id, "source": "ctl", "type": "t"});
+                c.client_at(idx)?.post_structured(BUS, &ev).await?.expect_status(200, "post")?;
+                ids.push(id);
+            }
+        }
+        recv.wait_for_ids(ids.iter(), Duration::from_secs(30))
+            .await
+            .context("events entering at every site must reach the shared rule's target")?;
+        // Kill the control group's leader.
+        let leader = control_status(&c, aliyun).await?["leader"].clone();
+        let killed = (0..c.nodes.len())
+            .find(|i| {
+                json!(c.nodes[*i].site) == leader["site"] && json!(c.nodes[*i].id) == leader["id"]
+            })
+            .with_context(|| format!("control leader {leader} is not a node of the cluster"))?;
+        eprintln!("killing the control leader {leader} (configuration version {v1})");
+        c.kill_9_at(killed)?;
+        // A change through a surviving node of another site.
+        let via = [aliyun, aws, idc[1]]
+            .into_iter()
+            .find(|i| *i != killed && c.nodes[*i].site != c.nodes[killed].site)
+            .context("a surviving node")?;
+        let t0 = std::time::Instant::now();
+        c.client_at(via)?
+            .put_rule(BUS, "shared", &rule("ctl2"))
+            .await?
+            .expect_status(200, "PUT rule with the control leader down")?;
+        let v2 = wait_config_everywhere(&mut c).await?;
+        eprintln!(
+            "version {v2} in force at every live node {} ms after the PUT (control leader killed)",
+            t0.elapsed().as_millis()
+        );
+        anyhow::ensure!(v2 > v1, "the version did not move: {v1} -> {v2}");
+        let post_at = [idc[1], idc[2]]
+            .into_iter()
+            .find(|i| *i != killed)
+            .context("a live idc node")?;
+        for (id, source) in [("after-old", "ctl"), ("after-new", "ctl2")] {
+            let ev = json!({"specversion": "1.0", "id": id, "source": source, "type": "t"});
+            c.client_at(post_at)?.post_structured(BUS, &ev).await?.expect_status(200, "post")?;
+        }
+        recv.wait_for_ids(["after-new".to_string()].iter(), Duration::from_secs(30))
+            .await
+            .context("the new version routes")?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        anyhow::ensure!(
+            !recv.events().iter().any(|e| e.id == "after-old"),
+            "an event matched only by the replaced version was delivered"
+        );
+        // The killed node comes back and catches up.
+        c.restart_at(killed).await?;
+        let v3 = wait_config_everywhere(&mut c).await?;
+        anyhow::ensure!(v3 >= v2, "{v3} < {v2}");
+        let r = c.client_at(killed)?.get_json("/v1/buses/default/rules/shared").await?;
+        r.expect_status(200, "the rule at the restarted node")?;
+        anyhow::ensure!(r.text().contains("\"ctl2\""), "restarted node runs an old version: {}", r.text());
         c.ensure_no_panic()
     })
     .await

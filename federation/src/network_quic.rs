@@ -550,6 +550,44 @@ mod tests {
     use openraft::{LogId, SnapshotMeta, StoredMembership, Vote};
 
     #[test]
+    fn control_group_methods_and_ids_are_apart_from_the_site_group() {
+        for m in [
+            METHOD_APPEND_ENTRIES,
+            METHOD_VOTE,
+            METHOD_INSTALL_SNAPSHOT,
+            METHOD_CLIENT_WRITE,
+        ] {
+            let wire = Group::Control.method(m);
+            assert_ne!(wire, m);
+            assert_eq!(Group::of_method(wire), (Group::Control, m));
+            assert_eq!(Group::of_method(m), (Group::Site, m));
+        }
+        assert_eq!(
+            Group::of_method(crate::link::service::METHOD_LINK_BATCH).0,
+            Group::Site
+        );
+        let idc1 = NodeIdentity {
+            node_id: 1,
+            site: "idc".into(),
+        };
+        let aws1 = NodeIdentity {
+            node_id: 1,
+            site: "aws".into(),
+        };
+        // Same node id in two sites: one id in a site group, two in the control group.
+        assert_eq!(Group::Site.member_id(&idc1), Group::Site.member_id(&aws1));
+        let (a, b) = (Group::Control.member_id(&idc1), Group::Control.member_id(&aws1));
+        assert_ne!(a, b);
+        assert_eq!(a & 0xffff_ffff, 1);
+        // The identity a control member's certificate must carry.
+        let node = NodeInfo {
+            site: "aws".into(),
+            ..NodeInfo::default()
+        };
+        assert_eq!(Group::Control.identity(b, &node, "idc"), aws1);
+    }
+
+    #[test]
     fn snapshot_chunks_round_trip_and_garbage_is_refused() {
         let req = InstallSnapshotRequest::<TypeConfig> {
             vote: Vote::new_committed(3, 1),

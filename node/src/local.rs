@@ -407,5 +407,41 @@ pub fn status_table(v: &Value) -> String {
     if let Some(days) = v["certificate"]["expiresInDays"].as_i64() {
         out.push_str(&format!("  certificate expires in {days} days\n"));
     }
+    for l in v["links"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let remote = l["remote"].as_str().unwrap_or("?");
+        if l["direction"] == "out" {
+            out.push_str(&format!(
+                "  link -> {remote:<8} {:<5} rtt {} ms  outbox {}/{} ({})  oldest undelivered {} ms  acked {}{}\n",
+                l["state"].as_str().unwrap_or("?"),
+                l["rttMs"].as_f64().map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into()),
+                l["outboxDepth"],
+                l["outboxLimit"],
+                l["alarm"].as_str().unwrap_or("?"),
+                l["oldestUndeliveredMs"],
+                l["acked"],
+                l["lastError"]
+                    .as_str()
+                    .map(|e| format!("  last error: {e}"))
+                    .unwrap_or_default(),
+            ));
+        } else {
+            out.push_str(&format!(
+                "  link <- {remote:<8} received {}  undelivered {}\n",
+                l["received"], l["undelivered"]
+            ));
+        }
+    }
+    let c = &v["control"];
+    if c.is_object() {
+        out.push_str(&format!(
+            "  control group: {} (term {}), leader {}:{}, version {} (this site runs {})\n",
+            c["role"].as_str().unwrap_or("?"),
+            c["term"],
+            c["leader"]["site"].as_str().unwrap_or("none"),
+            c["leader"]["id"],
+            c["version"],
+            c["appliedVersion"],
+        ));
+    }
     out
 }

@@ -339,6 +339,29 @@ fn cluster_config_errors_name_the_field() {
         (
             "cluster: {listen: \"127.0.0.1:0\", certs_dir: /nonexistent-certs}\n",
             "/nonexistent-certs",
+        ),        (
+            "control: {members: [{site: local, id: 1, raft_addr: \"127.0.0.1:1\", voter: true}]}\n",
+            "control.members: the control group needs the QUIC transport",
+        ),
+        (
+            "cluster: {listen: \"127.0.0.1:0\", certs_dir: /tmp}\ncontrol: {members: [{site: local, id: 1, raft_addr: \"127.0.0.1:1\"}]}\n",
+            "control.members: mark at least one member `voter: true`",
+        ),
+        (
+            "cluster: {listen: \"127.0.0.1:0\", certs_dir: /tmp}\ncontrol: {members: [{site: other, id: 1, raft_addr: \"127.0.0.1:1\", voter: true}]}\n",
+            "control.members: this node (node 1 of site \"local\") is not listed",
+        ),
+        (
+            "cluster: {listen: \"127.0.0.1:0\", certs_dir: /tmp}\ncontrol: {members: [{site: local, id: 1, raft_addr: \"127.0.0.1:1\", voter: true}, {site: local, id: 1, raft_addr: \"127.0.0.1:2\"}]}\n",
+            "control.members[1]: node 1 of site \"local\" is listed twice",
+        ),
+        (
+            "cluster: {listen: \"127.0.0.1:0\", certs_dir: /tmp}\ncontrol: {members: [{site: \"Bad Site\", id: 1, raft_addr: \"127.0.0.1:1\", voter: true}]}\n",
+            "control.members[0].site",
+        ),
+        (
+            "cluster: {listen: \"127.0.0.1:0\", certs_dir: /tmp}\ncontrol: {members: [{site: local, id: 5000000000, raft_addr: \"127.0.0.1:1\", voter: true}]}\n",
+            "control.members[0].id",
         ),
     ];
     for (i, (yaml, needle)) in cases.iter().enumerate() {
