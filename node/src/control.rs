@@ -185,15 +185,21 @@ impl Control {
         let m = self.group.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let replication = m.replication.clone().unwrap_or_default();
         let members: Vec<Value> = membership
             .nodes()
             .map(|(id, n)| {
-                json!({
+                let mut v = json!({
                     "site": n.site,
                     "id": id & 0xffff_ffff,
                     "voter": voters.contains(id),
                     "leader": Some(*id) == m.current_leader,
-                })
+                });
+                // On the control leader: how far each member's replica is.
+                if let Some(matched) = replication.get(id) {
+                    v["replicatedVersion"] = json!(matched.map(|l| l.index).unwrap_or(0));
+                }
+                v
             })
             .collect();
         let leader = m
