@@ -3,6 +3,9 @@
 //! reached over the link and delivered there. Every acknowledged event must
 //! reach exactly the targets its rule names, at least once, bytes intact,
 //! also when leaders of the sending or the receiving site are killed.
+//!
+//! Long version (more kills, longer traffic and partition):
+//! `STRAIT_CHAOS_SCALE=10 cargo test -p strait-chaos-tests --test federation -- --test-threads 1`.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -16,6 +19,16 @@ use strait_chaos_tests::{
 };
 
 const BUS: &str = "default";
+
+/// `STRAIT_CHAOS_SCALE` (default 1): multiplies kill rounds, traffic and
+/// partition durations (and the time limits).
+fn scale() -> u32 {
+    std::env::var("STRAIT_CHAOS_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
 
 fn extra() -> Value {
     json!({"dispatch": {"checkpoint_interval_ms": 50}})
@@ -61,7 +74,7 @@ async fn expect_exactly(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_sites_deliver_exactly_where_the_rules_say() -> anyhow::Result<()> {
-    bounded(Duration::from_secs(150), async {
+    bounded(Duration::from_secs(150) * scale(), async {
         let sites = ["idc", "aliyun", "aws"];
         let c = LocalCluster::up(&[("idc", 1), ("aliyun", 1), ("aws", 1)], Some(extra())).await?;
         let recv_idc = Receiver::start(Behavior::Ok).await?;
@@ -115,7 +128,7 @@ async fn three_sites_deliver_exactly_where_the_rules_say() -> anyhow::Result<()>
             opts.pause = Duration::from_millis(5);
             producers.push(tokio::spawn(produce(vec![client], opts, ledger.clone(), stop.clone())));
         }
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        tokio::time::sleep(Duration::from_secs(4) * scale()).await;
         let ledger = stop_producers(&stop, producers, &ledger).await?;
         expect_exactly(&recv_idc, &ledger, &["aliyun-", "aws-"], "idc targets").await?;
         expect_exactly(&recv_aliyun, &ledger, &["idc-"], "aliyun targets").await?;
@@ -137,7 +150,7 @@ async fn three_sites_deliver_exactly_where_the_rules_say() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_kills_in_sending_and_receiving_sites_lose_nothing() -> anyhow::Result<()> {
-    bounded(Duration::from_secs(180), async {
+    bounded(Duration::from_secs(180) * scale(), async {
         let mut c = LocalCluster::up(&[("idc", 3), ("aws", 3)], Some(extra())).await?;
         let recv = Receiver::start(Behavior::Ok).await?;
         let idc_client = c.client_at(c.site_nodes("idc")[0])?;
@@ -165,7 +178,7 @@ async fn leader_kills_in_sending_and_receiving_sites_lose_nothing() -> anyhow::R
         opts.id_prefix = "k-".into();
         opts.drain = Duration::from_secs(30);
         let producer = tokio::spawn(produce(clients, opts, ledger.clone(), stop.clone()));
-        for round in 0..4 {
+        for round in 0..4 * scale() {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             let site = if round % 2 == 0 { "idc" } else { "aws" };
             let (idx, id) = wait_site_leader(&c, site).await?;
@@ -238,7 +251,7 @@ fn relink(c: &LocalCluster, idx: usize, remote: &str, addr: &str) -> anyhow::Res
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wan_partition_only_delays_cross_site_delivery() -> anyhow::Result<()> {
     use strait_chaos_tests::udp_proxy::UdpProxy;
-    bounded(Duration::from_secs(240), async {
+    bounded(Duration::from_secs(240) * scale(), async {
         // A small outbox bound: it fills during the cut, and deliveries for
         // the other site wait (retrying) while ingest and local delivery go on.
         let mut x = extra();
@@ -288,7 +301,7 @@ async fn a_wan_partition_only_delays_cross_site_delivery() -> anyhow::Result<()>
         to_idc.faults().partition();
         let local_before = (local_idc.events().len(), local_aws.events().len());
         let cross_at_cut = cross_to_aws.events().len();
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(5) * scale()).await;
         let local_after = (local_idc.events().len(), local_aws.events().len());
         anyhow::ensure!(
             local_after.0 > local_before.0 + 20 && local_after.1 > local_before.1 + 20,
@@ -461,8 +474,14 @@ async fn shared_rules_reach_every_site_and_survive_a_control_leader_kill() -> an
             .expect_status(200, "PUT rule at aliyun")?;
         let v1 = wait_config_everywhere(&mut c).await?;
         for i in 0..c.nodes.len() {
-            let r = c.client_at(i)?.get_json("/v1/buses/default/rules/shared").await?;
-            r.expect_status(200, &format!("the shared rule at {}-{}", c.nodes[i].site, c.nodes[i].id))?;
+            let r = c
+                .client_at(i)?
+                .get_json("/v1/buses/default/rules/shared")
+                .await?;
+            r.expect_status(
+                200,
+                &format!("the shared rule at {}-{}", c.nodes[i].site, c.nodes[i].id),
+            )?;
             anyhow::ensure!(r.text().contains("\"ctl\""), "{}", r.text());
         }
         // Events entering at aws and at an idc follower go to idc's target.
@@ -471,7 +490,10 @@ async fn shared_rules_reach_every_site_and_survive_a_control_leader_kill() -> an
             for n in 0..10 {
                 let id = format!("ctl-{k}-{n}");
                 let ev = json!({"specversion": "1.0", "id": id, "source": "ctl", "type": "t"});
-                c.client_at(idx)?.post_structured(BUS, &ev).await?.expect_status(200, "post")?;
+                c.client_at(idx)?
+                    .post_structured(BUS, &ev)
+                    .await?
+                    .expect_status(200, "post")?;
                 ids.push(id);
             }
         }
@@ -509,7 +531,10 @@ async fn shared_rules_reach_every_site_and_survive_a_control_leader_kill() -> an
             .context("a live idc node")?;
         for (id, source) in [("after-old", "ctl"), ("after-new", "ctl2")] {
             let ev = json!({"specversion": "1.0", "id": id, "source": source, "type": "t"});
-            c.client_at(post_at)?.post_structured(BUS, &ev).await?.expect_status(200, "post")?;
+            c.client_at(post_at)?
+                .post_structured(BUS, &ev)
+                .await?
+                .expect_status(200, "post")?;
         }
         recv.wait_for_ids(["after-new".to_string()].iter(), Duration::from_secs(30))
             .await
@@ -523,9 +548,16 @@ async fn shared_rules_reach_every_site_and_survive_a_control_leader_kill() -> an
         c.restart_at(killed).await?;
         let v3 = wait_config_everywhere(&mut c).await?;
         anyhow::ensure!(v3 >= v2, "{v3} < {v2}");
-        let r = c.client_at(killed)?.get_json("/v1/buses/default/rules/shared").await?;
+        let r = c
+            .client_at(killed)?
+            .get_json("/v1/buses/default/rules/shared")
+            .await?;
         r.expect_status(200, "the rule at the restarted node")?;
-        anyhow::ensure!(r.text().contains("\"ctl2\""), "restarted node runs an old version: {}", r.text());
+        anyhow::ensure!(
+            r.text().contains("\"ctl2\""),
+            "restarted node runs an old version: {}",
+            r.text()
+        );
         c.ensure_no_panic()
     })
     .await

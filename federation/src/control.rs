@@ -135,12 +135,15 @@ mod tests {
             version: 7,
             ..Default::default()
         };
-        shared.buses.insert("orders".into(), json!({"name": "orders"}));
+        shared
+            .buses
+            .insert("orders".into(), json!({"name": "orders"}));
         shared
             .rules
             .insert(("orders".into(), "r1".into()), rule("t1"));
         let mut site = View::default();
-        site.buses.insert("default".into(), json!({"name": "default"}));
+        site.buses
+            .insert("default".into(), json!({"name": "default"}));
         site.buses.insert("old".into(), json!({"name": "old"}));
         site.rules.insert(("old".into(), "gone".into()), rule("x"));
         let cmds = plan(&shared, &site, &["default".to_string()]);

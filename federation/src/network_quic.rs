@@ -339,7 +339,11 @@ impl RaftNetwork<TypeConfig> for QuicPeer {
         let body = encode_json(&rpc).map_err(|e| encode_error(&e))?;
         let reply = self
             .peer
-            .request_within(self.group.method(METHOD_APPEND_ENTRIES), body, option.hard_ttl())
+            .request_within(
+                self.group.method(METHOD_APPEND_ENTRIES),
+                body,
+                option.hard_ttl(),
+            )
             .await;
         if n > 1
             && matches!(
@@ -369,7 +373,11 @@ impl RaftNetwork<TypeConfig> for QuicPeer {
         let body = encode_snapshot_chunk(&rpc).map_err(|e| encode_error(&e))?;
         let reply = self
             .peer
-            .request_within(self.group.method(METHOD_INSTALL_SNAPSHOT), body, option.hard_ttl())
+            .request_within(
+                self.group.method(METHOD_INSTALL_SNAPSHOT),
+                body,
+                option.hard_ttl(),
+            )
             .await;
         self.decode(reply)
     }
@@ -508,19 +516,37 @@ impl Handler for RaftService {
                     let rpc: AppendEntriesRequest<TypeConfig> =
                         serde_json::from_slice(&req.body)
                             .map_err(|e| bad_request("append-entries", e))?;
-                    check_sender(&raft, group, &req.peer, rpc.vote.leader_id().voted_for(), false)?;
+                    check_sender(
+                        &raft,
+                        group,
+                        &req.peer,
+                        rpc.vote.leader_id().voted_for(),
+                        false,
+                    )?;
                     reply(&raft.append_entries(rpc).await)
                 }
                 METHOD_VOTE => {
                     let rpc: VoteRequest<NodeId> =
                         serde_json::from_slice(&req.body).map_err(|e| bad_request("vote", e))?;
-                    check_sender(&raft, group, &req.peer, rpc.vote.leader_id().voted_for(), true)?;
+                    check_sender(
+                        &raft,
+                        group,
+                        &req.peer,
+                        rpc.vote.leader_id().voted_for(),
+                        true,
+                    )?;
                     reply(&raft.vote(rpc).await)
                 }
                 METHOD_INSTALL_SNAPSHOT => {
                     let rpc = decode_snapshot_chunk(&req.body)
                         .map_err(|e| bad_request("install-snapshot", e))?;
-                    check_sender(&raft, group, &req.peer, rpc.vote.leader_id().voted_for(), false)?;
+                    check_sender(
+                        &raft,
+                        group,
+                        &req.peer,
+                        rpc.vote.leader_id().voted_for(),
+                        false,
+                    )?;
                     reply(&raft.install_snapshot(rpc).await)
                 }
                 METHOD_CLIENT_WRITE => {
@@ -576,7 +602,10 @@ mod tests {
         };
         // Same node id in two sites: one id in a site group, two in the control group.
         assert_eq!(Group::Site.member_id(&idc1), Group::Site.member_id(&aws1));
-        let (a, b) = (Group::Control.member_id(&idc1), Group::Control.member_id(&aws1));
+        let (a, b) = (
+            Group::Control.member_id(&idc1),
+            Group::Control.member_id(&aws1),
+        );
         assert_ne!(a, b);
         assert_eq!(a & 0xffff_ffff, 1);
         // The identity a control member's certificate must carry.

@@ -635,10 +635,16 @@ impl NodeConfig {
         let mut ids = std::collections::BTreeMap::new();
         for (i, m) in c.members.iter().enumerate() {
             if strait_federation::certs::validate_site(&m.site).is_err() {
-                return at(format!("members[{i}].site"), format!("{:?} is not a valid site name", m.site));
+                return at(
+                    format!("members[{i}].site"),
+                    format!("{:?} is not a valid site name", m.site),
+                );
             }
             if m.id > u64::from(u32::MAX) {
-                return at(format!("members[{i}].id"), "control-group members need node ids below 2^32".into());
+                return at(
+                    format!("members[{i}].id"),
+                    "control-group members need node ids below 2^32".into(),
+                );
             }
             if m.raft_addr.is_empty() {
                 return at(format!("members[{i}].raft_addr"), "required".into());
@@ -647,17 +653,30 @@ impl NodeConfig {
             if let Some(j) = ids.insert(cid, i) {
                 return at(
                     format!("members[{i}]"),
-                    format!("node {} of site {:?} is listed twice (or its id collides with members[{j}])", m.id, m.site),
+                    format!(
+                        "node {} of site {:?} is listed twice (or its id collides with members[{j}])",
+                        m.id, m.site
+                    ),
                 );
             }
         }
         if !c.members.iter().any(|m| m.voter) {
-            return at("members".into(), "mark at least one member `voter: true`".into());
-        }
-        if !c.members.iter().any(|m| m.site == self.site && m.id == self.node_id) {
             return at(
                 "members".into(),
-                format!("this node (node {} of site {:?}) is not listed", self.node_id, self.site),
+                "mark at least one member `voter: true`".into(),
+            );
+        }
+        if !c
+            .members
+            .iter()
+            .any(|m| m.site == self.site && m.id == self.node_id)
+        {
+            return at(
+                "members".into(),
+                format!(
+                    "this node (node {} of site {:?}) is not listed",
+                    self.node_id, self.site
+                ),
             );
         }
         Ok(())

@@ -260,7 +260,9 @@ async fn import_once(app: &App, control: &Control) -> Result<(), FederationError
         let what = format!("{cmd:?}");
         match app.writer.write(cmd).await? {
             CommandResponse::Ok => {}
-            other => tracing::warn!(command = %what.chars().take(200).collect::<String>(), answer = ?other, "an imported change was refused"),
+            other => {
+                tracing::warn!(command = %what.chars().take(200).collect::<String>(), answer = ?other, "an imported change was refused")
+            }
         }
     }
     metrics::gauge!("strait_config_version").set(shared.version as f64);

@@ -339,7 +339,8 @@ fn cluster_config_errors_name_the_field() {
         (
             "cluster: {listen: \"127.0.0.1:0\", certs_dir: /nonexistent-certs}\n",
             "/nonexistent-certs",
-        ),        (
+        ),
+        (
             "control: {members: [{site: local, id: 1, raft_addr: \"127.0.0.1:1\", voter: true}]}\n",
             "control.members: the control group needs the QUIC transport",
         ),
