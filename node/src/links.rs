@@ -419,6 +419,7 @@ pub fn status(app: &App) -> Value {
             "delivered": s.delivered,
             "lastError": s.last_error,
             "peer": s.peer,
+            "quic": s.quic,
         }));
     }
     for (origin, committed) in &view.inbound {
