@@ -878,12 +878,24 @@ async fn run() -> anyhow::Result<()> {
     }
     let lp = b.latency(P_LAT_PROXY, "bench.remote").await?;
     print_lat("(b') target at aws, via proxy, 0 ms", &lp);
+    let link = link_out(&b.idc, "aws").await.unwrap_or_default();
+    println!(
+        "  link after (b'): rttMs {} quic {}",
+        link["rttMs"], link["quic"]
+    );
     let delay = Duration::from_millis(env_or("BENCH_DELAY_MS", 50));
     proxy.faults().set_delay(delay);
     let lc = b.latency(P_LAT_DELAY, "bench.remote").await?;
     print_lat(
         &format!("(c) target at aws, {} ms one-way", delay.as_millis()),
         &lc,
+    );
+    let link = link_out(&b.idc, "aws").await.unwrap_or_default();
+    println!(
+        "  link after (c): rttMs {} quic {}; proxy {:?}",
+        link["rttMs"],
+        link["quic"],
+        proxy.stats()
     );
     proxy.faults().set_delay(Duration::ZERO);
 

@@ -261,19 +261,26 @@ fn reconcile(
                 remote: remote.clone(),
                 bus: bus.clone(),
                 rule: rule_name.clone(),
-                rule_spec: json.clone(),
+                rule_spec: match serde_json::value::to_raw_value(&json) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(target_key = key, error = %e, "rule cannot be encoded; not dispatching to it");
+                        continue;
+                    }
+                },
                 target: t.id.clone(),
                 outbox: app.outbox.clone(),
                 state: app.site.state.clone(),
                 limit: app.cfg.federation.max_outbox,
             })
         } else {
-            match strait_adapters::build_target(
-                &t.kind,
-                &t.settings,
-                Duration::from_millis(t.timeout_ms),
-                &app.sinks,
-            ) {
+            let from = crate::bus_target::Provenance {
+                site: app.cfg.site.clone(),
+                bus: bus.clone(),
+                rule: rule_name.clone(),
+                target: t.id.clone(),
+            };
+            match build_sink(app, t, from, true) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(target_key = key, error = %e, "target cannot be built; not dispatching to it");
@@ -308,6 +315,35 @@ fn reconcile(
     }
 }
 
+/// Build the running sink of a target delivered at this site: a `bus`
+/// target re-ingests here (`from` and `count_hop` as in
+/// [`crate::bus_target::BusSink`]), the others are built by their adapter.
+fn build_sink(
+    app: &Arc<App>,
+    t: &crate::spec::TargetSpec,
+    from: crate::bus_target::Provenance,
+    count_hop: bool,
+) -> Result<Arc<dyn Sink>, String> {
+    if t.kind == crate::bus_target::KIND {
+        let s = crate::bus_target::BusSink::new(
+            &t.settings,
+            &app.cfg.site,
+            from,
+            count_hop,
+            app.committer.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        return Ok(s);
+    }
+    strait_adapters::build_target(
+        &t.kind,
+        &t.settings,
+        Duration::from_millis(t.timeout_ms),
+        &app.sinks,
+    )
+    .map_err(|e| e.to_string())
+}
+
 struct TargetWorker {
     app: Arc<App>,
     key: String,
@@ -338,8 +374,8 @@ impl Remote {
         origin: &str,
         d: &crate::links::Delivery,
     ) -> Result<Remote, String> {
-        let spec: RuleSpec = serde_json::from_value(d.rule_spec.clone())
-            .map_err(|e| format!("rule definition: {e}"))?;
+        let spec: RuleSpec =
+            serde_json::from_str(d.rule_spec.get()).map_err(|e| format!("rule definition: {e}"))?;
         let rule = Arc::new(spec.compile().map_err(|e| e.to_string())?);
         let idx = rule
             .spec
@@ -348,13 +384,14 @@ impl Remote {
             .position(|t| t.id == d.target)
             .ok_or_else(|| format!("rule {} has no target {}", d.rule, d.target))?;
         let t = &rule.spec.targets[idx];
-        let sink = strait_adapters::build_target(
-            &t.kind,
-            &t.settings,
-            Duration::from_millis(t.timeout_ms),
-            &app.sinks,
-        )
-        .map_err(|e| e.to_string())?;
+        let from = crate::bus_target::Provenance {
+            site: origin.to_string(),
+            bus: d.bus.clone(),
+            rule: d.rule.clone(),
+            target: d.target.clone(),
+        };
+        // The link counted this hop already.
+        let sink = build_sink(app, t, from, false)?;
         Ok(Remote {
             worker: Arc::new(TargetWorker {
                 app: app.clone(),
@@ -376,6 +413,18 @@ impl Remote {
     pub async fn deliver(&self, event: StoredEvent) {
         self.worker.clone().process(Pending::Stored(event)).await;
     }
+
+    /// [`Remote::deliver`] for an event already parsed.
+    pub async fn deliver_value(&self, ingest_ms: u64, value: Value) {
+        self.worker
+            .clone()
+            .process(Pending::Parsed {
+                seq: 0,
+                ingest_ms,
+                value,
+            })
+            .await;
+    }
 }
 
 /// An event waiting to be processed by a target worker.
@@ -384,6 +433,12 @@ enum Pending {
     Fed(Arc<FeedItem>),
     /// Read from storage by the worker itself (it was behind the feed).
     Stored(StoredEvent),
+    /// Parsed already (a delivery from another site).
+    Parsed {
+        seq: u64,
+        ingest_ms: u64,
+        value: Value,
+    },
 }
 
 impl TargetWorker {
@@ -484,6 +539,11 @@ impl TargetWorker {
                     }
                 }
             }
+            Pending::Parsed {
+                seq,
+                ingest_ms,
+                value,
+            } => (seq, ingest_ms, value, false),
             Pending::Stored(stored) => match serde_json::from_slice(&stored.json) {
                 Ok(v) => (stored.seq, stored.ingest_ms, v, false),
                 Err(e) => {

@@ -5,6 +5,7 @@ pub mod alibaba;
 pub mod api;
 pub mod app;
 pub mod aws;
+pub mod bus_target;
 pub mod cli;
 pub mod cluster;
 pub mod cluster_api;

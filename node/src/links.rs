@@ -20,7 +20,7 @@ use strait_adapters::{DeliveryError, DeliveryFuture, Sink};
 use strait_federation::link::proto::SenderConfig;
 use strait_federation::link::service::{LinkStatsMap, RemoteSite, run_sender};
 use strait_federation::store::links::inbox_cursor_key;
-use strait_federation::{Command, CommandResponse, LinkAnswer, StoredEvent};
+use strait_federation::{Command, CommandResponse, LinkAnswer};
 use strait_routing::event::Event;
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,7 +28,8 @@ use crate::app::App;
 use crate::cluster::Writer;
 use crate::commit::now_ms;
 
-/// Most hops a delivery may make between sites.
+/// Most hops an event may make: link crossings plus same-site re-ingests
+/// by `bus` targets (see [`crate::bus_target`]).
 pub const MAX_HOPS: u32 = 8;
 
 /// One delivery on a link.
@@ -40,7 +41,7 @@ pub struct Delivery {
     /// The rule that matched.
     pub rule: String,
     /// The rule's definition as the origin evaluated it.
-    pub rule_spec: Value,
+    pub rule_spec: Box<RawValue>,
     /// The target to deliver to.
     pub target: String,
     /// Ingestion time at the origin, ms.
@@ -53,6 +54,22 @@ pub struct Delivery {
     pub traceparent: String,
     /// The event, structured JSON.
     pub event: Box<RawValue>,
+}
+
+/// The encoding side of [`Delivery`] (the same JSON), borrowing: the rule
+/// definition is encoded once per target, the event straight from its map.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeliveryRef<'a> {
+    bus: &'a str,
+    rule: &'a str,
+    rule_spec: &'a RawValue,
+    target: &'a str,
+    ingest_ms: u64,
+    enqueued_ms: u64,
+    hops: u32,
+    traceparent: &'a str,
+    event: &'a serde_json::Map<String, Value>,
 }
 
 struct Pending {
@@ -142,8 +159,8 @@ pub struct LinkSink {
     pub bus: String,
     /// The rule.
     pub rule: String,
-    /// The rule's definition.
-    pub rule_spec: Value,
+    /// The rule's definition (JSON).
+    pub rule_spec: Box<RawValue>,
     /// The target id.
     pub target: String,
     /// The outboxes.
@@ -157,15 +174,9 @@ pub struct LinkSink {
 impl Sink for LinkSink {
     fn deliver<'a>(&'a self, event: &'a Event, traceparent: &'a str) -> DeliveryFuture<'a> {
         Box::pin(async move {
-            let hops = event
-                .get("strait-hops")
-                .or_else(|| event.get("straithops"))
-                .and_then(Value::as_u64)
-                .unwrap_or(0) as u32;
+            let hops = crate::bus_target::hops_of(event);
             if hops >= MAX_HOPS {
-                return Err(DeliveryError::Permanent(format!(
-                    "hop limit of {MAX_HOPS} sites reached (loop?)"
-                )));
+                return Err(crate::bus_target::hop_limit_error(hops));
             }
             let depth = self
                 .state
@@ -183,25 +194,21 @@ impl Sink for LinkSink {
                     self.remote, self.limit
                 )));
             }
-            let json = String::from_utf8(event.to_json_bytes())
-                .map_err(|e| DeliveryError::Permanent(e.to_string()))?;
-            let event_raw =
-                RawValue::from_string(json).map_err(|e| DeliveryError::Permanent(e.to_string()))?;
-            let d = Delivery {
-                bus: self.bus.clone(),
-                rule: self.rule.clone(),
-                rule_spec: self.rule_spec.clone(),
-                target: self.target.clone(),
-                ingest_ms: now_ms(),
-                enqueued_ms: now_ms(),
+            let now = now_ms();
+            let d = DeliveryRef {
+                bus: &self.bus,
+                rule: &self.rule,
+                rule_spec: &self.rule_spec,
+                target: &self.target,
+                ingest_ms: now,
+                enqueued_ms: now,
                 hops: hops + 1,
-                traceparent: traceparent.to_string(),
-                event: event_raw,
+                traceparent,
+                event: event.as_map(),
             };
-            let raw = serde_json::to_string(&d)
-                .ok()
-                .and_then(|s| RawValue::from_string(s).ok())
-                .ok_or_else(|| DeliveryError::Permanent("cannot encode the delivery".into()))?;
+            let raw = serde_json::value::to_raw_value(&d).map_err(|e| {
+                DeliveryError::Permanent(format!("cannot encode the delivery: {e}"))
+            })?;
             self.outbox
                 .enqueue(&self.remote, raw)
                 .await
@@ -299,8 +306,8 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
                 let handler = prepare(&app, &origin, &e.body, &mut cache);
                 let seq = e.seq;
                 inflight.push_back(async move {
-                    if let Some((remote, stored)) = handler {
-                        remote.deliver(stored).await;
+                    if let Some((remote, ingest_ms, value)) = handler {
+                        remote.deliver_value(ingest_ms, value).await;
                     }
                     seq
                 });
@@ -323,13 +330,14 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
     }
 }
 
-/// Decode a delivery and find (or build) the target it names.
+/// Decode a delivery and find (or build) the target it names; the event
+/// comes with its ingestion time.
 fn prepare(
     app: &Arc<App>,
     origin: &str,
     body: &[u8],
     cache: &mut HashMap<(String, String, String), Arc<crate::dispatch::Remote>>,
-) -> Option<(Arc<crate::dispatch::Remote>, StoredEvent)> {
+) -> Option<(Arc<crate::dispatch::Remote>, u64, Value)> {
     let d: Delivery = match serde_json::from_slice(body) {
         Ok(d) => d,
         Err(e) => {
@@ -340,7 +348,7 @@ fn prepare(
     let spec_key = (
         d.bus.clone(),
         d.rule.clone(),
-        d.rule_spec.to_string() + &d.target,
+        d.rule_spec.get().to_string() + &d.target,
     );
     let remote = match cache.get(&spec_key) {
         Some(r) => r.clone(),
@@ -367,16 +375,7 @@ fn prepare(
             m.insert("traceparent".into(), Value::String(d.traceparent.clone()));
         }
     }
-    let json = serde_json::to_vec(&event).ok()?;
-    Some((
-        remote,
-        StoredEvent {
-            bus: d.bus,
-            seq: 0,
-            ingest_ms: d.ingest_ms,
-            json,
-        },
-    ))
+    Some((remote, d.ingest_ms, event))
 }
 
 /// The `links` part of `GET /v1/cluster` (and the link gauges).
@@ -420,6 +419,7 @@ pub fn status(app: &App) -> Value {
             "delivered": s.delivered,
             "lastError": s.last_error,
             "peer": s.peer,
+            "quic": s.quic,
         }));
     }
     for (origin, committed) in &view.inbound {
@@ -457,7 +457,7 @@ mod tests {
             remote: "aws".into(),
             bus: "default".into(),
             rule: "r".into(),
-            rule_spec: serde_json::json!({}),
+            rule_spec: RawValue::from_string("{}".into()).expect("raw"),
             target: "t".into(),
             outbox: Outbox { tx },
             state: strait_federation::SiteState::open(&dir.join("state.redb")).expect("state"),
@@ -493,7 +493,7 @@ mod tests {
         let d = Delivery {
             bus: "b".into(),
             rule: "r".into(),
-            rule_spec: serde_json::json!({"pattern": {}}),
+            rule_spec: RawValue::from_string(r#"{"pattern":{}}"#.into()).expect("raw"),
             target: "t".into(),
             ingest_ms: 1,
             enqueued_ms: 2,
@@ -509,5 +509,20 @@ mod tests {
         let back: Delivery = serde_json::from_str(&s).expect("decode");
         assert_eq!(back.event.get(), r#"{"id":"1"}"#);
         assert_eq!(back.hops, 1);
+        // The borrowing encoder writes the same document.
+        let event: serde_json::Map<String, Value> =
+            serde_json::from_str(d.event.get()).expect("event map");
+        let r = DeliveryRef {
+            bus: &d.bus,
+            rule: &d.rule,
+            rule_spec: &d.rule_spec,
+            target: &d.target,
+            ingest_ms: 1,
+            enqueued_ms: 2,
+            hops: 1,
+            traceparent: &d.traceparent,
+            event: &event,
+        };
+        assert_eq!(serde_json::to_string(&r).expect("encode"), s);
     }
 }

@@ -202,6 +202,27 @@ fn validate_dead_letter(field: &str, dl: &DeadLetter) -> Result<(), SpecError> {
     }
 }
 
+/// Check a target's type-specific settings: `bus` here, the others by
+/// their adapter. Returns them in normal form.
+fn validate_target_settings(
+    kind: &str,
+    settings: &Map<String, Value>,
+) -> Result<Map<String, Value>, strait_adapters::ConfigError> {
+    if kind == crate::bus_target::KIND {
+        let s = crate::bus_target::BusSettings::from_settings(settings)
+            .map_err(|e| strait_adapters::ConfigError::new(e.field, e.message))?;
+        let mut m = Map::new();
+        m.insert("bus".into(), Value::String(s.bus));
+        return Ok(m);
+    }
+    strait_adapters::validate_target(kind, settings).map_err(|mut e| {
+        if e.field == "type" {
+            e.message = format!("{}; or {:?}", e.message, crate::bus_target::KIND);
+        }
+        e
+    })
+}
+
 /// A rule checked and compiled, ready for the dispatcher.
 #[derive(Debug, Clone)]
 pub struct CompiledRule {
@@ -221,7 +242,7 @@ impl RuleSpec {
         spec.compile()?;
         // Store targets in normal form (defaults filled in).
         for t in &mut spec.targets {
-            if let Ok(normal) = strait_adapters::validate_target(&t.kind, &t.settings) {
+            if let Ok(normal) = validate_target_settings(&t.kind, &t.settings) {
                 t.settings = normal;
             }
         }
@@ -259,7 +280,7 @@ impl RuleSpec {
                     format!("duplicate target id {:?}", t.id),
                 ));
             }
-            strait_adapters::validate_target(&t.kind, &t.settings).map_err(|e| {
+            validate_target_settings(&t.kind, &t.settings).map_err(|e| {
                 let field = if e.field == "settings" {
                     f.clone()
                 } else {
@@ -361,6 +382,19 @@ mod tests {
                 .expect_err("unknown")
                 .message
                 .contains("bogus")
+        );
+    }
+
+    #[test]
+    fn bus_targets_are_checked() {
+        let r = json!({"pattern": {}, "targets": [{"id": "t", "type": "bus", "bus": "b", "site": "aws"}]});
+        let spec = RuleSpec::from_json(&r).expect("valid bus target");
+        assert_eq!(spec.targets[0].settings["bus"], "b");
+        assert_eq!(spec.targets[0].site.as_deref(), Some("aws"));
+        let bad = json!({"pattern": {}, "targets": [{"id": "t", "type": "bus"}]});
+        assert_eq!(
+            RuleSpec::from_json(&bad).expect_err("no bus").field,
+            "targets[0].bus"
         );
     }
 

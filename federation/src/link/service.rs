@@ -214,6 +214,25 @@ pub struct LinkStats {
     pub last_error: Option<String>,
     /// The node of the remote site in use.
     pub peer: Option<String>,
+    /// QUIC path figures of the connection in use: congestion window
+    /// (bytes), smoothed RTT (ms), packets lost, congestion events.
+    pub quic: Option<QuicPath>,
+}
+
+/// QUIC path figures of a link's connection.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuicPath {
+    /// Congestion window, bytes.
+    pub cwnd: u64,
+    /// Smoothed RTT, ms.
+    pub rtt_ms: f64,
+    /// Packets sent.
+    pub sent_packets: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+    /// Congestion events (window reductions).
+    pub congestion_events: u64,
 }
 
 /// Shared link figures by remote site.
@@ -249,6 +268,13 @@ pub async fn run_sender(
 }
 
 type Reply = (Instant, Result<Bytes, RequestError>);
+
+/// The QUIC send priority of the batch starting at `first_seq`: lower
+/// sequences higher (it wraps every 2^30 sequences, which only reorders the
+/// batches in flight at that moment).
+fn batch_priority(first_seq: u64) -> i32 {
+    -((first_seq & ((1 << 30) - 1)) as i32)
+}
 
 async fn drain(
     site: &Site,
@@ -344,8 +370,15 @@ async fn drain(
             let first = w.first;
             let sent = Instant::now();
             sender.sent(first, last, sent);
+            // Earlier batches first: the receiver commits in order, so a
+            // batch that arrives before its predecessor only waits.
+            let priority = batch_priority(first);
             in_flight.push(Box::pin(async move {
-                (sent, p.request(METHOD_LINK_BATCH, body).await)
+                (
+                    sent,
+                    p.request_with_priority(METHOD_LINK_BATCH, body, priority)
+                        .await,
+                )
             }));
         }
         set_stats(stats, &remote.site, |s| {
@@ -404,6 +437,14 @@ async fn drain(
                 if sender.on_tick(Instant::now()) {
                     in_flight = FuturesUnordered::new();
                 }
+                let quic = peer.path_stats().map(|p| QuicPath {
+                    cwnd: p.cwnd,
+                    rtt_ms: p.rtt.as_secs_f64() * 1000.0,
+                    sent_packets: p.sent_packets,
+                    lost_packets: p.lost_packets,
+                    congestion_events: p.congestion_events,
+                });
+                set_stats(stats, &remote.site, |s| s.quic = quic);
             }
         }
     }

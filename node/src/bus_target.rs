@@ -1,0 +1,312 @@
+//! The `bus` target: re-ingest the (transformed) event on a bus, committed
+//! into the delivering site's log and routed again by that site's rules.
+//!
+//! `{"type": "bus", "bus": "audit"}` re-ingests at the site where the event
+//! entered; with `"site": "aws"` the delivery crosses the link first and the
+//! AWS site re-ingests it (its inbox worker builds this sink).
+//!
+//! Every re-ingested event carries its provenance as extension attributes:
+//!
+//! * `straithops` — how many times it has been passed on (each link
+//!   crossing and each same-site re-ingest counts one; a bus target at
+//!   another site is one hop, the link's). At [`MAX_HOPS`] it is not passed
+//!   on again: the delivery fails permanently with a hop-limit reason and
+//!   goes to the rule's dead letter, so loops (bus targets pointing at each
+//!   other, at one site or across sites) stop.
+//! * `straitorigin` — the site where the event first entered (kept from hop
+//!   to hop).
+//! * `straitvia` — `site/bus/rule/target` of the rule target that passed it
+//!   on last.
+//!
+//! The dedup key of a re-ingest is the event's `source` and `id` plus the
+//! `straitvia` and hop count, so the same forward repeated (a retried
+//! attempt, a resent link batch, a leader change) is stored once, while a
+//! loop's later rounds (a higher hop count) are not mistaken for repeats.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use strait_adapters::{DeliveryError, DeliveryFuture, Sink};
+use strait_federation::{AppendEntry, AppendOutcome};
+use strait_routing::event::Event;
+
+use crate::commit::Committer;
+use crate::links::MAX_HOPS;
+
+/// The target type name.
+pub const KIND: &str = "bus";
+
+/// Extension attribute: hops so far.
+pub const HOPS_ATTR: &str = "straithops";
+/// Extension attribute: the site where the event first entered.
+pub const ORIGIN_ATTR: &str = "straitorigin";
+/// Extension attribute: the rule target that passed the event on last.
+pub const VIA_ATTR: &str = "straitvia";
+
+/// Settings of a `bus` target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusSettings {
+    /// The bus to re-ingest on (at the delivering site).
+    pub bus: String,
+}
+
+/// A bad `bus` target definition.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct BusTargetError {
+    /// The field (inside the target).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl BusSettings {
+    /// Check the settings (pure).
+    pub fn from_settings(settings: &Map<String, Value>) -> Result<BusSettings, BusTargetError> {
+        let s: BusSettings =
+            serde_json::from_value(Value::Object(settings.clone())).map_err(|e| {
+                BusTargetError {
+                    field: "bus".into(),
+                    message: e.to_string(),
+                }
+            })?;
+        crate::spec::validate_name("bus", &s.bus).map_err(|e| BusTargetError {
+            field: "bus".into(),
+            message: e.message,
+        })?;
+        Ok(s)
+    }
+}
+
+/// The hop count an event carries (`straithops`, a number or a numeric
+/// string as binary-mode headers give it); 0 when absent or unreadable.
+pub fn hops_of(event: &Event) -> u32 {
+    let v = event.get(HOPS_ATTR).or_else(|| event.get("strait-hops"));
+    let n = match v {
+        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+        Some(Value::String(s)) => s.trim().parse::<u64>().unwrap_or(0),
+        _ => 0,
+    };
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The permanent failure of a delivery that would pass `hops` on again.
+pub fn hop_limit_error(hops: u32) -> DeliveryError {
+    DeliveryError::Permanent(format!(
+        "hop limit reached: the event was passed on {hops} times ({HOPS_ATTR}), the most is {MAX_HOPS}; not passed on again (a loop of bus targets?)"
+    ))
+}
+
+/// Where a re-ingest comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// The site whose rule passed the event on.
+    pub site: String,
+    /// That rule's bus.
+    pub bus: String,
+    /// The rule.
+    pub rule: String,
+    /// The target.
+    pub target: String,
+}
+
+impl Provenance {
+    /// `site/bus/rule/target`.
+    pub fn via(&self) -> String {
+        format!("{}/{}/{}/{}", self.site, self.bus, self.rule, self.target)
+    }
+}
+
+/// The event to re-ingest and its append entry: provenance attributes set,
+/// hops counted (`count_hop`: false when the link already counted this hop).
+pub fn reingest_entry(
+    event: &Event,
+    bus: &str,
+    from: &Provenance,
+    count_hop: bool,
+    traceparent: &str,
+) -> Result<AppendEntry, DeliveryError> {
+    let hops = hops_of(event);
+    let hops = if count_hop {
+        if hops >= MAX_HOPS {
+            return Err(hop_limit_error(hops));
+        }
+        hops + 1
+    } else {
+        hops
+    };
+    let mut ev = event.clone();
+    let via = from.via();
+    ev.set_attr(HOPS_ATTR, Value::from(hops));
+    if ev.str_attr(ORIGIN_ATTR).is_none() {
+        ev.set_attr(ORIGIN_ATTR, Value::String(from.site.clone()));
+    }
+    ev.set_attr(VIA_ATTR, Value::String(via.clone()));
+    if !traceparent.is_empty() {
+        ev.set_attr("traceparent", Value::String(traceparent.to_string()));
+    }
+    let json = String::from_utf8(ev.to_json_bytes())
+        .map_err(|e| DeliveryError::Permanent(format!("cannot encode the event: {e}")))?;
+    let raw = RawValue::from_string(json)
+        .map_err(|e| DeliveryError::Permanent(format!("cannot encode the event: {e}")))?;
+    Ok(AppendEntry {
+        bus: bus.to_string(),
+        source: ev.source().to_string(),
+        id: format!("{}\u{1f}{via}\u{1f}{hops}", ev.id()),
+        event: raw,
+    })
+}
+
+/// A running `bus` target.
+pub struct BusSink {
+    /// The bus to re-ingest on.
+    pub bus: String,
+    /// This site.
+    pub site: String,
+    /// Where the events come from.
+    pub from: Provenance,
+    /// Count a hop here (false for a delivery that crossed a link: the
+    /// link counted it).
+    pub count_hop: bool,
+    /// Group commit of this node.
+    pub committer: Committer,
+}
+
+impl BusSink {
+    /// Build from a target's settings.
+    pub fn new(
+        settings: &Map<String, Value>,
+        site: &str,
+        from: Provenance,
+        count_hop: bool,
+        committer: Committer,
+    ) -> Result<Arc<BusSink>, BusTargetError> {
+        let s = BusSettings::from_settings(settings)?;
+        Ok(Arc::new(BusSink {
+            bus: s.bus,
+            site: site.to_string(),
+            from,
+            count_hop,
+            committer,
+        }))
+    }
+}
+
+impl Sink for BusSink {
+    fn deliver<'a>(&'a self, event: &'a Event, traceparent: &'a str) -> DeliveryFuture<'a> {
+        Box::pin(async move {
+            let entry = reingest_entry(event, &self.bus, &self.from, self.count_hop, traceparent)?;
+            let outcomes = self
+                .committer
+                .append(vec![entry])
+                .await
+                .map_err(|e| DeliveryError::Retryable(e.to_string()))?;
+            match outcomes.first() {
+                Some(AppendOutcome::Accepted(_)) => {
+                    metrics::counter!("strait_bus_target_reingested_total", "bus" => self.bus.clone())
+                        .increment(1);
+                    Ok(())
+                }
+                Some(AppendOutcome::Duplicate) => Ok(()),
+                Some(AppendOutcome::NoSuchBus) => Err(DeliveryError::Permanent(format!(
+                    "bus {:?} does not exist at site {}",
+                    self.bus, self.site
+                ))),
+                None => Err(DeliveryError::Retryable("no answer from the commit".into())),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn from() -> Provenance {
+        Provenance {
+            site: "idc".into(),
+            bus: "a".into(),
+            rule: "r".into(),
+            target: "t".into(),
+        }
+    }
+
+    fn event(hops: Option<Value>) -> Event {
+        let mut v = json!({"specversion": "1.0", "id": "e1", "source": "/s", "type": "t"});
+        if let Some(h) = hops {
+            v[HOPS_ATTR] = h;
+        }
+        Event::from_structured(v).expect("event")
+    }
+
+    fn decode(entry: &AppendEntry) -> Value {
+        serde_json::from_str(entry.event.get()).expect("json")
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let ok: Map<String, Value> = json!({"bus": "b"}).as_object().cloned().unwrap_or_default();
+        assert_eq!(
+            BusSettings::from_settings(&ok).map(|s| s.bus),
+            Ok("b".into())
+        );
+        for bad in [
+            json!({}),
+            json!({"bus": "no spaces"}),
+            json!({"bus": "b", "x": 1}),
+        ] {
+            let m = bad.as_object().cloned().unwrap_or_default();
+            let e = BusSettings::from_settings(&m).expect_err("bad settings");
+            assert_eq!(e.field, "bus", "{e}");
+        }
+    }
+
+    #[test]
+    fn a_reingest_counts_a_hop_and_names_its_provenance() {
+        let e = reingest_entry(&event(None), "b", &from(), true, "").expect("entry");
+        let v = decode(&e);
+        assert_eq!(v[HOPS_ATTR], json!(1));
+        assert_eq!(v[ORIGIN_ATTR], json!("idc"));
+        assert_eq!(v[VIA_ATTR], json!("idc/a/r/t"));
+        assert_eq!(e.bus, "b");
+        // The origin is kept from the first hop; the link-counted hop is not counted again.
+        let mut ev = event(Some(json!("3")));
+        ev.set_attr(ORIGIN_ATTR, json!("aws"));
+        let e2 = reingest_entry(&ev, "b", &from(), false, "").expect("entry");
+        let v2 = decode(&e2);
+        assert_eq!(v2[HOPS_ATTR], json!(3));
+        assert_eq!(v2[ORIGIN_ATTR], json!("aws"));
+        // Each round of a loop has its own dedup key; a repeat has the same one.
+        assert_ne!(e.id, e2.id);
+        let again = reingest_entry(&event(None), "b", &from(), true, "").expect("entry");
+        assert_eq!(e.id, again.id);
+    }
+
+    /// A same-site loop (bus a → bus b → bus a ...): each re-ingest counts
+    /// one hop, and the re-ingest that would exceed the limit fails
+    /// permanently (so the event is dead-lettered) after MAX_HOPS rounds.
+    #[test]
+    fn a_same_site_loop_stops_at_the_hop_limit() {
+        let mut ev = event(None);
+        let mut reingests = 0;
+        let err = loop {
+            match reingest_entry(&ev, "b", &from(), true, "") {
+                Ok(entry) => {
+                    reingests += 1;
+                    ev = Event::from_structured(decode(&entry)).expect("event");
+                    assert!(reingests <= MAX_HOPS, "the loop did not stop");
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(reingests, MAX_HOPS);
+        match err {
+            DeliveryError::Permanent(m) => assert!(m.contains("hop limit"), "{m}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
