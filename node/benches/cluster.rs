@@ -202,29 +202,31 @@ async fn strait_phases(
     let to_leader = vec![events_url(leader_node)];
     let counter = Arc::new(Mutex::new(0u64));
     let nodes = &cl.cluster.nodes;
+    let pids: Vec<u32> = nodes.iter().map(|n| n.pid).collect();
     let t = max_term(&client, nodes).await;
+    let c0 = cpu_secs(&pids);
     let (s, e) = closed_loop(&to_leader, k.clients, k.batch, k.secs, counter.clone()).await;
+    let cpu = cpu_per_event(c0, cpu_secs(&pids), s.events);
     let name = format!("{label} batched → leader");
     let lead = report(&name, s, e);
-    rows.push(Row::new(
-        name,
-        lead.clone(),
-        t,
-        max_term(&client, nodes).await,
-    ));
+    rows.push(Row::new(name, lead.clone(), t, max_term(&client, nodes).await).with_cpu(cpu));
     if cl.cluster.nodes.len() > 1 {
         let t = max_term(&client, nodes).await;
+        let c0 = cpu_secs(&pids);
         let (s, e) = closed_loop(&cl.urls(), k.clients, k.batch, k.secs, counter.clone()).await;
+        let cpu = cpu_per_event(c0, cpu_secs(&pids), s.events);
         let name = format!("{label} batched → all nodes");
         let sum = report(&name, s, e);
-        rows.push(Row::new(name, sum, t, max_term(&client, nodes).await));
+        rows.push(Row::new(name, sum, t, max_term(&client, nodes).await).with_cpu(cpu));
     }
     let half = lead.rate / 2.0;
     let t = max_term(&client, nodes).await;
+    let c0 = cpu_secs(&pids);
     let (s, e) = open_loop(&to_leader, k.batch, half, k.secs, counter.clone()).await;
+    let cpu = cpu_per_event(c0, cpu_secs(&pids), s.events);
     let name = format!("{label} open loop @ {half:.0}/s → leader");
     let sum = report(&name, s, e);
-    rows.push(Row::new(name, sum, t, max_term(&client, nodes).await));
+    rows.push(Row::new(name, sum, t, max_term(&client, nodes).await).with_cpu(cpu));
     let (leader1, term1) =
         stable_leader(&client, &cl.cluster.nodes, Duration::from_secs(30)).await?;
     if (leader1, term1) != (leader, term0) {
@@ -252,6 +254,8 @@ struct Row {
     sum: Summary,
     /// Raft term before and after the phase (elections under load).
     terms: String,
+    /// CPU time of the server processes (all nodes) per acknowledged event, µs.
+    cpu_us: Option<f64>,
 }
 
 impl Row {
@@ -261,8 +265,35 @@ impl Row {
             name,
             sum,
             terms: format!("{} → {}", show(before), show(after)),
+            cpu_us: None,
         }
     }
+
+    fn with_cpu(mut self, cpu: Option<f64>) -> Row {
+        self.cpu_us = cpu;
+        self
+    }
+}
+
+/// User + system CPU seconds used so far by the processes `pids` (from
+/// `/proc/<pid>/stat`, clock ticks of 10 ms).
+fn cpu_secs(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|st| {
+            // Fields after the parenthesised command name: state is the 3rd
+            // field, utime and stime the 14th and 15th.
+            let rest = st.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .sum()
+}
+
+/// Server CPU µs per event over a phase.
+fn cpu_per_event(before: f64, after: f64, events: u64) -> Option<f64> {
+    (events > 0).then(|| (after - before) * 1e6 / events as f64)
 }
 
 fn kill9(pid: u32) -> anyhow::Result<()> {
@@ -793,13 +824,17 @@ fn main() -> anyhow::Result<()> {
         println!("NATS JetStream: 3 servers, stream with 3 replicas, file storage");
         let nats = start_nats(&dir.path().join("nats"))?;
         nats_setup(nats.ports[0]).await?;
+        let nats_pids: Vec<u32> = nats.children.iter().map(Child::id).collect();
+        let c0 = cpu_secs(&nats_pids);
         let (s, e) = nats_closed_loop(&nats, &k).await?;
+        let cpu = cpu_per_event(c0, cpu_secs(&nats_pids), s.events);
         let name = format!("nats R3 async publish (window {})", k.batch);
         let nats_sum = report(&name, s, e);
         rows.push(Row {
             name,
             sum: nats_sum.clone(),
             terms: "–".into(),
+            cpu_us: cpu,
         });
         drop(nats);
 
@@ -807,8 +842,10 @@ fn main() -> anyhow::Result<()> {
         println!();
         println!("load average at end: {}", load.trim());
         println!("fsync/s {fsyncs:.0}");
-        println!("| run | events/s | p50 ms | p99 ms | errors | ÷ NATS | Raft term |");
-        println!("|---|---|---|---|---|---|---|");
+        println!(
+            "| run | events/s | p50 ms | p99 ms | errors | ÷ NATS | Raft term | server CPU µs/event |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
         for r in &rows {
             let s = &r.sum;
             // An open-loop rate is the offered load, not a capacity.
@@ -818,14 +855,17 @@ fn main() -> anyhow::Result<()> {
                 format!("{:.2}", s.rate / nats_sum.rate)
             };
             println!(
-                "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {} |",
+                "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} |",
                 r.name,
                 s.rate,
                 s.p50,
                 s.p99,
                 s.errors,
                 ratio,
-                r.terms
+                r.terms,
+                r.cpu_us
+                    .map(|c| format!("{c:.0}"))
+                    .unwrap_or_else(|| "–".into())
             );
         }
         let mut times = fo.times.clone();
