@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::fields::{Fields, name_tag};
+use super::fields::{Fields, LOCAL, name_tag};
 use super::matcher::ScalarRef;
 
 /// Deepest nesting of arrays and objects the flattener follows (as
@@ -117,6 +117,10 @@ const GUESSES: usize = 16;
 struct Guess {
     /// The name followed by `":`, zero-padded, as two words.
     w: [u64; 2],
+    /// Which bytes of `w` to compare.
+    mask: [u64; 2],
+    /// The name's [`name_tag`].
+    tag: u64,
     /// Length of the name; 0: no guess.
     len: usize,
 }
@@ -768,22 +772,11 @@ impl<'a> Reader<'a> {
         self.i += 1; // {
         let required = node.required;
         let mut seen = 0u64;
-        // Few children (the usual case): compare names against a local copy
-        // of their first eight bytes and lengths.
-        const LOCAL: usize = 4;
+        // Few children (the usual case): compare names against a copy of
+        // their first eight bytes and lengths.
         let nkids = node.children.len();
         let local = nkids <= LOCAL;
-        let mut kid_tag = [0u64; LOCAL];
-        let mut kid_len = [usize::MAX; LOCAL];
-        let mut kid_id = [0u32; LOCAL];
-        if local {
-            for (k, &c) in node.children.iter().enumerate() {
-                let n = fields.node(c);
-                kid_tag[k] = n.tag;
-                kid_len[k] = n.name.len();
-                kid_id[k] = c;
-            }
-        }
+        let (kid_tag, kid_len, kid_id) = (node.kid_tag, node.kid_len, node.kid_id);
         self.ws();
         if self.peek() == Some(b'}') {
             self.i += 1;
@@ -986,14 +979,8 @@ impl<'a> Reader<'a> {
         if guess.len != 0
             && let Some(w2) = w2
         {
-            let n = guess.len + 2;
-            if ((w ^ guess.w[0]) & low_bytes(n))
-                | ((w2 ^ guess.w[1]) & low_bytes(n.saturating_sub(8)))
-                == 0
-            {
-                let end = i + 1 + guess.len;
-                let tag = guess.w[0] & low_bytes(guess.len);
-                return self.skip_member_value(end, tag, wanted);
+            if ((w ^ guess.w[0]) & guess.mask[0]) | ((w2 ^ guess.w[1]) & guess.mask[1]) == 0 {
+                return self.skip_member_value(i + 1 + guess.len, guess.tag, wanted);
             }
         }
         // Name: its closing quote must come before any backslash or
@@ -1037,8 +1024,12 @@ impl<'a> Reader<'a> {
             let mut hi = [0u8; 8];
             lo.copy_from_slice(&bytes[..8]);
             hi.copy_from_slice(&bytes[8..]);
+            let n = len + 2;
+            let w = [u64::from_le_bytes(lo), u64::from_le_bytes(hi)];
             self.shapes.names[row][pos] = Guess {
-                w: [u64::from_le_bytes(lo), u64::from_le_bytes(hi)],
+                w,
+                mask: [low_bytes(n), low_bytes(n.saturating_sub(8))],
+                tag: w[0] & low_bytes(len),
                 len,
             };
         }

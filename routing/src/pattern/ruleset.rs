@@ -488,6 +488,8 @@ struct IndexNode {
     others: FastMap<ValueKey, Bucket>,
     /// Folded values (`equals-ignore-case`).
     folded: StrMap,
+    /// The first two bytes of the folded values.
+    folded_heads: PairFilter,
     prefixes: AffixIndex,
     prefixes_folded: AffixIndex,
     suffixes: AffixIndex,
@@ -558,7 +560,9 @@ impl IndexNode {
                 }
             },
             IndexKey::IgnoreCase(s) => {
-                self.folded.add(s, v);
+                if self.folded.add(s, v) {
+                    self.folded_heads.add(head_pair(s));
+                }
             }
             IndexKey::Prefix(s) => self.prefixes.add(s, v),
             IndexKey::PrefixIgnoreCase(s) => self.prefixes_folded.add(s, v),
@@ -579,7 +583,9 @@ impl IndexNode {
                 }
             }
             IndexKey::IgnoreCase(s) => {
-                self.folded.remove(s, slot);
+                if self.folded.remove(s, slot) {
+                    self.folded_heads.remove(head_pair(s));
+                }
             }
             IndexKey::Prefix(s) => self.prefixes.remove(s, slot),
             IndexKey::PrefixIgnoreCase(s) => self.prefixes_folded.remove(s, slot),
@@ -627,6 +633,19 @@ impl IndexNode {
         }
         if kinds & NEEDS_FOLD == 0 {
             return;
+        }
+        if kinds & NEEDS_FOLD == HAS_FOLDED {
+            // Two ASCII characters first: the folded value starts with
+            // their lower case.
+            if let [a, b, ..] = *s.as_bytes()
+                && a.is_ascii()
+                && b.is_ascii()
+                && !self
+                    .folded_heads
+                    .may_hold(a.to_ascii_lowercase(), b.to_ascii_lowercase())
+            {
+                return;
+            }
         }
         if kinds & NEEDS_FOLD == HAS_FOLDED
             && let Some(found) = self.folded.get_ascii_lowercase(s)
