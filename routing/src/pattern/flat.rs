@@ -978,10 +978,9 @@ impl<'a> Reader<'a> {
         let guess = self.shapes.names[row].get(pos).copied().unwrap_or_default();
         if guess.len != 0
             && let Some(w2) = w2
+            && ((w ^ guess.w[0]) & guess.mask[0]) | ((w2 ^ guess.w[1]) & guess.mask[1]) == 0
         {
-            if ((w ^ guess.w[0]) & guess.mask[0]) | ((w2 ^ guess.w[1]) & guess.mask[1]) == 0 {
-                return self.skip_member_value(i + 1 + guess.len, guess.tag, wanted);
-            }
+            return self.skip_member_value(i + 1 + guess.len, guess.tag, wanted);
         }
         // Name: its closing quote must come before any backslash or
         // control character.
