@@ -467,8 +467,15 @@ fn skip_plain(b: &[u8], i: usize, open: u8, close: u8, in_str: &mut bool) -> usi
     let mut quotes = 0u64;
     // Cheap existence test first: a byte from `open` to `close` (the
     // brackets are two apart; for `[` `]` that takes in the backslash).
+    // For braces, setting bit 5 of every byte maps `[ \ ]` onto `{ | }`,
+    // so one range test finds a backslash too (and square brackets, which
+    // then only get the closer look below).
     let special = |w: u64| {
-        has_between(w, open - 1, close + 1) | if open == b'{' { has_byte(w, b'\\') } else { 0 }
+        if open == b'{' {
+            has_between(w | (0x20 * ONES), open - 1, close + 1)
+        } else {
+            has_between(w, open - 1, close + 1)
+        }
     };
     // Two words at a time while neither needs a closer look.
     while let (Some(w1), Some(w2)) = (load8(b, i), load8(b, i + 8)) {
