@@ -1660,6 +1660,96 @@ mod tests {
         }
     }
 
+    /// Reading compact JSON text records the same values as reading the
+    /// parsed event, whatever names earlier events had at each position
+    /// (the member-name guesses are per thread and kept across events):
+    /// names that share a prefix or a tag with a wanted one, escaped
+    /// names, long names, and values of every kind.
+    #[test]
+    fn text_and_value_agree_across_event_shapes() {
+        let mut state = 0x5DEE_CE66_D1CE_4E5Bu64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        const NAMES: [&str; 12] = [
+            "a",
+            "ab",
+            "abc",
+            r#"a\"b"#,
+            "MAPBLKLOT",
+            "MAPBLKLOX",
+            "MAPBLKLOTS",
+            "firstCoordinates",
+            "firstCoordinatez",
+            "x",
+            "",
+            r"\u0061b",
+        ];
+        fn value_of(next: &mut impl FnMut() -> u64, depth: u32) -> Value {
+            match next() % if depth > 2 { 4 } else { 6 } {
+                0 => Value::String(
+                    ["", "v", "a\"b,", "}", "12345678901234567", "é"][(next() % 6) as usize]
+                        .to_string(),
+                ),
+                1 => serde_json::json!((next() % 2000) as f64 / 7.0),
+                2 => serde_json::json!(next() % 1000),
+                3 => [Value::Null, Value::Bool(true)][(next() % 2) as usize].clone(),
+                4 => Value::Array((0..next() % 3).map(|_| value_of(next, depth + 1)).collect()),
+                _ => object_of(next, depth + 1),
+            }
+        }
+        fn object_of(next: &mut impl FnMut() -> u64, depth: u32) -> Value {
+            Value::Object(
+                (0..next() % 7)
+                    .map(|_| {
+                        let name = NAMES[(next() % NAMES.len() as u64) as usize];
+                        // Unescape the two escaped names.
+                        let name: String =
+                            serde_json::from_str(&format!("\"{name}\"")).unwrap_or_default();
+                        (name, value_of(next, depth))
+                    })
+                    .collect(),
+            )
+        }
+        let mut fields = Fields::default();
+        for path in [
+            &["ab"][..],
+            &["MAPBLKLOT"],
+            &["a\"b", "x"],
+            &["firstCoordinates", "x"],
+            &["firstCoordinates", "ab"],
+            &["abc", "MAPBLKLOT", "a"],
+        ] {
+            fields.register(path, true);
+        }
+        let leaves = |fe: &FlatEvent| {
+            let mut l: Vec<(u32, String)> = fe
+                .leaves
+                .iter()
+                .map(|&(f, s)| (f, format!("{:?}", fe.scalar(s))))
+                .collect();
+            l.sort();
+            l
+        };
+        let mut text_fe = FlatEvent::new();
+        let mut value_fe = FlatEvent::new();
+        for _ in 0..20_000 {
+            let ev = object_of(&mut next, 0);
+            let text = ev.to_string();
+            assert!(
+                text_fe.read_json(&fields, text.as_bytes()).is_ok(),
+                "{text}"
+            );
+            // Numbers as serde_json reads them from the text.
+            let parsed: Value = serde_json::from_str(&text).unwrap_or_default();
+            value_fe.read_value(&fields, &parsed);
+            assert_eq!(leaves(&text_fe), leaves(&value_fe), "{text}");
+        }
+    }
+
     #[test]
     fn numbers_read_exactly_as_serde_json() {
         let mut state = 0x2545_F491_4F6C_DD1Du64;
