@@ -99,11 +99,11 @@ pub(crate) struct FlatEvent {
 /// position, so that the reader can check that a member has the name it
 /// had last time instead of searching for the end of the name (which the
 /// position of everything after it waits for). Only a guess, always
-/// verified: a wrong one costs a search, nothing else.
+/// verified: a wrong one costs a search, nothing else. So objects whose
+/// field node ids share a row simply overwrite each other's guesses, and
+/// guesses may outlive the rule set they were made under.
 #[derive(Clone, Debug)]
 pub(crate) struct Shapes {
-    /// The field node each row is for (`NONE`: unused).
-    field: [u32; SHAPE_ROWS],
     names: [[Guess; GUESSES]; SHAPE_ROWS],
 }
 
@@ -128,20 +128,14 @@ struct Guess {
 impl Shapes {
     fn new() -> Self {
         Shapes {
-            field: [super::fields::NONE; SHAPE_ROWS],
             names: [[Guess::default(); GUESSES]; SHAPE_ROWS],
         }
     }
 
-    /// The row for field node `field`, emptied if it held another one.
+    /// The row for field node `field`.
     #[inline]
-    fn row(&mut self, field: u32) -> usize {
-        let r = field as usize % SHAPE_ROWS;
-        if self.field[r] != field {
-            self.field[r] = field;
-            self.names[r] = [Guess::default(); GUESSES];
-        }
-        r
+    fn row(field: u32) -> usize {
+        field as usize % SHAPE_ROWS
     }
 }
 
@@ -791,7 +785,7 @@ impl<'a> Reader<'a> {
             return Ok((slot, false));
         }
         // Names seen here before, and the position of the next member.
-        let row = self.shapes.row(field);
+        let row = Shapes::row(field);
         let mut pos = 0usize;
         loop {
             // Members no rule reads, in compact JSON, in a tight loop.
