@@ -417,6 +417,44 @@ fn compare(
 
 const ROUNDS: u32 = 6;
 
+/// CPU time this thread has run, from `/proc/thread-self/schedstat` (Linux;
+/// nanoseconds, not sampled in ticks). None elsewhere.
+fn thread_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// `CITYLOTS_CPU_PASSES=n`: instead of events/s over wall-clock rounds,
+/// CPU time per event of `n` passes over the corpus, best of three,
+/// alternating the two matchers (steadier than wall-clock rates on a
+/// shared machine). Returns ns/event for ours and theirs.
+fn cpu_per_event(
+    events: &[String],
+    passes: usize,
+    ours: MatchFn<'_>,
+    mut theirs: Option<MatchFn<'_>>,
+) -> Option<(f64, Option<f64>)> {
+    fn measure(events: &[String], passes: usize, f: &mut dyn FnMut(&[u8]) -> usize) -> Option<f64> {
+        let start = thread_cpu()?;
+        for _ in 0..passes {
+            for ev in events {
+                black_box(f(black_box(ev.as_bytes())));
+            }
+        }
+        let spent = thread_cpu()? - start;
+        Some(spent.as_nanos() as f64 / (passes * events.len()) as f64)
+    }
+    let (mut best_ours, mut best_theirs) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..3 {
+        best_ours = best_ours.min(measure(events, passes, ours)?);
+        if let Some(f) = theirs.as_mut() {
+            best_theirs = best_theirs.min(measure(events, passes, *f)?);
+        }
+    }
+    Some((best_ours, theirs.map(|_| best_theirs)))
+}
+
 fn fmt_rate(x: f64) -> String {
     if x >= 1e6 {
         format!("{:.2} M", x / 1e6)
@@ -441,11 +479,22 @@ fn main() {
         .collect();
     let avg = events.iter().map(String::len).sum::<usize>() / events.len();
     println!("{n_events} events, {avg} bytes on average; one thread; raw JSON bytes in\n");
-    println!(
-        "| family | rules | matches/pass | Strait events/s | quamina events/s | Strait ÷ quamina |"
-    );
-    println!("|---|---|---|---|---|---|");
+    let cpu_passes: Option<usize> = std::env::var("CITYLOTS_CPU_PASSES")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    if cpu_passes.is_some() {
+        println!(
+            "| family | rules | Strait CPU ns/event | quamina CPU ns/event | quamina ÷ Strait |"
+        );
+        println!("|---|---|---|---|---|");
+    } else {
+        println!(
+            "| family | rules | matches/pass | Strait events/s | quamina events/s | Strait ÷ quamina |"
+        );
+        println!("|---|---|---|---|---|---|");
+    }
     // For profiling: CITYLOTS_FAMILIES=exact,numeric,scaling CITYLOTS_NO_QUAMINA=1
+    // (and CITYLOTS_CPU_PASSES=n for CPU time per event, see `cpu_per_event`)
     let only: Option<Vec<String>> = std::env::var("CITYLOTS_FAMILIES")
         .ok()
         .map(|s| s.split(',').map(str::to_string).collect());
@@ -469,6 +518,20 @@ fn main() {
         } else {
             None
         };
+        if let Some(passes) = cpu_passes {
+            let (ours, theirs) = cpu_per_event(&events, passes, &mut ours_f, theirs_dyn)
+                .expect("CITYLOTS_CPU_PASSES needs /proc/thread-self/schedstat");
+            let (theirs, ratio) = match theirs {
+                Some(t) => (format!("{t:.0}"), format!("{:.2}×", t / ours)),
+                None => ("unsupported".to_string(), "–".to_string()),
+            };
+            println!(
+                "| {} | {} | {ours:.0} | {theirs} | {ratio} |",
+                fam.name,
+                fam.rules.len()
+            );
+            continue;
+        }
         let ((ours, ours_hits), theirs_result) = compare(&events, budget, &mut ours_f, theirs_dyn);
         let (theirs, ratio) = match theirs_result {
             Some((theirs, their_hits)) => {
@@ -495,9 +558,10 @@ fn main() {
         );
     }
 
-    if only
-        .as_ref()
-        .is_some_and(|o| !o.iter().any(|n| n == "scaling"))
+    if cpu_passes.is_some()
+        || only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|n| n == "scaling"))
     {
         return;
     }

@@ -49,7 +49,17 @@ pub(crate) struct FieldNode {
     /// Bit `i` set: child `i` must be seen before an object at this node may
     /// be left early. Zero when the node has more than 64 children.
     pub(crate) required: u64,
+    /// For at most [`LOCAL`] children: their name tags, name lengths and
+    /// ids, in `children` order (unused entries: length `usize::MAX`), so
+    /// that reading an object compares names without visiting the child
+    /// nodes.
+    pub(crate) kid_tag: [u64; LOCAL],
+    pub(crate) kid_len: [usize; LOCAL],
+    pub(crate) kid_id: [u32; LOCAL],
 }
+
+/// Most children a node keeps in its `kid_*` arrays.
+pub(crate) const LOCAL: usize = 4;
 
 impl FieldNode {
     fn new(name: &str, parent: u32, ordinal: u32) -> Self {
@@ -63,6 +73,9 @@ impl FieldNode {
             refs: 0,
             direct: 0,
             required: 0,
+            kid_tag: [0; LOCAL],
+            kid_len: [usize::MAX; LOCAL],
+            kid_id: [NONE; LOCAL],
         }
     }
 }
@@ -233,6 +246,22 @@ impl Fields {
             }
         }
         self.nodes[id as usize].required = mask;
+        let mut tags = [0u64; LOCAL];
+        let mut lens = [usize::MAX; LOCAL];
+        let mut ids = [NONE; LOCAL];
+        let node = &self.nodes[id as usize];
+        if node.children.len() <= LOCAL {
+            for (k, &c) in node.children.iter().enumerate() {
+                let n = &self.nodes[c as usize];
+                tags[k] = n.tag;
+                lens[k] = n.name.len();
+                ids[k] = c;
+            }
+        }
+        let node = &mut self.nodes[id as usize];
+        node.kid_tag = tags;
+        node.kid_len = lens;
+        node.kid_id = ids;
     }
 
     /// Ordinal of child `id` in its parent.

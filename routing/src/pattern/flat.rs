@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::fields::{Fields, name_tag};
+use super::fields::{Fields, LOCAL, name_tag};
 use super::matcher::ScalarRef;
 
 /// Deepest nesting of arrays and objects the flattener follows (as
@@ -91,6 +91,62 @@ pub(crate) struct FlatEvent {
     /// Work stacks for members and elements of open containers.
     pending_members: Vec<(u32, u32)>,
     pending_elems: Vec<u32>,
+    /// Member names seen in earlier events (see [`Shapes`]).
+    shapes: Option<Box<Shapes>>,
+}
+
+/// Objects' member names as seen in earlier events, by field node and
+/// position, so that the reader can check that a member has the name it
+/// had last time instead of searching for the end of the name (which the
+/// position of everything after it waits for). Only a guess, always
+/// verified: a wrong one costs a search, nothing else. So objects whose
+/// field node ids share a row simply overwrite each other's guesses, and
+/// guesses may outlive the rule set they were made under.
+#[derive(Clone, Debug)]
+pub(crate) struct Shapes {
+    names: [[Guess; GUESSES]; SHAPE_ROWS],
+}
+
+/// Rows of [`Shapes`] (objects remembered, by field node id modulo this).
+const SHAPE_ROWS: usize = 16;
+/// Members remembered per object.
+const GUESSES: usize = 16;
+
+/// A member name without escapes of at most 14 bytes.
+#[derive(Clone, Copy, Debug, Default)]
+struct Guess {
+    /// The name followed by `":`, zero-padded, as two words.
+    w: [u64; 2],
+    /// Which bytes of `w` to compare.
+    mask: [u64; 2],
+    /// The name's [`name_tag`].
+    tag: u64,
+    /// Length of the name; 0: no guess.
+    len: usize,
+}
+
+impl Shapes {
+    fn new() -> Self {
+        Shapes {
+            names: [[Guess::default(); GUESSES]; SHAPE_ROWS],
+        }
+    }
+
+    /// The row for field node `field`.
+    #[inline]
+    fn row(field: u32) -> usize {
+        field as usize % SHAPE_ROWS
+    }
+}
+
+/// Low `n` bytes of a word set (`n` at most 8).
+#[inline(always)]
+fn low_bytes(n: usize) -> u64 {
+    if n >= 8 {
+        u64::MAX
+    } else {
+        !(u64::MAX << (8 * n))
+    }
 }
 
 impl Default for FlatEvent {
@@ -110,6 +166,7 @@ impl FlatEvent {
             leaves: Vec::new(),
             pending_members: Vec::new(),
             pending_elems: Vec::new(),
+            shapes: None,
         }
     }
 
@@ -197,7 +254,12 @@ impl FlatEvent {
     #[inline]
     fn push_checked(&mut self, field: u32, s: &[u8]) -> u32 {
         let start = self.buf.len() as u32;
-        self.buf.extend_from_slice(s);
+        if s.len() <= 16 {
+            // Short (the usual case): not worth a `memcpy` call.
+            self.buf.extend(s.iter().copied());
+        } else {
+            self.buf.extend_from_slice(s);
+        }
         let slot = self.push_slot(Slot::Str {
             start,
             len: s.len() as u32,
@@ -215,8 +277,11 @@ impl FlatEvent {
     fn close_object(&mut self, slot: u32, mark: usize) {
         let start = self.members.len() as u32;
         let len = (self.pending_members.len() - mark) as u32;
-        self.members
-            .extend_from_slice(&self.pending_members[mark..]);
+        // Usually a member or two: not worth a `memcpy` call.
+        for k in mark..self.pending_members.len() {
+            let m = self.pending_members[k];
+            self.members.push(m);
+        }
         self.pending_members.truncate(mark);
         self.slots[slot as usize] = Slot::Obj { start, len };
     }
@@ -294,10 +359,26 @@ impl FlatEvent {
     /// Flattens JSON text.
     pub(crate) fn read_json(&mut self, fields: &Fields, json: &[u8]) -> Result<(), EventJsonError> {
         self.clear();
+        let mut shapes = self
+            .shapes
+            .take()
+            .unwrap_or_else(|| Box::new(Shapes::new()));
+        let read = self.read_json_with(fields, json, &mut shapes);
+        self.shapes = Some(shapes);
+        read
+    }
+
+    fn read_json_with(
+        &mut self,
+        fields: &Fields,
+        json: &[u8],
+        shapes: &mut Shapes,
+    ) -> Result<(), EventJsonError> {
         let mut r = Reader {
             b: json,
             i: 0,
             scratch: String::new(),
+            shapes,
         };
         let (_, stopped) = r.value_slot(self, fields, 0, 0, true)?;
         if !stopped {
@@ -380,8 +461,15 @@ fn skip_plain(b: &[u8], i: usize, open: u8, close: u8, in_str: &mut bool) -> usi
     let mut quotes = 0u64;
     // Cheap existence test first: a byte from `open` to `close` (the
     // brackets are two apart; for `[` `]` that takes in the backslash).
+    // For braces, setting bit 5 of every byte maps `[ \ ]` onto `{ | }`,
+    // so one range test finds a backslash too (and square brackets, which
+    // then only get the closer look below).
     let special = |w: u64| {
-        has_between(w, open - 1, close + 1) | if open == b'{' { has_byte(w, b'\\') } else { 0 }
+        if open == b'{' {
+            has_between(w | (0x20 * ONES), open - 1, close + 1)
+        } else {
+            has_between(w, open - 1, close + 1)
+        }
     };
     // Two words at a time while neither needs a closer look.
     while let (Some(w1), Some(w2)) = (load8(b, i), load8(b, i + 8)) {
@@ -415,6 +503,47 @@ fn skip_plain(b: &[u8], i: usize, open: u8, close: u8, in_str: &mut bool) -> usi
     }
     *in_str ^= byte_count(quotes) & 1 != 0;
     i
+}
+
+/// High bit set in the lowest byte of `w` equal to `a` or to `b` (bits
+/// above it may be set too: only the lowest one is exact).
+#[inline(always)]
+fn first_of2(w: u64, a: u8, b: u8) -> u64 {
+    let x = w ^ (u64::from(a) * ONES);
+    let y = w ^ (u64::from(b) * ONES);
+    (x.wrapping_sub(ONES) & !x | y.wrapping_sub(ONES) & !y) & HIGH
+}
+
+/// High bit set in the lowest byte of `w` below `n` (at most 128; bits
+/// above it may be set too: only the lowest one is exact).
+#[inline(always)]
+fn below(w: u64, n: u8) -> u64 {
+    w.wrapping_sub(u64::from(n) * ONES) & !w & HIGH
+}
+
+/// What [`Reader::skip_member`] did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Took nothing.
+    None,
+    /// Took members; now at the start of the next one (after its `,`).
+    Next,
+    /// Took members; now just after the last one's value, not at a `,`.
+    End,
+    /// Took nothing, but the member at `self.i` has a plain name whose
+    /// closing quote is at the first index, with this [`name_tag`].
+    Name(usize, u64),
+}
+
+/// Where [`Reader::skip_compact_members`] stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Compact {
+    /// At the start of a member (or wherever the general loop must look).
+    AtName,
+    /// Just after a member's value, not at a `,`.
+    AfterValue,
+    /// At the start of a member with a plain name, as [`Step::Name`].
+    Named(usize, u64),
 }
 
 /// How many bytes of `m` have their high bit set (`m` has no other bits).
@@ -513,6 +642,7 @@ struct Reader<'a> {
     b: &'a [u8],
     i: usize,
     scratch: String,
+    shapes: &'a mut Shapes,
 }
 
 enum Key {
@@ -643,38 +773,57 @@ impl<'a> Reader<'a> {
         self.i += 1; // {
         let required = node.required;
         let mut seen = 0u64;
-        // Few children (the usual case): compare names against a local copy
-        // of their first eight bytes and lengths.
-        const LOCAL: usize = 4;
+        // Few children (the usual case): compare names against a copy of
+        // their first eight bytes and lengths.
         let nkids = node.children.len();
         let local = nkids <= LOCAL;
-        let mut kid_tag = [0u64; LOCAL];
-        let mut kid_len = [usize::MAX; LOCAL];
-        let mut kid_id = [0u32; LOCAL];
-        if local {
-            for (k, &c) in node.children.iter().enumerate() {
-                let n = fields.node(c);
-                kid_tag[k] = n.tag;
-                kid_len[k] = n.name.len();
-                kid_id[k] = c;
-            }
-        }
+        let (kid_tag, kid_len, kid_id) = (node.kid_tag, node.kid_len, node.kid_id);
         self.ws();
         if self.peek() == Some(b'}') {
             self.i += 1;
             fe.close_object(slot, mark);
             return Ok((slot, false));
         }
+        // Names seen here before, and the position of the next member.
+        let row = Shapes::row(field);
+        let mut pos = 0usize;
         loop {
-            // Compact JSON first: no whitespace between tokens.
-            if self.peek() != Some(b'"') {
-                self.ws();
-                if self.peek() != Some(b'"') {
-                    return Err(self.err("expected a member name"));
+            // Members no rule reads, in compact JSON, in a tight loop.
+            let skipped = if local {
+                self.skip_compact_members(row, &mut pos, |tag, name| {
+                    (0..nkids).any(|k| kid_tag[k] == tag && kid_len[k] == name.len())
+                })?
+            } else {
+                self.skip_compact_members(row, &mut pos, |tag, name| {
+                    fields.child_tagged(field, name, tag).is_some()
+                })?
+            };
+            pos += 1;
+            let (key, tag) = match skipped {
+                Compact::AfterValue => {
+                    if self.member_end()? {
+                        break;
+                    }
+                    continue;
                 }
-            }
-            self.i += 1;
-            let (key, tag) = self.key_tagged()?;
+                // The name is already known.
+                Compact::Named(end, tag) => {
+                    let start = self.i + 1;
+                    self.i = end + 1;
+                    (Key::Raw(start, end), tag)
+                }
+                Compact::AtName => {
+                    // Compact JSON first: no whitespace between tokens.
+                    if self.peek() != Some(b'"') {
+                        self.ws();
+                        if self.peek() != Some(b'"') {
+                            return Err(self.err("expected a member name"));
+                        }
+                    }
+                    self.i += 1;
+                    self.key_tagged()?
+                }
+            };
             if self.peek() != Some(b':') {
                 self.ws();
                 if self.peek() != Some(b':') {
@@ -746,22 +895,217 @@ impl<'a> Reader<'a> {
                 }
                 None => self.skip_value()?,
             }
-            let mut next = self.peek();
-            if !matches!(next, Some(b',' | b'}')) {
-                self.ws();
-                next = self.peek();
-            }
-            match next {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    break;
-                }
-                _ => return Err(self.err("expected ',' or '}' in an object")),
+            if self.member_end()? {
+                break;
             }
         }
         fe.close_object(slot, mark);
         Ok((slot, false))
+    }
+
+    /// After a member's value: consumes the `,` (false) or the `}` that
+    /// ends the object (true).
+    #[inline(always)]
+    fn member_end(&mut self) -> Result<bool, ReadErr> {
+        let mut next = self.peek();
+        if !matches!(next, Some(b',' | b'}')) {
+            self.ws();
+            next = self.peek();
+        }
+        match next {
+            Some(b',') => {
+                self.i += 1;
+                Ok(false)
+            }
+            Some(b'}') => {
+                self.i += 1;
+                Ok(true)
+            }
+            _ => Err(self.err("expected ',' or '}' in an object")),
+        }
+    }
+
+    /// Skips, from `self.i` (where a member name should start), members
+    /// whose name no rule reads, as long as they are in the plain compact
+    /// form `"name":"value"` or `"name":token` (a number or literal): short
+    /// names and string values without escapes (the common case), followed
+    /// by `,` or `}`. Everything else is left to the general loop: this
+    /// stops *before* the first member it does not take whole, and consumes
+    /// exactly what the general loop would have for the members it takes.
+    /// `wanted(tag, name)` says that a name (raw bytes, and its
+    /// [`name_tag`]) may be one the rules read (false positives only cost
+    /// speed).
+    ///
+    /// `row` is the object's row in [`Shapes`], `pos` the position of the
+    /// member at `self.i` (counted up for each member taken).
+    #[inline(always)]
+    fn skip_compact_members(
+        &mut self,
+        row: usize,
+        pos: &mut usize,
+        wanted: impl Fn(u64, &[u8]) -> bool,
+    ) -> Result<Compact, ReadErr> {
+        let mut out = Compact::AtName;
+        loop {
+            match self.skip_member(row, *pos, &wanted)? {
+                Step::Next => out = Compact::AtName,
+                Step::End => return Ok(Compact::AfterValue),
+                Step::None => return Ok(out),
+                Step::Name(end, tag) => return Ok(Compact::Named(end, tag)),
+            }
+            *pos += 1;
+        }
+    }
+
+    /// Skips one member as [`skip_compact_members`](Self::skip_compact_members)
+    /// describes, word by word.
+    #[inline(always)]
+    fn skip_member(
+        &mut self,
+        row: usize,
+        pos: usize,
+        wanted: &impl Fn(u64, &[u8]) -> bool,
+    ) -> Result<Step, ReadErr> {
+        let b = self.b;
+        let i = self.i;
+        if b.get(i) != Some(&b'"') {
+            return Ok(Step::None);
+        }
+        let Some(w) = load8(b, i + 1) else {
+            return Ok(Step::None);
+        };
+        let w2 = load8(b, i + 9);
+        // The name this member had last time, followed by `":`?
+        let guess = self.shapes.names[row].get(pos).copied().unwrap_or_default();
+        if guess.len != 0
+            && let Some(w2) = w2
+            && ((w ^ guess.w[0]) & guess.mask[0]) | ((w2 ^ guess.w[1]) & guess.mask[1]) == 0
+        {
+            return self.skip_member_value(i + 1 + guess.len, guess.tag, wanted);
+        }
+        // Name: its closing quote must come before any backslash or
+        // control character.
+        let m = first_of2(w, b'"', b'\\') | below(w, 0x20);
+        let (end, tag) = if m != 0 {
+            let k = (m.trailing_zeros() / 8) as usize;
+            if (w >> (8 * k)) as u8 != b'"' {
+                return Ok(Step::None);
+            }
+            let tag = if k == 0 {
+                0
+            } else {
+                w & (u64::MAX >> (64 - 8 * k))
+            };
+            (i + 1 + k, tag)
+        } else {
+            let Some(w2) = w2 else {
+                return Ok(Step::None);
+            };
+            let m2 = first_of2(w2, b'"', b'\\') | below(w2, 0x20);
+            if m2 == 0 {
+                return Ok(Step::None);
+            }
+            let k = (m2.trailing_zeros() / 8) as usize;
+            if (w2 >> (8 * k)) as u8 != b'"' {
+                return Ok(Step::None);
+            }
+            (i + 9 + k, w)
+        };
+        // Remember it for the next event.
+        let len = end - i - 1;
+        if len <= 14
+            && pos < GUESSES
+            && b.get(end + 1) == Some(&b':')
+            && let Some(named) = b.get(i + 1..end + 2)
+        {
+            let mut bytes = [0u8; 16];
+            bytes[..named.len()].copy_from_slice(named);
+            let mut lo = [0u8; 8];
+            let mut hi = [0u8; 8];
+            lo.copy_from_slice(&bytes[..8]);
+            hi.copy_from_slice(&bytes[8..]);
+            let n = len + 2;
+            let w = [u64::from_le_bytes(lo), u64::from_le_bytes(hi)];
+            self.shapes.names[row][pos] = Guess {
+                w,
+                mask: [low_bytes(n), low_bytes(n.saturating_sub(8))],
+                tag: w[0] & low_bytes(len),
+                len,
+            };
+        }
+        self.skip_member_value(end, tag, wanted)
+    }
+
+    /// The rest of [`skip_member`](Self::skip_member): `end` is where the
+    /// name's closing quote is, `tag` the name's [`name_tag`].
+    #[inline(always)]
+    fn skip_member_value(
+        &mut self,
+        end: usize,
+        tag: u64,
+        wanted: &impl Fn(u64, &[u8]) -> bool,
+    ) -> Result<Step, ReadErr> {
+        let b = self.b;
+        let i = self.i;
+        if wanted(tag, &b[i + 1..end]) || b.get(end + 1) != Some(&b':') {
+            return Ok(Step::Name(end, tag));
+        }
+        let v = end + 2;
+        let after = match b.get(v) {
+            Some(b'"') => {
+                // Up to the closing quote; a backslash first: general loop.
+                let mut p = v + 1;
+                loop {
+                    let Some(w) = load8(b, p) else {
+                        return Ok(Step::Name(end, tag));
+                    };
+                    let m = first_of2(w, b'"', b'\\');
+                    if m != 0 {
+                        let k = (m.trailing_zeros() / 8) as usize;
+                        if (w >> (8 * k)) as u8 != b'"' {
+                            return Ok(Step::Name(end, tag));
+                        }
+                        break p + k + 1;
+                    }
+                    p += 8;
+                }
+            }
+            Some(b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
+                // `skip_value` takes a token up to `, } ]` or whitespace;
+                // here it must end at `,` or `}` (any byte up to a space
+                // stops it too).
+                let mut p = v;
+                loop {
+                    let Some(w) = load8(b, p) else {
+                        return Ok(Step::Name(end, tag));
+                    };
+                    let m = first_of2(w, b',', b'}') | first_of2(w, b']', b']') | below(w, 0x21);
+                    if m != 0 {
+                        let k = (m.trailing_zeros() / 8) as usize;
+                        if !matches!((w >> (8 * k)) as u8, b',' | b'}') {
+                            return Ok(Step::Name(end, tag));
+                        }
+                        break p + k;
+                    }
+                    p += 8;
+                }
+            }
+            Some(b'{' | b'[') => {
+                // As `skip_value` would.
+                self.i = v;
+                self.skip_container()?;
+                self.i
+            }
+            _ => return Ok(Step::Name(end, tag)),
+        };
+        // The member is taken.
+        Ok(if b.get(after) == Some(&b',') {
+            self.i = after + 1;
+            Step::Next
+        } else {
+            self.i = after;
+            Step::End
+        })
     }
 
     fn array(
@@ -1237,10 +1581,12 @@ mod tests {
     use super::*;
 
     fn read_number(text: &str) -> Result<f64, ReadErr> {
+        let mut shapes = Shapes::new();
         let mut r = Reader {
             b: text.as_bytes(),
             i: 0,
             scratch: String::new(),
+            shapes: &mut shapes,
         };
         let x = r.number()?;
         if r.i == text.len() {
@@ -1294,15 +1640,107 @@ mod tests {
             for text in [v.to_string(), format!("{v:#}")] {
                 for pad in 0..8 {
                     let t = format!("{}{text}", " ".repeat(pad));
+                    let mut shapes = Shapes::new();
                     let mut r = Reader {
                         b: t.as_bytes(),
                         i: 0,
                         scratch: String::new(),
+                        shapes: &mut shapes,
                     };
                     assert!(r.skip_value().is_ok(), "{t}");
                     assert_eq!(r.i, t.len(), "{t}");
                 }
             }
+        }
+    }
+
+    /// Reading compact JSON text records the same values as reading the
+    /// parsed event, whatever names earlier events had at each position
+    /// (the member-name guesses are per thread and kept across events):
+    /// names that share a prefix or a tag with a wanted one, escaped
+    /// names, long names, and values of every kind.
+    #[test]
+    fn text_and_value_agree_across_event_shapes() {
+        let mut state = 0x5DEE_CE66_D1CE_4E5Bu64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        const NAMES: [&str; 12] = [
+            "a",
+            "ab",
+            "abc",
+            r#"a\"b"#,
+            "MAPBLKLOT",
+            "MAPBLKLOX",
+            "MAPBLKLOTS",
+            "firstCoordinates",
+            "firstCoordinatez",
+            "x",
+            "",
+            r"\u0061b",
+        ];
+        fn value_of(next: &mut impl FnMut() -> u64, depth: u32) -> Value {
+            match next() % if depth > 2 { 4 } else { 6 } {
+                0 => Value::String(
+                    ["", "v", "a\"b,", "}", "12345678901234567", "é"][(next() % 6) as usize]
+                        .to_string(),
+                ),
+                1 => serde_json::json!((next() % 2000) as f64 / 7.0),
+                2 => serde_json::json!(next() % 1000),
+                3 => [Value::Null, Value::Bool(true)][(next() % 2) as usize].clone(),
+                4 => Value::Array((0..next() % 3).map(|_| value_of(next, depth + 1)).collect()),
+                _ => object_of(next, depth + 1),
+            }
+        }
+        fn object_of(next: &mut impl FnMut() -> u64, depth: u32) -> Value {
+            Value::Object(
+                (0..next() % 7)
+                    .map(|_| {
+                        let name = NAMES[(next() % NAMES.len() as u64) as usize];
+                        // Unescape the two escaped names.
+                        let name: String =
+                            serde_json::from_str(&format!("\"{name}\"")).unwrap_or_default();
+                        (name, value_of(next, depth))
+                    })
+                    .collect(),
+            )
+        }
+        let mut fields = Fields::default();
+        for path in [
+            &["ab"][..],
+            &["MAPBLKLOT"],
+            &["a\"b", "x"],
+            &["firstCoordinates", "x"],
+            &["firstCoordinates", "ab"],
+            &["abc", "MAPBLKLOT", "a"],
+        ] {
+            fields.register(path, true);
+        }
+        let leaves = |fe: &FlatEvent| {
+            let mut l: Vec<(u32, String)> = fe
+                .leaves
+                .iter()
+                .map(|&(f, s)| (f, format!("{:?}", fe.scalar(s))))
+                .collect();
+            l.sort();
+            l
+        };
+        let mut text_fe = FlatEvent::new();
+        let mut value_fe = FlatEvent::new();
+        for _ in 0..20_000 {
+            let ev = object_of(&mut next, 0);
+            let text = ev.to_string();
+            assert!(
+                text_fe.read_json(&fields, text.as_bytes()).is_ok(),
+                "{text}"
+            );
+            // Numbers as serde_json reads them from the text.
+            let parsed: Value = serde_json::from_str(&text).unwrap_or_default();
+            value_fe.read_value(&fields, &parsed);
+            assert_eq!(leaves(&text_fe), leaves(&value_fe), "{text}");
         }
     }
 

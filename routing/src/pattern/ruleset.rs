@@ -332,6 +332,84 @@ impl StrMap {
 struct AffixIndex {
     map: StrMap,
     lengths: Vec<(usize, usize)>,
+    /// The first two bytes of the keys, for prefixes, and the last two, for
+    /// suffixes: most values are ruled out by one bit test, without a
+    /// hash look-up per key length.
+    heads: PairFilter,
+    tails: PairFilter,
+}
+
+/// A set of byte pairs, hashed to 64 bits, with counts so that keys can be
+/// removed; keys shorter than two bytes disable it.
+#[derive(Clone)]
+struct PairFilter {
+    counts: [u32; 64],
+    bits: u64,
+    /// Keys of fewer than two bytes.
+    short: usize,
+}
+
+impl Default for PairFilter {
+    fn default() -> Self {
+        PairFilter {
+            counts: [0; 64],
+            bits: 0,
+            short: 0,
+        }
+    }
+}
+
+impl PairFilter {
+    #[inline(always)]
+    fn bit(a: u8, b: u8) -> usize {
+        (usize::from(a).wrapping_mul(31) + usize::from(b)) & 63
+    }
+
+    /// `pair` is None for a key of fewer than two bytes.
+    fn add(&mut self, pair: Option<(u8, u8)>) {
+        match pair {
+            Some((a, b)) => {
+                let k = Self::bit(a, b);
+                self.counts[k] += 1;
+                self.bits |= 1 << k;
+            }
+            None => self.short += 1,
+        }
+    }
+
+    fn remove(&mut self, pair: Option<(u8, u8)>) {
+        match pair {
+            Some((a, b)) => {
+                let k = Self::bit(a, b);
+                self.counts[k] = self.counts[k].saturating_sub(1);
+                if self.counts[k] == 0 {
+                    self.bits &= !(1 << k);
+                }
+            }
+            None => self.short = self.short.saturating_sub(1),
+        }
+    }
+
+    /// False when no key of at least two bytes starts (or ends) with the
+    /// pair and there is no shorter key.
+    #[inline(always)]
+    fn may_hold(&self, a: u8, b: u8) -> bool {
+        self.short != 0 || self.bits & (1 << Self::bit(a, b)) != 0
+    }
+}
+
+fn head_pair(key: &str) -> Option<(u8, u8)> {
+    match key.as_bytes() {
+        [a, b, ..] => Some((*a, *b)),
+        _ => None,
+    }
+}
+
+fn tail_pair(key: &str) -> Option<(u8, u8)> {
+    match key.as_bytes() {
+        [.., a, b] => Some((*a, *b)),
+        _ => None,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -351,6 +429,8 @@ impl AffixIndex {
 
     fn add(&mut self, key: &str, v: u32) {
         if self.map.add(key, v) {
+            self.heads.add(head_pair(key));
+            self.tails.add(tail_pair(key));
             match self.lengths.binary_search_by_key(&key.len(), |(l, _)| *l) {
                 Ok(i) => self.lengths[i].1 += 1,
                 Err(i) => self.lengths.insert(i, (key.len(), 1)),
@@ -359,9 +439,12 @@ impl AffixIndex {
     }
 
     fn remove(&mut self, key: &str, slot: u32) {
-        if self.map.remove(key, slot)
-            && let Ok(i) = self.lengths.binary_search_by_key(&key.len(), |(l, _)| *l)
-        {
+        if !self.map.remove(key, slot) {
+            return;
+        }
+        self.heads.remove(head_pair(key));
+        self.tails.remove(tail_pair(key));
+        if let Ok(i) = self.lengths.binary_search_by_key(&key.len(), |(l, _)| *l) {
             self.lengths[i].1 -= 1;
             if self.lengths[i].1 == 0 {
                 self.lengths.remove(i);
@@ -371,6 +454,15 @@ impl AffixIndex {
 
     #[inline]
     fn collect(&self, s: &str, side: Side, out: &mut Vec<u32>) {
+        let (filter, pair) = match side {
+            Side::Prefix => (&self.heads, head_pair(s)),
+            Side::Suffix => (&self.tails, tail_pair(s)),
+        };
+        match pair {
+            Some((a, b)) if !filter.may_hold(a, b) => return,
+            None if filter.short == 0 => return,
+            _ => {}
+        }
         for &(len, _) in &self.lengths {
             if len > s.len() {
                 break;
@@ -396,6 +488,8 @@ struct IndexNode {
     others: FastMap<ValueKey, Bucket>,
     /// Folded values (`equals-ignore-case`).
     folded: StrMap,
+    /// The first two bytes of the folded values.
+    folded_heads: PairFilter,
     prefixes: AffixIndex,
     prefixes_folded: AffixIndex,
     suffixes: AffixIndex,
@@ -466,7 +560,9 @@ impl IndexNode {
                 }
             },
             IndexKey::IgnoreCase(s) => {
-                self.folded.add(s, v);
+                if self.folded.add(s, v) {
+                    self.folded_heads.add(head_pair(s));
+                }
             }
             IndexKey::Prefix(s) => self.prefixes.add(s, v),
             IndexKey::PrefixIgnoreCase(s) => self.prefixes_folded.add(s, v),
@@ -487,7 +583,9 @@ impl IndexNode {
                 }
             }
             IndexKey::IgnoreCase(s) => {
-                self.folded.remove(s, slot);
+                if self.folded.remove(s, slot) {
+                    self.folded_heads.remove(head_pair(s));
+                }
             }
             IndexKey::Prefix(s) => self.prefixes.remove(s, slot),
             IndexKey::PrefixIgnoreCase(s) => self.prefixes_folded.remove(s, slot),
@@ -535,6 +633,19 @@ impl IndexNode {
         }
         if kinds & NEEDS_FOLD == 0 {
             return;
+        }
+        if kinds & NEEDS_FOLD == HAS_FOLDED {
+            // Two ASCII characters first: the folded value starts with
+            // their lower case.
+            if let [a, b, ..] = *s.as_bytes()
+                && a.is_ascii()
+                && b.is_ascii()
+                && !self
+                    .folded_heads
+                    .may_hold(a.to_ascii_lowercase(), b.to_ascii_lowercase())
+            {
+                return;
+            }
         }
         if kinds & NEEDS_FOLD == HAS_FOLDED
             && let Some(found) = self.folded.get_ascii_lowercase(s)
