@@ -56,8 +56,9 @@ pub enum Command {
         ingest_ms: u64,
         /// Dedup window in ms.
         dedup_window_ms: u64,
-        /// The events.
-        entries: Vec<AppendEntry>,
+        /// The events (shared: the log cache, replication to every follower
+        /// and the state machine read the same entries without copying them).
+        entries: std::sync::Arc<Vec<AppendEntry>>,
     },
     /// Record dispatch progress and garbage-collect delivered events.
     Checkpoint {

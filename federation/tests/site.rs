@@ -43,7 +43,7 @@ fn append(entries: Vec<AppendEntry>) -> Command {
     Command::Append {
         ingest_ms: 1_000_000,
         dedup_window_ms: 60_000,
-        entries,
+        entries: entries.into(),
     }
 }
 
@@ -199,7 +199,7 @@ fn append_at(ingest_ms: u64, entries: Vec<AppendEntry>) -> Command {
     Command::Append {
         ingest_ms,
         dedup_window_ms: 60_000,
-        entries,
+        entries: entries.into(),
     }
 }
 

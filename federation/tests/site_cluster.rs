@@ -163,7 +163,7 @@ fn append(ids: &[String]) -> Command {
     Command::Append {
         ingest_ms: 1_000_000,
         dedup_window_ms: 60_000,
-        entries: ids.iter().map(|i| entry(i)).collect(),
+        entries: std::sync::Arc::new(ids.iter().map(|i| entry(i)).collect()),
     }
 }
 

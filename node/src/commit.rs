@@ -131,7 +131,7 @@ async fn propose(site: &Writer, batch: Vec<Pending>, dedup_window_ms: u64) {
     let cmd = Command::Append {
         ingest_ms: now_ms(),
         dedup_window_ms,
-        entries,
+        entries: entries.into(),
     };
     let result = match site.write(cmd).await {
         Ok(CommandResponse::Appended(outcomes)) if outcomes.len() == total => Ok(outcomes),

@@ -761,7 +761,7 @@ fn apply_command(
             // sweep deletes them later.
             let horizon = ingest_ms.saturating_sub(dedup_window_ms);
             let mut outcomes = Vec::with_capacity(entries.len());
-            for e in entries {
+            for e in entries.iter() {
                 if !view.buses.contains_key(&e.bus) {
                     outcomes.push(AppendOutcome::NoSuchBus);
                     continue;
