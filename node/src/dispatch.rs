@@ -29,6 +29,10 @@ use crate::feed::{BusFeed, FeedItem, FeedRead};
 use crate::spec::{CompiledRule, DeadLetter, RetryPolicy, RuleSpec};
 use crate::trace::TraceParent;
 
+/// Deliveries in flight at once for a target at another site (each is
+/// only a write to the outbox, group-committed).
+const LINK_CONCURRENCY: usize = 4096;
+
 /// Live counters of one target (not replicated; the cursor is).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -458,7 +462,10 @@ impl TargetWorker {
         let mut concurrency = this.rule.spec.targets[this.idx].concurrency;
         if this.via_link {
             // Enqueueing is a Raft write: let the outbox batch many at once.
-            concurrency = concurrency.max(512);
+            // The deliveries in flight bound the deliveries per outbox
+            // commit, so this bounds the link's throughput to about
+            // LINK_CONCURRENCY per commit latency.
+            concurrency = concurrency.max(LINK_CONCURRENCY);
         }
         let read_batch = this.app.cfg.dispatch.read_batch;
         let mut next_read = start;

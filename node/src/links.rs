@@ -83,6 +83,27 @@ struct Pending {
 #[derive(Clone)]
 pub struct Outbox {
     tx: mpsc::Sender<Pending>,
+    /// Deliveries admitted but not yet committed, per remote site (so the
+    /// outbox bound holds with many deliveries in flight).
+    admitted: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+}
+
+/// A place in the outbox for one delivery, held until it is committed.
+struct Admission {
+    admitted: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+    remote: String,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut m = match self.admitted.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(n) = m.get_mut(&self.remote) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 impl Outbox {
@@ -132,7 +153,28 @@ impl Outbox {
                 });
             }
         });
-        Outbox { tx }
+        Outbox {
+            tx,
+            admitted: Arc::default(),
+        }
+    }
+
+    /// Admit one delivery for `remote` if the committed `depth` plus the
+    /// deliveries admitted and not yet committed stay below `limit`.
+    fn admit(&self, remote: &str, depth: u64, limit: u64) -> Option<Admission> {
+        let mut m = match self.admitted.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let n = m.entry(remote.to_string()).or_insert(0);
+        if depth.saturating_add(*n) >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Admission {
+            admitted: self.admitted.clone(),
+            remote: remote.to_string(),
+        })
     }
 
     /// Put one delivery in the outbox for `remote`; resolves once committed.
@@ -186,7 +228,8 @@ impl Sink for LinkSink {
                 .get(&self.remote)
                 .map(|o| o.last_seq.saturating_sub(o.acked))
                 .unwrap_or(0);
-            if depth >= self.limit {
+            let admission = self.outbox.admit(&self.remote, depth, self.limit);
+            if admission.is_none() {
                 metrics::counter!("strait_link_outbox_full_total", "remote" => self.remote.clone())
                     .increment(1);
                 return Err(DeliveryError::Retryable(format!(
@@ -209,10 +252,13 @@ impl Sink for LinkSink {
             let raw = serde_json::value::to_raw_value(&d).map_err(|e| {
                 DeliveryError::Permanent(format!("cannot encode the delivery: {e}"))
             })?;
-            self.outbox
+            let r = self
+                .outbox
                 .enqueue(&self.remote, raw)
                 .await
-                .map_err(DeliveryError::Retryable)
+                .map_err(DeliveryError::Retryable);
+            drop(admission);
+            r
         })
     }
 }
@@ -459,7 +505,10 @@ mod tests {
             rule: "r".into(),
             rule_spec: RawValue::from_string("{}".into()).expect("raw"),
             target: "t".into(),
-            outbox: Outbox { tx },
+            outbox: Outbox {
+                tx,
+                admitted: Arc::default(),
+            },
             state: strait_federation::SiteState::open(&dir.join("state.redb")).expect("state"),
             limit: 10,
         }
@@ -486,6 +535,21 @@ mod tests {
             Err(DeliveryError::Retryable(m)) => assert!(m.contains("outbox"), "{m}"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn admissions_keep_the_outbox_bound() {
+        let (tx, _rx) = mpsc::channel(1);
+        let o = Outbox {
+            tx,
+            admitted: Arc::default(),
+        };
+        let a: Vec<_> = (0..3).filter_map(|_| o.admit("aws", 7, 10)).collect();
+        assert_eq!(a.len(), 3);
+        assert!(o.admit("aws", 7, 10).is_none(), "7 committed + 3 admitted");
+        assert!(o.admit("aliyun", 7, 10).is_some(), "per remote site");
+        drop(a);
+        assert!(o.admit("aws", 7, 10).is_some(), "released once committed");
     }
 
     #[test]
