@@ -584,6 +584,29 @@ static STR_STOP: [bool; 256] = {
     t
 };
 
+/// The value of eight ASCII digits (the first one most significant), or
+/// None when some byte of `w` is not a digit.
+#[inline(always)]
+fn eight_digits(w: u64) -> Option<u64> {
+    // Digits are 0x30..=0x39: high nibble 3, and adding 6 keeps it 3.
+    if (w & 0xF0F0_F0F0_F0F0_F0F0)
+        | ((w.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4)
+        != 0x3333_3333_3333_3333
+    {
+        return None;
+    }
+    let w = w - 0x3030_3030_3030_3030;
+    let w = (w * 10 + (w >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let w = (w * 100 + (w >> 16)) & 0x0000_FFFF_0000_FFFF;
+    Some((w * 10_000 + (w >> 32)) & 0xFFFF_FFFF)
+}
+
+/// 10^n for n <= 22: exact doubles.
+const EXACT_POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
 /// 10^n for n <= 308, each the correctly rounded double (as serde_json's
 /// own table).
 fn pow10(n: usize) -> f64 {
@@ -1358,7 +1381,78 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a JSON number into a double, exactly as `serde_json` would.
+    ///
+    /// Fast path for plain decimals (`-?int(.frac)?`, no exponent) of at
+    /// most 19 digits: the digits fit a `u64` exactly and the power of ten
+    /// is at most 10^19, so the result is the same one operation on the
+    /// same two doubles as in [`number_general`](Self::number_general).
+    /// Everything else (and every error) is left to that.
+    #[inline(always)]
     fn number(&mut self) -> Result<f64, ReadErr> {
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        let neg = b.get(i) == Some(&b'-');
+        if neg {
+            i += 1;
+        }
+        let int_start = i;
+        let mut mant = 0u64;
+        while let Some(&d) = b.get(i) {
+            let v = d.wrapping_sub(b'0');
+            if v > 9 {
+                break;
+            }
+            mant = mant.wrapping_mul(10).wrapping_add(u64::from(v));
+            i += 1;
+        }
+        let int_digits = i - int_start;
+        if int_digits == 0 || (int_digits > 1 && b[int_start] == b'0') {
+            return self.number_general();
+        }
+        let mut frac_digits = 0;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let frac_start = i;
+            // Eight digits at a time while they last.
+            while let Some(w) = load8(b, i) {
+                let Some(v) = eight_digits(w) else {
+                    break;
+                };
+                mant = mant.wrapping_mul(100_000_000).wrapping_add(v);
+                i += 8;
+            }
+            while let Some(&d) = b.get(i) {
+                let v = d.wrapping_sub(b'0');
+                if v > 9 {
+                    break;
+                }
+                mant = mant.wrapping_mul(10).wrapping_add(u64::from(v));
+                i += 1;
+            }
+            frac_digits = i - frac_start;
+            if frac_digits == 0 {
+                return self.number_general();
+            }
+        }
+        if int_digits + frac_digits > 19 || matches!(b.get(i), Some(b'e' | b'E')) {
+            return self.number_general();
+        }
+        // Up to 2^53 the mantissa is an exact double, and so is 10^k for
+        // k <= 22: one correctly rounded division. Above, serde_json's
+        // default conversion does the same division on the rounded
+        // mantissa; its correctly rounded one (`float_roundtrip`) does not.
+        if mant > (1u64 << 53) && serde_json_is_correctly_rounded() {
+            return self.number_general();
+        }
+        self.i = i;
+        let x = mant as f64 / EXACT_POW10[frac_digits];
+        Ok(if neg { -x } else { x })
+    }
+
+    /// [`number`](Self::number) for any JSON number (and its errors).
+    #[inline(never)]
+    fn number_general(&mut self) -> Result<f64, ReadErr> {
         let start = self.i;
         let b = self.b;
         let mut i = self.i;
@@ -1435,15 +1529,11 @@ impl<'a> Reader<'a> {
         // Exact fast path: the mantissa and the power of ten are both exact
         // doubles, so one operation rounds correctly (as serde_json does too).
         if exact && mant <= (1u64 << 53) && exp10.unsigned_abs() <= 22 {
-            const EXACT: [f64; 23] = [
-                1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
-                1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-            ];
             let m = mant as f64;
             let x = if exp10 >= 0 {
-                m * EXACT[exp10 as usize]
+                m * EXACT_POW10[exp10 as usize]
             } else {
-                m / EXACT[(-exp10) as usize]
+                m / EXACT_POW10[(-exp10) as usize]
             };
             return Ok(if neg { -x } else { x });
         }
