@@ -1853,6 +1853,238 @@ mod tests {
         }
     }
 
+    fn reader_at(text: &str, shapes: &mut Shapes, f: impl FnOnce(&mut Reader<'_>)) {
+        let mut r = Reader {
+            b: text.as_bytes(),
+            i: 0,
+            scratch: String::new(),
+            shapes,
+        };
+        f(&mut r);
+    }
+
+    /// The fast path of `number` gives what `number_general` gives (value,
+    /// error and where reading stopped), and where both are exact
+    /// (mantissa up to 2^53, at most 22 fraction digits) the correctly
+    /// rounded `str::parse::<f64>`: plain decimals of 1 to 22 digits
+    /// (17 to 20 most often), negative zero, leading zeros in the
+    /// fraction, exponents, and malformed forms, each followed by a
+    /// delimiter or at the end of the input.
+    #[test]
+    fn number_fast_path_matches_the_general_reader() {
+        let mut state = 0x1234_5678_9ABC_DEF1u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        const FIXED: [&str; 14] = [
+            "-0",
+            "0",
+            "-0.0",
+            "0.000",
+            "01",
+            "-",
+            "1.",
+            ".5",
+            "-01.5",
+            "1e5",
+            "1.5E-3",
+            "0.1",
+            "9007199254740993",
+            "-12345678901234567890",
+        ];
+        let mut shapes = Shapes::new();
+        for n in 0..300_000 {
+            let mut t = String::new();
+            if n < FIXED.len() {
+                t.push_str(FIXED[n]);
+            } else {
+                if next() % 2 == 0 {
+                    t.push('-');
+                }
+                let total = match next() % 4 {
+                    0 => 1 + next() % 22,
+                    _ => 17 + next() % 4,
+                } as usize;
+                let int_digits = 1 + next() as usize % total;
+                for k in 0..int_digits {
+                    let d = (next() % 10) as u8;
+                    let d = if k == 0 && int_digits > 1 && next() % 50 != 0 {
+                        1 + d % 9
+                    } else {
+                        d
+                    };
+                    t.push(char::from(b'0' + d));
+                }
+                if int_digits < total {
+                    t.push('.');
+                    let zeros = if next() % 4 == 0 { next() % 6 } else { 0 };
+                    for k in 0..total - int_digits {
+                        let d = if (k as u64) < zeros { 0 } else { next() % 10 };
+                        t.push(char::from(b'0' + d as u8));
+                    }
+                }
+                if next() % 8 == 0 {
+                    t.push('e');
+                    t.push_str(&(next() % 30).to_string());
+                }
+            }
+            let end = t.len();
+            if next() % 2 == 0 {
+                t.push_str([",", "}", "]", " ", "x"][(next() % 5) as usize]);
+            }
+            let mut fast = (0, None, 0);
+            reader_at(&t, &mut shapes, |r| {
+                let x = r.number();
+                fast = (
+                    r.i,
+                    x.ok().map(f64::to_bits),
+                    x.err().map_or(0, |e| e.offset),
+                );
+            });
+            let mut general = (0, None, 0);
+            reader_at(&t, &mut shapes, |r| {
+                let x = r.number_general();
+                general = (
+                    r.i,
+                    x.ok().map(f64::to_bits),
+                    x.err().map_or(0, |e| e.offset),
+                );
+            });
+            assert_eq!(fast, general, "{t}");
+            let text = &t[..end];
+            let digits = text.bytes().filter(u8::is_ascii_digit).count();
+            let frac = text.split_once('.').map_or(0, |(_, f)| f.len());
+            let mant: Option<u64> = text.replace(['-', '.'], "").parse().ok();
+            if fast.1.is_some()
+                && fast.0 == end
+                && !text.contains('e')
+                && digits <= 19
+                && frac <= 22
+                && mant.is_some_and(|m| m <= 1 << 53)
+            {
+                let exact = text.parse::<f64>().ok().map(f64::to_bits);
+                assert_eq!(fast.1, exact, "{t}");
+            }
+        }
+    }
+
+    /// The fast digit test and conversion agree with byte by byte.
+    #[test]
+    fn eight_digits_matches_bytewise() {
+        let mut state = 0x0F1E_2D3C_4B5A_6978u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        for n in 0..200_000 {
+            let mut bytes = [0u8; 8];
+            for byte in &mut bytes {
+                *byte = match n % 3 {
+                    0 => next() as u8,
+                    1 => b'0' + (next() % 10) as u8,
+                    _ => b'0' + (next() % 12) as u8 - u8::from(next() % 9 == 0) * 3,
+                };
+            }
+            let want = bytes.iter().try_fold(0u64, |acc, &c| {
+                c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0'))
+            });
+            assert_eq!(eight_digits(u64::from_le_bytes(bytes)), want, "{bytes:?}");
+        }
+    }
+
+    /// Skipping long containers (many 32-byte blocks with no bracket)
+    /// ends where a byte-by-byte scan ends: arrays of numbers, of objects
+    /// with numbers, and of strings holding brackets, braces, quotes and
+    /// backslashes, at every offset, compact and pretty-printed.
+    #[test]
+    fn skipping_long_containers_matches_a_bytewise_scan() {
+        let mut state = 0x6A09_E667_F3BC_C908u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        // Where a container starting at 0 ends, one byte at a time.
+        fn bytewise_end(b: &[u8]) -> usize {
+            let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+            for (i, &c) in b.iter().enumerate() {
+                if esc {
+                    esc = false;
+                } else if in_str {
+                    match c {
+                        b'\\' => esc = true,
+                        b'"' => in_str = false,
+                        _ => {}
+                    }
+                } else {
+                    match c {
+                        b'"' => in_str = true,
+                        b'[' | b'{' => depth += 1,
+                        b']' | b'}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return i + 1;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            usize::MAX
+        }
+        const PIECES: [&str; 9] = [
+            "[",
+            "]",
+            "{",
+            "}",
+            "\\",
+            "\"",
+            "abcdefgh",
+            "0123456789",
+            " ",
+        ];
+        let mut shapes = Shapes::new();
+        for _ in 0..3_000 {
+            let n = next() % 40;
+            let items: Vec<Value> = (0..n)
+                .map(|_| match next() % 4 {
+                    0 => serde_json::json!(-122.5 + (next() % 1_000_000) as f64 / 7.0),
+                    1 => serde_json::json!({"x": (next() % 1000) as f64 / 3.0, "y": 37.7, "z": 0}),
+                    2 => Value::String(
+                        (0..next() % 40)
+                            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                            .collect(),
+                    ),
+                    _ => Value::String(
+                        "plain text without any specials".repeat(1 + (next() % 3) as usize),
+                    ),
+                })
+                .collect();
+            let v = if next() % 3 == 0 {
+                serde_json::json!({"a": items, "b": {"c": "}"}})
+            } else {
+                serde_json::json!([items])
+            };
+            for text in [v.to_string(), format!("{v:#}")] {
+                let pad = (next() % 32) as usize;
+                let t = format!("{}{text},1", " ".repeat(pad));
+                let want = pad + bytewise_end(&t.as_bytes()[pad..]);
+                assert_eq!(want, pad + text.len(), "{t}");
+                reader_at(&t, &mut shapes, |r| {
+                    r.i = pad;
+                    assert!(r.skip_container().is_ok(), "{t}");
+                    assert_eq!(r.i, want, "{t}");
+                });
+            }
+        }
+    }
+
     #[test]
     fn numbers_read_exactly_as_serde_json() {
         let mut state = 0x2545_F491_4F6C_DD1Du64;
