@@ -1898,8 +1898,8 @@ mod tests {
         let mut shapes = Shapes::new();
         for n in 0..300_000 {
             let mut t = String::new();
-            if n < FIXED.len() {
-                t.push_str(FIXED[n]);
+            if let Some(fixed) = FIXED.get(n) {
+                t.push_str(fixed);
             } else {
                 if next() % 2 == 0 {
                     t.push('-');
