@@ -471,6 +471,25 @@ fn skip_plain(b: &[u8], i: usize, open: u8, close: u8, in_str: &mut bool) -> usi
             has_between(w, open - 1, close + 1)
         }
     };
+    // 32 bytes at a time while none is a backslash or a bracket of this
+    // kind: plain byte compares, which the compiler turns into vector
+    // compares (SSE2, no `unsafe`), folded into one flag and the number of
+    // quotes (only its parity matters).
+    let mut quote_count = 0u8;
+    while let Some(chunk) = b.get(i..i + 32) {
+        let mut any = 0u8;
+        let mut q = 0u8;
+        for &c in chunk {
+            any |= u8::from(c == open) | u8::from(c == close) | u8::from(c == b'\\');
+            q = q.wrapping_add(u8::from(c == b'"'));
+        }
+        if any != 0 {
+            break;
+        }
+        quote_count = quote_count.wrapping_add(q);
+        i += 32;
+    }
+    *in_str ^= quote_count & 1 != 0;
     // Two words at a time while neither needs a closer look.
     while let (Some(w1), Some(w2)) = (load8(b, i), load8(b, i + 8)) {
         if special(w1) | special(w2) != 0 {
@@ -564,6 +583,29 @@ static STR_STOP: [bool; 256] = {
     t[b'\\' as usize] = true;
     t
 };
+
+/// The value of eight ASCII digits (the first one most significant), or
+/// None when some byte of `w` is not a digit.
+#[inline(always)]
+fn eight_digits(w: u64) -> Option<u64> {
+    // Digits are 0x30..=0x39: high nibble 3, and adding 6 keeps it 3.
+    if (w & 0xF0F0_F0F0_F0F0_F0F0)
+        | ((w.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4)
+        != 0x3333_3333_3333_3333
+    {
+        return None;
+    }
+    let w = w - 0x3030_3030_3030_3030;
+    let w = (w * 10 + (w >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let w = (w * 100 + (w >> 16)) & 0x0000_FFFF_0000_FFFF;
+    Some((w * 10_000 + (w >> 32)) & 0xFFFF_FFFF)
+}
+
+/// 10^n for n <= 22: exact doubles.
+const EXACT_POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
 
 /// 10^n for n <= 308, each the correctly rounded double (as serde_json's
 /// own table).
@@ -1339,7 +1381,78 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a JSON number into a double, exactly as `serde_json` would.
+    ///
+    /// Fast path for plain decimals (`-?int(.frac)?`, no exponent) of at
+    /// most 19 digits: the digits fit a `u64` exactly and the power of ten
+    /// is at most 10^19, so the result is the same one operation on the
+    /// same two doubles as in [`number_general`](Self::number_general).
+    /// Everything else (and every error) is left to that.
+    #[inline(always)]
     fn number(&mut self) -> Result<f64, ReadErr> {
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        let neg = b.get(i) == Some(&b'-');
+        if neg {
+            i += 1;
+        }
+        let int_start = i;
+        let mut mant = 0u64;
+        while let Some(&d) = b.get(i) {
+            let v = d.wrapping_sub(b'0');
+            if v > 9 {
+                break;
+            }
+            mant = mant.wrapping_mul(10).wrapping_add(u64::from(v));
+            i += 1;
+        }
+        let int_digits = i - int_start;
+        if int_digits == 0 || (int_digits > 1 && b[int_start] == b'0') {
+            return self.number_general();
+        }
+        let mut frac_digits = 0;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let frac_start = i;
+            // Eight digits at a time while they last.
+            while let Some(w) = load8(b, i) {
+                let Some(v) = eight_digits(w) else {
+                    break;
+                };
+                mant = mant.wrapping_mul(100_000_000).wrapping_add(v);
+                i += 8;
+            }
+            while let Some(&d) = b.get(i) {
+                let v = d.wrapping_sub(b'0');
+                if v > 9 {
+                    break;
+                }
+                mant = mant.wrapping_mul(10).wrapping_add(u64::from(v));
+                i += 1;
+            }
+            frac_digits = i - frac_start;
+            if frac_digits == 0 {
+                return self.number_general();
+            }
+        }
+        if int_digits + frac_digits > 19 || matches!(b.get(i), Some(b'e' | b'E')) {
+            return self.number_general();
+        }
+        // Up to 2^53 the mantissa is an exact double, and so is 10^k for
+        // k <= 22: one correctly rounded division. Above, serde_json's
+        // default conversion does the same division on the rounded
+        // mantissa; its correctly rounded one (`float_roundtrip`) does not.
+        if mant > (1u64 << 53) && serde_json_is_correctly_rounded() {
+            return self.number_general();
+        }
+        self.i = i;
+        let x = mant as f64 / EXACT_POW10[frac_digits];
+        Ok(if neg { -x } else { x })
+    }
+
+    /// [`number`](Self::number) for any JSON number (and its errors).
+    #[inline(never)]
+    fn number_general(&mut self) -> Result<f64, ReadErr> {
         let start = self.i;
         let b = self.b;
         let mut i = self.i;
@@ -1416,15 +1529,11 @@ impl<'a> Reader<'a> {
         // Exact fast path: the mantissa and the power of ten are both exact
         // doubles, so one operation rounds correctly (as serde_json does too).
         if exact && mant <= (1u64 << 53) && exp10.unsigned_abs() <= 22 {
-            const EXACT: [f64; 23] = [
-                1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
-                1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-            ];
             let m = mant as f64;
             let x = if exp10 >= 0 {
-                m * EXACT[exp10 as usize]
+                m * EXACT_POW10[exp10 as usize]
             } else {
-                m / EXACT[(-exp10) as usize]
+                m / EXACT_POW10[(-exp10) as usize]
             };
             return Ok(if neg { -x } else { x });
         }
@@ -1741,6 +1850,238 @@ mod tests {
             let parsed: Value = serde_json::from_str(&text).unwrap_or_default();
             value_fe.read_value(&fields, &parsed);
             assert_eq!(leaves(&text_fe), leaves(&value_fe), "{text}");
+        }
+    }
+
+    fn reader_at(text: &str, shapes: &mut Shapes, f: impl FnOnce(&mut Reader<'_>)) {
+        let mut r = Reader {
+            b: text.as_bytes(),
+            i: 0,
+            scratch: String::new(),
+            shapes,
+        };
+        f(&mut r);
+    }
+
+    /// The fast path of `number` gives what `number_general` gives (value,
+    /// error and where reading stopped), and where both are exact
+    /// (mantissa up to 2^53, at most 22 fraction digits) the correctly
+    /// rounded `str::parse::<f64>`: plain decimals of 1 to 22 digits
+    /// (17 to 20 most often), negative zero, leading zeros in the
+    /// fraction, exponents, and malformed forms, each followed by a
+    /// delimiter or at the end of the input.
+    #[test]
+    fn number_fast_path_matches_the_general_reader() {
+        let mut state = 0x1234_5678_9ABC_DEF1u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        const FIXED: [&str; 14] = [
+            "-0",
+            "0",
+            "-0.0",
+            "0.000",
+            "01",
+            "-",
+            "1.",
+            ".5",
+            "-01.5",
+            "1e5",
+            "1.5E-3",
+            "0.1",
+            "9007199254740993",
+            "-12345678901234567890",
+        ];
+        let mut shapes = Shapes::new();
+        for n in 0..300_000 {
+            let mut t = String::new();
+            if let Some(fixed) = FIXED.get(n) {
+                t.push_str(fixed);
+            } else {
+                if next() % 2 == 0 {
+                    t.push('-');
+                }
+                let total = match next() % 4 {
+                    0 => 1 + next() % 22,
+                    _ => 17 + next() % 4,
+                } as usize;
+                let int_digits = 1 + next() as usize % total;
+                for k in 0..int_digits {
+                    let d = (next() % 10) as u8;
+                    let d = if k == 0 && int_digits > 1 && next() % 50 != 0 {
+                        1 + d % 9
+                    } else {
+                        d
+                    };
+                    t.push(char::from(b'0' + d));
+                }
+                if int_digits < total {
+                    t.push('.');
+                    let zeros = if next() % 4 == 0 { next() % 6 } else { 0 };
+                    for k in 0..total - int_digits {
+                        let d = if (k as u64) < zeros { 0 } else { next() % 10 };
+                        t.push(char::from(b'0' + d as u8));
+                    }
+                }
+                if next() % 8 == 0 {
+                    t.push('e');
+                    t.push_str(&(next() % 30).to_string());
+                }
+            }
+            let end = t.len();
+            if next() % 2 == 0 {
+                t.push_str([",", "}", "]", " ", "x"][(next() % 5) as usize]);
+            }
+            let mut fast = (0, None, 0);
+            reader_at(&t, &mut shapes, |r| {
+                let x = r.number();
+                fast = (
+                    r.i,
+                    x.ok().map(f64::to_bits),
+                    x.err().map_or(0, |e| e.offset),
+                );
+            });
+            let mut general = (0, None, 0);
+            reader_at(&t, &mut shapes, |r| {
+                let x = r.number_general();
+                general = (
+                    r.i,
+                    x.ok().map(f64::to_bits),
+                    x.err().map_or(0, |e| e.offset),
+                );
+            });
+            assert_eq!(fast, general, "{t}");
+            let text = &t[..end];
+            let digits = text.bytes().filter(u8::is_ascii_digit).count();
+            let frac = text.split_once('.').map_or(0, |(_, f)| f.len());
+            let mant: Option<u64> = text.replace(['-', '.'], "").parse().ok();
+            if fast.1.is_some()
+                && fast.0 == end
+                && !text.contains('e')
+                && digits <= 19
+                && frac <= 22
+                && mant.is_some_and(|m| m <= 1 << 53)
+            {
+                let exact = text.parse::<f64>().ok().map(f64::to_bits);
+                assert_eq!(fast.1, exact, "{t}");
+            }
+        }
+    }
+
+    /// The fast digit test and conversion agree with byte by byte.
+    #[test]
+    fn eight_digits_matches_bytewise() {
+        let mut state = 0x0F1E_2D3C_4B5A_6978u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        for n in 0..200_000 {
+            let mut bytes = [0u8; 8];
+            for byte in &mut bytes {
+                *byte = match n % 3 {
+                    0 => next() as u8,
+                    1 => b'0' + (next() % 10) as u8,
+                    _ => b'0' + (next() % 12) as u8 - u8::from(next() % 9 == 0) * 3,
+                };
+            }
+            let want = bytes.iter().try_fold(0u64, |acc, &c| {
+                c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0'))
+            });
+            assert_eq!(eight_digits(u64::from_le_bytes(bytes)), want, "{bytes:?}");
+        }
+    }
+
+    /// Skipping long containers (many 32-byte blocks with no bracket)
+    /// ends where a byte-by-byte scan ends: arrays of numbers, of objects
+    /// with numbers, and of strings holding brackets, braces, quotes and
+    /// backslashes, at every offset, compact and pretty-printed.
+    #[test]
+    fn skipping_long_containers_matches_a_bytewise_scan() {
+        let mut state = 0x6A09_E667_F3BC_C908u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        // Where a container starting at 0 ends, one byte at a time.
+        fn bytewise_end(b: &[u8]) -> usize {
+            let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+            for (i, &c) in b.iter().enumerate() {
+                if esc {
+                    esc = false;
+                } else if in_str {
+                    match c {
+                        b'\\' => esc = true,
+                        b'"' => in_str = false,
+                        _ => {}
+                    }
+                } else {
+                    match c {
+                        b'"' => in_str = true,
+                        b'[' | b'{' => depth += 1,
+                        b']' | b'}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return i + 1;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            usize::MAX
+        }
+        const PIECES: [&str; 9] = [
+            "[",
+            "]",
+            "{",
+            "}",
+            "\\",
+            "\"",
+            "abcdefgh",
+            "0123456789",
+            " ",
+        ];
+        let mut shapes = Shapes::new();
+        for _ in 0..3_000 {
+            let n = next() % 40;
+            let items: Vec<Value> = (0..n)
+                .map(|_| match next() % 4 {
+                    0 => serde_json::json!(-122.5 + (next() % 1_000_000) as f64 / 7.0),
+                    1 => serde_json::json!({"x": (next() % 1000) as f64 / 3.0, "y": 37.7, "z": 0}),
+                    2 => Value::String(
+                        (0..next() % 40)
+                            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                            .collect(),
+                    ),
+                    _ => Value::String(
+                        "plain text without any specials".repeat(1 + (next() % 3) as usize),
+                    ),
+                })
+                .collect();
+            let v = if next() % 3 == 0 {
+                serde_json::json!({"a": items, "b": {"c": "}"}})
+            } else {
+                serde_json::json!([items])
+            };
+            for text in [v.to_string(), format!("{v:#}")] {
+                let pad = (next() % 32) as usize;
+                let t = format!("{}{text},1", " ".repeat(pad));
+                let want = pad + bytewise_end(&t.as_bytes()[pad..]);
+                assert_eq!(want, pad + text.len(), "{t}");
+                reader_at(&t, &mut shapes, |r| {
+                    r.i = pad;
+                    assert!(r.skip_container().is_ok(), "{t}");
+                    assert_eq!(r.i, want, "{t}");
+                });
+            }
         }
     }
 
