@@ -83,8 +83,8 @@ pub enum Command {
     LinkEnqueue {
         /// The remote site.
         remote: String,
-        /// The deliveries (JSON each).
-        items: Vec<Box<RawValue>>,
+        /// The deliveries (JSON each; shared, like an append's events).
+        items: std::sync::Arc<Vec<Box<RawValue>>>,
     },
     /// The remote site committed the outbox up to `upto`.
     LinkAcked {
@@ -99,8 +99,8 @@ pub enum Command {
         origin: String,
         /// Sequence of the first item.
         first_seq: u64,
-        /// The deliveries.
-        items: Vec<Box<RawValue>>,
+        /// The deliveries (shared, like an append's events).
+        items: std::sync::Arc<Vec<Box<RawValue>>>,
     },
 }
 

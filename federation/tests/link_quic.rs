@@ -98,7 +98,7 @@ async fn enqueue(site: &Site, range: std::ops::Range<u64>) {
         .collect();
     site.write(Command::LinkEnqueue {
         remote: "aws".into(),
-        items,
+        items: items.into(),
     })
     .await
     .expect("enqueue");

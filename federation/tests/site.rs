@@ -294,7 +294,7 @@ async fn link_outbox_and_inbox_are_replicated_ordered_and_deduplicated() {
     let r = site
         .write(Command::LinkEnqueue {
             remote: "aws".into(),
-            items: items(&["a", "b", "c"]),
+            items: items(&["a", "b", "c"]).into(),
         })
         .await
         .expect("enqueue");
@@ -316,7 +316,7 @@ async fn link_outbox_and_inbox_are_replicated_ordered_and_deduplicated() {
     let recv = |first: u64, tags: &[&str]| Command::LinkReceive {
         origin: "idc".into(),
         first_seq: first,
-        items: items(tags),
+        items: items(tags).into(),
     };
     assert_eq!(
         link(site.write(recv(1, &["x1", "x2"])).await.expect("recv")),

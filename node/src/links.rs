@@ -133,11 +133,16 @@ impl Outbox {
                         by_remote.entry(p.remote.clone()).or_default().push(p);
                     }
                     for (remote, ps) in by_remote {
-                        let items: Vec<Box<RawValue>> = ps.iter().map(|p| p.item.clone()).collect();
+                        let mut items: Vec<Box<RawValue>> = Vec::with_capacity(ps.len());
+                        let mut replies = Vec::with_capacity(ps.len());
+                        for p in ps {
+                            items.push(p.item);
+                            replies.push(p.reply);
+                        }
                         let r = writer
                             .write(Command::LinkEnqueue {
                                 remote: remote.clone(),
-                                items,
+                                items: items.into(),
                             })
                             .await;
                         let answer = match r {
@@ -145,8 +150,8 @@ impl Outbox {
                             Ok(other) => Err(format!("unexpected answer {other:?}")),
                             Err(e) => Err(e.to_string()),
                         };
-                        for p in ps {
-                            let _ = p.reply.send(answer.clone());
+                        for reply in replies {
+                            let _ = reply.send(answer.clone());
                         }
                     }
                     drop(permit);

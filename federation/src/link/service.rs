@@ -139,7 +139,7 @@ impl LinkService {
         let cmd = Command::LinkReceive {
             origin: batch.origin.clone(),
             first_seq: batch.first_seq,
-            items,
+            items: items.into(),
         };
         let answer = match write_via_leader(&site, &endpoint, cmd).await {
             Ok(CommandResponse::Link(a)) => a,
