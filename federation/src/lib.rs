@@ -45,6 +45,11 @@ pub fn control_node_id(site: &str, node: NodeId) -> NodeId {
     (u64::from(h) << 32) | (node & 0xffff_ffff)
 }
 
+/// The site-local node id inside a [`control_node_id`].
+pub fn control_node_of(id: NodeId) -> NodeId {
+    id & 0xffff_ffff
+}
+
 /// What the group knows about one node (its addresses).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeInfo {

@@ -101,7 +101,7 @@ impl Group {
                 site: own_site.to_string(),
             },
             Group::Control => NodeIdentity {
-                node_id: id & 0xffff_ffff,
+                node_id: crate::control_node_of(id),
                 site: if node.site.is_empty() {
                     own_site.to_string()
                 } else {
@@ -511,42 +511,28 @@ impl Handler for RaftService {
                     format!("this node's {group:?} Raft group is not running (yet)"),
                 ));
             };
+            // The claimed sender is the vote's leader (or candidate).
+            let check = |claimed: Option<NodeId>, must_be_member: bool| {
+                check_sender(&raft, group, &req.peer, claimed, must_be_member)
+            };
             match method {
                 METHOD_APPEND_ENTRIES => {
                     let rpc: AppendEntriesRequest<TypeConfig> =
                         serde_json::from_slice(&req.body)
                             .map_err(|e| bad_request("append-entries", e))?;
-                    check_sender(
-                        &raft,
-                        group,
-                        &req.peer,
-                        rpc.vote.leader_id().voted_for(),
-                        false,
-                    )?;
+                    check(rpc.vote.leader_id().voted_for(), false)?;
                     reply(&raft.append_entries(rpc).await)
                 }
                 METHOD_VOTE => {
                     let rpc: VoteRequest<NodeId> =
                         serde_json::from_slice(&req.body).map_err(|e| bad_request("vote", e))?;
-                    check_sender(
-                        &raft,
-                        group,
-                        &req.peer,
-                        rpc.vote.leader_id().voted_for(),
-                        true,
-                    )?;
+                    check(rpc.vote.leader_id().voted_for(), true)?;
                     reply(&raft.vote(rpc).await)
                 }
                 METHOD_INSTALL_SNAPSHOT => {
                     let rpc = decode_snapshot_chunk(&req.body)
                         .map_err(|e| bad_request("install-snapshot", e))?;
-                    check_sender(
-                        &raft,
-                        group,
-                        &req.peer,
-                        rpc.vote.leader_id().voted_for(),
-                        false,
-                    )?;
+                    check(rpc.vote.leader_id().voted_for(), false)?;
                     reply(&raft.install_snapshot(rpc).await)
                 }
                 METHOD_CLIENT_WRITE => {
@@ -607,7 +593,7 @@ mod tests {
             Group::Control.member_id(&aws1),
         );
         assert_ne!(a, b);
-        assert_eq!(a & 0xffff_ffff, 1);
+        assert_eq!(crate::control_node_of(a), 1);
         // The identity a control member's certificate must carry.
         let node = NodeInfo {
             site: "aws".into(),

@@ -23,7 +23,7 @@ use strait_federation::network_quic::{Group, QuicNetwork};
 use strait_federation::transport::Endpoint;
 use strait_federation::{
     Bootstrap, Command, CommandResponse, FederationError, NodeId, NodeInfo, Site, SiteOptions,
-    control_node_id,
+    control_node_id, control_node_of,
 };
 
 use crate::app::App;
@@ -191,7 +191,7 @@ impl Control {
             .map(|(id, n)| {
                 let mut v = json!({
                     "site": n.site,
-                    "id": id & 0xffff_ffff,
+                    "id": control_node_of(*id),
                     "voter": voters.contains(id),
                     "leader": Some(*id) == m.current_leader,
                 });
@@ -205,7 +205,7 @@ impl Control {
         let leader = m
             .current_leader
             .and_then(|l| membership.get_node(&l).map(|n| (l, n.site.clone())))
-            .map(|(l, s)| json!({"site": s, "id": l & 0xffff_ffff}));
+            .map(|(l, s)| json!({"site": s, "id": control_node_of(l)}));
         json!({
             "role": crate::cluster::role(m.state),
             "term": m.current_term,

@@ -1689,6 +1689,17 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    /// A deterministic xorshift* generator for the randomized tests.
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed;
+        move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+    }
+
     fn read_number(text: &str) -> Result<f64, ReadErr> {
         let mut shapes = Shapes::new();
         let mut r = Reader {
@@ -1710,13 +1721,7 @@ mod tests {
     /// a word), compact or pretty-printed.
     #[test]
     fn skipping_finds_the_end_of_every_value() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         const PIECES: [&str; 12] = [
             "[", "]", "{", "}", "|", "\\", "\"", "a", "é", " ", "\\\"", "xyz01234",
         ];
@@ -1770,13 +1775,7 @@ mod tests {
     /// names, long names, and values of every kind.
     #[test]
     fn text_and_value_agree_across_event_shapes() {
-        let mut state = 0x5DEE_CE66_D1CE_4E5Bu64;
-        let mut next = move || {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        };
+        let mut next = xorshift(0x5DEE_CE66_D1CE_4E5B);
         const NAMES: [&str; 12] = [
             "a",
             "ab",
@@ -1872,13 +1871,7 @@ mod tests {
     /// delimiter or at the end of the input.
     #[test]
     fn number_fast_path_matches_the_general_reader() {
-        let mut state = 0x1234_5678_9ABC_DEF1u64;
-        let mut next = move || {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        };
+        let mut next = xorshift(0x1234_5678_9ABC_DEF1);
         const FIXED: [&str; 14] = [
             "-0",
             "0",
@@ -1901,7 +1894,7 @@ mod tests {
             if let Some(fixed) = FIXED.get(n) {
                 t.push_str(fixed);
             } else {
-                if next() % 2 == 0 {
+                if next().is_multiple_of(2) {
                     t.push('-');
                 }
                 let total = match next() % 4 {
@@ -1911,7 +1904,7 @@ mod tests {
                 let int_digits = 1 + next() as usize % total;
                 for k in 0..int_digits {
                     let d = (next() % 10) as u8;
-                    let d = if k == 0 && int_digits > 1 && next() % 50 != 0 {
+                    let d = if k == 0 && int_digits > 1 && !next().is_multiple_of(50) {
                         1 + d % 9
                     } else {
                         d
@@ -1920,19 +1913,23 @@ mod tests {
                 }
                 if int_digits < total {
                     t.push('.');
-                    let zeros = if next() % 4 == 0 { next() % 6 } else { 0 };
+                    let zeros = if next().is_multiple_of(4) {
+                        next() % 6
+                    } else {
+                        0
+                    };
                     for k in 0..total - int_digits {
                         let d = if (k as u64) < zeros { 0 } else { next() % 10 };
                         t.push(char::from(b'0' + d as u8));
                     }
                 }
-                if next() % 8 == 0 {
+                if next().is_multiple_of(8) {
                     t.push('e');
                     t.push_str(&(next() % 30).to_string());
                 }
             }
             let end = t.len();
-            if next() % 2 == 0 {
+            if next().is_multiple_of(2) {
                 t.push_str([",", "}", "]", " ", "x"][(next() % 5) as usize]);
             }
             let mut fast = (0, None, 0);
@@ -1974,20 +1971,14 @@ mod tests {
     /// The fast digit test and conversion agree with byte by byte.
     #[test]
     fn eight_digits_matches_bytewise() {
-        let mut state = 0x0F1E_2D3C_4B5A_6978u64;
-        let mut next = move || {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        };
+        let mut next = xorshift(0x0F1E_2D3C_4B5A_6978);
         for n in 0..200_000 {
             let mut bytes = [0u8; 8];
             for byte in &mut bytes {
                 *byte = match n % 3 {
                     0 => next() as u8,
                     1 => b'0' + (next() % 10) as u8,
-                    _ => b'0' + (next() % 12) as u8 - u8::from(next() % 9 == 0) * 3,
+                    _ => b'0' + (next() % 12) as u8 - u8::from(next().is_multiple_of(9)) * 3,
                 };
             }
             let want = bytes.iter().try_fold(0u64, |acc, &c| {
@@ -2003,13 +1994,7 @@ mod tests {
     /// backslashes, at every offset, compact and pretty-printed.
     #[test]
     fn skipping_long_containers_matches_a_bytewise_scan() {
-        let mut state = 0x6A09_E667_F3BC_C908u64;
-        let mut next = move || {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        };
+        let mut next = xorshift(0x6A09_E667_F3BC_C908);
         // Where a container starting at 0 ends, one byte at a time.
         fn bytewise_end(b: &[u8]) -> usize {
             let (mut depth, mut in_str, mut esc) = (0usize, false, false);
@@ -2066,7 +2051,7 @@ mod tests {
                     ),
                 })
                 .collect();
-            let v = if next() % 3 == 0 {
+            let v = if next().is_multiple_of(3) {
                 serde_json::json!({"a": items, "b": {"c": "}"}})
             } else {
                 serde_json::json!([items])
@@ -2087,17 +2072,11 @@ mod tests {
 
     #[test]
     fn numbers_read_exactly_as_serde_json() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         let mut checked = 0;
         for _ in 0..200_000 {
             let mut t = String::new();
-            if next() % 2 == 0 {
+            if next().is_multiple_of(2) {
                 t.push('-');
             }
             let int_digits = 1 + next() % 21;
@@ -2111,14 +2090,14 @@ mod tests {
                     } as u8,
                 ));
             }
-            if next() % 2 == 0 {
+            if next().is_multiple_of(2) {
                 t.push('.');
                 for _ in 0..1 + next() % 20 {
                     t.push(char::from(b'0' + (next() % 10) as u8));
                 }
             }
-            if next() % 2 == 0 {
-                t.push(if next() % 2 == 0 { 'e' } else { 'E' });
+            if next().is_multiple_of(2) {
+                t.push(if next().is_multiple_of(2) { 'e' } else { 'E' });
                 match next() % 3 {
                     0 => t.push('-'),
                     1 => t.push('+'),
