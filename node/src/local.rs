@@ -417,7 +417,9 @@ pub fn status_table(v: &Value) -> String {
                 l["outboxDepth"],
                 l["outboxLimit"],
                 l["alarm"].as_str().unwrap_or("?"),
-                l["oldestUndeliveredMs"],
+                l["oldestUndeliveredMs"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_string(), |v| v.to_string()),
                 l["acked"],
                 l["lastError"]
                     .as_str()
