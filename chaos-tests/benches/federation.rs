@@ -913,6 +913,32 @@ async fn run() -> anyhow::Result<()> {
     let during = b.recv.sink.count(P_PARTITION) - before;
     proxy.faults().heal();
     let healed = Instant::now();
+    // The link alone: how fast aws acknowledges (commits into its inbox)
+    // the backlog, read from idc's `acked`, next to the end-to-end drain.
+    let link_drain = {
+        let idc = b.idc.clone();
+        let from = link["acked"].as_u64().unwrap_or(0);
+        let to = link["enqueued"].as_u64().unwrap_or(0);
+        let timeout = b.drain_timeout;
+        tokio::spawn(async move {
+            let mut first: Option<(Instant, u64)> = None;
+            loop {
+                let acked = link_out(&idc, "aws")
+                    .await
+                    .ok()
+                    .and_then(|l| l["acked"].as_u64())
+                    .unwrap_or(from);
+                let now = Instant::now();
+                if acked > from && first.is_none() {
+                    first = Some((now, acked));
+                }
+                if acked >= to || healed.elapsed() > timeout {
+                    return (first, now, acked, from, to);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     let first = loop {
         if b.recv.sink.count(P_PARTITION) > before + during || healed.elapsed() > b.drain_timeout {
             break healed.elapsed();
@@ -941,6 +967,26 @@ async fn run() -> anyhow::Result<()> {
         drain_rate,
         backlog as f64 / drain.as_secs_f64().max(1e-9)
     );
+    let link_rate = match link_drain.await {
+        Ok((Some((t1, a1)), t2, a2, from, to)) if a2 >= to && a2 > a1 => {
+            let rate = (a2 - a1) as f64 / (t2 - t1).as_secs_f64().max(1e-9);
+            println!(
+                "  link alone: aws acknowledged {} deliveries ({from}..{to}), first ack {:.2} s after the heal, all {:.2} s after: {rate:.0} deliveries/s",
+                to - from,
+                (t1 - healed).as_secs_f64(),
+                (t2 - healed).as_secs_f64()
+            );
+            Some(rate)
+        }
+        Ok(other) => {
+            println!("  link alone: not measured ({other:?})");
+            None
+        }
+        Err(e) => {
+            println!("  link alone: poller failed: {e}");
+            None
+        }
+    };
     b.ensure_alive("partition")?;
     let ps = proxy.stats();
     println!("  proxy: {ps:?}");
@@ -996,6 +1042,9 @@ async fn run() -> anyhow::Result<()> {
         drain.as_secs_f64(),
         first.as_secs_f64()
     );
+    if let Some(r) = link_rate {
+        println!("| link alone (aws acknowledging the backlog) | {r:.0} deliveries/s |");
+    }
     if unknown > 0 {
         println!("receiver got {unknown} requests without a bench ce-id");
     }

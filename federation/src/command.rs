@@ -16,6 +16,16 @@ pub struct AppendEntry {
     pub event: Box<RawValue>,
 }
 
+/// A rule definition that link deliveries refer to by hash (see
+/// [`crate::link::proto::spec_hash`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkSpec {
+    /// The definition's hash, as the deliveries name it.
+    pub hash: String,
+    /// The rule definition (JSON).
+    pub spec: Box<RawValue>,
+}
+
 /// A command in the site log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,6 +95,10 @@ pub enum Command {
         remote: String,
         /// The deliveries (JSON each; shared, like an append's events).
         items: std::sync::Arc<Vec<Box<RawValue>>>,
+        /// Rule definitions the deliveries refer to by hash (kept with the
+        /// outbox until it is drained).
+        #[serde(default)]
+        specs: Vec<LinkSpec>,
     },
     /// The remote site committed the outbox up to `upto`.
     LinkAcked {
@@ -101,6 +115,10 @@ pub enum Command {
         first_seq: u64,
         /// The deliveries (shared, like an append's events).
         items: std::sync::Arc<Vec<Box<RawValue>>>,
+        /// Rule definitions the deliveries refer to by hash (kept with the
+        /// inbox until it is delivered).
+        #[serde(default)]
+        specs: Vec<LinkSpec>,
     },
 }
 

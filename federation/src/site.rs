@@ -211,6 +211,37 @@ impl Site {
         }
     }
 
+    /// Propose a command without waiting for it: when this returns, the
+    /// proposal is queued in this node's Raft in call order (so proposals
+    /// made one after the other by one task are applied in that order); the
+    /// returned future resolves once it is committed and applied. Lets a
+    /// caller keep several proposals in flight (pipelining).
+    pub async fn submit(
+        &self,
+        cmd: Command,
+    ) -> Result<
+        impl std::future::Future<Output = Result<CommandResponse, FederationError>> + Send + 'static,
+        FederationError,
+    > {
+        let rx = self
+            .raft
+            .client_write_ff(cmd)
+            .await
+            .map_err(|e| FederationError::Write(e.to_string()))?;
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(resp)) => Ok(resp.data),
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(FederationError::NotLeader {
+                    leader: f.leader_id,
+                }),
+                Ok(Err(e)) => Err(FederationError::Write(e.to_string())),
+                Err(_) => Err(FederationError::Write(
+                    "raft stopped before answering".into(),
+                )),
+            }
+        })
+    }
+
     /// Add `id` (reached at `node`) to the group as a voter: first as a
     /// learner, waiting until it has caught up, then promoted. Must run on
     /// the leader. Adding a node that is already a voter only updates

@@ -68,9 +68,10 @@ fn run(total: u64, cfg: SenderConfig, net: Net, seed: u64) -> Result<(), TestCas
                 origin: "idc".into(),
                 first_seq: w.first,
                 items,
+                specs: Vec::new(),
             };
             let enc = encode_batch(&b).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            sender.sent(w.first, last, now);
+            sender.sent(w.first, last, enc.len(), now);
             to_rx.push_back(Msg::Data(enc));
         }
         // The network: maybe reorder, drop, duplicate.
@@ -138,6 +139,7 @@ proptest! {
         total in 1u64..400,
         max_batch_items in 1usize..40,
         window in 1usize..6,
+        window_bytes in 1usize..2048,
         drop in 0u8..30,
         dup in 0u8..30,
         reorder in 0u8..50,
@@ -147,6 +149,7 @@ proptest! {
         let cfg = SenderConfig {
             max_batch_items,
             window,
+            window_bytes,
             retransmit_after: Duration::from_millis(40),
         };
         run(total, cfg, Net { drop, dup, reorder, disconnect }, seed)?;
@@ -162,8 +165,14 @@ proptest! {
         origin in "[a-z0-9-]{0,40}",
         first in 1u64..u64::MAX / 2,
         items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..50), 0..20),
+        specs in proptest::collection::vec(("[0-9a-f]{0,64}", proptest::collection::vec(any::<u8>(), 0..50)), 0..4),
     ) {
-        let b = Batch { origin, first_seq: first, items: items.into_iter().map(Bytes::from).collect() };
+        let b = Batch {
+            origin,
+            first_seq: first,
+            items: items.into_iter().map(Bytes::from).collect(),
+            specs: specs.into_iter().map(|(h, d)| (Bytes::from(h), Bytes::from(d))).collect(),
+        };
         let enc = encode_batch(&b).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(decode_batch(enc).map_err(|e| TestCaseError::fail(e.to_string()))?, b);
     }

@@ -90,15 +90,26 @@ async fn start_site(
     SiteNode { site, endpoint }
 }
 
+/// The rule definition every test delivery names.
+const SPEC_HASH: &str = "0123456789abcdef";
+
 async fn enqueue(site: &Site, range: std::ops::Range<u64>) {
     let items: Vec<Box<RawValue>> = range
         .map(|n| {
-            RawValue::from_string(json!({"n": n, "pad": "x".repeat(200)}).to_string()).expect("raw")
+            RawValue::from_string(format!(
+                r#"{{"ruleHash":"{SPEC_HASH}","n":{n},"pad":"{}"}}"#,
+                "x".repeat(200)
+            ))
+            .expect("raw")
         })
         .collect();
     site.write(Command::LinkEnqueue {
         remote: "aws".into(),
         items: items.into(),
+        specs: vec![strait_federation::LinkSpec {
+            hash: SPEC_HASH.into(),
+            spec: RawValue::from_string(r#"{"rule":"r"}"#.into()).expect("raw"),
+        }],
     })
     .await
     .expect("enqueue");
@@ -146,6 +157,7 @@ async fn a_link_carries_the_outbox_in_order_across_an_outage() {
         SenderConfig {
             max_batch_items: 256,
             window: 4,
+            window_bytes: 1 << 20,
             retransmit_after: Duration::from_secs(3),
         },
         stats.clone(),
@@ -183,6 +195,15 @@ async fn a_link_carries_the_outbox_in_order_across_an_outage() {
         let v: serde_json::Value = serde_json::from_slice(&e.body).expect("json");
         assert_eq!(v["n"], json!(i as u64 + 1), "entry {i}");
     }
+    // The rule definition came along with the batches, once.
+    assert_eq!(
+        aws.site
+            .state
+            .read_inbox_spec("idc", SPEC_HASH)
+            .expect("spec")
+            .as_deref(),
+        Some(&br#"{"rule":"r"}"#[..])
+    );
     // The sender persists the acknowledgement and its outbox empties.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -221,6 +242,7 @@ async fn a_link_carries_the_outbox_in_order_across_an_outage() {
         origin: "aliyun".into(),
         first_seq: 1,
         items: vec![bytes::Bytes::from_static(b"{}")],
+        specs: Vec::new(),
     };
     let peer = probe.peer(
         NodeIdentity::new(1, "aws").expect("id"),

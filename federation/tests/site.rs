@@ -274,6 +274,126 @@ fn items(tags: &[&str]) -> Vec<Box<RawValue>> {
         .collect()
 }
 
+fn spec(hash: &str, json: &str) -> strait_federation::LinkSpec {
+    strait_federation::LinkSpec {
+        hash: hash.into(),
+        spec: RawValue::from_string(json.into()).expect("raw"),
+    }
+}
+
+/// Rule definitions travel once per link command and batch, and live as
+/// long as an outbox or inbox entry may name them.
+#[tokio::test]
+async fn link_rule_definitions_live_as_long_as_their_entries() {
+    use strait_federation::LinkAnswer;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = open(dir.path()).await;
+    let h1 = "00000000000000a1";
+    let h2 = "00000000000000b2";
+    let named = |h: &str, n: u32| {
+        RawValue::from_string(format!(r#"{{"ruleHash":"{h}","n":{n}}}"#)).expect("raw")
+    };
+    site.write(Command::LinkEnqueue {
+        remote: "aws".into(),
+        items: vec![named(h1, 1), named(h2, 2), named(h1, 3)].into(),
+        specs: vec![spec(h1, r#"{"r":1}"#), spec(h2, r#"{"r":2}"#)],
+    })
+    .await
+    .expect("enqueue");
+    let (entries, specs) = site
+        .state
+        .read_outbox_with_specs("aws", 1, 10)
+        .expect("read");
+    assert_eq!(entries.len(), 3);
+    assert_eq!(
+        specs,
+        vec![
+            (h1.to_string(), br#"{"r":1}"#.to_vec()),
+            (h2.to_string(), br#"{"r":2}"#.to_vec())
+        ]
+    );
+    // Only what the entries read name comes along.
+    let (_, specs) = site
+        .state
+        .read_outbox_with_specs("aws", 3, 10)
+        .expect("read");
+    assert_eq!(specs, vec![(h1.to_string(), br#"{"r":1}"#.to_vec())]);
+    // Partly acknowledged: kept; drained: gone.
+    site.write(Command::LinkAcked {
+        remote: "aws".into(),
+        upto: 2,
+    })
+    .await
+    .expect("ack");
+    assert_eq!(
+        site.state
+            .read_outbox_with_specs("aws", 3, 10)
+            .expect("read")
+            .1
+            .len(),
+        1
+    );
+    let r = site
+        .write(Command::LinkAcked {
+            remote: "aws".into(),
+            upto: 3,
+        })
+        .await
+        .expect("ack");
+    assert!(matches!(
+        r,
+        CommandResponse::Link(LinkAnswer::Ack { upto: 3 })
+    ));
+    site.write(Command::LinkEnqueue {
+        remote: "aws".into(),
+        items: vec![named(h1, 4)].into(),
+        specs: Vec::new(),
+    })
+    .await
+    .expect("enqueue");
+    let (entries, specs) = site
+        .state
+        .read_outbox_with_specs("aws", 1, 10)
+        .expect("read");
+    assert_eq!(entries.len(), 1);
+    assert!(
+        specs.is_empty(),
+        "dropped once the outbox drained: {specs:?}"
+    );
+
+    // Inbox: dropped once everything received is delivered.
+    site.write(Command::LinkReceive {
+        origin: "idc".into(),
+        first_seq: 1,
+        items: vec![named(h2, 1)].into(),
+        specs: vec![spec(h2, r#"{"r":2}"#)],
+    })
+    .await
+    .expect("receive");
+    assert!(
+        site.state
+            .read_inbox_spec("idc", h2)
+            .expect("read")
+            .is_some()
+    );
+    let key = strait_federation::store::links::inbox_cursor_key("idc");
+    site.write(Command::Checkpoint {
+        now_ms: 0,
+        retention_ms: 0,
+        dedup_window_ms: 0,
+        cursors: vec![(key, 2)],
+    })
+    .await
+    .expect("checkpoint");
+    assert!(
+        site.state
+            .read_inbox_spec("idc", h2)
+            .expect("read")
+            .is_none()
+    );
+    site.shutdown().await.expect("shutdown");
+}
+
 fn bodies(entries: &[strait_federation::store::links::LinkEntry]) -> Vec<(u64, String)> {
     entries
         .iter()
@@ -295,6 +415,7 @@ async fn link_outbox_and_inbox_are_replicated_ordered_and_deduplicated() {
         .write(Command::LinkEnqueue {
             remote: "aws".into(),
             items: items(&["a", "b", "c"]).into(),
+            specs: Vec::new(),
         })
         .await
         .expect("enqueue");
@@ -317,6 +438,7 @@ async fn link_outbox_and_inbox_are_replicated_ordered_and_deduplicated() {
         origin: "idc".into(),
         first_seq: first,
         items: items(tags).into(),
+        specs: vec![spec("0123456789abcdef", r#"{"rule":1}"#)],
     };
     assert_eq!(
         link(site.write(recv(1, &["x1", "x2"])).await.expect("recv")),
@@ -362,6 +484,14 @@ async fn link_outbox_and_inbox_are_replicated_ordered_and_deduplicated() {
         .map(|e| e.seq)
         .collect();
     assert_eq!(left, vec![3, 4]);
+    assert_eq!(
+        site.state
+            .read_inbox_spec("idc", "0123456789abcdef")
+            .expect("read")
+            .as_deref(),
+        Some(&br#"{"rule":1}"#[..]),
+        "kept while the inbox has undelivered entries"
+    );
 
     // Snapshots carry links; so does a restart.
     let image = site.state.snapshot_bytes().expect("snapshot");
@@ -371,6 +501,11 @@ async fn link_outbox_and_inbox_are_replicated_ordered_and_deduplicated() {
     assert_eq!(copy.view().links, site.state.view().links);
     assert_eq!(copy.read_outbox("aws", 0, 10).expect("read").len(), 1);
     assert_eq!(copy.read_inbox("idc", 0, 10).expect("read").len(), 2);
+    assert!(
+        copy.read_inbox_spec("idc", "0123456789abcdef")
+            .expect("read")
+            .is_some()
+    );
     site.shutdown().await.expect("shutdown");
     drop(site);
     let again = open(dir.path()).await;

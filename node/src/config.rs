@@ -431,6 +431,8 @@ pub struct Federation {
     pub max_batch: usize,
     /// Unacknowledged batches per link.
     pub window: usize,
+    /// Unacknowledged bytes per link (one batch is always allowed).
+    pub window_bytes: usize,
     /// Most deliveries waiting in the outbox for one remote site. When full,
     /// deliveries to that site's targets wait and retry under their
     /// target's retry policy (then dead-letter); ingest and other targets
@@ -443,7 +445,8 @@ impl Default for Federation {
         Federation {
             links: Default::default(),
             max_batch: 512,
-            window: 8,
+            window: 64,
+            window_bytes: 16 << 20,
             max_outbox: 1_000_000,
         }
     }
@@ -693,11 +696,14 @@ impl NodeConfig {
         if f.max_outbox == 0 {
             return at("max_outbox".into(), "must be at least 1".into());
         }
-        if f.max_batch == 0 || f.window == 0 {
-            return at(
-                "max_batch".into(),
-                "max_batch and window must be at least 1".into(),
-            );
+        for (name, v) in [
+            ("max_batch", f.max_batch),
+            ("window", f.window),
+            ("window_bytes", f.window_bytes),
+        ] {
+            if v == 0 {
+                return at(name.into(), "must be at least 1".into());
+            }
         }
         if !f.links.is_empty() && self.cluster.listen.is_none() {
             return at(

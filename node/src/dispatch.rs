@@ -265,8 +265,11 @@ fn reconcile(
                 remote: remote.clone(),
                 bus: bus.clone(),
                 rule: rule_name.clone(),
-                rule_spec: match serde_json::value::to_raw_value(&json) {
-                    Ok(r) => r,
+                spec: match serde_json::value::to_raw_value(&json) {
+                    Ok(spec) => Arc::new(strait_federation::LinkSpec {
+                        hash: strait_federation::link::proto::spec_hash(spec.get().as_bytes()),
+                        spec,
+                    }),
                     Err(e) => {
                         tracing::error!(target_key = key, error = %e, "rule cannot be encoded; not dispatching to it");
                         continue;
@@ -377,9 +380,10 @@ impl Remote {
         app: &Arc<App>,
         origin: &str,
         d: &crate::links::Delivery,
+        rule_spec: &serde_json::value::RawValue,
     ) -> Result<Remote, String> {
         let spec: RuleSpec =
-            serde_json::from_str(d.rule_spec.get()).map_err(|e| format!("rule definition: {e}"))?;
+            serde_json::from_str(rule_spec.get()).map_err(|e| format!("rule definition: {e}"))?;
         let rule = Arc::new(spec.compile().map_err(|e| e.to_string())?);
         let idx = rule
             .spec

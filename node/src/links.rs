@@ -4,9 +4,11 @@
 //! while this node leads; the inbox of deliveries received from other
 //! sites is delivered here by [`run_inbound`] without routing again.
 //!
-//! A delivery carries the bus, the rule's name and definition, the target
-//! id, the event (untransformed: the remote site applies the target's
-//! transform), its ingestion time, the hop count and the trace context.
+//! A delivery carries the bus, the rule's name, the hash of its definition
+//! (the definition itself travels once per outbox write and link batch, see
+//! [`LinkSpec`]), the target id, the event (untransformed: the remote site
+//! applies the target's transform), its ingestion time, the hop count and
+//! the trace context.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,9 +20,10 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use strait_adapters::{DeliveryError, DeliveryFuture, Sink};
 use strait_federation::link::proto::SenderConfig;
+use strait_federation::link::proto::spec_hash;
 use strait_federation::link::service::{LinkStatsMap, RemoteSite, run_sender};
 use strait_federation::store::links::inbox_cursor_key;
-use strait_federation::{Command, CommandResponse, LinkAnswer};
+use strait_federation::{Command, CommandResponse, LinkAnswer, LinkSpec};
 use strait_routing::event::Event;
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,12 +39,18 @@ pub const MAX_HOPS: u32 = 8;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
+    /// The hash of the rule's definition as the origin evaluated it (the
+    /// definition is in the link's definitions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_hash: Option<String>,
     /// The bus the event was ingested on (at the origin).
     pub bus: String,
     /// The rule that matched.
     pub rule: String,
-    /// The rule's definition as the origin evaluated it.
-    pub rule_spec: Box<RawValue>,
+    /// The rule's definition itself (deliveries written before definitions
+    /// travelled separately).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_spec: Option<Box<RawValue>>,
     /// The target to deliver to.
     pub target: String,
     /// Ingestion time at the origin, ms.
@@ -56,14 +65,15 @@ pub struct Delivery {
     pub event: Box<RawValue>,
 }
 
-/// The encoding side of [`Delivery`] (the same JSON), borrowing: the rule
-/// definition is encoded once per target, the event straight from its map.
+/// The encoding side of [`Delivery`] (the same JSON), borrowing: the event
+/// straight from its map. `ruleHash` comes first: the link reads it there
+/// without parsing the rest ([`strait_federation::link::proto::item_spec_hash`]).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct DeliveryRef<'a> {
+    rule_hash: &'a str,
     bus: &'a str,
     rule: &'a str,
-    rule_spec: &'a RawValue,
     target: &'a str,
     ingest_ms: u64,
     enqueued_ms: u64,
@@ -75,6 +85,7 @@ struct DeliveryRef<'a> {
 struct Pending {
     remote: String,
     item: Box<RawValue>,
+    spec: Arc<LinkSpec>,
     reply: oneshot::Sender<Result<(), String>>,
 }
 
@@ -135,7 +146,11 @@ impl Outbox {
                     for (remote, ps) in by_remote {
                         let mut items: Vec<Box<RawValue>> = Vec::with_capacity(ps.len());
                         let mut replies = Vec::with_capacity(ps.len());
+                        let mut specs: Vec<LinkSpec> = Vec::new();
                         for p in ps {
+                            if !specs.iter().any(|s| s.hash == p.spec.hash) {
+                                specs.push(LinkSpec::clone(&p.spec));
+                            }
                             items.push(p.item);
                             replies.push(p.reply);
                         }
@@ -143,6 +158,7 @@ impl Outbox {
                             .write(Command::LinkEnqueue {
                                 remote: remote.clone(),
                                 items: items.into(),
+                                specs,
                             })
                             .await;
                         let answer = match r {
@@ -182,13 +198,20 @@ impl Outbox {
         })
     }
 
-    /// Put one delivery in the outbox for `remote`; resolves once committed.
-    pub async fn enqueue(&self, remote: &str, item: Box<RawValue>) -> Result<(), String> {
+    /// Put one delivery naming the rule definition `spec` in the outbox for
+    /// `remote`; resolves once committed.
+    pub async fn enqueue(
+        &self,
+        remote: &str,
+        item: Box<RawValue>,
+        spec: Arc<LinkSpec>,
+    ) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending {
                 remote: remote.to_string(),
                 item,
+                spec,
                 reply,
             })
             .await
@@ -206,8 +229,8 @@ pub struct LinkSink {
     pub bus: String,
     /// The rule.
     pub rule: String,
-    /// The rule's definition (JSON).
-    pub rule_spec: Box<RawValue>,
+    /// The rule's definition (JSON) and its hash.
+    pub spec: Arc<LinkSpec>,
     /// The target id.
     pub target: String,
     /// The outboxes.
@@ -244,9 +267,9 @@ impl Sink for LinkSink {
             }
             let now = now_ms();
             let d = DeliveryRef {
+                rule_hash: &self.spec.hash,
                 bus: &self.bus,
                 rule: &self.rule,
-                rule_spec: &self.rule_spec,
                 target: &self.target,
                 ingest_ms: now,
                 enqueued_ms: now,
@@ -259,7 +282,7 @@ impl Sink for LinkSink {
             })?;
             let r = self
                 .outbox
-                .enqueue(&self.remote, raw)
+                .enqueue(&self.remote, raw, self.spec.clone())
                 .await
                 .map_err(DeliveryError::Retryable);
             drop(admission);
@@ -282,6 +305,7 @@ pub fn start_senders(app: &Arc<App>) {
         let cfg = SenderConfig {
             max_batch_items: app.cfg.federation.max_batch,
             window: app.cfg.federation.window,
+            window_bytes: app.cfg.federation.window_bytes,
             retransmit_after: Duration::from_secs(10),
         };
         tokio::spawn(run_sender(
@@ -336,7 +360,8 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
     crate::dispatch::set_cursor(&app.progress, &key, start);
     let mut next = start;
     let mut inflight = FuturesOrdered::new();
-    let mut cache: HashMap<(String, String, String), Arc<crate::dispatch::Remote>> = HashMap::new();
+    let mut cache: HashMap<(String, String, String, String), Arc<crate::dispatch::Remote>> =
+        HashMap::new();
     loop {
         if inflight.len() < 256 {
             links.borrow_and_update();
@@ -382,12 +407,13 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
 }
 
 /// Decode a delivery and find (or build) the target it names; the event
-/// comes with its ingestion time.
+/// comes with its ingestion time. The rule definition is the delivery's own
+/// (older deliveries) or the one the inbox from `origin` holds for its hash.
 fn prepare(
     app: &Arc<App>,
     origin: &str,
     body: &[u8],
-    cache: &mut HashMap<(String, String, String), Arc<crate::dispatch::Remote>>,
+    cache: &mut HashMap<(String, String, String, String), Arc<crate::dispatch::Remote>>,
 ) -> Option<(Arc<crate::dispatch::Remote>, u64, Value)> {
     let d: Delivery = match serde_json::from_slice(body) {
         Ok(d) => d,
@@ -396,26 +422,52 @@ fn prepare(
             return None;
         }
     };
-    let spec_key = (
-        d.bus.clone(),
-        d.rule.clone(),
-        d.rule_spec.get().to_string() + &d.target,
-    );
-    let remote = match cache.get(&spec_key) {
+    let skipped = |rule: &str, target: &str, error: &str| {
+        tracing::error!(
+            origin,
+            rule,
+            target,
+            error,
+            "cannot deliver a delivery from another site; skipped"
+        );
+        metrics::counter!("strait_link_deliveries_skipped_total", "origin" => origin.to_string())
+            .increment(1);
+    };
+    let hash = match (&d.rule_hash, &d.rule_spec) {
+        (Some(h), _) => h.clone(),
+        (None, Some(spec)) => spec_hash(spec.get().as_bytes()),
+        (None, None) => {
+            skipped(&d.rule, &d.target, "the delivery names no rule definition");
+            return None;
+        }
+    };
+    let key = (d.bus.clone(), d.rule.clone(), hash, d.target.clone());
+    let remote = match cache.get(&key) {
         Some(r) => r.clone(),
         None => {
-            let r = match crate::dispatch::Remote::build(app, origin, &d) {
+            let spec = match &d.rule_spec {
+                Some(spec) => Ok(spec.clone()),
+                None => match app.site.state.read_inbox_spec(origin, &key.2) {
+                    Ok(Some(bytes)) => String::from_utf8(bytes)
+                        .map_err(|e| e.to_string())
+                        .and_then(|s| RawValue::from_string(s).map_err(|e| e.to_string())),
+                    Ok(None) => Err(format!("no rule definition {} from this site", key.2)),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            let built =
+                spec.and_then(|spec| crate::dispatch::Remote::build(app, origin, &d, &spec));
+            let r = match built {
                 Ok(r) => Arc::new(r),
                 Err(e) => {
-                    tracing::error!(origin, rule = d.rule, target = d.target, error = %e, "cannot deliver a delivery from another site; skipped");
-                    metrics::counter!("strait_link_deliveries_skipped_total", "origin" => origin.to_string()).increment(1);
+                    skipped(&d.rule, &d.target, &e);
                     return None;
                 }
             };
             if cache.len() > 1024 {
                 cache.clear();
             }
-            cache.insert(spec_key, r.clone());
+            cache.insert(key, r.clone());
             r
         }
     };
@@ -508,7 +560,10 @@ mod tests {
             remote: "aws".into(),
             bus: "default".into(),
             rule: "r".into(),
-            rule_spec: RawValue::from_string("{}".into()).expect("raw"),
+            spec: Arc::new(LinkSpec {
+                hash: spec_hash(b"{}"),
+                spec: RawValue::from_string("{}".into()).expect("raw"),
+            }),
             target: "t".into(),
             outbox: Outbox {
                 tx,
@@ -559,10 +614,13 @@ mod tests {
 
     #[test]
     fn deliveries_round_trip_as_json() {
+        let spec = r#"{"pattern":{}}"#;
+        let hash = spec_hash(spec.as_bytes());
         let d = Delivery {
+            rule_hash: Some(hash.clone()),
             bus: "b".into(),
             rule: "r".into(),
-            rule_spec: RawValue::from_string(r#"{"pattern":{}}"#.into()).expect("raw"),
+            rule_spec: None,
             target: "t".into(),
             ingest_ms: 1,
             enqueued_ms: 2,
@@ -572,19 +630,25 @@ mod tests {
         };
         let s = serde_json::to_string(&d).expect("encode");
         assert!(
-            s.contains("\"ruleSpec\"") && s.contains("\"enqueuedMs\""),
+            !s.contains("\"ruleSpec\"") && s.contains("\"enqueuedMs\""),
             "{s}"
+        );
+        // The link reads the hash without parsing the delivery.
+        assert_eq!(
+            strait_federation::link::proto::item_spec_hash(s.as_bytes()),
+            Some(hash.as_str())
         );
         let back: Delivery = serde_json::from_str(&s).expect("decode");
         assert_eq!(back.event.get(), r#"{"id":"1"}"#);
         assert_eq!(back.hops, 1);
+        assert_eq!(back.rule_hash.as_deref(), Some(hash.as_str()));
         // The borrowing encoder writes the same document.
         let event: serde_json::Map<String, Value> =
             serde_json::from_str(d.event.get()).expect("event map");
         let r = DeliveryRef {
+            rule_hash: &hash,
             bus: &d.bus,
             rule: &d.rule,
-            rule_spec: &d.rule_spec,
             target: &d.target,
             ingest_ms: 1,
             enqueued_ms: 2,
@@ -593,5 +657,16 @@ mod tests {
             event: &event,
         };
         assert_eq!(serde_json::to_string(&r).expect("encode"), s);
+        // Deliveries written before definitions travelled separately still
+        // decode, with their definition inline.
+        let old = format!(
+            r#"{{"bus":"b","rule":"r","ruleSpec":{spec},"target":"t","ingestMs":1,"enqueuedMs":2,"hops":1,"traceparent":"","event":{{}}}}"#
+        );
+        let back: Delivery = serde_json::from_str(&old).expect("decode");
+        assert_eq!(back.rule_hash, None);
+        assert_eq!(
+            back.rule_spec.map(|r| r.get().to_string()).as_deref(),
+            Some(spec)
+        );
     }
 }

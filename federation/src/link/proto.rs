@@ -33,6 +33,10 @@ pub struct Batch {
     pub first_seq: u64,
     /// The deliveries (opaque here).
     pub items: Vec<Bytes>,
+    /// Rule definitions the items refer to by hash (see [`spec_hash`]):
+    /// `(hash, definition)`, each definition once per batch instead of in
+    /// every delivery.
+    pub specs: Vec<(Bytes, Bytes)>,
 }
 
 impl Batch {
@@ -53,14 +57,48 @@ pub enum BatchError {
     Invalid(String),
 }
 
-const VERSION: u8 = 1;
+/// Batches without rule definitions.
+const VERSION_PLAIN: u8 = 1;
+/// Batches followed by a rule-definition section.
+const VERSION_SPECS: u8 = 2;
+/// Longest rule-definition hash on the wire.
+pub const MAX_HASH: usize = 64;
+
+/// The hash a delivery names its rule definition by: FNV-1a 64 of the
+/// definition's bytes, 16 lowercase hex digits. Equal definitions (as
+/// encoded by the origin) have equal hashes.
+pub fn spec_hash(spec: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in spec {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The JSON prefix of a delivery that names its rule definition by hash:
+/// `{"ruleHash":"<16 hex digits>",...`.
+const HASH_PREFIX: &[u8] = b"{\"ruleHash\":\"";
+
+/// The rule-definition hash of a delivery, read from its first member
+/// without parsing the rest (`None` when it does not start with one).
+pub fn item_spec_hash(item: &[u8]) -> Option<&str> {
+    let rest = item.strip_prefix(HASH_PREFIX)?;
+    let hash = rest.get(..16)?;
+    if rest.get(16) != Some(&b'"') || !hash.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    std::str::from_utf8(hash).ok()
+}
 /// Longest origin site name on the wire.
 pub const MAX_ORIGIN: usize = 255;
 /// Most items in one batch on the wire.
 pub const MAX_ITEMS: usize = 1 << 20;
 
 /// Encode a batch: `version u8, origin_len u8, origin, first_seq u64 BE,
-/// count u32 BE, then per item len u32 BE + bytes`.
+/// count u32 BE, then per item len u32 BE + bytes`; version 2 (when the
+/// batch has rule definitions) then has `spec_count u32 BE` and per
+/// definition `hash_len u8, hash, len u32 BE, bytes`.
 pub fn encode_batch(b: &Batch) -> Result<Bytes, BatchError> {
     if b.origin.len() > MAX_ORIGIN {
         return Err(BatchError::Invalid(format!(
@@ -74,9 +112,23 @@ pub fn encode_batch(b: &Batch) -> Result<Bytes, BatchError> {
             b.items.len()
         )));
     }
-    let size: usize = b.items.iter().map(|i| 4 + i.len()).sum();
-    let mut out = BytesMut::with_capacity(2 + b.origin.len() + 12 + size);
-    out.put_u8(VERSION);
+    if b.specs.len() > MAX_ITEMS {
+        return Err(BatchError::Invalid(format!(
+            "{} rule definitions (at most {MAX_ITEMS})",
+            b.specs.len()
+        )));
+    }
+    let size: usize = b.items.iter().map(|i| 4 + i.len()).sum::<usize>()
+        + b.specs
+            .iter()
+            .map(|(h, d)| 5 + h.len() + d.len())
+            .sum::<usize>();
+    let mut out = BytesMut::with_capacity(2 + b.origin.len() + 16 + size);
+    out.put_u8(if b.specs.is_empty() {
+        VERSION_PLAIN
+    } else {
+        VERSION_SPECS
+    });
     out.put_u8(b.origin.len() as u8);
     out.put_slice(b.origin.as_bytes());
     out.put_u64(b.first_seq);
@@ -87,6 +139,24 @@ pub fn encode_batch(b: &Batch) -> Result<Bytes, BatchError> {
         out.put_u32(len);
         out.put_slice(item);
     }
+    if !b.specs.is_empty() {
+        out.put_u32(b.specs.len() as u32);
+        for (hash, spec) in &b.specs {
+            if hash.len() > MAX_HASH {
+                return Err(BatchError::Invalid(format!(
+                    "a rule definition hash of {} bytes (at most {MAX_HASH})",
+                    hash.len()
+                )));
+            }
+            let len = u32::try_from(spec.len()).map_err(|_| {
+                BatchError::Invalid(format!("a rule definition of {} bytes", spec.len()))
+            })?;
+            out.put_u8(hash.len() as u8);
+            out.put_slice(hash);
+            out.put_u32(len);
+            out.put_slice(spec);
+        }
+    }
     Ok(out.freeze())
 }
 
@@ -96,7 +166,7 @@ pub fn decode_batch(mut body: Bytes) -> Result<Batch, BatchError> {
         return Err(BatchError::Truncated("header"));
     }
     let version = body.get_u8();
-    if version != VERSION {
+    if version != VERSION_PLAIN && version != VERSION_SPECS {
         return Err(BatchError::Invalid(format!("unknown version {version}")));
     }
     let olen = body.get_u8() as usize;
@@ -127,6 +197,46 @@ pub fn decode_batch(mut body: Bytes) -> Result<Batch, BatchError> {
         }
         items.push(body.split_to(len));
     }
+    let mut specs = Vec::new();
+    if version == VERSION_SPECS {
+        if body.remaining() < 4 {
+            return Err(BatchError::Truncated("rule definition count"));
+        }
+        let n = body.get_u32() as usize;
+        if n == 0 {
+            // Canonical form: a batch without definitions is version 1.
+            return Err(BatchError::Invalid(
+                "version 2 batch without rule definitions".into(),
+            ));
+        }
+        if n > MAX_ITEMS || n > body.remaining() / 5 {
+            return Err(BatchError::Invalid(format!(
+                "{n} rule definitions announced in {} bytes",
+                body.remaining()
+            )));
+        }
+        specs.reserve(n);
+        for _ in 0..n {
+            if body.remaining() < 1 {
+                return Err(BatchError::Truncated("rule definition hash length"));
+            }
+            let hlen = body.get_u8() as usize;
+            if hlen > MAX_HASH {
+                return Err(BatchError::Invalid(format!(
+                    "a rule definition hash of {hlen} bytes (at most {MAX_HASH})"
+                )));
+            }
+            if body.remaining() < hlen + 4 {
+                return Err(BatchError::Truncated("rule definition hash"));
+            }
+            let hash = body.split_to(hlen);
+            let len = body.get_u32() as usize;
+            if body.remaining() < len {
+                return Err(BatchError::Truncated("rule definition"));
+            }
+            specs.push((hash, body.split_to(len)));
+        }
+    }
     if body.has_remaining() {
         return Err(BatchError::Invalid(format!(
             "{} bytes after the last item",
@@ -140,6 +250,7 @@ pub fn decode_batch(mut body: Bytes) -> Result<Batch, BatchError> {
         origin,
         first_seq,
         items,
+        specs,
     })
 }
 
@@ -150,6 +261,9 @@ pub struct SenderConfig {
     pub max_batch_items: usize,
     /// Most unacknowledged batches at once.
     pub window: usize,
+    /// Most unacknowledged bytes at once (a batch is always allowed when
+    /// nothing is in flight, whatever its size).
+    pub window_bytes: usize,
     /// Resend everything unacknowledged when the oldest batch waited this long.
     pub retransmit_after: Duration,
 }
@@ -158,7 +272,8 @@ impl Default for SenderConfig {
     fn default() -> Self {
         SenderConfig {
             max_batch_items: 512,
-            window: 8,
+            window: 64,
+            window_bytes: 16 << 20,
             retransmit_after: Duration::from_secs(10),
         }
     }
@@ -167,6 +282,7 @@ impl Default for SenderConfig {
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     last: u64,
+    bytes: usize,
     sent_at: Instant,
 }
 
@@ -178,6 +294,7 @@ pub struct Sender {
     next: u64,
     available: u64,
     in_flight: VecDeque<InFlight>,
+    in_flight_bytes: usize,
     rewinds: u64,
 }
 
@@ -200,6 +317,7 @@ impl Sender {
             next: acked + 1,
             available: acked,
             in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
             rewinds: 0,
         }
     }
@@ -231,7 +349,10 @@ impl Sender {
 
     /// The next batch to send, if the window and the outbox allow one.
     pub fn want(&self) -> Option<Want> {
-        if self.in_flight.len() >= self.cfg.window || self.next > self.available {
+        if self.in_flight.len() >= self.cfg.window
+            || (!self.in_flight.is_empty() && self.in_flight_bytes >= self.cfg.window_bytes)
+            || self.next > self.available
+        {
             return None;
         }
         let left = (self.available - self.next + 1).min(self.cfg.max_batch_items as u64);
@@ -241,13 +362,23 @@ impl Sender {
         })
     }
 
-    /// A batch `first..=last` went out at `now` (`first` must be what
-    /// [`Sender::want`] said; anything else is ignored).
-    pub fn sent(&mut self, first: u64, last: u64, now: Instant) {
+    /// Unacknowledged bytes on the wire.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
+    }
+
+    /// A batch `first..=last` of `bytes` went out at `now` (`first` must be
+    /// what [`Sender::want`] said; anything else is ignored).
+    pub fn sent(&mut self, first: u64, last: u64, bytes: usize, now: Instant) {
         if first != self.next || last < first || last > self.available {
             return;
         }
-        self.in_flight.push_back(InFlight { last, sent_at: now });
+        self.in_flight.push_back(InFlight {
+            last,
+            bytes,
+            sent_at: now,
+        });
+        self.in_flight_bytes += bytes;
         self.next = last + 1;
     }
 
@@ -258,8 +389,12 @@ impl Sender {
         }
         let upto = upto.min(self.available.max(self.next.saturating_sub(1)));
         self.acked = upto;
-        while self.in_flight.front().is_some_and(|f| f.last <= upto) {
+        while let Some(f) = self.in_flight.front().copied() {
+            if f.last > upto {
+                break;
+            }
             self.in_flight.pop_front();
+            self.in_flight_bytes = self.in_flight_bytes.saturating_sub(f.bytes);
         }
         if self.next <= upto {
             self.next = upto + 1;
@@ -297,6 +432,7 @@ impl Sender {
             self.rewinds += 1;
         }
         self.in_flight.clear();
+        self.in_flight_bytes = 0;
         self.next = self.acked + 1;
     }
 }
@@ -375,6 +511,53 @@ mod tests {
             items: (0..n)
                 .map(|i| Bytes::from(format!("d{}", first + i as u64)))
                 .collect(),
+            specs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn batches_with_rule_definitions_round_trip() {
+        let b = Batch {
+            specs: vec![
+                (Bytes::from("0123456789abcdef"), Bytes::from("{\"a\":1}")),
+                (Bytes::from("fedcba9876543210"), Bytes::new()),
+            ],
+            ..batch(3, 2)
+        };
+        let enc = encode_batch(&b).expect("encode");
+        assert_eq!(enc[0], VERSION_SPECS);
+        assert_eq!(decode_batch(enc.clone()).expect("decode"), b);
+        for cut in 0..enc.len() {
+            assert!(decode_batch(enc.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let long_hash = Batch {
+            specs: vec![(Bytes::from("h".repeat(MAX_HASH + 1)), Bytes::new())],
+            ..batch(1, 1)
+        };
+        assert!(encode_batch(&long_hash).is_err());
+        // Without definitions the first version is kept.
+        assert_eq!(
+            encode_batch(&batch(1, 1)).expect("encode")[0],
+            VERSION_PLAIN
+        );
+    }
+
+    #[test]
+    fn deliveries_name_their_rule_definition_by_a_leading_hash() {
+        let h = spec_hash(br#"{"pattern":{}}"#);
+        assert_eq!(h.len(), 16);
+        assert_eq!(h, spec_hash(br#"{"pattern":{}}"#));
+        assert_ne!(h, spec_hash(br#"{"pattern":{"a":1}}"#));
+        let item = format!(r#"{{"ruleHash":"{h}","bus":"b"}}"#);
+        assert_eq!(item_spec_hash(item.as_bytes()), Some(h.as_str()));
+        for bad in [
+            r#"{"bus":"b","ruleHash":"0123456789abcdef"}"#,
+            r#"{"ruleHash":"0123456789abcde"}"#,
+            r#"{"ruleHash":"0123456789abcdeg","bus":"b"}"#,
+            r#"{"ruleHash":"0123456789abcdef0"}"#,
+            "",
+        ] {
+            assert_eq!(item_spec_hash(bad.as_bytes()), None, "{bad}");
         }
     }
 
@@ -418,6 +601,7 @@ mod tests {
         let cfg = SenderConfig {
             max_batch_items: 10,
             window: 2,
+            window_bytes: 1 << 20,
             retransmit_after: Duration::from_secs(1),
         };
         let t0 = Instant::now();
@@ -432,8 +616,8 @@ mod tests {
                 max_items: 10
             })
         );
-        s.sent(1, 10, t0);
-        s.sent(11, 20, t0);
+        s.sent(1, 10, 100, t0);
+        s.sent(11, 20, 100, t0);
         assert_eq!(s.want(), None, "window full");
         s.on_ack(10);
         assert_eq!(s.in_flight(), 1);
@@ -449,7 +633,7 @@ mod tests {
         assert!(s.on_tick(t0 + Duration::from_secs(2)));
         assert_eq!(s.want().map(|w| w.first), Some(11));
         // A gap report moves the ack forward and rewinds.
-        s.sent(11, 20, t0);
+        s.sent(11, 20, 100, t0);
         s.on_gap(16);
         assert_eq!(s.acked(), 15);
         assert_eq!(s.want().map(|w| w.first), Some(16));
@@ -459,5 +643,32 @@ mod tests {
         // A stale ack changes nothing.
         s.on_ack(3);
         assert_eq!(s.acked(), 15);
+    }
+
+    #[test]
+    fn sender_bounds_the_bytes_in_flight() {
+        let cfg = SenderConfig {
+            max_batch_items: 10,
+            window: 100,
+            window_bytes: 1000,
+            retransmit_after: Duration::from_secs(1),
+        };
+        let t0 = Instant::now();
+        let mut s = Sender::new(cfg, 0);
+        s.outbox_extended(100);
+        // One batch larger than the byte window still goes when nothing is
+        // in flight.
+        s.sent(1, 10, 5000, t0);
+        assert_eq!(s.want(), None, "byte window full");
+        s.on_ack(10);
+        assert_eq!(s.in_flight_bytes(), 0);
+        s.sent(11, 20, 600, t0);
+        assert_eq!(s.want().map(|w| w.first), Some(21));
+        s.sent(21, 30, 600, t0);
+        assert_eq!(s.in_flight_bytes(), 1200);
+        assert_eq!(s.want(), None);
+        s.on_disconnect();
+        assert_eq!(s.in_flight_bytes(), 0);
+        assert_eq!(s.want().map(|w| w.first), Some(11));
     }
 }

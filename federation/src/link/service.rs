@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::value::RawValue;
-use tokio::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Mutex, Notify};
 
 use super::proto::{Batch, Sender, SenderConfig, decode_batch, encode_batch};
 use crate::NodeId;
 use crate::certs::NodeIdentity;
-use crate::command::{Command, CommandResponse, LinkAnswer};
+use crate::command::{Command, CommandResponse, LinkAnswer, LinkSpec};
 use crate::error::FederationError;
 use crate::network_quic::write_via_leader;
 use crate::site::Site;
@@ -38,7 +40,20 @@ pub struct LinkService {
     own_site: String,
     origins: Vec<String>,
     running: OnceLock<(Site, Endpoint)>,
-    per_origin: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    per_origin: std::sync::Mutex<HashMap<String, Arc<Lane>>>,
+}
+
+/// The receiving side of one origin: proposals are made one at a time, in
+/// sequence order, but several may be in Raft at once (pipelined).
+#[derive(Default)]
+struct Lane {
+    /// Serialises the proposals of one origin.
+    order: Mutex<()>,
+    /// Highest sequence proposed here whose proposal has not failed (a
+    /// batch right after it may be proposed before it is applied).
+    proposed: AtomicU64,
+    /// Woken when `proposed` moves.
+    moved: Notify,
 }
 
 impl std::fmt::Debug for LinkService {
@@ -66,7 +81,7 @@ impl LinkService {
         let _ = self.running.set((site, endpoint));
     }
 
-    fn lock_for(&self, origin: &str) -> Arc<Mutex<()>> {
+    fn lane(&self, origin: &str) -> Arc<Lane> {
         let mut m = match self.per_origin.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -114,13 +129,31 @@ impl LinkService {
             })?;
             items.push(raw);
         }
-        // A batch that starts after what is committed may be waiting for
-        // its predecessor (requests on separate streams can overtake each
-        // other): give it a moment before answering with the gap. Wait
-        // *before* taking the per-origin lock: the predecessor needs it.
+        let mut specs = Vec::with_capacity(batch.specs.len());
+        for (i, (hash, spec)) in batch.specs.iter().enumerate() {
+            let bad = |what: String| {
+                RemoteError::new(codes::BAD_REQUEST, format!("rule definition {i}: {what}"))
+            };
+            let hash = std::str::from_utf8(hash)
+                .map_err(|_| bad("hash is not UTF-8".into()))?
+                .to_string();
+            let spec = std::str::from_utf8(spec).map_err(|_| bad("not UTF-8".into()))?;
+            let spec = RawValue::from_string(spec.to_string())
+                .map_err(|e| bad(format!("not JSON: {e}")))?;
+            specs.push(LinkSpec { hash, spec });
+        }
+        // A batch that starts after what is committed (or proposed) may be
+        // waiting for its predecessor (requests on separate streams can
+        // overtake each other): give it a moment before answering with the
+        // gap. Wait *before* taking the lane's lock: the predecessor needs it.
+        let lane = self.lane(&batch.origin);
+        let last = batch.last_seq();
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut links = site.state.subscribe_links();
         loop {
+            let moved = lane.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
             let committed = site
                 .state
                 .view()
@@ -129,19 +162,43 @@ impl LinkService {
                 .get(&batch.origin)
                 .copied()
                 .unwrap_or(0);
-            if batch.first_seq <= committed + 1 || Instant::now() >= deadline {
+            let ahead = committed.max(lane.proposed.load(Ordering::Acquire));
+            if batch.first_seq <= ahead + 1 || Instant::now() >= deadline {
                 break;
             }
-            let _ = tokio::time::timeout_at(deadline.into(), links.changed()).await;
+            tokio::select! {
+                _ = links.changed() => {}
+                () = &mut moved => {}
+                () = tokio::time::sleep_until(deadline.into()) => {}
+            }
         }
-        let lock = self.lock_for(&batch.origin);
-        let _serial = lock.lock().await;
         let cmd = Command::LinkReceive {
             origin: batch.origin.clone(),
             first_seq: batch.first_seq,
             items: items.into(),
+            specs,
         };
-        let answer = match write_via_leader(&site, &endpoint, cmd).await {
+        let serial = lane.order.lock().await;
+        let result = if site.is_leader() {
+            // Propose in order under the lock, wait for the commit outside
+            // it: the next batch is proposed while this one commits.
+            match site.submit(cmd).await {
+                Ok(done) => {
+                    lane.proposed.fetch_max(last, Ordering::AcqRel);
+                    lane.moved.notify_waiters();
+                    drop(serial);
+                    done.await
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            write_via_leader(&site, &endpoint, cmd).await
+        };
+        if result.is_err() {
+            // Later batches must wait for what is applied again.
+            lane.proposed.store(0, Ordering::Release);
+        }
+        let answer = match result {
             Ok(CommandResponse::Link(a)) => a,
             Ok(other) => {
                 return Err(RemoteError::new(
@@ -333,13 +390,17 @@ async fn drain(
             }
         };
         while let Some(w) = sender.want() {
-            let entries = match site.state.read_outbox(&remote.site, w.first, w.max_items) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the outbox");
-                    break;
-                }
-            };
+            let (entries, specs) =
+                match site
+                    .state
+                    .read_outbox_with_specs(&remote.site, w.first, w.max_items)
+                {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the outbox");
+                        break;
+                    }
+                };
             let mut items = Vec::new();
             let mut bytes = 0usize;
             for (expect, e) in (w.first..).zip(entries) {
@@ -358,6 +419,10 @@ async fn drain(
                 origin: own.clone(),
                 first_seq: w.first,
                 items,
+                specs: specs
+                    .into_iter()
+                    .map(|(h, d)| (Bytes::from(h), Bytes::from(d)))
+                    .collect(),
             };
             let body = match encode_batch(&batch) {
                 Ok(b) => b,
@@ -369,7 +434,7 @@ async fn drain(
             let p = peer.clone();
             let first = w.first;
             let sent = Instant::now();
-            sender.sent(first, last, sent);
+            sender.sent(first, last, body.len(), sent);
             // Earlier batches first: the receiver commits in order, so a
             // batch that arrives before its predecessor only waits.
             let priority = batch_priority(first);
@@ -428,7 +493,7 @@ async fn drain(
                         in_flight = FuturesUnordered::new();
                         peer_idx += 1;
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
                     }
                 }
             }

@@ -20,11 +20,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::NodeId;
-use crate::command::{CommandResponse, LinkAnswer};
+use crate::command::{CommandResponse, LinkAnswer, LinkSpec};
 
 pub(crate) const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("link_out");
 pub(crate) const INBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("link_in");
 pub(crate) const LINK_META: TableDefinition<&str, &[u8]> = TableDefinition::new("link_meta");
+/// Rule definitions the outbox to a remote site refers to: `(remote, hash)`.
+pub(crate) const SPECS_OUT: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("link_specs_out");
+/// Rule definitions the inbox from an origin site refers to: `(origin, hash)`.
+pub(crate) const SPECS_IN: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("link_specs_in");
 
 type SResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -54,6 +60,9 @@ pub struct LinkView {
     /// Origin site → highest sequence committed into the inbox.
     pub inbound: BTreeMap<String, u64>,
 }
+
+/// A rule definition a link entry names: `(hash, definition JSON)`.
+pub type SpecRow = (String, Vec<u8>);
 
 /// One stored link entry (outbox or inbox).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +121,9 @@ pub(crate) fn enqueue(
     links: &mut LinkView,
     remote: &str,
     items: &[Box<RawValue>],
+    specs: &[LinkSpec],
 ) -> SResult<CommandResponse> {
+    put_specs(txn, SPECS_OUT, remote, specs)?;
     let o = links.out.entry(remote.to_string()).or_default();
     let first = o.last_seq + 1;
     {
@@ -126,6 +137,46 @@ pub(crate) fn enqueue(
     let last = o.last_seq;
     save_meta(txn, links)?;
     Ok(CommandResponse::Link(LinkAnswer::Enqueued { first, last }))
+}
+
+fn put_specs(
+    txn: &WriteTransaction,
+    def: TableDefinition<(&str, &str), &[u8]>,
+    name: &str,
+    specs: &[LinkSpec],
+) -> SResult<()> {
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let mut t = txn.open_table(def).map_err(werr)?;
+    for s in specs {
+        t.insert((name, s.hash.as_str()), s.spec.get().as_bytes())
+            .map_err(werr)?;
+    }
+    Ok(())
+}
+
+fn drop_specs(
+    txn: &WriteTransaction,
+    def: TableDefinition<(&str, &str), &[u8]>,
+    name: &str,
+) -> SResult<()> {
+    let mut t = txn.open_table(def).map_err(werr)?;
+    t.retain_in((name, "")..=(name, "\u{10ffff}"), |_, _| false)
+        .map_err(werr)?;
+    Ok(())
+}
+
+/// The rule definition `hash` of `name` in `table`.
+pub(crate) fn read_spec(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    name: &str,
+    hash: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    Ok(table
+        .get((name, hash))
+        .map_err(|e| e.to_string())?
+        .map(|v| v.value().to_vec()))
 }
 
 /// The remote acknowledged everything up to `upto`: drop it from the outbox.
@@ -146,6 +197,10 @@ pub(crate) fn acked(
         t.retain_in((remote, o.acked + 1)..=(remote, upto), |_, _| false)
             .map_err(werr)?;
         o.acked = upto;
+        if o.acked == o.last_seq {
+            // Drained: later deliveries bring their definitions again.
+            drop_specs(txn, SPECS_OUT, remote)?;
+        }
     }
     let acked = o.acked;
     save_meta(txn, links)?;
@@ -160,6 +215,7 @@ pub(crate) fn receive(
     origin: &str,
     first_seq: u64,
     items: &[Box<RawValue>],
+    specs: &[LinkSpec],
 ) -> SResult<CommandResponse> {
     let committed = links.inbound.get(origin).copied().unwrap_or(0);
     let receiver = crate::link::proto::Receiver::new(committed);
@@ -172,6 +228,7 @@ pub(crate) fn receive(
             return Ok(CommandResponse::Link(LinkAnswer::Gap { expected }));
         }
     };
+    put_specs(txn, SPECS_IN, origin, specs)?;
     let mut seq = committed;
     {
         let mut t = txn.open_table(INBOX).map_err(werr)?;
@@ -201,12 +258,16 @@ pub(crate) fn collect_inbox(
     cursors: &BTreeMap<String, u64>,
 ) -> SResult<()> {
     let mut t = txn.open_table(INBOX).map_err(werr)?;
-    for origin in links.inbound.keys() {
+    for (origin, committed) in &links.inbound {
         if let Some(c) = cursors.get(&inbox_cursor_key(origin))
             && *c > 1
         {
             t.retain_in((origin.as_str(), 0)..(origin.as_str(), *c), |_, _| false)
                 .map_err(werr)?;
+            if *c > *committed {
+                // Delivered: later batches bring their definitions again.
+                drop_specs(txn, SPECS_IN, origin)?;
+            }
         }
     }
     Ok(())
@@ -242,6 +303,10 @@ pub(crate) struct LinkSnapshot {
     pub view: LinkView,
     pub outbox: Vec<(String, u64, Box<RawValue>)>,
     pub inbox: Vec<(String, u64, Box<RawValue>)>,
+    #[serde(default)]
+    pub specs_out: Vec<(String, String, Box<RawValue>)>,
+    #[serde(default)]
+    pub specs_in: Vec<(String, String, Box<RawValue>)>,
 }
 
 /// Dump the link tables.
@@ -260,6 +325,16 @@ pub(crate) fn dump(txn: &redb::ReadTransaction, view: &LinkView) -> Result<LinkS
             out.push((name.to_string(), seq, raw));
         }
     }
+    for (def, out) in [(SPECS_OUT, &mut s.specs_out), (SPECS_IN, &mut s.specs_in)] {
+        let t = txn.open_table(def).map_err(|e| e.to_string())?;
+        for item in t.iter().map_err(|e| e.to_string())? {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            let (name, hash) = k.value();
+            let raw = String::from_utf8(v.value().to_vec()).map_err(|e| e.to_string())?;
+            let raw = RawValue::from_string(raw).map_err(|e| e.to_string())?;
+            out.push((name.to_string(), hash.to_string(), raw));
+        }
+    }
     Ok(s)
 }
 
@@ -268,10 +343,19 @@ pub(crate) fn restore(txn: &WriteTransaction, s: &LinkSnapshot) -> SResult<()> {
     txn.delete_table(OUTBOX).map_err(werr)?;
     txn.delete_table(INBOX).map_err(werr)?;
     txn.delete_table(LINK_META).map_err(werr)?;
+    txn.delete_table(SPECS_OUT).map_err(werr)?;
+    txn.delete_table(SPECS_IN).map_err(werr)?;
     for (def, rows) in [(OUTBOX, &s.outbox), (INBOX, &s.inbox)] {
         let mut t = txn.open_table(def).map_err(werr)?;
         for (name, seq, raw) in rows {
             t.insert((name.as_str(), *seq), raw.get().as_bytes())
+                .map_err(werr)?;
+        }
+    }
+    for (def, rows) in [(SPECS_OUT, &s.specs_out), (SPECS_IN, &s.specs_in)] {
+        let mut t = txn.open_table(def).map_err(werr)?;
+        for (name, hash, raw) in rows {
+            t.insert((name.as_str(), hash.as_str()), raw.get().as_bytes())
                 .map_err(werr)?;
         }
     }

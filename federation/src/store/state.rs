@@ -211,6 +211,8 @@ impl SiteState {
         txn.open_table(super::links::OUTBOX).map_err(werr)?;
         txn.open_table(super::links::INBOX).map_err(werr)?;
         txn.open_table(super::links::LINK_META).map_err(werr)?;
+        txn.open_table(super::links::SPECS_OUT).map_err(werr)?;
+        txn.open_table(super::links::SPECS_IN).map_err(werr)?;
         txn.commit().map_err(werr)
     }
 
@@ -312,6 +314,44 @@ impl SiteState {
         let txn = self.db.begin_read().map_err(rerr)?;
         let table = txn.open_table(super::links::OUTBOX).map_err(rerr)?;
         super::links::read(&table, remote, from, limit).map_err(|m| rerr(std::io::Error::other(m)))
+    }
+
+    /// Up to `limit` outbox entries owed to `remote` with `seq >= from`,
+    /// with the rule definitions they refer to by hash (read together, so
+    /// every definition an entry names is there).
+    pub fn read_outbox_with_specs(
+        &self,
+        remote: &str,
+        from: u64,
+        limit: usize,
+    ) -> SResult<(Vec<super::links::LinkEntry>, Vec<super::links::SpecRow>)> {
+        let txn = self.db.begin_read().map_err(rerr)?;
+        let table = txn.open_table(super::links::OUTBOX).map_err(rerr)?;
+        let entries = super::links::read(&table, remote, from, limit)
+            .map_err(|m| rerr(std::io::Error::other(m)))?;
+        let mut hashes: Vec<&str> = entries
+            .iter()
+            .filter_map(|e| crate::link::proto::item_spec_hash(&e.body))
+            .collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        let specs_table = txn.open_table(super::links::SPECS_OUT).map_err(rerr)?;
+        let mut specs = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            if let Some(spec) = super::links::read_spec(&specs_table, remote, h)
+                .map_err(|m| rerr(std::io::Error::other(m)))?
+            {
+                specs.push((h.to_string(), spec));
+            }
+        }
+        Ok((entries, specs))
+    }
+
+    /// The rule definition `hash` that the inbox from `origin` refers to.
+    pub fn read_inbox_spec(&self, origin: &str, hash: &str) -> SResult<Option<Vec<u8>>> {
+        let txn = self.db.begin_read().map_err(rerr)?;
+        let table = txn.open_table(super::links::SPECS_IN).map_err(rerr)?;
+        super::links::read_spec(&table, origin, hash).map_err(|m| rerr(std::io::Error::other(m)))
     }
 
     /// Up to `limit` inbox entries from `origin` with `seq >= from`.
@@ -851,9 +891,11 @@ fn apply_command(
             view.config_version = view.config_version.max(version);
             CommandResponse::Ok
         }
-        Command::LinkEnqueue { remote, items } => {
-            super::links::enqueue(txn, &mut view.links, &remote, &items)?
-        }
+        Command::LinkEnqueue {
+            remote,
+            items,
+            specs,
+        } => super::links::enqueue(txn, &mut view.links, &remote, &items, &specs)?,
         Command::LinkAcked { remote, upto } => {
             super::links::acked(txn, &mut view.links, &remote, upto)?
         }
@@ -861,6 +903,7 @@ fn apply_command(
             origin,
             first_seq,
             items,
+            specs,
         } => super::links::receive(
             txn,
             &mut view.links,
@@ -868,6 +911,7 @@ fn apply_command(
             &origin,
             first_seq,
             &items,
+            &specs,
         )?,
     })
 }
