@@ -421,6 +421,21 @@ async fn open_loop_from(
     acks
 }
 
+/// The machine's count of UDP datagrams dropped for a full socket buffer.
+fn udp_rcvbuf_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 // ---------------------------------------------------------------- cluster
 
 async fn link_out(client: &NodeClient, remote: &str) -> anyhow::Result<Value> {
@@ -876,15 +891,19 @@ async fn run() -> anyhow::Result<()> {
             proxy.stats()
         );
     }
+    let drops = udp_rcvbuf_errors();
     let lp = b.latency(P_LAT_PROXY, "bench.remote").await?;
     print_lat("(b') target at aws, via proxy, 0 ms", &lp);
     let link = link_out(&b.idc, "aws").await.unwrap_or_default();
     println!(
-        "  link after (b'): rttMs {} quic {}",
-        link["rttMs"], link["quic"]
+        "  link after (b'): rttMs {} quic {}; UDP datagrams dropped by full socket buffers {}",
+        link["rttMs"],
+        link["quic"],
+        udp_rcvbuf_errors() - drops
     );
     let delay = Duration::from_millis(env_or("BENCH_DELAY_MS", 50));
     proxy.faults().set_delay(delay);
+    let drops = udp_rcvbuf_errors();
     let lc = b.latency(P_LAT_DELAY, "bench.remote").await?;
     print_lat(
         &format!("(c) target at aws, {} ms one-way", delay.as_millis()),
@@ -892,9 +911,10 @@ async fn run() -> anyhow::Result<()> {
     );
     let link = link_out(&b.idc, "aws").await.unwrap_or_default();
     println!(
-        "  link after (c): rttMs {} quic {}; proxy {:?}",
+        "  link after (c): rttMs {} quic {}; UDP datagrams dropped by full socket buffers {}; proxy {:?}",
         link["rttMs"],
         link["quic"],
+        udp_rcvbuf_errors() - drops,
         proxy.stats()
     );
     proxy.faults().set_delay(Duration::ZERO);

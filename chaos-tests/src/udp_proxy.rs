@@ -465,6 +465,22 @@ type Lane = mpsc::UnboundedSender<(Datagram, Instant)>;
 
 /// Receive the upstream's replies on a session socket and hand them to
 /// `lane`, to be sent from `via` (the listening socket) to `client`.
+/// A UDP socket with large buffers (a real path's routers queue bursts; the
+/// default ~200 KB socket buffer of a busy test process would drop them and
+/// add losses the faults did not ask for).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_recv_buffer_size(8 << 20).ok();
+    socket.set_send_buffer_size(8 << 20).ok();
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 async fn pump(socket: Arc<UdpSocket>, via: Arc<UdpSocket>, client: SocketAddr, lane: Lane) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -527,7 +543,7 @@ async fn serve_clients(
         let socket = match table.entry(client) {
             Entry::Occupied(e) => e.get().clone(),
             Entry::Vacant(e) => {
-                let Ok(socket) = UdpSocket::bind(bind_addr).await else {
+                let Ok(socket) = bind_udp(bind_addr) else {
                     continue;
                 };
                 // Only the upstream may answer on a session socket.
@@ -591,11 +607,8 @@ impl UdpProxy {
     /// Bind `listen` (usually `127.0.0.1:0`) and forward to `upstream`,
     /// without faults until told otherwise.
     pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<UdpProxy> {
-        let listener = Arc::new(
-            UdpSocket::bind(listen)
-                .await
-                .with_context(|| format!("udp proxy: binding {listen}"))?,
-        );
+        let listener =
+            Arc::new(bind_udp(listen).with_context(|| format!("udp proxy: binding {listen}"))?);
         let local = listener.local_addr().context("udp proxy: local address")?;
         let faults = FaultHandle::default();
         let counters = [Arc::new(Counters::default()), Arc::new(Counters::default())];

@@ -237,6 +237,26 @@ pub enum RequestError {
     },
 }
 
+/// Socket buffer size asked for (the kernel caps it at `net.core.rmem_max`
+/// / `wmem_max`). The default (~200 KB) overflows when a busy process reads
+/// a burst late, and every datagram dropped there is a loss that shrinks
+/// the congestion window of a long link for seconds.
+pub const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+/// A UDP socket bound at `addr` with receive and send buffers of `buffer`
+/// bytes (best effort: a smaller size granted by the kernel is not an error).
+pub fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_recv_buffer_size(buffer).ok();
+    socket.set_send_buffer_size(buffer).ok();
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 fn quinn_transport(cfg: &TransportConfig) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(cfg.max_concurrent_streams));
@@ -318,10 +338,17 @@ impl Endpoint {
         let mut client_config =
             quinn::ClientConfig::new(Arc::new(tls::quic_client_crypto(creds).map_err(cfg_err)?));
         client_config.transport_config(transport);
-        let endpoint = quinn::Endpoint::server(server, addr).map_err(|e| TransportError::Bind {
-            addr,
-            message: e.to_string(),
-        })?;
+        let bind_err = |message: String| TransportError::Bind { addr, message };
+        let socket = udp_socket(addr, SOCKET_BUFFER_BYTES).map_err(|e| bind_err(e.to_string()))?;
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| bind_err("no async runtime found".into()))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|e| bind_err(e.to_string()))?;
         let inner = Arc::new(Inner {
             quinn: endpoint.clone(),
             identity: creds.identity.clone(),
