@@ -13,6 +13,7 @@
 //!   with what the receivers saw: lost acknowledged events, events nobody
 //!   sent, corrupted data.
 //! * [`events`] builds CloudEvents with known payloads.
+//! * [`Moto`] is a real SQS (and EventBridge) peer: `moto_server`.
 //! * [`UdpProxy`] stands between two sites' QUIC endpoints and injects WAN
 //!   faults the kernel here cannot (no `netem`): partitions (both ways or one
 //!   way), one-way delay, jitter, loss, duplication and reordering,
@@ -33,6 +34,7 @@
 pub mod cluster;
 pub mod conservation;
 pub mod events;
+pub mod moto;
 pub mod process;
 pub mod producer;
 pub mod receiver;
@@ -41,6 +43,7 @@ pub mod udp_proxy;
 pub use cluster::{ClusterNode, LocalCluster};
 pub use conservation::{ConservationReport, Ledger, check_conservation};
 pub use events::{Payload, SentEvent};
+pub use moto::Moto;
 pub use process::{HttpReply, NodeClient, NodeOptions, StraitProcess, strait_bin};
 pub use producer::{ProducerOptions, ProducerStats, lock, produce, stop_producers};
 pub use receiver::{Behavior, DeliveredEvent, ReceivedRequest, Receiver};

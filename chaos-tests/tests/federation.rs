@@ -562,3 +562,89 @@ async fn shared_rules_reach_every_site_and_survive_a_control_leader_kill() -> an
     })
     .await
 }
+
+/// Shared sources: an SQS source written at idc naming site aws is listed by
+/// every node, polled only by aws's leader (its status says `running` there
+/// and nowhere else), and its messages reach a receiver through a shared
+/// rule (routed at aws, delivered by idc over the link). moto is the SQS.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_source_runs_only_at_the_site_it_names() -> anyhow::Result<()> {
+    bounded(Duration::from_secs(120), async {
+        let moto = strait_chaos_tests::Moto::start().await?;
+        let mut extra = extra();
+        extra["aws"] = json!({"credentials": {"main": {"access_key_id": "testing", "secret_access_key": "testing"}}});
+        let mut c = LocalCluster::up(&[("idc", 1), ("aws", 1)], Some(extra)).await?;
+        let idc = c.site_nodes("idc")[0];
+        let aws = c.site_nodes("aws")[0];
+        wait_site_leader(&c, "idc").await?;
+        wait_site_leader(&c, "aws").await?;
+        let recv = Receiver::start(Behavior::Ok).await?;
+        let queue = moto.create_queue("shared-source").await?;
+        let clients = [c.client_at(idc)?, c.client_at(aws)?];
+        // The rule's target has no site: it gets idc's, where it was written.
+        let rule = json!({"pattern": {"source": ["from-sqs"]},
+            "targets": [http_target("sqs-recv", &recv.url("/sqs"), retry(100_000, 20, 500))]});
+        clients[0].put_rule(BUS, "from-sqs", &rule).await?.expect_status(200, "PUT rule")?;
+        let source = json!({
+            "type": "aws_sqs", "site": "aws", "bus": BUS, "queueUrl": queue,
+            "credential": "main", "region": "us-east-1", "endpoint": moto.url(),
+            "waitTimeSecs": 1, "visibilityTimeoutSecs": 30, "maxMessages": 10
+        });
+        let r = clients[0]
+            .send_json(reqwest::Method::PUT, "/v1/sources/orders-q", &source)
+            .await?;
+        r.expect_status(200, "PUT source at idc")?;
+        wait_config_everywhere(&mut c).await?;
+        for (i, client) in clients.iter().enumerate() {
+            let list = client.get_json("/v1/sources").await?;
+            list.expect_status(200, "GET /v1/sources")?;
+            let v = list.json().context("sources JSON")?;
+            let site = &v["sources"][0]["site"];
+            anyhow::ensure!(
+                v["sources"].as_array().map(Vec::len) == Some(1)
+                    && v["sources"][0]["name"] == json!("orders-q")
+                    && *site == json!("aws"),
+                "node {i} lists {v}"
+            );
+        }
+        let status = async |client: &strait_chaos_tests::NodeClient| -> anyhow::Result<Value> {
+            let r = client.get_json("/v1/sources/orders-q").await?;
+            r.expect_status(200, "GET source")?;
+            Ok(r.json().context("source JSON")?["status"].clone())
+        };
+        strait_chaos_tests::wait_for(
+            "the source to run at aws",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async {
+                status(&clients[1])
+                    .await
+                    .ok()
+                    .filter(|s| s["running"] == json!(true))
+            },
+        )
+        .await?;
+        let ids: Vec<String> = (0..5).map(|i| format!("sqs-{i}")).collect();
+        for id in &ids {
+            let ce = json!({"specversion": "1.0", "id": id, "source": "from-sqs", "type": "t", "data": {"id": id}});
+            moto.send(&queue, &ce.to_string()).await?;
+        }
+        recv.wait_for_ids(ids.iter(), Duration::from_secs(20))
+            .await
+            .context("SQS messages must reach the receiver through the shared rule")?;
+        let at_aws = status(&clients[1]).await?;
+        let at_idc = status(&clients[0]).await?;
+        eprintln!("source status at aws {at_aws}, at idc {at_idc}");
+        anyhow::ensure!(
+            at_aws["running"] == json!(true) && at_aws["received"].as_u64() >= Some(5),
+            "aws runs the source: {at_aws}"
+        );
+        anyhow::ensure!(
+            at_idc["running"] == json!(false) && at_idc["received"] == json!(0),
+            "idc must not poll it: {at_idc}"
+        );
+        anyhow::ensure!(moto.queue_counts(&queue).await? == (0, 0), "the queue is drained");
+        c.ensure_no_panic()
+    })
+    .await
+}

@@ -60,6 +60,21 @@ pub enum Command {
         /// Rule name.
         name: String,
     },
+    /// Create or replace a source: something a site pulls events from
+    /// (an SQS queue, ...). The definition names the bus its events are
+    /// committed to (`bus`, which must exist) and the site that runs it
+    /// (`site`); credentials are referenced by name, never included.
+    PutSource {
+        /// Source name.
+        name: String,
+        /// The validated source definition (JSON, as accepted by the API).
+        spec: serde_json::Value,
+    },
+    /// Delete a source.
+    DeleteSource {
+        /// Source name.
+        name: String,
+    },
     /// Append events (group commit: many producers' events in one entry).
     Append {
         /// Ingestion time in ms since the epoch, chosen by the proposer.
@@ -164,7 +179,7 @@ pub enum CommandResponse {
     Ok,
     /// Per-entry outcomes of an append, in order.
     Appended(Vec<AppendOutcome>),
-    /// The named bus or rule does not exist.
+    /// The named bus, rule or source does not exist.
     NotFound(String),
     /// The command conflicts with the current state.
     Conflict(String),

@@ -1,13 +1,14 @@
 //! The control group: one Raft group spanning every site that replicates
-//! the federation's shared configuration (buses and rules with their
-//! targets). Every node is a voter or a learner in it, so every node holds
+//! the federation's shared configuration (buses, rules with their targets,
+//! and sources). Every node is a voter or a learner in it, so every node holds
 //! the whole configuration locally.
 //!
 //! The control group's state machine is a [`crate::SiteState`] that only
 //! ever sees configuration commands. A site does not route from it
 //! directly: the site's leader *imports* it, writing the differences into
 //! the site's own log as ordinary [`Command::PutBus`] / [`Command::PutRule`]
-//! / [`Command::DeleteRule`] / [`Command::DeleteBus`] entries followed by
+//! / [`Command::PutSource`] / [`Command::DeleteRule`] /
+//! [`Command::DeleteSource`] / [`Command::DeleteBus`] entries followed by
 //! [`Command::ConfigVersion`]. So a rule change takes effect at one position
 //! of each site's log (every event is routed by exactly one version of a
 //! rule), a site keeps routing with the configuration it has when the WAN
@@ -33,6 +34,8 @@ pub struct SharedConfig {
     pub buses: std::collections::BTreeMap<String, Value>,
     /// (bus, rule) → definition.
     pub rules: std::collections::BTreeMap<(String, String), Value>,
+    /// Source name → definition (each names the site that runs it).
+    pub sources: std::collections::BTreeMap<String, Value>,
 }
 
 impl SharedConfig {
@@ -42,6 +45,7 @@ impl SharedConfig {
             version: view.last_applied.map(|l| l.index).unwrap_or(0),
             buses: view.buses.clone(),
             rules: view.rules.clone(),
+            sources: view.sources.clone(),
         }
     }
 }
@@ -59,10 +63,11 @@ pub fn target_ids(spec: &Value) -> Vec<String> {
 }
 
 /// The commands that make a site whose configuration is `site` run
-/// `shared`: buses created or updated first, then rules put, then rules
-/// that are no longer shared deleted, then buses that are neither shared
-/// nor in `keep_buses` (the node's configured buses) deleted; last the
-/// version marker. Empty when the site already runs this version.
+/// `shared`: buses created or updated first, then rules put, then sources
+/// put, then rules and sources that are no longer shared deleted, then
+/// buses that are neither shared nor in `keep_buses` (the node's configured
+/// buses) deleted; last the version marker. (A bus is deleted only after
+/// the rules and sources on it, which the state machine insists on.) Empty when the site already runs this version.
 pub fn plan(shared: &SharedConfig, site: &View, keep_buses: &[String]) -> Vec<Command> {
     let mut out = Vec::new();
     for (name, spec) in &shared.buses {
@@ -83,12 +88,25 @@ pub fn plan(shared: &SharedConfig, site: &View, keep_buses: &[String]) -> Vec<Co
             });
         }
     }
+    for (name, spec) in &shared.sources {
+        if site.sources.get(name) != Some(spec) {
+            out.push(Command::PutSource {
+                name: name.clone(),
+                spec: spec.clone(),
+            });
+        }
+    }
     for (bus, name) in site.rules.keys() {
         if !shared.rules.contains_key(&(bus.clone(), name.clone())) {
             out.push(Command::DeleteRule {
                 bus: bus.clone(),
                 name: name.clone(),
             });
+        }
+    }
+    for name in site.sources.keys() {
+        if !shared.sources.contains_key(name) {
+            out.push(Command::DeleteSource { name: name.clone() });
         }
     }
     let keep: BTreeSet<&String> = keep_buses.iter().collect();
@@ -123,6 +141,8 @@ mod tests {
                     bus, name, targets, ..
                 } => format!("put-rule {bus}/{name} {targets:?}"),
                 Command::DeleteRule { bus, name } => format!("delete-rule {bus}/{name}"),
+                Command::PutSource { name, spec } => format!("put-source {name} {spec}"),
+                Command::DeleteSource { name } => format!("delete-source {name}"),
                 Command::ConfigVersion { version } => format!("version {version}"),
                 other => format!("{other:?}"),
             })
@@ -182,6 +202,61 @@ mod tests {
         assert_eq!(
             names(&plan(&shared, &site, &[])),
             ["put-rule b/r [\"t2\"]", "version 4"]
+        );
+    }
+
+    fn source(bus: &str, site: &str) -> Value {
+        json!({"type": "aws_sqs", "bus": bus, "site": site, "queueUrl": "http://q/1/q"})
+    }
+
+    #[test]
+    fn sources_are_put_after_their_bus_and_deleted_before_it() {
+        let mut shared = SharedConfig {
+            version: 9,
+            ..Default::default()
+        };
+        shared.buses.insert("in".into(), json!({"name": "in"}));
+        shared.sources.insert("new".into(), source("in", "aws"));
+        shared.sources.insert("same".into(), source("in", "idc"));
+        let mut site = View::default();
+        site.buses.insert("old".into(), json!({"name": "old"}));
+        site.sources.insert("gone".into(), source("old", "aws"));
+        site.sources.insert("same".into(), source("in", "idc"));
+        assert_eq!(
+            names(&plan(&shared, &site, &[])),
+            [
+                "put-bus in",
+                format!("put-source new {}", source("in", "aws")).as_str(),
+                "delete-source gone",
+                "delete-bus old",
+                "version 9"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_source_moved_to_another_site_is_put_again_and_an_equal_one_is_left_alone() {
+        let mut shared = SharedConfig {
+            version: 5,
+            ..Default::default()
+        };
+        shared.buses.insert("b".into(), json!({"name": "b"}));
+        shared.sources.insert("s".into(), source("b", "idc"));
+        let mut site = View {
+            config_version: 5,
+            ..Default::default()
+        };
+        site.buses = shared.buses.clone();
+        site.sources = shared.sources.clone();
+        assert!(plan(&shared, &site, &[]).is_empty());
+        shared.version = 6;
+        shared.sources.insert("s".into(), source("b", "aws"));
+        assert_eq!(
+            names(&plan(&shared, &site, &[])),
+            [
+                format!("put-source s {}", source("b", "aws")).as_str(),
+                "version 6"
+            ]
         );
     }
 }

@@ -522,3 +522,76 @@ async fn link_outbox_and_inbox_are_replicated_ordered_and_deduplicated() {
     assert_eq!(again.state.view().links.inbound.get("idc"), Some(&4));
     again.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sources_are_stored_survive_restart_and_snapshots_and_pin_their_bus() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = open(dir.path()).await;
+    let spec = json!({"type": "aws_sqs", "site": "aws", "bus": "b", "queueUrl": "http://q/1/q"});
+    let put = || Command::PutSource {
+        name: "s1".into(),
+        spec: spec.clone(),
+    };
+    // The bus must exist.
+    let r = site.write(put()).await.expect("put source");
+    assert!(
+        matches!(r, CommandResponse::NotFound(ref m) if m.contains("bus `b`")),
+        "{r:?}"
+    );
+    site.write(Command::PutBus {
+        name: "b".into(),
+        spec: json!({"name": "b"}),
+    })
+    .await
+    .expect("bus");
+    let r = site.write(put()).await.expect("put source");
+    assert!(matches!(r, CommandResponse::Ok), "{r:?}");
+    assert_eq!(site.state.view().sources.get("s1"), Some(&spec));
+    // A bus a source commits to cannot be deleted.
+    let r = site
+        .write(Command::DeleteBus { name: "b".into() })
+        .await
+        .expect("delete bus");
+    assert!(
+        matches!(r, CommandResponse::Conflict(ref m) if m.contains("still has sources: s1")),
+        "{r:?}"
+    );
+    site.shutdown().await.expect("shutdown");
+    drop(site);
+
+    // Persisted.
+    let site = open(dir.path()).await;
+    assert_eq!(site.state.view().sources.get("s1"), Some(&spec));
+    let bytes = site.state.snapshot_bytes().expect("bytes").data;
+    let other = tempfile::tempdir().expect("tempdir");
+    let fresh = SiteState::open(&other.path().join("state.redb")).expect("fresh");
+    fresh.install_snapshot(&bytes).expect("install");
+    assert_eq!(fresh.view().sources.get("s1"), Some(&spec));
+    // A snapshot written before sources were replicated still loads.
+    let mut old: serde_json::Value = serde_json::from_slice(&bytes).expect("snapshot json");
+    old.as_object_mut().expect("object").remove("sources");
+    let old = serde_json::to_vec(&old).expect("bytes");
+    fresh.install_snapshot(&old).expect("install old");
+    assert!(fresh.view().sources.is_empty());
+    assert!(fresh.view().buses.contains_key("b"));
+
+    let r = site
+        .write(Command::DeleteSource { name: "s1".into() })
+        .await
+        .expect("delete");
+    assert!(matches!(r, CommandResponse::Ok), "{r:?}");
+    let r = site
+        .write(Command::DeleteSource { name: "s1".into() })
+        .await
+        .expect("delete again");
+    assert!(
+        matches!(r, CommandResponse::NotFound(ref m) if m.contains("source `s1`")),
+        "{r:?}"
+    );
+    let r = site
+        .write(Command::DeleteBus { name: "b".into() })
+        .await
+        .expect("delete bus");
+    assert!(matches!(r, CommandResponse::Ok), "{r:?}");
+    site.shutdown().await.expect("shutdown");
+}

@@ -99,6 +99,11 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/buses/{bus}/rules/{rule}",
             put(put_rule).get(get_rule).delete(delete_rule),
         )
+        .route("/v1/sources", get(list_sources))
+        .route(
+            "/v1/sources/{name}",
+            put(put_source).get(get_source).delete(delete_source),
+        )
         .route("/v1/patterns:test", post(test_pattern))
         .route("/v1/transforms:test", post(test_transform))
         .route("/v1/cluster", get(cluster))
@@ -231,6 +236,8 @@ fn command_result(resp: CommandResponse) -> ApiResult<()> {
         CommandResponse::NotFound(m) => {
             let code = if m.starts_with("bus") {
                 "BusNotFound"
+            } else if m.starts_with("source") {
+                "SourceNotFound"
             } else {
                 "RuleNotFound"
             };
@@ -239,6 +246,8 @@ fn command_result(resp: CommandResponse) -> ApiResult<()> {
         CommandResponse::Conflict(m) => {
             let code = if m.contains("still has rules") {
                 "BusHasRules"
+            } else if m.contains("still has sources") {
+                "BusHasSources"
             } else {
                 "Conflict"
             };
@@ -587,21 +596,7 @@ async fn put_rule(
         )
     })?;
     let targets = spec.targets.iter().map(|t| t.id.clone()).collect();
-    if let Some(control) = &app.control {
-        // A bus this site has from its own configuration becomes shared
-        // with its first shared rule.
-        let bus_spec = app.site.state.view().buses.get(&bus).cloned();
-        let shared = control.group.state.view().buses.contains_key(&bus);
-        if let (false, Some(spec)) = (shared, bus_spec) {
-            command_result(
-                app.write_config(Command::PutBus {
-                    name: bus.clone(),
-                    spec,
-                })
-                .await?,
-            )?;
-        }
-    }
+    share_bus(&app, &bus).await?;
     command_result(
         app.write_config(Command::PutRule {
             bus: bus.clone(),
@@ -614,6 +609,25 @@ async fn put_rule(
     Ok(Json(rule_view(&app, &bus, &rule, &stored, false)))
 }
 
+/// A bus this site has from its own configuration becomes shared with its
+/// first shared rule or source.
+async fn share_bus(app: &App, bus: &str) -> ApiResult<()> {
+    if let Some(control) = &app.control {
+        let bus_spec = app.site.state.view().buses.get(bus).cloned();
+        let shared = control.group.state.view().buses.contains_key(bus);
+        if let (false, Some(spec)) = (shared, bus_spec) {
+            command_result(
+                app.write_config(Command::PutBus {
+                    name: bus.to_string(),
+                    spec,
+                })
+                .await?,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 async fn delete_rule(
     State(app): State<Arc<App>>,
     Path((bus, rule)): Path<(String, String)>,
@@ -622,6 +636,119 @@ async fn delete_rule(
         app.write_config(Command::DeleteRule { bus, name: rule })
             .await?,
     )?;
+    Ok(Json(json!({"deleted": true})))
+}
+
+/// Sites a source may name: this one, the linked ones and those of the
+/// control group's members.
+fn known_sites(app: &App) -> Vec<String> {
+    let mut sites: Vec<String> = std::iter::once(app.cfg.site.clone())
+        .chain(app.cfg.federation.links.keys().cloned())
+        .chain(app.cfg.control.members.iter().map(|m| m.site.clone()))
+        .collect();
+    sites.sort();
+    sites.dedup();
+    sites
+}
+
+fn source_view(app: &App, name: &str, spec: &Value, with_status: bool) -> Value {
+    let mut v = spec.clone();
+    v["name"] = json!(name);
+    if with_status {
+        v["status"] = app.sources.get(name).to_json();
+    }
+    v
+}
+
+async fn list_sources(State(app): State<Arc<App>>) -> Json<Value> {
+    let sources: Vec<(String, Value)> = app
+        .site
+        .state
+        .view()
+        .sources
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let out: Vec<Value> = sources
+        .iter()
+        .map(|(n, v)| source_view(&app, n, v, false))
+        .collect();
+    Json(json!({"sources": out}))
+}
+
+fn source_not_found(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "SourceNotFound",
+        format!("source `{name}` does not exist"),
+    )
+}
+
+async fn get_source(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let spec = app.site.state.view().sources.get(&name).cloned();
+    match spec {
+        Some(s) => Ok(Json(source_view(&app, &name, &s, true))),
+        None => Err(source_not_found(&name)),
+    }
+}
+
+async fn put_source(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    check_name("source", &name)?;
+    let mut v = read_json(&app, body).await?;
+    if let Some(m) = v.as_object_mut() {
+        // Echoed fields from a GET are fine to send back.
+        m.remove("name");
+        m.remove("status");
+    }
+    let mut spec = crate::source_spec::SourceSpec::from_json(&v)?;
+    let site = spec
+        .site
+        .get_or_insert_with(|| app.cfg.site.clone())
+        .clone();
+    let known = known_sites(&app);
+    if !known.contains(&site) {
+        return Err(ApiError::bad_request(
+            "UnknownSite",
+            format!("site: {site:?} is not a site of this federation (known sites: {known:?})"),
+        ));
+    }
+    if !app.site.state.view().buses.contains_key(&spec.bus) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "BusNotFound",
+            format!("bus: bus `{}` does not exist", spec.bus),
+        ));
+    }
+    let stored = serde_json::to_value(&spec).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })?;
+    share_bus(&app, &spec.bus).await?;
+    command_result(
+        app.write_config(Command::PutSource {
+            name: name.clone(),
+            spec: stored.clone(),
+        })
+        .await?,
+    )?;
+    Ok(Json(source_view(&app, &name, &stored, false)))
+}
+
+async fn delete_source(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    command_result(app.write_config(Command::DeleteSource { name }).await?)?;
     Ok(Json(json!({"deleted": true})))
 }
 

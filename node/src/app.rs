@@ -42,10 +42,12 @@ pub struct App {
     pub aws: crate::aws::AwsState,
     /// The control group's replica (federation with shared configuration).
     pub control: Option<crate::control::Control>,
+    /// Run-time status of the shared sources on this node.
+    pub sources: crate::sources::SourceStatuses,
 }
 
 impl App {
-    /// Apply a bus or rule change: through the control group when there is
+    /// Apply a bus, rule or source change: through the control group when there is
     /// one (answering once this site runs it), else to this site.
     pub async fn write_config(&self, cmd: Command) -> Result<CommandResponse, FederationError> {
         match &self.control {
@@ -104,10 +106,12 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         cert_expiry,
         link_stats: crate::links::new_stats(),
         control,
+        sources: Default::default(),
     });
     crate::links::start_senders(&app);
     tokio::spawn(crate::dispatch::run(app.clone()));
     crate::aws::spawn_sources(&app);
+    tokio::spawn(crate::sources::run(app.clone()));
     Ok(app)
 }
 

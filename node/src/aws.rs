@@ -4,9 +4,12 @@
 //!   speaking EventBridge's JSON 1.1 `AWSEvents.PutEvents`, SigV4-verified
 //!   against `aws.ingress_keys`, so AWS SDKs (boto3 `put_events`) work
 //!   unchanged against Strait;
-//! * SQS sources (`aws.sources`): a task per queue long-polls, converts each
-//!   message (EventBridge envelope, CloudEvent or anything) to a CloudEvent,
-//!   commits it and deletes the message only after the commit.
+//! * SQS sources: a task per queue long-polls, converts each message
+//!   (EventBridge envelope, CloudEvent or anything) to a CloudEvent, commits
+//!   it and deletes the message only after the commit ([`poll_sqs`]). Node-local
+//!   sources (`aws.sources`) run on every node of the site; shared sources
+//!   (`PUT /v1/sources/{name}`) run on the leader of the site they name
+//!   (`crate::sources`). Both use the same poller.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +30,8 @@ use crate::app::App;
 use crate::commit::CommitError;
 use crate::config::{Aws, AwsSource, Limits};
 use crate::ingest::{BATCH, parse_request};
+use crate::sources::StatusCell;
+use strait_adapters::aws_common::AwsCredential;
 
 /// The JSON 1.1 media type.
 pub const AMZ_JSON: &str = "application/x-amz-json-1.1";
@@ -264,32 +269,41 @@ pub async fn put_events(
     resp
 }
 
-/// Start one polling task per configured SQS source.
+/// Start one polling task per node-local SQS source (`aws.sources`; their
+/// status is not reported by the API, which shows shared sources).
 pub fn spawn_sources(app: &Arc<App>) {
-    for i in 0..app.cfg.aws.sources.len() {
-        tokio::spawn(run_source(app.clone(), i));
+    for src in &app.cfg.aws.sources {
+        let credential = src
+            .credential
+            .as_ref()
+            .and_then(|n| app.cfg.aws.credentials.get(n).cloned());
+        let conn = connection(src, credential);
+        tokio::spawn(poll_sqs(
+            app.clone(),
+            src.clone(),
+            conn,
+            crate::sources::StatusCell::default(),
+        ));
     }
 }
 
-fn connection(aws: &Aws, src: &AwsSource) -> Connection {
+/// The connection settings of an SQS source with its (resolved) credential.
+pub fn connection(src: &AwsSource, credential: Option<AwsCredential>) -> Connection {
     Connection {
         region: src.region.clone(),
         endpoint: src.endpoint.clone(),
-        credential: src
-            .credential
-            .as_ref()
-            .and_then(|n| aws.credentials.get(n).cloned()),
+        credential,
         timeout: Some(Duration::from_secs(src.wait_time_secs as u64 + 10)),
         max_attempts: 1,
     }
 }
 
-async fn run_source(app: Arc<App>, index: usize) {
-    let Some(src) = app.cfg.aws.sources.get(index).cloned() else {
-        return;
-    };
+/// Poll one SQS queue into `src.bus` until the task is aborted: receive,
+/// convert, commit, then delete what was committed. Progress and the last
+/// error go to `status`.
+pub async fn poll_sqs(app: Arc<App>, src: AwsSource, conn: Connection, status: StatusCell) {
     let name = src.name.clone();
-    let mut client = SqsSource::connect(&connection(&app.cfg.aws, &src), &src.queue_url).await;
+    let mut client = SqsSource::connect(&conn, &src.queue_url).await;
     let mut backoff = Duration::from_millis(200);
     let grow = |b: Duration| (b * 2).min(Duration::from_secs(30));
     if src.provision {
@@ -311,6 +325,7 @@ async fn run_source(app: Arc<App>, index: usize) {
                     break;
                 }
                 Err(e) => {
+                    status.update(|s| s.last_error = Some(format!("provisioning failed: {e}")));
                     tracing::warn!(source = %name, error = %e, "provisioning failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = grow(backoff);
@@ -336,9 +351,14 @@ async fn run_source(app: Arc<App>, index: usize) {
         {
             Ok(m) => {
                 backoff = Duration::from_millis(200);
+                status.update(|s| {
+                    s.last_error = None;
+                    s.received += m.len() as u64;
+                });
                 m
             }
             Err(e) => {
+                status.update(|s| s.last_error = Some(format!("SQS receive failed: {e}")));
                 metrics::counter!("strait_aws_source_errors_total", "source" => name.clone())
                     .increment(1);
                 tracing::warn!(source = %name, error = %e, "SQS receive failed; retrying");
@@ -366,6 +386,7 @@ async fn run_source(app: Arc<App>, index: usize) {
                     receipts.push(m.receipt_handle.clone());
                 }
                 Err(e) => {
+                    status.update(|s| s.rejected += 1);
                     metrics::counter!("strait_aws_source_rejected_total", "source" => name.clone())
                         .increment(1);
                     tracing::warn!(source = %name, message_id = %m.message_id, error = %e, "SQS message is not a valid event; left on the queue (use a redrive policy)");
@@ -400,6 +421,7 @@ async fn run_source(app: Arc<App>, index: usize) {
                     pending.push(receipt);
                 }
                 Err(e) => {
+                    status.update(|s| s.rejected += 1);
                     metrics::counter!("strait_aws_source_rejected_total", "source" => name.clone())
                         .increment(1);
                     tracing::warn!(source = %name, event_id = ?id, error = %e, "event from SQS is not a valid CloudEvent; left on the queue");
@@ -425,6 +447,7 @@ async fn run_source(app: Arc<App>, index: usize) {
         let outcomes = match committed {
             Ok(o) => o,
             Err(e) => {
+                status.update(|s| s.last_error = Some(format!("commit failed: {e}")));
                 tracing::warn!(source = %name, error = %e, "commit failed; the messages become visible again after the visibility timeout");
                 tokio::time::sleep(backoff).await;
                 backoff = grow(backoff);
@@ -436,6 +459,7 @@ async fn run_source(app: Arc<App>, index: usize) {
             match outcome {
                 AppendOutcome::Accepted(_) => {
                     metrics::counter!("strait_events_committed_total").increment(1);
+                    status.update(|s| s.committed += 1);
                     delete.push(receipt);
                 }
                 AppendOutcome::Duplicate => {
@@ -443,6 +467,12 @@ async fn run_source(app: Arc<App>, index: usize) {
                     delete.push(receipt);
                 }
                 AppendOutcome::NoSuchBus => {
+                    status.update(|s| {
+                        s.last_error = Some(format!(
+                            "bus `{}` does not exist at this site; messages left on the queue",
+                            src.bus
+                        ))
+                    });
                     tracing::warn!(source = %name, bus = %src.bus, "the source's bus does not exist; messages left on the queue");
                 }
             }

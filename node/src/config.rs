@@ -185,19 +185,19 @@ impl std::fmt::Debug for AwsIngressKey {
     }
 }
 
-fn default_aws_bus() -> String {
+pub(crate) fn default_aws_bus() -> String {
     "default".into()
 }
 
-fn default_wait_time_secs() -> i32 {
+pub(crate) fn default_wait_time_secs() -> i32 {
     20
 }
 
-fn default_visibility_timeout_secs() -> i32 {
+pub(crate) fn default_visibility_timeout_secs() -> i32 {
     30
 }
 
-fn default_max_messages() -> i32 {
+pub(crate) fn default_max_messages() -> i32 {
     10
 }
 
@@ -247,6 +247,71 @@ pub struct AwsSource {
     /// `source`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_pattern: Option<serde_json::Value>,
+}
+
+impl AwsSource {
+    /// Check the queue settings (pure: whether a named credential exists is
+    /// up to the caller, since shared sources resolve it at the site that
+    /// runs them). The error names the field in this struct's (snake_case)
+    /// words.
+    pub fn validate(&self) -> Result<(), strait_adapters::ConfigError> {
+        use strait_adapters::ConfigError as E;
+        match reqwest::Url::parse(&self.queue_url) {
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.path().len() > 1 => {}
+            _ => {
+                return Err(E::new(
+                    "queue_url",
+                    format!("{:?} is not a queue URL", self.queue_url),
+                ));
+            }
+        }
+        if crate::spec::validate_name("bus", &self.bus).is_err() {
+            return Err(E::new(
+                "bus",
+                format!("{:?} is not a valid bus name", self.bus),
+            ));
+        }
+        if let Some(c) = &self.credential
+            && crate::spec::validate_name("credential", c).is_err()
+        {
+            return Err(E::new(
+                "credential",
+                format!(
+                    "{c:?} is not a valid credential name (1-64 characters of A-Z a-z 0-9 . _ -)"
+                ),
+            ));
+        }
+        strait_adapters::aws_common::validate_region_endpoint(
+            self.region.as_deref(),
+            self.endpoint.as_deref(),
+        )?;
+        if !(0..=20).contains(&self.wait_time_secs) {
+            return Err(E::new("wait_time_secs", "must be between 0 and 20"));
+        }
+        if !(1..=43_200).contains(&self.visibility_timeout_secs) {
+            return Err(E::new(
+                "visibility_timeout_secs",
+                "must be between 1 and 43200",
+            ));
+        }
+        if !(1..=10).contains(&self.max_messages) {
+            return Err(E::new("max_messages", "must be between 1 and 10"));
+        }
+        if let Some(r) = &self.rule_name
+            && crate::spec::validate_name("rule", r).is_err()
+        {
+            return Err(E::new(
+                "rule_name",
+                format!("{r:?} is not a valid rule name (1-64 characters of A-Z a-z 0-9 . _ -)"),
+            ));
+        }
+        if let Some(p) = &self.event_pattern
+            && !p.is_object()
+        {
+            return Err(E::new("event_pattern", "must be a JSON object"));
+        }
+        Ok(())
+    }
 }
 
 fn default_ingress_path() -> String {
@@ -869,45 +934,13 @@ impl NodeConfig {
                     "must be unique, 1-64 characters of A-Z a-z 0-9 . _ -".into(),
                 );
             }
-            match reqwest::Url::parse(&s.queue_url) {
-                Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.path().len() > 1 => {}
-                _ => {
-                    return at(
-                        f("queue_url"),
-                        format!("{:?} is not a queue URL", s.queue_url),
-                    );
-                }
-            }
-            if crate::spec::validate_name("bus", &s.bus).is_err() {
-                return at(f("bus"), format!("{:?} is not a valid bus name", s.bus));
+            if let Err(e) = s.validate() {
+                return at(f(&e.field), e.message);
             }
             if let Some(c) = &s.credential
                 && !a.credentials.contains_key(c)
             {
                 return at(f("credential"), format!("{c:?} is not in aws.credentials"));
-            }
-            if let Err(e) = strait_adapters::aws_common::validate_region_endpoint(
-                s.region.as_deref(),
-                s.endpoint.as_deref(),
-            ) {
-                return at(f(&e.field), e.message);
-            }
-            if !(0..=20).contains(&s.wait_time_secs) {
-                return at(f("wait_time_secs"), "must be between 0 and 20".into());
-            }
-            if !(1..=43_200).contains(&s.visibility_timeout_secs) {
-                return at(
-                    f("visibility_timeout_secs"),
-                    "must be between 1 and 43200".into(),
-                );
-            }
-            if !(1..=10).contains(&s.max_messages) {
-                return at(f("max_messages"), "must be between 1 and 10".into());
-            }
-            if let Some(p) = &s.event_pattern
-                && !p.is_object()
-            {
-                return at(f("event_pattern"), "must be a JSON object".into());
             }
         }
         Ok(())

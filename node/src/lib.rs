@@ -17,6 +17,8 @@ pub mod feed;
 pub mod ingest;
 pub mod links;
 pub mod local;
+pub mod source_spec;
+pub mod sources;
 pub mod spec;
 pub mod telemetry;
 pub mod trace;

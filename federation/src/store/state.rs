@@ -1,4 +1,4 @@
-//! The site state machine: buses, rules, committed events, dedup index and
+//! The site state machine: buses, rules, sources, committed events, dedup index and
 //! dispatch cursors, on redb, plus an in-memory view for fast reads.
 //!
 //! Application is deterministic: it depends only on the command and the
@@ -26,6 +26,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("buses");
 /// Key: "bus\u{0}rule".
 const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
+/// Key: source name. Value: the source definition (JSON).
+const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
 /// Key: (bus, seq). Value: 8-byte big-endian ingest ms, then the event JSON.
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 /// Key: "bus\u{0}source\u{0}id". Value: ingest ms.
@@ -63,6 +65,11 @@ pub fn rule_key(bus: &str, rule: &str) -> String {
 /// The key of a target's dispatch cursor.
 pub fn target_key(bus: &str, rule: &str, target: &str) -> String {
     format!("{bus}/{rule}/{target}")
+}
+
+/// The bus a stored source definition commits its events to (`bus`).
+pub fn source_bus(spec: &serde_json::Value) -> Option<&str> {
+    spec.get("bus").and_then(serde_json::Value::as_str)
 }
 
 fn dedup_key(bus: &str, source: &str, id: &str) -> String {
@@ -112,6 +119,8 @@ pub struct View {
     pub buses: BTreeMap<String, serde_json::Value>,
     /// (bus, rule) → definition.
     pub rules: BTreeMap<(String, String), serde_json::Value>,
+    /// Source name → definition.
+    pub sources: BTreeMap<String, serde_json::Value>,
     /// Target key → next sequence to process.
     pub cursors: BTreeMap<String, u64>,
     /// The next sequence number to assign.
@@ -142,6 +151,9 @@ struct SnapshotBody {
     links: super::links::LinkSnapshot,
     #[serde(default)]
     config_version: u64,
+    /// Absent in snapshots written before sources were replicated.
+    #[serde(default)]
+    sources: Vec<(String, serde_json::Value)>,
 }
 
 /// A serialized snapshot of the whole state and the log position it covers.
@@ -205,6 +217,7 @@ impl SiteState {
         txn.open_table(META).map_err(werr)?;
         txn.open_table(BUSES).map_err(werr)?;
         txn.open_table(RULES).map_err(werr)?;
+        txn.open_table(SOURCES).map_err(werr)?;
         txn.open_table(EVENTS).map_err(werr)?;
         txn.open_table(DEDUP).map_err(werr)?;
         txn.open_table(CURSORS).map_err(werr)?;
@@ -248,6 +261,18 @@ impl SiteState {
             let (bus, rule) = key.split_once('\u{0}').unwrap_or((key, ""));
             view.rules.insert(
                 (bus.to_string(), rule.to_string()),
+                serde_json::from_slice(v.value()).map_err(rerr)?,
+            );
+        }
+        for item in txn
+            .open_table(SOURCES)
+            .map_err(rerr)?
+            .iter()
+            .map_err(rerr)?
+        {
+            let (k, v) = item.map_err(rerr)?;
+            view.sources.insert(
+                k.value().to_string(),
                 serde_json::from_slice(v.value()).map_err(rerr)?,
             );
         }
@@ -515,6 +540,7 @@ impl SiteState {
             events: Vec::new(),
             links: Default::default(),
             config_version,
+            sources: Vec::new(),
         };
         for item in txn.open_table(BUSES).map_err(rerr)?.iter().map_err(rerr)? {
             let (k, v) = item.map_err(rerr)?;
@@ -530,6 +556,18 @@ impl SiteState {
             body.rules.push((
                 bus.into(),
                 rule.into(),
+                serde_json::from_slice(v.value()).map_err(rerr)?,
+            ));
+        }
+        for item in txn
+            .open_table(SOURCES)
+            .map_err(rerr)?
+            .iter()
+            .map_err(rerr)?
+        {
+            let (k, v) = item.map_err(rerr)?;
+            body.sources.push((
+                k.value().to_string(),
                 serde_json::from_slice(v.value()).map_err(rerr)?,
             ));
         }
@@ -579,6 +617,7 @@ impl SiteState {
         {
             txn.delete_table(BUSES).map_err(werr)?;
             txn.delete_table(RULES).map_err(werr)?;
+            txn.delete_table(SOURCES).map_err(werr)?;
             txn.delete_table(EVENTS).map_err(werr)?;
             txn.delete_table(DEDUP).map_err(werr)?;
             txn.delete_table(CURSORS).map_err(werr)?;
@@ -602,6 +641,12 @@ impl SiteState {
                     .insert(rule_key(&bus, &rule).as_str(), b.as_slice())
                     .map_err(werr)?;
                 next.rules.insert((bus, rule), spec);
+            }
+            let mut sources = txn.open_table(SOURCES).map_err(werr)?;
+            for (name, spec) in body.sources {
+                let b = serde_json::to_vec(&spec).map_err(werr)?;
+                sources.insert(name.as_str(), b.as_slice()).map_err(werr)?;
+                next.sources.insert(name, spec);
             }
             let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
             for (k, v) in body.cursors {
@@ -713,6 +758,18 @@ fn apply_command(
                     rules.join(", ")
                 )));
             }
+            let sources: Vec<&str> = view
+                .sources
+                .iter()
+                .filter(|(_, spec)| source_bus(spec) == Some(name.as_str()))
+                .map(|(s, _)| s.as_str())
+                .collect();
+            if !sources.is_empty() {
+                return Ok(CommandResponse::Conflict(format!(
+                    "bus `{name}` still has sources: {}",
+                    sources.join(", ")
+                )));
+            }
             txn.open_table(BUSES)
                 .map_err(werr)?
                 .remove(name.as_str())
@@ -788,6 +845,34 @@ fn apply_command(
                 cursors.remove(k.as_str()).map_err(werr)?;
                 view.cursors.remove(&k);
             }
+            CommandResponse::Ok
+        }
+        Command::PutSource { name, spec } => {
+            if let Some(bus) = source_bus(&spec)
+                && !view.buses.contains_key(bus)
+            {
+                return Ok(CommandResponse::NotFound(format!(
+                    "bus `{bus}` does not exist"
+                )));
+            }
+            let bytes = serde_json::to_vec(&spec).map_err(werr)?;
+            txn.open_table(SOURCES)
+                .map_err(werr)?
+                .insert(name.as_str(), bytes.as_slice())
+                .map_err(werr)?;
+            view.sources.insert(name, spec);
+            CommandResponse::Ok
+        }
+        Command::DeleteSource { name } => {
+            if view.sources.remove(&name).is_none() {
+                return Ok(CommandResponse::NotFound(format!(
+                    "source `{name}` does not exist"
+                )));
+            }
+            txn.open_table(SOURCES)
+                .map_err(werr)?
+                .remove(name.as_str())
+                .map_err(werr)?;
             CommandResponse::Ok
         }
         Command::Append {
