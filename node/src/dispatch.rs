@@ -301,6 +301,7 @@ fn reconcile(
         let worker = TargetWorker {
             app: app.clone(),
             key: key.clone(),
+            metrics: WorkerMetrics::new(&bus, &rule_name, &t.id),
             bus,
             rule_name,
             rule: compiled,
@@ -351,6 +352,41 @@ fn build_sink(
     .map_err(|e| e.to_string())
 }
 
+/// Metric handles of one target worker: labels are built once per worker,
+/// not for every event.
+struct WorkerMetrics {
+    matched: metrics::Counter,
+    delivered: metrics::Counter,
+    failed: metrics::Counter,
+    retries: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl WorkerMetrics {
+    fn new(bus: &str, rule: &str, target: &str) -> WorkerMetrics {
+        let labels = [
+            ("bus", bus.to_string()),
+            ("rule", rule.to_string()),
+            ("target", target.to_string()),
+        ];
+        let outcome = |o: &'static str| {
+            [
+                ("bus", bus.to_string()),
+                ("rule", rule.to_string()),
+                ("target", target.to_string()),
+                ("outcome", o.to_string()),
+            ]
+        };
+        WorkerMetrics {
+            matched: metrics::counter!("strait_events_matched_total", &labels),
+            delivered: metrics::counter!("strait_deliveries_total", &outcome("delivered")),
+            failed: metrics::counter!("strait_deliveries_total", &outcome("failed")),
+            retries: metrics::counter!("strait_delivery_retries_total", &labels),
+            latency: metrics::histogram!("strait_delivery_latency_seconds", &labels),
+        }
+    }
+}
+
 struct TargetWorker {
     app: Arc<App>,
     key: String,
@@ -367,6 +403,7 @@ struct TargetWorker {
     /// The target lives in another site: hand the untransformed event to
     /// the link (the remote site transforms and delivers).
     via_link: bool,
+    metrics: WorkerMetrics,
 }
 
 /// Delivers events another site routed to a target of this site.
@@ -404,6 +441,7 @@ impl Remote {
             worker: Arc::new(TargetWorker {
                 app: app.clone(),
                 key: strait_federation::store::links::inbox_cursor_key(origin),
+                metrics: WorkerMetrics::new(&d.bus, &d.rule, &d.target),
                 bus: d.bus.clone(),
                 rule_name: d.rule.clone(),
                 rule,
@@ -568,27 +606,16 @@ impl TargetWorker {
         {
             return seq;
         }
-        let original = match Event::from_structured(value.clone()) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(seq, error = %e, "stored event is not a valid CloudEvent; skipping");
-                return seq;
-            }
-        };
         let target = &self.rule.spec.targets[self.idx];
-        let labels = [
-            ("bus", self.bus.clone()),
-            ("rule", self.rule_name.clone()),
-            ("target", target.id.clone()),
-        ];
-        metrics::counter!("strait_events_matched_total", &labels).increment(1);
-        let mut event = original.clone();
         let transform = if self.via_link {
             None
         } else {
             self.rule.transforms[self.idx].as_ref()
         };
-        if let Some(tr) = transform {
+        // Transform from the parsed value first: the event then takes the
+        // value without a copy (and the original is copied only when a
+        // transform replaces the data).
+        let transformed = transform.map(|tr| {
             let ingestion_time = chrono::DateTime::from_timestamp_millis(ingest_ms as i64)
                 .unwrap_or_default()
                 .to_rfc3339();
@@ -598,19 +625,35 @@ impl TargetWorker {
                 rule_id: &rule_id,
                 ingestion_time: &ingestion_time,
             };
-            match tr.apply(&value, &ctx) {
-                Ok(TransformOutput::Original) => {}
-                Ok(TransformOutput::Json(v)) => event.replace_data(v, "application/json"),
-                Ok(TransformOutput::Text(s)) => {
-                    event.replace_data(Value::String(s), "text/plain; charset=utf-8")
-                }
-                Err(e) => {
-                    self.dead_letter(original, format!("transform failed: {e}"), 0)
-                        .await;
-                    return seq;
-                }
+            tr.apply(&value, &ctx)
+        });
+        let original = match Event::from_structured(value) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(seq, error = %e, "stored event is not a valid CloudEvent; skipping");
+                return seq;
             }
-        }
+        };
+        self.metrics.matched.increment(1);
+        let replaced = match transformed {
+            None | Some(Ok(TransformOutput::Original)) => None,
+            Some(Ok(TransformOutput::Json(v))) => {
+                let mut e = original.clone();
+                e.replace_data(v, "application/json");
+                Some(e)
+            }
+            Some(Ok(TransformOutput::Text(s))) => {
+                let mut e = original.clone();
+                e.replace_data(Value::String(s), "text/plain; charset=utf-8");
+                Some(e)
+            }
+            Some(Err(e)) => {
+                self.dead_letter(original, format!("transform failed: {e}"), 0)
+                    .await;
+                return seq;
+            }
+        };
+        let event = replaced.as_ref().unwrap_or(&original);
         let parent = event
             .str_attr("traceparent")
             .and_then(TraceParent::parse)
@@ -633,21 +676,20 @@ impl TargetWorker {
             let started = Instant::now();
             let result = self
                 .sink
-                .deliver(&event, &tp.to_string())
+                .deliver(event, &tp.to_string())
                 .instrument(span.clone())
                 .await;
-            metrics::histogram!("strait_delivery_latency_seconds", &labels)
-                .record(started.elapsed().as_secs_f64());
+            self.metrics.latency.record(started.elapsed().as_secs_f64());
             let err = match result {
                 Ok(_) => {
-                    metrics::counter!("strait_deliveries_total", "bus" => self.bus.clone(), "rule" => self.rule_name.clone(), "target" => target.id.clone(), "outcome" => "delivered").increment(1);
+                    self.metrics.delivered.increment(1);
                     with_stats(&self.app.progress, &self.key, |s| s.delivered += 1);
                     return seq;
                 }
                 Err(e) => e,
             };
             span.in_scope(|| tracing::info!(error = %err, "delivery attempt failed"));
-            metrics::counter!("strait_deliveries_total", "bus" => self.bus.clone(), "rule" => self.rule_name.clone(), "target" => target.id.clone(), "outcome" => "failed").increment(1);
+            self.metrics.failed.increment(1);
             with_stats(&self.app.progress, &self.key, |s| {
                 s.failed_attempts += 1;
                 s.last_error = Some(err.to_string());
@@ -665,7 +707,7 @@ impl TargetWorker {
                 self.dead_letter(original, why, attempt).await;
                 return seq;
             }
-            metrics::counter!("strait_delivery_retries_total", &labels).increment(1);
+            self.metrics.retries.increment(1);
             tokio::time::sleep(policy.backoff(attempt)).await;
         }
     }
