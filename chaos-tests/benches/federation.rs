@@ -26,7 +26,8 @@
 //! `BENCH_BATCH` (100), `BENCH_TARGET_CONCURRENCY` (64, both targets),
 //! `BENCH_LAT_RATE` (2000 ev/s), `BENCH_LAT_BATCH` (10 events/request),
 //! `BENCH_LAT_SECS` (10), `BENCH_DELAY_MS` (50), `BENCH_PARTITION_RATE`
-//! (2000 ev/s), `BENCH_PARTITION_SECS` (60), `BENCH_DRAIN_TIMEOUT_SECS` (300).
+//! (2000 ev/s), `BENCH_PARTITION_SECS` (60), `BENCH_DRAIN_TIMEOUT_SECS` (300),
+//! `BENCH_EXTRA` (JSON merged into every node's config).
 //! `STRAIT_CHAOS_KEEP=1` keeps the cluster directory (configs, logs).
 
 use std::collections::HashMap;
@@ -733,7 +734,13 @@ async fn run() -> anyhow::Result<()> {
     );
 
     let recv = FastReceiver::start()?;
-    let c = LocalCluster::up(&[("idc", 1), ("aws", 1)], None)
+    // BENCH_EXTRA: JSON merged into every node's config (e.g.
+    // `{"snapshot_every": 100000}`).
+    let extra = match std::env::var("BENCH_EXTRA") {
+        Ok(v) => Some(serde_json::from_str::<Value>(&v).context("BENCH_EXTRA is not JSON")?),
+        Err(_) => None,
+    };
+    let c = LocalCluster::up(&[("idc", 1), ("aws", 1)], extra)
         .await
         .context("starting sites idc:1 and aws:1 (strait local up)")?;
     let idc_idx = *c.site_nodes("idc").first().context("no idc node")?;

@@ -509,7 +509,7 @@ impl Default for Federation {
     fn default() -> Self {
         Federation {
             links: Default::default(),
-            max_batch: 512,
+            max_batch: 2048,
             window: 64,
             window_bytes: 16 << 20,
             max_outbox: 1_000_000,

@@ -271,7 +271,7 @@ pub struct SenderConfig {
 impl Default for SenderConfig {
     fn default() -> Self {
         SenderConfig {
-            max_batch_items: 512,
+            max_batch_items: 2048,
             window: 64,
             window_bytes: 16 << 20,
             retransmit_after: Duration::from_secs(10),

@@ -28,6 +28,9 @@ use crate::transport::{
 /// Method: a batch of deliveries from another site's outbox.
 pub const METHOD_LINK_BATCH: u16 = 0x0301;
 
+/// Least time between two writes of a link's acknowledgement.
+const ACK_WRITE_EVERY: Duration = Duration::from_millis(50);
+
 /// Largest batch body a sender builds.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -359,6 +362,7 @@ async fn drain(
     let mut acked_written = acked0;
     let mut ack_write: Option<tokio::task::JoinHandle<()>> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut last_ack_write = Instant::now() - ACK_WRITE_EVERY;
     loop {
         let last = site
             .state
@@ -451,8 +455,16 @@ async fn drain(
             s.acked = sender.acked();
             s.peer = Some(format!("node {node} at {addr}"));
         });
-        // Persist the acknowledgement (one write at a time).
-        if sender.acked() > acked_written && ack_write.as_ref().is_none_or(|h| h.is_finished()) {
+        // Persist the acknowledgement: one write at a time, at most one per
+        // ACK_WRITE_EVERY (it only frees the outbox and moves where a new
+        // leader resumes; every write is a Raft commit competing with the
+        // traffic's own).
+        let ack_due = sender.acked() > acked_written;
+        if ack_due
+            && last_ack_write.elapsed() >= ACK_WRITE_EVERY
+            && ack_write.as_ref().is_none_or(|h| h.is_finished())
+        {
+            last_ack_write = Instant::now();
             let upto = sender.acked();
             let site2 = site.clone();
             let remote_name = remote.site.clone();
@@ -466,6 +478,9 @@ async fn drain(
                     .await;
             }));
         }
+        // Not written yet (too soon, or a write in flight: its commit wakes
+        // this loop through `links`).
+        let ack_pending = sender.acked() > acked_written;
         tokio::select! {
             Some((sent, reply)) = in_flight.next(), if !in_flight.is_empty() => {
                 match reply.map_err(|e| e.to_string()).and_then(|b| {
@@ -498,6 +513,8 @@ async fn drain(
                 }
             }
             _ = links.changed() => {}
+            () = tokio::time::sleep_until((last_ack_write + ACK_WRITE_EVERY).into()),
+                if ack_pending && last_ack_write.elapsed() < ACK_WRITE_EVERY => {}
             _ = tick.tick() => {
                 if sender.on_tick(Instant::now()) {
                     in_flight = FuturesUnordered::new();

@@ -13,7 +13,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::state::SiteState;
-use super::{blocking, storage_err};
+use super::{background, blocking, storage_err};
 use crate::command::CommandResponse;
 use crate::{NodeId, NodeInfo, TypeConfig};
 
@@ -94,8 +94,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let state = self.state.clone();
         let dir = self.dir.clone();
         let seq = self.seq;
-        blocking(move || {
-            let image = state.snapshot_bytes()?;
+        // Make the state durable at normal priority (it holds the write
+        // lock the next apply needs), then read and serialize it at the
+        // lowest priority: a big snapshot must not take the CPU from the
+        // traffic on a small machine.
+        let flusher = state.clone();
+        let txn = blocking(move || flusher.flush_for_snapshot()).await?;
+        background(move || {
+            let started = Instant::now();
+            let image = state.snapshot_image(txn)?;
             let (last_applied, membership, data) =
                 (image.last_applied, image.membership, image.data);
             let snapshot_id = match last_applied {
@@ -108,6 +115,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 snapshot_id,
             };
             save_snapshot(&dir, &meta, &data)?;
+            tracing::info!(
+                snapshot = meta.snapshot_id,
+                bytes = data.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "snapshot built"
+            );
             Ok(Snapshot {
                 meta,
                 snapshot: Box::new(Cursor::new(data)),

@@ -507,8 +507,25 @@ impl SiteState {
 
     /// Serialize the whole state (made durable first).
     pub fn snapshot_bytes(&self) -> SResult<SnapshotImage> {
+        let txn = self.flush_for_snapshot()?;
+        self.snapshot_image(txn)
+    }
+
+    /// Make the state durable and open a read of exactly that version:
+    /// applies wait meanwhile, so a snapshot never covers more than what a
+    /// restart would find on disk.
+    pub fn flush_for_snapshot(&self) -> SResult<redb::ReadTransaction> {
+        let _no_apply = match self.view.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         self.flush()?;
-        let txn = self.db.begin_read().map_err(rerr)?;
+        self.db.begin_read().map_err(rerr)
+    }
+
+    /// Serialize the version of the state `txn` reads (writers go on
+    /// meanwhile).
+    pub fn snapshot_image(&self, txn: redb::ReadTransaction) -> SResult<SnapshotImage> {
         let meta = txn.open_table(META).map_err(rerr)?;
         let get = |k: &str| -> SResult<Option<Vec<u8>>> {
             Ok(meta.get(k).map_err(rerr)?.map(|v| v.value().to_vec()))
