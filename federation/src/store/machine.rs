@@ -58,15 +58,22 @@ fn snap_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e)
 }
 
+/// Bytes of a snapshot written between two syncs.
+const SNAPSHOT_SYNC_EVERY: usize = 8 << 20;
+
 /// Write the current snapshot (data then meta, each atomically by rename).
 fn save_snapshot(dir: &Path, meta: &SnapshotMeta<NodeId, NodeInfo>, data: &[u8]) -> SResult<()> {
     let write = |name: &str, bytes: &[u8]| -> SResult<()> {
         let tmp = dir.join(format!("{name}.tmp"));
-        let f = std::fs::File::create(&tmp).map_err(snap_err)?;
         use std::io::Write;
-        let mut w = std::io::BufWriter::new(f);
-        w.write_all(bytes).map_err(snap_err)?;
-        let f = w.into_inner().map_err(|e| snap_err(e.into_error()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(snap_err)?;
+        // In pieces, each made durable before the next: one sync of a whole
+        // large snapshot would queue every Raft log fsync behind hundreds
+        // of megabytes of write-back.
+        for piece in bytes.chunks(SNAPSHOT_SYNC_EVERY) {
+            f.write_all(piece).map_err(snap_err)?;
+            f.sync_data().map_err(snap_err)?;
+        }
         f.sync_all().map_err(snap_err)?;
         std::fs::rename(&tmp, dir.join(name)).map_err(snap_err)
     };
