@@ -13,7 +13,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::state::SiteState;
-use super::{background, blocking, storage_err};
+use super::{blocking, storage_err};
 use crate::command::CommandResponse;
 use crate::{NodeId, NodeInfo, TypeConfig};
 
@@ -58,22 +58,15 @@ fn snap_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e)
 }
 
-/// Bytes of a snapshot written between two syncs.
-const SNAPSHOT_SYNC_EVERY: usize = 8 << 20;
-
 /// Write the current snapshot (data then meta, each atomically by rename).
 fn save_snapshot(dir: &Path, meta: &SnapshotMeta<NodeId, NodeInfo>, data: &[u8]) -> SResult<()> {
     let write = |name: &str, bytes: &[u8]| -> SResult<()> {
         let tmp = dir.join(format!("{name}.tmp"));
+        let f = std::fs::File::create(&tmp).map_err(snap_err)?;
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(snap_err)?;
-        // In pieces, each made durable before the next: one sync of a whole
-        // large snapshot would queue every Raft log fsync behind hundreds
-        // of megabytes of write-back.
-        for piece in bytes.chunks(SNAPSHOT_SYNC_EVERY) {
-            f.write_all(piece).map_err(snap_err)?;
-            f.sync_data().map_err(snap_err)?;
-        }
+        let mut w = std::io::BufWriter::new(f);
+        w.write_all(bytes).map_err(snap_err)?;
+        let f = w.into_inner().map_err(|e| snap_err(e.into_error()))?;
         f.sync_all().map_err(snap_err)?;
         std::fs::rename(&tmp, dir.join(name)).map_err(snap_err)
     };
@@ -101,15 +94,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let state = self.state.clone();
         let dir = self.dir.clone();
         let seq = self.seq;
-        // Make the state durable at normal priority (it holds the write
-        // lock the next apply needs), then read and serialize it at the
-        // lowest priority: a big snapshot must not take the CPU from the
-        // traffic on a small machine.
-        let flusher = state.clone();
-        let txn = blocking(move || flusher.flush_for_snapshot()).await?;
-        background(move || {
-            let started = Instant::now();
-            let image = state.snapshot_image(txn)?;
+        blocking(move || {
+            let image = state.snapshot_bytes()?;
             let (last_applied, membership, data) =
                 (image.last_applied, image.membership, image.data);
             let snapshot_id = match last_applied {
@@ -122,12 +108,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 snapshot_id,
             };
             save_snapshot(&dir, &meta, &data)?;
-            tracing::info!(
-                snapshot = meta.snapshot_id,
-                bytes = data.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "snapshot built"
-            );
             Ok(Snapshot {
                 meta,
                 snapshot: Box::new(Cursor::new(data)),

@@ -50,39 +50,3 @@ where
         Err(e) => Err(storage_msg(ErrorSubject::Store, ErrorVerb::Write, e)),
     }
 }
-
-/// Run `f` on a thread of its own at the lowest CPU priority (`nice` 19 on
-/// Linux), for long background work such as building a snapshot: on a
-/// small machine it then takes the CPU only when nothing latency-sensitive
-/// (ingest, replication, link traffic) wants it. A fresh thread, so the
-/// priority never leaks into the shared blocking pool.
-pub(crate) async fn background<T, F>(f: F) -> Result<T, StorageError<NodeId>>
-where
-    F: FnOnce() -> Result<T, StorageError<NodeId>> + Send + 'static,
-    T: Send + 'static,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("strait-background".into())
-        .spawn(move || {
-            lower_priority();
-            let _ = tx.send(f());
-        })
-        .map_err(|e| storage_msg(ErrorSubject::Store, ErrorVerb::Write, e))?;
-    match rx.await {
-        Ok(r) => r,
-        Err(e) => Err(storage_msg(ErrorSubject::Store, ErrorVerb::Write, e)),
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn lower_priority() {
-    // On Linux a thread id is a valid target of setpriority(PRIO_PROCESS).
-    let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
-        tracing::debug!(error = %e, "could not lower the priority of a background thread");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}

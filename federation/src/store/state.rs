@@ -511,16 +511,14 @@ impl SiteState {
         self.snapshot_image(txn)
     }
 
-    /// Make the state durable and open a read of exactly that version:
-    /// applies wait meanwhile, so a snapshot never covers more than what a
-    /// restart would find on disk.
+    /// Open a read of the current version of the state, then make the state
+    /// durable: what the read sees is on disk when this returns, so a
+    /// snapshot never covers more than a restart would find (applies go on
+    /// meanwhile; they are only newer than the snapshot).
     pub fn flush_for_snapshot(&self) -> SResult<redb::ReadTransaction> {
-        let _no_apply = match self.view.read() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let txn = self.db.begin_read().map_err(rerr)?;
         self.flush()?;
-        self.db.begin_read().map_err(rerr)
+        Ok(txn)
     }
 
     /// Serialize the version of the state `txn` reads (writers go on
