@@ -336,7 +336,10 @@ impl RaftNetwork<TypeConfig> for QuicPeer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         let n = rpc.entries.len() as u64;
+        let started = std::time::Instant::now();
         let body = encode_json(&rpc).map_err(|e| encode_error(&e))?;
+        metrics::histogram!("strait_raft_append_encode_seconds")
+            .record(started.elapsed().as_secs_f64());
         let reply = self
             .peer
             .request_within(
@@ -345,6 +348,8 @@ impl RaftNetwork<TypeConfig> for QuicPeer {
                 option.hard_ttl(),
             )
             .await;
+        metrics::histogram!("strait_raft_append_rpc_seconds")
+            .record(started.elapsed().as_secs_f64());
         if n > 1
             && matches!(
                 &reply,
@@ -517,11 +522,17 @@ impl Handler for RaftService {
             };
             match method {
                 METHOD_APPEND_ENTRIES => {
+                    let started = std::time::Instant::now();
                     let rpc: AppendEntriesRequest<TypeConfig> =
                         serde_json::from_slice(&req.body)
                             .map_err(|e| bad_request("append-entries", e))?;
+                    metrics::histogram!("strait_raft_append_decode_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     check(rpc.vote.leader_id().voted_for(), false)?;
-                    reply(&raft.append_entries(rpc).await)
+                    let answer = raft.append_entries(rpc).await;
+                    metrics::histogram!("strait_raft_append_handle_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    reply(&answer)
                 }
                 METHOD_VOTE => {
                     let rpc: VoteRequest<NodeId> =

@@ -17,7 +17,8 @@
 //! - a table with every figure.
 //!
 //! Knobs (env): `BENCH_SECS` (per phase, 10), `BENCH_CLIENTS` (64),
-//! `BENCH_BATCH` (100), `BENCH_KILLS` (20), `BENCH_DIR` (parent of the
+//! `BENCH_BATCH` (100), `BENCH_KILLS` (20; 0 skips failover), `BENCH_SOLO` (1; 0
+//! skips the one-node phases), `BENCH_DIR` (parent of the
 //! temporary directory), `BENCH_EXTRA` (a YAML file passed to
 //! `strait local up --extra`, e.g. Raft timing), `STRAIT_BIN` (default: `strait` next to this
 //! bench's target directory, i.e. `target/release/strait`), `NATS_SERVER`
@@ -204,26 +205,26 @@ async fn strait_phases(
     let nodes = &cl.cluster.nodes;
     let pids: Vec<u32> = nodes.iter().map(|n| n.pid).collect();
     let t = max_term(&client, nodes).await;
-    let c0 = cpu_secs(&pids);
+    let probe = Probe::start(&pids);
     let (s, e) = closed_loop(&to_leader, k.clients, k.batch, k.secs, counter.clone()).await;
-    let cpu = cpu_per_event(c0, cpu_secs(&pids), s.events);
+    let cpu = probe.finish(s.events);
     let name = format!("{label} batched → leader");
     let lead = report(&name, s, e);
     rows.push(Row::new(name, lead.clone(), t, max_term(&client, nodes).await).with_cpu(cpu));
     if cl.cluster.nodes.len() > 1 {
         let t = max_term(&client, nodes).await;
-        let c0 = cpu_secs(&pids);
+        let probe = Probe::start(&pids);
         let (s, e) = closed_loop(&cl.urls(), k.clients, k.batch, k.secs, counter.clone()).await;
-        let cpu = cpu_per_event(c0, cpu_secs(&pids), s.events);
+        let cpu = probe.finish(s.events);
         let name = format!("{label} batched → all nodes");
         let sum = report(&name, s, e);
         rows.push(Row::new(name, sum, t, max_term(&client, nodes).await).with_cpu(cpu));
     }
     let half = lead.rate / 2.0;
     let t = max_term(&client, nodes).await;
-    let c0 = cpu_secs(&pids);
+    let probe = Probe::start(&pids);
     let (s, e) = open_loop(&to_leader, k.batch, half, k.secs, counter.clone()).await;
-    let cpu = cpu_per_event(c0, cpu_secs(&pids), s.events);
+    let cpu = probe.finish(s.events);
     let name = format!("{label} open loop @ {half:.0}/s → leader");
     let sum = report(&name, s, e);
     rows.push(Row::new(name, sum, t, max_term(&client, nodes).await).with_cpu(cpu));
@@ -254,8 +255,8 @@ struct Row {
     sum: Summary,
     /// Raft term before and after the phase (elections under load).
     terms: String,
-    /// CPU time of the server processes (all nodes) per acknowledged event, µs.
-    cpu_us: Option<f64>,
+    /// CPU per acknowledged event and the machine's idle share.
+    cpu_us: Option<CpuUse>,
 }
 
 impl Row {
@@ -269,7 +270,7 @@ impl Row {
         }
     }
 
-    fn with_cpu(mut self, cpu: Option<f64>) -> Row {
+    fn with_cpu(mut self, cpu: Option<CpuUse>) -> Row {
         self.cpu_us = cpu;
         self
     }
@@ -291,9 +292,61 @@ fn cpu_secs(pids: &[u32]) -> f64 {
         .sum()
 }
 
-/// Server CPU µs per event over a phase.
-fn cpu_per_event(before: f64, after: f64, events: u64) -> Option<f64> {
-    (events > 0).then(|| (after - before) * 1e6 / events as f64)
+/// Where a phase's CPU went.
+#[derive(Clone, Copy)]
+struct CpuUse {
+    /// Server processes (all nodes), µs per acknowledged event.
+    server_us: f64,
+    /// This process (the load generator), µs per acknowledged event.
+    client_us: f64,
+    /// Share of the machine's CPU time that was idle (or waiting for I/O), %.
+    idle_pct: f64,
+}
+
+/// CPU counters at the start of a phase.
+struct Probe {
+    pids: Vec<u32>,
+    server: f64,
+    client: f64,
+    machine: (u64, u64),
+}
+
+impl Probe {
+    fn start(pids: &[u32]) -> Probe {
+        Probe {
+            pids: pids.to_vec(),
+            server: cpu_secs(pids),
+            client: cpu_secs(&[std::process::id()]),
+            machine: machine_ticks(),
+        }
+    }
+
+    /// CPU use per event since `start` (None when nothing was acknowledged).
+    fn finish(self, events: u64) -> Option<CpuUse> {
+        let per_event = |secs: f64| secs * 1e6 / events as f64;
+        let (idle, total) = machine_ticks();
+        let total = total.saturating_sub(self.machine.1).max(1);
+        (events > 0).then(|| CpuUse {
+            server_us: per_event(cpu_secs(&self.pids) - self.server),
+            client_us: per_event(cpu_secs(&[std::process::id()]) - self.client),
+            idle_pct: idle.saturating_sub(self.machine.0) as f64 * 100.0 / total as f64,
+        })
+    }
+}
+
+/// (idle + iowait, all) clock ticks of the machine so far, from `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return (0, 0);
+    };
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (idle, f.iter().sum())
 }
 
 fn kill9(pid: u32) -> anyhow::Result<()> {
@@ -786,7 +839,7 @@ fn main() -> anyhow::Result<()> {
         );
         let mut rows: Vec<Row> = Vec::new();
 
-        {
+        if env_or("BENCH_SOLO", 1) != 0 {
             let solo = Local::up(&bin, &dir.path().join("solo"), "solo:1")?;
             strait_phases("strait solo:1", &solo, &k, &mut rows).await?;
         }
@@ -806,7 +859,12 @@ fn main() -> anyhow::Result<()> {
             "failover: {} leader kills (SIGKILL) on a fresh idc:3, first ack through a follower",
             k.kills
         );
-        let fo = {
+        let fo = if k.kills == 0 {
+            Failover {
+                times: Vec::new(),
+                term_steps: Vec::new(),
+            }
+        } else {
             let mut idc = Local::up(&bin, &dir.path().join("failover"), "idc:3")?;
             match failover(&mut idc, &bin, k.kills).await {
                 Ok(fo) => fo,
@@ -825,9 +883,9 @@ fn main() -> anyhow::Result<()> {
         let nats = start_nats(&dir.path().join("nats"))?;
         nats_setup(nats.ports[0]).await?;
         let nats_pids: Vec<u32> = nats.children.iter().map(Child::id).collect();
-        let c0 = cpu_secs(&nats_pids);
+        let probe = Probe::start(&nats_pids);
         let (s, e) = nats_closed_loop(&nats, &k).await?;
-        let cpu = cpu_per_event(c0, cpu_secs(&nats_pids), s.events);
+        let cpu = probe.finish(s.events);
         let name = format!("nats R3 async publish (window {})", k.batch);
         let nats_sum = report(&name, s, e);
         rows.push(Row {
@@ -843,9 +901,9 @@ fn main() -> anyhow::Result<()> {
         println!("load average at end: {}", load.trim());
         println!("fsync/s {fsyncs:.0}");
         println!(
-            "| run | events/s | p50 ms | p99 ms | errors | ÷ NATS | Raft term | server CPU µs/event |"
+            "| run | events/s | p50 ms | p99 ms | errors | ÷ NATS | Raft term | server CPU µs/event | load generator CPU µs/event | machine idle % |"
         );
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for r in &rows {
             let s = &r.sum;
             // An open-loop rate is the offered load, not a capacity.
@@ -855,7 +913,7 @@ fn main() -> anyhow::Result<()> {
                 format!("{:.2}", s.rate / nats_sum.rate)
             };
             println!(
-                "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
                 r.name,
                 s.rate,
                 s.p50,
@@ -864,7 +922,13 @@ fn main() -> anyhow::Result<()> {
                 ratio,
                 r.terms,
                 r.cpu_us
-                    .map(|c| format!("{c:.0}"))
+                    .map(|c| format!("{:.0}", c.server_us))
+                    .unwrap_or_else(|| "–".into()),
+                r.cpu_us
+                    .map(|c| format!("{:.0}", c.client_us))
+                    .unwrap_or_else(|| "–".into()),
+                r.cpu_us
+                    .map(|c| format!("{:.0}", c.idle_pct))
                     .unwrap_or_else(|| "–".into())
             );
         }

@@ -212,6 +212,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             fresh.push(entry);
         }
         let db = self.db.clone();
+        let started = std::time::Instant::now();
         let result = blocking(move || {
             let mut txn = db.begin_write().map_err(werr)?;
             txn.set_durability(Durability::Immediate).map_err(werr)?;
@@ -224,6 +225,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.commit().map_err(werr)
         })
         .await;
+        metrics::histogram!("strait_raft_log_append_seconds")
+            .record(started.elapsed().as_secs_f64());
         if result.is_ok() {
             let mut cache = self.cache();
             for entry in fresh {

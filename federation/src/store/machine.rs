@@ -138,7 +138,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.last_durable = Instant::now();
         }
         let state = self.state.clone();
-        blocking(move || state.apply(entries, durable)).await
+        let started = Instant::now();
+        let result = blocking(move || state.apply(entries, durable)).await;
+        metrics::histogram!("strait_state_apply_seconds").record(started.elapsed().as_secs_f64());
+        result
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, LogId, StorageError, StoredMembership};
 use redb::{
@@ -173,6 +173,11 @@ pub struct SiteState {
     db: Database,
     path: PathBuf,
     view: RwLock<View>,
+    /// Held by whatever replaces the view (an apply, a snapshot install)
+    /// for its whole transaction. The view itself is only locked to copy it
+    /// and to swap in the new one, so readers (every ingest request checks
+    /// its bus) never wait for a commit's fsync.
+    writer: Mutex<()>,
     config_version: watch::Sender<u64>,
     head: watch::Sender<u64>,
     links_version: watch::Sender<u64>,
@@ -198,6 +203,7 @@ impl SiteState {
             db,
             path: path.to_path_buf(),
             view: RwLock::new(View::default()),
+            writer: Mutex::new(()),
             config_version: watch::Sender::new(0),
             head: watch::Sender::new(0),
             links_version: watch::Sender::new(0),
@@ -293,6 +299,20 @@ impl SiteState {
     /// A read guard on the in-memory view.
     pub fn view(&self) -> RwLockReadGuard<'_, View> {
         match self.view.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn view_mut(&self) -> RwLockWriteGuard<'_, View> {
+        match self.view.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        match self.writer.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
@@ -426,11 +446,8 @@ impl SiteState {
         entries: Vec<openraft::Entry<TypeConfig>>,
         durable: bool,
     ) -> SResult<Vec<CommandResponse>> {
-        let mut view = match self.view.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let mut next = view.clone();
+        let _writer = self.lock_writer();
+        let mut next = self.view().clone();
         let mut txn = self.db.begin_write().map_err(werr)?;
         txn.set_durability(if durable {
             Durability::Immediate
@@ -486,8 +503,7 @@ impl SiteState {
         }
         txn.commit().map_err(werr)?;
         let head = next.next_seq;
-        *view = next;
-        drop(view);
+        *self.view_mut() = next;
         if config_changed {
             self.config_version.send_modify(|v| *v += 1);
         }
@@ -624,12 +640,9 @@ impl SiteState {
     pub fn install_snapshot(&self, bytes: &[u8]) -> SResult<()> {
         let body: SnapshotBody = serde_json::from_slice(bytes)
             .map_err(|e| storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
-        let mut view = match self.view.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let _writer = self.lock_writer();
         let txn = self.db.begin_write().map_err(werr)?;
-        {
+        let next = {
             txn.delete_table(BUSES).map_err(werr)?;
             txn.delete_table(RULES).map_err(werr)?;
             txn.delete_table(SOURCES).map_err(werr)?;
@@ -690,11 +703,11 @@ impl SiteState {
             meta.insert("next_seq", s.as_slice()).map_err(werr)?;
             let c = serde_json::to_vec(&next.config_version).map_err(werr)?;
             meta.insert("config_version", c.as_slice()).map_err(werr)?;
-            *view = next;
-        }
+            next
+        };
         txn.commit().map_err(werr)?;
-        let head = view.next_seq;
-        drop(view);
+        let head = next.next_seq;
+        *self.view_mut() = next;
         self.config_version.send_modify(|v| *v += 1);
         self.links_version.send_modify(|v| *v += 1);
         self.head.send_replace(head);
