@@ -298,6 +298,16 @@ impl SiteState {
         }
     }
 
+    /// The source definitions (name, definition) in name order, copied
+    /// out so that the view's lock is not held while they are used.
+    pub fn sources(&self) -> Vec<(String, serde_json::Value)> {
+        self.view()
+            .sources
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Bumped whenever buses or rules change (not on appends or checkpoints).
     pub fn subscribe_config(&self) -> watch::Receiver<u64> {
         self.config_version.subscribe()
