@@ -161,11 +161,8 @@ pub async fn sdk_config(conn: &Connection) -> SdkConfig {
     }
 }
 
-/// Check an optional region and endpoint of a target or source definition.
-pub fn validate_region_endpoint(
-    region: Option<&str>,
-    endpoint: Option<&str>,
-) -> Result<(), ConfigError> {
+/// Check the optional region of a target or source definition.
+pub fn validate_region(region: Option<&str>) -> Result<(), ConfigError> {
     if let Some(r) = region
         && (r.is_empty()
             || r.len() > 32
@@ -178,19 +175,13 @@ pub fn validate_region_endpoint(
             format!("{r:?} is not a region name like us-east-1"),
         ));
     }
+    Ok(())
+}
+
+/// Check the optional endpoint override of a target or source definition.
+pub fn validate_endpoint(endpoint: Option<&str>) -> Result<(), ConfigError> {
     if let Some(e) = endpoint {
-        let u = reqwest::Url::parse(e).map_err(|err| {
-            ConfigError::new("endpoint", format!("{e:?} is not a valid URL: {err}"))
-        })?;
-        if u.scheme() != "http" && u.scheme() != "https" {
-            return Err(ConfigError::new(
-                "endpoint",
-                format!(
-                    "scheme {:?} is not supported (use http or https)",
-                    u.scheme()
-                ),
-            ));
-        }
+        crate::http_url("endpoint", e)?;
     }
     Ok(())
 }
@@ -545,18 +536,18 @@ mod tests {
             "access_key_id"
         );
         assert_eq!(
-            validate_region_endpoint(Some("US_EAST"), None)
-                .expect_err("region")
-                .field,
+            validate_region(Some("US_EAST")).expect_err("region").field,
             "region"
         );
         assert_eq!(
-            validate_region_endpoint(None, Some("ftp://x"))
+            validate_endpoint(Some("ftp://x"))
                 .expect_err("endpoint")
                 .field,
             "endpoint"
         );
-        assert!(validate_region_endpoint(Some("eu-west-1"), Some("http://127.0.0.1:5000")).is_ok());
+        assert!(validate_region(Some("eu-west-1")).is_ok());
+        assert!(validate_endpoint(Some("http://127.0.0.1:5000")).is_ok());
+        assert!(validate_region(None).is_ok() && validate_endpoint(None).is_ok());
     }
 
     #[test]

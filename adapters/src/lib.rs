@@ -59,6 +59,23 @@ impl ConfigError {
     }
 }
 
+/// Check that `url` is an http or https URL (an endpoint); the error names
+/// `field`.
+pub fn http_url(field: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
+    let u = reqwest::Url::parse(url)
+        .map_err(|err| ConfigError::new(field, format!("{url:?} is not a valid URL: {err}")))?;
+    if u.scheme() != "http" && u.scheme() != "https" {
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "scheme {:?} is not supported (use http or https)",
+                u.scheme()
+            ),
+        ));
+    }
+    Ok(u)
+}
+
 /// Boxed future returned by [`Sink::deliver`].
 pub type DeliveryFuture<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send + 'a>>;
 

@@ -47,18 +47,51 @@ fn append(entries: Vec<AppendEntry>) -> Command {
     }
 }
 
+async fn put_bus(site: &Site, name: &str, spec: serde_json::Value) -> CommandResponse {
+    site.write(Command::PutBus {
+        name: name.into(),
+        spec,
+    })
+    .await
+    .expect("put bus")
+}
+
+async fn checkpoint(
+    site: &Site,
+    now_ms: u64,
+    retention_ms: u64,
+    dedup_window_ms: u64,
+    cursors: Vec<(String, u64)>,
+) {
+    site.write(Command::Checkpoint {
+        now_ms,
+        retention_ms,
+        dedup_window_ms,
+        cursors,
+    })
+    .await
+    .expect("checkpoint");
+}
+
+/// The outcomes of an append.
+#[track_caller]
+fn appended(r: CommandResponse) -> Vec<AppendOutcome> {
+    match r {
+        CommandResponse::Appended(o) => o,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_ok(r: &CommandResponse) {
+    assert!(matches!(r, CommandResponse::Ok), "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_survive_restart_and_dedup_holds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let site = open(dir.path()).await;
-    let r = site
-        .write(Command::PutBus {
-            name: "b".into(),
-            spec: json!({"name": "b"}),
-        })
-        .await
-        .expect("put bus");
-    assert!(matches!(r, CommandResponse::Ok));
+    assert_ok(&put_bus(&site, "b", json!({"name": "b"})).await);
     let r = site
         .write(append(vec![
             entry("b", "1"),
@@ -68,11 +101,8 @@ async fn writes_survive_restart_and_dedup_holds() {
         ]))
         .await
         .expect("append");
-    let CommandResponse::Appended(outcomes) = r else {
-        panic!("unexpected {r:?}");
-    };
     assert_eq!(
-        outcomes,
+        appended(r),
         vec![
             AppendOutcome::Accepted(0),
             AppendOutcome::Accepted(1),
@@ -94,11 +124,8 @@ async fn writes_survive_restart_and_dedup_holds() {
         .write(append(vec![entry("b", "2"), entry("b", "4")]))
         .await
         .expect("append");
-    let CommandResponse::Appended(outcomes) = r else {
-        panic!("unexpected {r:?}");
-    };
     assert_eq!(
-        outcomes,
+        appended(r),
         vec![AppendOutcome::Duplicate, AppendOutcome::Accepted(2)]
     );
     site.shutdown().await.expect("shutdown");
@@ -108,12 +135,7 @@ async fn writes_survive_restart_and_dedup_holds() {
 async fn rules_cursors_and_gc() {
     let dir = tempfile::tempdir().expect("tempdir");
     let site = open(dir.path()).await;
-    site.write(Command::PutBus {
-        name: "b".into(),
-        spec: json!({}),
-    })
-    .await
-    .expect("bus");
+    put_bus(&site, "b", json!({})).await;
     site.write(append(vec![entry("b", "before")]))
         .await
         .expect("append");
@@ -126,7 +148,7 @@ async fn rules_cursors_and_gc() {
         })
         .await
         .expect("rule");
-    assert!(matches!(r, CommandResponse::Ok));
+    assert_ok(&r);
     // A new target starts at the head.
     assert_eq!(site.state.view().cursors.get("b/r/t"), Some(&1));
     let r = site
@@ -138,26 +160,19 @@ async fn rules_cursors_and_gc() {
         .await
         .expect("append");
     // Checkpoint past everything with zero retention: both events go.
-    site.write(Command::Checkpoint {
-        now_ms: 2_000_000,
-        retention_ms: 0,
-        dedup_window_ms: 0,
-        cursors: vec![("b/r/t".into(), 2), ("b/r/unknown".into(), 9)],
-    })
-    .await
-    .expect("checkpoint");
+    checkpoint(
+        &site,
+        2_000_000,
+        0,
+        0,
+        vec![("b/r/t".into(), 2), ("b/r/unknown".into(), 9)],
+    )
+    .await;
     assert_eq!(site.state.view().cursors.get("b/r/t"), Some(&2));
     assert!(!site.state.view().cursors.contains_key("b/r/unknown"));
     assert_eq!(site.state.stored_events().expect("count"), 0);
     // Cursors never move backwards.
-    site.write(Command::Checkpoint {
-        now_ms: 2_000_000,
-        retention_ms: 0,
-        dedup_window_ms: 0,
-        cursors: vec![("b/r/t".into(), 1)],
-    })
-    .await
-    .expect("checkpoint");
+    checkpoint(&site, 2_000_000, 0, 0, vec![("b/r/t".into(), 1)]).await;
     assert_eq!(site.state.view().cursors.get("b/r/t"), Some(&2));
     site.shutdown().await.expect("shutdown");
 }
@@ -166,12 +181,7 @@ async fn rules_cursors_and_gc() {
 async fn snapshot_round_trips_into_a_fresh_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     let site = open(dir.path()).await;
-    site.write(Command::PutBus {
-        name: "b".into(),
-        spec: json!({"d": 1}),
-    })
-    .await
-    .expect("bus");
+    put_bus(&site, "b", json!({"d": 1})).await;
     let entries = (0..50).map(|i| entry("b", &format!("e{i}"))).collect();
     site.write(append(entries)).await.expect("append");
     site.raft.trigger().snapshot().await.expect("trigger");
@@ -207,32 +217,23 @@ fn append_at(ingest_ms: u64, entries: Vec<AppendEntry>) -> Command {
 async fn dedup_window_is_not_extended_by_repeats_and_is_swept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let site = open(dir.path()).await;
-    site.write(Command::PutBus {
-        name: "b".into(),
-        spec: json!({}),
-    })
-    .await
-    .expect("bus");
-    let outcome = |r: CommandResponse| match r {
-        CommandResponse::Appended(o) => o,
-        other => panic!("unexpected {other:?}"),
-    };
+    put_bus(&site, "b", json!({})).await;
     let first = site
         .write(append_at(1_000_000, vec![entry("b", "x")]))
         .await
         .expect("append");
-    assert!(matches!(outcome(first)[0], AppendOutcome::Accepted(_)));
+    assert!(matches!(appended(first)[0], AppendOutcome::Accepted(_)));
     let again = site
         .write(append_at(1_050_000, vec![entry("b", "x")]))
         .await
         .expect("append");
-    assert_eq!(outcome(again), vec![AppendOutcome::Duplicate]);
+    assert_eq!(appended(again), vec![AppendOutcome::Duplicate]);
     // 70 s after the first copy: outside the window even though a repeat came at 50 s.
     let later = site
         .write(append_at(1_070_000, vec![entry("b", "x")]))
         .await
         .expect("append");
-    assert!(matches!(outcome(later)[0], AppendOutcome::Accepted(_)));
+    assert!(matches!(appended(later)[0], AppendOutcome::Accepted(_)));
 
     let dedup_len = |site: &Site| -> usize {
         let data = site.state.snapshot_bytes().expect("snapshot").data;
@@ -243,27 +244,13 @@ async fn dedup_window_is_not_extended_by_repeats_and_is_swept() {
         .await
         .expect("append");
     assert_eq!(dedup_len(&site), 2);
-    site.write(Command::Checkpoint {
-        now_ms: 1_100_000,
-        retention_ms: 3_600_000,
-        dedup_window_ms: 60_000,
-        cursors: vec![],
-    })
-    .await
-    .expect("checkpoint");
+    checkpoint(&site, 1_100_000, 3_600_000, 60_000, vec![]).await;
     assert_eq!(
         dedup_len(&site),
         2,
         "both entries are still inside the window"
     );
-    site.write(Command::Checkpoint {
-        now_ms: 1_200_000,
-        retention_ms: 3_600_000,
-        dedup_window_ms: 60_000,
-        cursors: vec![],
-    })
-    .await
-    .expect("checkpoint");
+    checkpoint(&site, 1_200_000, 3_600_000, 60_000, vec![]).await;
     assert_eq!(dedup_len(&site), 0, "expired entries are swept");
     site.shutdown().await.expect("shutdown");
 }
@@ -377,14 +364,7 @@ async fn link_rule_definitions_live_as_long_as_their_entries() {
             .is_some()
     );
     let key = strait_federation::store::links::inbox_cursor_key("idc");
-    site.write(Command::Checkpoint {
-        now_ms: 0,
-        retention_ms: 0,
-        dedup_window_ms: 0,
-        cursors: vec![(key, 2)],
-    })
-    .await
-    .expect("checkpoint");
+    checkpoint(&site, 0, 0, 0, vec![(key, 2)]).await;
     assert!(
         site.state
             .read_inbox_spec("idc", h2)
@@ -468,14 +448,7 @@ async fn link_outbox_and_inbox_are_replicated_ordered_and_deduplicated() {
     // The inbox reader's cursor exists; a checkpoint past 3 collects 1..=2.
     let key = strait_federation::store::links::inbox_cursor_key("idc");
     assert_eq!(site.state.view().cursors.get(&key), Some(&1));
-    site.write(Command::Checkpoint {
-        now_ms: 0,
-        retention_ms: 0,
-        dedup_window_ms: 0,
-        cursors: vec![(key, 3)],
-    })
-    .await
-    .expect("checkpoint");
+    checkpoint(&site, 0, 0, 0, vec![(key, 3)]).await;
     let left: Vec<u64> = site
         .state
         .read_inbox("idc", 0, 10)
@@ -538,14 +511,9 @@ async fn sources_are_stored_survive_restart_and_snapshots_and_pin_their_bus() {
         matches!(r, CommandResponse::NotFound(ref m) if m.contains("bus `b`")),
         "{r:?}"
     );
-    site.write(Command::PutBus {
-        name: "b".into(),
-        spec: json!({"name": "b"}),
-    })
-    .await
-    .expect("bus");
+    put_bus(&site, "b", json!({"name": "b"})).await;
     let r = site.write(put()).await.expect("put source");
-    assert!(matches!(r, CommandResponse::Ok), "{r:?}");
+    assert_ok(&r);
     assert_eq!(site.state.view().sources.get("s1"), Some(&spec));
     // A bus a source commits to cannot be deleted.
     let r = site
@@ -579,7 +547,7 @@ async fn sources_are_stored_survive_restart_and_snapshots_and_pin_their_bus() {
         .write(Command::DeleteSource { name: "s1".into() })
         .await
         .expect("delete");
-    assert!(matches!(r, CommandResponse::Ok), "{r:?}");
+    assert_ok(&r);
     let r = site
         .write(Command::DeleteSource { name: "s1".into() })
         .await
@@ -592,6 +560,6 @@ async fn sources_are_stored_survive_restart_and_snapshots_and_pin_their_bus() {
         .write(Command::DeleteBus { name: "b".into() })
         .await
         .expect("delete bus");
-    assert!(matches!(r, CommandResponse::Ok), "{r:?}");
+    assert_ok(&r);
     site.shutdown().await.expect("shutdown");
 }

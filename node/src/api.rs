@@ -661,15 +661,10 @@ fn source_view(app: &App, name: &str, spec: &Value, with_status: bool) -> Value 
 }
 
 async fn list_sources(State(app): State<Arc<App>>) -> Json<Value> {
-    let sources: Vec<(String, Value)> = app
+    let out: Vec<Value> = app
         .site
         .state
-        .view()
-        .sources
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let out: Vec<Value> = sources
+        .sources()
         .iter()
         .map(|(n, v)| source_view(&app, n, v, false))
         .collect();

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::NodeConfig;
+use crate::source_spec::SourceSpec;
 use crate::spec::{RuleSpec, validate_name};
 
 /// Strait: a multi-cloud CloudEvents federation gateway.
@@ -27,7 +28,8 @@ pub enum Commands {
     Serve(ServeArgs),
     /// Send one event to a bus (structured mode).
     Put(PutArgs),
-    /// Create or update buses and rules from a YAML/JSON file (idempotent).
+    /// Create or update buses, rules and sources from a YAML/JSON file
+    /// (idempotent).
     Apply(ApplyArgs),
     /// List resources.
     Get(GetArgs),
@@ -215,7 +217,7 @@ pub struct PutArgs {
 pub struct ApplyArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// File with `buses:` and `rules:`.
+    /// File with `buses:`, `rules:` and `sources:`.
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
 }
@@ -225,10 +227,10 @@ pub struct ApplyArgs {
 pub struct GetArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// `rules` or `buses`.
-    #[arg(value_parser = ["rules", "buses"])]
+    /// `rules`, `buses` or `sources`.
+    #[arg(value_parser = ["rules", "buses", "sources"])]
     what: String,
-    /// Bus (for rules; default: every bus).
+    /// Bus (for rules and sources; default: every bus).
     #[arg(long)]
     bus: Option<String>,
 }
@@ -332,14 +334,13 @@ async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
     match c {
         ClusterCommand::Status { server, json } => {
             let (client, base) = client(&server);
-            let (status, body) = send(
-                with_auth(client.get(format!("{base}/v1/cluster")), &server),
+            let body = get_json(
+                &client,
+                &server,
+                format!("{base}/v1/cluster"),
                 "cluster status",
             )
             .await?;
-            if status != 200 {
-                return Err(api_error("cluster status", status, &body));
-            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&body)?);
             } else {
@@ -439,6 +440,20 @@ async fn send(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<(u16, 
     Ok((status, body))
 }
 
+/// GET `url`: the body of a 200 answer, else an error saying `what` failed.
+async fn get_json(
+    c: &reqwest::Client,
+    server: &ServerArgs,
+    url: String,
+    what: &str,
+) -> anyhow::Result<Value> {
+    let (status, body) = send(with_auth(c.get(url), server), what).await?;
+    if status != 200 {
+        return Err(api_error(what, status, &body));
+    }
+    Ok(body)
+}
+
 fn api_error(what: &str, status: u16, body: &Value) -> anyhow::Error {
     let msg = body
         .pointer("/error/message")
@@ -482,6 +497,8 @@ struct ApplyFile {
     buses: Vec<ApplyBus>,
     #[serde(default)]
     rules: Vec<ApplyRule>,
+    #[serde(default)]
+    sources: Vec<ApplySource>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -495,6 +512,14 @@ struct ApplyBus {
 #[derive(Debug, Deserialize)]
 struct ApplyRule {
     bus: String,
+    name: String,
+    #[serde(flatten)]
+    spec: serde_json::Map<String, Value>,
+}
+
+/// A source: its name and the body of `PUT /v1/sources/{name}`.
+#[derive(Debug, Deserialize)]
+struct ApplySource {
     name: String,
     #[serde(flatten)]
     spec: serde_json::Map<String, Value>,
@@ -519,44 +544,53 @@ async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
         RuleSpec::from_json(&Value::Object(r.spec.clone()))
             .map_err(|e| anyhow!("{}: rules[{i}] ({}): {e}", a.file.display(), r.name))?;
     }
+    for (i, s) in file.sources.iter().enumerate() {
+        validate_name("source", &s.name)
+            .map_err(|e| anyhow!("{}: sources[{i}].name: {}", a.file.display(), e.message))?;
+        SourceSpec::from_json(&Value::Object(s.spec.clone()))
+            .map_err(|e| anyhow!("{}: sources[{i}] ({}): {e}", a.file.display(), s.name))?;
+    }
     let (c, base) = client(&a.server);
-    for b in &file.buses {
-        let req = c
-            .put(format!("{base}/v1/buses/{}", b.name))
-            .json(&json!({"description": b.description}));
+    // PUT `body` at `path`; `what` names the resource in the output.
+    let put = async |path: String, body: &Value, what: String| -> anyhow::Result<()> {
+        let req = c.put(format!("{base}{path}")).json(body);
         let (status, body) = send(with_auth(req, &a.server), "apply").await?;
         if !(200..300).contains(&status) {
-            return Err(api_error(&format!("bus {}", b.name), status, &body));
+            return Err(api_error(&what, status, &body));
         }
-        println!("bus {}: applied", b.name);
+        println!("{what}: applied");
+        Ok(())
+    };
+    for b in &file.buses {
+        put(
+            format!("/v1/buses/{}", b.name),
+            &json!({"description": b.description}),
+            format!("bus {}", b.name),
+        )
+        .await?;
     }
     for r in &file.rules {
-        let req = c
-            .put(format!("{base}/v1/buses/{}/rules/{}", r.bus, r.name))
-            .json(&Value::Object(r.spec.clone()));
-        let (status, body) = send(with_auth(req, &a.server), "apply").await?;
-        if !(200..300).contains(&status) {
-            return Err(api_error(
-                &format!("rule {}/{}", r.bus, r.name),
-                status,
-                &body,
-            ));
-        }
-        println!("rule {}/{}: applied", r.bus, r.name);
+        put(
+            format!("/v1/buses/{}/rules/{}", r.bus, r.name),
+            &Value::Object(r.spec.clone()),
+            format!("rule {}/{}", r.bus, r.name),
+        )
+        .await?;
+    }
+    for s in &file.sources {
+        put(
+            format!("/v1/sources/{}", s.name),
+            &Value::Object(s.spec.clone()),
+            format!("source {}", s.name),
+        )
+        .await?;
     }
     Ok(())
 }
 
 async fn get(a: GetArgs) -> anyhow::Result<()> {
     let (c, base) = client(&a.server);
-    let (status, body) = send(
-        with_auth(c.get(format!("{base}/v1/buses")), &a.server),
-        "get",
-    )
-    .await?;
-    if status != 200 {
-        return Err(api_error("get buses", status, &body));
-    }
+    let body = get_json(&c, &a.server, format!("{base}/v1/buses"), "get buses").await?;
     let buses: Vec<String> = body["buses"]
         .as_array()
         .map(|v| {
@@ -581,6 +615,9 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
     {
         bail!("bus `{b}` does not exist");
     }
+    if a.what == "sources" {
+        return get_sources(&a, &c, &base).await;
+    }
     println!(
         "{:<16} {:<24} {:<8} {:<40} PATTERN",
         "BUS", "RULE", "ENABLED", "TARGETS"
@@ -589,14 +626,13 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
         .iter()
         .filter(|b| a.bus.as_ref().is_none_or(|x| x == *b))
     {
-        let (status, body) = send(
-            with_auth(c.get(format!("{base}/v1/buses/{bus}/rules")), &a.server),
-            "get rules",
+        let body = get_json(
+            &c,
+            &a.server,
+            format!("{base}/v1/buses/{bus}/rules"),
+            &format!("get rules of {bus}"),
         )
         .await?;
-        if status != 200 {
-            return Err(api_error(&format!("get rules of {bus}"), status, &body));
-        }
         for r in body["rules"].as_array().into_iter().flatten() {
             let targets: Vec<String> = r["targets"]
                 .as_array()
@@ -619,6 +655,30 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
                 r["pattern"]
             );
         }
+    }
+    Ok(())
+}
+
+async fn get_sources(a: &GetArgs, c: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let body = get_json(c, &a.server, format!("{base}/v1/sources"), "get sources").await?;
+    println!(
+        "{:<24} {:<10} {:<16} {:<16} QUEUE",
+        "SOURCE", "TYPE", "SITE", "BUS"
+    );
+    let field = |s: &Value, k: &str| s[k].as_str().unwrap_or("").to_string();
+    for s in body["sources"].as_array().into_iter().flatten() {
+        let bus = field(s, "bus");
+        if a.bus.as_ref().is_some_and(|b| *b != bus) {
+            continue;
+        }
+        println!(
+            "{:<24} {:<10} {:<16} {:<16} {}",
+            field(s, "name"),
+            field(s, "type"),
+            field(s, "site"),
+            bus,
+            field(s, "queueUrl")
+        );
     }
     Ok(())
 }

@@ -256,15 +256,7 @@ impl AwsSource {
     /// words.
     pub fn validate(&self) -> Result<(), strait_adapters::ConfigError> {
         use strait_adapters::ConfigError as E;
-        match reqwest::Url::parse(&self.queue_url) {
-            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.path().len() > 1 => {}
-            _ => {
-                return Err(E::new(
-                    "queue_url",
-                    format!("{:?} is not a queue URL", self.queue_url),
-                ));
-            }
-        }
+        strait_adapters::aws_sqs::validate_queue_url("queue_url", &self.queue_url)?;
         if crate::spec::validate_name("bus", &self.bus).is_err() {
             return Err(E::new(
                 "bus",
@@ -281,10 +273,8 @@ impl AwsSource {
                 ),
             ));
         }
-        strait_adapters::aws_common::validate_region_endpoint(
-            self.region.as_deref(),
-            self.endpoint.as_deref(),
-        )?;
+        strait_adapters::aws_common::validate_region(self.region.as_deref())?;
+        strait_adapters::aws_common::validate_endpoint(self.endpoint.as_deref())?;
         if !(0..=20).contains(&self.wait_time_secs) {
             return Err(E::new("wait_time_secs", "must be between 0 and 20"));
         }

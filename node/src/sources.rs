@@ -131,14 +131,7 @@ pub async fn run(app: Arc<App>) {
 /// Make the running pollers match the replicated sources: those of this
 /// site while `leading`, none otherwise.
 fn reconcile(app: &Arc<App>, leading: bool, running: &mut HashMap<String, Running>) {
-    let sources: Vec<(String, Value)> = app
-        .site
-        .state
-        .view()
-        .sources
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let sources = app.site.state.sources();
     app.sources
         .retain(|name| sources.iter().any(|(n, _)| n == name));
     let mut wanted: HashMap<String, (Value, SourceSpec)> = HashMap::new();

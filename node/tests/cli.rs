@@ -237,6 +237,89 @@ fn apply_get_put_against_a_node() {
     assert!(stdout(&o).contains("BusNotFound"), "{}", stdout(&o));
 }
 
+/// Sources through `apply` and `get sources`. The node has no AWS
+/// credentials and the definition names one, so the source is stored and
+/// listed but never polled: no SQS peer is needed.
+#[test]
+fn apply_and_get_sources_against_a_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(&dir.path().join("data"));
+    let apply = |yaml: &str| {
+        let file = dir.path().join("sources.yaml");
+        std::fs::write(&file, yaml).expect("write");
+        run(&[
+            "apply",
+            "-f",
+            file.to_str().expect("utf8"),
+            "--server",
+            &node.url,
+        ])
+    };
+    let get = |extra: &[&str]| {
+        let mut args = vec!["get", "sources", "--server", node.url.as_str()];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let source = "  - name: sqs1\n    type: aws_sqs\n    bus: orders\n    queueUrl: \"http://127.0.0.1:9/123456789012/q1\"\n    credential: not-on-this-node\n    region: us-east-1\n";
+
+    // Checked before anything is sent: the bus of the file is not created.
+    let o = apply(&format!(
+        "buses:\n  - name: orders\nsources:\n{source}    waitTimeSecs: 21\n"
+    ));
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("sources.yaml") && e.contains("sources[0] (sqs1): waitTimeSecs"),
+        "{e}"
+    );
+    assert!(!stdout(&get(&[])).contains("sqs1"));
+    let o = run(&["get", "buses", "--server", &node.url]);
+    assert!(!stdout(&o).contains("orders"), "{}", stdout(&o));
+
+    let file = format!("buses:\n  - name: orders\nsources:\n{source}");
+    for _ in 0..2 {
+        // Idempotent, like buses and rules.
+        let o = apply(&file);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains("source sqs1: applied"),
+            "{}",
+            stdout(&o)
+        );
+    }
+    let o = get(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed = stdout(&o);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("sqs1 "))
+        .unwrap_or_else(|| panic!("sqs1 not listed: {listed}"));
+    for word in [
+        "aws_sqs",
+        "local",
+        "orders",
+        "http://127.0.0.1:9/123456789012/q1",
+    ] {
+        assert!(row.contains(word), "{word} missing: {listed}");
+    }
+    assert!(stdout(&get(&["--bus", "orders"])).contains("sqs1"));
+    assert!(!stdout(&get(&["--bus", "default"])).contains("sqs1"));
+    let o = get(&["--bus", "nope"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+
+    // Refused by the node: the error names the source and the field.
+    let o = apply(&format!(
+        "sources:\n{}",
+        source
+            .replace("sqs1", "sqs2")
+            .replace("bus: orders", "bus: missing")
+    ));
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("source sqs2: HTTP 404: bus:"), "{e}");
+}
+
 #[test]
 fn outside_dev_mode_the_api_needs_a_token() {
     let dir = tempfile::tempdir().expect("tempdir");

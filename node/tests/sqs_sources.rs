@@ -236,6 +236,28 @@ async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (u16
     (status, v)
 }
 
+async fn get(node: &str, path: &str) -> (u16, Value) {
+    call(reqwest::Method::GET, format!("{node}{path}"), None).await
+}
+
+async fn put(node: &str, path: &str, body: Value) -> (u16, Value) {
+    call(reqwest::Method::PUT, format!("{node}{path}"), Some(body)).await
+}
+
+async fn delete(node: &str, path: &str) -> (u16, Value) {
+    call(reqwest::Method::DELETE, format!("{node}{path}"), None).await
+}
+
+/// An API answer is `status` with error `code`.
+#[track_caller]
+fn assert_error((status, v): &(u16, Value), want_status: u16, code: &str) {
+    assert_eq!(
+        (*status, &v["error"]["code"]),
+        (want_status, &json!(code)),
+        "{v}"
+    );
+}
+
 /// Poll `check` until it holds (true) or `timeout` passes (false, logged).
 #[must_use]
 async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
@@ -264,11 +286,11 @@ async fn a_shared_sqs_source_polls_into_a_bus_until_deleted() {
         .as_str()
         .expect("queue url")
         .to_string();
-    let (s, v) = call(
-        reqwest::Method::PUT,
-        format!("{node}/v1/buses/default/rules/to-recv"),
-        Some(json!({"pattern": {"source": ["sqs-test"]},
-            "targets": [{"id": "recv", "type": "http", "endpoint": format!("{recv}/in")}]})),
+    let (s, v) = put(
+        &node,
+        "/v1/buses/default/rules/to-recv",
+        json!({"pattern": {"source": ["sqs-test"]},
+            "targets": [{"id": "recv", "type": "http", "endpoint": format!("{recv}/in")}]}),
     )
     .await;
     assert_eq!(s, 200, "PUT rule: {v}");
@@ -278,13 +300,8 @@ async fn a_shared_sqs_source_polls_into_a_bus_until_deleted() {
         "region": "us-east-1", "endpoint": moto, "waitTimeSecs": 1,
         "visibilityTimeoutSecs": 30, "maxMessages": 10
     });
-    let put = |name: &str, body: Value| {
-        call(
-            reqwest::Method::PUT,
-            format!("{node}/v1/sources/{name}"),
-            Some(body),
-        )
-    };
+    let put_source =
+        async |name: &str, body: Value| put(&node, &format!("/v1/sources/{name}"), body).await;
 
     // Bad definitions: 400 naming the field (404 for a missing bus).
     let bad = |k: &str, v: Value| {
@@ -316,7 +333,7 @@ async fn a_shared_sqs_source_polls_into_a_bus_until_deleted() {
         (bad("bus", json!("nope")), 404, "BusNotFound", "bus"),
         (json!("not an object"), 400, "InvalidSource", "source"),
     ] {
-        let (s, v) = put("bad", b.clone()).await;
+        let (s, v) = put_source("bad", b.clone()).await;
         assert_eq!(s, status, "PUT {b}: {v}");
         assert_eq!(v["error"]["code"], code, "PUT {b}: {v}");
         let message = v["error"]["message"].as_str().unwrap_or_default();
@@ -324,39 +341,30 @@ async fn a_shared_sqs_source_polls_into_a_bus_until_deleted() {
     }
     let mut no_queue = body.clone();
     no_queue.as_object_mut().expect("object").remove("queueUrl");
-    let (s, v) = put("bad", no_queue).await;
+    let (s, v) = put_source("bad", no_queue).await;
     assert_eq!(
         (s, v["error"]["message"].as_str().unwrap_or_default()),
         (400, "queueUrl: required field is missing"),
         "{v}"
     );
-    let (s, v) = put("bad name", body.clone()).await;
-    assert_eq!(
-        (s, &v["error"]["code"]),
-        (400, &json!("InvalidName")),
-        "{v}"
+    assert_error(
+        &put_source("bad name", body.clone()).await,
+        400,
+        "InvalidName",
     );
 
     // A good one: stored with this node's site, listed, running.
-    let (s, v) = put("sqs1", body.clone()).await;
+    let (s, v) = put_source("sqs1", body.clone()).await;
     assert_eq!(s, 200, "PUT source: {v}");
     assert_eq!(v["site"], "local", "{v}");
     assert_eq!(v["name"], "sqs1", "{v}");
-    let (_, list) = call(reqwest::Method::GET, format!("{node}/v1/sources"), None).await;
+    let (_, list) = get(&node, "/v1/sources").await;
     let names: Vec<&str> = list["sources"]
         .as_array()
         .map(|a| a.iter().filter_map(|s| s["name"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(names, ["sqs1"], "{list}");
-    let status = async || {
-        call(
-            reqwest::Method::GET,
-            format!("{node}/v1/sources/sqs1"),
-            None,
-        )
-        .await
-        .1
-    };
+    let status = async || get(&node, "/v1/sources/sqs1").await.1;
     let ran = wait_until("the source to run", Duration::from_secs(10), async || {
         status().await["status"]["running"] == json!(true)
     })
@@ -381,13 +389,7 @@ async fn a_shared_sqs_source_polls_into_a_bus_until_deleted() {
         panic!(
             "the SQS message did not reach the receiver; source {}, rule {}, queue {:?}\nnode log:\n{}",
             status().await,
-            call(
-                reqwest::Method::GET,
-                format!("{node}/v1/buses/default/rules/to-recv"),
-                None
-            )
-            .await
-            .1,
+            get(&node, "/v1/buses/default/rules/to-recv").await.1,
             queue_counts(&moto, &queue).await,
             tail(&dir.path().join("node.log"))
         );
@@ -407,29 +409,19 @@ async fn a_shared_sqs_source_polls_into_a_bus_until_deleted() {
 
     // A credential this node lacks: stored, not run, and the status says why.
     let side = json!({"description": "for the source without credential"});
-    let (s, v) = call(
-        reqwest::Method::PUT,
-        format!("{node}/v1/buses/side"),
-        Some(side),
-    )
-    .await;
+    let (s, v) = put(&node, "/v1/buses/side", side).await;
     assert_eq!(s, 200, "{v}");
     let mut nocred = body.clone();
     nocred["credential"] = json!("nope");
     nocred["queueUrl"] = json!(other);
     nocred["bus"] = json!("side");
-    let (s, v) = put("nocred", nocred).await;
+    let (s, v) = put_source("nocred", nocred).await;
     assert_eq!(s, 200, "PUT source: {v}");
     let shown = wait_until(
         "the missing credential to show",
         Duration::from_secs(10),
         async || {
-            let (_, v) = call(
-                reqwest::Method::GET,
-                format!("{node}/v1/sources/nocred"),
-                None,
-            )
-            .await;
+            let (_, v) = get(&node, "/v1/sources/nocred").await;
             v["status"]["running"] == json!(false)
                 && v["status"]["lastError"]
                     .as_str()
@@ -439,47 +431,16 @@ async fn a_shared_sqs_source_polls_into_a_bus_until_deleted() {
     .await;
     assert!(shown, "the missing credential is not reported");
     // Its bus cannot be deleted under it.
-    let (s, v) = call(
-        reqwest::Method::DELETE,
-        format!("{node}/v1/buses/side"),
-        None,
-    )
-    .await;
-    assert_eq!(
-        (s, &v["error"]["code"]),
-        (409, &json!("BusHasSources")),
-        "{v}"
-    );
+    assert_error(&delete(&node, "/v1/buses/side").await, 409, "BusHasSources");
 
     // Deleting the source stops the polling.
-    let (s, v) = call(
-        reqwest::Method::DELETE,
-        format!("{node}/v1/sources/sqs1"),
-        None,
-    )
-    .await;
+    let (s, v) = delete(&node, "/v1/sources/sqs1").await;
     assert_eq!(s, 200, "DELETE: {v}");
-    let (s, v) = call(
-        reqwest::Method::GET,
-        format!("{node}/v1/sources/sqs1"),
-        None,
-    )
-    .await;
-    assert_eq!(
-        (s, &v["error"]["code"]),
-        (404, &json!("SourceNotFound")),
-        "{v}"
-    );
-    let (s, v) = call(
-        reqwest::Method::DELETE,
-        format!("{node}/v1/sources/sqs1"),
-        None,
-    )
-    .await;
-    assert_eq!(
-        (s, &v["error"]["code"]),
-        (404, &json!("SourceNotFound")),
-        "{v}"
+    assert_error(&get(&node, "/v1/sources/sqs1").await, 404, "SourceNotFound");
+    assert_error(
+        &delete(&node, "/v1/sources/sqs1").await,
+        404,
+        "SourceNotFound",
     );
     // A receive in flight when the poller stopped may still take a message
     // at SQS for up to waitTimeSecs (it would come back after the
@@ -503,18 +464,8 @@ async fn a_shared_sqs_source_polls_into_a_bus_until_deleted() {
         !received_ids(&got).contains(&"sqs-2".to_string()),
         "nothing polls a deleted source"
     );
-    let (s, v) = call(
-        reqwest::Method::DELETE,
-        format!("{node}/v1/sources/nocred"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        reqwest::Method::DELETE,
-        format!("{node}/v1/buses/side"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    for path in ["/v1/sources/nocred", "/v1/buses/side"] {
+        let (s, v) = delete(&node, path).await;
+        assert_eq!(s, 200, "DELETE {path}: {v}");
+    }
 }

@@ -145,18 +145,7 @@ impl AlibabaSettings {
         }
         match &self.endpoint {
             Some(e) => {
-                let u = reqwest::Url::parse(e).map_err(|err| {
-                    ConfigError::new("endpoint", format!("{e:?} is not a valid URL: {err}"))
-                })?;
-                if u.scheme() != "http" && u.scheme() != "https" {
-                    return Err(ConfigError::new(
-                        "endpoint",
-                        format!(
-                            "scheme {:?} is not supported (use http or https)",
-                            u.scheme()
-                        ),
-                    ));
-                }
+                let u = crate::http_url("endpoint", e)?;
                 if (u.path() != "/" && !u.path().is_empty()) || u.query().is_some() {
                     return Err(ConfigError::new(
                         "endpoint",

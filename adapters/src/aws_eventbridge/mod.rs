@@ -96,7 +96,8 @@ impl AwsEventBridgeSettings {
             ));
         }
         aws_common::validate_credential_name(self.credential.as_deref())?;
-        aws_common::validate_region_endpoint(self.region.as_deref(), self.endpoint.as_deref())?;
+        aws_common::validate_region(self.region.as_deref())?;
+        aws_common::validate_endpoint(self.endpoint.as_deref())?;
         if let Some(s) = &self.source
             && (s.is_empty() || s.len() > 256)
         {

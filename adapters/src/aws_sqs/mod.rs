@@ -89,20 +89,10 @@ impl AwsSqsSettings {
 
     /// Check every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match reqwest::Url::parse(&self.queue_url) {
-            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.path().len() > 1 => {}
-            _ => {
-                return Err(ConfigError::new(
-                    "queueUrl",
-                    format!(
-                        "{:?} is not a queue URL like https://sqs.us-east-1.amazonaws.com/123456789012/orders",
-                        self.queue_url
-                    ),
-                ));
-            }
-        }
+        validate_queue_url("queueUrl", &self.queue_url)?;
         aws_common::validate_credential_name(self.credential.as_deref())?;
-        aws_common::validate_region_endpoint(self.region.as_deref(), self.endpoint.as_deref())?;
+        aws_common::validate_region(self.region.as_deref())?;
+        aws_common::validate_endpoint(self.endpoint.as_deref())?;
         if self.message_group_attribute.is_empty()
             || !self
                 .message_group_attribute
@@ -135,6 +125,20 @@ impl AwsSqsSettings {
     /// Whether the queue is FIFO.
     pub fn fifo(&self) -> bool {
         self.queue_url.ends_with(".fifo")
+    }
+}
+
+/// Check an SQS queue URL (http or https, with a path); the error names
+/// `field` in the caller's words (`queueUrl` in target settings).
+pub fn validate_queue_url(field: &str, url: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.path().len() > 1 => Ok(()),
+        _ => Err(ConfigError::new(
+            field,
+            format!(
+                "{url:?} is not a queue URL like https://sqs.us-east-1.amazonaws.com/123456789012/orders"
+            ),
+        )),
     }
 }
 

@@ -45,24 +45,7 @@ impl HttpSettings {
 
     /// Check the URL and header names.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match reqwest::Url::parse(&self.endpoint) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => {
-                return Err(ConfigError::new(
-                    "endpoint",
-                    format!(
-                        "scheme {:?} is not supported (use http or https)",
-                        u.scheme()
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(ConfigError::new(
-                    "endpoint",
-                    format!("{:?} is not a valid URL: {e}", self.endpoint),
-                ));
-            }
-        }
+        crate::http_url("endpoint", &self.endpoint)?;
         for (name, value) in &self.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(ConfigError::new(

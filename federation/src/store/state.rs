@@ -318,6 +318,16 @@ impl SiteState {
         }
     }
 
+    /// The source definitions (name, definition) in name order, copied
+    /// out so that the view's lock is not held while they are used.
+    pub fn sources(&self) -> Vec<(String, serde_json::Value)> {
+        self.view()
+            .sources
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Bumped whenever buses or rules change (not on appends or checkpoints).
     pub fn subscribe_config(&self) -> watch::Receiver<u64> {
         self.config_version.subscribe()
@@ -753,6 +763,47 @@ fn sweep_dedup(txn: &WriteTransaction, horizon: u64) -> SResult<()> {
     Ok(())
 }
 
+/// A table of JSON rows by name (buses, rules, sources).
+type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
+
+/// Store `spec` as the JSON row `key` of `table` and as `map_key` of the
+/// view's `map`.
+fn put_json_row<K: Ord>(
+    txn: &WriteTransaction,
+    table: JsonTable,
+    key: &str,
+    map: &mut BTreeMap<K, serde_json::Value>,
+    map_key: K,
+    spec: serde_json::Value,
+) -> SResult<()> {
+    let bytes = serde_json::to_vec(&spec).map_err(werr)?;
+    txn.open_table(table)
+        .map_err(werr)?
+        .insert(key, bytes.as_slice())
+        .map_err(werr)?;
+    map.insert(map_key, spec);
+    Ok(())
+}
+
+/// Remove `map_key` from the view's `map` and the row `key` from `table`;
+/// false (and nothing touched) when the map has no such entry.
+fn delete_json_row<K: Ord>(
+    txn: &WriteTransaction,
+    table: JsonTable,
+    key: &str,
+    map: &mut BTreeMap<K, serde_json::Value>,
+    map_key: &K,
+) -> SResult<bool> {
+    if map.remove(map_key).is_none() {
+        return Ok(false);
+    }
+    txn.open_table(table)
+        .map_err(werr)?
+        .remove(key)
+        .map_err(werr)?;
+    Ok(true)
+}
+
 fn apply_command(
     txn: &WriteTransaction,
     view: &mut View,
@@ -760,12 +811,7 @@ fn apply_command(
 ) -> SResult<CommandResponse> {
     Ok(match cmd {
         Command::PutBus { name, spec } => {
-            let bytes = serde_json::to_vec(&spec).map_err(werr)?;
-            txn.open_table(BUSES)
-                .map_err(werr)?
-                .insert(name.as_str(), bytes.as_slice())
-                .map_err(werr)?;
-            view.buses.insert(name, spec);
+            put_json_row(txn, BUSES, &name, &mut view.buses, name.clone(), spec)?;
             CommandResponse::Ok
         }
         Command::DeleteBus { name } => {
@@ -798,15 +844,11 @@ fn apply_command(
                     sources.join(", ")
                 )));
             }
-            txn.open_table(BUSES)
-                .map_err(werr)?
-                .remove(name.as_str())
-                .map_err(werr)?;
+            delete_json_row(txn, BUSES, &name, &mut view.buses, &name)?;
             let mut events = txn.open_table(EVENTS).map_err(werr)?;
             events
                 .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |_, _| false)
                 .map_err(werr)?;
-            view.buses.remove(&name);
             CommandResponse::Ok
         }
         Command::PutRule {
@@ -820,11 +862,14 @@ fn apply_command(
                     "bus `{bus}` does not exist"
                 )));
             }
-            let bytes = serde_json::to_vec(&spec).map_err(werr)?;
-            txn.open_table(RULES)
-                .map_err(werr)?
-                .insert(rule_key(&bus, &name).as_str(), bytes.as_slice())
-                .map_err(werr)?;
+            put_json_row(
+                txn,
+                RULES,
+                &rule_key(&bus, &name),
+                &mut view.rules,
+                (bus.clone(), name.clone()),
+                spec,
+            )?;
             let prefix = format!("{bus}/{name}/");
             let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
             // Targets removed from the rule lose their cursors.
@@ -848,19 +893,20 @@ fn apply_command(
                     view.cursors.insert(key, view.next_seq);
                 }
             }
-            view.rules.insert((bus, name), spec);
             CommandResponse::Ok
         }
         Command::DeleteRule { bus, name } => {
-            if view.rules.remove(&(bus.clone(), name.clone())).is_none() {
+            if !delete_json_row(
+                txn,
+                RULES,
+                &rule_key(&bus, &name),
+                &mut view.rules,
+                &(bus.clone(), name.clone()),
+            )? {
                 return Ok(CommandResponse::NotFound(format!(
                     "rule `{name}` does not exist on bus `{bus}`"
                 )));
             }
-            txn.open_table(RULES)
-                .map_err(werr)?
-                .remove(rule_key(&bus, &name).as_str())
-                .map_err(werr)?;
             let prefix = format!("{bus}/{name}/");
             let stale: Vec<String> = view
                 .cursors
@@ -883,24 +929,15 @@ fn apply_command(
                     "bus `{bus}` does not exist"
                 )));
             }
-            let bytes = serde_json::to_vec(&spec).map_err(werr)?;
-            txn.open_table(SOURCES)
-                .map_err(werr)?
-                .insert(name.as_str(), bytes.as_slice())
-                .map_err(werr)?;
-            view.sources.insert(name, spec);
+            put_json_row(txn, SOURCES, &name, &mut view.sources, name.clone(), spec)?;
             CommandResponse::Ok
         }
         Command::DeleteSource { name } => {
-            if view.sources.remove(&name).is_none() {
+            if !delete_json_row(txn, SOURCES, &name, &mut view.sources, &name)? {
                 return Ok(CommandResponse::NotFound(format!(
                     "source `{name}` does not exist"
                 )));
             }
-            txn.open_table(SOURCES)
-                .map_err(werr)?
-                .remove(name.as_str())
-                .map_err(werr)?;
             CommandResponse::Ok
         }
         Command::Append {
