@@ -47,7 +47,8 @@ impl Committer {
     pub fn start(site: Writer, batching: Batching, dedup_window_ms: u64) -> Committer {
         let clustered = site.endpoint().is_some();
         let max_bytes = match batching.max_bytes_per_proposal {
-            0 if clustered => 1024 * 1024,
+            // See `Batching::max_bytes_per_proposal`.
+            0 if clustered => 800_000,
             0 => usize::MAX,
             n => n,
         };

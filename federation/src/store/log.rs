@@ -31,6 +31,16 @@ const CACHE_ENTRIES: usize = 64;
 pub struct LogStore {
     db: Arc<Database>,
     cache: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+    /// The last committed log id openraft reported, written with the next
+    /// append (not in a transaction of its own on the Raft core's path).
+    committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
 }
 
 fn werr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
@@ -51,6 +61,7 @@ impl LogStore {
         let store = LogStore {
             db: Arc::new(db),
             cache: Arc::default(),
+            committed: Arc::default(),
         };
         store.init_tables().map_err(|e| FederationError::Storage {
             path: path.display().to_string(),
@@ -60,10 +71,7 @@ impl LogStore {
     }
 
     fn cache(&self) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
-        match self.cache.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        lock(&self.cache)
     }
 
     fn init_tables(&self) -> SResult<()> {
@@ -96,6 +104,37 @@ impl LogStore {
             table.insert(key, bytes.as_slice()).map_err(werr)?;
         }
         txn.commit().map_err(werr)
+    }
+
+    /// Encode `entries`, write them in one transaction and fsync it, then
+    /// keep them in the in-memory tail. Blocking: call it off the runtime
+    /// (the [`RaftLogStorage::append`] implementation does).
+    pub fn append_durable(&self, entries: Vec<Entry<TypeConfig>>) -> SResult<()> {
+        let mut txn = self.db.begin_write().map_err(werr)?;
+        txn.set_durability(Durability::Immediate).map_err(werr)?;
+        if let Some(committed) = lock(&self.committed).take() {
+            let bytes = serde_json::to_vec(&committed).map_err(werr)?;
+            let mut meta = txn.open_table(META).map_err(werr)?;
+            meta.insert("committed", bytes.as_slice()).map_err(werr)?;
+        }
+        {
+            let mut table = txn.open_table(LOG).map_err(werr)?;
+            for entry in &entries {
+                let bytes = serde_json::to_vec(entry).map_err(werr)?;
+                table
+                    .insert(entry.log_id.index, bytes.as_slice())
+                    .map_err(werr)?;
+            }
+        }
+        txn.commit().map_err(werr)?;
+        let mut cache = self.cache();
+        for entry in entries {
+            cache.insert(entry.log_id.index, entry);
+        }
+        while cache.len() > CACHE_ENTRIES {
+            cache.pop_first();
+        }
+        Ok(())
     }
 
     fn read_range(&self, start: u64, end: Bound<u64>) -> SResult<Vec<Entry<TypeConfig>>> {
@@ -188,12 +227,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> SResult<()> {
-        // Not fsynced on its own: it rides along with the next append. After
-        // a crash, an older value only means a little more is re-applied.
-        self.write_meta("committed", &committed, Durability::None)
+        // Not written on its own: it rides along with the next append.
+        // After a crash, an older value only means a little more is
+        // re-applied.
+        *lock(&self.committed) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> SResult<Option<LogId<NodeId>>> {
+        if let Some(committed) = *lock(&self.committed) {
+            return Ok(committed);
+        }
         Ok(self
             .read_meta::<Option<LogId<NodeId>>>("committed")?
             .flatten())
@@ -204,38 +248,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut encoded = Vec::new();
-        let mut fresh = Vec::new();
-        for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(werr)?;
-            encoded.push((entry.log_id.index, bytes));
-            fresh.push(entry);
-        }
-        let db = self.db.clone();
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let this = self.clone();
         let started = std::time::Instant::now();
-        let result = blocking(move || {
-            let mut txn = db.begin_write().map_err(werr)?;
-            txn.set_durability(Durability::Immediate).map_err(werr)?;
-            {
-                let mut table = txn.open_table(LOG).map_err(werr)?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice()).map_err(werr)?;
-                }
-            }
-            txn.commit().map_err(werr)
-        })
-        .await;
+        let result = blocking(move || this.append_durable(entries)).await;
         metrics::histogram!("strait_raft_log_append_seconds")
             .record(started.elapsed().as_secs_f64());
-        if result.is_ok() {
-            let mut cache = self.cache();
-            for entry in fresh {
-                cache.insert(entry.log_id.index, entry);
-            }
-            while cache.len() > CACHE_ENTRIES {
-                cache.pop_first();
-            }
-        }
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
