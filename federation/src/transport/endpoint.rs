@@ -257,6 +257,21 @@ pub fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::
     Ok(socket.into())
 }
 
+/// The key that signs this node's QUIC stateless reset tokens, derived from
+/// its private key, so that it is the same after a restart. A node that
+/// restarts on the same address then answers packets on its peers'
+/// connections to its previous process with a stateless reset, and they
+/// drop those connections at once (on the next keep-alive) instead of
+/// sending votes and appends into them until the idle timeout: a second
+/// failure soon after a restart would otherwise need several election
+/// rounds.
+fn reset_key(creds: &NodeCredentials) -> Arc<dyn quinn::crypto::HmacKey> {
+    use aws_lc_rs::hmac;
+    let secret = hmac::Key::new(hmac::HMAC_SHA256, creds.key.secret_der());
+    let derived = hmac::sign(&secret, b"strait quic stateless reset key v1");
+    Arc::new(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
+}
+
 fn quinn_transport(cfg: &TransportConfig) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(cfg.max_concurrent_streams));
@@ -343,7 +358,7 @@ impl Endpoint {
         let runtime =
             quinn::default_runtime().ok_or_else(|| bind_err("no async runtime found".into()))?;
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            quinn::EndpointConfig::new(reset_key(creds)),
             Some(server),
             socket,
             runtime,
