@@ -530,3 +530,109 @@ async fn quic_through_the_proxy_survives_a_partition() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// A UDP forwarder for one client whose upstream can be switched: packets
+/// from the client go to the current upstream, packets from the current
+/// upstream go back to the client, anything else is dropped (a switched-off
+/// upstream is as gone as a killed process).
+struct Switch {
+    addr: SocketAddr,
+    upstream: Arc<std::sync::Mutex<SocketAddr>>,
+    task: JoinHandle<()>,
+}
+
+impl Switch {
+    async fn start(upstream: SocketAddr) -> anyhow::Result<Switch> {
+        let socket = UdpSocket::bind(loopback()).await?;
+        let addr = socket.local_addr()?;
+        let upstream = Arc::new(std::sync::Mutex::new(upstream));
+        let target = upstream.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            let mut client: Option<SocketAddr> = None;
+            loop {
+                let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                    continue;
+                };
+                let current = match target.lock() {
+                    Ok(g) => *g,
+                    Err(p) => *p.into_inner(),
+                };
+                if from == current {
+                    if let Some(c) = client {
+                        let _ = socket.send_to(&buf[..n], c).await;
+                    }
+                } else if client.is_none() || client == Some(from) {
+                    client = Some(from);
+                    let _ = socket.send_to(&buf[..n], current).await;
+                }
+            }
+        });
+        Ok(Switch {
+            addr,
+            upstream,
+            task,
+        })
+    }
+
+    fn switch_to(&self, upstream: SocketAddr) {
+        match self.upstream.lock() {
+            Ok(mut g) => *g = upstream,
+            Err(p) => *p.into_inner() = upstream,
+        }
+    }
+}
+
+/// A node that comes back (same key, same address as far as its peers can
+/// tell) resets its peers' connections to its previous process with a QUIC
+/// stateless reset on their next packet, instead of leaving them to the
+/// idle timeout: requests sent into such a connection (Raft votes after a
+/// restart) would otherwise be lost until it times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_resets_connections_to_its_previous_process() -> anyhow::Result<()> {
+    bounded(LIMIT, async {
+        let dir = tempfile::tempdir()?;
+        certs::init_ca(dir.path())?;
+        let a = node_credentials(dir.path(), 1)?;
+        let b = node_credentials(dir.path(), 2)?;
+        let cfg = TransportConfig {
+            idle_timeout: Duration::from_secs(20),
+            ..transport_config()
+        };
+        let handler = Arc::new(|req: Request| async move { Ok(req.body) });
+        let before = Endpoint::bind(loopback(), &a, cfg.clone(), Some(handler.clone()))?;
+        let switch = Switch::start(before.local_addr()?).await?;
+        let cli = Endpoint::bind(loopback(), &b, cfg.clone(), None)?;
+        let peer = cli.peer(a.identity.clone(), switch.addr.to_string());
+        peer.request(METHOD_ECHO, Bytes::from_static(b"one"))
+            .await?;
+        let old = peer.connection().await?;
+
+        // The "restart": the first process is cut off, a new one with the
+        // same credentials takes its place.
+        let after = Endpoint::bind(loopback(), &a, cfg, Some(handler))?;
+        switch.switch_to(after.local_addr()?);
+        let start = Instant::now();
+        let reason = wait_for(
+            "the connection to the previous process to be reset",
+            Duration::from_secs(3),
+            Duration::from_millis(20),
+            || async { old.close_reason() },
+        )
+        .await?;
+        assert_eq!(
+            reason.to_string(),
+            "reset by peer",
+            "closed by {reason:?}, not a stateless reset"
+        );
+        eprintln!("stale connection reset after {:?}", start.elapsed());
+        let answer = peer
+            .request(METHOD_ECHO, Bytes::from_static(b"two"))
+            .await?;
+        assert_eq!(&answer[..], b"two");
+        switch.task.abort();
+        drop(before);
+        Ok(())
+    })
+    .await
+}

@@ -257,19 +257,29 @@ pub fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::
     Ok(socket.into())
 }
 
-/// The key that signs this node's QUIC stateless reset tokens, derived from
-/// its private key, so that it is the same after a restart. A node that
-/// restarts on the same address then answers packets on its peers'
-/// connections to its previous process with a stateless reset, and they
-/// drop those connections at once (on the next keep-alive) instead of
-/// sending votes and appends into them until the idle timeout: a second
-/// failure soon after a restart would otherwise need several election
-/// rounds.
-fn reset_key(creds: &NodeCredentials) -> Arc<dyn quinn::crypto::HmacKey> {
+/// Endpoint configuration whose stateless reset key and connection-id key
+/// are derived from the node's private key, so that both are the same after
+/// a restart. A node that restarts on the same address then answers packets
+/// on its peers' connections to its previous process with a stateless
+/// reset (it recognises the connection ids as its own and signs the reset
+/// with the token its previous process announced), and they drop those
+/// connections at once — on the next keep-alive — instead of sending votes
+/// and appends into them until the idle timeout. A second failure soon after
+/// a restart would otherwise need several election rounds.
+fn restart_aware_config(creds: &NodeCredentials) -> quinn::EndpointConfig {
     use aws_lc_rs::hmac;
     let secret = hmac::Key::new(hmac::HMAC_SHA256, creds.key.secret_der());
-    let derived = hmac::sign(&secret, b"strait quic stateless reset key v1");
-    Arc::new(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
+    let reset = hmac::sign(&secret, b"strait quic stateless reset key v1");
+    let cid = hmac::sign(&secret, b"strait quic connection id key v1");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config =
+        quinn::EndpointConfig::new(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, reset.as_ref())));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
 }
 
 fn quinn_transport(cfg: &TransportConfig) -> Arc<quinn::TransportConfig> {
@@ -357,13 +367,9 @@ impl Endpoint {
         let socket = udp_socket(addr, SOCKET_BUFFER_BYTES).map_err(|e| bind_err(e.to_string()))?;
         let runtime =
             quinn::default_runtime().ok_or_else(|| bind_err("no async runtime found".into()))?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::new(reset_key(creds)),
-            Some(server),
-            socket,
-            runtime,
-        )
-        .map_err(|e| bind_err(e.to_string()))?;
+        let endpoint =
+            quinn::Endpoint::new(restart_aware_config(creds), Some(server), socket, runtime)
+                .map_err(|e| bind_err(e.to_string()))?;
         let inner = Arc::new(Inner {
             quinn: endpoint.clone(),
             identity: creds.identity.clone(),
