@@ -18,7 +18,8 @@
 //!
 //! Knobs (env): `BENCH_SECS` (per phase, 10), `BENCH_CLIENTS` (64),
 //! `BENCH_BATCH` (100), `BENCH_KILLS` (20; 0 skips failover), `BENCH_SOLO` (1; 0
-//! skips the one-node phases), `BENCH_DIR` (parent of the
+//! skips the one-node phases), `BENCH_KEEP` (set: keep the data and logs),
+//! `BENCH_DIR` (parent of the
 //! temporary directory), `BENCH_EXTRA` (a YAML file passed to
 //! `strait local up --extra`, e.g. Raft timing), `STRAIT_BIN` (default: `strait` next to this
 //! bench's target directory, i.e. `target/release/strait`), `NATS_SERVER`
@@ -133,7 +134,9 @@ impl Drop for Local {
             .stderr(Stdio::null())
             .status();
         // The data of every phase stays otherwise; the disk is shared.
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -821,9 +824,14 @@ fn main() -> anyhow::Result<()> {
     let parent = std::env::var("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());
-    let dir = tempfile::Builder::new()
+    let mut dir = tempfile::Builder::new()
         .prefix("strait-cluster-bench-")
         .tempdir_in(parent)?;
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        // Keep the nodes' data and logs for a look afterwards.
+        dir.disable_cleanup(true);
+        println!("keeping {}", dir.path().display());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -201,6 +201,13 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
         // timing out every Raft request to it until the default idle timeout.
         keep_alive: Duration::from_millis(250),
         idle_timeout: Duration::from_millis(1500),
+        // A node coming back must be reachable within a heartbeat or two,
+        // or it starts an election of its own (seen after restarts: a
+        // connection attempt begun while it was down finished ~1 s after it
+        // was up, and it stood for election meanwhile). Links to other
+        // sites share this endpoint; an early resend of a handshake packet
+        // over a WAN only costs a few small packets.
+        initial_rtt: Duration::from_millis(20),
         ..TransportConfig::default()
     };
     let handler = Methods::handler(service.handler(), link.clone());

@@ -58,6 +58,11 @@ pub struct TransportConfig {
     pub backoff_max: Duration,
     /// Who may connect.
     pub accept: AcceptPolicy,
+    /// Round-trip time assumed before one is measured. QUIC resends a lost
+    /// handshake packet after about three times this: with the default
+    /// (333 ms, quinn's) a connection attempt made while the peer is down
+    /// completes only about a second after it comes back.
+    pub initial_rtt: Duration,
 }
 
 impl Default for TransportConfig {
@@ -72,6 +77,7 @@ impl Default for TransportConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             accept: AcceptPolicy::AnyNode,
+            initial_rtt: Duration::from_millis(333),
         }
     }
 }
@@ -287,6 +293,7 @@ fn quinn_transport(cfg: &TransportConfig) -> Arc<quinn::TransportConfig> {
     t.max_concurrent_bidi_streams(VarInt::from_u32(cfg.max_concurrent_streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(cfg.keep_alive));
+    t.initial_rtt(cfg.initial_rtt);
     if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }
