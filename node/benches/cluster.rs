@@ -704,15 +704,25 @@ async fn nats_setup(port: u16) -> anyhow::Result<()> {
         "duplicate_window": 0,
     })
     .to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // A cluster that is still forming may leave a request unanswered (each
+    // waits up to 30 s): start over on a fresh connection until the deadline.
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut last = String::new();
     let mut created = false;
     while Instant::now() < deadline {
-        let r = if created {
-            c.request(inbox, "bench.warmup", b"warmup").await?
+        let sent = if created {
+            c.request(inbox, "bench.warmup", b"warmup").await
         } else {
             c.request(inbox, "$JS.API.STREAM.CREATE.BENCH", config.as_bytes())
-                .await?
+                .await
+        };
+        let r = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                last = format!("{e:#}");
+                c = NatsConn::connect(port, inbox).await?;
+                continue;
+            }
         };
         match r {
             Ok(_) if created => return Ok(()),
@@ -723,7 +733,7 @@ async fn nats_setup(port: u16) -> anyhow::Result<()> {
             }
         }
     }
-    bail!("JetStream stream not usable within 60 s (created: {created}); last answer: {last}")
+    bail!("JetStream stream not usable within 120 s (created: {created}); last answer: {last}")
 }
 
 /// One async publisher: keeps `window` messages unacknowledged until
