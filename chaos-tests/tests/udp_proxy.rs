@@ -435,6 +435,12 @@ fn node_credentials(ca_dir: &Path, id: u64) -> anyhow::Result<NodeCredentials> {
     Ok(certs::load_node_identity_from_dir(&out, id)?)
 }
 
+/// A cluster CA in `ca_dir` and credentials of nodes 1 and 2 it issued.
+fn two_nodes(ca_dir: &Path) -> anyhow::Result<(NodeCredentials, NodeCredentials)> {
+    certs::init_ca(ca_dir)?;
+    Ok((node_credentials(ca_dir, 1)?, node_credentials(ca_dir, 2)?))
+}
+
 fn transport_config() -> TransportConfig {
     TransportConfig {
         connect_timeout: Duration::from_secs(2),
@@ -451,9 +457,7 @@ fn transport_config() -> TransportConfig {
 async fn quic_through_the_proxy_survives_a_partition() -> anyhow::Result<()> {
     bounded(LIMIT, async {
         let dir = tempfile::tempdir()?;
-        certs::init_ca(dir.path())?;
-        let a = node_credentials(dir.path(), 1)?;
-        let b = node_credentials(dir.path(), 2)?;
+        let (a, b) = two_nodes(dir.path())?;
         let handler = Arc::new(|req: Request| async move {
             let mut out = req.peer.uri().into_bytes();
             out.push(b'|');
@@ -592,9 +596,7 @@ impl Switch {
 async fn a_restarted_node_resets_connections_to_its_previous_process() -> anyhow::Result<()> {
     bounded(LIMIT, async {
         let dir = tempfile::tempdir()?;
-        certs::init_ca(dir.path())?;
-        let a = node_credentials(dir.path(), 1)?;
-        let b = node_credentials(dir.path(), 2)?;
+        let (a, b) = two_nodes(dir.path())?;
         let cfg = TransportConfig {
             idle_timeout: Duration::from_secs(20),
             ..transport_config()

@@ -90,15 +90,11 @@ impl LogStore {
         }
     }
 
-    fn write_meta<T: serde::Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        durability: Durability,
-    ) -> SResult<()> {
+    /// Write `value` as `key` of the meta table, fsynced.
+    fn write_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> SResult<()> {
         let bytes = serde_json::to_vec(value).map_err(werr)?;
         let mut txn = self.db.begin_write().map_err(werr)?;
-        txn.set_durability(durability).map_err(werr)?;
+        txn.set_durability(Durability::Immediate).map_err(werr)?;
         {
             let mut table = txn.open_table(META).map_err(werr)?;
             table.insert(key, bytes.as_slice()).map_err(werr)?;
@@ -219,7 +215,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> SResult<()> {
         let this = self.clone();
         let vote = *vote;
-        blocking(move || this.write_meta("vote", &vote, Durability::Immediate)).await
+        blocking(move || this.write_meta("vote", &vote)).await
     }
 
     async fn read_vote(&mut self) -> SResult<Option<Vote<NodeId>>> {
