@@ -41,9 +41,12 @@ pub struct SiteOptions {
     pub node: NodeInfo,
     /// Build a snapshot (and purge the log before it) after this many entries.
     pub snapshot_every: u64,
-    /// Fsync applied state at most this often (zero: on every apply). The
-    /// log is always fsynced before an entry counts as written.
+    /// Fsync applied state at most this often (zero: on every apply).
     pub state_flush_interval: Duration,
+    /// Fsync the Raft log at most this often (zero, the default: every
+    /// append is fsynced before it counts as written; see
+    /// [`crate::store::log`]).
+    pub log_sync_interval: Duration,
     /// Raft timing.
     pub timing: RaftTiming,
 }
@@ -100,7 +103,20 @@ impl Site {
             path: opts.data_dir.display().to_string(),
             message: e.to_string(),
         })?;
-        let log = LogStore::open(&opts.data_dir.join("raft-log.redb"))?;
+        let old_log = opts.data_dir.join("raft-log.redb");
+        if old_log.exists() {
+            // Written by a Strait before the segment log: its vote and
+            // entries would be ignored, and a node that forgets its vote may
+            // vote twice in one term.
+            return Err(FederationError::Storage {
+                path: old_log.display().to_string(),
+                message: "this data directory holds a Raft log in the old format (raft-log.redb); \
+                          remove the node's data directory and let it catch up from its site, \
+                          or run the Strait version that wrote it"
+                    .into(),
+            });
+        }
+        let log = LogStore::open_with_sync(&opts.data_dir.join("raft-log"), opts.log_sync_interval)?;
         let state = SiteState::open(&opts.data_dir.join("state.redb"))?;
         let sm = StateMachine::new(state.clone(), &opts.data_dir, opts.state_flush_interval);
         let config = Config {

@@ -75,6 +75,7 @@ async fn start_site(
             },
             snapshot_every: 1000,
             state_flush_interval: Duration::from_millis(100),
+            log_sync_interval: Duration::ZERO,
             timing: Default::default(),
         },
         QuicNetwork::new(endpoint.clone()),

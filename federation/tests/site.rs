@@ -16,6 +16,7 @@ fn opts(dir: &std::path::Path) -> SiteOptions {
         node: NodeInfo::default(),
         snapshot_every: 1000,
         state_flush_interval: std::time::Duration::from_millis(100),
+        log_sync_interval: std::time::Duration::ZERO,
         timing: Default::default(),
     }
 }

@@ -86,6 +86,7 @@ async fn open(
             node: info(addr),
             snapshot_every,
             state_flush_interval: Duration::from_millis(100),
+            log_sync_interval: Duration::ZERO,
             timing: Default::default(),
         },
         QuicNetwork::new(endpoint.clone()),

@@ -161,6 +161,7 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
         node: node_info(cfg),
         snapshot_every: cfg.snapshot_every,
         state_flush_interval: Duration::from_millis(cfg.state_flush_ms),
+        log_sync_interval: Duration::from_millis(cfg.log_sync_ms),
         timing: strait_federation::RaftTiming {
             heartbeat_ms: cfg.cluster.heartbeat_ms,
             election_timeout_ms: cfg.cluster.election_timeout_ms,

@@ -370,8 +370,13 @@ pub struct NodeConfig {
     /// Snapshot (and purge the Raft log) after this many entries.
     pub snapshot_every: u64,
     /// Fsync the applied state at most this often, ms (0: on every apply).
-    /// The Raft log itself is always fsynced before an event is acknowledged.
     pub state_flush_ms: u64,
+    /// Fsync the Raft log at most this often, ms. 0 (the default): every
+    /// append is fsynced before it counts, so an acknowledged event is on
+    /// the disks of a quorum. Otherwise an acknowledged event is in the
+    /// operating system of a quorum (it survives any process being killed)
+    /// and reaches their disks within this interval.
+    pub log_sync_ms: u64,
     /// Buses created at start if missing.
     pub buses: Vec<String>,
     /// Dispatcher tuning.
@@ -408,6 +413,7 @@ impl Default for NodeConfig {
             retention_secs: 3_600,
             snapshot_every: 20_000,
             state_flush_ms: 0,
+            log_sync_ms: 0,
             buses: vec!["default".into()],
             dispatch: Dispatch::default(),
             batching: Batching::default(),

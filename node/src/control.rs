@@ -82,6 +82,7 @@ pub async fn open(cfg: &NodeConfig, endpoint: &Endpoint) -> anyhow::Result<Contr
         node: this,
         snapshot_every: 1_000,
         state_flush_interval: Duration::ZERO,
+        log_sync_interval: Duration::ZERO,
         timing: strait_federation::RaftTiming {
             heartbeat_ms: c.heartbeat_ms,
             election_timeout_ms: c.election_timeout_ms,

@@ -1,23 +1,58 @@
-//! The Raft log on redb.
+//! The Raft log: append-only segment files.
+//!
+//! A log directory holds:
+//! - `NNNNNNNNNNNNNNNNNNNN.seg` segment files, named after the index of their
+//!   first entry. A segment is a sequence of records; the last segment is the
+//!   one being appended to, and a new one starts once it passes
+//!   [`SEGMENT_BYTES`].
+//! - `meta.json`: the vote, the last purged log id and a recent committed log
+//!   id, replaced atomically (write, fsync, rename, fsync the directory).
+//!
+//! A record is a 40-byte header followed by the entry as JSON:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..4 | payload length (u32, little endian) |
+//! | 4..8 | magic `STRL` |
+//! | 8..16 | log index (u64) |
+//! | 16..24 | term of the entry's leader (u64) |
+//! | 24..32 | node id of the entry's leader (u64) |
+//! | 32..40 | checksum: rapidhash v3 of bytes 8..32 and the payload (u64) |
+//!
+//! An append writes all its records with one `write` and, by default, one
+//! `fdatasync` before openraft is told the entries are flushed. With a sync
+//! interval (`log_sync_ms`), an append is only written to the operating
+//! system and a background thread syncs the file that often: the entries
+//! survive the process being killed, not the machine losing power within
+//! the interval (the durability of nats-server's JetStream file store). On open, every segment is
+//! scanned (headers and checksums; entries are not parsed): a record cut short
+//! or failing its checksum at the end of the last segment is a torn write
+//! that was never acknowledged, and is cut off; anywhere else it is
+//! corruption, and opening fails with the file and offset.
+//!
+//! Compared with a B-tree database, an append costs one copy of the bytes
+//! and one sync; that is the one step of a write every node of a site takes
+//! before anything else can happen.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
-    Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote,
+    CommittedLeaderId, Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
+    StorageError, Vote,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
 
 use super::{blocking, storage_err, storage_msg};
 use crate::error::FederationError;
 use crate::{NodeId, TypeConfig};
-
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 type SResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -26,14 +61,60 @@ type SResult<T> = Result<T, StorageError<NodeId>>;
 /// back from disk and parse them again.
 const CACHE_ENTRIES: usize = 64;
 
+/// A segment past this size is closed and the next append starts a new one.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+const HEADER: usize = 40;
+const MAGIC: &[u8; 4] = b"STRL";
+/// Largest payload a record may declare (an entry is ~1 MiB at most).
+const MAX_PAYLOAD: u32 = 256 * 1024 * 1024;
+const META_FILE: &str = "meta.json";
+
 /// The durable Raft log of one node.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    inner: Arc<Mutex<Inner>>,
     cache: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
-    /// The last committed log id openraft reported, written with the next
-    /// append (not in a transaction of its own on the Raft core's path).
-    committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
+}
+
+/// What `meta.json` holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    last_purged: Option<LogId<NodeId>>,
+}
+
+struct Segment {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pos {
+    /// First index of the segment holding the record.
+    segment: u64,
+    /// Offset of the record's header.
+    offset: u64,
+    /// Payload length.
+    len: u32,
+    log_id: LogId<NodeId>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    /// Zero: fsync every append. Else: a background thread syncs this often.
+    sync_interval: std::time::Duration,
+    /// Appended since the last sync (interval mode).
+    dirty: bool,
+    segments: BTreeMap<u64, Segment>,
+    positions: BTreeMap<u64, Pos>,
+    meta: Meta,
+    /// The last committed id openraft reported (written with the next meta
+    /// write; after a crash an older value only means more is re-applied
+    /// once a leader confirms it).
+    committed: Option<LogId<NodeId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -51,78 +132,452 @@ fn rerr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     storage_err(ErrorSubject::Logs, ErrorVerb::Read, &e)
 }
 
-impl LogStore {
-    /// Open (or create) the log database at `path`.
-    pub fn open(path: &Path) -> Result<LogStore, FederationError> {
-        let db = Database::create(path).map_err(|e| FederationError::Storage {
-            path: path.display().to_string(),
-            message: e.to_string(),
+fn corrupt(path: &Path, offset: u64, what: &str) -> StorageError<NodeId> {
+    storage_msg(
+        ErrorSubject::Logs,
+        ErrorVerb::Read,
+        format!("{} at byte {offset}: {what}", path.display()),
+    )
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.seg")
+}
+
+fn checksum(fixed: &[u8], payload: &[u8]) -> u64 {
+    let a = rapidhash::v3::rapidhash_v3(fixed);
+    let b = rapidhash::v3::rapidhash_v3(payload);
+    a.rotate_left(17) ^ b
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Append one record for `entry` to `buf`; returns the payload length.
+fn encode_record(buf: &mut Vec<u8>, entry: &Entry<TypeConfig>) -> SResult<u32> {
+    let start = buf.len();
+    buf.resize(start + HEADER, 0);
+    serde_json::to_writer(&mut *buf, entry).map_err(werr)?;
+    let len = u32::try_from(buf.len() - start - HEADER)
+        .ok()
+        .filter(|l| *l <= MAX_PAYLOAD)
+        .ok_or_else(|| {
+            storage_msg(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                format!("log entry {} is too large", entry.log_id.index),
+            )
         })?;
-        let store = LogStore {
-            db: Arc::new(db),
-            cache: Arc::default(),
-            committed: Arc::default(),
+    let (head, payload) = buf[start..].split_at_mut(HEADER);
+    head[0..4].copy_from_slice(&len.to_le_bytes());
+    head[4..8].copy_from_slice(MAGIC);
+    head[8..16].copy_from_slice(&entry.log_id.index.to_le_bytes());
+    head[16..24].copy_from_slice(&entry.log_id.leader_id.term.to_le_bytes());
+    head[24..32].copy_from_slice(&entry.log_id.leader_id.node_id.to_le_bytes());
+    let sum = checksum(&head[8..32], payload);
+    head[32..40].copy_from_slice(&sum.to_le_bytes());
+    Ok(len)
+}
+
+fn sync_dir(dir: &Path) -> SResult<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(werr)
+}
+
+fn open_segment(path: &Path) -> SResult<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(werr)
+}
+
+/// Scan one segment: the position of every intact record. Returns the
+/// positions and the length of the intact prefix.
+fn scan(path: &Path, first: u64) -> SResult<(Vec<Pos>, u64, Option<String>)> {
+    let file = File::open(path).map_err(rerr)?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    let mut head = [0u8; HEADER];
+    let mut payload = Vec::new();
+    let mut expected = first;
+    loop {
+        match read_full(&mut reader, &mut head) {
+            Ok(0) => return Ok((out, offset, None)),
+            Ok(n) if n < HEADER => return Ok((out, offset, Some("record header cut short".into()))),
+            Ok(_) => {}
+            Err(e) => return Err(rerr(e)),
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        if &head[4..8] != MAGIC || len > MAX_PAYLOAD {
+            return Ok((out, offset, Some("not a record header".into())));
+        }
+        payload.resize(len as usize, 0);
+        match read_full(&mut reader, &mut payload) {
+            Ok(n) if n < payload.len() => {
+                return Ok((out, offset, Some("record cut short".into())));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(rerr(e)),
+        }
+        if checksum(&head[8..32], &payload) != u64_at(&head, 32) {
+            return Ok((out, offset, Some("checksum mismatch".into())));
+        }
+        let index = u64_at(&head, 8);
+        if index != expected {
+            return Err(corrupt(
+                path,
+                offset,
+                &format!("entry {index} where {expected} was expected"),
+            ));
+        }
+        out.push(Pos {
+            segment: first,
+            offset,
+            len,
+            log_id: LogId::new(
+                CommittedLeaderId::new(u64_at(&head, 16), u64_at(&head, 24)),
+                index,
+            ),
+        });
+        expected += 1;
+        offset += (HEADER + payload.len()) as u64;
+    }
+}
+
+/// Read until `buf` is full or the end of the file; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl Inner {
+    fn open(dir: &Path, sync_interval: std::time::Duration) -> SResult<Inner> {
+        std::fs::create_dir_all(dir).map_err(werr)?;
+        let meta: Meta = match std::fs::read(dir.join(META_FILE)) {
+            Ok(b) => serde_json::from_slice(&b).map_err(rerr)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
+            Err(e) => return Err(rerr(e)),
         };
-        store.init_tables().map_err(|e| FederationError::Storage {
-            path: path.display().to_string(),
+        let mut firsts = Vec::new();
+        for item in std::fs::read_dir(dir).map_err(rerr)? {
+            let item = item.map_err(rerr)?;
+            let name = item.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
+                continue;
+            };
+            let first: u64 = stem
+                .parse()
+                .map_err(|_| corrupt(&item.path(), 0, "segment name is not an index"))?;
+            firsts.push(first);
+        }
+        firsts.sort_unstable();
+        let purged = meta.last_purged.map(|l| l.index);
+        let mut inner = Inner {
+            dir: dir.to_path_buf(),
+            sync_interval,
+            dirty: false,
+            segments: BTreeMap::new(),
+            positions: BTreeMap::new(),
+            committed: meta.committed,
+            meta,
+        };
+        let count = firsts.len();
+        for (i, first) in firsts.into_iter().enumerate() {
+            let path = dir.join(segment_name(first));
+            let (found, intact, problem) = scan(&path, first)?;
+            let last_segment = i + 1 == count;
+            if let Some(problem) = problem {
+                if !last_segment {
+                    return Err(corrupt(&path, intact, &problem));
+                }
+                // A torn tail: never acknowledged, cut it off.
+                tracing::warn!(file = %path.display(), offset = intact, %problem, "cutting a torn write off the raft log");
+                let f = open_segment(&path)?;
+                f.set_len(intact).map_err(werr)?;
+                f.sync_data().map_err(werr)?;
+            }
+            if let Some(prev) = inner.positions.last_key_value().map(|(k, _)| *k)
+                && !found.is_empty()
+                && prev + 1 != first
+            {
+                return Err(corrupt(
+                    &path,
+                    0,
+                    &format!("segment starts at {first} but the previous one ends at {prev}"),
+                ));
+            }
+            let wholly_purged = match (found.last(), purged) {
+                (Some(p), Some(purged)) => p.log_id.index <= purged,
+                (None, Some(purged)) => first <= purged,
+                _ => false,
+            };
+            if wholly_purged {
+                // A purge that crashed before deleting the file.
+                std::fs::remove_file(&path).map_err(werr)?;
+                continue;
+            }
+            for p in found {
+                if purged.is_none_or(|x| p.log_id.index > x) {
+                    inner.positions.insert(p.log_id.index, p);
+                }
+            }
+            let file = open_segment(&path)?;
+            inner.segments.insert(
+                first,
+                Segment {
+                    path,
+                    file,
+                    len: intact,
+                },
+            );
+        }
+        Ok(inner)
+    }
+
+    fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        self.positions
+            .last_key_value()
+            .map(|(_, p)| p.log_id)
+            .or(self.meta.last_purged)
+    }
+
+    fn write_meta(&mut self) -> SResult<()> {
+        self.meta.committed = self.committed;
+        let bytes = serde_json::to_vec(&self.meta).map_err(werr)?;
+        let tmp = self.dir.join("meta.json.tmp");
+        {
+            let f = File::create(&tmp).map_err(werr)?;
+            f.write_all_at(&bytes, 0).map_err(werr)?;
+            f.sync_data().map_err(werr)?;
+        }
+        std::fs::rename(&tmp, self.dir.join(META_FILE)).map_err(werr)?;
+        sync_dir(&self.dir)
+    }
+
+    fn append(&mut self, entries: &[Entry<TypeConfig>]) -> SResult<()> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let expected = self.last_log_id().map(|l| l.index + 1);
+        if expected.is_some_and(|e| e != first.log_id.index) {
+            return Err(storage_msg(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                format!(
+                    "append of entry {} would leave a hole (next is {expected:?})",
+                    first.log_id.index
+                ),
+            ));
+        }
+        let roll = match self.segments.last_key_value() {
+            None => true,
+            Some((_, s)) => s.len >= SEGMENT_BYTES,
+        };
+        if roll {
+            // The closed segment is synced before the next one starts, so
+            // the interval thread only ever has the last one to sync.
+            if self.dirty
+                && let Some((_, s)) = self.segments.last_key_value()
+            {
+                s.file.sync_data().map_err(werr)?;
+                self.dirty = false;
+            }
+            let start = first.log_id.index;
+            let path = self.dir.join(segment_name(start));
+            let file = open_segment(&path)?;
+            file.set_len(0).map_err(werr)?;
+            sync_dir(&self.dir)?;
+            self.segments.insert(start, Segment { path, file, len: 0 });
+        }
+        let Some((&seg_first, seg)) = self.segments.iter_mut().next_back() else {
+            return Err(storage_msg(ErrorSubject::Logs, ErrorVerb::Write, "no segment"));
+        };
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut new = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let offset = seg.len + buf.len() as u64;
+            let len = encode_record(&mut buf, entry)?;
+            new.push(Pos {
+                segment: seg_first,
+                offset,
+                len,
+                log_id: entry.log_id,
+            });
+        }
+        seg.file.write_all_at(&buf, seg.len).map_err(werr)?;
+        if self.sync_interval.is_zero() {
+            seg.file.sync_data().map_err(werr)?;
+        } else {
+            self.dirty = true;
+        }
+        seg.len += buf.len() as u64;
+        for p in new {
+            self.positions.insert(p.log_id.index, p);
+        }
+        Ok(())
+    }
+
+    fn read(&self, start: u64, end: Bound<u64>) -> SResult<Vec<Entry<TypeConfig>>> {
+        let mut out = Vec::new();
+        let mut payload = Vec::new();
+        for (_, p) in self.positions.range((Bound::Included(start), end)) {
+            let Some(seg) = self.segments.get(&p.segment) else {
+                return Err(storage_msg(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Read,
+                    format!("segment {} of entry {} is missing", p.segment, p.log_id.index),
+                ));
+            };
+            payload.resize(HEADER + p.len as usize, 0);
+            seg.file.read_exact_at(&mut payload, p.offset).map_err(rerr)?;
+            let (head, body) = payload.split_at(HEADER);
+            if checksum(&head[8..32], body) != u64_at(head, 32) {
+                return Err(corrupt(&seg.path, p.offset, "checksum mismatch"));
+            }
+            let entry: Entry<TypeConfig> = serde_json::from_slice(body).map_err(rerr)?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// Remove entries from `index` on.
+    fn truncate(&mut self, index: u64) -> SResult<()> {
+        let Some(pos) = self.positions.get(&index).copied() else {
+            return Ok(());
+        };
+        self.positions.split_off(&index);
+        let later: Vec<u64> = self
+            .segments
+            .range((Bound::Excluded(pos.segment), Bound::Unbounded))
+            .map(|(k, _)| *k)
+            .collect();
+        for first in later {
+            if let Some(s) = self.segments.remove(&first) {
+                std::fs::remove_file(&s.path).map_err(werr)?;
+            }
+        }
+        if let Some(seg) = self.segments.get_mut(&pos.segment) {
+            seg.file.set_len(pos.offset).map_err(werr)?;
+            seg.file.sync_data().map_err(werr)?;
+            seg.len = pos.offset;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Forget entries up to `log_id` and delete segments holding nothing else.
+    fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
+        if self.meta.last_purged.is_some_and(|p| p.index >= log_id.index) {
+            return Ok(());
+        }
+        self.meta.last_purged = Some(log_id);
+        self.write_meta()?;
+        self.positions = self.positions.split_off(&(log_id.index + 1));
+        let firsts: Vec<u64> = self.segments.keys().copied().collect();
+        for (i, first) in firsts.iter().enumerate() {
+            // A segment's entries end before the next segment's first.
+            let whole = match firsts.get(i + 1) {
+                Some(next) => *next <= log_id.index + 1,
+                None => self.positions.is_empty(),
+            };
+            if whole && let Some(s) = self.segments.remove(first) {
+                std::fs::remove_file(&s.path).map_err(werr)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sync the last segment every `interval` while the log is open.
+fn sync_loop(inner: std::sync::Weak<Mutex<Inner>>, interval: std::time::Duration) {
+    loop {
+        std::thread::sleep(interval);
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        // Sync a duplicate of the file handle, so appends do not wait for
+        // the sync.
+        let file = {
+            let mut guard = lock(&inner);
+            if !guard.dirty {
+                continue;
+            }
+            guard.dirty = false;
+            guard
+                .segments
+                .last_key_value()
+                .and_then(|(_, s)| s.file.try_clone().ok())
+        };
+        drop(inner);
+        if let Some(file) = file
+            && let Err(e) = file.sync_data()
+        {
+            tracing::error!(error = %e, "syncing the raft log failed");
+        }
+    }
+}
+
+impl LogStore {
+    /// Open (or create) the log in directory `dir`, fsyncing every append.
+    pub fn open(dir: &Path) -> Result<LogStore, FederationError> {
+        LogStore::open_with_sync(dir, std::time::Duration::ZERO)
+    }
+
+    /// Open (or create) the log in directory `dir`. With a zero
+    /// `sync_interval` every append is fsynced before it counts as flushed;
+    /// otherwise appends go to the operating system and the log is fsynced
+    /// that often (see the module documentation).
+    pub fn open_with_sync(
+        dir: &Path,
+        sync_interval: std::time::Duration,
+    ) -> Result<LogStore, FederationError> {
+        let inner = Inner::open(dir, sync_interval).map_err(|e| FederationError::Storage {
+            path: dir.display().to_string(),
             message: e.to_string(),
         })?;
-        Ok(store)
+        let inner = Arc::new(Mutex::new(inner));
+        if !sync_interval.is_zero() {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("raft-log-sync".into())
+                .spawn(move || sync_loop(weak, sync_interval))
+                .map_err(|e| FederationError::Storage {
+                    path: dir.display().to_string(),
+                    message: format!("starting the log sync thread: {e}"),
+                })?;
+        }
+        Ok(LogStore {
+            inner,
+            cache: Arc::default(),
+        })
     }
 
     fn cache(&self) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
         lock(&self.cache)
     }
 
-    fn init_tables(&self) -> SResult<()> {
-        let txn = self.db.begin_write().map_err(werr)?;
-        txn.open_table(LOG).map_err(werr)?;
-        txn.open_table(META).map_err(werr)?;
-        txn.commit().map_err(werr)
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> SResult<Option<T>> {
-        let txn = self.db.begin_read().map_err(rerr)?;
-        let table = txn.open_table(META).map_err(rerr)?;
-        match table.get(key).map_err(rerr)? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(rerr),
-        }
-    }
-
-    /// Write `value` as `key` of the meta table, fsynced.
-    fn write_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> SResult<()> {
-        let bytes = serde_json::to_vec(value).map_err(werr)?;
-        let mut txn = self.db.begin_write().map_err(werr)?;
-        txn.set_durability(Durability::Immediate).map_err(werr)?;
-        {
-            let mut table = txn.open_table(META).map_err(werr)?;
-            table.insert(key, bytes.as_slice()).map_err(werr)?;
-        }
-        txn.commit().map_err(werr)
-    }
-
-    /// Encode `entries`, write them in one transaction and fsync it, then
-    /// keep them in the in-memory tail. Blocking: call it off the runtime
-    /// (the [`RaftLogStorage::append`] implementation does).
+    /// Encode `entries`, write them with one write and fsync them, then keep
+    /// them in the in-memory tail. Blocking: call it off the runtime (the
+    /// [`RaftLogStorage::append`] implementation does).
     pub fn append_durable(&self, entries: Vec<Entry<TypeConfig>>) -> SResult<()> {
-        let mut txn = self.db.begin_write().map_err(werr)?;
-        txn.set_durability(Durability::Immediate).map_err(werr)?;
-        if let Some(committed) = lock(&self.committed).take() {
-            let bytes = serde_json::to_vec(&committed).map_err(werr)?;
-            let mut meta = txn.open_table(META).map_err(werr)?;
-            meta.insert("committed", bytes.as_slice()).map_err(werr)?;
-        }
-        {
-            let mut table = txn.open_table(LOG).map_err(werr)?;
-            for entry in &entries {
-                let bytes = serde_json::to_vec(entry).map_err(werr)?;
-                table
-                    .insert(entry.log_id.index, bytes.as_slice())
-                    .map_err(werr)?;
-            }
-        }
-        txn.commit().map_err(werr)?;
+        self.inner().append(&entries)?;
         let mut cache = self.cache();
         for entry in entries {
             cache.insert(entry.log_id.index, entry);
@@ -133,22 +588,14 @@ impl LogStore {
         Ok(())
     }
 
-    fn read_range(&self, start: u64, end: Bound<u64>) -> SResult<Vec<Entry<TypeConfig>>> {
-        let txn = self.db.begin_read().map_err(rerr)?;
-        let table = txn.open_table(LOG).map_err(rerr)?;
-        let iter = match end {
-            Bound::Included(e) => table.range(start..=e),
-            Bound::Excluded(e) => table.range(start..e),
-            Bound::Unbounded => table.range(start..),
-        }
-        .map_err(rerr)?;
-        let mut out = Vec::new();
-        for item in iter {
-            let (_, v) = item.map_err(rerr)?;
-            let entry: Entry<TypeConfig> = serde_json::from_slice(v.value()).map_err(rerr)?;
-            out.push(entry);
-        }
-        Ok(out)
+    /// Bytes on disk in segment files (for tests and metrics).
+    pub fn disk_bytes(&self) -> u64 {
+        self.inner().segments.values().map(|s| s.len).sum()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.inner().segments.len()
     }
 }
 
@@ -184,7 +631,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             }
         }
         let this = self.clone();
-        blocking(move || this.read_range(start, end)).await
+        blocking(move || this.inner().read(start, end)).await
     }
 }
 
@@ -192,19 +639,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> SResult<LogState<TypeConfig>> {
-        let last_purged: Option<LogId<NodeId>> = self.read_meta("last_purged")?;
-        let txn = self.db.begin_read().map_err(rerr)?;
-        let table = txn.open_table(LOG).map_err(rerr)?;
-        let last = match table.last().map_err(rerr)? {
-            None => None,
-            Some((_, v)) => {
-                let entry: Entry<TypeConfig> = serde_json::from_slice(v.value()).map_err(rerr)?;
-                Some(entry.log_id)
-            }
-        };
+        let inner = self.inner();
         Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
+            last_purged_log_id: inner.meta.last_purged,
+            last_log_id: inner.last_log_id(),
         })
     }
 
@@ -215,28 +653,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> SResult<()> {
         let this = self.clone();
         let vote = *vote;
-        blocking(move || this.write_meta("vote", &vote)).await
+        blocking(move || {
+            let mut inner = this.inner();
+            inner.meta.vote = Some(vote);
+            inner.write_meta()
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> SResult<Option<Vote<NodeId>>> {
-        self.read_meta("vote")
+        Ok(self.inner().meta.vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> SResult<()> {
-        // Not written on its own: it rides along with the next append.
+        // Not written on its own: it rides along with the next meta write.
         // After a crash, an older value only means a little more is
         // re-applied.
-        *lock(&self.committed) = Some(committed);
+        self.inner().committed = committed;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> SResult<Option<LogId<NodeId>>> {
-        if let Some(committed) = *lock(&self.committed) {
-            return Ok(committed);
-        }
-        Ok(self
-            .read_meta::<Option<LogId<NodeId>>>("committed")?
-            .flatten())
+        Ok(self.inner().committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> SResult<()>
@@ -259,45 +697,191 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
         self.cache().retain(|k, _| *k < log_id.index);
-        let db = self.db.clone();
-        blocking(move || {
-            let mut txn = db.begin_write().map_err(werr)?;
-            txn.set_durability(Durability::Immediate).map_err(werr)?;
-            {
-                let mut table = txn.open_table(LOG).map_err(werr)?;
-                table
-                    .retain_in(log_id.index.., |_, _| false)
-                    .map_err(werr)?;
-            }
-            txn.commit().map_err(werr)
-        })
-        .await
+        let this = self.clone();
+        blocking(move || this.inner().truncate(log_id.index)).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
         self.cache().retain(|k, _| *k > log_id.index);
-        let db = self.db.clone();
-        blocking(move || {
-            let bytes = serde_json::to_vec(&log_id).map_err(werr)?;
-            let mut txn = db.begin_write().map_err(werr)?;
-            txn.set_durability(Durability::Immediate).map_err(werr)?;
-            {
-                let mut meta = txn.open_table(META).map_err(werr)?;
-                meta.insert("last_purged", bytes.as_slice()).map_err(werr)?;
-                let mut table = txn.open_table(LOG).map_err(werr)?;
-                table
-                    .retain_in(..=log_id.index, |_, _| false)
-                    .map_err(werr)?;
+        let this = self.clone();
+        blocking(move || this.inner().purge(log_id))
+            .await
+            .map_err(|e| {
+                storage_msg(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Delete,
+                    format!("purge up to {log_id}: {e}"),
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::EntryPayload;
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn ids(log: &LogStore, start: u64) -> Vec<(u64, u64)> {
+        let inner = log.inner();
+        match inner.read(start, Bound::Unbounded) {
+            Ok(v) => v
+                .iter()
+                .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+                .collect(),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    #[test]
+    fn entries_survive_a_reopen() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let log = LogStore::open(dir.path())?;
+        log.append_durable((1..=5).map(|i| entry(1, i)).collect())?;
+        log.append_durable(vec![entry(2, 6)])?;
+        drop(log);
+        let log = LogStore::open(dir.path())?;
+        assert_eq!(
+            ids(&log, 1),
+            vec![(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 6)]
+        );
+        assert_eq!(log.inner().last_log_id().map(|l| l.index), Some(6));
+        Ok(())
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_corruption_inside_is_refused() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let log = LogStore::open(dir.path())?;
+        log.append_durable((1..=3).map(|i| entry(1, i)).collect())?;
+        let seg = dir.path().join(segment_name(1));
+        let len = std::fs::metadata(&seg)?.len();
+        drop(log);
+        // Half a record at the end: cut off.
+        let bytes = std::fs::read(&seg)?;
+        let one = bytes.len() / 3;
+        let mut torn = bytes.clone();
+        torn.extend_from_slice(&bytes[..one / 2]);
+        std::fs::write(&seg, &torn)?;
+        let log = LogStore::open(dir.path())?;
+        assert_eq!(ids(&log, 1).len(), 3);
+        assert_eq!(std::fs::metadata(&seg)?.len(), len);
+        // The log goes on after the cut.
+        log.append_durable(vec![entry(1, 4)])?;
+        assert_eq!(ids(&log, 1).len(), 4);
+        drop(log);
+        // A flipped byte in the last record: cut off as a torn write.
+        let mut bytes = std::fs::read(&seg)?;
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0xff;
+        std::fs::write(&seg, &bytes)?;
+        let log = LogStore::open(dir.path())?;
+        assert_eq!(ids(&log, 1).len(), 3);
+        drop(log);
+        // Corruption in a segment that is not the last: refused, naming it.
+        let log = LogStore::open(dir.path())?;
+        {
+            let mut inner = log.inner();
+            let next = segment_name(4);
+            let path = dir.path().join(&next);
+            let file = open_segment(&path)?;
+            inner.segments.insert(4, Segment { path, file, len: 0 });
+        }
+        log.append_durable(vec![entry(1, 4)])?;
+        drop(log);
+        let mut bytes = std::fs::read(&seg)?;
+        bytes[HEADER + 3] ^= 0xff;
+        std::fs::write(&seg, &bytes)?;
+        let err = match LogStore::open(dir.path()) {
+            Ok(_) => anyhow::bail!("a corrupt inner segment was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(&segment_name(1)), "{err}");
+        assert!(err.contains("checksum"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn truncate_then_append_replaces_the_tail() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let log = LogStore::open(dir.path())?;
+        log.append_durable((1..=5).map(|i| entry(1, i)).collect())?;
+        log.inner().truncate(3)?;
+        assert!(log.append_durable(vec![entry(2, 5)]).is_err());
+        log.append_durable(vec![entry(2, 3), entry(2, 4)])?;
+        drop(log);
+        let log = LogStore::open(dir.path())?;
+        assert_eq!(ids(&log, 1), vec![(1, 1), (1, 2), (2, 3), (2, 4)]);
+        Ok(())
+    }
+
+    #[test]
+    fn purge_deletes_whole_segments_and_survives_a_reopen() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let log = LogStore::open(dir.path())?;
+        for i in 1..=9 {
+            log.append_durable(vec![entry(1, i)])?;
+            if i % 3 == 0 {
+                // Force a new segment after every third entry.
+                let mut inner = log.inner();
+                if let Some((_, s)) = inner.segments.iter_mut().next_back() {
+                    s.len = SEGMENT_BYTES;
+                }
             }
-            txn.commit().map_err(werr)
-        })
-        .await
-        .map_err(|e| {
-            storage_msg(
-                ErrorSubject::Logs,
-                ErrorVerb::Delete,
-                format!("purge up to {log_id}: {e}"),
-            )
+        }
+        // Lengths were faked above: reopen to read the true ones.
+        drop(log);
+        let log = LogStore::open(dir.path())?;
+        assert_eq!(log.segment_count(), 3);
+        log.inner().purge(LogId::new(CommittedLeaderId::new(1, 1), 5))?;
+        assert_eq!(log.segment_count(), 2);
+        assert_eq!(ids(&log, 0), vec![(1, 6), (1, 7), (1, 8), (1, 9)]);
+        drop(log);
+        let log = LogStore::open(dir.path())?;
+        assert_eq!(ids(&log, 0), vec![(1, 6), (1, 7), (1, 8), (1, 9)]);
+        assert_eq!(
+            log.inner().meta.last_purged.map(|l| l.index),
+            Some(5),
+            "purge point kept"
+        );
+        // Purging everything (a snapshot past the log) leaves an empty log
+        // that continues after the purge point.
+        log.inner()
+            .purge(LogId::new(CommittedLeaderId::new(1, 1), 20))?;
+        assert_eq!(log.segment_count(), 0);
+        assert_eq!(log.inner().last_log_id().map(|l| l.index), Some(20));
+        log.append_durable(vec![entry(2, 21)])?;
+        drop(log);
+        let log = LogStore::open(dir.path())?;
+        assert_eq!(ids(&log, 0), vec![(2, 21)]);
+        Ok(())
+    }
+
+    #[test]
+    fn vote_and_committed_are_kept() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let mut log = LogStore::open(dir.path())?;
+            let vote = Vote::new(3, 2);
+            log.save_vote(&vote).await?;
+            log.save_committed(Some(LogId::new(CommittedLeaderId::new(3, 2), 7)))
+                .await?;
+            // The committed id rides along with the next meta write.
+            log.save_vote(&vote).await?;
+            drop(log);
+            let mut log = LogStore::open(dir.path())?;
+            assert_eq!(log.read_vote().await?, Some(vote));
+            assert_eq!(log.read_committed().await?.map(|l| l.index), Some(7));
+            anyhow::Ok(())
         })
     }
 }
