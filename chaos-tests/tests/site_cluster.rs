@@ -256,6 +256,106 @@ async fn wait_caught_up(c: &LocalCluster, leader: u64, node: u64) -> anyhow::Res
     }
 }
 
+/// `reachable` of each node in a status document (absent: `None`).
+fn reachability(s: &Value) -> Vec<(u64, Option<bool>)> {
+    s["nodes"]
+        .as_array()
+        .map(|ns| {
+            ns.iter()
+                .filter_map(|n| Some((n["id"].as_u64()?, n["reachable"].as_bool())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Poll the leader (among `live`) until its `GET /v1/cluster` reports
+/// `down` unreachable and every other node but itself reachable; returns
+/// how long that took.
+async fn wait_reachability(
+    c: &mut LocalCluster,
+    live: &[u64],
+    down: Option<u64>,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    loop {
+        let leader = c.leader_among(live, timeout).await?;
+        let s = c.status(leader).await?;
+        let seen = reachability(&s);
+        let want: Vec<(u64, Option<bool>)> = c
+            .ids()
+            .into_iter()
+            .map(|i| (i, (i != leader).then_some(Some(i) != down)))
+            .collect();
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        if sorted == want {
+            return Ok(start.elapsed());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "leader {leader}: reachability {seen:?}, expected {want:?} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The leader's `GET /v1/cluster` tells a dead follower from a live one
+/// (`reachable`) even while the site is idle and its lag stays 0, and
+/// `strait cluster status` flags it; a follower's document has no
+/// `reachable`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_reports_a_killed_follower_unreachable() -> anyhow::Result<()> {
+    bounded(Duration::from_secs(60), async {
+        let mut c = LocalCluster::up(&[("idc", 3)], None).await?;
+        let all = c.ids();
+        let up = wait_reachability(&mut c, &all, None, Duration::from_secs(10)).await?;
+        let leader = c.leader(Duration::from_secs(10)).await?;
+        let victim = *all.iter().find(|i| **i != leader).context("a follower")?;
+        let other = *all
+            .iter()
+            .find(|i| **i != leader && **i != victim)
+            .context("another follower")?;
+        let fs = c.status(other).await?;
+        anyhow::ensure!(
+            reachability(&fs).iter().all(|(_, r)| r.is_none()),
+            "a follower reports reachability: {fs}"
+        );
+
+        c.kill_9(victim)?;
+        let live = live_ids(&c, victim);
+        let noticed =
+            wait_reachability(&mut c, &live, Some(victim), Duration::from_secs(8)).await?;
+        let lead = c.leader_among(&live, Duration::from_secs(10)).await?;
+        let url = c.client(lead)?.base_url().to_string();
+        let out = std::process::Command::new(strait_chaos_tests::strait_bin()?)
+            .args(["cluster", "status", "--server", &url])
+            .output()?;
+        let table = String::from_utf8_lossy(&out.stdout);
+        anyhow::ensure!(out.status.success(), "strait cluster status: {table}");
+        let flagged: Vec<&str> = table
+            .lines()
+            .filter(|l| l.contains("UNREACHABLE"))
+            .collect();
+        anyhow::ensure!(
+            flagged.len() == 1
+                && flagged[0]
+                    .trim_start()
+                    .starts_with(&format!("node {victim} ")),
+            "strait cluster status should flag node {victim} only:\n{table}"
+        );
+
+        c.restart(victim).await?;
+        let back = wait_reachability(&mut c, &all, None, Duration::from_secs(10)).await?;
+        eprintln!(
+            "all reachable after {up:?}; kill noticed after {noticed:?}; restart after {back:?}"
+        );
+        c.ensure_no_panic()
+    })
+    .await
+}
+
 /// Grow 1 → 3 → 5 and shrink back to 3 while a producer keeps sending.
 #[tokio::test(flavor = "multi_thread")]
 async fn membership_grows_and_shrinks_under_load() -> anyhow::Result<()> {

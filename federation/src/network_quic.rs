@@ -191,6 +191,40 @@ pub async fn write_via_leader_in(
     }
 }
 
+/// Whether this node's connection to member `id` of `site` (a replica of
+/// `group`) is up now: the QUIC connection through which this node's
+/// Raft network (see [`QuicNetwork`]) reaches that member is open and
+/// has not been closed by the transport.
+///
+/// `None` when `id` is this node or not a member, or when this node has
+/// never needed to reach it, so no client exists yet.
+///
+/// This is most useful on the leader. It sends heartbeats to every other
+/// member all the time, so it connects to a live member within a heartbeat
+/// interval, and its connection to a dead member is closed once the
+/// transport's idle timeout passes without a packet from it (QUIC
+/// keep-alives stop any shorter silence from counting). After that the
+/// connection stays down until a reconnection attempt succeeds. A follower
+/// only connects to others to vote or to forward writes, so on a follower
+/// `Some(false)` can also mean "not needed lately".
+pub fn peer_reachable(site: &Site, endpoint: &Endpoint, group: Group, id: NodeId) -> Option<bool> {
+    if id == site.node_id {
+        return None;
+    }
+    let node = site
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .cloned()?;
+    let identity = group.identity(id, &node, &endpoint.identity().site);
+    endpoint
+        .existing_peer(&identity, &node.raft_addr)
+        .map(|p| p.is_connected())
+}
+
 /// The Raft network factory of a site over QUIC.
 #[derive(Debug, Clone)]
 pub struct QuicNetwork {

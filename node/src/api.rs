@@ -802,7 +802,7 @@ async fn test_transform(State(app): State<Arc<App>>, body: Body) -> ApiResult<Js
 }
 
 async fn cluster(State(app): State<Arc<App>>) -> Json<Value> {
-    let mut v = crate::cluster::status(&app.cfg, &app.site, app.cert_expiry);
+    let mut v = crate::cluster::status(&app.cfg, &app.site, app.writer.endpoint(), app.cert_expiry);
     v["links"] = crate::links::status(&app);
     if let Some(c) = &app.control {
         v["control"] = c.status(&app.site);

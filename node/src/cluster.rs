@@ -10,7 +10,9 @@ use openraft::ServerState;
 use serde_json::{Value, json};
 use strait_federation::certs::{self, NodeCredentials};
 use strait_federation::link::service::{LinkService, Methods};
-use strait_federation::network_quic::{Group, QuicNetwork, RaftService, write_via_leader_in};
+use strait_federation::network_quic::{
+    Group, QuicNetwork, RaftService, peer_reachable, write_via_leader_in,
+};
 use strait_federation::transport::{AcceptPolicy, Endpoint, TransportConfig};
 use strait_federation::{
     Bootstrap, Command, CommandResponse, FederationError, NodeId, NodeInfo, Site, SiteOptions,
@@ -346,8 +348,20 @@ pub(crate) fn role(s: ServerState) -> &'static str {
 }
 
 /// The cluster status document of `GET /v1/cluster` (`links` filled in by the caller).
-pub fn status(cfg: &NodeConfig, site: &Site, cert_expiry: Option<i64>) -> Value {
+///
+/// On the leader, every other node also gets `reachable`: whether the
+/// leader's QUIC connection to it is up (see
+/// [`strait_federation::network_quic::peer_reachable`]). Followers leave
+/// it out: they only connect to others when they need to, so their "not
+/// connected" would not mean "down".
+pub fn status(
+    cfg: &NodeConfig,
+    site: &Site,
+    endpoint: Option<&Endpoint>,
+    cert_expiry: Option<i64>,
+) -> Value {
     let m = site.raft.metrics().borrow().clone();
+    let leading = m.state == ServerState::Leader && m.current_leader == Some(m.id);
     let membership = m.membership_config.membership();
     let voters: Vec<NodeId> = membership.voter_ids().collect();
     let last = m.last_log_index.unwrap_or(0);
@@ -377,6 +391,10 @@ pub fn status(cfg: &NodeConfig, site: &Site, cert_expiry: Option<i64>) -> Value 
                 let idx = matched.map(|l| l.index).unwrap_or(0);
                 v["matchedIndex"] = json!(idx);
                 v["replicationLag"] = json!(last.saturating_sub(idx));
+            }
+            if let Some(endpoint) = endpoint.filter(|_| leading && *id != m.id) {
+                let up = peer_reachable(site, endpoint, Group::Site, *id);
+                v["reachable"] = json!(up.unwrap_or(false));
             }
             v
         })

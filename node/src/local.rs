@@ -394,13 +394,20 @@ pub fn status_table(v: &Value) -> String {
                 .get("replicationLag")
                 .map(|l| format!("  lag {l}"))
                 .unwrap_or_default();
+            // Only the leader reports reachability (absent: not known).
+            let reach = match n.get("reachable").and_then(Value::as_bool) {
+                Some(false) => "  UNREACHABLE",
+                _ => "",
+            };
             out.push_str(&format!(
-                "  node {:<3} {:<9} http {:<22} quic {}{}\n",
-                n["id"],
+                "  node {:<3} {:<9} http {:<22} quic {}{}{}\n",
+                // (a JSON value's Display ignores the width)
+                n["id"].to_string(),
                 n["role"].as_str().unwrap_or("?"),
                 n["httpAddr"].as_str().unwrap_or(""),
                 n["raftAddr"].as_str().unwrap_or(""),
-                lag
+                lag,
+                reach
             ));
         }
     }
@@ -446,4 +453,71 @@ pub fn status_table(v: &Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(id: u64, role: &str, extra: Value) -> Value {
+        let mut n = json!({
+            "id": id,
+            "role": role,
+            "httpAddr": format!("127.0.0.1:{}", 8000 + id),
+            "raftAddr": format!("127.0.0.1:{}", 9000 + id),
+        });
+        if let (Some(n), Some(extra)) = (n.as_object_mut(), extra.as_object()) {
+            n.extend(extra.clone());
+        }
+        n
+    }
+
+    fn line(table: &str, id: u64) -> &str {
+        table
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("node {id} ")))
+            .unwrap_or_else(|| panic!("no line for node {id} in:\n{table}"))
+    }
+
+    #[test]
+    fn status_table_flags_unreachable_nodes() {
+        let status = json!({
+            "site": "idc",
+            "nodeId": 1,
+            "role": "leader",
+            "leader": 1,
+            "term": 3,
+            "nodes": [
+                node(1, "leader", json!({"matchedIndex": 10, "replicationLag": 0})),
+                node(2, "follower", json!({"matchedIndex": 10, "replicationLag": 0, "reachable": true})),
+                node(3, "follower", json!({"matchedIndex": 10, "replicationLag": 0, "reachable": false})),
+            ],
+            "links": [],
+        });
+        let table = status_table(&status);
+        assert!(table.starts_with("site idc  term 3  leader 1  (asked node 1: leader)\n"));
+        assert!(!line(&table, 1).contains("UNREACHABLE"), "{table}");
+        assert!(!line(&table, 2).contains("UNREACHABLE"), "{table}");
+        assert_eq!(
+            line(&table, 3),
+            "  node 3   follower  http 127.0.0.1:8003         quic 127.0.0.1:9003  lag 0  UNREACHABLE"
+        );
+    }
+
+    #[test]
+    fn status_table_of_a_follower_shows_no_reachability() {
+        // A follower's document has no `reachable`: nothing is flagged.
+        let status = json!({
+            "site": "idc",
+            "nodeId": 2,
+            "role": "follower",
+            "leader": 1,
+            "term": 3,
+            "nodes": [node(1, "leader", json!({})), node(2, "follower", json!({}))],
+        });
+        let table = status_table(&status);
+        assert!(!table.contains("UNREACHABLE"), "{table}");
+        assert!(line(&table, 2).ends_with("quic 127.0.0.1:9002"), "{table}");
+    }
 }

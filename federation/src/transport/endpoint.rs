@@ -438,6 +438,13 @@ impl Endpoint {
         }
     }
 
+    /// The client for `expected` at `addr` if one has been made (by
+    /// [`Self::peer`]), without making one.
+    pub fn existing_peer(&self, expected: &NodeIdentity, addr: &str) -> Option<Arc<PeerClient>> {
+        let peers = self.inner.peers.lock().ok()?;
+        peers.get(&(expected.clone(), addr.to_string())).cloned()
+    }
+
     /// Close every connection and stop serving; waits (briefly) until the
     /// peers have been told.
     pub async fn close(&self) {
