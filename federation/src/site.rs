@@ -116,7 +116,8 @@ impl Site {
                     .into(),
             });
         }
-        let log = LogStore::open_with_sync(&opts.data_dir.join("raft-log"), opts.log_sync_interval)?;
+        let log =
+            LogStore::open_with_sync(&opts.data_dir.join("raft-log"), opts.log_sync_interval)?;
         let state = SiteState::open(&opts.data_dir.join("state.redb"))?;
         let sm = StateMachine::new(state.clone(), &opts.data_dir, opts.state_flush_interval);
         let config = Config {

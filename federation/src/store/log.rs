@@ -209,7 +209,9 @@ fn scan(path: &Path, first: u64) -> SResult<(Vec<Pos>, u64, Option<String>)> {
     loop {
         match read_full(&mut reader, &mut head) {
             Ok(0) => return Ok((out, offset, None)),
-            Ok(n) if n < HEADER => return Ok((out, offset, Some("record header cut short".into()))),
+            Ok(n) if n < HEADER => {
+                return Ok((out, offset, Some("record header cut short".into())));
+            }
             Ok(_) => {}
             Err(e) => return Err(rerr(e)),
         }
@@ -404,7 +406,11 @@ impl Inner {
             self.segments.insert(start, Segment { path, file, len: 0 });
         }
         let Some((&seg_first, seg)) = self.segments.iter_mut().next_back() else {
-            return Err(storage_msg(ErrorSubject::Logs, ErrorVerb::Write, "no segment"));
+            return Err(storage_msg(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                "no segment",
+            ));
         };
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut new = Vec::with_capacity(entries.len());
@@ -439,11 +445,16 @@ impl Inner {
                 return Err(storage_msg(
                     ErrorSubject::Logs,
                     ErrorVerb::Read,
-                    format!("segment {} of entry {} is missing", p.segment, p.log_id.index),
+                    format!(
+                        "segment {} of entry {} is missing",
+                        p.segment, p.log_id.index
+                    ),
                 ));
             };
             payload.resize(HEADER + p.len as usize, 0);
-            seg.file.read_exact_at(&mut payload, p.offset).map_err(rerr)?;
+            seg.file
+                .read_exact_at(&mut payload, p.offset)
+                .map_err(rerr)?;
             let (head, body) = payload.split_at(HEADER);
             if checksum(&head[8..32], body) != u64_at(head, 32) {
                 return Err(corrupt(&seg.path, p.offset, "checksum mismatch"));
@@ -480,7 +491,11 @@ impl Inner {
 
     /// Forget entries up to `log_id` and delete segments holding nothing else.
     fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
-        if self.meta.last_purged.is_some_and(|p| p.index >= log_id.index) {
+        if self
+            .meta
+            .last_purged
+            .is_some_and(|p| p.index >= log_id.index)
+        {
             return Ok(());
         }
         self.meta.last_purged = Some(log_id);
@@ -839,7 +854,8 @@ mod tests {
         drop(log);
         let log = LogStore::open(dir.path())?;
         assert_eq!(log.segment_count(), 3);
-        log.inner().purge(LogId::new(CommittedLeaderId::new(1, 1), 5))?;
+        log.inner()
+            .purge(LogId::new(CommittedLeaderId::new(1, 1), 5))?;
         assert_eq!(log.segment_count(), 2);
         assert_eq!(ids(&log, 0), vec![(1, 6), (1, 7), (1, 8), (1, 9)]);
         drop(log);

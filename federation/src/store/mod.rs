@@ -8,6 +8,7 @@
 //! every snapshot; after a crash openraft re-applies the committed log tail,
 //! and application is deterministic, so nothing is lost).
 
+pub mod blocks;
 pub mod links;
 pub mod log;
 pub mod machine;

@@ -17,6 +17,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::blocks::{Block, BlockBuilder};
 use super::storage_err;
 use crate::command::{AppendOutcome, Command, CommandResponse};
 use crate::error::FederationError;
@@ -28,8 +29,11 @@ const BUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("buses");
 const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
 /// Key: source name. Value: the source definition (JSON).
 const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
-/// Key: (bus, seq). Value: 8-byte big-endian ingest ms, then the event JSON.
-const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// Key: (bus, sequence of the block's first event). Value: a block of that
+/// bus's events from one log entry (see [`super::blocks`]).
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("event_blocks");
+/// Events per block when a snapshot is installed.
+const SNAPSHOT_BLOCK_EVENTS: usize = 1024;
 /// Key: "bus\u{0}source\u{0}id". Value: ingest ms.
 const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
 /// Key: target key "bus/rule/target". Value: next sequence to process.
@@ -89,26 +93,40 @@ pub struct StoredEvent {
     pub json: Vec<u8>,
 }
 
-fn encode_event(ingest_ms: u64, json: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + json.len());
-    v.extend_from_slice(&ingest_ms.to_be_bytes());
-    v.extend_from_slice(json);
-    v
+/// Insert a finished block (nothing when empty).
+fn put_block(
+    events: &mut redb::Table<(&'static str, u64), &'static [u8]>,
+    bus: &str,
+    block: BlockBuilder,
+) -> SResult<()> {
+    if let Some((first, bytes)) = block.finish() {
+        events
+            .insert((bus, first), bytes.as_slice())
+            .map_err(werr)?;
+    }
+    Ok(())
 }
 
-fn decode_event(bus: &str, seq: u64, bytes: &[u8]) -> StoredEvent {
-    let (ms, json) = if bytes.len() >= 8 {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&bytes[..8]);
-        (u64::from_be_bytes(a), bytes[8..].to_vec())
-    } else {
-        (0, Vec::new())
-    };
-    StoredEvent {
-        bus: bus.to_string(),
-        seq,
-        ingest_ms: ms,
-        json,
+fn parse_block<'a>(bus: &str, first: u64, bytes: &'a [u8]) -> SResult<Block<'a>> {
+    Block::parse(bytes).map_err(|e| {
+        storage_err(
+            ErrorSubject::StateMachine,
+            ErrorVerb::Read,
+            &std::io::Error::other(format!("bus `{bus}`, block at {first}: {e}")),
+        )
+    })
+}
+
+/// The key of the block that may hold `seq` (the last one starting at or
+/// before it), else `seq` itself.
+fn block_start<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
+    table: &T,
+    bus: &str,
+    seq: u64,
+) -> Result<u64, redb::StorageError> {
+    match table.range((bus, 0)..=(bus, seq))?.next_back() {
+        Some(item) => Ok(item?.0.value().1),
+        None => Ok(seq),
     }
 }
 
@@ -348,12 +366,24 @@ impl SiteState {
         let txn = self.db.begin_read().map_err(rerr)?;
         let table = txn.open_table(EVENTS).map_err(rerr)?;
         let mut out = Vec::new();
-        for item in table.range((bus, from)..=(bus, u64::MAX)).map_err(rerr)? {
+        if limit == 0 {
+            return Ok(out);
+        }
+        let start = block_start(&table, bus, from).map_err(rerr)?;
+        for item in table.range((bus, start)..=(bus, u64::MAX)).map_err(rerr)? {
             let (k, v) = item.map_err(rerr)?;
-            let (_, seq) = k.value();
-            out.push(decode_event(bus, seq, v.value()));
-            if out.len() >= limit {
-                break;
+            let block = parse_block(bus, k.value().1, v.value())?;
+            for i in block.position_from(from)..block.len() {
+                let (seq, ingest_ms, json) = block.get(i);
+                out.push(StoredEvent {
+                    bus: bus.to_string(),
+                    seq,
+                    ingest_ms,
+                    json: json.to_vec(),
+                });
+                if out.len() >= limit {
+                    return Ok(out);
+                }
             }
         }
         Ok(out)
@@ -425,12 +455,14 @@ impl SiteState {
     pub fn count_events_from(&self, bus: &str, from: u64, cap: u64) -> SResult<u64> {
         let txn = self.db.begin_read().map_err(rerr)?;
         let table = txn.open_table(EVENTS).map_err(rerr)?;
-        let mut n = 0;
-        for item in table.range((bus, from)..=(bus, u64::MAX)).map_err(rerr)? {
-            item.map_err(rerr)?;
-            n += 1;
+        let mut n = 0u64;
+        let start = block_start(&table, bus, from).map_err(rerr)?;
+        for item in table.range((bus, start)..=(bus, u64::MAX)).map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            let block = parse_block(bus, k.value().1, v.value())?;
+            n += (block.len() - block.position_from(from)) as u64;
             if n >= cap {
-                break;
+                return Ok(cap);
             }
         }
         Ok(n)
@@ -438,9 +470,14 @@ impl SiteState {
 
     /// Total events stored (all buses).
     pub fn stored_events(&self) -> SResult<u64> {
-        use redb::ReadableTableMetadata;
         let txn = self.db.begin_read().map_err(rerr)?;
-        txn.open_table(EVENTS).map_err(rerr)?.len().map_err(rerr)
+        let mut n = 0u64;
+        for item in txn.open_table(EVENTS).map_err(rerr)?.iter().map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            let (bus, first) = k.value();
+            n += parse_block(bus, first, v.value())?.len() as u64;
+        }
+        Ok(n)
     }
 
     /// Make every earlier `Durability::None` commit durable.
@@ -627,11 +664,12 @@ impl SiteState {
         }
         for item in txn.open_table(EVENTS).map_err(rerr)?.iter().map_err(rerr)? {
             let (k, v) = item.map_err(rerr)?;
-            let (bus, seq) = k.value();
-            let ev = decode_event(bus, seq, v.value());
-            let raw = String::from_utf8(ev.json).map_err(rerr)?;
-            let raw = serde_json::value::RawValue::from_string(raw).map_err(rerr)?;
-            body.events.push((bus.to_string(), seq, ev.ingest_ms, raw));
+            let (bus, first) = k.value();
+            for (seq, ingest_ms, json) in parse_block(bus, first, v.value())?.iter() {
+                let raw = String::from_utf8(json.to_vec()).map_err(rerr)?;
+                let raw = serde_json::value::RawValue::from_string(raw).map_err(rerr)?;
+                body.events.push((bus.to_string(), seq, ingest_ms, raw));
+            }
         }
         let link_meta = txn.open_table(super::links::LINK_META).map_err(rerr)?;
         let link_view =
@@ -696,11 +734,23 @@ impl SiteState {
                 dedup.insert(k.as_str(), ms).map_err(werr)?;
             }
             let mut events = txn.open_table(EVENTS).map_err(werr)?;
+            // The snapshot lists events by (bus, sequence): consecutive
+            // events of a bus go into blocks of up to SNAPSHOT_BLOCK_EVENTS.
+            let mut current: Option<(String, BlockBuilder)> = None;
             for (bus, seq, ms, raw) in body.events {
-                let enc = encode_event(ms, raw.get().as_bytes());
-                events
-                    .insert((bus.as_str(), seq), enc.as_slice())
-                    .map_err(werr)?;
+                let full = match &current {
+                    Some((b, block)) => *b != bus || block.len() >= SNAPSHOT_BLOCK_EVENTS,
+                    None => true,
+                };
+                if full && let Some((b, block)) = current.replace((bus, BlockBuilder::new())) {
+                    put_block(&mut events, &b, block)?;
+                }
+                if let Some((_, block)) = current.as_mut() {
+                    block.push(seq, ms, raw.get().as_bytes());
+                }
+            }
+            if let Some((b, block)) = current {
+                put_block(&mut events, &b, block)?;
             }
             super::links::restore(&txn, &body.links)?;
             next.links = body.links.view.clone();
@@ -951,6 +1001,8 @@ fn apply_command(
             // sweep deletes them later.
             let horizon = ingest_ms.saturating_sub(dedup_window_ms);
             let mut outcomes = Vec::with_capacity(entries.len());
+            // One block per bus (almost always just one bus per entry).
+            let mut blocks: Vec<(&str, BlockBuilder)> = Vec::new();
             for e in entries.iter() {
                 if !view.buses.contains_key(&e.bus) {
                     outcomes.push(AppendOutcome::NoSuchBus);
@@ -975,11 +1027,19 @@ fn apply_command(
                 }
                 let seq = view.next_seq;
                 view.next_seq += 1;
-                let enc = encode_event(ingest_ms, e.event.get().as_bytes());
-                events
-                    .insert((e.bus.as_str(), seq), enc.as_slice())
-                    .map_err(werr)?;
+                let block = match blocks.iter().position(|(b, _)| *b == e.bus) {
+                    Some(i) => &mut blocks[i].1,
+                    None => {
+                        blocks.push((e.bus.as_str(), BlockBuilder::new()));
+                        let last = blocks.len() - 1;
+                        &mut blocks[last].1
+                    }
+                };
+                block.push(seq, ingest_ms, e.event.get().as_bytes());
                 outcomes.push(AppendOutcome::Accepted(seq));
+            }
+            for (bus, block) in blocks {
+                put_block(&mut events, bus, block)?;
             }
             CommandResponse::Appended(outcomes)
         }
@@ -1015,23 +1075,30 @@ fn apply_command(
                     .map(|(_, v)| *v)
                     .min()
                     .unwrap_or(view.next_seq);
+                // Whole blocks go: every event in them below every
+                // cursor and past the retention.
                 let mut doomed = Vec::new();
+                let mut doomed_events = 0;
                 for item in events
                     .range((bus.as_str(), 0)..(bus.as_str(), min_cursor))
                     .map_err(werr)?
                 {
                     let (k, v) = item.map_err(werr)?;
-                    let ev = decode_event(bus, k.value().1, v.value());
-                    if ev.ingest_ms > horizon {
+                    let first = k.value().1;
+                    let block = parse_block(bus, first, v.value())?;
+                    if block.last_seq().is_some_and(|l| l >= min_cursor)
+                        || block.max_ingest_ms() > horizon
+                    {
                         break;
                     }
-                    doomed.push(ev.seq);
-                    if doomed.len() >= 50_000 {
+                    doomed.push(first);
+                    doomed_events += block.len();
+                    if doomed_events >= 50_000 {
                         break;
                     }
                 }
-                for seq in doomed {
-                    events.remove((bus.as_str(), seq)).map_err(werr)?;
+                for first in doomed {
+                    events.remove((bus.as_str(), first)).map_err(werr)?;
                 }
             }
             super::links::collect_inbox(txn, &view.links, &view.cursors)?;
