@@ -1,8 +1,13 @@
 //! Replicated link state: per remote site an outbox of deliveries owed to
 //! it, and per origin site an inbox of deliveries received from it.
 //!
+//! Both are stored in blocks (see [`super::blocks`]): one row per command,
+//! keyed by `(site, first sequence)`, holding that command's deliveries.
+//! A block is deleted once every delivery in it is done with; readers skip
+//! the done ones of a block that is partly done.
+//!
 //! - Outbox `(remote, seq)`: sequences start at 1 and grow by one per
-//!   delivery; entries up to the remote's cumulative acknowledgement are
+//!   delivery; blocks up to the remote's cumulative acknowledgement are
 //!   deleted by [`Command::LinkAcked`](crate::Command::LinkAcked).
 //! - Inbox `(origin, seq)`: [`Command::LinkReceive`](crate::Command::LinkReceive)
 //!   stores exactly the next expected sequences (repeats are skipped, a gap
@@ -19,11 +24,17 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::blocks::{Block, BlockBuilder};
 use crate::NodeId;
 use crate::command::{CommandResponse, LinkAnswer, LinkSpec};
 
-pub(crate) const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("link_out");
-pub(crate) const INBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("link_in");
+/// Deliveries per block when a snapshot is restored.
+const RESTORE_BLOCK_ITEMS: usize = 1024;
+
+pub(crate) const OUTBOX: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("link_out_blocks");
+pub(crate) const INBOX: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("link_in_blocks");
 pub(crate) const LINK_META: TableDefinition<&str, &[u8]> = TableDefinition::new("link_meta");
 /// Rule definitions the outbox to a remote site refers to: `(remote, hash)`.
 pub(crate) const SPECS_OUT: TableDefinition<(&str, &str), &[u8]> =
@@ -96,6 +107,77 @@ fn save_meta(txn: &WriteTransaction, links: &LinkView) -> SResult<()> {
     Ok(())
 }
 
+/// The first outbox sequence to `remote` not yet acknowledged, as `txn`
+/// sees it (earlier ones may linger in a partly acknowledged block).
+pub(crate) fn outbox_done_below(txn: &redb::ReadTransaction, remote: &str) -> Result<u64, String> {
+    let meta = txn.open_table(LINK_META).map_err(|e| e.to_string())?;
+    let acked = match meta
+        .get(out_key(remote).as_str())
+        .map_err(|e| e.to_string())?
+    {
+        Some(v) => {
+            serde_json::from_slice::<OutLink>(v.value())
+                .map_err(|e| e.to_string())?
+                .acked
+        }
+        None => 0,
+    };
+    Ok(acked + 1)
+}
+
+/// The first inbox sequence from `origin` not yet delivered (its reader's
+/// checkpointed cursor), as `txn` sees it.
+pub(crate) fn inbox_done_below(txn: &redb::ReadTransaction, origin: &str) -> Result<u64, String> {
+    let cursors = txn
+        .open_table(super::state::CURSORS_TABLE)
+        .map_err(|e| e.to_string())?;
+    Ok(cursors
+        .get(inbox_cursor_key(origin).as_str())
+        .map_err(|e| e.to_string())?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}
+
+/// Store a block of deliveries of `name` (nothing when empty).
+fn put_block(
+    txn: &WriteTransaction,
+    def: TableDefinition<(&str, u64), &[u8]>,
+    name: &str,
+    block: BlockBuilder,
+) -> SResult<()> {
+    if let Some((first, bytes)) = block.finish() {
+        txn.open_table(def)
+            .map_err(werr)?
+            .insert((name, first), bytes.as_slice())
+            .map_err(werr)?;
+    }
+    Ok(())
+}
+
+/// Delete the blocks of `name` whose every delivery is below `below`.
+fn drop_blocks_below(
+    txn: &WriteTransaction,
+    def: TableDefinition<(&str, u64), &[u8]>,
+    name: &str,
+    below: u64,
+) -> SResult<()> {
+    let mut t = txn.open_table(def).map_err(werr)?;
+    let mut doomed = Vec::new();
+    for item in t.range((name, 0)..(name, below)).map_err(werr)? {
+        let (k, v) = item.map_err(werr)?;
+        let first = k.value().1;
+        let block = Block::parse(v.value()).map_err(werr)?;
+        if block.last_seq().is_some_and(|l| l >= below) {
+            break;
+        }
+        doomed.push(first);
+    }
+    for first in doomed {
+        t.remove((name, first)).map_err(werr)?;
+    }
+    Ok(())
+}
+
 /// Load the link view from the meta table.
 pub(crate) fn load(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -126,14 +208,12 @@ pub(crate) fn enqueue(
     put_specs(txn, SPECS_OUT, remote, specs)?;
     let o = links.out.entry(remote.to_string()).or_default();
     let first = o.last_seq + 1;
-    {
-        let mut t = txn.open_table(OUTBOX).map_err(werr)?;
-        for item in items {
-            o.last_seq += 1;
-            t.insert((remote, o.last_seq), item.get().as_bytes())
-                .map_err(werr)?;
-        }
+    let mut block = BlockBuilder::new();
+    for item in items {
+        o.last_seq += 1;
+        block.push(o.last_seq, 0, item.get().as_bytes());
     }
+    put_block(txn, OUTBOX, remote, block)?;
     let last = o.last_seq;
     save_meta(txn, links)?;
     Ok(CommandResponse::Link(LinkAnswer::Enqueued { first, last }))
@@ -193,9 +273,7 @@ pub(crate) fn acked(
     };
     let upto = upto.min(o.last_seq);
     if upto > o.acked {
-        let mut t = txn.open_table(OUTBOX).map_err(werr)?;
-        t.retain_in((remote, o.acked + 1)..=(remote, upto), |_, _| false)
-            .map_err(werr)?;
+        drop_blocks_below(txn, OUTBOX, remote, upto + 1)?;
         o.acked = upto;
         if o.acked == o.last_seq {
             // Drained: later deliveries bring their definitions again.
@@ -230,14 +308,12 @@ pub(crate) fn receive(
     };
     put_specs(txn, SPECS_IN, origin, specs)?;
     let mut seq = committed;
-    {
-        let mut t = txn.open_table(INBOX).map_err(werr)?;
-        for item in &items[skip..] {
-            seq += 1;
-            t.insert((origin, seq), item.get().as_bytes())
-                .map_err(werr)?;
-        }
+    let mut block = BlockBuilder::new();
+    for item in &items[skip..] {
+        seq += 1;
+        block.push(seq, 0, item.get().as_bytes());
     }
+    put_block(txn, INBOX, origin, block)?;
     links.inbound.insert(origin.to_string(), seq);
     let key = inbox_cursor_key(origin);
     if !cursors.contains_key(&key) {
@@ -257,13 +333,11 @@ pub(crate) fn collect_inbox(
     links: &LinkView,
     cursors: &BTreeMap<String, u64>,
 ) -> SResult<()> {
-    let mut t = txn.open_table(INBOX).map_err(werr)?;
     for (origin, committed) in &links.inbound {
         if let Some(c) = cursors.get(&inbox_cursor_key(origin))
             && *c > 1
         {
-            t.retain_in((origin.as_str(), 0)..(origin.as_str(), *c), |_, _| false)
-                .map_err(werr)?;
+            drop_blocks_below(txn, INBOX, origin, *c)?;
             if *c > *committed {
                 // Delivered: later batches bring their definitions again.
                 drop_specs(txn, SPECS_IN, origin)?;
@@ -281,17 +355,26 @@ pub(crate) fn read(
     limit: usize,
 ) -> Result<Vec<LinkEntry>, String> {
     let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let start = super::state::block_start(table, name, from).map_err(|e| e.to_string())?;
     for item in table
-        .range((name, from)..=(name, u64::MAX))
+        .range((name, start)..=(name, u64::MAX))
         .map_err(|e| e.to_string())?
     {
         let (k, v) = item.map_err(|e| e.to_string())?;
-        out.push(LinkEntry {
-            seq: k.value().1,
-            body: v.value().to_vec(),
-        });
-        if out.len() >= limit {
-            break;
+        let block = Block::parse(v.value())
+            .map_err(|e| format!("`{name}`, block at {}: {e}", k.value().1))?;
+        for i in block.position_from(from)..block.len() {
+            let (seq, _, body) = block.get(i);
+            out.push(LinkEntry {
+                seq,
+                body: body.to_vec(),
+            });
+            if out.len() >= limit {
+                return Ok(out);
+            }
         }
     }
     Ok(out)
@@ -315,14 +398,24 @@ pub(crate) fn dump(txn: &redb::ReadTransaction, view: &LinkView) -> Result<LinkS
         view: view.clone(),
         ..LinkSnapshot::default()
     };
-    for (def, out) in [(OUTBOX, &mut s.outbox), (INBOX, &mut s.inbox)] {
+    for (def, out, outbound) in [(OUTBOX, &mut s.outbox, true), (INBOX, &mut s.inbox, false)] {
         let t = txn.open_table(def).map_err(|e| e.to_string())?;
         for item in t.iter().map_err(|e| e.to_string())? {
             let (k, v) = item.map_err(|e| e.to_string())?;
-            let (name, seq) = k.value();
-            let raw = String::from_utf8(v.value().to_vec()).map_err(|e| e.to_string())?;
-            let raw = RawValue::from_string(raw).map_err(|e| e.to_string())?;
-            out.push((name.to_string(), seq, raw));
+            let (name, first) = k.value();
+            let block =
+                Block::parse(v.value()).map_err(|e| format!("`{name}`, block at {first}: {e}"))?;
+            // Done deliveries lingering in a partly done block stay out.
+            let done_below = if outbound {
+                outbox_done_below(txn, name)?
+            } else {
+                inbox_done_below(txn, name)?
+            };
+            for (seq, _, body) in block.iter().filter(|(seq, _, _)| *seq >= done_below) {
+                let raw = String::from_utf8(body.to_vec()).map_err(|e| e.to_string())?;
+                let raw = RawValue::from_string(raw).map_err(|e| e.to_string())?;
+                out.push((name.to_string(), seq, raw));
+            }
         }
     }
     for (def, out) in [(SPECS_OUT, &mut s.specs_out), (SPECS_IN, &mut s.specs_in)] {
@@ -346,10 +439,23 @@ pub(crate) fn restore(txn: &WriteTransaction, s: &LinkSnapshot) -> SResult<()> {
     txn.delete_table(SPECS_OUT).map_err(werr)?;
     txn.delete_table(SPECS_IN).map_err(werr)?;
     for (def, rows) in [(OUTBOX, &s.outbox), (INBOX, &s.inbox)] {
-        let mut t = txn.open_table(def).map_err(werr)?;
+        // Rows come by (site, sequence): consecutive rows of a site go into
+        // blocks of up to RESTORE_BLOCK_ITEMS.
+        let mut current: Option<(&str, BlockBuilder)> = None;
         for (name, seq, raw) in rows {
-            t.insert((name.as_str(), *seq), raw.get().as_bytes())
-                .map_err(werr)?;
+            let full = match &current {
+                Some((n, b)) => *n != name.as_str() || b.len() >= RESTORE_BLOCK_ITEMS,
+                None => true,
+            };
+            if full && let Some((n, b)) = current.replace((name.as_str(), BlockBuilder::new())) {
+                put_block(txn, def, n, b)?;
+            }
+            if let Some((_, b)) = current.as_mut() {
+                b.push(*seq, 0, raw.get().as_bytes());
+            }
+        }
+        if let Some((n, b)) = current {
+            put_block(txn, def, n, b)?;
         }
     }
     for (def, rows) in [(SPECS_OUT, &s.specs_out), (SPECS_IN, &s.specs_in)] {

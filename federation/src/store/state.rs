@@ -93,6 +93,10 @@ pub struct StoredEvent {
     pub json: Vec<u8>,
 }
 
+fn link_err(m: String) -> StorageError<NodeId> {
+    rerr(std::io::Error::other(m))
+}
+
 /// Insert a finished block (nothing when empty).
 fn put_block(
     events: &mut redb::Table<(&'static str, u64), &'static [u8]>,
@@ -119,7 +123,7 @@ fn parse_block<'a>(bus: &str, first: u64, bytes: &'a [u8]) -> SResult<Block<'a>>
 
 /// The key of the block that may hold `seq` (the last one starting at or
 /// before it), else `seq` itself.
-fn block_start<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
+pub(crate) fn block_start<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
     table: &T,
     bus: &str,
     seq: u64,
@@ -397,6 +401,7 @@ impl SiteState {
         limit: usize,
     ) -> SResult<Vec<super::links::LinkEntry>> {
         let txn = self.db.begin_read().map_err(rerr)?;
+        let from = from.max(super::links::outbox_done_below(&txn, remote).map_err(link_err)?);
         let table = txn.open_table(super::links::OUTBOX).map_err(rerr)?;
         super::links::read(&table, remote, from, limit).map_err(|m| rerr(std::io::Error::other(m)))
     }
@@ -411,6 +416,7 @@ impl SiteState {
         limit: usize,
     ) -> SResult<(Vec<super::links::LinkEntry>, Vec<super::links::SpecRow>)> {
         let txn = self.db.begin_read().map_err(rerr)?;
+        let from = from.max(super::links::outbox_done_below(&txn, remote).map_err(link_err)?);
         let table = txn.open_table(super::links::OUTBOX).map_err(rerr)?;
         let entries = super::links::read(&table, remote, from, limit)
             .map_err(|m| rerr(std::io::Error::other(m)))?;
@@ -447,6 +453,7 @@ impl SiteState {
         limit: usize,
     ) -> SResult<Vec<super::links::LinkEntry>> {
         let txn = self.db.begin_read().map_err(rerr)?;
+        let from = from.max(super::links::inbox_done_below(&txn, origin).map_err(link_err)?);
         let table = txn.open_table(super::links::INBOX).map_err(rerr)?;
         super::links::read(&table, origin, from, limit).map_err(|m| rerr(std::io::Error::other(m)))
     }

@@ -1,0 +1,21 @@
+#![no_main]
+//! The storage formats a node reads back from its own disk: Raft log
+//! segments and event blocks. Arbitrary bytes never panic; a segment
+//! scan reports an intact prefix no longer than the input.
+use libfuzzer_sys::fuzz_target;
+use strait_federation::store::blocks::Block;
+use strait_federation::store::log::scan_segment_bytes;
+
+fuzz_target!(|input: &[u8]| {
+    if let Ok(block) = Block::parse(input) {
+        for (_, _, json) in block.iter() {
+            assert!(json.len() <= input.len());
+        }
+        let _ = block.last_seq();
+        let _ = block.position_from(7);
+    }
+    let first = input.first().copied().unwrap_or(0) as u64;
+    if let Ok(scan) = scan_segment_bytes(input, first) {
+        assert!(scan.intact_len <= input.len() as u64);
+    }
+});
