@@ -439,6 +439,8 @@ pub(crate) fn restore(txn: &WriteTransaction, s: &LinkSnapshot) -> SResult<()> {
     txn.delete_table(SPECS_OUT).map_err(werr)?;
     txn.delete_table(SPECS_IN).map_err(werr)?;
     for (def, rows) in [(OUTBOX, &s.outbox), (INBOX, &s.inbox)] {
+        // Create the table even when it stays empty: readers open it.
+        txn.open_table(def).map_err(werr)?;
         // Rows come by (site, sequence): consecutive rows of a site go into
         // blocks of up to RESTORE_BLOCK_ITEMS.
         let mut current: Option<(&str, BlockBuilder)> = None;
