@@ -30,6 +30,55 @@ pub enum Bootstrap {
     Join,
 }
 
+/// Most entries between snapshots, as a multiple of `snapshot_every`.
+const SNAPSHOT_MAX_FACTOR: u64 = 64;
+
+/// Build a snapshot (after which openraft purges the log) once at least
+/// `every` entries were applied since the last one **and** the log since
+/// then holds at least half as many bytes as the state database, or once
+/// `SNAPSHOT_MAX_FACTOR × every` entries were applied.
+///
+/// A snapshot copies the whole state, which grows with retention. Counting
+/// entries alone made a site holding an hour of events copy all of them
+/// every few thousand small entries (link acknowledgements, checkpoints);
+/// tying the interval to the state's size keeps the copying proportional to
+/// what is written, and the log's disk use to about half the state's.
+async fn snapshot_trigger(raft: Raft, log: LogStore, state_path: std::path::PathBuf, every: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let m = raft.metrics().borrow().clone();
+        if m.state == openraft::ServerState::Shutdown {
+            return;
+        }
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        let snapshot = m.snapshot.map(|l| l.index);
+        let since = applied.saturating_sub(snapshot.unwrap_or(0));
+        if since < every {
+            continue;
+        }
+        let log_bytes = log.bytes_after(snapshot);
+        let state_bytes = std::fs::metadata(&state_path)
+            .map(|md| md.len())
+            .unwrap_or(0);
+        if log_bytes >= state_bytes / 2 || since >= every.saturating_mul(SNAPSHOT_MAX_FACTOR) {
+            tracing::info!(since, log_bytes, state_bytes, "building a snapshot");
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            // Let it finish before deciding again.
+            let _ = raft
+                .wait(Some(Duration::from_secs(120)))
+                .metrics(
+                    |m| m.snapshot.map(|l| l.index) != snapshot,
+                    "snapshot built",
+                )
+                .await;
+        }
+    }
+}
+
 /// How to open a site.
 #[derive(Debug, Clone)]
 pub struct SiteOptions {
@@ -125,7 +174,8 @@ impl Site {
             heartbeat_interval: opts.timing.heartbeat_ms,
             election_timeout_min: opts.timing.election_timeout_ms,
             election_timeout_max: opts.timing.election_timeout_ms * 2,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every.max(16)),
+            // Triggered by `snapshot_trigger` below, by size as well as count.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 256,
             // openraft 0.9 gives every append-entries request one heartbeat
             // interval to complete: keep requests small (entries are ~1 MiB).
@@ -134,9 +184,16 @@ impl Site {
         }
         .validate()
         .map_err(|e| FederationError::Raft(e.to_string()))?;
+        let log_handle = log.clone();
         let raft = Raft::new(opts.node_id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| FederationError::Raft(e.to_string()))?;
+        tokio::spawn(snapshot_trigger(
+            raft.clone(),
+            log_handle,
+            opts.data_dir.join("state.redb"),
+            opts.snapshot_every.max(16),
+        ));
         let initialized = raft
             .is_initialized()
             .await

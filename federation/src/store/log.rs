@@ -641,6 +641,17 @@ impl LogStore {
         self.inner().segments.values().map(|s| s.len).sum()
     }
 
+    /// Bytes of the records after index `after` (all records when `None`):
+    /// what the log holds beyond a snapshot.
+    pub fn bytes_after(&self, after: Option<u64>) -> u64 {
+        let inner = self.inner();
+        let iter: Box<dyn Iterator<Item = &Pos>> = match after {
+            Some(i) => Box::new(inner.positions.range(i + 1..).map(|(_, p)| p)),
+            None => Box::new(inner.positions.values()),
+        };
+        iter.map(|p| HEADER as u64 + u64::from(p.len)).sum()
+    }
+
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.inner().segments.len()
