@@ -652,6 +652,12 @@ impl NodeConfig {
         if self.limits.max_batch_events == 0 {
             return invalid("limits.max_batch_events", "must be at least 1");
         }
+        if self.log_sync_ms > 60_000 {
+            return invalid(
+                "log_sync_ms",
+                "must be at most 60000 (0, the default, fsyncs every append)",
+            );
+        }
         if self.batching.max_in_flight == 0 || self.batching.max_events_per_proposal == 0 {
             return invalid(
                 "batching",

@@ -93,6 +93,16 @@ fn config_errors_name_the_field() {
     let cfg = NodeConfig::default();
     let e = cfg.validate().expect_err("no tokens").to_string();
     assert!(e.contains("auth.tokens"), "{e}");
+    let cfg = NodeConfig {
+        dev: true,
+        log_sync_ms: 3_600_000,
+        ..NodeConfig::default()
+    };
+    let e = cfg
+        .validate()
+        .expect_err("an hour between syncs")
+        .to_string();
+    assert!(e.contains("log_sync_ms"), "{e}");
 }
 
 #[test]

@@ -1,12 +1,14 @@
-//! Durable storage of a site: the Raft log ([`log`]) and the state machine
-//! ([`state`], [`machine`]) on redb.
+//! Durable storage of a site: the Raft log ([`log`], append-only segment
+//! files in `raft-log/`) and the state machine ([`state`], [`machine`]) on
+//! redb in `state.redb`.
 //!
-//! Two database files live in the data directory: `raft-log.redb` (every
-//! append is committed with `Durability::Immediate`, i.e. fsynced, before
-//! openraft is told it is flushed) and `state.redb` (applied with
-//! `Durability::None` and made durable at least once a second and before
-//! every snapshot; after a crash openraft re-applies the committed log tail,
-//! and application is deterministic, so nothing is lost).
+//! Every log append is written and fsynced before openraft is told it is
+//! flushed (unless `log_sync_ms` asks for periodic syncs). The state is
+//! fsynced on every apply by default, or at most every `state_flush_ms`
+//! and before every snapshot; after a crash openraft re-applies the
+//! committed log tail, and application is deterministic, so nothing is
+//! lost. Events and link deliveries are stored in blocks, one row per bus
+//! (or remote site) and log entry ([`blocks`]).
 
 pub mod blocks;
 pub mod links;
