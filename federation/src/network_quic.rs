@@ -211,14 +211,7 @@ pub fn peer_reachable(site: &Site, endpoint: &Endpoint, group: Group, id: NodeId
     if id == site.node_id {
         return None;
     }
-    let node = site
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .get_node(&id)
-        .cloned()?;
+    let node = site.member(id)?;
     let identity = group.identity(id, &node, &endpoint.identity().site);
     endpoint
         .existing_peer(&identity, &node.raft_addr)

@@ -254,6 +254,17 @@ impl Site {
             .ok_or_else(|| FederationError::Raft("no leader".into()))
     }
 
+    /// Member `id`'s addresses in the current membership, if it is a member.
+    pub fn member(&self, id: NodeId) -> Option<NodeInfo> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    }
+
     /// Whether this node currently leads its site.
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
@@ -358,15 +369,7 @@ impl Site {
                 .await
                 .map_err(membership_error)?;
         }
-        let still_known = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .is_some();
-        if still_known {
+        if self.member(id).is_some() {
             self.raft
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                 .await

@@ -57,6 +57,18 @@ async fn put_bus(site: &Site, name: &str, spec: serde_json::Value) -> CommandRes
     .expect("put bus")
 }
 
+/// Rule `r` on `bus` with one target `t`, matching everything.
+async fn put_rule(site: &Site, bus: &str) -> CommandResponse {
+    site.write(Command::PutRule {
+        bus: bus.into(),
+        name: "r".into(),
+        spec: json!({"pattern": {}}),
+        targets: vec!["t".into()],
+    })
+    .await
+    .expect("rule")
+}
+
 async fn checkpoint(
     site: &Site,
     now_ms: u64,
@@ -140,16 +152,7 @@ async fn rules_cursors_and_gc() {
     site.write(append(vec![entry("b", "before")]))
         .await
         .expect("append");
-    let r = site
-        .write(Command::PutRule {
-            bus: "b".into(),
-            name: "r".into(),
-            spec: json!({"pattern": {}}),
-            targets: vec!["t".into()],
-        })
-        .await
-        .expect("rule");
-    assert_ok(&r);
+    assert_ok(&put_rule(&site, "b").await);
     // A new target starts at the head.
     assert_eq!(site.state.view().cursors.get("b/r/t"), Some(&1));
     let r = site
@@ -582,16 +585,7 @@ async fn event_blocks_read_count_collect_and_snapshot() {
     put_bus(&site, "a", json!({})).await;
     put_bus(&site, "b", json!({})).await;
     // A target on a, starting at the head (0).
-    let r = site
-        .write(Command::PutRule {
-            bus: "a".into(),
-            name: "r".into(),
-            spec: json!({"pattern": {}}),
-            targets: vec!["t".into()],
-        })
-        .await
-        .expect("rule");
-    assert_ok(&r);
+    assert_ok(&put_rule(&site, "a").await);
     // One entry, two buses interleaved: a gets 0, 2, 4; b gets 1, 3, 5.
     let mixed = (0..6)
         .map(|i| entry(if i % 2 == 0 { "a" } else { "b" }, &format!("m{i}")))

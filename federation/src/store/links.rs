@@ -24,7 +24,8 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::blocks::{Block, BlockBuilder};
+use super::block_table;
+use super::blocks::BlockBuilder;
 use crate::NodeId;
 use crate::command::{CommandResponse, LinkAnswer, LinkSpec};
 
@@ -145,13 +146,8 @@ fn put_block(
     name: &str,
     block: BlockBuilder,
 ) -> SResult<()> {
-    if let Some((first, bytes)) = block.finish() {
-        txn.open_table(def)
-            .map_err(werr)?
-            .insert((name, first), bytes.as_slice())
-            .map_err(werr)?;
-    }
-    Ok(())
+    let mut t = txn.open_table(def).map_err(werr)?;
+    block_table::put(&mut t, name, block).map_err(werr)
 }
 
 /// Delete the blocks of `name` whose every delivery is below `below`.
@@ -162,19 +158,7 @@ fn drop_blocks_below(
     below: u64,
 ) -> SResult<()> {
     let mut t = txn.open_table(def).map_err(werr)?;
-    let mut doomed = Vec::new();
-    for item in t.range((name, 0)..(name, below)).map_err(werr)? {
-        let (k, v) = item.map_err(werr)?;
-        let first = k.value().1;
-        let block = Block::parse(v.value()).map_err(werr)?;
-        if block.last_seq().is_some_and(|l| l >= below) {
-            break;
-        }
-        doomed.push(first);
-    }
-    for first in doomed {
-        t.remove((name, first)).map_err(werr)?;
-    }
+    block_table::drop_done(&mut t, name, below, |_| true, usize::MAX).map_err(werr)?;
     Ok(())
 }
 
@@ -358,25 +342,14 @@ pub(crate) fn read(
     if limit == 0 {
         return Ok(out);
     }
-    let start = super::state::block_start(table, name, from).map_err(|e| e.to_string())?;
-    for item in table
-        .range((name, start)..=(name, u64::MAX))
-        .map_err(|e| e.to_string())?
-    {
-        let (k, v) = item.map_err(|e| e.to_string())?;
-        let block = Block::parse(v.value())
-            .map_err(|e| format!("`{name}`, block at {}: {e}", k.value().1))?;
-        for i in block.position_from(from)..block.len() {
-            let (seq, _, body) = block.get(i);
-            out.push(LinkEntry {
-                seq,
-                body: body.to_vec(),
-            });
-            if out.len() >= limit {
-                return Ok(out);
-            }
-        }
-    }
+    block_table::scan_from(table, name, from, |seq, _, body| {
+        out.push(LinkEntry {
+            seq,
+            body: body.to_vec(),
+        });
+        out.len() < limit
+    })
+    .map_err(|e| e.to_string())?;
     Ok(out)
 }
 
@@ -403,8 +376,7 @@ pub(crate) fn dump(txn: &redb::ReadTransaction, view: &LinkView) -> Result<LinkS
         for item in t.iter().map_err(|e| e.to_string())? {
             let (k, v) = item.map_err(|e| e.to_string())?;
             let (name, first) = k.value();
-            let block =
-                Block::parse(v.value()).map_err(|e| format!("`{name}`, block at {first}: {e}"))?;
+            let block = block_table::parse(name, first, v.value()).map_err(|e| e.to_string())?;
             // Done deliveries lingering in a partly done block stay out.
             let done_below = if outbound {
                 outbox_done_below(txn, name)?
@@ -439,26 +411,16 @@ pub(crate) fn restore(txn: &WriteTransaction, s: &LinkSnapshot) -> SResult<()> {
     txn.delete_table(SPECS_OUT).map_err(werr)?;
     txn.delete_table(SPECS_IN).map_err(werr)?;
     for (def, rows) in [(OUTBOX, &s.outbox), (INBOX, &s.inbox)] {
-        // Create the table even when it stays empty: readers open it.
-        txn.open_table(def).map_err(werr)?;
-        // Rows come by (site, sequence): consecutive rows of a site go into
-        // blocks of up to RESTORE_BLOCK_ITEMS.
-        let mut current: Option<(&str, BlockBuilder)> = None;
-        for (name, seq, raw) in rows {
-            let full = match &current {
-                Some((n, b)) => *n != name.as_str() || b.len() >= RESTORE_BLOCK_ITEMS,
-                None => true,
-            };
-            if full && let Some((n, b)) = current.replace((name.as_str(), BlockBuilder::new())) {
-                put_block(txn, def, n, b)?;
-            }
-            if let Some((_, b)) = current.as_mut() {
-                b.push(*seq, 0, raw.get().as_bytes());
-            }
-        }
-        if let Some((n, b)) = current {
-            put_block(txn, def, n, b)?;
-        }
+        // Opened (so created) even when it stays empty: readers open it.
+        let mut t = txn.open_table(def).map_err(werr)?;
+        // Rows come by (site, sequence).
+        block_table::put_rows(
+            &mut t,
+            rows.iter()
+                .map(|(name, seq, raw)| (name.as_str(), *seq, 0, raw.get().as_bytes())),
+            RESTORE_BLOCK_ITEMS,
+        )
+        .map_err(werr)?;
     }
     for (def, rows) in [(SPECS_OUT, &s.specs_out), (SPECS_IN, &s.specs_in)] {
         let mut t = txn.open_table(def).map_err(werr)?;

@@ -110,11 +110,11 @@ struct Inner {
     dirty: bool,
     segments: BTreeMap<u64, Segment>,
     positions: BTreeMap<u64, Pos>,
+    /// What `meta.json` holds, or will hold after the next meta write: the
+    /// committed id openraft reports is only kept here until then (after a
+    /// crash an older value only means more is re-applied once a leader
+    /// confirms it).
     meta: Meta,
-    /// The last committed id openraft reported (written with the next meta
-    /// write; after a crash an older value only means more is re-applied
-    /// once a leader confirms it).
-    committed: Option<LogId<NodeId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -327,7 +327,6 @@ impl Inner {
             dirty: false,
             segments: BTreeMap::new(),
             positions: BTreeMap::new(),
-            committed: meta.committed,
             meta,
         };
         let count = firsts.len();
@@ -391,7 +390,6 @@ impl Inner {
     }
 
     fn write_meta(&mut self) -> SResult<()> {
-        self.meta.committed = self.committed;
         let bytes = serde_json::to_vec(&self.meta).map_err(werr)?;
         let tmp = self.dir.join("meta.json.tmp");
         {
@@ -645,11 +643,12 @@ impl LogStore {
     /// what the log holds beyond a snapshot.
     pub fn bytes_after(&self, after: Option<u64>) -> u64 {
         let inner = self.inner();
-        let iter: Box<dyn Iterator<Item = &Pos>> = match after {
-            Some(i) => Box::new(inner.positions.range(i + 1..).map(|(_, p)| p)),
-            None => Box::new(inner.positions.values()),
-        };
-        iter.map(|p| HEADER as u64 + u64::from(p.len)).sum()
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        inner
+            .positions
+            .range((from, Bound::Unbounded))
+            .map(|(_, p)| HEADER as u64 + u64::from(p.len))
+            .sum()
     }
 
     /// Number of segment files.
@@ -728,12 +727,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not written on its own: it rides along with the next meta write.
         // After a crash, an older value only means a little more is
         // re-applied.
-        self.inner().committed = committed;
+        self.inner().meta.committed = committed;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> SResult<Option<LogId<NodeId>>> {
-        Ok(self.inner().committed)
+        Ok(self.inner().meta.committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> SResult<()>

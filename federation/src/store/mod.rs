@@ -10,6 +10,7 @@
 //! lost. Events and link deliveries are stored in blocks, one row per bus
 //! (or remote site) and log entry ([`blocks`]).
 
+mod block_table;
 pub mod blocks;
 pub mod links;
 pub mod log;

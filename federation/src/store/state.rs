@@ -17,7 +17,8 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::blocks::{Block, BlockBuilder};
+use super::block_table;
+use super::blocks::BlockBuilder;
 use super::storage_err;
 use crate::command::{AppendOutcome, Command, CommandResponse};
 use crate::error::FederationError;
@@ -95,43 +96,6 @@ pub struct StoredEvent {
 
 fn link_err(m: String) -> StorageError<NodeId> {
     rerr(std::io::Error::other(m))
-}
-
-/// Insert a finished block (nothing when empty).
-fn put_block(
-    events: &mut redb::Table<(&'static str, u64), &'static [u8]>,
-    bus: &str,
-    block: BlockBuilder,
-) -> SResult<()> {
-    if let Some((first, bytes)) = block.finish() {
-        events
-            .insert((bus, first), bytes.as_slice())
-            .map_err(werr)?;
-    }
-    Ok(())
-}
-
-fn parse_block<'a>(bus: &str, first: u64, bytes: &'a [u8]) -> SResult<Block<'a>> {
-    Block::parse(bytes).map_err(|e| {
-        storage_err(
-            ErrorSubject::StateMachine,
-            ErrorVerb::Read,
-            &std::io::Error::other(format!("bus `{bus}`, block at {first}: {e}")),
-        )
-    })
-}
-
-/// The key of the block that may hold `seq` (the last one starting at or
-/// before it), else `seq` itself.
-pub(crate) fn block_start<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
-    table: &T,
-    bus: &str,
-    seq: u64,
-) -> Result<u64, redb::StorageError> {
-    match table.range((bus, 0)..=(bus, seq))?.next_back() {
-        Some(item) => Ok(item?.0.value().1),
-        None => Ok(seq),
-    }
 }
 
 /// The in-memory view of the replicated configuration and progress.
@@ -373,23 +337,16 @@ impl SiteState {
         if limit == 0 {
             return Ok(out);
         }
-        let start = block_start(&table, bus, from).map_err(rerr)?;
-        for item in table.range((bus, start)..=(bus, u64::MAX)).map_err(rerr)? {
-            let (k, v) = item.map_err(rerr)?;
-            let block = parse_block(bus, k.value().1, v.value())?;
-            for i in block.position_from(from)..block.len() {
-                let (seq, ingest_ms, json) = block.get(i);
-                out.push(StoredEvent {
-                    bus: bus.to_string(),
-                    seq,
-                    ingest_ms,
-                    json: json.to_vec(),
-                });
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-            }
-        }
+        block_table::scan_from(&table, bus, from, |seq, ingest_ms, json| {
+            out.push(StoredEvent {
+                bus: bus.to_string(),
+                seq,
+                ingest_ms,
+                json: json.to_vec(),
+            });
+            out.len() < limit
+        })
+        .map_err(rerr)?;
         Ok(out)
     }
 
@@ -463,16 +420,12 @@ impl SiteState {
         let txn = self.db.begin_read().map_err(rerr)?;
         let table = txn.open_table(EVENTS).map_err(rerr)?;
         let mut n = 0u64;
-        let start = block_start(&table, bus, from).map_err(rerr)?;
-        for item in table.range((bus, start)..=(bus, u64::MAX)).map_err(rerr)? {
-            let (k, v) = item.map_err(rerr)?;
-            let block = parse_block(bus, k.value().1, v.value())?;
-            n += (block.len() - block.position_from(from)) as u64;
-            if n >= cap {
-                return Ok(cap);
-            }
-        }
-        Ok(n)
+        block_table::scan_from(&table, bus, from, |_, _, _| {
+            n += 1;
+            n < cap
+        })
+        .map_err(rerr)?;
+        Ok(n.min(cap))
     }
 
     /// Total events stored (all buses).
@@ -482,7 +435,9 @@ impl SiteState {
         for item in txn.open_table(EVENTS).map_err(rerr)?.iter().map_err(rerr)? {
             let (k, v) = item.map_err(rerr)?;
             let (bus, first) = k.value();
-            n += parse_block(bus, first, v.value())?.len() as u64;
+            n += block_table::parse(bus, first, v.value())
+                .map_err(rerr)?
+                .len() as u64;
         }
         Ok(n)
     }
@@ -672,7 +627,10 @@ impl SiteState {
         for item in txn.open_table(EVENTS).map_err(rerr)?.iter().map_err(rerr)? {
             let (k, v) = item.map_err(rerr)?;
             let (bus, first) = k.value();
-            for (seq, ingest_ms, json) in parse_block(bus, first, v.value())?.iter() {
+            for (seq, ingest_ms, json) in block_table::parse(bus, first, v.value())
+                .map_err(rerr)?
+                .iter()
+            {
                 let raw = String::from_utf8(json.to_vec()).map_err(rerr)?;
                 let raw = serde_json::value::RawValue::from_string(raw).map_err(rerr)?;
                 body.events.push((bus.to_string(), seq, ingest_ms, raw));
@@ -741,24 +699,15 @@ impl SiteState {
                 dedup.insert(k.as_str(), ms).map_err(werr)?;
             }
             let mut events = txn.open_table(EVENTS).map_err(werr)?;
-            // The snapshot lists events by (bus, sequence): consecutive
-            // events of a bus go into blocks of up to SNAPSHOT_BLOCK_EVENTS.
-            let mut current: Option<(String, BlockBuilder)> = None;
-            for (bus, seq, ms, raw) in body.events {
-                let full = match &current {
-                    Some((b, block)) => *b != bus || block.len() >= SNAPSHOT_BLOCK_EVENTS,
-                    None => true,
-                };
-                if full && let Some((b, block)) = current.replace((bus, BlockBuilder::new())) {
-                    put_block(&mut events, &b, block)?;
-                }
-                if let Some((_, block)) = current.as_mut() {
-                    block.push(seq, ms, raw.get().as_bytes());
-                }
-            }
-            if let Some((b, block)) = current {
-                put_block(&mut events, &b, block)?;
-            }
+            // The snapshot lists events by (bus, sequence).
+            block_table::put_rows(
+                &mut events,
+                body.events
+                    .iter()
+                    .map(|(bus, seq, ms, raw)| (bus.as_str(), *seq, *ms, raw.get().as_bytes())),
+                SNAPSHOT_BLOCK_EVENTS,
+            )
+            .map_err(werr)?;
             super::links::restore(&txn, &body.links)?;
             next.links = body.links.view.clone();
             let mut meta = txn.open_table(META).map_err(werr)?;
@@ -1046,7 +995,7 @@ fn apply_command(
                 outcomes.push(AppendOutcome::Accepted(seq));
             }
             for (bus, block) in blocks {
-                put_block(&mut events, bus, block)?;
+                block_table::put(&mut events, bus, block).map_err(werr)?;
             }
             CommandResponse::Appended(outcomes)
         }
@@ -1084,29 +1033,14 @@ fn apply_command(
                     .unwrap_or(view.next_seq);
                 // Whole blocks go: every event in them below every
                 // cursor and past the retention.
-                let mut doomed = Vec::new();
-                let mut doomed_events = 0;
-                for item in events
-                    .range((bus.as_str(), 0)..(bus.as_str(), min_cursor))
-                    .map_err(werr)?
-                {
-                    let (k, v) = item.map_err(werr)?;
-                    let first = k.value().1;
-                    let block = parse_block(bus, first, v.value())?;
-                    if block.last_seq().is_some_and(|l| l >= min_cursor)
-                        || block.max_ingest_ms() > horizon
-                    {
-                        break;
-                    }
-                    doomed.push(first);
-                    doomed_events += block.len();
-                    if doomed_events >= 50_000 {
-                        break;
-                    }
-                }
-                for first in doomed {
-                    events.remove((bus.as_str(), first)).map_err(werr)?;
-                }
+                block_table::drop_done(
+                    &mut events,
+                    bus,
+                    min_cursor,
+                    |b| b.max_ingest_ms() <= horizon,
+                    50_000,
+                )
+                .map_err(werr)?;
             }
             super::links::collect_inbox(txn, &view.links, &view.cursors)?;
             CommandResponse::Ok

@@ -1,0 +1,131 @@
+//! The redb side of [`super::blocks`]: tables keyed by `(name, first
+//! sequence)` whose rows are blocks. Events (by bus) and the link outbox
+//! and inbox (by site) are stored this way; this module reads, writes,
+//! regroups and collects them, so the three tables share one mechanism.
+
+use redb::{ReadableTable, Table};
+
+use super::blocks::{Block, BlockBuilder, BlockError};
+
+/// A table of blocks.
+pub(crate) type Rows<'t> = Table<'t, (&'static str, u64), &'static [u8]>;
+
+/// Reading or writing a block table failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BlockTableError {
+    /// The database failed.
+    #[error(transparent)]
+    Storage(#[from] redb::StorageError),
+    /// A row is not a valid block.
+    #[error("`{name}`, block at {first}: {source}")]
+    Malformed {
+        /// The bus or site the row belongs to.
+        name: String,
+        /// The row's first sequence.
+        first: u64,
+        /// What is wrong with it.
+        source: BlockError,
+    },
+}
+
+type Result<T> = std::result::Result<T, BlockTableError>;
+
+/// Parse a row's block, naming the row when it is malformed.
+pub(crate) fn parse<'a>(name: &str, first: u64, bytes: &'a [u8]) -> Result<Block<'a>> {
+    Block::parse(bytes).map_err(|source| BlockTableError::Malformed {
+        name: name.to_string(),
+        first,
+        source,
+    })
+}
+
+/// Insert a finished block (nothing when empty).
+pub(crate) fn put(table: &mut Rows<'_>, name: &str, block: BlockBuilder) -> Result<()> {
+    if let Some((first, bytes)) = block.finish() {
+        table.insert((name, first), bytes.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Insert rows listed in `(name, sequence)` order, consecutive rows of a
+/// name grouped into blocks of up to `per_block` (snapshot installs).
+pub(crate) fn put_rows<'r>(
+    table: &mut Rows<'_>,
+    rows: impl IntoIterator<Item = (&'r str, u64, u64, &'r [u8])>,
+    per_block: usize,
+) -> Result<()> {
+    let mut current: Option<(&str, BlockBuilder)> = None;
+    for (name, seq, ingest_ms, body) in rows {
+        let full = match &current {
+            Some((n, b)) => *n != name || b.len() >= per_block,
+            None => true,
+        };
+        if full && let Some((n, b)) = current.replace((name, BlockBuilder::new())) {
+            put(table, n, b)?;
+        }
+        if let Some((_, b)) = current.as_mut() {
+            b.push(seq, ingest_ms, body);
+        }
+    }
+    if let Some((n, b)) = current {
+        put(table, n, b)?;
+    }
+    Ok(())
+}
+
+/// Call `f` with `(sequence, ingest ms, body)` of every item of `name`
+/// with sequence `>= from`, in order, while it returns `true`.
+pub(crate) fn scan_from<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
+    table: &T,
+    name: &str,
+    from: u64,
+    mut f: impl FnMut(u64, u64, &[u8]) -> bool,
+) -> Result<()> {
+    // The block that may hold `from`: the last one starting at or before it.
+    let start = match table.range((name, 0)..=(name, from))?.next_back() {
+        Some(item) => item?.0.value().1,
+        None => from,
+    };
+    for item in table.range((name, start)..=(name, u64::MAX))? {
+        let (k, v) = item?;
+        let block = parse(name, k.value().1, v.value())?;
+        for i in block.position_from(from)..block.len() {
+            let (seq, ingest_ms, body) = block.get(i);
+            if !f(seq, ingest_ms, body) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Delete the blocks of `name` from the oldest on while every item in them
+/// is below `below` and `done` says so for the block, up to about `limit`
+/// items per call. Returns how many items went.
+pub(crate) fn drop_done(
+    table: &mut Rows<'_>,
+    name: &str,
+    below: u64,
+    done: impl Fn(&Block<'_>) -> bool,
+    limit: usize,
+) -> Result<usize> {
+    let mut doomed = Vec::new();
+    let mut items = 0;
+    for item in table.range((name, 0)..(name, below))? {
+        let (k, v) = item?;
+        let first = k.value().1;
+        let block = parse(name, first, v.value())?;
+        if block.last_seq().is_some_and(|l| l >= below) || !done(&block) {
+            break;
+        }
+        doomed.push(first);
+        items += block.len();
+        if items >= limit {
+            break;
+        }
+    }
+    for first in doomed {
+        table.remove((name, first))?;
+    }
+    Ok(items)
+}
