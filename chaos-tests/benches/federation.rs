@@ -25,9 +25,12 @@
 //! (throughput window, 10), `BENCH_WARMUP_SECS` (2), `BENCH_CLIENTS` (16),
 //! `BENCH_BATCH` (100), `BENCH_TARGET_CONCURRENCY` (64, both targets),
 //! `BENCH_LAT_RATE` (2000 ev/s), `BENCH_LAT_BATCH` (10 events/request),
-//! `BENCH_LAT_SECS` (10), `BENCH_DELAY_MS` (50), `BENCH_PARTITION_RATE`
+//! `BENCH_LAT_SECS` (10), `BENCH_DELAY_MS` (50), `BENCH_DELAY_SETTLE_SECS`
+//! (2: unmeasured traffic after the delay is switched on), `BENCH_PARTITION_RATE`
 //! (2000 ev/s), `BENCH_PARTITION_SECS` (60), `BENCH_DRAIN_TIMEOUT_SECS` (300),
-//! `BENCH_EXTRA` (JSON merged into every node's config).
+//! `BENCH_EXTRA` (JSON merged into every node's config), `BENCH_LAT_DUMP`
+//! (a directory: one CSV of seq, ack time, latency and wall-clock ms per
+//! latency phase).
 //! `STRAIT_CHAOS_KEEP=1` keeps the cluster directory (configs, logs).
 
 use std::collections::HashMap;
@@ -677,17 +680,43 @@ impl Bench {
         }
         let mut lat = Vec::with_capacity(acked);
         let mut missing = 0;
+        // BENCH_LAT_DUMP=<dir>: one CSV per phase (seq, ack time since the
+        // first ack, latency) to see when slow events happen.
+        let dump = std::env::var_os("BENCH_LAT_DUMP");
+        let mut csv = String::new();
+        let t0 = acks.iter().flatten().min().copied();
+        // Wall clock of t0, to line slow events up with node logs.
+        let wall0 = t0.map(|t0| {
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            unix.as_secs_f64() * 1000.0 - t0.elapsed().as_secs_f64() * 1000.0
+        });
         for (seq, ack) in acks.iter().enumerate() {
             let Some(ack) = ack else { continue };
             match first.get(&(seq as u64)) {
                 // Signed: a delivery may arrive before the client has read
                 // its ack.
-                Some(at) => lat.push(if *at >= *ack {
-                    (*at - *ack).as_secs_f64() * 1000.0
-                } else {
-                    -((*ack - *at).as_secs_f64() * 1000.0)
-                }),
+                Some(at) => {
+                    let ms = if *at >= *ack {
+                        (*at - *ack).as_secs_f64() * 1000.0
+                    } else {
+                        -((*ack - *at).as_secs_f64() * 1000.0)
+                    };
+                    if let (Some(_), Some(t0), Some(wall0)) = (&dump, t0, wall0) {
+                        let since = (*ack - t0).as_secs_f64() * 1000.0;
+                        let wall = wall0 + since;
+                        csv.push_str(&format!("{seq},{since:.3},{ms:.3},{wall:.1}\n"));
+                    }
+                    lat.push(ms);
+                }
                 None => missing += 1,
+            }
+        }
+        if let Some(dir) = &dump {
+            let path = std::path::Path::new(dir).join(format!("lat-{phase}.csv"));
+            if let Err(e) = std::fs::write(&path, csv) {
+                println!("  cannot write {}: {e}", path.display());
             }
         }
         if let Err(e) = &waited {
@@ -910,6 +939,21 @@ async fn run() -> anyhow::Result<()> {
     );
     let delay = Duration::from_millis(env_or("BENCH_DELAY_MS", 50));
     proxy.faults().set_delay(delay);
+    // A real WAN link starts at its RTT; this one jumps from 0.2 ms to
+    // 2 x delay mid-connection, and QUIC's congestion window and RTT
+    // estimate take a few round trips to follow. Let them settle (traffic
+    // not measured) before measuring the steady state.
+    let settle = env_or("BENCH_DELAY_SETTLE_SECS", 2);
+    if settle > 0 {
+        let rate = env_or("BENCH_LAT_RATE", 2000);
+        let acks =
+            open_loop_from(&b.load, P_WARM, 2_000_000, "bench.remote", rate, 10, settle).await;
+        let n3 = acks.iter().filter(|a| a.is_some()).count() as u64;
+        b.recv
+            .wait_count(P_WARM, n + n2 + n3, Duration::from_secs(60))
+            .await
+            .context("settling traffic after the delay was switched on")?;
+    }
     let drops = udp_rcvbuf_errors();
     let lc = b.latency(P_LAT_DELAY, "bench.remote").await?;
     print_lat(

@@ -143,6 +143,19 @@ async fn three_sites_deliver_exactly_where_the_rules_say() -> anyhow::Result<()>
         for l in out {
             anyhow::ensure!(l["outboxDepth"] == json!(0) && l["acked"].as_u64() > Some(0), "{l}");
         }
+        // aws delivered batches as soon as they were proposed there
+        // (`federation.deliver_before_commit`, on by default).
+        let aws = c.client_at(*c.site_nodes("aws").first().context("aws node")?)?;
+        let metrics = aws.get_json("/metrics").await?.text();
+        let early: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("strait_link_early_deliveries_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        anyhow::ensure!(
+            early > 0.0,
+            "aws delivered nothing before commit:\n{metrics}"
+        );
         c.ensure_no_panic()
     })
     .await

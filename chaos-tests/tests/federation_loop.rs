@@ -19,8 +19,14 @@ use strait_chaos_tests::{
 /// Most hops (`straithops`) an event makes (node/src/links.rs `MAX_HOPS`).
 const MAX_HOPS: u64 = 8;
 
+/// Also covers the committed-only inbound path: these sites deliver what
+/// they received only after it commits (the other federation tests use the
+/// default, delivery before commit).
 fn extra() -> Value {
-    json!({"dispatch": {"checkpoint_interval_ms": 50}})
+    json!({
+        "dispatch": {"checkpoint_interval_ms": 50},
+        "federation": {"deliver_before_commit": false}
+    })
 }
 
 fn bus_target(id: &str, bus: &str, site: &str) -> Value {

@@ -137,6 +137,27 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's name, as it is spelled in the log (for logs and
+    /// metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::PutBus { .. } => "put_bus",
+            Command::DeleteBus { .. } => "delete_bus",
+            Command::PutRule { .. } => "put_rule",
+            Command::DeleteRule { .. } => "delete_rule",
+            Command::PutSource { .. } => "put_source",
+            Command::DeleteSource { .. } => "delete_source",
+            Command::Append { .. } => "append",
+            Command::Checkpoint { .. } => "checkpoint",
+            Command::ConfigVersion { .. } => "config_version",
+            Command::LinkEnqueue { .. } => "link_enqueue",
+            Command::LinkAcked { .. } => "link_acked",
+            Command::LinkReceive { .. } => "link_receive",
+        }
+    }
+}
+
 /// What a link command answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

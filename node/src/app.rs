@@ -44,6 +44,9 @@ pub struct App {
     pub control: Option<crate::control::Control>,
     /// Run-time status of the shared sources on this node.
     pub sources: crate::sources::SourceStatuses,
+    /// Batches from other sites proposed but not yet committed here, for
+    /// the inbound workers (`federation.deliver_before_commit`).
+    pub early: Option<Arc<strait_federation::link::early::EarlyInbox>>,
 }
 
 impl App {
@@ -64,6 +67,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         site,
         endpoint,
         control,
+        early,
     } = crate::cluster::open_site(&cfg).await?;
     let clustered = endpoint.is_some();
     let writer = Writer::new(
@@ -107,6 +111,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         link_stats: crate::links::new_stats(),
         control,
         sources: Default::default(),
+        early,
     });
     crate::links::start_senders(&app);
     tokio::spawn(crate::dispatch::run(app.clone()));

@@ -3,12 +3,14 @@
 //! changes and the cluster status document.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::ServerState;
 use serde_json::{Value, json};
 use strait_federation::certs::{self, NodeCredentials};
+use strait_federation::link::early::EarlyInbox;
 use strait_federation::link::service::{LinkService, Methods};
 use strait_federation::network_quic::{
     Group, QuicNetwork, RaftService, peer_reachable, write_via_leader_in,
@@ -151,6 +153,9 @@ pub struct Opened {
     pub endpoint: Option<Endpoint>,
     /// The control-group replica (when `control.members` is set).
     pub control: Option<crate::control::Control>,
+    /// Batches from other sites proposed here but not yet committed
+    /// (`federation.deliver_before_commit`).
+    pub early: Option<Arc<EarlyInbox>>,
 }
 
 /// Open the site's Raft group (and the control group's replica when
@@ -174,6 +179,7 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
             site: Site::open(opts).await?,
             endpoint: None,
             control: None,
+            early: None,
         });
     };
     let addr: std::net::SocketAddr = listen
@@ -183,6 +189,11 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
     let service = RaftService::new(cfg.site.clone());
     let remotes: Vec<String> = cfg.federation.links.keys().cloned().collect();
     let link = LinkService::new(cfg.site.clone(), remotes.clone());
+    let early = cfg.federation.deliver_before_commit.then(|| {
+        let early = EarlyInbox::new();
+        link.deliver_before_commit(early.clone());
+        early
+    });
     let mut sites = remotes;
     sites.extend(cfg.control.members.iter().map(|m| m.site.clone()));
     sites.retain(|s| *s != cfg.site);
@@ -231,6 +242,7 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
         site,
         endpoint: Some(endpoint),
         control,
+        early,
     })
 }
 

@@ -502,6 +502,12 @@ pub struct Federation {
     /// target's retry policy (then dead-letter); ingest and other targets
     /// go on.
     pub max_outbox: u64,
+    /// Deliver a batch received from another site as soon as this site's
+    /// leader has proposed it, without waiting for it to commit here (it is
+    /// already durable in the sending site's outbox; see
+    /// docs/federation.md). The acknowledgement to the sender still waits
+    /// for the commit. `false`: deliver only what this site has committed.
+    pub deliver_before_commit: bool,
 }
 
 impl Default for Federation {
@@ -512,6 +518,7 @@ impl Default for Federation {
             window: 64,
             window_bytes: 16 << 20,
             max_outbox: 1_000_000,
+            deliver_before_commit: true,
         }
     }
 }

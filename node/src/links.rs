@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use strait_adapters::{DeliveryError, DeliveryFuture, Sink};
+use strait_federation::link::early::EarlyBatch;
 use strait_federation::link::proto::SenderConfig;
 use strait_federation::link::proto::spec_hash;
 use strait_federation::link::service::{LinkStatsMap, RemoteSite, run_sender};
@@ -321,11 +322,16 @@ pub fn start_senders(app: &Arc<App>) {
 /// Deliver the inboxes of every origin site, for as long as this future
 /// runs (the dispatcher runs it while this node leads).
 pub async fn run_inbound(app: Arc<App>) {
+    if let Some(early) = &app.early {
+        // Offered under an earlier term: read them from the inbox instead.
+        early.clear_all();
+    }
     let mut links = app.site.state.subscribe_links();
+    let mut early = app.early.as_ref().map(|e| e.subscribe());
     // Dropping the map (when this future is dropped) aborts every worker.
     let mut workers: HashMap<String, crate::dispatch::AbortOnDrop> = HashMap::new();
     loop {
-        let origins: Vec<String> = app
+        let mut origins: Vec<String> = app
             .site
             .state
             .view()
@@ -334,21 +340,74 @@ pub async fn run_inbound(app: Arc<App>) {
             .keys()
             .cloned()
             .collect();
+        // An origin's first batch may be offered before it commits.
+        origins.extend(app.cfg.federation.links.keys().cloned());
         for o in origins {
             workers.entry(o.clone()).or_insert_with(|| {
                 crate::dispatch::AbortOnDrop(tokio::spawn(inbound_worker(app.clone(), o)))
             });
         }
-        if links.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = links.changed() => if r.is_err() { return },
+            () = early_changed(&mut early) => {}
         }
     }
+}
+
+/// Wait for an offer to the early inbox (forever without one).
+async fn early_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Up to `room` deliveries from `origin` starting at `next`: from the batch
+/// proposed here that holds `next` if there is one (delivered before it
+/// commits), else from the committed inbox.
+fn next_deliveries(
+    app: &App,
+    origin: &str,
+    next: u64,
+    room: usize,
+) -> Result<(Vec<(u64, bytes::Bytes)>, Option<Arc<EarlyBatch>>), String> {
+    if let Some(b) = app.early.as_ref().and_then(|e| e.take_from(origin, next)) {
+        let skip = (next - b.first_seq) as usize;
+        let items = b
+            .items
+            .iter()
+            .skip(skip)
+            .take(room)
+            .enumerate()
+            .map(|(i, body)| (next + i as u64, body.clone()))
+            .collect();
+        metrics::counter!("strait_link_early_deliveries_total", "origin" => origin.to_string())
+            .increment(b.items.len().saturating_sub(skip).min(room) as u64);
+        return Ok((items, Some(b)));
+    }
+    let entries = app
+        .site
+        .state
+        .read_inbox(origin, next, room)
+        .map_err(|e| e.to_string())?;
+    Ok((
+        entries
+            .into_iter()
+            .map(|e| (e.seq, bytes::Bytes::from(e.body)))
+            .collect(),
+        None,
+    ))
 }
 
 /// Deliver the inbox from `origin` in order, `concurrency` at a time.
 async fn inbound_worker(app: Arc<App>, origin: String) {
     let key = inbox_cursor_key(&origin);
     let mut links = app.site.state.subscribe_links();
+    let mut early = app.early.as_ref().map(|e| e.subscribe());
     let start = app
         .site
         .state
@@ -365,10 +424,10 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
     loop {
         if inflight.len() < 256 {
             links.borrow_and_update();
-            let entries = match app
-                .site
-                .state
-                .read_inbox(&origin, next, 256 - inflight.len())
+            if let Some(rx) = early.as_mut() {
+                rx.borrow_and_update();
+            }
+            let (entries, batch) = match next_deliveries(&app, &origin, next, 256 - inflight.len())
             {
                 Ok(e) => e,
                 Err(e) => {
@@ -377,10 +436,9 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
                     continue;
                 }
             };
-            for e in entries {
-                next = e.seq + 1;
-                let handler = prepare(&app, &origin, &e.body, &mut cache);
-                let seq = e.seq;
+            for (seq, body) in entries {
+                next = seq + 1;
+                let handler = prepare(&app, &origin, &body, batch.as_deref(), &mut cache);
                 inflight.push_back(async move {
                     if let Some((remote, ingest_ms, value)) = handler {
                         remote.deliver_value(ingest_ms, value).await;
@@ -390,8 +448,9 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
             }
         }
         if inflight.is_empty() {
-            if links.changed().await.is_err() {
-                return;
+            tokio::select! {
+                r = links.changed() => if r.is_err() { return },
+                () = early_changed(&mut early) => {}
             }
             continue;
         }
@@ -402,17 +461,20 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
             r = links.changed(), if inflight.len() < 256 => {
                 if r.is_err() { return; }
             }
+            () = early_changed(&mut early), if inflight.len() < 256 => {}
         }
     }
 }
 
 /// Decode a delivery and find (or build) the target it names; the event
 /// comes with its ingestion time. The rule definition is the delivery's own
-/// (older deliveries) or the one the inbox from `origin` holds for its hash.
+/// (older deliveries), the one `batch` carries for its hash (a batch
+/// delivered before it commits), or the one the inbox from `origin` holds.
 fn prepare(
     app: &Arc<App>,
     origin: &str,
     body: &[u8],
+    batch: Option<&EarlyBatch>,
     cache: &mut HashMap<(String, String, String, String), Arc<crate::dispatch::Remote>>,
 ) -> Option<(Arc<crate::dispatch::Remote>, u64, Value)> {
     let d: Delivery = match serde_json::from_slice(body) {
@@ -445,9 +507,11 @@ fn prepare(
     let remote = match cache.get(&key) {
         Some(r) => r.clone(),
         None => {
-            let spec = match &d.rule_spec {
-                Some(spec) => Ok(spec.clone()),
-                None => match app.site.state.read_inbox_spec(origin, &key.2) {
+            let spec = match (&d.rule_spec, batch.and_then(|b| b.spec(&key.2))) {
+                (Some(spec), _) => Ok(spec.clone()),
+                // Not committed yet: the batch carries it.
+                (None, Some(s)) => Ok(s.spec.clone()),
+                (None, None) => match app.site.state.read_inbox_spec(origin, &key.2) {
                     Ok(Some(bytes)) => String::from_utf8(bytes)
                         .map_err(|e| e.to_string())
                         .and_then(|s| RawValue::from_string(s).map_err(|e| e.to_string())),

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Mutex, Notify};
 
+use super::early::{EarlyBatch, EarlyInbox};
 use super::proto::{Batch, Sender, SenderConfig, decode_batch, encode_batch};
 use crate::NodeId;
 use crate::certs::NodeIdentity;
@@ -44,6 +45,7 @@ pub struct LinkService {
     origins: Vec<String>,
     running: OnceLock<(Site, Endpoint)>,
     per_origin: std::sync::Mutex<HashMap<String, Arc<Lane>>>,
+    early: OnceLock<Arc<EarlyInbox>>,
 }
 
 /// The receiving side of one origin: proposals are made one at a time, in
@@ -76,7 +78,14 @@ impl LinkService {
             origins,
             running: OnceLock::new(),
             per_origin: std::sync::Mutex::new(HashMap::new()),
+            early: OnceLock::new(),
         })
+    }
+
+    /// Offer every batch this node proposes as leader to `early` (see
+    /// [`crate::link::early`]), so it can be delivered before it commits.
+    pub fn deliver_before_commit(&self, early: Arc<EarlyInbox>) {
+        let _ = self.early.set(early);
     }
 
     /// Start serving with the site and the endpoint (to forward to the leader).
@@ -175,6 +184,16 @@ impl LinkService {
                 () = tokio::time::sleep_until(deadline.into()) => {}
             }
         }
+        let early = self.early.get().map(|e| {
+            (
+                e.clone(),
+                EarlyBatch {
+                    first_seq: batch.first_seq,
+                    items: batch.items.clone(),
+                    specs: specs.clone(),
+                },
+            )
+        });
         let cmd = Command::LinkReceive {
             origin: batch.origin.clone(),
             first_seq: batch.first_seq,
@@ -189,6 +208,9 @@ impl LinkService {
                 Ok(done) => {
                     lane.proposed.fetch_max(last, Ordering::AcqRel);
                     lane.moved.notify_waiters();
+                    if let Some((inbox, b)) = early {
+                        inbox.offer(&batch.origin, b);
+                    }
                     drop(serial);
                     done.await
                 }
@@ -198,6 +220,9 @@ impl LinkService {
             write_via_leader(&site, &endpoint, cmd).await
         };
         if result.is_err() {
+            if let Some(e) = self.early.get() {
+                e.clear(&batch.origin);
+            }
             // Later batches must wait for what is applied again.
             lane.proposed.store(0, Ordering::Release);
         }

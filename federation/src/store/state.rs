@@ -44,6 +44,10 @@ const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// apply stays short. The sweep walks the index in key order and wraps.
 const DEDUP_SWEEP_BATCH: usize = 20_000;
 
+/// An apply that takes this long is logged as a warning (a tenth of it at
+/// debug level): everything behind it in the site waits.
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
+
 type SResult<T> = Result<T, StorageError<NodeId>>;
 
 fn werr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
@@ -467,6 +471,9 @@ impl SiteState {
         let mut responses = Vec::with_capacity(entries.len());
         let mut config_changed = false;
         let mut links_changed = false;
+        let started = std::time::Instant::now();
+        let count = entries.len();
+        let mut slowest: (&'static str, std::time::Duration) = ("", std::time::Duration::ZERO);
         for entry in entries {
             next.last_applied = Some(entry.log_id);
             let resp = match entry.payload {
@@ -494,11 +501,19 @@ impl SiteState {
                     ) {
                         config_changed = true;
                     }
-                    apply_command(&txn, &mut next, cmd)?
+                    let kind = cmd.kind();
+                    let t = std::time::Instant::now();
+                    let resp = apply_command(&txn, &mut next, cmd)?;
+                    let took = t.elapsed();
+                    if took > slowest.1 {
+                        slowest = (kind, took);
+                    }
+                    resp
                 }
             };
             responses.push(resp);
         }
+        let commands = started.elapsed();
         {
             let mut meta = txn.open_table(META).map_err(werr)?;
             let la = serde_json::to_vec(&next.last_applied).map_err(werr)?;
@@ -511,6 +526,28 @@ impl SiteState {
             meta.insert("config_version", c.as_slice()).map_err(werr)?;
         }
         txn.commit().map_err(werr)?;
+        let took = started.elapsed();
+        if took >= SLOW_APPLY {
+            tracing::warn!(
+                entries = count,
+                took_ms = took.as_millis() as u64,
+                commands_ms = commands.as_millis() as u64,
+                slowest = slowest.0,
+                slowest_ms = slowest.1.as_millis() as u64,
+                durable,
+                "slow apply"
+            );
+        } else if took >= SLOW_APPLY / 10 {
+            tracing::debug!(
+                entries = count,
+                took_ms = took.as_millis() as u64,
+                commands_ms = commands.as_millis() as u64,
+                slowest = slowest.0,
+                slowest_ms = slowest.1.as_millis() as u64,
+                durable,
+                "slow apply"
+            );
+        }
         let head = next.next_seq;
         *self.view_mut() = next;
         if config_changed {
