@@ -22,7 +22,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rand::rngs::StdRng;
@@ -30,7 +30,6 @@ use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
-use std::time::Instant;
 
 /// Largest datagram the proxy forwards whole (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_535;

@@ -341,7 +341,9 @@ pub async fn run_inbound(app: Arc<App>) {
             .cloned()
             .collect();
         // An origin's first batch may be offered before it commits.
-        origins.extend(app.cfg.federation.links.keys().cloned());
+        if app.early.is_some() {
+            origins.extend(app.cfg.federation.links.keys().cloned());
+        }
         for o in origins {
             workers.entry(o.clone()).or_insert_with(|| {
                 crate::dispatch::AbortOnDrop(tokio::spawn(inbound_worker(app.clone(), o)))
@@ -366,15 +368,13 @@ async fn early_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
     }
 }
 
+/// Deliveries by sequence, with the early batch they come from (if any).
+type Deliveries = (Vec<(u64, bytes::Bytes)>, Option<Arc<EarlyBatch>>);
+
 /// Up to `room` deliveries from `origin` starting at `next`: from the batch
 /// proposed here that holds `next` if there is one (delivered before it
 /// commits), else from the committed inbox.
-fn next_deliveries(
-    app: &App,
-    origin: &str,
-    next: u64,
-    room: usize,
-) -> Result<(Vec<(u64, bytes::Bytes)>, Option<Arc<EarlyBatch>>), String> {
+fn next_deliveries(app: &App, origin: &str, next: u64, room: usize) -> Result<Deliveries, String> {
     if let Some(b) = app.early.as_ref().and_then(|e| e.take_from(origin, next)) {
         let skip = (next - b.first_seq) as usize;
         let items = b
