@@ -181,6 +181,18 @@ async fn rules_cursors_and_gc() {
     site.shutdown().await.expect("shutdown");
 }
 
+/// The data file the snapshot meta names.
+fn snapshot_data_file(dir: &std::path::Path) -> String {
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("snapshot.meta.json")).expect("snapshot meta"),
+    )
+    .expect("meta JSON");
+    meta["data_file"]
+        .as_str()
+        .expect("meta names its data file")
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_round_trips_into_a_fresh_state() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -194,7 +206,21 @@ async fn snapshot_round_trips_into_a_fresh_state() {
         .metrics(|m| m.snapshot.is_some(), "snapshot built")
         .await
         .expect("snapshot");
-    assert!(dir.path().join("snapshot.data").exists());
+    let first = snapshot_data_file(dir.path());
+    assert!(dir.path().join(&first).exists(), "{first} missing");
+    // A second snapshot switches to a new data file and deletes the first.
+    put_bus(&site, "b", json!({"d": 1})).await;
+    let before = site.raft.metrics().borrow().snapshot;
+    site.raft.trigger().snapshot().await.expect("trigger");
+    site.raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.snapshot != before, "second snapshot built")
+        .await
+        .expect("snapshot");
+    let second = snapshot_data_file(dir.path());
+    assert_ne!(first, second);
+    assert!(dir.path().join(&second).exists(), "{second} missing");
+    assert!(!dir.path().join(&first).exists(), "{first} still there");
     let bytes = site.state.snapshot_bytes().expect("bytes").data;
     site.shutdown().await.expect("shutdown");
 

@@ -32,6 +32,9 @@ impl StateMachine {
     /// A state machine over `state`, keeping snapshots in `dir`, fsyncing
     /// applied state at most every `flush_interval` (zero: every apply).
     pub fn new(state: Arc<SiteState>, dir: &Path, flush_interval: Duration) -> StateMachine {
+        if let Err(e) = clean_snapshot_dir(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot clean up old snapshot files");
+        }
         StateMachine {
             state,
             dir: dir.to_path_buf(),
@@ -52,41 +55,99 @@ pub struct SnapshotBuilder {
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshotMeta {
     meta: SnapshotMeta<NodeId, NodeInfo>,
+    /// The data file beside it (older nodes: `snapshot.data`).
+    #[serde(default = "legacy_data_file")]
+    data_file: String,
 }
+
+fn legacy_data_file() -> String {
+    "snapshot.data".into()
+}
+
+const META_FILE: &str = "snapshot.meta.json";
 
 fn snap_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e)
 }
 
-/// Write the current snapshot (data then meta, each atomically by rename).
+/// Store a snapshot: the data in a file of its own (written a chunk at a
+/// time, see [`super::gentle`]), then the meta naming it, replaced
+/// atomically; only then is the previous data file deleted (gently). A
+/// crash at any point leaves the previous snapshot or the new one whole.
 fn save_snapshot(dir: &Path, meta: &SnapshotMeta<NodeId, NodeInfo>, data: &[u8]) -> SResult<()> {
-    let write = |name: &str, bytes: &[u8]| -> SResult<()> {
-        let tmp = dir.join(format!("{name}.tmp"));
-        let f = std::fs::File::create(&tmp).map_err(snap_err)?;
-        use std::io::Write;
-        let mut w = std::io::BufWriter::new(f);
-        w.write_all(bytes).map_err(snap_err)?;
-        let f = w.into_inner().map_err(|e| snap_err(e.into_error()))?;
-        f.sync_all().map_err(snap_err)?;
-        std::fs::rename(&tmp, dir.join(name)).map_err(snap_err)
-    };
-    write("snapshot.data", data)?;
-    let m = serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() }).map_err(snap_err)?;
-    write("snapshot.meta.json", &m)
+    static UNIQUE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let data_file = format!(
+        "snapshot-{nanos}-{}.data",
+        UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    super::gentle::write_synced(&dir.join(&data_file), data).map_err(snap_err)?;
+    let previous = read_meta(dir)?.map(|m| m.data_file);
+    let m = serde_json::to_vec(&StoredSnapshotMeta {
+        meta: meta.clone(),
+        data_file: data_file.clone(),
+    })
+    .map_err(snap_err)?;
+    let tmp = dir.join(format!("{META_FILE}.tmp"));
+    super::gentle::write_synced(&tmp, &m).map_err(snap_err)?;
+    std::fs::rename(&tmp, dir.join(META_FILE)).map_err(snap_err)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(snap_err)?;
+    if let Some(previous) = previous
+        && previous != data_file
+    {
+        let p = dir.join(previous);
+        if p.exists() {
+            super::gentle::discard(&p).map_err(snap_err)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_meta(dir: &Path) -> SResult<Option<StoredSnapshotMeta>> {
+    match std::fs::read(dir.join(META_FILE)) {
+        Ok(m) => serde_json::from_slice(&m).map(Some).map_err(snap_err),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(snap_err(e)),
+    }
 }
 
 fn load_snapshot(dir: &Path) -> SResult<Option<Snapshot<TypeConfig>>> {
-    let meta_path = dir.join("snapshot.meta.json");
-    if !meta_path.exists() {
+    let Some(meta) = read_meta(dir)? else {
         return Ok(None);
-    }
-    let m = std::fs::read(&meta_path).map_err(snap_err)?;
-    let meta: StoredSnapshotMeta = serde_json::from_slice(&m).map_err(snap_err)?;
-    let data = std::fs::read(dir.join("snapshot.data")).map_err(snap_err)?;
+    };
+    let data = std::fs::read(dir.join(&meta.data_file)).map_err(snap_err)?;
     Ok(Some(Snapshot {
         meta: meta.meta,
         snapshot: Box::new(Cursor::new(data)),
     }))
+}
+
+/// Delete snapshot files the meta does not name (a crash between writing
+/// a snapshot and switching to it) and empty the trash.
+pub fn clean_snapshot_dir(dir: &Path) -> SResult<()> {
+    let keep = read_meta(dir)?.map(|m| m.data_file);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(snap_err(e)),
+    };
+    for item in entries {
+        let item = item.map_err(snap_err)?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        let stale_data = name.starts_with("snapshot")
+            && name.ends_with(".data")
+            && keep.as_deref() != Some(name.as_str());
+        let stale_tmp = name.starts_with("snapshot") && name.ends_with(".tmp");
+        if stale_data || stale_tmp {
+            super::gentle::discard(&item.path()).map_err(snap_err)?;
+        }
+    }
+    super::gentle::empty_trash(dir).map_err(snap_err)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
