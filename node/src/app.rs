@@ -45,8 +45,8 @@ pub struct App {
     /// Run-time status of the shared sources on this node.
     pub sources: crate::sources::SourceStatuses,
     /// Batches from other sites proposed but not yet committed here, for
-    /// the inbound workers (`federation.deliver_before_commit`).
-    pub early: Option<Arc<strait_federation::link::early::EarlyInbox>>,
+    /// the inbound workers (offered with `federation.deliver_before_commit`).
+    pub early: Arc<strait_federation::link::early::EarlyInbox>,
 }
 
 impl App {

@@ -153,9 +153,9 @@ pub struct Opened {
     pub endpoint: Option<Endpoint>,
     /// The control-group replica (when `control.members` is set).
     pub control: Option<crate::control::Control>,
-    /// Batches from other sites proposed here but not yet committed
-    /// (`federation.deliver_before_commit`).
-    pub early: Option<Arc<EarlyInbox>>,
+    /// Batches from other sites proposed here but not yet committed (only
+    /// offered with `federation.deliver_before_commit`).
+    pub early: Arc<EarlyInbox>,
 }
 
 /// Open the site's Raft group (and the control group's replica when
@@ -179,7 +179,7 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
             site: Site::open(opts).await?,
             endpoint: None,
             control: None,
-            early: None,
+            early: EarlyInbox::new(),
         });
     };
     let addr: std::net::SocketAddr = listen
@@ -189,11 +189,10 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
     let service = RaftService::new(cfg.site.clone());
     let remotes: Vec<String> = cfg.federation.links.keys().cloned().collect();
     let link = LinkService::new(cfg.site.clone(), remotes.clone());
-    let early = cfg.federation.deliver_before_commit.then(|| {
-        let early = EarlyInbox::new();
+    let early = EarlyInbox::new();
+    if cfg.federation.deliver_before_commit {
         link.deliver_before_commit(early.clone());
-        early
-    });
+    }
     let mut sites = remotes;
     sites.extend(cfg.control.members.iter().map(|m| m.site.clone()));
     sites.retain(|s| *s != cfg.site);

@@ -322,12 +322,10 @@ pub fn start_senders(app: &Arc<App>) {
 /// Deliver the inboxes of every origin site, for as long as this future
 /// runs (the dispatcher runs it while this node leads).
 pub async fn run_inbound(app: Arc<App>) {
-    if let Some(early) = &app.early {
-        // Offered under an earlier term: read them from the inbox instead.
-        early.clear_all();
-    }
+    // Offered under an earlier term: read them from the inbox instead.
+    app.early.clear_all();
     let mut links = app.site.state.subscribe_links();
-    let mut early = app.early.as_ref().map(|e| e.subscribe());
+    let mut early = app.early.subscribe();
     // Dropping the map (when this future is dropped) aborts every worker.
     let mut workers: HashMap<String, crate::dispatch::AbortOnDrop> = HashMap::new();
     loop {
@@ -341,7 +339,7 @@ pub async fn run_inbound(app: Arc<App>) {
             .cloned()
             .collect();
         // An origin's first batch may be offered before it commits.
-        if app.early.is_some() {
+        if app.cfg.federation.deliver_before_commit {
             origins.extend(app.cfg.federation.links.keys().cloned());
         }
         for o in origins {
@@ -351,20 +349,8 @@ pub async fn run_inbound(app: Arc<App>) {
         }
         tokio::select! {
             r = links.changed() => if r.is_err() { return },
-            () = early_changed(&mut early) => {}
+            r = early.changed() => if r.is_err() { return },
         }
-    }
-}
-
-/// Wait for an offer to the early inbox (forever without one).
-async fn early_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
-    match rx {
-        Some(rx) => {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending::<()>().await,
     }
 }
 
@@ -375,7 +361,7 @@ type Deliveries = (Vec<(u64, bytes::Bytes)>, Option<Arc<EarlyBatch>>);
 /// proposed here that holds `next` if there is one (delivered before it
 /// commits), else from the committed inbox.
 fn next_deliveries(app: &App, origin: &str, next: u64, room: usize) -> Result<Deliveries, String> {
-    if let Some(b) = app.early.as_ref().and_then(|e| e.take_from(origin, next)) {
+    if let Some(b) = app.early.take_from(origin, next) {
         let skip = (next - b.first_seq) as usize;
         let items = b
             .items
@@ -407,7 +393,7 @@ fn next_deliveries(app: &App, origin: &str, next: u64, room: usize) -> Result<De
 async fn inbound_worker(app: Arc<App>, origin: String) {
     let key = inbox_cursor_key(&origin);
     let mut links = app.site.state.subscribe_links();
-    let mut early = app.early.as_ref().map(|e| e.subscribe());
+    let mut early = app.early.subscribe();
     let start = app
         .site
         .state
@@ -424,9 +410,7 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
     loop {
         if inflight.len() < 256 {
             links.borrow_and_update();
-            if let Some(rx) = early.as_mut() {
-                rx.borrow_and_update();
-            }
+            early.borrow_and_update();
             let (entries, batch) = match next_deliveries(&app, &origin, next, 256 - inflight.len())
             {
                 Ok(e) => e,
@@ -450,7 +434,7 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
         if inflight.is_empty() {
             tokio::select! {
                 r = links.changed() => if r.is_err() { return },
-                () = early_changed(&mut early) => {}
+                r = early.changed() => if r.is_err() { return },
             }
             continue;
         }
@@ -461,7 +445,9 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
             r = links.changed(), if inflight.len() < 256 => {
                 if r.is_err() { return; }
             }
-            () = early_changed(&mut early), if inflight.len() < 256 => {}
+            r = early.changed(), if inflight.len() < 256 => {
+                if r.is_err() { return; }
+            }
         }
     }
 }

@@ -51,6 +51,21 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// A string no other call in any process makes (time, process, counter),
+/// for file names that must not collide.
+pub fn unique() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{nanos}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Move `path` into the `trash` directory of its own directory and delete it
 /// gently on a background thread. The file is gone from its directory when
 /// this returns (make that durable with an fsync of the directory where it
@@ -61,16 +76,11 @@ pub fn discard(path: &Path) -> std::io::Result<()> {
     };
     let trash = dir.join(TRASH_DIR);
     std::fs::create_dir_all(&trash)?;
-    static UNIQUE: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let to = trash.join(format!(
-        "{name}.{}.{}",
-        std::process::id(),
-        UNIQUE.fetch_add(1, Ordering::Relaxed)
-    ));
+    let to = trash.join(format!("{name}.{}", unique()));
     std::fs::rename(path, &to)?;
     hand_over(to);
     Ok(())
@@ -123,7 +133,7 @@ fn hand_over(path: PathBuf) {
 }
 
 /// Cut `path` down [`SHRINK_STEP`] at a time, then remove it.
-pub fn shrink_and_remove(path: &Path) -> std::io::Result<()> {
+fn shrink_and_remove(path: &Path) -> std::io::Result<()> {
     match std::fs::OpenOptions::new().write(true).open(path) {
         Ok(f) => {
             let mut len = f.metadata()?.len();

@@ -75,15 +75,7 @@ fn snap_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
 /// atomically; only then is the previous data file deleted (gently). A
 /// crash at any point leaves the previous snapshot or the new one whole.
 fn save_snapshot(dir: &Path, meta: &SnapshotMeta<NodeId, NodeInfo>, data: &[u8]) -> SResult<()> {
-    static UNIQUE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let data_file = format!(
-        "snapshot-{nanos}-{}.data",
-        UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
+    let data_file = format!("snapshot-{}.data", super::gentle::unique());
     super::gentle::write_synced(&dir.join(&data_file), data).map_err(snap_err)?;
     let previous = read_meta(dir)?.map(|m| m.data_file);
     let m = serde_json::to_vec(&StoredSnapshotMeta {
@@ -129,7 +121,7 @@ fn load_snapshot(dir: &Path) -> SResult<Option<Snapshot<TypeConfig>>> {
 
 /// Delete snapshot files the meta does not name (a crash between writing
 /// a snapshot and switching to it) and empty the trash.
-pub fn clean_snapshot_dir(dir: &Path) -> SResult<()> {
+fn clean_snapshot_dir(dir: &Path) -> SResult<()> {
     let keep = read_meta(dir)?.map(|m| m.data_file);
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,

@@ -527,26 +527,23 @@ impl SiteState {
         }
         txn.commit().map_err(werr)?;
         let took = started.elapsed();
+        macro_rules! slow_apply {
+            ($level:ident) => {
+                tracing::$level!(
+                    entries = count,
+                    took_ms = took.as_millis() as u64,
+                    commands_ms = commands.as_millis() as u64,
+                    slowest = slowest.0,
+                    slowest_ms = slowest.1.as_millis() as u64,
+                    durable,
+                    "slow apply"
+                )
+            };
+        }
         if took >= SLOW_APPLY {
-            tracing::warn!(
-                entries = count,
-                took_ms = took.as_millis() as u64,
-                commands_ms = commands.as_millis() as u64,
-                slowest = slowest.0,
-                slowest_ms = slowest.1.as_millis() as u64,
-                durable,
-                "slow apply"
-            );
+            slow_apply!(warn);
         } else if took >= SLOW_APPLY / 10 {
-            tracing::debug!(
-                entries = count,
-                took_ms = took.as_millis() as u64,
-                commands_ms = commands.as_millis() as u64,
-                slowest = slowest.0,
-                slowest_ms = slowest.1.as_millis() as u64,
-                durable,
-                "slow apply"
-            );
+            slow_apply!(debug);
         }
         let head = next.next_seq;
         *self.view_mut() = next;
