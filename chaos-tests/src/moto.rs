@@ -47,8 +47,26 @@ pub fn moto_binary() -> anyhow::Result<PathBuf> {
 }
 
 impl Moto {
-    /// Start it and wait until it answers.
+    /// Start it and wait until it answers. The free port is picked before
+    /// moto binds it, so another process (a test node) can take it first:
+    /// moto then exits, and it is started again on another port.
     pub async fn start() -> anyhow::Result<Moto> {
+        const ATTEMPTS: usize = 3;
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            match Moto::start_once().await? {
+                Ok(moto) => return Ok(moto),
+                Err(exited) => last = Some(exited),
+            }
+        }
+        anyhow::bail!(
+            "moto_server exited {ATTEMPTS} times before answering; the last time:\n{}",
+            last.unwrap_or_default()
+        )
+    }
+
+    /// One start: `Ok(Err(log))` when moto exited before answering.
+    async fn start_once() -> anyhow::Result<Result<Moto, String>> {
         let dir = tempfile::Builder::new()
             .prefix("strait-moto-")
             .tempdir()
@@ -74,17 +92,19 @@ impl Moto {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = moto.child.try_wait()? {
-                anyhow::bail!("moto_server exited with {status}:\n{}", moto.log_tail());
+                return Ok(Err(format!("exit {status}:\n{}", moto.log_tail())));
             }
-            if moto
+            // Only moto answers this path with success (anything else that
+            // holds the port does not count).
+            let answered = moto
                 .http
                 .get(format!("{}/moto-api/", moto.url))
                 .timeout(Duration::from_secs(1))
                 .send()
                 .await
-                .is_ok()
-            {
-                return Ok(moto);
+                .is_ok_and(|r| r.status().is_success());
+            if answered {
+                return Ok(Ok(moto));
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
