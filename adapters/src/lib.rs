@@ -2,10 +2,11 @@
 //!
 //! Each adapter keeps its configuration checks pure ([`validate_target`])
 //! and apart from building the running piece ([`build_target`]), the way
-//! Vector separates config validation from component construction. Today:
-//! [`http`], the webhook / CloudEvents HTTP sink, and
-//! [`alibaba_eventbridge`], Alibaba Cloud EventBridge PutEvents,
-//! [`aws_eventbridge`] (AWS EventBridge PutEvents) and [`aws_sqs`] (SQS).
+//! Vector separates config validation from component construction:
+//! [`http`], the webhook / CloudEvents HTTP sink; [`alibaba_eventbridge`],
+//! Alibaba Cloud EventBridge PutEvents (and the signing its ingress and push
+//! source check); [`aws_eventbridge`], AWS EventBridge PutEvents (and the SigV4 check of its ingress);
+//! [`aws_sqs`], the SQS target and source.
 
 use std::future::Future;
 use std::pin::Pin;

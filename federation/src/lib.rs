@@ -1,14 +1,23 @@
-//! Strait replication layer.
+//! Strait replication layer: everything between a node's HTTP API and its
+//! disk and peers, without HTTP.
 //!
-//! Every site is an openraft group. This crate holds the Raft type
-//! configuration, the commands replicated through it ([`command`]), the
-//! durable log store and state machine on redb ([`store`]), and the glue that
-//! opens a site's Raft group on a data directory ([`site`]).
+//! Every site is an openraft group of 1, 3 or 5 nodes. This crate holds:
 //!
-//! A site is one node ([`Site::open`]) or several talking over QUIC with
-//! mutual TLS ([`transport`], [`network_quic`], [`Site::open_with_network`]);
-//! either way every write goes the full Raft path: append, fsync, commit,
-//! apply.
+//! * the Raft type configuration and the commands replicated through it
+//!   ([`command`]);
+//! * durable storage ([`store`]): the Raft log in append-only, checksummed
+//!   segment files (`raft-log/`, [`store::log`]), fsynced on every append
+//!   by default, and the state machine on redb (`state.redb`,
+//!   [`store::state`], [`store::machine`]), with snapshots;
+//! * the glue that opens a site's Raft group on a data directory ([`site`]):
+//!   one node alone ([`Site::open`]) or several talking over QUIC with
+//!   mutual TLS ([`transport`], [`network_quic`], [`certs`],
+//!   [`Site::open_with_network`]); either way every write goes the full Raft
+//!   path: append, fsync, commit, apply;
+//! * the control group spanning all sites, which replicates buses, rules and
+//!   sources to every node ([`control`]);
+//! * links between sites: the I/O-free protocol and its QUIC service
+//!   ([`link`]).
 
 // openraft's `StorageError` is large and its traits return it by value.
 #![allow(clippy::result_large_err)]

@@ -1,9 +1,10 @@
-//! The Raft network of a one-member site.
+//! The Raft network of a site opened without a peer transport
+//! ([`crate::Site::open`]): a one-member site, such as `strait serve --dev`
+//! or a node without `cluster.listen`.
 //!
-//! A one-member group never sends an RPC. Multi-member sites use the QUIC
-//! transport (site-cluster work); until a node is configured with peers,
-//! any RPC attempt reports the peer as unreachable so that openraft backs off
-//! instead of failing.
+//! A one-member group never needs to send an RPC; if openraft asks anyway,
+//! the peer is reported unreachable so that it backs off instead of
+//! failing. Sites with peers use [`crate::network_quic`].
 
 use openraft::AnyError;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};

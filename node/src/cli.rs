@@ -1,4 +1,5 @@
-//! Command line: `serve`, `put`, `apply`, `get`, `test-pattern`.
+//! Command line: `serve`, `put`, `apply`, `get`, `test-pattern`, `cert`,
+//! `cluster` and `local`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

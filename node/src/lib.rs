@@ -1,5 +1,7 @@
-//! The Strait node: configuration, HTTP API, group commit, dispatcher and
-//! telemetry around the replicated site state.
+//! The Strait node: configuration, CLI, HTTP APIs (CloudEvents, Alibaba and
+//! AWS compatible), group commit, dispatcher, cluster membership, the
+//! control-group replica, link and source tasks, and telemetry around the
+//! replicated site state of `strait-federation`.
 
 pub mod alibaba;
 pub mod api;
