@@ -225,7 +225,9 @@ pub(crate) fn bus_must_exist(app: &App, bus: &str) -> ApiResult<()> {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "BusNotFound",
-            format!("bus `{bus}` does not exist"),
+            format!(
+                "bus `{bus}` does not exist; create it with `PUT /v1/buses/{bus}` or `strait apply` (a `buses:` entry)"
+            ),
         ))
     }
 }
@@ -718,7 +720,10 @@ async fn put_source(
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "BusNotFound",
-            format!("bus: bus `{}` does not exist", spec.bus),
+            format!(
+                "bus: bus `{b}` does not exist; create it with `PUT /v1/buses/{b}` or `strait apply`",
+                b = spec.bus
+            ),
         ));
     }
     let stored = serde_json::to_value(&spec).map_err(|e| {

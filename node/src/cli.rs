@@ -54,6 +54,10 @@ pub enum ClusterCommand {
     Status {
         #[command(flatten)]
         server: ServerArgs,
+        /// A `strait local up` folder: every node of its cluster (read from
+        /// DIR/cluster.json), running or not, and each site's leader.
+        #[arg(long)]
+        dir: Option<PathBuf>,
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
@@ -86,14 +90,18 @@ pub enum ClusterCommand {
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
     /// Start nodes (each a background process) and write DIR/cluster.json.
+    /// Run again on the same folder (after `local down`), it starts the same
+    /// nodes on the same ports with their data.
     Up {
         /// Directory for certificates, configs, data, logs and cluster.json.
         #[arg(long)]
         dir: PathBuf,
-        /// A site and its node count, e.g. `idc:3` (repeatable).
-        #[arg(long = "site", required = true)]
+        /// A site and its node count, e.g. `idc:3` (repeatable). May be left
+        /// out when DIR already holds a cluster.
+        #[arg(long = "site")]
         sites: Vec<String>,
-        /// YAML mapping merged into every node's config.
+        /// YAML mapping merged into every node's config (when DIR already
+        /// holds a cluster: its configs are written again with it).
         #[arg(long)]
         extra: Option<PathBuf>,
         /// Seconds to wait for every node to be ready.
@@ -101,15 +109,24 @@ pub enum LocalCommand {
         timeout: u64,
         /// With two or more sites: voters of the control group (shared
         /// buses and rules) per site; every other node is a learner. 0: no
-        /// control group (each site keeps its own rules).
-        #[arg(long, default_value_t = 1)]
-        control_voters_per_site: usize,
+        /// control group (each site keeps its own rules). Default 1.
+        #[arg(long)]
+        control_voters_per_site: Option<usize>,
+        /// Delete the cluster already in DIR (data, configs, certificates)
+        /// and start a new one on new ports.
+        #[arg(long)]
+        fresh: bool,
     },
-    /// Stop the nodes listed in DIR/cluster.json (data is kept).
+    /// Stop the nodes of DIR's cluster (data is kept; `local up --dir DIR`
+    /// starts them again).
     Down {
         /// The directory given to `up`.
         #[arg(long)]
         dir: PathBuf,
+        /// Also delete what `up` created in DIR: data, configs, logs,
+        /// certificates and cluster.json.
+        #[arg(long)]
+        purge: bool,
     },
 }
 
@@ -254,7 +271,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Put(a) => put(a).await,
         Commands::Apply(a) => apply(a).await.map(|_| ExitCode::SUCCESS),
         Commands::Get(a) => get(a).await.map(|_| ExitCode::SUCCESS),
-        Commands::TestPattern(a) => test_pattern(a),
+        Commands::TestPattern(a) => Ok(test_pattern(a)),
         Commands::Cert(c) => cert(c).map(|_| ExitCode::SUCCESS),
         Commands::Cluster(c) => cluster(c).await.map(|_| ExitCode::SUCCESS),
         Commands::Local(c) => local(c).await.map(|_| ExitCode::SUCCESS),
@@ -284,15 +301,30 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     cfg.validate()?;
     let _telemetry = crate::telemetry::init(cfg.telemetry.otlp_endpoint.as_deref())?;
-    let listener = tokio::net::TcpListener::bind(&cfg.http)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.http))?;
+    let listener = match tokio::net::TcpListener::bind(&cfg.http).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "cannot listen on {}: the address is in use (another Strait node or another program listens there); give this node another address with --http 127.0.0.1:PORT (or `http:` in its config)",
+            cfg.http
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", cfg.http)),
+    };
     let addr = listener.local_addr()?;
     let data_dir = cfg.data_dir.clone();
     let dev = cfg.dev;
-    let app = crate::app::start(cfg)
-        .await
-        .with_context(|| format!("cannot open data dir {}", data_dir.display()))?;
+    let app = match crate::app::start(cfg).await {
+        Ok(app) => app,
+        Err(e) => {
+            let others = crate::local::processes_using_data_dir(&data_dir);
+            let hint = match others.first() {
+                Some(pid) => format!(
+                    " (another Strait node, pid {pid}, uses this data directory; give this node its own with --data-dir DIR, or `data_dir:` in its config)"
+                ),
+                None => String::new(),
+            };
+            return Err(e.context(format!("cannot open data dir {}{hint}", data_dir.display())));
+        }
+    };
     eprintln!(
         "strait {} listening on http://{addr} (data in {}{})",
         env!("CARGO_PKG_VERSION"),
@@ -333,7 +365,23 @@ async fn shutdown_signal() {
 
 async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
     match c {
-        ClusterCommand::Status { server, json } => {
+        ClusterCommand::Status {
+            dir: Some(dir),
+            json,
+            ..
+        } => {
+            let body = crate::local::dir_status(&dir).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print!("{}", crate::local::dir_status_table(&body));
+            }
+        }
+        ClusterCommand::Status {
+            server,
+            dir: None,
+            json,
+        } => {
             let (client, base) = client(&server);
             let body = get_json(
                 &client,
@@ -385,17 +433,22 @@ async fn local(c: LocalCommand) -> anyhow::Result<()> {
             extra,
             timeout,
             control_voters_per_site,
+            fresh,
         } => {
             let sites = sites
                 .iter()
                 .map(|s| crate::local::parse_site(s))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            for w in crate::local::site_warnings(&sites) {
+                eprintln!("warning: {w}");
+            }
             let opts = crate::local::UpOptions {
                 dir: dir.clone(),
                 sites,
                 extra,
                 timeout: std::time::Duration::from_secs(timeout),
                 control_voters_per_site,
+                fresh,
             };
             let cluster = crate::local::up(&opts).await?;
             println!(
@@ -405,13 +458,30 @@ async fn local(c: LocalCommand) -> anyhow::Result<()> {
             );
             print!("{}", crate::local::describe(&cluster));
         }
-        LocalCommand::Down { dir } => {
-            let nodes = crate::local::down(&dir, std::time::Duration::from_secs(10)).await?;
+        LocalCommand::Down { dir, purge } => {
+            let r = crate::local::down(&dir, crate::local::STOP_GRACE, purge).await?;
+            let names: Vec<String> = r
+                .stopped
+                .iter()
+                .map(|(n, pid)| format!("{n} pid {pid}"))
+                .collect();
             println!(
-                "stopped {} nodes (data kept in {})",
-                nodes.len(),
-                dir.display()
+                "stopped {} nodes{}",
+                r.stopped.len(),
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", names.join(", "))
+                }
             );
+            if purge {
+                println!("deleted the cluster in {}", dir.display());
+            } else {
+                println!(
+                    "data kept in {d}: `strait local up --dir {d}` starts the same cluster again, `strait local down --dir {d} --purge` deletes it",
+                    d = dir.display()
+                );
+            }
         }
     }
     Ok(())
@@ -684,18 +754,34 @@ async fn get_sources(a: &GetArgs, c: &reqwest::Client, base: &str) -> anyhow::Re
     Ok(())
 }
 
-fn test_pattern(a: TestPatternArgs) -> anyhow::Result<ExitCode> {
+/// Exit status of `test-pattern` when a file cannot be read or the pattern
+/// is invalid (0: the event matches, 1: it does not; 2 is also what a bad
+/// flag gives).
+pub const TEST_PATTERN_ERROR: u8 = 2;
+
+fn test_pattern(a: TestPatternArgs) -> ExitCode {
+    match pattern_matches(&a) {
+        Ok(matched) => {
+            println!("{}", json!({"matched": matched}));
+            if matched {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(TEST_PATTERN_ERROR)
+        }
+    }
+}
+
+fn pattern_matches(a: &TestPatternArgs) -> anyhow::Result<bool> {
     let pattern: Value = load_doc(&a.pattern)?;
     let event: Value = load_doc(&a.event)?;
     let p = strait_routing::pattern::Pattern::parse(&pattern)
         .map_err(|e| anyhow!("{}: invalid pattern: {e}", a.pattern.display()))?;
-    let matched = p.matches(&event);
-    println!("{}", json!({"matched": matched}));
-    Ok(if matched {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(p.matches(&event))
 }
 
 fn show_cert(info: &strait_federation::certs::CertInfo) {

@@ -163,6 +163,8 @@ fn test_pattern_exit_codes() {
         e.to_str().expect("utf8"),
     ]);
     assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("\"matched\":false"));
+    // Errors are not "no match": exit 2, and the message names the file.
     std::fs::write(&p, r#"{"source": "not-a-list"}"#).expect("write");
     let o = run(&[
         "test-pattern",
@@ -171,8 +173,48 @@ fn test_pattern_exit_codes() {
         "--event",
         e.to_str().expect("utf8"),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("p.json"), "{}", stderr(&o));
+    let missing = dir.path().join("missing.json");
+    let o = run(&[
+        "test-pattern",
+        "--pattern",
+        missing.to_str().expect("utf8"),
+        "--event",
+        e.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("missing.json"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+}
+
+/// The example files the README's `test-pattern` command names exist and
+/// match.
+#[test]
+fn the_readme_pattern_example_matches() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.contains("test-pattern --pattern"))
+        .expect("README shows test-pattern");
+    let after = |flag: &str| -> String {
+        let rest = &line[line.find(flag).expect(flag) + flag.len()..];
+        rest.trim_start()
+            .split(|c: char| c.is_whitespace() || c == '`')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (p, e) = (root.join(after("--pattern")), root.join(after("--event")));
+    let o = run(&[
+        "test-pattern",
+        "--pattern",
+        p.to_str().expect("utf8"),
+        "--event",
+        e.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{line}: {}", stderr(&o));
 }
 
 #[test]
@@ -235,6 +277,66 @@ fn apply_get_put_against_a_node() {
     ]);
     assert!(!o.status.success());
     assert!(stdout(&o).contains("BusNotFound"), "{}", stdout(&o));
+    // The message says how to create the bus.
+    assert!(
+        stdout(&o).contains("PUT /v1/buses/missing") && stdout(&o).contains("strait apply"),
+        "{}",
+        stdout(&o)
+    );
+    let rule = dir.path().join("rule.yaml");
+    std::fs::write(
+        &rule,
+        "rules:\n  - bus: nobus\n    name: r\n    pattern: {type: [t]}\n    targets: [{id: hook, type: http, endpoint: \"http://127.0.0.1:9/\"}]\n",
+    )
+    .expect("write");
+    let o = run(&[
+        "apply",
+        "-f",
+        rule.to_str().expect("utf8"),
+        "--server",
+        &node.url,
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("rule nobus/r: HTTP 404") && e.contains("PUT /v1/buses/nobus"),
+        "{e}"
+    );
+}
+
+/// A second `serve --dev` on a port or a data directory in use says which
+/// flag picks another.
+#[test]
+fn a_second_dev_node_is_told_which_flag_to_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let node = start_node(&data);
+    let http = node.url.trim_start_matches("http://").to_string();
+    let o = run(&[
+        "serve",
+        "--dev",
+        "--http",
+        &http,
+        "--data-dir",
+        dir.path().join("other").to_str().expect("utf8"),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains(&http) && e.contains("--http"), "{e}");
+    let o = run(&[
+        "serve",
+        "--dev",
+        "--http",
+        &format!("127.0.0.1:{}", free_port()),
+        "--data-dir",
+        data.to_str().expect("utf8"),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains(data.to_str().expect("utf8")) && e.contains("--data-dir"),
+        "{e}"
+    );
 }
 
 /// Sources through `apply` and `get sources`. The node has no AWS
@@ -523,6 +625,254 @@ fn local_up_status_and_down() {
         assert!(
             stat.is_empty() || stat.contains(") Z"),
             "node pid {pid} still running"
+        );
+    }
+}
+
+fn cluster_json(d: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(d.join("cluster.json")).expect("cluster.json"))
+        .expect("json")
+}
+
+/// Whether `pid` runs (not a zombie).
+fn pid_alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z"))
+        .unwrap_or(false)
+}
+
+/// Stops the folder's nodes at the end of a test, even a failed one.
+struct Down<'a>(&'a str);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = run(&["local", "down", "--dir", self.0]);
+    }
+}
+
+fn nodes_of(file: &serde_json::Value, key: &str) -> Vec<String> {
+    file["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n[key].to_string())
+        .collect()
+}
+
+/// `local up` → `local down` → `local up` on the same folder: the same
+/// ports, a leader, events accepted; `cluster status --dir` names the
+/// leader.
+#[test]
+fn local_up_runs_again_on_the_same_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("lc");
+    let ds = d.to_str().expect("utf8");
+    let _down = Down(ds);
+    let o = run(&["local", "up", "--dir", ds, "--site", "idc:3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = cluster_json(&d);
+    let o = run(&["local", "down", "--dir", ds]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("stopped 3"), "{}", stdout(&o));
+    let o = run(&["cluster", "status", "--dir", ds]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("site idc: no leader (0 of 3 nodes running)"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = run(&[
+        "local",
+        "up",
+        "--dir",
+        ds,
+        "--site",
+        "idc:3",
+        "--timeout",
+        "30",
+    ]);
+    assert!(o.status.success(), "second up: {}", stderr(&o));
+    let second = cluster_json(&d);
+    assert_eq!(nodes_of(&first, "http"), nodes_of(&second, "http"));
+    assert_eq!(nodes_of(&first, "quic"), nodes_of(&second, "quic"));
+    let o = run(&["cluster", "status", "--dir", ds]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("site idc: leader idc-"),
+        "{}",
+        stdout(&o)
+    );
+    for n in second["nodes"].as_array().expect("nodes") {
+        let url = format!("http://{}", n["http"].as_str().expect("http"));
+        let o = run(&[
+            "put",
+            "--server",
+            &url,
+            "--type",
+            "t",
+            "--id",
+            &format!("e{}", n["id"]),
+        ]);
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).contains("accepted"), "{}", stdout(&o));
+    }
+    // A third time, without --site: read from the folder.
+    assert!(run(&["local", "down", "--dir", ds]).status.success());
+    let o = run(&["local", "up", "--dir", ds, "--timeout", "30"]);
+    assert!(o.status.success(), "third up: {}", stderr(&o));
+    // Other sites than the folder's are refused, with the way out.
+    assert!(run(&["local", "down", "--dir", ds]).status.success());
+    let o = run(&["local", "up", "--dir", ds, "--site", "idc:1"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--site idc:3") && stderr(&o).contains("--fresh"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `local down` stops a node restarted by hand (new pid, not in
+/// cluster.json).
+#[test]
+fn local_down_stops_a_node_restarted_by_hand() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("lc");
+    let ds = d.to_str().expect("utf8");
+    let _down = Down(ds);
+    let o = run(&["local", "up", "--dir", ds, "--site", "solo:1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    let file = cluster_json(&d);
+    let n = &file["nodes"][0];
+    let pid = n["pid"].as_u64().expect("pid");
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid_alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} survived kill -9");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // As docs/cluster.md says: start it again by hand.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", n["config"].as_str().expect("config")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("restart");
+    let url = format!("http://{}", n["http"].as_str().expect("http"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run(&["put", "--server", &url, "--type", "t"])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node never took an event"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = run(&["local", "down", "--dir", ds]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("solo-1 pid {}", child.id())),
+        "{}",
+        stdout(&o)
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("local down left the restarted node running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Run again while another process holds one of the folder's ports: refused
+/// before any node starts, naming the port and `--fresh`; `--fresh` starts
+/// a new cluster on new ports; `down --purge` deletes it. Also: a 2-node
+/// site gets a warning.
+#[test]
+fn local_up_on_a_taken_port_fails_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("lc");
+    let ds = d.to_str().expect("utf8");
+    let _down = Down(ds);
+    let o = run(&["local", "up", "--dir", ds, "--site", "idc:2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: site idc has 2 nodes")
+            && stderr(&o).contains("survives no node failure"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(run(&["local", "down", "--dir", ds]).status.success());
+    let file = cluster_json(&d);
+    let http = file["nodes"][1]["http"].as_str().expect("http").to_string();
+    let port = http.rsplit_once(':').expect("port").1.to_string();
+    let _taken = TcpListener::bind(&http).expect("take the port");
+    let o = run(&["local", "up", "--dir", ds]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!("port {port}")) && e.contains("--fresh"),
+        "{e}"
+    );
+    let o = run(&["cluster", "status", "--dir", ds, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(2), "{v}");
+    for n in v["nodes"].as_array().expect("nodes") {
+        assert_eq!(n["running"], false, "a node runs after the failed up: {v}");
+    }
+
+    let o = run(&["local", "up", "--dir", ds, "--site", "idc:2", "--fresh"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fresh = cluster_json(&d);
+    assert_ne!(nodes_of(&fresh, "http"), nodes_of(&file, "http"));
+    let o = run(&["local", "down", "--dir", ds, "--purge"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("stopped 2"), "{}", stdout(&o));
+    assert!(!d.join("cluster.json").exists() && !d.join("idc-1").exists());
+}
+
+/// When a node cannot start, `up` stops the ones it started.
+#[test]
+fn a_failed_local_up_stops_the_nodes_it_started() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("lc");
+    let ds = d.to_str().expect("utf8");
+    let _down = Down(ds);
+    // Node idc-2 cannot open its data directory: it is a file.
+    std::fs::create_dir_all(d.join("idc-2")).expect("mkdir");
+    std::fs::write(d.join("idc-2/data"), "not a directory").expect("write");
+    let o = run(&[
+        "local",
+        "up",
+        "--dir",
+        ds,
+        "--site",
+        "idc:3",
+        "--timeout",
+        "30",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("idc-2") && e.contains("were stopped"), "{e}");
+    let file = cluster_json(&d);
+    for n in file["nodes"].as_array().expect("nodes") {
+        let pid = n["pid"].as_u64().expect("pid");
+        assert!(
+            !pid_alive(pid),
+            "node {} (pid {pid}) still runs: {e}",
+            n["id"]
         );
     }
 }
