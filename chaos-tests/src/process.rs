@@ -61,6 +61,12 @@ pub struct NodeOptions {
     pub ready_timeout: Duration,
     /// Timeout of each HTTP request made through the client.
     pub request_timeout: Duration,
+    /// Start the process with this soft `RLIMIT_FSIZE` (bytes) and
+    /// `SIGXFSZ` ignored: a write that would take any file it writes past
+    /// this size fails with `EFBIG`, the way a full disk fails one with
+    /// `ENOSPC`. Needs `sh` and util-linux's `prlimit`; see
+    /// [`StraitProcess::lift_file_size_limit`].
+    pub file_size_limit: Option<u64>,
 }
 
 impl Default for NodeOptions {
@@ -75,6 +81,7 @@ impl Default for NodeOptions {
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
+            file_size_limit: None,
         }
     }
 }
@@ -106,6 +113,12 @@ impl NodeOptions {
     /// One more command-line argument.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.extra_args.push(arg.into());
+        self
+    }
+
+    /// See [`NodeOptions::file_size_limit`].
+    pub fn file_size_limit(mut self, bytes: u64) -> Self {
+        self.file_size_limit = Some(bytes);
         self
     }
 
@@ -230,7 +243,20 @@ impl StraitProcess {
             self.port
         )?;
         let stdout = log.try_clone()?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.opts.file_size_limit {
+            // An ignored signal stays ignored across exec; `prlimit` sets
+            // the soft limit only, so that it can be lifted later.
+            Some(limit) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg("trap '' XFSZ; limit=$1; shift; exec prlimit --fsize=\"$limit\":unlimited -- \"$@\"")
+                    .arg("sh")
+                    .arg(limit.to_string())
+                    .arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("serve");
         if self.opts.dev {
             cmd.arg("--dev");
@@ -313,6 +339,46 @@ impl StraitProcess {
             child.wait().context("reaping the killed strait process")?;
         }
         Ok(())
+    }
+
+    /// Lift the running process's file size limit
+    /// ([`NodeOptions::file_size_limit`]): the "disk" has room again. Later
+    /// starts run without the limit.
+    pub fn lift_file_size_limit(&mut self) -> anyhow::Result<()> {
+        self.opts.file_size_limit = None;
+        let Some(pid) = self.pid() else {
+            return Ok(());
+        };
+        let status = Command::new("prlimit")
+            .arg(format!("--pid={pid}"))
+            .arg("--fsize=unlimited:unlimited")
+            .status()
+            .context("running prlimit")?;
+        anyhow::ensure!(status.success(), "prlimit --pid {pid} failed: {status}");
+        Ok(())
+    }
+
+    /// Wait (at most `timeout`) for the process to exit on its own; its
+    /// exit status.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().context("strait is not running")?;
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "strait on port {} did not exit within {timeout:?}; its stderr ends with:\n{}",
+                self.port,
+                self.stderr_tail(4096)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Stop the process with SIGSTOP (it keeps its sockets but answers nothing).

@@ -35,7 +35,7 @@ pub mod transport;
 
 pub use command::{AppendEntry, AppendOutcome, Command, CommandResponse, LinkAnswer, LinkSpec};
 pub use error::FederationError;
-pub use site::{Bootstrap, RaftTiming, Site, SiteOptions};
+pub use site::{Bootstrap, RaftTiming, Site, SiteFailure, SiteOptions};
 pub use store::state::{SiteState, StoredEvent};
 
 /// Node ids inside a Raft group.

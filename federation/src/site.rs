@@ -128,6 +128,9 @@ pub struct Site {
     pub state: Arc<SiteState>,
     /// This node's id.
     pub node_id: NodeId,
+    /// The Raft log (unit tests inject a full disk through it).
+    #[cfg(test)]
+    log: LogStore,
 }
 
 impl Site {
@@ -185,6 +188,8 @@ impl Site {
         .validate()
         .map_err(|e| FederationError::Raft(e.to_string()))?;
         let log_handle = log.clone();
+        #[cfg(test)]
+        let log_for_tests = log.clone();
         let raft = Raft::new(opts.node_id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| FederationError::Raft(e.to_string()))?;
@@ -238,7 +243,43 @@ impl Site {
             raft,
             state,
             node_id: opts.node_id,
+            #[cfg(test)]
+            log: log_for_tests,
         })
+    }
+
+    /// Why this node's Raft stopped on its own, or `None` while it runs
+    /// (and after a clean [`Site::shutdown`]).
+    ///
+    /// openraft stops a node for good when its storage fails (a log append,
+    /// an apply, a snapshot: a full disk, an I/O error): from then on every
+    /// write through this node fails until the process is restarted. What
+    /// was acknowledged before is on disk; what failed was never
+    /// acknowledged.
+    pub fn failure(&self) -> Option<SiteFailure> {
+        let metrics = self.raft.metrics();
+        let failure = failure_of(&metrics.borrow().running_state);
+        failure.or_else(|| gone(&metrics))
+    }
+
+    /// Wait until this node's Raft stops on its own ([`Site::failure`]);
+    /// never resolves after a clean shutdown.
+    pub async fn failed(&self) -> SiteFailure {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(f) = failure_of(&metrics.borrow_and_update().running_state) {
+                return f;
+            }
+            if metrics.changed().await.is_err() {
+                // The metrics sender is gone: read its last word once more.
+                if let Some(f) =
+                    failure_of(&metrics.borrow().running_state).or_else(|| gone(&metrics))
+                {
+                    return f;
+                }
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Wait until the group has a leader (bounded by `timeout`).
@@ -391,11 +432,157 @@ impl Site {
     }
 }
 
+/// Why a node's Raft stopped on its own (see [`Site::failure`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteFailure {
+    /// A storage error (true) or a panic in Raft (false).
+    pub storage: bool,
+    /// What failed, as openraft reports it (the storage error names the
+    /// operation and the operating system's error).
+    pub message: String,
+}
+
+fn failure_of(state: &Result<(), openraft::error::Fatal<NodeId>>) -> Option<SiteFailure> {
+    match state {
+        Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+        Err(openraft::error::Fatal::StorageError(e)) => Some(SiteFailure {
+            storage: true,
+            message: e.to_string(),
+        }),
+        Err(other) => Some(SiteFailure {
+            storage: false,
+            message: other.to_string(),
+        }),
+    }
+}
+
+/// Raft's metrics sender is gone although it never reported stopping: its
+/// task ended abruptly (a panic). A clean shutdown reports `Stopped` first.
+fn gone(
+    metrics: &tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, NodeInfo>>,
+) -> Option<SiteFailure> {
+    let running = metrics.borrow().running_state.is_ok();
+    (running && metrics.has_changed().is_err()).then(|| SiteFailure {
+        storage: false,
+        message: "the Raft task ended without reporting why (a panic?)".into(),
+    })
+}
+
 fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> FederationError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => FederationError::NotLeader {
             leader: f.leader_id,
         },
         other => FederationError::Membership(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::{AppendEntry, AppendOutcome};
+
+    fn opts(dir: &std::path::Path) -> SiteOptions {
+        SiteOptions {
+            data_dir: dir.to_path_buf(),
+            node_id: 1,
+            node: NodeInfo::default(),
+            snapshot_every: 100_000,
+            state_flush_interval: Duration::ZERO,
+            log_sync_interval: Duration::ZERO,
+            timing: Default::default(),
+        }
+    }
+
+    fn append(ids: std::ops::Range<u32>) -> anyhow::Result<Command> {
+        let mut entries = Vec::new();
+        for i in ids {
+            let id = format!("e{i:05}");
+            let ev = json!({"specversion": "1.0", "id": id, "source": "/t", "type": "t", "data": {"pad": "x".repeat(200)}});
+            entries.push(AppendEntry {
+                bus: "b".into(),
+                source: "/t".into(),
+                id,
+                event: RawValue::from_string(ev.to_string())?,
+            });
+        }
+        Ok(Command::Append {
+            ingest_ms: 1_000_000,
+            dedup_window_ms: 60_000,
+            entries: entries.into(),
+        })
+    }
+
+    async fn open(dir: &std::path::Path) -> anyhow::Result<Site> {
+        let site = Site::open(opts(dir)).await?;
+        site.wait_for_leader(Duration::from_secs(10)).await?;
+        Ok(site)
+    }
+
+    /// A log append on a full disk stops Raft for good and [`Site::failure`]
+    /// says why; the committed writes before it survive a restart, the
+    /// record cut short by the full disk is cut off, and the log goes on.
+    #[tokio::test]
+    async fn a_full_disk_on_log_append_is_reported_and_a_reopen_keeps_what_was_committed()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let site = open(dir.path()).await?;
+        site.write(Command::PutBus {
+            name: "b".into(),
+            spec: json!({}),
+        })
+        .await?;
+        for k in 0..10 {
+            site.write(append(k * 20..(k + 1) * 20)?).await?;
+        }
+        assert_eq!(site.failure(), None);
+        site.log.limit_room(Some(1000));
+        let err = match site.write(append(200..220)?).await {
+            Ok(r) => anyhow::bail!("a write on a full disk succeeded: {r:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("os error 28"), "{err}");
+        let failure = site
+            .failure()
+            .ok_or_else(|| anyhow::anyhow!("no failure reported"))?;
+        assert!(failure.storage, "{failure:?}");
+        assert!(failure.message.contains("os error 28"), "{failure:?}");
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), site.failed()).await?,
+            failure
+        );
+        // Room again: still stopped (openraft does not recover).
+        site.log.limit_room(None);
+        assert!(site.write(append(300..301)?).await.is_err());
+        assert!(site.failure().is_some());
+        let _ = site.shutdown().await;
+        drop(site);
+
+        let site = open(dir.path()).await?;
+        assert_eq!(site.failure(), None);
+        let stored = site.state.read_events("b", 0, 1000)?;
+        let ids: Vec<String> = stored
+            .iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_slice(&e.json)?;
+                Ok(v["id"].as_str().unwrap_or_default().to_string())
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let want: Vec<String> = (0..200).map(|i| format!("e{i:05}")).collect();
+        assert_eq!(ids, want, "exactly the acknowledged events");
+        match site.write(append(200..220)?).await? {
+            CommandResponse::Appended(o) => {
+                assert!(
+                    o.iter().all(|o| matches!(o, AppendOutcome::Accepted(_))),
+                    "{o:?}"
+                );
+            }
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+        site.shutdown().await?;
+        Ok(())
     }
 }

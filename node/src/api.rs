@@ -11,7 +11,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use strait_federation::store::state::target_key;
-use strait_federation::{AppendEntry, AppendOutcome, Command, CommandResponse, FederationError};
+use strait_federation::{
+    AppendEntry, AppendOutcome, Command, CommandResponse, FederationError, SiteFailure,
+};
 use strait_routing::pattern::Pattern;
 use strait_routing::transform::{Transform, TransformContext, TransformOutput};
 
@@ -115,7 +117,7 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .merge(v1)
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(
@@ -138,7 +140,61 @@ pub fn router(app: Arc<App>) -> Router {
                 "this method is not allowed on this route",
             )
         })
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            refuse_when_failed,
+        ))
         .with_state(app)
+}
+
+/// The answer of a node whose Raft stopped on its own: `507 Insufficient
+/// Storage` with code `StorageFailed` after a storage error (a full disk,
+/// an I/O error), `503` with code `RaftStopped` after anything else. Either
+/// way the node accepts no write until it is restarted (docs/operations.md).
+pub(crate) fn failure_error(f: &SiteFailure) -> ApiError {
+    if f.storage {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "StorageFailed",
+            format!(
+                "this node's storage failed ({}); it accepts no writes until it is restarted: \
+                 free disk space or fix the disk, then restart the node (see docs/operations.md)",
+                f.message
+            ),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "RaftStopped",
+            format!(
+                "this node's Raft stopped ({}); it accepts no writes until it is restarted",
+                f.message
+            ),
+        )
+    }
+}
+
+/// Writes to a node whose Raft stopped are refused with [`failure_error`]
+/// (reads still work); a write that failed because Raft stopped while it
+/// was under way gets the same answer instead of a generic 5xx.
+async fn refuse_when_failed(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let reads = matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) || req.uri().path().ends_with(":test");
+    if reads {
+        return next.run(req).await;
+    }
+    if let Some(f) = app.failure() {
+        return failure_error(&f).into_response();
+    }
+    let response = next.run(req).await;
+    if response.status().is_server_error()
+        && let Some(f) = app.failure()
+    {
+        return failure_error(&f).into_response();
+    }
+    response
 }
 
 async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
@@ -815,7 +871,26 @@ async fn cluster(State(app): State<Arc<App>>) -> Json<Value> {
     Json(v)
 }
 
+/// Liveness: 503 once the node's Raft stopped on its own (a restart is
+/// what it needs).
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    match app.failure() {
+        Some(f) => not_serving(&f),
+        None => Json(json!({"status": "ok"})).into_response(),
+    }
+}
+
+/// `503` with the failure's code and message (for `/healthz` and `/readyz`).
+fn not_serving(f: &SiteFailure) -> Response {
+    let mut e = failure_error(f);
+    e.status = StatusCode::SERVICE_UNAVAILABLE;
+    e.into_response()
+}
+
 async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if let Some(f) = app.failure() {
+        return not_serving(&f);
+    }
     let leader = app.site.raft.metrics().borrow().current_leader;
     match leader {
         Some(l) => (

@@ -50,6 +50,25 @@ pub struct App {
 }
 
 impl App {
+    /// Why this node's site group (or its control group replica) stopped on
+    /// its own, e.g. after a storage error; `None` while both run.
+    pub fn failure(&self) -> Option<strait_federation::SiteFailure> {
+        self.site
+            .failure()
+            .or_else(|| self.control.as_ref().and_then(|c| c.group.failure()))
+    }
+
+    /// Wait until [`App::failure`] has something to say.
+    pub async fn failed(&self) -> strait_federation::SiteFailure {
+        match &self.control {
+            Some(c) => tokio::select! {
+                f = self.site.failed() => f,
+                f = c.group.failed() => f,
+            },
+            None => self.site.failed().await,
+        }
+    }
+
     /// Apply a bus, rule or source change: through the control group when there is
     /// one (answering once this site runs it), else to this site.
     pub async fn write_config(&self, cmd: Command) -> Result<CommandResponse, FederationError> {

@@ -267,7 +267,7 @@ pub struct TestPatternArgs {
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Commands::Serve(a) => serve(a).await.map(|_| ExitCode::SUCCESS),
+        Commands::Serve(a) => serve(a).await,
         Commands::Put(a) => put(a).await,
         Commands::Apply(a) => apply(a).await.map(|_| ExitCode::SUCCESS),
         Commands::Get(a) => get(a).await.map(|_| ExitCode::SUCCESS),
@@ -278,7 +278,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+/// Exit code of `strait serve` after a storage error stopped the node
+/// (`EX_IOERR` of sysexits.h): a supervisor should restart it.
+pub const EXIT_STORAGE_FAILED: u8 = 74;
+
+async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = match &a.config {
         Some(p) => NodeConfig::load(p)?,
         None => NodeConfig::default(),
@@ -337,14 +341,72 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let router = crate::api::router(app.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watch = tokio::spawn(watch_failure(
+        app.clone(),
+        std::time::Duration::from_secs(app.cfg.storage_failure_exit_secs),
+        stop_tx,
+    ));
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = stop_rx => {}
+            }
+        })
         .await?;
+    watch.abort();
+    if let Some(f) = app.failure() {
+        // Best effort: Raft has stopped, and the disk may refuse the flush.
+        if let Err(e) = app.site.shutdown().await {
+            tracing::warn!(error = %e, "stopping after the failure");
+        }
+        if let Some(e) = app.writer.endpoint() {
+            e.close().await;
+        }
+        tracing::error!(error = %f.message, code = EXIT_STORAGE_FAILED, "exiting: this node's Raft had stopped");
+        return Ok(ExitCode::from(EXIT_STORAGE_FAILED));
+    }
     app.site.shutdown().await?;
     if let Some(e) = app.writer.endpoint() {
         e.close().await;
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Once this node's Raft stops on its own (a storage error), say so loudly,
+/// and after `exit_after` (unless zero) stop serving so that `serve` exits
+/// with [`EXIT_STORAGE_FAILED`].
+async fn watch_failure(
+    app: std::sync::Arc<crate::app::App>,
+    exit_after: std::time::Duration,
+    stop: tokio::sync::oneshot::Sender<()>,
+) {
+    let f = app.failed().await;
+    metrics::gauge!("strait_raft_stopped").set(1.0);
+    let what = if f.storage {
+        "storage failed"
+    } else {
+        "Raft stopped"
+    };
+    if exit_after.is_zero() {
+        tracing::error!(
+            error = %f.message,
+            "{what}: this node accepts no writes until it is restarted; /readyz and /healthz answer 503, \
+             writes 507 (storage_failure_exit_secs is 0: waiting for a restart by hand); \
+             free disk space or fix the disk, then restart it"
+        );
+        return;
+    }
+    tracing::error!(
+        error = %f.message,
+        exit_in_secs = exit_after.as_secs(),
+        code = EXIT_STORAGE_FAILED,
+        "{what}: this node accepts no writes until it is restarted; /readyz and /healthz answer 503, \
+         writes 507; exiting soon so that a supervisor restarts it (free disk space or fix the disk)"
+    );
+    tokio::time::sleep(exit_after).await;
+    let _ = stop.send(());
 }
 
 /// Ctrl-C or SIGTERM.

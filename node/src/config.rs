@@ -377,6 +377,12 @@ pub struct NodeConfig {
     /// operating system of a quorum (it survives any process being killed)
     /// and reaches their disks within this interval.
     pub log_sync_ms: u64,
+    /// After a storage error stops this node's Raft (a full disk, an I/O
+    /// error), exit with code 74 this many seconds later so that a
+    /// supervisor restarts it; until then `/readyz` answers 503 and writes
+    /// 507 (docs/operations.md). 0: never exit, keep answering so until
+    /// restarted by hand.
+    pub storage_failure_exit_secs: u64,
     /// Buses created at start if missing.
     pub buses: Vec<String>,
     /// Dispatcher tuning.
@@ -414,6 +420,7 @@ impl Default for NodeConfig {
             snapshot_every: 20_000,
             state_flush_ms: 0,
             log_sync_ms: 0,
+            storage_failure_exit_secs: 10,
             buses: vec!["default".into()],
             dispatch: Dispatch::default(),
             batching: Batching::default(),

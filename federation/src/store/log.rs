@@ -115,6 +115,11 @@ struct Inner {
     /// crash an older value only means more is re-applied once a leader
     /// confirms it).
     meta: Meta,
+    /// Unit tests only: bytes the "disk" still has room for; an append
+    /// beyond it writes what fits and fails with `ENOSPC`, as a full disk
+    /// does ([`LogStore::limit_room`]).
+    #[cfg(test)]
+    room: Option<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -329,6 +334,8 @@ impl Inner {
             segments: BTreeMap::new(),
             positions: BTreeMap::new(),
             meta,
+            #[cfg(test)]
+            room: None,
         };
         let count = firsts.len();
         for (i, first) in firsts.into_iter().enumerate() {
@@ -455,6 +462,16 @@ impl Inner {
                 len,
                 log_id: entry.log_id,
             });
+        }
+        #[cfg(test)]
+        if let Some(room) = self.room.as_mut() {
+            if (buf.len() as u64) > *room {
+                let fits = usize::try_from(*room).unwrap_or(usize::MAX).min(buf.len());
+                seg.file.write_all_at(&buf[..fits], seg.len).map_err(werr)?;
+                *room = 0;
+                return Err(werr(std::io::Error::from_raw_os_error(28)));
+            }
+            *room -= buf.len() as u64;
         }
         seg.file.write_all_at(&buf, seg.len).map_err(werr)?;
         if self.sync_interval.is_zero() {
@@ -635,6 +652,14 @@ impl LogStore {
             cache.pop_first();
         }
         Ok(())
+    }
+
+    /// Unit tests only: from now on appends have room for `bytes` more
+    /// bytes (`None`: unlimited); the append that does not fit writes what
+    /// fits and fails with `ENOSPC`, like one on a full disk.
+    #[cfg(test)]
+    pub(crate) fn limit_room(&self, bytes: Option<u64>) {
+        self.inner().room = bytes;
     }
 
     /// Bytes on disk in segment files (for tests and metrics).
