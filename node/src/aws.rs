@@ -186,11 +186,19 @@ pub async fn put_events(
     // One result slot per entry, in order.
     let mut out: Vec<Value> = Vec::with_capacity(entries.len());
     let mut mapped: Vec<(usize, String, Value)> = Vec::new();
+    let mut ingested: std::collections::BTreeMap<String, u64> = Default::default();
     {
         let view = app.site.state.view();
         for e in entries {
             let id = uuid::Uuid::new_v4().to_string();
-            match mapping::put_entry_to_cloudevent(e, &id, &account, &verified.region, now) {
+            let mapped_entry =
+                mapping::put_entry_to_cloudevent(e, &id, &account, &verified.region, now);
+            let bus = match &mapped_entry {
+                Ok((bus, _)) if view.buses.contains_key(bus) => bus.as_str(),
+                _ => "",
+            };
+            *ingested.entry(bus.to_string()).or_default() += 1;
+            match mapped_entry {
                 Ok((bus, _)) if !view.buses.contains_key(&bus) => out.push(json!({
                     "ErrorCode": "ResourceNotFoundException",
                     "ErrorMessage": format!("Event bus {bus} does not exist."),
@@ -236,7 +244,9 @@ pub async fn put_events(
             Err(e) => return aws_error(500, "InternalException", e.to_string()),
         }
     }
-    metrics::counter!("strait_events_ingested_total").increment(entries.len() as u64);
+    for (bus, n) in ingested {
+        crate::api::count_ingested(&bus, n);
+    }
     let outcomes = match app.committer.append(appends).await {
         Ok(o) => o,
         Err(CommitError::NotReady(m)) | Err(CommitError::Failed(m)) => {
@@ -372,6 +382,7 @@ pub async fn poll_sqs(app: Arc<App>, src: AwsSource, conn: Connection, status: S
         }
         metrics::counter!("strait_aws_source_received_total", "source" => name.clone())
             .increment(msgs.len() as u64);
+        crate::api::count_ingested(&src.bus, msgs.len() as u64);
         let mut ces = Vec::new();
         let mut receipts = Vec::new();
         for m in &msgs {
