@@ -517,7 +517,35 @@ async fn delete_committed(client: &SqsSource, name: &str, receipts: &[String]) {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{AwsIngressKey, NodeConfig};
+    use crate::config::{AwsIngressKey, Limits, NodeConfig};
+
+    /// PutEvents maps each entry and then checks it as the batch ingress
+    /// does: a `Detail` that parses alone but is one level too deep inside
+    /// the event is that entry's error, not stored.
+    #[test]
+    fn a_detail_routing_cannot_read_is_refused() {
+        use strait_adapters::aws_eventbridge::mapping;
+        let detail = format!("{}1{}", "{\"a\":".repeat(127), "}".repeat(127));
+        let entry = serde_json::json!({"Source": "app", "DetailType": "t", "Detail": detail});
+        let (_, ce) = mapping::put_entry_to_cloudevent(
+            &entry,
+            "id1",
+            "123456789012",
+            "us-east-1",
+            chrono::Utc::now(),
+        )
+        .expect("mapped");
+        let body = serde_json::to_vec(&vec![ce]).expect("json");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(crate::ingest::BATCH),
+        );
+        let parsed = crate::ingest::parse_request(&h, &body, &Limits::default()).expect("parsed");
+        let e = parsed[0].1.as_ref().expect_err("refused");
+        assert_eq!(e.code(), "UnroutableEvent", "{e}");
+        assert!(e.to_string().contains("too deep"), "{e}");
+    }
 
     fn cfg(yaml: &str) -> NodeConfig {
         let mut c: NodeConfig = serde_yaml::from_str(yaml).expect("yaml");
