@@ -24,7 +24,7 @@ use strait_adapters::alibaba_eventbridge::{
 };
 use strait_federation::{AppendEntry, AppendOutcome};
 
-use crate::api::{ApiError, bus_must_exist, commit_parsed, read_body};
+use crate::api::{ApiError, bus_must_exist, commit_parsed, count_ingested, read_body};
 use crate::app::App;
 use crate::commit::{CommitError, now_ms};
 use crate::config::{Alibaba, Limits};
@@ -210,14 +210,24 @@ pub async fn put_events(
             return ali_error(status, code, message, &rid);
         }
     };
-    metrics::counter!("strait_events_ingested_total").increment(parsed.len() as u64);
     // One EntryList slot per input, in order.
     let mut entries_out: Vec<Value> = Vec::with_capacity(parsed.len());
     let mut appends = Vec::new();
     let mut slots = Vec::new();
+    let mut ingested: BTreeMap<String, u64> = BTreeMap::new();
     {
         let view = app.site.state.view();
         for (id, r) in parsed {
+            let bus = match &r {
+                Ok(p) => p
+                    .event
+                    .str_attr(BUS_EXTENSION)
+                    .filter(|b| view.buses.contains_key(*b)),
+                Err(_) => None,
+            };
+            *ingested
+                .entry(bus.unwrap_or_default().to_string())
+                .or_default() += 1;
             let mut entry = json!({"EventId": id.clone().unwrap_or_default()});
             match r {
                 Ok(p) => {
@@ -254,6 +264,9 @@ pub async fn put_events(
             }
             entries_out.push(entry);
         }
+    }
+    for (bus, n) in ingested {
+        count_ingested(&bus, n);
     }
     let outcomes = match app.committer.append(appends).await {
         Ok(o) => o,
@@ -359,7 +372,7 @@ pub async fn push(
         };
         ApiError::new(status, e.code(), e.to_string())
     })?;
-    metrics::counter!("strait_events_ingested_total").increment(parsed.len() as u64);
+    // commit_parsed counts them as ingested.
     commit_parsed(&app, &bus, parsed).await
 }
 

@@ -336,6 +336,16 @@ async fn post_events(
     commit_parsed(&app, &bus, parsed).await
 }
 
+/// Count `n` entries received by an ingress (any: the HTTP API, Alibaba
+/// push and PutEvents, AWS PutEvents, SQS sources) for `bus`, valid or
+/// not; `""` when the entry names no existing bus (so that clients cannot
+/// create label values).
+pub(crate) fn count_ingested(bus: &str, n: u64) {
+    if n > 0 {
+        metrics::counter!("strait_events_ingested_total", "bus" => bus.to_string()).increment(n);
+    }
+}
+
 /// Commit parsed entries to `bus` and answer with per-entry results (the
 /// commit path of `POST /v1/buses/{bus}/events`, shared with the Alibaba
 /// push source).
@@ -346,7 +356,7 @@ pub(crate) async fn commit_parsed(
 ) -> ApiResult<Response> {
     let bus = bus.to_string();
     let total = parsed.len();
-    metrics::counter!("strait_events_ingested_total").increment(total as u64);
+    count_ingested(&bus, total as u64);
     let mut results: Vec<Value> = Vec::with_capacity(total);
     let mut entries = Vec::new();
     let mut slots = Vec::new();

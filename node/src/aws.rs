@@ -186,11 +186,19 @@ pub async fn put_events(
     // One result slot per entry, in order.
     let mut out: Vec<Value> = Vec::with_capacity(entries.len());
     let mut mapped: Vec<(usize, String, Value)> = Vec::new();
+    let mut ingested: std::collections::BTreeMap<String, u64> = Default::default();
     {
         let view = app.site.state.view();
         for e in entries {
             let id = uuid::Uuid::new_v4().to_string();
-            match mapping::put_entry_to_cloudevent(e, &id, &account, &verified.region, now) {
+            let mapped_entry =
+                mapping::put_entry_to_cloudevent(e, &id, &account, &verified.region, now);
+            let bus = match &mapped_entry {
+                Ok((bus, _)) if view.buses.contains_key(bus) => bus.as_str(),
+                _ => "",
+            };
+            *ingested.entry(bus.to_string()).or_default() += 1;
+            match mapped_entry {
                 Ok((bus, _)) if !view.buses.contains_key(&bus) => out.push(json!({
                     "ErrorCode": "ResourceNotFoundException",
                     "ErrorMessage": format!("Event bus {bus} does not exist."),
@@ -236,7 +244,9 @@ pub async fn put_events(
             Err(e) => return aws_error(500, "InternalException", e.to_string()),
         }
     }
-    metrics::counter!("strait_events_ingested_total").increment(entries.len() as u64);
+    for (bus, n) in ingested {
+        crate::api::count_ingested(&bus, n);
+    }
     let outcomes = match app.committer.append(appends).await {
         Ok(o) => o,
         Err(CommitError::NotReady(m)) | Err(CommitError::Failed(m)) => {
@@ -372,6 +382,7 @@ pub async fn poll_sqs(app: Arc<App>, src: AwsSource, conn: Connection, status: S
         }
         metrics::counter!("strait_aws_source_received_total", "source" => name.clone())
             .increment(msgs.len() as u64);
+        crate::api::count_ingested(&src.bus, msgs.len() as u64);
         let mut ces = Vec::new();
         let mut receipts = Vec::new();
         for m in &msgs {
@@ -506,7 +517,35 @@ async fn delete_committed(client: &SqsSource, name: &str, receipts: &[String]) {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{AwsIngressKey, NodeConfig};
+    use crate::config::{AwsIngressKey, Limits, NodeConfig};
+
+    /// PutEvents maps each entry and then checks it as the batch ingress
+    /// does: a `Detail` that parses alone but is one level too deep inside
+    /// the event is that entry's error, not stored.
+    #[test]
+    fn a_detail_routing_cannot_read_is_refused() {
+        use strait_adapters::aws_eventbridge::mapping;
+        let detail = format!("{}1{}", "{\"a\":".repeat(127), "}".repeat(127));
+        let entry = serde_json::json!({"Source": "app", "DetailType": "t", "Detail": detail});
+        let (_, ce) = mapping::put_entry_to_cloudevent(
+            &entry,
+            "id1",
+            "123456789012",
+            "us-east-1",
+            chrono::Utc::now(),
+        )
+        .expect("mapped");
+        let body = serde_json::to_vec(&vec![ce]).expect("json");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(crate::ingest::BATCH),
+        );
+        let parsed = crate::ingest::parse_request(&h, &body, &Limits::default()).expect("parsed");
+        let e = parsed[0].1.as_ref().expect_err("refused");
+        assert_eq!(e.code(), "UnroutableEvent", "{e}");
+        assert!(e.to_string().contains("too deep"), "{e}");
+    }
 
     fn cfg(yaml: &str) -> NodeConfig {
         let mut c: NodeConfig = serde_yaml::from_str(yaml).expect("yaml");

@@ -150,6 +150,11 @@ pub fn reingest_entry(
     }
     let json = String::from_utf8(ev.to_json_bytes())
         .map_err(|e| DeliveryError::Permanent(format!("cannot encode the event: {e}")))?;
+    // A transform can make an event deeper than routing reads: refuse it
+    // here (dead letter) rather than store what the bus cannot route.
+    strait_routing::json::check_event_json(json.as_bytes()).map_err(|e| {
+        DeliveryError::Permanent(format!("the event cannot be routed on bus `{bus}`: {e}"))
+    })?;
     let raw = RawValue::from_string(json)
         .map_err(|e| DeliveryError::Permanent(format!("cannot encode the event: {e}")))?;
     Ok(AppendEntry {
@@ -284,6 +289,30 @@ mod tests {
         assert_ne!(e.id, e2.id);
         let again = reingest_entry(&event(None), "b", &from(), true, "").expect("entry");
         assert_eq!(e.id, again.id);
+    }
+
+    /// A transform can deepen data past what routing reads: the re-ingest
+    /// fails permanently (dead letter) instead of storing an event the bus
+    /// cannot route.
+    #[test]
+    fn an_event_routing_cannot_read_is_not_reingested() {
+        // The event object is one level, so this is one too many.
+        let depth = strait_routing::json::MAX_JSON_DEPTH;
+        let mut data = json!(1);
+        for _ in 0..depth {
+            data = json!([data]);
+        }
+        let mut ev = event(None);
+        ev.replace_data(data.clone(), "application/json");
+        match reingest_entry(&ev, "b", &from(), true, "") {
+            Err(DeliveryError::Permanent(m)) => {
+                assert!(m.contains("cannot be routed on bus `b`"), "{m}");
+                assert!(m.contains("too deep"), "{m}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        ev.replace_data(data[0].clone(), "application/json");
+        assert!(reingest_entry(&ev, "b", &from(), true, "").is_ok());
     }
 
     /// A same-site loop (bus a → bus b → bus a ...): each re-ingest counts

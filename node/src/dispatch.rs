@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::app::App;
 use crate::commit::now_ms;
-use crate::feed::{BusFeed, FeedItem, FeedRead};
+use crate::feed::{BusFeed, FeedItem, FeedRead, Unroutable};
 use crate::spec::{CompiledRule, DeadLetter, RetryPolicy, RuleSpec};
 use crate::trace::TraceParent;
 
@@ -213,8 +213,13 @@ fn reconcile(
             );
         }
     }
-    // One feed per bus with rules; it starts at the oldest cursor of the bus.
+    // One feed per bus, rules or not (so every event is read once and
+    // counted as matched, unmatched or unroutable); it starts at the oldest
+    // cursor of the bus.
     let mut sets = rule_sets(&compiled_rules);
+    for bus in app.site.state.view().buses.keys() {
+        sets.entry(bus.clone()).or_default();
+    }
     feeds.retain(|bus, f| {
         let keep = sets.contains_key(bus);
         if !keep {
@@ -460,6 +465,12 @@ impl Remote {
         self.worker.clone().process(Pending::Stored(event)).await;
     }
 
+    /// Dead-letter a delivery from another site whose event routing
+    /// cannot read (the caller reported it).
+    pub async fn deliver_unroutable(&self, u: Unroutable) {
+        self.worker.clone().process(Pending::Unroutable(0, u)).await;
+    }
+
     /// [`Remote::deliver`] for an event already parsed.
     pub async fn deliver_value(&self, ingest_ms: u64, value: Value) {
         self.worker
@@ -485,6 +496,8 @@ enum Pending {
         ingest_ms: u64,
         value: Value,
     },
+    /// A delivery from another site that routing cannot read.
+    Unroutable(u64, Unroutable),
 }
 
 impl TargetWorker {
@@ -574,31 +587,30 @@ impl TargetWorker {
         // `decided`: the feed already matched this event against this rule.
         let (seq, ingest_ms, value, decided) = match pending {
             Pending::Fed(item) => {
+                let v = match &item.value {
+                    Ok(v) => v,
+                    // Counted and logged by the feed.
+                    Err(u) => return self.unroutable(item.seq, u).await,
+                };
                 // The feed's verdict holds unless it used an older rule set
                 // than the one this worker's rule entered with.
                 let current = item.version >= self.version;
                 if current && !item.rules.contains(&self.rule_name) {
                     return item.seq;
                 }
-                match &item.value {
-                    Some(v) => (item.seq, item.ingest_ms, v.clone(), current),
-                    None => {
-                        tracing::error!(seq = item.seq, "stored event is not JSON; skipping");
-                        return item.seq;
-                    }
-                }
+                (item.seq, item.ingest_ms, v.clone(), current)
             }
+            Pending::Unroutable(seq, u) => return self.unroutable(seq, &u).await,
             Pending::Parsed {
                 seq,
                 ingest_ms,
                 value,
             } => (seq, ingest_ms, value, false),
-            Pending::Stored(stored) => match serde_json::from_slice(&stored.json) {
+            // The feed read (and reported) it already.
+            Pending::Stored(stored) => match Unroutable::check(&self.bus, stored.seq, &stored.json)
+            {
                 Ok(v) => (stored.seq, stored.ingest_ms, v, false),
-                Err(e) => {
-                    tracing::error!(seq = stored.seq, error = %e, "stored event is not JSON; skipping");
-                    return stored.seq;
-                }
+                Err(u) => return self.unroutable(stored.seq, &u).await,
             },
         };
         if !self.prematched
@@ -630,8 +642,13 @@ impl TargetWorker {
         let original = match Event::from_structured(value) {
             Ok(e) => e,
             Err(e) => {
-                tracing::error!(seq, error = %e, "stored event is not a valid CloudEvent; skipping");
-                return seq;
+                // JSON, but not a CloudEvent (not written by this ingress):
+                // counted and dead-lettered like JSON routing cannot read.
+                let json = self.stored_json(seq);
+                let why = format!("not a valid CloudEvent: {e}");
+                let u = Unroutable::new(&self.bus, seq, &json, why);
+                u.report(&self.bus, seq);
+                return self.unroutable(seq, &u).await;
             }
         };
         self.metrics.matched.increment(1);
@@ -710,6 +727,27 @@ impl TargetWorker {
             self.metrics.retries.increment(1);
             tokio::time::sleep(policy.backoff(attempt)).await;
         }
+    }
+
+    /// The stored text of this bus's event `seq` (empty for a delivery from
+    /// another site, or if it is gone).
+    fn stored_json(&self, seq: u64) -> Vec<u8> {
+        if self.prematched {
+            return Vec::new();
+        }
+        match self.app.site.state.read_events(&self.bus, seq, 1) {
+            Ok(mut evs) if evs.first().is_some_and(|e| e.seq == seq) => evs.swap_remove(0).json,
+            _ => Vec::new(),
+        }
+    }
+
+    /// A stored event routing cannot read: it cannot be matched, so rather
+    /// than skip it every enabled rule's targets dead-letter it.
+    async fn unroutable(&self, seq: u64, u: &Unroutable) -> u64 {
+        if self.prematched || self.rule.spec.enabled {
+            self.dead_letter(u.envelope.clone(), u.reason(), 0).await;
+        }
+        seq
     }
 
     async fn dead_letter(&self, mut event: Event, reason: String, attempts: u32) {

@@ -15,6 +15,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use strait_federation::{SiteState, StoredEvent};
+use strait_routing::Event;
+#[cfg(doc)]
+use strait_routing::json::JsonError;
+use strait_routing::json::{parse_event_json, unroutable_envelope};
 use strait_routing::pattern::RuleSet;
 use tokio::sync::watch;
 
@@ -30,12 +34,62 @@ pub struct FeedItem {
     pub seq: u64,
     /// Ingestion time, ms since the epoch.
     pub ingest_ms: u64,
-    /// The event (JSON structured form), `None` if it did not parse.
-    pub value: Option<Value>,
+    /// The event (JSON structured form), or why routing cannot read it.
+    pub value: Result<Value, Arc<Unroutable>>,
     /// Names of the enabled rules it matched.
     pub rules: Vec<String>,
     /// Version of the rule set it was matched with.
     pub version: u64,
+}
+
+/// A stored event routing cannot read (see docs/operations.md, "Unroutable
+/// events"): it matches nothing, so every target of the bus's enabled
+/// rules dead-letters it rather than skipping it.
+#[derive(Debug)]
+pub struct Unroutable {
+    /// Why (a [`JsonError`], or why it is not a valid CloudEvent).
+    pub why: String,
+    /// What the dead letters carry: the stored text and the attributes
+    /// that still parse.
+    pub envelope: Event,
+}
+
+impl Unroutable {
+    /// Read the stored event `json` (sequence `seq` of `bus`) the way routing
+    /// does; when it cannot be read, say why and build its dead-letter form.
+    pub fn check(bus: &str, seq: u64, json: &[u8]) -> Result<Value, Unroutable> {
+        parse_event_json(json).map_err(|error| Unroutable::new(bus, seq, json, error))
+    }
+
+    /// The stored event `json` cannot be routed, because `why`.
+    pub fn new(bus: &str, seq: u64, json: &[u8], why: impl ToString) -> Unroutable {
+        let envelope = unroutable_envelope(
+            json,
+            &format!("unroutable-{seq}"),
+            &format!("/strait/buses/{bus}"),
+        );
+        Unroutable {
+            why: why.to_string(),
+            envelope,
+        }
+    }
+
+    /// The dead-letter reason.
+    pub fn reason(&self) -> String {
+        format!("unroutable: {}", self.why)
+    }
+
+    /// Count and log it (ERROR, with the sequence, id and reason).
+    pub fn report(&self, bus: &str, seq: u64) {
+        metrics::counter!("strait_events_unroutable_total", "bus" => bus.to_string()).increment(1);
+        tracing::error!(
+            bus,
+            seq,
+            event_id = self.envelope.id(),
+            reason = %self.why,
+            "stored event cannot be routed: dead-lettered by every target of the enabled rules instead"
+        );
+    }
 }
 
 /// What a worker gets when it asks the feed for events from a position.
@@ -133,6 +187,7 @@ impl BusFeed {
 
 /// Read, parse and match the bus's events for as long as the feed lives.
 pub async fn run(state: Arc<SiteState>, bus: String, feed: Arc<BusFeed>) {
+    let unmatched = metrics::counter!("strait_events_unmatched_total", "bus" => bus.clone());
     let mut head_rx = state.subscribe_head();
     loop {
         head_rx.borrow_and_update();
@@ -155,8 +210,17 @@ pub async fn run(state: Arc<SiteState>, bus: String, feed: Arc<BusFeed>) {
         let items = events
             .into_iter()
             .map(|ev| {
-                let value: Option<Value> = serde_json::from_slice(&ev.json).ok();
-                let matched = value.as_ref().map(|v| rules.matches(v)).unwrap_or_default();
+                let value = Unroutable::check(&bus, ev.seq, &ev.json).map_err(Arc::new);
+                let matched = match &value {
+                    Ok(v) => rules.matches(v),
+                    Err(u) => {
+                        u.report(&bus, ev.seq);
+                        Vec::new()
+                    }
+                };
+                if value.is_ok() && matched.is_empty() {
+                    unmatched.increment(1);
+                }
                 Arc::new(FeedItem {
                     seq: ev.seq,
                     ingest_ms: ev.ingest_ms,
@@ -179,7 +243,7 @@ mod tests {
         Arc::new(FeedItem {
             seq,
             ingest_ms: 0,
-            value: None,
+            value: Ok(Value::Null),
             rules: Vec::new(),
             version: 0,
         })

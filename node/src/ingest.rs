@@ -5,6 +5,7 @@ use http::HeaderMap;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use strait_routing::event::{Event, EventError, percent_decode_header};
+use strait_routing::json::{JsonError, check_event_json};
 
 use crate::config::Limits;
 use crate::trace::TraceParent;
@@ -45,6 +46,10 @@ pub enum EntryError {
     /// Not a valid CloudEvent.
     #[error(transparent)]
     Event(#[from] EventError),
+    /// Its JSON cannot be read by routing (too deep, a number out of
+    /// range, a lone surrogate escape).
+    #[error("the event cannot be routed: {0}")]
+    Unroutable(#[from] JsonError),
     /// Larger than the per-event limit.
     #[error("event is {size} bytes in JSON form, above the limit of {limit} bytes")]
     TooLarge {
@@ -60,6 +65,7 @@ impl EntryError {
     pub fn code(&self) -> &'static str {
         match self {
             EntryError::Event(e) => e.code(),
+            EntryError::Unroutable(_) => "UnroutableEvent",
             EntryError::TooLarge { .. } => "EventTooLarge",
         }
     }
@@ -298,7 +304,8 @@ impl serde::Serialize for WithData<'_> {
     }
 }
 
-/// Add trace context and `time` (ingestion time) when missing, and check the size.
+/// Add trace context and `time` (ingestion time) when missing, check the
+/// size and that routing can read the event's final JSON.
 fn finish_event(
     mut event: Event,
     data: Option<Box<RawValue>>,
@@ -339,6 +346,9 @@ fn finish_event(
             limit: limits.max_event_bytes,
         });
     }
+    // What is stored must be readable by routing, or it would be
+    // acknowledged and never delivered.
+    check_event_json(json.get().as_bytes())?;
     Ok(ParsedEvent { event, json })
 }
 
@@ -416,6 +426,69 @@ mod tests {
         };
         let r = parse_request(&h, big.as_bytes(), &limits).expect("parsed");
         assert_eq!(r[0].1.as_ref().expect_err("big").code(), "EventTooLarge");
+    }
+
+    /// JSON the router cannot read is refused in every mode, naming the
+    /// path and the problem (issue 15: it was acknowledged and never routed).
+    #[test]
+    fn json_routing_cannot_read_is_refused() {
+        let deep = format!("{}1{}", "[".repeat(130), "]".repeat(130));
+        let digits = format!("{{\"n\":{}}}", "9".repeat(400));
+        let cases = [
+            (
+                deep.as_str(),
+                "`data[0][0][0][0][0][0][0]…` nests arrays and objects too deep",
+            ),
+            (r#"{"n":1e400}"#, "`data.n` holds a number out of range"),
+            (digits.as_str(), "`data.n` holds a number out of range"),
+            (
+                r#"{"s":"\ud800"}"#,
+                "`data.s` holds a string with a lone UTF-16 surrogate escape",
+            ),
+        ];
+        for (data, says) in cases {
+            let ev = format!(
+                r#"{{"specversion":"1.0","id":"a","source":"/s","type":"t","data":{data}}}"#
+            );
+            let good = r#"{"specversion":"1.0","id":"g","source":"/s","type":"t"}"#;
+            for (ct, body) in [(STRUCTURED, ev.clone()), (BATCH, format!("[{good},{ev}]"))] {
+                let r = parse_request(
+                    &headers(&[("content-type", ct)]),
+                    body.as_bytes(),
+                    &Limits::default(),
+                )
+                .expect("parsed");
+                let (id, last) = r.last().expect("an entry");
+                assert_eq!(id.as_deref(), Some("a"));
+                let e = last.as_ref().expect_err("refused");
+                assert_eq!(e.code(), "UnroutableEvent", "{ct} {data}: {e}");
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with(&format!("the event cannot be routed: {says}")),
+                    "{msg}"
+                );
+                if ct == BATCH {
+                    assert!(r[0].1.is_ok());
+                }
+            }
+        }
+        // Binary mode: 127 levels parse alone, but not inside the event.
+        let h = headers(&[
+            ("content-type", "application/json"),
+            ("ce-specversion", "1.0"),
+            ("ce-id", "b"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+        ]);
+        let deep = format!("{}1{}", "[".repeat(127), "]".repeat(127));
+        let r = parse_request(&h, deep.as_bytes(), &Limits::default()).expect("parsed");
+        assert_eq!(
+            r[0].1.as_ref().expect_err("too deep").code(),
+            "UnroutableEvent"
+        );
+        let ok = format!("{}1{}", "[".repeat(126), "]".repeat(126));
+        let r = parse_request(&h, ok.as_bytes(), &Limits::default()).expect("parsed");
+        assert!(r[0].1.is_ok());
     }
 
     proptest! {

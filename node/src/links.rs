@@ -422,10 +422,14 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
             };
             for (seq, body) in entries {
                 next = seq + 1;
-                let handler = prepare(&app, &origin, &body, batch.as_deref(), &mut cache);
+                let handler = prepare(&app, &origin, seq, &body, batch.as_deref(), &mut cache);
                 inflight.push_back(async move {
-                    if let Some((remote, ingest_ms, value)) = handler {
-                        remote.deliver_value(ingest_ms, value).await;
+                    match handler {
+                        Some((remote, ingest_ms, Ok(value))) => {
+                            remote.deliver_value(ingest_ms, value).await
+                        }
+                        Some((remote, _, Err(u))) => remote.deliver_unroutable(u).await,
+                        None => {}
                     }
                     seq
                 });
@@ -459,10 +463,15 @@ async fn inbound_worker(app: Arc<App>, origin: String) {
 fn prepare(
     app: &Arc<App>,
     origin: &str,
+    inbox_seq: u64,
     body: &[u8],
     batch: Option<&EarlyBatch>,
     cache: &mut HashMap<(String, String, String, String), Arc<crate::dispatch::Remote>>,
-) -> Option<(Arc<crate::dispatch::Remote>, u64, Value)> {
+) -> Option<(
+    Arc<crate::dispatch::Remote>,
+    u64,
+    Result<Value, crate::feed::Unroutable>,
+)> {
     let d: Delivery = match serde_json::from_slice(body) {
         Ok(d) => d,
         Err(e) => {
@@ -521,14 +530,22 @@ fn prepare(
             r
         }
     };
-    let mut event: Value = serde_json::from_str(d.event.get()).ok()?;
+    // An event routing cannot read is dead-lettered here, not skipped.
+    let json = d.event.get().as_bytes();
+    let mut event = match crate::feed::Unroutable::check(&d.bus, inbox_seq, json) {
+        Ok(v) => v,
+        Err(u) => {
+            u.report(&d.bus, inbox_seq);
+            return Some((remote, d.ingest_ms, Err(u)));
+        }
+    };
     if let Some(m) = event.as_object_mut() {
         m.insert("straithops".into(), Value::from(d.hops));
         if !d.traceparent.is_empty() {
             m.insert("traceparent".into(), Value::String(d.traceparent.clone()));
         }
     }
-    Some((remote, d.ingest_ms, event))
+    Some((remote, d.ingest_ms, Ok(event)))
 }
 
 /// The `links` part of `GET /v1/cluster` (and the link gauges).

@@ -248,6 +248,19 @@ async fn delete(node: &str, path: &str) -> (u16, Value) {
     call(reqwest::Method::DELETE, format!("{node}{path}"), None).await
 }
 
+async fn metrics(node: &str) -> String {
+    let r = reqwest::get(format!("{node}/metrics"))
+        .await
+        .expect("GET /metrics");
+    r.text().await.expect("metrics text")
+}
+
+/// The value of one series (`name{labels}`) in a /metrics scrape.
+fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
 /// An API answer is `status` with error `code`.
 #[track_caller]
 fn assert_error((status, v): &(u16, Value), want_status: u16, code: &str) {
@@ -406,6 +419,40 @@ async fn a_shared_sqs_source_polls_into_a_bus_until_deleted() {
     )
     .await;
     assert!(drained, "the committed message stays on the queue");
+
+    // SQS-sourced events count as ingested on their bus, once each; one
+    // that no rule matches counts as unmatched.
+    let other_ce =
+        json!({"specversion": "1.0", "id": "sqs-other", "source": "sqs-other", "type": "t"});
+    sqs(
+        &moto,
+        "SendMessage",
+        json!({"QueueUrl": queue, "MessageBody": other_ce.to_string()}),
+    )
+    .await;
+    let counted = wait_until(
+        "the unmatched SQS event to be counted",
+        Duration::from_secs(20),
+        async || {
+            series(
+                &metrics(&node).await,
+                "strait_events_unmatched_total{bus=\"default\"}",
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    let m = metrics(&node).await;
+    assert!(
+        counted,
+        "unmatched not counted: {m}\n{}",
+        tail(&dir.path().join("node.log"))
+    );
+    assert_eq!(
+        series(&m, "strait_events_ingested_total{bus=\"default\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(status().await["status"]["committed"], 2);
 
     // A credential this node lacks: stored, not run, and the status says why.
     let side = json!({"description": "for the source without credential"});

@@ -5,6 +5,7 @@
 //! transforms ([`transform`]).
 
 pub mod event;
+pub mod json;
 pub mod pattern;
 pub mod transform;
 

@@ -291,7 +291,18 @@ fn or_validation() {
         "$or",
         "$or expects an array of pattern objects",
     );
-    check(json!({"$or": []}), "$or", "at least one");
+    check(json!({"$or": []}), "$or", "at least two pattern objects");
+    // Event Ruler and AWS refuse a single alternative too.
+    check(
+        json!({"$or": [{"a": [1]}]}),
+        "$or",
+        "$or needs at least two pattern objects (alternatives), got 1",
+    );
+    check(
+        json!({"data": {"$or": [{"a": [1]}]}}),
+        "data.$or",
+        "at least two pattern objects",
+    );
     check(
         json!({"$or": [{"a": [1]}, "b"]}),
         "$or[1]",

@@ -326,7 +326,7 @@ fn pattern_node(depth: u32) -> BoxedStrategy<Value> {
     let or = if depth == 0 {
         Just(None).boxed()
     } else {
-        prop::option::weighted(0.25, prop::collection::vec(pattern_node(depth - 1), 1..3)).boxed()
+        prop::option::weighted(0.25, prop::collection::vec(pattern_node(depth - 1), 2..3)).boxed()
     };
     (fields, or)
         .prop_map(|(fields, or)| {

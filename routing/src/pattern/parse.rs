@@ -136,10 +136,13 @@ impl Parser {
                 ),
             ));
         };
-        if branches.is_empty() {
+        if branches.len() < 2 {
             return Err(PatternError::new(
                 path,
-                "$or needs at least one pattern object",
+                format!(
+                    "$or needs at least two pattern objects (alternatives), got {}; with one, write its fields without $or",
+                    branches.len()
+                ),
             ));
         }
         let mut nodes = Vec::with_capacity(branches.len());
