@@ -449,16 +449,9 @@ impl HasStatus for aws_smithy_runtime_api::client::orchestrator::HttpResponse {
     }
 }
 
-/// An error and its sources on one line.
+/// An error and its sources on one line (see [`crate::peer::error_chain`]).
 pub fn display_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    crate::peer::error_chain(e)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod aws_common;
 pub mod aws_eventbridge;
 pub mod aws_sqs;
 pub mod http;
+pub mod peer;
 
 /// How a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

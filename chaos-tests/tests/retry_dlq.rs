@@ -391,3 +391,103 @@ async fn healthy_target_is_not_held_up_by_a_failing_one() -> anyhow::Result<()> 
     })
     .await
 }
+
+/// A dead-letter bus must exist when the rule is committed and cannot be
+/// deleted while a rule names it; a dead letter that fails is counted as
+/// `deadLetterFailed` (with the error), never as `deadLettered`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_bus_must_exist_and_a_failed_dead_letter_is_not_counted_as_one()
+-> anyhow::Result<()> {
+    bounded(LIMIT, async {
+        let refusing = Receiver::start(Behavior::Status(400)).await?;
+        let node = node().await?;
+        let mut target = http_target("refusing", &refusing.url("/refusing"), retry(3, 50, 100));
+        target["deadLetter"] = json!({"type": "bus", "bus": "nodlq"});
+        let rule = json!({"pattern": {"source": ["chaos.dlq.missing"]}, "targets": [target]});
+        let r = node.put_rule(BUS, "main", &rule).await?;
+        r.expect_client_error("a dead letter to a missing bus")?;
+        anyhow::ensure!(
+            r.status == 400
+                && r.error_code().as_deref() == Some("DeadLetterBusNotFound")
+                && r.error_message()
+                    .is_some_and(|m| m.contains("targets[0].deadLetter.bus") && m.contains("nodlq")),
+            "expected 400 DeadLetterBusNotFound naming targets[0].deadLetter.bus: {}",
+            r.text()
+        );
+        let rule_level = json!({
+            "pattern": {"source": ["chaos.dlq.missing"]},
+            "targets": [http_target("refusing", &refusing.url("/refusing"), retry(3, 50, 100))],
+            "deadLetter": {"type": "bus", "bus": "nodlq"},
+        });
+        let r = node.put_rule(BUS, "main", &rule_level).await?;
+        anyhow::ensure!(
+            r.status == 400 && r.error_message().is_some_and(|m| m.starts_with("deadLetter.bus")),
+            "expected 400 naming deadLetter.bus: {}",
+            r.text()
+        );
+        // With the bus, the same rule is accepted; the bus is then pinned.
+        node.put_bus("nodlq", None)
+            .await?
+            .expect_status(200, "PUT bus nodlq")?;
+        node.put_rule(BUS, "main", &rule)
+            .await?
+            .expect_status(200, "PUT rule with its dead-letter bus")?;
+        let r = node.client().delete("/v1/buses/nodlq").await?;
+        anyhow::ensure!(
+            r.status == 409
+                && r.error_code().as_deref() == Some("BusIsDeadLetter")
+                && r.error_message().is_some_and(|m| m.contains("default/main")),
+            "deleting a dead-letter bus: expected 409 BusIsDeadLetter naming default/main: {}",
+            r.text()
+        );
+        // An event dead-lettered once already is not dead-lettered onto a
+        // bus again (loop guard): that is a failed dead letter.
+        let looped = json!({
+            "specversion": "1.0", "id": "dlq-loop-1", "source": "chaos.dlq.missing",
+            "type": "chaos.dlq", "deadletterreason": "an earlier failure",
+        });
+        let reply = node.post_structured(BUS, &looped).await?;
+        reply.expect_status(200, "posting an event")?;
+        let status = wait_status(&node, "main", "refusing", "deadLetterFailed", 1).await?;
+        anyhow::ensure!(
+            status["deadLettered"] == 0
+                && status["lastDeadLetterError"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("loop guard")),
+            "a failed dead letter must not count as dead-lettered: {status}"
+        );
+        let fresh = json!({
+            "specversion": "1.0", "id": "dlq-ok-1", "source": "chaos.dlq.missing",
+            "type": "chaos.dlq",
+        });
+        node.post_structured(BUS, &fresh)
+            .await?
+            .expect_status(200, "posting an event")?;
+        let status = wait_status(&node, "main", "refusing", "deadLettered", 1).await?;
+        anyhow::ensure!(status["deadLetterFailed"] == 1, "{status}");
+        let metrics = node.client().get_json("/metrics").await?.text();
+        anyhow::ensure!(
+            metrics.lines().any(|l| l.starts_with("strait_dead_letter_failures_total{")
+                && l.contains("target=\"refusing\"")
+                && l.ends_with(" 1")),
+            "no strait_dead_letter_failures_total for the target:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("dead_letter"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        // Once no rule names it, the bus can go.
+        node.client()
+            .delete(&format!("/v1/buses/{BUS}/rules/main"))
+            .await?
+            .expect_status(200, "DELETE rule")?;
+        node.client()
+            .delete("/v1/buses/nodlq")
+            .await?
+            .expect_status(200, "DELETE bus nodlq")?;
+        ensure_no_panic(&node)?;
+        Ok(())
+    })
+    .await
+}

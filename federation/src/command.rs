@@ -206,4 +206,33 @@ pub enum CommandResponse {
     Conflict(String),
     /// A link command's answer.
     Link(LinkAnswer),
+    /// A configuration change refused for a reason of its own kind.
+    Refused(Refusal),
+}
+
+/// Why a configuration change was refused (typed, so that the API maps it
+/// to a code without reading the message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// A rule's dead letter names a bus that does not exist.
+    #[error(
+        "{field}: dead-letter bus `{bus}` does not exist (create it first: PUT /v1/buses/{bus})"
+    )]
+    NoDeadLetterBus {
+        /// The rule's field (`targets[0].deadLetter.bus`, `deadLetter.bus`).
+        field: String,
+        /// The missing bus.
+        bus: String,
+    },
+    /// The bus is the dead-letter bus of rules (`bus/rule` each).
+    #[error(
+        "bus `{bus}` is the dead-letter bus of rules: {} (change or delete them first)", rules.join(", ")
+    )]
+    BusIsDeadLetter {
+        /// The bus.
+        bus: String,
+        /// The rules naming it, `bus/rule` each.
+        rules: Vec<String>,
+    },
 }

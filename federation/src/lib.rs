@@ -33,7 +33,9 @@ pub mod site;
 pub mod store;
 pub mod transport;
 
-pub use command::{AppendEntry, AppendOutcome, Command, CommandResponse, LinkAnswer, LinkSpec};
+pub use command::{
+    AppendEntry, AppendOutcome, Command, CommandResponse, LinkAnswer, LinkSpec, Refusal,
+};
 pub use error::FederationError;
 pub use site::{Bootstrap, RaftTiming, Site, SiteFailure, SiteOptions};
 pub use store::state::{SiteState, StoredEvent};

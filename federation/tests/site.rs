@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde_json::json;
 use serde_json::value::RawValue;
 use strait_federation::{
-    AppendEntry, AppendOutcome, Command, CommandResponse, NodeInfo, Site, SiteOptions, SiteState,
+    AppendEntry, AppendOutcome, Command, CommandResponse, NodeInfo, Refusal, Site, SiteOptions,
+    SiteState,
 };
 
 fn opts(dir: &std::path::Path) -> SiteOptions {
@@ -668,4 +669,75 @@ async fn event_blocks_read_count_collect_and_snapshot() {
     checkpoint(&site, 2_000_000, 0, 0, vec![("a/r/t".into(), 9)]).await;
     assert_eq!(site.state.stored_events().expect("stored"), 0);
     site.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_bus_must_exist_and_cannot_be_deleted_while_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = open(dir.path()).await;
+    put_bus(&site, "b", json!({"name": "b"})).await;
+    let rule = |spec: serde_json::Value| Command::PutRule {
+        bus: "b".into(),
+        name: "r".into(),
+        spec,
+        targets: vec!["t".into()],
+    };
+    let target_dl = json!({"pattern": {}, "targets": [
+        {"id": "s", "type": "http", "deadLetter": {"type": "http", "endpoint": "http://x/"}},
+        {"id": "t", "type": "http", "deadLetter": {"type": "bus", "bus": "dlq"}}]});
+    let r = site.write(rule(target_dl.clone())).await.expect("put rule");
+    assert_refused(
+        &r,
+        Refusal::NoDeadLetterBus {
+            field: "targets[1].deadLetter.bus".into(),
+            bus: "dlq".into(),
+        },
+    );
+    assert!(site.state.view().rules.is_empty());
+    let rule_dl = json!({"pattern": {}, "targets": [{"id": "t", "type": "http"}],
+        "deadLetter": {"type": "bus", "bus": "dlq"}});
+    let r = site.write(rule(rule_dl.clone())).await.expect("put rule");
+    assert!(
+        matches!(&r, CommandResponse::Refused(Refusal::NoDeadLetterBus { field, .. }) if field == "deadLetter.bus"),
+        "{r:?}"
+    );
+    // Once the bus exists the rule is accepted, and the bus is pinned.
+    put_bus(&site, "dlq", json!({"name": "dlq"})).await;
+    assert_ok(&site.write(rule(target_dl)).await.expect("put rule"));
+    let r = site
+        .write(Command::DeleteBus { name: "dlq".into() })
+        .await
+        .expect("delete bus");
+    assert_refused(
+        &r,
+        Refusal::BusIsDeadLetter {
+            bus: "dlq".into(),
+            rules: vec!["b/r".into()],
+        },
+    );
+    assert!(site.state.view().buses.contains_key("dlq"));
+    // A rule that no longer names it frees it.
+    assert_ok(
+        &site
+            .write(rule(
+                json!({"pattern": {}, "targets": [{"id": "t", "type": "http"}]}),
+            ))
+            .await
+            .expect("put rule"),
+    );
+    assert_ok(
+        &site
+            .write(Command::DeleteBus { name: "dlq".into() })
+            .await
+            .expect("delete bus"),
+    );
+    site.shutdown().await.expect("shutdown");
+}
+
+#[track_caller]
+fn assert_refused(r: &CommandResponse, want: Refusal) {
+    assert!(
+        matches!(r, CommandResponse::Refused(got) if *got == want),
+        "{r:?}, want {want:?}"
+    );
 }

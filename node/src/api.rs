@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use strait_federation::store::state::target_key;
+use strait_federation::store::state::{dead_letter_buses, target_key};
 use strait_federation::{
-    AppendEntry, AppendOutcome, Command, CommandResponse, FederationError, SiteFailure,
+    AppendEntry, AppendOutcome, Command, CommandResponse, FederationError, Refusal, SiteFailure,
 };
 use strait_routing::pattern::Pattern;
 use strait_routing::transform::{Transform, TransformContext, TransformOutput};
@@ -311,6 +311,14 @@ fn command_result(resp: CommandResponse) -> ApiResult<()> {
             };
             Err(ApiError::new(StatusCode::CONFLICT, code, m))
         }
+        CommandResponse::Refused(r) => Err(match r {
+            Refusal::NoDeadLetterBus { .. } => {
+                ApiError::bad_request("DeadLetterBusNotFound", r.to_string())
+            }
+            Refusal::BusIsDeadLetter { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "BusIsDeadLetter", r.to_string())
+            }
+        }),
     }
 }
 
@@ -564,6 +572,9 @@ fn rule_view(app: &App, bus: &str, name: &str, spec: &Value, with_status: bool) 
                         "checkpoint": replicated,
                         "delivered": live.delivered,
                         "deadLettered": live.dead_lettered,
+                        "dropped": live.dropped,
+                        "deadLetterFailed": live.dead_letter_failed,
+                        "lastDeadLetterError": live.last_dead_letter_error,
                         "failedAttempts": live.failed_attempts,
                         "lastError": live.last_error,
                         "lag": lag,
@@ -665,6 +676,12 @@ async fn put_rule(
     })?;
     let targets = spec.targets.iter().map(|t| t.id.clone()).collect();
     share_bus(&app, &bus).await?;
+    // A dead-letter bus this site has from its configuration is shared
+    // too, so that every site can store dead letters on it. (Whether it
+    // exists is checked when the rule is committed.)
+    for (_, dl_bus) in dead_letter_buses(&stored) {
+        share_bus(&app, dl_bus).await?;
+    }
     command_result(
         app.write_config(Command::PutRule {
             bus: bus.clone(),

@@ -314,7 +314,11 @@ pub async fn join(site: Site, cfg: NodeConfig) {
             }
             Ok(r) => {
                 let status = r.status();
-                let body = r.text().await.unwrap_or_default();
+                let body =
+                    strait_adapters::peer::read_capped(r, strait_adapters::peer::ERROR_BODY_BYTES)
+                        .await
+                        .map(|b| b.snippet(500))
+                        .unwrap_or_default();
                 tracing::warn!(via = %base, %status, body, "join refused; retrying");
             }
             Err(e) => {

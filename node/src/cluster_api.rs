@@ -19,6 +19,8 @@ use crate::cluster::leader_http;
 
 /// Longest a membership change may take (a learner catching up first).
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The most of a forwarded answer from the leader that is read.
+const MAX_LEADER_ANSWER_BYTES: usize = 64 * 1024;
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "InvalidMember", message)
@@ -85,7 +87,20 @@ async fn to_leader(
         )
     })?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let bytes = resp.bytes().await.unwrap_or_default();
+    // The leader's answer is a small JSON document: read a bounded part.
+    let body = strait_adapters::peer::read_capped(resp, MAX_LEADER_ANSWER_BYTES)
+        .await
+        .unwrap_or_default();
+    if body.truncated {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "BadGateway",
+            format!(
+                "the leader (node {leader} at {base}) answered with more than {MAX_LEADER_ANSWER_BYTES} bytes"
+            ),
+        ));
+    }
+    let bytes = body.bytes;
     Ok((
         status,
         [(http::header::CONTENT_TYPE, "application/json")],

@@ -41,8 +41,17 @@ pub struct TargetStats {
     pub cursor: u64,
     /// Events delivered since this node started.
     pub delivered: u64,
-    /// Events dead-lettered (or dropped) since this node started.
+    /// Events stored on the dead-letter bus or delivered to the
+    /// dead-letter endpoint since this node started.
     pub dead_lettered: u64,
+    /// Events given up on without a dead-letter destination (dropped, as
+    /// configured) since this node started.
+    pub dropped: u64,
+    /// Events whose dead letter failed (so they were dropped) since this
+    /// node started.
+    pub dead_letter_failed: u64,
+    /// Why the last dead letter failed.
+    pub last_dead_letter_error: Option<String>,
     /// Failed attempts since this node started.
     pub failed_attempts: u64,
     /// Last delivery error.
@@ -750,13 +759,10 @@ impl TargetWorker {
         seq
     }
 
-    async fn dead_letter(&self, mut event: Event, reason: String, attempts: u32) {
+    /// Give up on an event: dead-letter it (or drop it when there is no
+    /// dead letter) and count the outcome.
+    async fn dead_letter(&self, event: Event, reason: String, attempts: u32) {
         let target = &self.rule.spec.targets[self.idx];
-        with_stats(&self.app.progress, &self.key, |s| s.dead_lettered += 1);
-        let dl = target
-            .dead_letter
-            .clone()
-            .or_else(|| self.rule.spec.dead_letter.clone());
         let labels = |outcome: &'static str| {
             [
                 ("bus", self.bus.clone()),
@@ -765,28 +771,72 @@ impl TargetWorker {
                 ("outcome", outcome.to_string()),
             ]
         };
+        let event_id = event.id().to_string();
+        match self.send_dead_letter(event, &reason, attempts).await {
+            DeadLetterOutcome::Stored(kind) => {
+                with_stats(&self.app.progress, &self.key, |s| s.dead_lettered += 1);
+                metrics::counter!("strait_dead_lettered_total", &labels(kind)).increment(1);
+            }
+            DeadLetterOutcome::NoDestination => {
+                tracing::warn!(
+                    bus = self.bus,
+                    rule = self.rule_name,
+                    target = target.id,
+                    event_id,
+                    reason,
+                    "event dropped: no dead-letter destination"
+                );
+                with_stats(&self.app.progress, &self.key, |s| s.dropped += 1);
+                metrics::counter!("strait_dead_lettered_total", &labels("dropped")).increment(1);
+            }
+            DeadLetterOutcome::Failed(error) => {
+                tracing::error!(
+                    bus = self.bus,
+                    rule = self.rule_name,
+                    target = target.id,
+                    event_id,
+                    reason,
+                    error,
+                    "dead letter failed; event dropped"
+                );
+                with_stats(&self.app.progress, &self.key, |s| {
+                    s.dead_letter_failed += 1;
+                    s.last_dead_letter_error = Some(error);
+                });
+                metrics::counter!("strait_dead_lettered_total", &labels("dropped")).increment(1);
+                metrics::counter!(
+                    "strait_dead_letter_failures_total",
+                    "bus" => self.bus.clone(),
+                    "rule" => self.rule_name.clone(),
+                    "target" => target.id.clone()
+                )
+                .increment(1);
+            }
+        }
+    }
+
+    /// Store the event on the dead-letter bus or post it to the
+    /// dead-letter endpoint, with the `deadletter*` extensions.
+    async fn send_dead_letter(
+        &self,
+        mut event: Event,
+        reason: &str,
+        attempts: u32,
+    ) -> DeadLetterOutcome {
+        let target = &self.rule.spec.targets[self.idx];
+        let dl = target
+            .dead_letter
+            .clone()
+            .or_else(|| self.rule.spec.dead_letter.clone());
         let Some(dl) = dl else {
-            tracing::warn!(
-                bus = self.bus,
-                rule = self.rule_name,
-                target = target.id,
-                event_id = event.id(),
-                reason,
-                "event dropped: no dead-letter destination"
-            );
-            metrics::counter!("strait_dead_lettered_total", &labels("dropped")).increment(1);
-            return;
+            return DeadLetterOutcome::NoDestination;
         };
         if event.get("deadletterreason").is_some() && matches!(dl, DeadLetter::Bus { .. }) {
-            tracing::error!(
-                event_id = event.id(),
-                reason,
-                "event dropped: it was already dead-lettered once (loop guard)"
+            return DeadLetterOutcome::Failed(
+                "the event was already dead-lettered once (loop guard)".into(),
             );
-            metrics::counter!("strait_dead_lettered_total", &labels("dropped")).increment(1);
-            return;
         }
-        event.set_attr("deadletterreason", Value::String(reason.clone()));
+        event.set_attr("deadletterreason", Value::String(reason.to_string()));
         event.set_attr("deadletterattempts", Value::from(attempts));
         event.set_attr(
             "deadletterrule",
@@ -801,7 +851,11 @@ impl TargetWorker {
                     .and_then(|s| serde_json::value::RawValue::from_string(s).ok())
                 {
                     Some(r) => r,
-                    None => return,
+                    None => {
+                        return DeadLetterOutcome::Failed(
+                            "the event cannot be written as JSON".into(),
+                        );
+                    }
                 };
                 let entry = AppendEntry {
                     bus: bus.clone(),
@@ -813,21 +867,16 @@ impl TargetWorker {
                 loop {
                     match self.app.committer.append(vec![entry.clone()]).await {
                         Ok(outcomes) => {
-                            if outcomes.first()
+                            return if outcomes.first()
                                 == Some(&strait_federation::AppendOutcome::NoSuchBus)
                             {
-                                tracing::error!(
-                                    bus,
-                                    event_id = event.id(),
-                                    "dead-letter bus does not exist; event dropped"
-                                );
-                                metrics::counter!("strait_dead_lettered_total", &labels("dropped"))
-                                    .increment(1);
+                                DeadLetterOutcome::Failed(format!(
+                                    "dead-letter bus `{bus}` does not exist at site {:?}",
+                                    self.app.cfg.site
+                                ))
                             } else {
-                                metrics::counter!("strait_dead_lettered_total", &labels("bus"))
-                                    .increment(1);
-                            }
-                            return;
+                                DeadLetterOutcome::Stored("bus")
+                            };
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "dead-letter append failed; retrying");
@@ -853,27 +902,34 @@ impl TargetWorker {
                     .str_attr("traceparent")
                     .and_then(TraceParent::parse)
                     .unwrap_or_else(TraceParent::new_root);
-                for attempt in 1..=policy.max_attempts {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
                     match t.deliver(&event, &parent.child().to_string()).await {
-                        Ok(_) => {
-                            metrics::counter!("strait_dead_lettered_total", &labels("http"))
-                                .increment(1);
-                            return;
-                        }
+                        Ok(_) => return DeadLetterOutcome::Stored("http"),
                         Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
                             tokio::time::sleep(policy.backoff(attempt)).await;
                         }
                         Err(e) => {
-                            tracing::error!(endpoint, event_id = event.id(), error = %e, "dead-letter delivery failed; event dropped");
-                            metrics::counter!("strait_dead_lettered_total", &labels("dropped"))
-                                .increment(1);
-                            return;
+                            return DeadLetterOutcome::Failed(format!(
+                                "dead-letter delivery to {endpoint} failed: {e}"
+                            ));
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// What became of a dead letter.
+enum DeadLetterOutcome {
+    /// Stored on the bus (`"bus"`) or delivered to the endpoint (`"http"`).
+    Stored(&'static str),
+    /// The rule has no dead letter: dropped, as configured.
+    NoDestination,
+    /// The dead letter failed (why): the event is dropped.
+    Failed(String),
 }
 
 /// Periodically write target cursors through Raft (which also collects

@@ -22,6 +22,9 @@ pub const MAX_BATCH_EVENTS: usize = 16;
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Largest PutEvents request body (Alibaba's limit).
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// The most of a successful PutEvents answer that is read (an answer to 16
+/// events is a few KiB).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The PutEvents path.
 pub const PUT_EVENTS_PATH: &str = "/openapi/putEvents";
 /// The extension that names the Alibaba event bus.
@@ -550,20 +553,36 @@ impl Batcher {
                     "request failed"
                 };
                 return all(DeliveryError::Retryable(format!(
-                    "Alibaba EventBridge PutEvents {kind}: {e}"
+                    "Alibaba EventBridge PutEvents {kind}: {}",
+                    crate::peer::error_chain(&e)
                 )));
             }
         };
         let status = resp.status().as_u16();
-        let body = match resp.bytes().await {
+        // Read a bounded part of the answer only: an answer to a batch is a
+        // few KiB, an error's message is in its first bytes.
+        let success = (200..300).contains(&status);
+        let cap = if success {
+            MAX_ANSWER_BYTES
+        } else {
+            crate::peer::ERROR_BODY_BYTES
+        };
+        let body = match crate::peer::read_capped(resp, cap).await {
             Ok(b) => b,
             Err(e) => {
                 return all(DeliveryError::Retryable(format!(
-                    "Alibaba EventBridge PutEvents: reading the answer failed: {e}"
+                    "Alibaba EventBridge PutEvents: reading the answer failed: {}",
+                    crate::peer::error_chain(&e)
                 )));
             }
         };
-        map_response(status, &body, ids)
+        if success && body.truncated {
+            return all(DeliveryError::Retryable(format!(
+                "Alibaba EventBridge PutEvents: HTTP {status} with an answer larger than {MAX_ANSWER_BYTES} bytes (not read further): {}",
+                body.snippet(200)
+            )));
+        }
+        map_response(status, &body.bytes, ids)
     }
 }
 
@@ -703,5 +722,54 @@ mod tests {
         assert!(r[0].as_ref().is_err_and(DeliveryError::is_retryable));
         let r = map_response(200, b"not json", &ids);
         assert!(r[0].as_ref().is_err_and(DeliveryError::is_retryable));
+    }
+
+    /// A PutEvents endpoint answering with a huge body (an error, or a
+    /// success) costs a bounded read, not the body's size in memory.
+    #[tokio::test]
+    async fn a_huge_answer_is_not_read_whole() {
+        use std::sync::atomic::Ordering;
+        const BODY: u64 = 200 << 20;
+        for status in [400u16, 200] {
+            let (addr, written) = crate::peer::test_server::start(status, BODY).await;
+            let mut s = settings();
+            s.insert("endpoint".into(), json!(format!("http://{addr}")));
+            s.insert("maxBatchDelayMs".into(), json!(0));
+            let target = AlibabaTarget::start(
+                reqwest::Client::new(),
+                AlibabaSettings::from_settings(&s).expect("valid"),
+                Credential {
+                    access_key_id: "id".into(),
+                    access_key_secret: "secret".into(),
+                    security_token: None,
+                },
+                Duration::from_secs(60),
+            )
+            .expect("target");
+            let e = Event::from_structured(
+                json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}),
+            )
+            .expect("event");
+            let err = target
+                .deliver(
+                    &e,
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                )
+                .await
+                .expect_err("not a PutEvents answer");
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("HTTP {status}")), "{msg}");
+            assert!(msg.len() < 600, "{} bytes: {msg}", msg.len());
+            let wait = std::time::Instant::now();
+            while !written.done.load(Ordering::SeqCst) && wait.elapsed() < Duration::from_secs(20) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let bytes = written.bytes.load(Ordering::SeqCst);
+            eprintln!("HTTP {status}: the server wrote {bytes} of {BODY} bytes");
+            assert!(
+                !written.finished.load(Ordering::SeqCst) && bytes < BODY / 8,
+                "HTTP {status}: the target read {bytes} of {BODY} bytes"
+            );
+        }
     }
 }

@@ -174,18 +174,29 @@ impl HttpClient {
             } else if e.is_connect() {
                 "connection failed"
             } else if e.is_builder() {
-                return DeliveryError::Permanent(format!("invalid request: {e}"));
+                return DeliveryError::Permanent(format!(
+                    "invalid request: {}",
+                    crate::peer::error_chain(&e)
+                ));
             } else {
                 "request failed"
             };
-            DeliveryError::Retryable(format!("{kind}: {e}"))
+            DeliveryError::Retryable(format!("{kind}: {}", crate::peer::error_chain(&e)))
         })?;
         let status = resp.status();
         if status.is_success() {
+            // The body is not needed: it is not read (dropping the
+            // response closes a connection whose body is still coming).
             return Ok(status.as_u16());
         }
-        let text = resp.text().await.unwrap_or_default();
-        let snippet: String = text.chars().take(200).collect();
+        // Only the first few KiB of an error answer are read.
+        let snippet = match crate::peer::read_capped(resp, crate::peer::ERROR_BODY_BYTES).await {
+            Ok(b) => b.snippet(200),
+            Err(e) => format!(
+                "(reading the answer failed: {})",
+                crate::peer::error_chain(&e)
+            ),
+        };
         let msg = format!(
             "HTTP {} from {}: {}",
             status.as_u16(),
@@ -222,6 +233,78 @@ mod tests {
         assert_eq!(get("ce-myext").as_deref(), Some("5"));
         assert_eq!(get("content-type").as_deref(), Some("application/json"));
         assert_eq!(body, br#"{"k":"v"}"#);
+    }
+
+    fn settings(endpoint: String) -> HttpSettings {
+        HttpSettings {
+            endpoint,
+            mode: ContentMode::Structured,
+            headers: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_huge_error_answer_is_not_read_whole() {
+        use std::sync::atomic::Ordering;
+        const BODY: u64 = 200 << 20;
+        let (addr, written) = crate::peer::test_server::start(400, BODY).await;
+        let client = HttpClient::new();
+        let started = std::time::Instant::now();
+        let err = client
+            .post(
+                &event(),
+                &settings(format!("http://{addr}/hook")),
+                Duration::from_secs(60),
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .await
+            .expect_err("a 400 is an error");
+        let took = started.elapsed();
+        let DeliveryError::Permanent(msg) = &err else {
+            panic!("a 400 is permanent: {err:?}")
+        };
+        assert!(
+            msg.starts_with(&format!("HTTP 400 from http://{addr}/hook: xxx")),
+            "{msg}"
+        );
+        assert!(msg.len() < 400, "{} bytes", msg.len());
+        // The connection is closed: the server stops writing.
+        let wait = std::time::Instant::now();
+        while !written.done.load(Ordering::SeqCst) && wait.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let bytes = written.bytes.load(Ordering::SeqCst);
+        eprintln!(
+            "HTTP 400: the server wrote {bytes} of {BODY} bytes; the error came after {took:?}"
+        );
+        assert!(
+            !written.finished.load(Ordering::SeqCst) && bytes < BODY / 8,
+            "the client read {bytes} of {BODY} bytes (in {took:?})"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_says_so() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let err = HttpClient::new()
+            .post(
+                &event(),
+                &settings(format!("http://127.0.0.1:{port}/hook")),
+                Duration::from_secs(10),
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .await
+            .expect_err("nothing listens");
+        assert!(err.is_retryable(), "{err:?}");
+        assert!(
+            err.to_string()
+                .to_lowercase()
+                .contains("connection refused"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use super::block_table;
 use super::blocks::BlockBuilder;
 use super::storage_err;
-use crate::command::{AppendOutcome, Command, CommandResponse};
+use crate::command::{AppendOutcome, Command, CommandResponse, Refusal};
 use crate::error::FederationError;
 use crate::{NodeId, NodeInfo, TypeConfig};
 
@@ -79,6 +79,31 @@ pub fn target_key(bus: &str, rule: &str, target: &str) -> String {
 /// The bus a stored source definition commits its events to (`bus`).
 pub fn source_bus(spec: &serde_json::Value) -> Option<&str> {
     spec.get("bus").and_then(serde_json::Value::as_str)
+}
+
+/// The buses a stored rule definition dead-letters to, with the field
+/// naming each: `targets[i].deadLetter.bus` and `deadLetter.bus` (only
+/// dead letters of type `bus`).
+pub fn dead_letter_buses(spec: &serde_json::Value) -> Vec<(String, &str)> {
+    fn bus_of(dl: Option<&serde_json::Value>) -> Option<&str> {
+        let dl = dl?;
+        if dl.get("type").and_then(serde_json::Value::as_str) != Some("bus") {
+            return None;
+        }
+        dl.get("bus").and_then(serde_json::Value::as_str)
+    }
+    let mut out = Vec::new();
+    if let Some(targets) = spec.get("targets").and_then(serde_json::Value::as_array) {
+        for (i, t) in targets.iter().enumerate() {
+            if let Some(bus) = bus_of(t.get("deadLetter")) {
+                out.push((format!("targets[{i}].deadLetter.bus"), bus));
+            }
+        }
+    }
+    if let Some(bus) = bus_of(spec.get("deadLetter")) {
+        out.push(("deadLetter.bus".to_string(), bus));
+    }
+    out
 }
 
 fn dedup_key(bus: &str, source: &str, id: &str) -> String {
@@ -884,6 +909,18 @@ fn apply_command(
                     sources.join(", ")
                 )));
             }
+            let dead_letter_of: Vec<String> = view
+                .rules
+                .iter()
+                .filter(|(_, spec)| dead_letter_buses(spec).iter().any(|(_, b)| *b == name))
+                .map(|((b, r), _)| format!("{b}/{r}"))
+                .collect();
+            if !dead_letter_of.is_empty() {
+                return Ok(CommandResponse::Refused(Refusal::BusIsDeadLetter {
+                    bus: name,
+                    rules: dead_letter_of,
+                }));
+            }
             delete_json_row(txn, BUSES, &name, &mut view.buses, &name)?;
             let mut events = txn.open_table(EVENTS).map_err(werr)?;
             events
@@ -901,6 +938,17 @@ fn apply_command(
                 return Ok(CommandResponse::NotFound(format!(
                     "bus `{bus}` does not exist"
                 )));
+            }
+            // A dead letter must have somewhere to go (checked here, at
+            // commit, so a bus deleted meanwhile cannot slip through).
+            if let Some((field, dl_bus)) = dead_letter_buses(&spec)
+                .into_iter()
+                .find(|(_, b)| !view.buses.contains_key(*b))
+            {
+                return Ok(CommandResponse::Refused(Refusal::NoDeadLetterBus {
+                    field,
+                    bus: dl_bus.to_string(),
+                }));
             }
             put_json_row(
                 txn,
