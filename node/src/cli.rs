@@ -13,6 +13,36 @@ use crate::config::NodeConfig;
 use crate::source_spec::SourceSpec;
 use crate::spec::{RuleSpec, validate_name};
 
+/// `println!` for command output that does not panic when the reader went
+/// away (`strait get rules | head`): a closed pipe ends the process quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` counterpart of [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// Write command output to stdout. A reader that closed the pipe ends the
+/// process with status 141 (as a shell reports SIGPIPE), without a panic;
+/// any other write error ends it with status 1 and a message.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Strait: a multi-cloud CloudEvents federation gateway.
 #[derive(Debug, Parser)]
 #[command(name = "strait", version, about)]
@@ -434,9 +464,9 @@ async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
         } => {
             let body = crate::local::dir_status(&dir).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                outln!("{}", serde_json::to_string_pretty(&body)?);
             } else {
-                print!("{}", crate::local::dir_status_table(&body));
+                out!("{}", crate::local::dir_status_table(&body));
             }
         }
         ClusterCommand::Status {
@@ -453,9 +483,9 @@ async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
             )
             .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                outln!("{}", serde_json::to_string_pretty(&body)?);
             } else {
-                print!("{}", crate::local::status_table(&body));
+                out!("{}", crate::local::status_table(&body));
             }
         }
         ClusterCommand::Join {
@@ -472,7 +502,7 @@ async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
             if status != 200 {
                 return Err(api_error("cluster join", status, &body));
             }
-            println!("node {node_id} is a voter; voters now {}", body["voters"]);
+            outln!("node {node_id} is a voter; voters now {}", body["voters"]);
         }
         ClusterCommand::Leave { server, node_id } => {
             let (client, base) = client(&server);
@@ -481,7 +511,7 @@ async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
             if status != 200 {
                 return Err(api_error("cluster leave", status, &body));
             }
-            println!("node {node_id} removed; voters now {}", body["voters"]);
+            outln!("node {node_id} removed; voters now {}", body["voters"]);
         }
     }
     Ok(())
@@ -513,12 +543,12 @@ async fn local(c: LocalCommand) -> anyhow::Result<()> {
                 fresh,
             };
             let cluster = crate::local::up(&opts).await?;
-            println!(
+            outln!(
                 "local cluster up ({} nodes); see {}",
                 cluster.nodes.len(),
                 crate::local::cluster_file(&dir).display()
             );
-            print!("{}", crate::local::describe(&cluster));
+            out!("{}", crate::local::describe(&cluster));
         }
         LocalCommand::Down { dir, purge } => {
             let r = crate::local::down(&dir, crate::local::STOP_GRACE, purge).await?;
@@ -527,7 +557,7 @@ async fn local(c: LocalCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|(n, pid)| format!("{n} pid {pid}"))
                 .collect();
-            println!(
+            outln!(
                 "stopped {} nodes{}",
                 r.stopped.len(),
                 if names.is_empty() {
@@ -537,9 +567,9 @@ async fn local(c: LocalCommand) -> anyhow::Result<()> {
                 }
             );
             if purge {
-                println!("deleted the cluster in {}", dir.display());
+                outln!("deleted the cluster in {}", dir.display());
             } else {
-                println!(
+                outln!(
                     "data kept in {d}: `strait local up --dir {d}` starts the same cluster again, `strait local down --dir {d} --purge` deletes it",
                     d = dir.display()
                 );
@@ -614,7 +644,7 @@ async fn put(a: PutArgs) -> anyhow::Result<ExitCode> {
         .header("content-type", crate::ingest::STRUCTURED)
         .body(ev.to_string());
     let (status, body) = send(with_auth(req, &a.server), "put").await?;
-    println!("{}", serde_json::to_string_pretty(&body)?);
+    outln!("{}", serde_json::to_string_pretty(&body)?);
     Ok(if (200..300).contains(&status) {
         ExitCode::SUCCESS
     } else {
@@ -691,7 +721,7 @@ async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
         if !(200..300).contains(&status) {
             return Err(api_error(&what, status, &body));
         }
-        println!("{what}: applied");
+        outln!("{what}: applied");
         Ok(())
     };
     for b in &file.buses {
@@ -733,9 +763,9 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     if a.what == "buses" {
-        println!("{:<24} DESCRIPTION", "BUS");
+        outln!("{:<24} DESCRIPTION", "BUS");
         for b in body["buses"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "{:<24} {}",
                 b["name"].as_str().unwrap_or(""),
                 b["description"].as_str().unwrap_or("")
@@ -751,7 +781,7 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
     if a.what == "sources" {
         return get_sources(&a, &c, &base).await;
     }
-    println!(
+    outln!(
         "{:<16} {:<24} {:<8} {:<40} PATTERN",
         "BUS", "RULE", "ENABLED", "TARGETS"
     );
@@ -779,7 +809,7 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
                     )
                 })
                 .collect();
-            println!(
+            outln!(
                 "{:<16} {:<24} {:<8} {:<40} {}",
                 bus,
                 r["name"].as_str().unwrap_or(""),
@@ -794,7 +824,7 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
 
 async fn get_sources(a: &GetArgs, c: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let body = get_json(c, &a.server, format!("{base}/v1/sources"), "get sources").await?;
-    println!(
+    outln!(
         "{:<24} {:<10} {:<16} {:<16} QUEUE",
         "SOURCE", "TYPE", "SITE", "BUS"
     );
@@ -804,7 +834,7 @@ async fn get_sources(a: &GetArgs, c: &reqwest::Client, base: &str) -> anyhow::Re
         if a.bus.as_ref().is_some_and(|b| *b != bus) {
             continue;
         }
-        println!(
+        outln!(
             "{:<24} {:<10} {:<16} {:<16} {}",
             field(s, "name"),
             field(s, "type"),
@@ -824,7 +854,7 @@ pub const TEST_PATTERN_ERROR: u8 = 2;
 fn test_pattern(a: TestPatternArgs) -> ExitCode {
     match pattern_matches(&a) {
         Ok(matched) => {
-            println!("{}", json!({"matched": matched}));
+            outln!("{}", json!({"matched": matched}));
             if matched {
                 ExitCode::SUCCESS
             } else {
@@ -848,21 +878,21 @@ fn pattern_matches(a: &TestPatternArgs) -> anyhow::Result<bool> {
 
 fn show_cert(info: &strait_federation::certs::CertInfo) {
     let day = |t: std::time::SystemTime| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339();
-    println!("  subject:   {}", info.subject);
+    outln!("  subject:   {}", info.subject);
     if let Some(id) = &info.identity {
-        println!("  identity:  {id}");
+        outln!("  identity:  {id}");
     }
     if info.is_ca {
-        println!("  role:      certificate authority");
+        outln!("  role:      certificate authority");
     }
     if !info.dns_names.is_empty() {
-        println!("  dns:       {}", info.dns_names.join(", "));
+        outln!("  dns:       {}", info.dns_names.join(", "));
     }
     if !info.ips.is_empty() {
         let ips: Vec<String> = info.ips.iter().map(|i| i.to_string()).collect();
-        println!("  ip:        {}", ips.join(", "));
+        outln!("  ip:        {}", ips.join(", "));
     }
-    println!(
+    outln!(
         "  valid:     {} to {}",
         day(info.not_before),
         day(info.not_after)
@@ -879,7 +909,7 @@ fn cert(c: CertCommand) -> anyhow::Result<()> {
                     validity_days: days,
                 },
             )?;
-            println!(
+            outln!(
                 "created CA {} (key {})",
                 ca.cert_path.display(),
                 ca.key_path.display()
@@ -904,7 +934,7 @@ fn cert(c: CertCommand) -> anyhow::Result<()> {
                 validity_days: days,
             };
             let issued = certs::issue_node_cert_with(&ca, &req, &out)?;
-            println!(
+            outln!(
                 "issued {} (key {})",
                 issued.cert_path.display(),
                 issued.key_path.display()
@@ -913,7 +943,7 @@ fn cert(c: CertCommand) -> anyhow::Result<()> {
         }
         CertCommand::Show { file } => {
             let info = certs::read_cert_info(&file)?;
-            println!("{}", file.display());
+            outln!("{}", file.display());
             show_cert(&info);
         }
     }

@@ -876,3 +876,27 @@ fn a_failed_local_up_stops_the_nodes_it_started() {
         );
     }
 }
+
+/// `strait ... | head` closes the pipe early: the command ends quietly
+/// (status 141, as a shell reports SIGPIPE) instead of panicking with
+/// "failed printing to stdout".
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let o = std::process::Command::new(BIN)
+        .args([
+            "test-pattern",
+            "--pattern",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/p.json"),
+            "--event",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/e.json"),
+        ])
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run strait");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "stderr: {err}");
+    assert_eq!(o.status.code(), Some(141), "stderr: {err}");
+}
