@@ -2,18 +2,21 @@
 //! snapshot of a state of a given size and installing it on a fresh store,
 //! through the same openraft storage interface a node uses.
 //!
-//! `cargo bench -p strait-federation --bench snapshot` fills a state of
-//! `SNAPSHOT_BENCH_MB` (300) MB with 1 KiB events, then runs each phase in
+//! `cargo bench -p strait-federation --bench snapshot` fills a state with
+//! `SNAPSHOT_BENCH_MB` (300) MB of 1 KiB events (`state.redb` takes about
+//! twice that), then runs each phase in
 //! a child process of its own (so one phase's peak does not hide another's):
-//! - `fill`: apply entries of 1000 events until `state.redb` reaches the size;
+//! - `fill`: apply entries of 1000 events until they add up to the size;
 //! - `build`: `build_snapshot` on a state machine over that state;
 //! - `install`: `begin_receiving_snapshot`, the snapshot written into it in
 //!   openraft's 3 MiB chunks, then `install_snapshot` on a fresh store.
 //!
 //! Each phase prints its wall time and its peak RSS (`VmHWM`). Knobs:
 //! `SNAPSHOT_BENCH_MB`, `SNAPSHOT_BENCH_DIR` (where the states go: a 10 GB
-//! state needs about 3× that free). A 10 GB run:
-//! `SNAPSHOT_BENCH_MB=10240 SNAPSHOT_BENCH_DIR=/var/tmp cargo bench -p strait-federation --bench snapshot`.
+//! state needs about 3× that free), `SNAPSHOT_BENCH_CACHE_MB` (the state
+//! database's page cache, 1024 by default as on a node: the largest part
+//! of the budget, which a state smaller than it fills). A run with a state of about 10 GB:
+//! `SNAPSHOT_BENCH_MB=5000 SNAPSHOT_BENCH_DIR=/var/tmp cargo bench -p strait-federation --bench snapshot`.
 
 use std::io::{Read as _, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -34,6 +37,10 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+fn cache() -> usize {
+    (env_or("SNAPSHOT_BENCH_CACHE_MB", 1024) as usize) << 20
 }
 
 fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
@@ -94,7 +101,7 @@ fn dir_bytes(dir: &Path, prefix: &str) -> u64 {
 fn fill(dir: &Path, target_mb: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("state.redb");
-    let state = SiteState::open(&path)?;
+    let state = SiteState::open_with_cache(&path, cache())?;
     let bus = Command::PutBus {
         name: "default".into(),
         spec: serde_json::json!({}),
@@ -104,17 +111,18 @@ fn fill(dir: &Path, target_mb: u64) -> anyhow::Result<()> {
     let mut index = 2;
     let mut first = 0;
     let target = target_mb << 20;
-    // Durable every 64 entries: non-durable commits keep pages in memory
-    // and the file's size only settles once they are written.
-    loop {
-        let durable = index % 64 == 0;
+    let mut bytes = 0u64;
+    while bytes < target {
         let cmd = append_cmd(first, 1000, &payload)?;
-        state.apply(vec![entry(index, cmd)], durable)?;
+        if let Command::Append { entries, .. } = &cmd {
+            bytes += entries
+                .iter()
+                .map(|e| e.event.get().len() as u64)
+                .sum::<u64>();
+        }
+        state.apply(vec![entry(index, cmd)], index % 64 == 0)?;
         index += 1;
         first += 1000;
-        if durable && std::fs::metadata(&path)?.len() >= target {
-            break;
-        }
     }
     state.flush()?;
     println!("events={first}");
@@ -122,7 +130,7 @@ fn fill(dir: &Path, target_mb: u64) -> anyhow::Result<()> {
 }
 
 async fn build(dir: &Path) -> anyhow::Result<()> {
-    let state = SiteState::open(&dir.join("state.redb"))?;
+    let state = SiteState::open_with_cache(&dir.join("state.redb"), cache())?;
     let mut sm = StateMachine::new(state, dir, Duration::ZERO);
     let mut builder = sm.get_snapshot_builder().await;
     let snapshot = builder.build_snapshot().await?;
@@ -146,7 +154,7 @@ async fn install(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     let meta: SnapshotMeta<NodeId, NodeInfo> =
         serde_json::from_slice(&std::fs::read(from.join("bench-meta.json"))?)?;
-    let state = SiteState::open(&to.join("state.redb"))?;
+    let state = SiteState::open_with_cache(&to.join("state.redb"), cache())?;
     let mut sm = StateMachine::new(state.clone(), to, Duration::ZERO);
     let mut data = sm.begin_receiving_snapshot().await?;
     // As openraft's chunked transfer writes it.
@@ -222,7 +230,10 @@ fn main() -> anyhow::Result<()> {
     let root = tempfile::Builder::new()
         .prefix("strait-snapshot-bench-")
         .tempdir_in(parent)?;
-    println!("state of {mb} MB of 1 KiB events");
+    println!(
+        "state of {mb} MB of 1 KiB events, state cache {} MiB",
+        cache() >> 20
+    );
     let (t, peak, info) = run_phase("fill", root.path())?;
     let state_bytes = std::fs::metadata(root.path().join("source/state.redb"))?.len();
     println!(
