@@ -162,7 +162,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let data_file = new_data_file();
             let path = dir.join(&data_file);
             let mut out = super::gentle::SyncedWriter::create(&path).map_err(snap_err)?;
-            let info = state.write_snapshot(&txn, &mut out)?;
+            let info = state.write_snapshot(&txn.txn, &mut out)?;
             drop(txn);
             out.finish().map_err(snap_err)?;
             let snapshot_id = match info.last_applied {

@@ -148,6 +148,21 @@ struct SnapshotBody {
     sources: Vec<(String, serde_json::Value)>,
 }
 
+/// A read of one version of the state, on the database file it was taken
+/// from (kept open, and not deleted, while the read lasts, even if a
+/// snapshot install replaces the file).
+pub struct StateRead {
+    /// The read transaction.
+    pub txn: redb::ReadTransaction,
+    _db: Arc<Database>,
+}
+
+impl std::fmt::Debug for StateRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateRead").finish_non_exhaustive()
+    }
+}
+
 /// What [`SiteState::write_snapshot`] wrote.
 #[derive(Debug, Clone)]
 pub struct SnapshotInfo {
@@ -295,7 +310,8 @@ impl SiteState {
 
     /// Up to `limit` events of `bus` with `seq >= from`, in order.
     pub fn read_events(&self, bus: &str, from: u64, limit: usize) -> SResult<Vec<StoredEvent>> {
-        let txn = self.db().begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let table = txn.open_table(EVENTS).map_err(rerr)?;
         let mut out = Vec::new();
         if limit == 0 {
@@ -321,7 +337,8 @@ impl SiteState {
         from: u64,
         limit: usize,
     ) -> SResult<Vec<super::links::LinkEntry>> {
-        let txn = self.db().begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let from = from.max(super::links::outbox_done_below(&txn, remote).map_err(link_err)?);
         let table = txn.open_table(super::links::OUTBOX).map_err(rerr)?;
         super::links::read(&table, remote, from, limit).map_err(|m| rerr(std::io::Error::other(m)))
@@ -336,7 +353,8 @@ impl SiteState {
         from: u64,
         limit: usize,
     ) -> SResult<(Vec<super::links::LinkEntry>, Vec<super::links::SpecRow>)> {
-        let txn = self.db().begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let from = from.max(super::links::outbox_done_below(&txn, remote).map_err(link_err)?);
         let table = txn.open_table(super::links::OUTBOX).map_err(rerr)?;
         let entries = super::links::read(&table, remote, from, limit)
@@ -361,7 +379,8 @@ impl SiteState {
 
     /// The rule definition `hash` that the inbox from `origin` refers to.
     pub fn read_inbox_spec(&self, origin: &str, hash: &str) -> SResult<Option<Vec<u8>>> {
-        let txn = self.db().begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let table = txn.open_table(super::links::SPECS_IN).map_err(rerr)?;
         super::links::read_spec(&table, origin, hash).map_err(|m| rerr(std::io::Error::other(m)))
     }
@@ -373,7 +392,8 @@ impl SiteState {
         from: u64,
         limit: usize,
     ) -> SResult<Vec<super::links::LinkEntry>> {
-        let txn = self.db().begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let from = from.max(super::links::inbox_done_below(&txn, origin).map_err(link_err)?);
         let table = txn.open_table(super::links::INBOX).map_err(rerr)?;
         super::links::read(&table, origin, from, limit).map_err(|m| rerr(std::io::Error::other(m)))
@@ -381,7 +401,8 @@ impl SiteState {
 
     /// How many events of `bus` have `seq >= from` (counting stops at `cap`).
     pub fn count_events_from(&self, bus: &str, from: u64, cap: u64) -> SResult<u64> {
-        let txn = self.db().begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let table = txn.open_table(EVENTS).map_err(rerr)?;
         let mut n = 0u64;
         block_table::scan_from(&table, bus, from, |_, _, _| {
@@ -394,7 +415,8 @@ impl SiteState {
 
     /// Total events stored (all buses).
     pub fn stored_events(&self) -> SResult<u64> {
-        let txn = self.db().begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let mut n = 0u64;
         for item in txn.open_table(EVENTS).map_err(rerr)?.iter().map_err(rerr)? {
             let (k, v) = item.map_err(rerr)?;
@@ -408,7 +430,8 @@ impl SiteState {
 
     /// Make every earlier `Durability::None` commit durable.
     pub fn flush(&self) -> SResult<()> {
-        let mut txn = self.db().begin_write().map_err(werr)?;
+        let db = self.db();
+        let mut txn = db.begin_write().map_err(werr)?;
         txn.set_durability(Durability::Immediate).map_err(werr)?;
         txn.commit().map_err(werr)
     }
@@ -421,7 +444,8 @@ impl SiteState {
     ) -> SResult<Vec<CommandResponse>> {
         let _writer = self.lock_writer();
         let mut next = self.view().clone();
-        let mut txn = self.db().begin_write().map_err(werr)?;
+        let db = self.db();
+        let mut txn = db.begin_write().map_err(werr)?;
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -530,7 +554,7 @@ impl SiteState {
     pub fn snapshot_bytes(&self) -> SResult<SnapshotImage> {
         let txn = self.flush_for_snapshot()?;
         let mut data = Vec::new();
-        let info = self.write_snapshot(&txn, &mut data)?;
+        let info = self.write_snapshot(&txn.txn, &mut data)?;
         Ok(SnapshotImage {
             last_applied: info.last_applied,
             membership: info.membership,
@@ -542,13 +566,13 @@ impl SiteState {
     /// durable: what the read sees is on disk when this returns, so a
     /// snapshot never covers more than a restart would find (applies go on
     /// meanwhile; they are only newer than the snapshot).
-    pub fn flush_for_snapshot(&self) -> SResult<redb::ReadTransaction> {
+    pub fn flush_for_snapshot(&self) -> SResult<StateRead> {
         let db = self.db();
         let txn = db.begin_read().map_err(rerr)?;
         let mut flush = db.begin_write().map_err(werr)?;
         flush.set_durability(Durability::Immediate).map_err(werr)?;
         flush.commit().map_err(werr)?;
-        Ok(txn)
+        Ok(StateRead { txn, _db: db })
     }
 
     /// Write the version of the state `txn` reads to `out` in the snapshot
@@ -652,7 +676,8 @@ impl SiteState {
 
     /// Dedup index entries (tests).
     pub fn dedup_entries(&self) -> SResult<u64> {
-        let txn = self.db().begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         txn.open_table(DEDUP).map_err(rerr)?.len().map_err(rerr)
     }
 }
