@@ -162,9 +162,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let data_file = new_data_file();
             let path = dir.join(&data_file);
             let mut out = super::gentle::SyncedWriter::create(&path).map_err(snap_err)?;
-            let info = state.write_snapshot(&txn.txn, &mut out)?;
+            let written = state
+                .write_snapshot(&txn.txn, &mut out)
+                .and_then(|info| out.finish().map(|()| info).map_err(snap_err));
             drop(txn);
-            out.finish().map_err(snap_err)?;
+            let info = match written {
+                Ok(info) => info,
+                Err(e) => {
+                    // Not left behind until the next start.
+                    if let Err(d) = super::gentle::discard(&path) {
+                        tracing::warn!(file = %path.display(), error = %d, "cannot delete a partly written snapshot");
+                    }
+                    return Err(e);
+                }
+            };
             let snapshot_id = match info.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
                 None => format!("--{seq}"),
