@@ -32,6 +32,10 @@ use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
 const CHUNK: usize = 3 << 20;
 
+// The allocator of the `strait` binary: memory figures are the node's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
