@@ -80,14 +80,13 @@ impl std::fmt::Display for NodeInfo {
     }
 }
 
-use std::io::Cursor;
-
 openraft::declare_raft_types!(
     /// Raft types of a Strait site group.
     pub TypeConfig:
         D = Command,
         R = CommandResponse,
         Node = NodeInfo,
+        SnapshotData = store::snapshot_file::SnapshotFile,
 );
 
 /// The Raft handle of a site group.

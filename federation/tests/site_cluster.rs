@@ -368,6 +368,20 @@ async fn a_new_member_catches_up_by_snapshot() {
     write_batch(&lead, &more).await;
     written.extend(more);
     all_have(&c.nodes, &written).await;
+    // Rebuilt from the snapshot, its state is the leader's, row for row:
+    // both write the same snapshot once they applied the same entries.
+    let applied = lead.raft.metrics().borrow().last_applied;
+    let rebuilt = node(&c.nodes, 4).site.clone();
+    rebuilt
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.last_applied >= applied, "node 4 applied as far")
+        .await
+        .expect("node 4 caught up");
+    let a = lead.state.snapshot_bytes().expect("leader snapshot");
+    let b = rebuilt.state.snapshot_bytes().expect("node 4 snapshot");
+    assert_eq!(a.last_applied, b.last_applied);
+    assert!(a.data == b.data, "node 4's state differs from the leader's");
     for n in c.nodes {
         n.stop().await;
     }

@@ -41,14 +41,77 @@ pub const TRASH_DIR: &str = "trash";
 /// Write `bytes` to a new file at `path` (replacing one there), flushing to
 /// disk every [`WRITE_CHUNK`] bytes, and fsync it.
 pub fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    for chunk in bytes.chunks(WRITE_CHUNK) {
-        f.write_all(chunk)?;
-        if chunk.len() == WRITE_CHUNK {
-            f.sync_data()?;
-        }
+    let mut w = SyncedWriter::create(path)?;
+    w.write_all(bytes)?;
+    w.finish()
+}
+
+/// Bytes [`SyncedWriter`] gathers before writing them to its file.
+pub const WRITE_BUFFER: usize = 256 << 10;
+
+/// A new file written through a fixed buffer of [`WRITE_BUFFER`] bytes and
+/// fdatasynced every [`WRITE_CHUNK`] bytes, so a large file (a snapshot) is
+/// streamed to disk with bounded memory and never flushed all at once.
+/// [`SyncedWriter::finish`] writes the rest and fsyncs; dropping it without
+/// finishing leaves a partial file (callers name such files so that they
+/// are cleaned up).
+#[derive(Debug)]
+pub struct SyncedWriter {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    unsynced: usize,
+    written: u64,
+}
+
+impl SyncedWriter {
+    /// Create (or truncate) the file at `path`.
+    pub fn create(path: &Path) -> std::io::Result<SyncedWriter> {
+        Ok(SyncedWriter {
+            file: std::fs::File::create(path)?,
+            buf: Vec::with_capacity(WRITE_BUFFER),
+            unsynced: 0,
+            written: 0,
+        })
     }
-    f.sync_all()
+
+    /// Bytes written so far (buffered ones included).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn drain(&mut self) -> std::io::Result<()> {
+        self.file.write_all(&self.buf)?;
+        self.unsynced += self.buf.len();
+        self.buf.clear();
+        if self.unsynced >= WRITE_CHUNK {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(())
+    }
+
+    /// Write what is buffered and fsync the file.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.drain()?;
+        self.file.sync_all()
+    }
+}
+
+impl std::io::Write for SyncedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let room = WRITE_BUFFER - self.buf.len();
+        let n = bytes.len().min(room);
+        self.buf.extend_from_slice(&bytes[..n]);
+        self.written += n as u64;
+        if self.buf.len() >= WRITE_BUFFER {
+            self.drain()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.drain()
+    }
 }
 
 /// A string no other call in any process makes (time, process, counter),
@@ -165,6 +228,15 @@ mod tests {
         assert_eq!(std::fs::read(&p)?, bytes);
         write_synced(&p, b"short")?;
         assert_eq!(std::fs::read(&p)?, b"short");
+        // Streamed in odd pieces, the buffer never grows past its size.
+        let mut w = SyncedWriter::create(&p)?;
+        for piece in bytes.chunks(WRITE_BUFFER / 3 + 7) {
+            w.write_all(piece)?;
+            assert!(w.buf.capacity() <= WRITE_BUFFER);
+        }
+        assert_eq!(w.written(), bytes.len() as u64);
+        w.finish()?;
+        assert_eq!(std::fs::read(&p)?, bytes);
         Ok(())
     }
 

@@ -353,7 +353,7 @@ pub(crate) fn read(
     Ok(out)
 }
 
-/// Everything of the link tables, for snapshots.
+/// Everything of the link tables, in snapshots of the older JSON format.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct LinkSnapshot {
     pub view: LinkView,
@@ -363,44 +363,6 @@ pub(crate) struct LinkSnapshot {
     pub specs_out: Vec<(String, String, Box<RawValue>)>,
     #[serde(default)]
     pub specs_in: Vec<(String, String, Box<RawValue>)>,
-}
-
-/// Dump the link tables.
-pub(crate) fn dump(txn: &redb::ReadTransaction, view: &LinkView) -> Result<LinkSnapshot, String> {
-    let mut s = LinkSnapshot {
-        view: view.clone(),
-        ..LinkSnapshot::default()
-    };
-    for (def, out, outbound) in [(OUTBOX, &mut s.outbox, true), (INBOX, &mut s.inbox, false)] {
-        let t = txn.open_table(def).map_err(|e| e.to_string())?;
-        for item in t.iter().map_err(|e| e.to_string())? {
-            let (k, v) = item.map_err(|e| e.to_string())?;
-            let (name, first) = k.value();
-            let block = block_table::parse(name, first, v.value()).map_err(|e| e.to_string())?;
-            // Done deliveries lingering in a partly done block stay out.
-            let done_below = if outbound {
-                outbox_done_below(txn, name)?
-            } else {
-                inbox_done_below(txn, name)?
-            };
-            for (seq, _, body) in block.iter().filter(|(seq, _, _)| *seq >= done_below) {
-                let raw = String::from_utf8(body.to_vec()).map_err(|e| e.to_string())?;
-                let raw = RawValue::from_string(raw).map_err(|e| e.to_string())?;
-                out.push((name.to_string(), seq, raw));
-            }
-        }
-    }
-    for (def, out) in [(SPECS_OUT, &mut s.specs_out), (SPECS_IN, &mut s.specs_in)] {
-        let t = txn.open_table(def).map_err(|e| e.to_string())?;
-        for item in t.iter().map_err(|e| e.to_string())? {
-            let (k, v) = item.map_err(|e| e.to_string())?;
-            let (name, hash) = k.value();
-            let raw = String::from_utf8(v.value().to_vec()).map_err(|e| e.to_string())?;
-            let raw = RawValue::from_string(raw).map_err(|e| e.to_string())?;
-            out.push((name.to_string(), hash.to_string(), raw));
-        }
-    }
-    Ok(s)
 }
 
 /// Replace the link tables with a snapshot's.

@@ -1,6 +1,5 @@
 //! openraft's state machine and snapshot traits over [`SiteState`].
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::snapshot_file::{Lease, Leases, SnapshotFile};
 use super::state::SiteState;
 use super::{blocking, storage_err};
 use crate::command::CommandResponse;
@@ -26,6 +26,10 @@ pub struct StateMachine {
     last_durable: Instant,
     flush_interval: Duration,
     snapshot_seq: u64,
+    leases: Arc<Leases>,
+    /// Files being received from a leader (at most one is installed; the
+    /// others were abandoned).
+    receiving: Vec<PathBuf>,
 }
 
 impl StateMachine {
@@ -41,6 +45,8 @@ impl StateMachine {
             last_durable: Instant::now(),
             flush_interval,
             snapshot_seq: 0,
+            leases: Arc::new(Leases::default()),
+            receiving: Vec::new(),
         }
     }
 }
@@ -50,6 +56,7 @@ pub struct SnapshotBuilder {
     state: Arc<SiteState>,
     dir: PathBuf,
     seq: u64,
+    leases: Arc<Leases>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -70,17 +77,34 @@ fn snap_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e)
 }
 
-/// Store a snapshot: the data in a file of its own (written a chunk at a
-/// time, see [`super::gentle`]), then the meta naming it, replaced
-/// atomically; only then is the previous data file deleted (gently). A
-/// crash at any point leaves the previous snapshot or the new one whole.
-fn save_snapshot(dir: &Path, meta: &SnapshotMeta<NodeId, NodeInfo>, data: &[u8]) -> SResult<()> {
-    let data_file = format!("snapshot-{}.data", super::gentle::unique());
-    super::gentle::write_synced(&dir.join(&data_file), data).map_err(snap_err)?;
-    let previous = read_meta(dir)?.map(|m| m.data_file);
+/// A name for a new snapshot data file.
+fn new_data_file() -> String {
+    format!("snapshot-{}.data", super::gentle::unique())
+}
+
+/// Make `data_file` (written and fsynced) the current snapshot: the meta
+/// naming it is replaced atomically; only then is the previous data file
+/// deleted (gently, and once nobody sends it any more). A crash at any
+/// point leaves the previous snapshot or the new one whole.
+fn switch_snapshot(
+    dir: &Path,
+    leases: &Leases,
+    meta: &SnapshotMeta<NodeId, NodeInfo>,
+    data_file: &str,
+) -> SResult<Arc<Lease>> {
+    let _switching = leases.switching();
+    let current = read_meta(dir)?;
+    if let Some(c) = &current
+        && c.meta.last_log_id > meta.last_log_id
+    {
+        // A newer snapshot was installed while this one was built: keep
+        // it; this one is deleted once its caller drops it.
+        return Ok(leases.orphan(&dir.join(data_file)));
+    }
+    let previous = current.map(|m| dir.join(m.data_file));
     let m = serde_json::to_vec(&StoredSnapshotMeta {
         meta: meta.clone(),
-        data_file: data_file.clone(),
+        data_file: data_file.to_string(),
     })
     .map_err(snap_err)?;
     let tmp = dir.join(format!("{META_FILE}.tmp"));
@@ -89,15 +113,7 @@ fn save_snapshot(dir: &Path, meta: &SnapshotMeta<NodeId, NodeInfo>, data: &[u8])
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(snap_err)?;
-    if let Some(previous) = previous
-        && previous != data_file
-    {
-        let p = dir.join(previous);
-        if p.exists() {
-            super::gentle::discard(&p).map_err(snap_err)?;
-        }
-    }
-    Ok(())
+    Ok(leases.switch(&dir.join(data_file), previous.as_deref()))
 }
 
 fn read_meta(dir: &Path) -> SResult<Option<StoredSnapshotMeta>> {
@@ -108,19 +124,9 @@ fn read_meta(dir: &Path) -> SResult<Option<StoredSnapshotMeta>> {
     }
 }
 
-fn load_snapshot(dir: &Path) -> SResult<Option<Snapshot<TypeConfig>>> {
-    let Some(meta) = read_meta(dir)? else {
-        return Ok(None);
-    };
-    let data = std::fs::read(dir.join(&meta.data_file)).map_err(snap_err)?;
-    Ok(Some(Snapshot {
-        meta: meta.meta,
-        snapshot: Box::new(Cursor::new(data)),
-    }))
-}
-
 /// Delete snapshot files the meta does not name (a crash between writing
-/// a snapshot and switching to it) and empty the trash.
+/// a snapshot and switching to it, or while receiving one) and empty the
+/// trash.
 fn clean_snapshot_dir(dir: &Path) -> SResult<()> {
     let keep = read_meta(dir)?.map(|m| m.data_file);
     let entries = match std::fs::read_dir(dir) {
@@ -147,26 +153,54 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let state = self.state.clone();
         let dir = self.dir.clone();
         let seq = self.seq;
-        blocking(move || {
-            let image = state.snapshot_bytes()?;
-            let (last_applied, membership, data) =
-                (image.last_applied, image.membership, image.data);
-            let snapshot_id = match last_applied {
+        let leases = self.leases.clone();
+        let started = Instant::now();
+        let (meta, path, lease, bytes) = blocking(move || {
+            let txn = state.flush_for_snapshot()?;
+            // Streamed from the read transaction to the file: memory stays
+            // at a few buffers whatever the state holds.
+            let data_file = new_data_file();
+            let path = dir.join(&data_file);
+            let mut out = super::gentle::SyncedWriter::create(&path).map_err(snap_err)?;
+            let written = state
+                .write_snapshot(&txn.txn, &mut out)
+                .and_then(|info| out.finish().map(|()| info).map_err(snap_err));
+            drop(txn);
+            let info = match written {
+                Ok(info) => info,
+                Err(e) => {
+                    // Not left behind until the next start.
+                    if let Err(d) = super::gentle::discard(&path) {
+                        tracing::warn!(file = %path.display(), error = %d, "cannot delete a partly written snapshot");
+                    }
+                    return Err(e);
+                }
+            };
+            let snapshot_id = match info.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
                 None => format!("--{seq}"),
             };
             let meta = SnapshotMeta {
-                last_log_id: last_applied,
-                last_membership: membership,
+                last_log_id: info.last_applied,
+                last_membership: info.membership,
                 snapshot_id,
             };
-            save_snapshot(&dir, &meta, &data)?;
-            Ok(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            })
+            let lease = switch_snapshot(&dir, &leases, &meta, &data_file)?;
+            Ok((meta, path, lease, info.counts.bytes))
         })
-        .await
+        .await?;
+        tracing::info!(
+            bytes,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        let data = SnapshotFile::open(path, Some(lease))
+            .await
+            .map_err(snap_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(data),
+        })
     }
 }
 
@@ -203,32 +237,71 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state: self.state.clone(),
             dir: self.dir.clone(),
             seq: self.snapshot_seq,
+            leases: self.leases.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<SnapshotFile>> {
+        // An earlier transfer that never finished is abandoned.
+        for stale in self.receiving.drain(..) {
+            if stale.exists()
+                && let Err(e) = super::gentle::discard(&stale)
+            {
+                tracing::warn!(file = %stale.display(), error = %e, "cannot delete an abandoned snapshot");
+            }
+        }
+        let path = self.dir.join(new_data_file());
+        let file = SnapshotFile::create(path.clone()).await.map_err(snap_err)?;
+        self.receiving.push(path);
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<SnapshotFile>,
     ) -> SResult<()> {
-        let data = snapshot.into_inner();
+        snapshot.sync().await.map_err(snap_err)?;
+        let path = snapshot.path().to_path_buf();
+        drop(snapshot);
+        self.receiving.retain(|p| *p != path);
+        let data_file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let state = self.state.clone();
         let dir = self.dir.clone();
         let meta = meta.clone();
+        let leases = self.leases.clone();
+        let started = Instant::now();
         blocking(move || {
-            state.install_snapshot(&data)?;
-            state.flush()?;
-            save_snapshot(&dir, &meta, &data)
+            // Read back from disk a buffer at a time and loaded into a new
+            // state file; the received file becomes this node's snapshot.
+            let file = std::fs::File::open(&path).map_err(snap_err)?;
+            state.install_snapshot_from(file)?;
+            switch_snapshot(&dir, &leases, &meta, &data_file).map(drop)
         })
-        .await
+        .await?;
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot installed"
+        );
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
         let dir = self.dir.clone();
-        blocking(move || load_snapshot(&dir)).await
+        let Some(stored) = blocking(move || read_meta(&dir)).await? else {
+            return Ok(None);
+        };
+        let path = self.dir.join(&stored.data_file);
+        let lease = self.leases.hold(&path);
+        let data = SnapshotFile::open(path, Some(lease))
+            .await
+            .map_err(snap_err)?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(data),
+        }))
     }
 }

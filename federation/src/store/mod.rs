@@ -16,6 +16,8 @@ pub mod gentle;
 pub mod links;
 pub mod log;
 pub mod machine;
+pub mod snapshot;
+pub mod snapshot_file;
 pub mod state;
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};

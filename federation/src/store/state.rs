@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, LogId, StorageError, StoredMembership};
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -24,21 +25,21 @@ use crate::command::{AppendOutcome, Command, CommandResponse, Refusal};
 use crate::error::FederationError;
 use crate::{NodeId, NodeInfo, TypeConfig};
 
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const BUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("buses");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const BUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("buses");
 /// Key: "bus\u{0}rule".
-const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
+pub(crate) const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
 /// Key: source name. Value: the source definition (JSON).
-const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
+pub(crate) const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
 /// Key: (bus, sequence of the block's first event). Value: a block of that
 /// bus's events from one log entry (see [`super::blocks`]).
-const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("event_blocks");
-/// Events per block when a snapshot is installed.
+pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("event_blocks");
+/// Events per block when a snapshot of the older JSON format is installed.
 const SNAPSHOT_BLOCK_EVENTS: usize = 1024;
 /// Key: "bus\u{0}source\u{0}id". Value: ingest ms.
-const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
+pub(crate) const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
 /// Key: target key "bus/rule/target". Value: next sequence to process.
-const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+pub(crate) const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 
 /// Most dedup entries examined per checkpoint by the expiry sweep, so one
 /// apply stays short. The sweep walks the index in key order and wraps.
@@ -151,7 +152,8 @@ pub struct View {
     pub config_version: u64,
 }
 
-/// Everything in a snapshot.
+/// Everything in a snapshot of the older JSON format (installed still,
+/// written no longer).
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotBody {
     last_applied: Option<LogId<NodeId>>,
@@ -171,6 +173,32 @@ struct SnapshotBody {
     sources: Vec<(String, serde_json::Value)>,
 }
 
+/// A read of one version of the state, on the database file it was taken
+/// from (kept open, and not deleted, while the read lasts, even if a
+/// snapshot install replaces the file).
+pub struct StateRead {
+    /// The read transaction.
+    pub txn: redb::ReadTransaction,
+    _db: Arc<Database>,
+}
+
+impl std::fmt::Debug for StateRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateRead").finish_non_exhaustive()
+    }
+}
+
+/// What [`SiteState::write_snapshot`] wrote.
+#[derive(Debug, Clone)]
+pub struct SnapshotInfo {
+    /// The last log id applied in it.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// The membership as of that log id.
+    pub membership: StoredMembership<NodeId, NodeInfo>,
+    /// Its rows and bytes.
+    pub counts: super::snapshot::Counts,
+}
+
 /// A serialized snapshot of the whole state and the log position it covers.
 #[derive(Debug, Clone)]
 pub struct SnapshotImage {
@@ -185,7 +213,10 @@ pub struct SnapshotImage {
 /// The state of a site, shared by the Raft state machine (the only writer)
 /// and the node's readers (API, dispatcher).
 pub struct SiteState {
-    db: Database,
+    /// The database; replaced as a whole when a snapshot is installed
+    /// (readers holding the previous one finish on it).
+    db: RwLock<Arc<Database>>,
+    cache_bytes: usize,
     path: PathBuf,
     view: RwLock<View>,
     /// Held by whatever replaces the view (an apply, a snapshot install)
@@ -209,13 +240,29 @@ impl std::fmt::Debug for SiteState {
 impl SiteState {
     /// Open (or create) the state database at `path` and load the view.
     pub fn open(path: &Path) -> Result<Arc<SiteState>, FederationError> {
+        SiteState::open_with_cache(path, DEFAULT_CACHE)
+    }
+
+    /// [`SiteState::open`] with a database page cache of `cache_bytes`
+    /// (the largest part of the state's memory; see [`DEFAULT_CACHE`]).
+    pub fn open_with_cache(
+        path: &Path,
+        cache_bytes: usize,
+    ) -> Result<Arc<SiteState>, FederationError> {
         let fail = |m: String| FederationError::Storage {
             path: path.display().to_string(),
             message: m,
         };
-        let db = Database::create(path).map_err(|e| fail(e.to_string()))?;
+        clean_install_leftovers(path).map_err(|e| fail(e.to_string()))?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| fail(e.to_string()))?;
+        init_tables(&db).map_err(|e| fail(e.to_string()))?;
+        let view = load_view(&db).map_err(|e| fail(e.to_string()))?;
         let state = SiteState {
-            db,
+            db: RwLock::new(Arc::new(db)),
+            cache_bytes,
             path: path.to_path_buf(),
             view: RwLock::new(View::default()),
             writer: Mutex::new(()),
@@ -223,8 +270,6 @@ impl SiteState {
             head: watch::Sender::new(0),
             links_version: watch::Sender::new(0),
         };
-        state.init_tables().map_err(|e| fail(e.to_string()))?;
-        let view = state.load_view().map_err(|e| fail(e.to_string()))?;
         state.head.send_replace(view.next_seq);
         *state
             .view
@@ -233,82 +278,12 @@ impl SiteState {
         Ok(Arc::new(state))
     }
 
-    fn init_tables(&self) -> SResult<()> {
-        let txn = self.db.begin_write().map_err(werr)?;
-        txn.open_table(META).map_err(werr)?;
-        txn.open_table(BUSES).map_err(werr)?;
-        txn.open_table(RULES).map_err(werr)?;
-        txn.open_table(SOURCES).map_err(werr)?;
-        txn.open_table(EVENTS).map_err(werr)?;
-        txn.open_table(DEDUP).map_err(werr)?;
-        txn.open_table(CURSORS).map_err(werr)?;
-        txn.open_table(super::links::OUTBOX).map_err(werr)?;
-        txn.open_table(super::links::INBOX).map_err(werr)?;
-        txn.open_table(super::links::LINK_META).map_err(werr)?;
-        txn.open_table(super::links::SPECS_OUT).map_err(werr)?;
-        txn.open_table(super::links::SPECS_IN).map_err(werr)?;
-        txn.commit().map_err(werr)
-    }
-
-    fn load_view(&self) -> SResult<View> {
-        let txn = self.db.begin_read().map_err(rerr)?;
-        let meta = txn.open_table(META).map_err(rerr)?;
-        let get_meta = |k: &str| -> SResult<Option<Vec<u8>>> {
-            Ok(meta.get(k).map_err(rerr)?.map(|v| v.value().to_vec()))
-        };
-        let mut view = View::default();
-        if let Some(b) = get_meta("last_applied")? {
-            view.last_applied = serde_json::from_slice(&b).map_err(rerr)?;
+    /// The current database.
+    fn db(&self) -> Arc<Database> {
+        match self.db.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
-        if let Some(b) = get_meta("membership")? {
-            view.membership = serde_json::from_slice(&b).map_err(rerr)?;
-        }
-        if let Some(b) = get_meta("next_seq")? {
-            view.next_seq = serde_json::from_slice(&b).map_err(rerr)?;
-        }
-        if let Some(b) = get_meta("config_version")? {
-            view.config_version = serde_json::from_slice(&b).map_err(rerr)?;
-        }
-        for item in txn.open_table(BUSES).map_err(rerr)?.iter().map_err(rerr)? {
-            let (k, v) = item.map_err(rerr)?;
-            view.buses.insert(
-                k.value().to_string(),
-                serde_json::from_slice(v.value()).map_err(rerr)?,
-            );
-        }
-        for item in txn.open_table(RULES).map_err(rerr)?.iter().map_err(rerr)? {
-            let (k, v) = item.map_err(rerr)?;
-            let key = k.value();
-            let (bus, rule) = key.split_once('\u{0}').unwrap_or((key, ""));
-            view.rules.insert(
-                (bus.to_string(), rule.to_string()),
-                serde_json::from_slice(v.value()).map_err(rerr)?,
-            );
-        }
-        for item in txn
-            .open_table(SOURCES)
-            .map_err(rerr)?
-            .iter()
-            .map_err(rerr)?
-        {
-            let (k, v) = item.map_err(rerr)?;
-            view.sources.insert(
-                k.value().to_string(),
-                serde_json::from_slice(v.value()).map_err(rerr)?,
-            );
-        }
-        for item in txn
-            .open_table(CURSORS)
-            .map_err(rerr)?
-            .iter()
-            .map_err(rerr)?
-        {
-            let (k, v) = item.map_err(rerr)?;
-            view.cursors.insert(k.value().to_string(), v.value());
-        }
-        let link_meta = txn.open_table(super::links::LINK_META).map_err(rerr)?;
-        view.links = super::links::load(&link_meta).map_err(|m| rerr(std::io::Error::other(m)))?;
-        Ok(view)
     }
 
     /// A read guard on the in-memory view.
@@ -360,7 +335,8 @@ impl SiteState {
 
     /// Up to `limit` events of `bus` with `seq >= from`, in order.
     pub fn read_events(&self, bus: &str, from: u64, limit: usize) -> SResult<Vec<StoredEvent>> {
-        let txn = self.db.begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let table = txn.open_table(EVENTS).map_err(rerr)?;
         let mut out = Vec::new();
         if limit == 0 {
@@ -386,7 +362,8 @@ impl SiteState {
         from: u64,
         limit: usize,
     ) -> SResult<Vec<super::links::LinkEntry>> {
-        let txn = self.db.begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let from = from.max(super::links::outbox_done_below(&txn, remote).map_err(link_err)?);
         let table = txn.open_table(super::links::OUTBOX).map_err(rerr)?;
         super::links::read(&table, remote, from, limit).map_err(|m| rerr(std::io::Error::other(m)))
@@ -401,7 +378,8 @@ impl SiteState {
         from: u64,
         limit: usize,
     ) -> SResult<(Vec<super::links::LinkEntry>, Vec<super::links::SpecRow>)> {
-        let txn = self.db.begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let from = from.max(super::links::outbox_done_below(&txn, remote).map_err(link_err)?);
         let table = txn.open_table(super::links::OUTBOX).map_err(rerr)?;
         let entries = super::links::read(&table, remote, from, limit)
@@ -426,7 +404,8 @@ impl SiteState {
 
     /// The rule definition `hash` that the inbox from `origin` refers to.
     pub fn read_inbox_spec(&self, origin: &str, hash: &str) -> SResult<Option<Vec<u8>>> {
-        let txn = self.db.begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let table = txn.open_table(super::links::SPECS_IN).map_err(rerr)?;
         super::links::read_spec(&table, origin, hash).map_err(|m| rerr(std::io::Error::other(m)))
     }
@@ -438,7 +417,8 @@ impl SiteState {
         from: u64,
         limit: usize,
     ) -> SResult<Vec<super::links::LinkEntry>> {
-        let txn = self.db.begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let from = from.max(super::links::inbox_done_below(&txn, origin).map_err(link_err)?);
         let table = txn.open_table(super::links::INBOX).map_err(rerr)?;
         super::links::read(&table, origin, from, limit).map_err(|m| rerr(std::io::Error::other(m)))
@@ -446,7 +426,8 @@ impl SiteState {
 
     /// How many events of `bus` have `seq >= from` (counting stops at `cap`).
     pub fn count_events_from(&self, bus: &str, from: u64, cap: u64) -> SResult<u64> {
-        let txn = self.db.begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let table = txn.open_table(EVENTS).map_err(rerr)?;
         let mut n = 0u64;
         block_table::scan_from(&table, bus, from, |_, _, _| {
@@ -459,7 +440,8 @@ impl SiteState {
 
     /// Total events stored (all buses).
     pub fn stored_events(&self) -> SResult<u64> {
-        let txn = self.db.begin_read().map_err(rerr)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
         let mut n = 0u64;
         for item in txn.open_table(EVENTS).map_err(rerr)?.iter().map_err(rerr)? {
             let (k, v) = item.map_err(rerr)?;
@@ -473,7 +455,8 @@ impl SiteState {
 
     /// Make every earlier `Durability::None` commit durable.
     pub fn flush(&self) -> SResult<()> {
-        let mut txn = self.db.begin_write().map_err(werr)?;
+        let db = self.db();
+        let mut txn = db.begin_write().map_err(werr)?;
         txn.set_durability(Durability::Immediate).map_err(werr)?;
         txn.commit().map_err(werr)
     }
@@ -486,7 +469,8 @@ impl SiteState {
     ) -> SResult<Vec<CommandResponse>> {
         let _writer = self.lock_writer();
         let mut next = self.view().clone();
-        let mut txn = self.db.begin_write().map_err(werr)?;
+        let db = self.db();
+        let mut txn = db.begin_write().map_err(werr)?;
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -589,25 +573,41 @@ impl SiteState {
         Ok(responses)
     }
 
-    /// Serialize the whole state (made durable first).
+    /// Serialize the whole state (made durable first) into memory. For
+    /// tests and tools: nodes stream snapshots to files
+    /// ([`SiteState::write_snapshot`]).
     pub fn snapshot_bytes(&self) -> SResult<SnapshotImage> {
         let txn = self.flush_for_snapshot()?;
-        self.snapshot_image(txn)
+        let mut data = Vec::new();
+        let info = self.write_snapshot(&txn.txn, &mut data)?;
+        Ok(SnapshotImage {
+            last_applied: info.last_applied,
+            membership: info.membership,
+            data,
+        })
     }
 
     /// Open a read of the current version of the state, then make the state
     /// durable: what the read sees is on disk when this returns, so a
     /// snapshot never covers more than a restart would find (applies go on
     /// meanwhile; they are only newer than the snapshot).
-    pub fn flush_for_snapshot(&self) -> SResult<redb::ReadTransaction> {
-        let txn = self.db.begin_read().map_err(rerr)?;
-        self.flush()?;
-        Ok(txn)
+    pub fn flush_for_snapshot(&self) -> SResult<StateRead> {
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
+        let mut flush = db.begin_write().map_err(werr)?;
+        flush.set_durability(Durability::Immediate).map_err(werr)?;
+        flush.commit().map_err(werr)?;
+        Ok(StateRead { txn, _db: db })
     }
 
-    /// Serialize the version of the state `txn` reads (writers go on
-    /// meanwhile).
-    pub fn snapshot_image(&self, txn: redb::ReadTransaction) -> SResult<SnapshotImage> {
+    /// Write the version of the state `txn` reads to `out` in the snapshot
+    /// format ([`super::snapshot`]), a row at a time (writers go on
+    /// meanwhile). Memory: the largest row, whatever the state holds.
+    pub fn write_snapshot(
+        &self,
+        txn: &redb::ReadTransaction,
+        out: &mut impl std::io::Write,
+    ) -> SResult<SnapshotInfo> {
         let meta = txn.open_table(META).map_err(rerr)?;
         let get = |k: &str| -> SResult<Option<Vec<u8>>> {
             Ok(meta.get(k).map_err(rerr)?.map(|v| v.value().to_vec()))
@@ -620,174 +620,335 @@ impl SiteState {
             Some(b) => serde_json::from_slice(&b).map_err(rerr)?,
             None => StoredMembership::default(),
         };
-        let next_seq: u64 = match get("next_seq")? {
-            Some(b) => serde_json::from_slice(&b).map_err(rerr)?,
-            None => 0,
-        };
-        let config_version: u64 = match get("config_version")? {
-            Some(b) => serde_json::from_slice(&b).map_err(rerr)?,
-            None => 0,
-        };
-        let mut body = SnapshotBody {
-            last_applied,
-            membership: membership.clone(),
-            next_seq,
-            buses: Vec::new(),
-            rules: Vec::new(),
-            cursors: Vec::new(),
-            dedup: Vec::new(),
-            events: Vec::new(),
-            links: Default::default(),
-            config_version,
-            sources: Vec::new(),
-        };
-        for item in txn.open_table(BUSES).map_err(rerr)?.iter().map_err(rerr)? {
-            let (k, v) = item.map_err(rerr)?;
-            body.buses.push((
-                k.value().to_string(),
-                serde_json::from_slice(v.value()).map_err(rerr)?,
-            ));
-        }
-        for item in txn.open_table(RULES).map_err(rerr)?.iter().map_err(rerr)? {
-            let (k, v) = item.map_err(rerr)?;
-            let key = k.value();
-            let (bus, rule) = key.split_once('\u{0}').unwrap_or((key, ""));
-            body.rules.push((
-                bus.into(),
-                rule.into(),
-                serde_json::from_slice(v.value()).map_err(rerr)?,
-            ));
-        }
-        for item in txn
-            .open_table(SOURCES)
-            .map_err(rerr)?
-            .iter()
-            .map_err(rerr)?
-        {
-            let (k, v) = item.map_err(rerr)?;
-            body.sources.push((
-                k.value().to_string(),
-                serde_json::from_slice(v.value()).map_err(rerr)?,
-            ));
-        }
-        for item in txn
-            .open_table(CURSORS)
-            .map_err(rerr)?
-            .iter()
-            .map_err(rerr)?
-        {
-            let (k, v) = item.map_err(rerr)?;
-            body.cursors.push((k.value().to_string(), v.value()));
-        }
-        for item in txn.open_table(DEDUP).map_err(rerr)?.iter().map_err(rerr)? {
-            let (k, v) = item.map_err(rerr)?;
-            body.dedup.push((k.value().to_string(), v.value()));
-        }
-        for item in txn.open_table(EVENTS).map_err(rerr)?.iter().map_err(rerr)? {
-            let (k, v) = item.map_err(rerr)?;
-            let (bus, first) = k.value();
-            for (seq, ingest_ms, json) in block_table::parse(bus, first, v.value())
-                .map_err(rerr)?
-                .iter()
-            {
-                let raw = String::from_utf8(json.to_vec()).map_err(rerr)?;
-                let raw = serde_json::value::RawValue::from_string(raw).map_err(rerr)?;
-                body.events.push((bus.to_string(), seq, ingest_ms, raw));
-            }
-        }
-        let link_meta = txn.open_table(super::links::LINK_META).map_err(rerr)?;
-        let link_view =
-            super::links::load(&link_meta).map_err(|m| rerr(std::io::Error::other(m)))?;
-        body.links =
-            super::links::dump(&txn, &link_view).map_err(|m| rerr(std::io::Error::other(m)))?;
-        let data = serde_json::to_vec(&body).map_err(rerr)?;
-        Ok(SnapshotImage {
+        let counts = super::snapshot::write(txn, out).map_err(rerr)?;
+        Ok(SnapshotInfo {
             last_applied,
             membership,
-            data,
+            counts,
         })
     }
 
-    /// Replace the whole state with a snapshot's.
+    /// Replace the whole state with a snapshot's, held in memory (tests
+    /// and tools; see [`SiteState::install_snapshot_from`]).
     pub fn install_snapshot(&self, bytes: &[u8]) -> SResult<()> {
-        let body: SnapshotBody = serde_json::from_slice(bytes)
-            .map_err(|e| storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
-        let _writer = self.lock_writer();
-        let txn = self.db.begin_write().map_err(werr)?;
-        let next = {
-            txn.delete_table(BUSES).map_err(werr)?;
-            txn.delete_table(RULES).map_err(werr)?;
-            txn.delete_table(SOURCES).map_err(werr)?;
-            txn.delete_table(EVENTS).map_err(werr)?;
-            txn.delete_table(DEDUP).map_err(werr)?;
-            txn.delete_table(CURSORS).map_err(werr)?;
-            let mut next = View {
-                last_applied: body.last_applied,
-                membership: body.membership.clone(),
-                next_seq: body.next_seq,
-                config_version: body.config_version,
-                ..View::default()
-            };
-            let mut buses = txn.open_table(BUSES).map_err(werr)?;
-            for (name, spec) in body.buses {
-                let b = serde_json::to_vec(&spec).map_err(werr)?;
-                buses.insert(name.as_str(), b.as_slice()).map_err(werr)?;
-                next.buses.insert(name, spec);
+        self.install_snapshot_from(bytes)
+    }
+
+    /// Replace the whole state with the snapshot `input` streams.
+    ///
+    /// The snapshot is loaded into a new database file beside the state
+    /// (`state.redb.install-…`) in transactions of bounded size, which then
+    /// replaces the state file with one rename: a crash before the rename
+    /// leaves the old state whole (the partial file is deleted at the next
+    /// open), a crash after it the new one. The old file is deleted gently
+    /// once no reader uses it. Memory: one record and one load
+    /// transaction's pages, whatever the snapshot holds. Disk: the new
+    /// state is built while the old one still exists.
+    pub fn install_snapshot_from(&self, input: impl std::io::Read) -> SResult<()> {
+        let mut input = std::io::BufReader::with_capacity(READ_BUFFER, input);
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = self
+            .path
+            .with_file_name(format!("{name}.{INSTALLING}{}", super::gentle::unique()));
+        let built = build_from_snapshot(&tmp, self.cache_bytes.min(INSTALL_CACHE), &mut input);
+        let view = match built {
+            Ok(view) => view,
+            Err(e) => {
+                if tmp.exists()
+                    && let Err(d) = super::gentle::discard(&tmp)
+                {
+                    tracing::warn!(file = %tmp.display(), error = %d, "cannot delete a partly installed state");
+                }
+                return Err(e);
             }
-            let mut rules = txn.open_table(RULES).map_err(werr)?;
-            for (bus, rule, spec) in body.rules {
-                let b = serde_json::to_vec(&spec).map_err(werr)?;
-                rules
-                    .insert(rule_key(&bus, &rule).as_str(), b.as_slice())
-                    .map_err(werr)?;
-                next.rules.insert((bus, rule), spec);
-            }
-            let mut sources = txn.open_table(SOURCES).map_err(werr)?;
-            for (name, spec) in body.sources {
-                let b = serde_json::to_vec(&spec).map_err(werr)?;
-                sources.insert(name.as_str(), b.as_slice()).map_err(werr)?;
-                next.sources.insert(name, spec);
-            }
-            let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
-            for (k, v) in body.cursors {
-                cursors.insert(k.as_str(), v).map_err(werr)?;
-                next.cursors.insert(k, v);
-            }
-            let mut dedup = txn.open_table(DEDUP).map_err(werr)?;
-            for (k, ms) in body.dedup {
-                dedup.insert(k.as_str(), ms).map_err(werr)?;
-            }
-            let mut events = txn.open_table(EVENTS).map_err(werr)?;
-            // The snapshot lists events by (bus, sequence).
-            block_table::put_rows(
-                &mut events,
-                body.events
-                    .iter()
-                    .map(|(bus, seq, ms, raw)| (bus.as_str(), *seq, *ms, raw.get().as_bytes())),
-                SNAPSHOT_BLOCK_EVENTS,
-            )
-            .map_err(werr)?;
-            super::links::restore(&txn, &body.links)?;
-            next.links = body.links.view.clone();
-            let mut meta = txn.open_table(META).map_err(werr)?;
-            let la = serde_json::to_vec(&next.last_applied).map_err(werr)?;
-            meta.insert("last_applied", la.as_slice()).map_err(werr)?;
-            let m = serde_json::to_vec(&next.membership).map_err(werr)?;
-            meta.insert("membership", m.as_slice()).map_err(werr)?;
-            let s = serde_json::to_vec(&next.next_seq).map_err(werr)?;
-            meta.insert("next_seq", s.as_slice()).map_err(werr)?;
-            let c = serde_json::to_vec(&next.config_version).map_err(werr)?;
-            meta.insert("config_version", c.as_slice()).map_err(werr)?;
-            next
         };
-        txn.commit().map_err(werr)?;
-        let head = next.next_seq;
-        *self.view_mut() = next;
+        let _writer = self.lock_writer();
+        let old_link = self
+            .path
+            .with_file_name(format!("{name}.{REPLACED}{}", super::gentle::unique()));
+        // Keep the old file reachable by name, to delete it gently later.
+        std::fs::hard_link(&self.path, &old_link).map_err(werr)?;
+        std::fs::rename(&tmp, &self.path).map_err(werr)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(werr)?;
+        }
+        let db = redb::Builder::new()
+            .set_cache_size(self.cache_bytes)
+            .create(&self.path)
+            .map_err(werr)?;
+        let old = {
+            let mut slot = match self.db.write() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            std::mem::replace(&mut *slot, Arc::new(db))
+        };
+        let head = view.next_seq;
+        *self.view_mut() = view;
         self.config_version.send_modify(|v| *v += 1);
         self.links_version.send_modify(|v| *v += 1);
         self.head.send_replace(head);
+        drop(_writer);
+        retire(old, &old_link);
         Ok(())
     }
+
+    /// Dedup index entries (tests).
+    pub fn dedup_entries(&self) -> SResult<u64> {
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
+        txn.open_table(DEDUP).map_err(rerr)?.len().map_err(rerr)
+    }
+}
+
+/// The state database's page cache (redb's default): memory the state
+/// uses whatever it holds.
+pub const DEFAULT_CACHE: usize = 1 << 30;
+
+/// Buffer of a snapshot being installed.
+const READ_BUFFER: usize = 256 << 10;
+
+/// Cache of the database a snapshot is loaded into (the state is opened
+/// again with the default cache once it is complete).
+const INSTALL_CACHE: usize = 64 << 20;
+
+/// Marks the name of a state file being built from a snapshot.
+const INSTALLING: &str = "install-";
+
+/// Marks the name of a replaced state file, until it is deleted.
+const REPLACED: &str = "replaced-";
+
+/// Fill a new database at `tmp` from the snapshot `input` streams (this
+/// format or the older JSON one), durably; its view.
+fn build_from_snapshot(
+    tmp: &Path,
+    cache_bytes: usize,
+    input: &mut impl std::io::BufRead,
+) -> SResult<View> {
+    let db = redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(tmp)
+        .map_err(werr)?;
+    init_tables(&db)?;
+    let legacy = input.fill_buf().map_err(serr)?.first() == Some(&b'{');
+    if legacy {
+        // Written before the streamed format: one JSON document, loaded
+        // whole (as it was written).
+        let body: SnapshotBody = serde_json::from_reader(input).map_err(serr)?;
+        let txn = db.begin_write().map_err(werr)?;
+        fill_legacy(&txn, body)?;
+        txn.commit().map_err(werr)?;
+    } else {
+        super::snapshot::read_header(input).map_err(serr)?;
+        super::snapshot::load(input, &db).map_err(serr)?;
+    }
+    let view = load_view(&db)?;
+    let mut txn = db.begin_write().map_err(werr)?;
+    txn.set_durability(Durability::Immediate).map_err(werr)?;
+    txn.commit().map_err(werr)?;
+    Ok(view)
+}
+
+fn serr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
+    storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e)
+}
+
+/// Wait (a while) until no reader uses the replaced database `old`, then
+/// delete its file gently.
+fn retire(old: Arc<Database>, link: &Path) {
+    let mut old = old;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match Arc::try_unwrap(old) {
+            Ok(db) => {
+                drop(db);
+                if let Err(e) = super::gentle::discard(link) {
+                    tracing::warn!(file = %link.display(), error = %e, "cannot delete the replaced state");
+                }
+                return;
+            }
+            Err(still) if std::time::Instant::now() < deadline => {
+                old = still;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(_) => {
+                // A reader still has it open: unlink only (shrinking would
+                // cut the file under it); the space is freed when it closes.
+                tracing::warn!(file = %link.display(), "replaced state still in use; unlinking it");
+                if let Err(e) = std::fs::remove_file(link) {
+                    tracing::warn!(file = %link.display(), error = %e, "cannot delete the replaced state");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Delete what an interrupted install left beside the state at `path`: a
+/// partly built state (the install never switched to it), and the old
+/// state's extra name (a link to the current state when the crash came
+/// before the switch, the replaced file after it).
+fn clean_install_leftovers(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let name = name.to_string_lossy();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let current = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    for item in entries {
+        let item = item?;
+        let file = item.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file
+            .strip_prefix(name.as_ref())
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            continue;
+        };
+        if rest.starts_with(INSTALLING) {
+            super::gentle::discard(&item.path())?;
+        } else if rest.starts_with(REPLACED) {
+            let m = item.metadata()?;
+            if Some((m.dev(), m.ino())) == current {
+                std::fs::remove_file(item.path())?;
+            } else {
+                super::gentle::discard(&item.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fill the empty tables of `txn` from a snapshot in the older JSON format.
+fn fill_legacy(txn: &WriteTransaction, body: SnapshotBody) -> SResult<()> {
+    let mut buses = txn.open_table(BUSES).map_err(werr)?;
+    for (name, spec) in body.buses {
+        let b = serde_json::to_vec(&spec).map_err(werr)?;
+        buses.insert(name.as_str(), b.as_slice()).map_err(werr)?;
+    }
+    let mut rules = txn.open_table(RULES).map_err(werr)?;
+    for (bus, rule, spec) in body.rules {
+        let b = serde_json::to_vec(&spec).map_err(werr)?;
+        rules
+            .insert(rule_key(&bus, &rule).as_str(), b.as_slice())
+            .map_err(werr)?;
+    }
+    let mut sources = txn.open_table(SOURCES).map_err(werr)?;
+    for (name, spec) in body.sources {
+        let b = serde_json::to_vec(&spec).map_err(werr)?;
+        sources.insert(name.as_str(), b.as_slice()).map_err(werr)?;
+    }
+    let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
+    for (k, v) in body.cursors {
+        cursors.insert(k.as_str(), v).map_err(werr)?;
+    }
+    let mut dedup = txn.open_table(DEDUP).map_err(werr)?;
+    for (k, ms) in body.dedup {
+        dedup.insert(k.as_str(), ms).map_err(werr)?;
+    }
+    let mut events = txn.open_table(EVENTS).map_err(werr)?;
+    // The snapshot lists events by (bus, sequence).
+    block_table::put_rows(
+        &mut events,
+        body.events
+            .iter()
+            .map(|(bus, seq, ms, raw)| (bus.as_str(), *seq, *ms, raw.get().as_bytes())),
+        SNAPSHOT_BLOCK_EVENTS,
+    )
+    .map_err(werr)?;
+    super::links::restore(txn, &body.links)?;
+    let mut meta = txn.open_table(META).map_err(werr)?;
+    let la = serde_json::to_vec(&body.last_applied).map_err(werr)?;
+    meta.insert("last_applied", la.as_slice()).map_err(werr)?;
+    let m = serde_json::to_vec(&body.membership).map_err(werr)?;
+    meta.insert("membership", m.as_slice()).map_err(werr)?;
+    let s = serde_json::to_vec(&body.next_seq).map_err(werr)?;
+    meta.insert("next_seq", s.as_slice()).map_err(werr)?;
+    let c = serde_json::to_vec(&body.config_version).map_err(werr)?;
+    meta.insert("config_version", c.as_slice()).map_err(werr)?;
+    Ok(())
+}
+
+fn init_tables(db: &Database) -> SResult<()> {
+    let txn = db.begin_write().map_err(werr)?;
+    super::snapshot::create_tables(&txn).map_err(werr)?;
+    txn.commit().map_err(werr)
+}
+
+fn load_view(db: &Database) -> SResult<View> {
+    let txn = db.begin_read().map_err(rerr)?;
+    let meta = txn.open_table(META).map_err(rerr)?;
+    let get_meta = |k: &str| -> SResult<Option<Vec<u8>>> {
+        Ok(meta.get(k).map_err(rerr)?.map(|v| v.value().to_vec()))
+    };
+    let mut view = View::default();
+    if let Some(b) = get_meta("last_applied")? {
+        view.last_applied = serde_json::from_slice(&b).map_err(rerr)?;
+    }
+    if let Some(b) = get_meta("membership")? {
+        view.membership = serde_json::from_slice(&b).map_err(rerr)?;
+    }
+    if let Some(b) = get_meta("next_seq")? {
+        view.next_seq = serde_json::from_slice(&b).map_err(rerr)?;
+    }
+    if let Some(b) = get_meta("config_version")? {
+        view.config_version = serde_json::from_slice(&b).map_err(rerr)?;
+    }
+    for item in txn.open_table(BUSES).map_err(rerr)?.iter().map_err(rerr)? {
+        let (k, v) = item.map_err(rerr)?;
+        view.buses.insert(
+            k.value().to_string(),
+            serde_json::from_slice(v.value()).map_err(rerr)?,
+        );
+    }
+    for item in txn.open_table(RULES).map_err(rerr)?.iter().map_err(rerr)? {
+        let (k, v) = item.map_err(rerr)?;
+        let key = k.value();
+        let (bus, rule) = key.split_once('\u{0}').unwrap_or((key, ""));
+        view.rules.insert(
+            (bus.to_string(), rule.to_string()),
+            serde_json::from_slice(v.value()).map_err(rerr)?,
+        );
+    }
+    for item in txn
+        .open_table(SOURCES)
+        .map_err(rerr)?
+        .iter()
+        .map_err(rerr)?
+    {
+        let (k, v) = item.map_err(rerr)?;
+        view.sources.insert(
+            k.value().to_string(),
+            serde_json::from_slice(v.value()).map_err(rerr)?,
+        );
+    }
+    for item in txn
+        .open_table(CURSORS)
+        .map_err(rerr)?
+        .iter()
+        .map_err(rerr)?
+    {
+        let (k, v) = item.map_err(rerr)?;
+        view.cursors.insert(k.value().to_string(), v.value());
+    }
+    let link_meta = txn.open_table(super::links::LINK_META).map_err(rerr)?;
+    view.links = super::links::load(&link_meta).map_err(|m| rerr(std::io::Error::other(m)))?;
+    Ok(view)
 }
 
 /// Delete up to [`DEDUP_SWEEP_BATCH`] dedup entries older than `horizon`,
