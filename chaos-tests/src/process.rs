@@ -128,6 +128,8 @@ pub struct StraitProcess {
     child: Option<Child>,
     client: NodeClient,
     starts: u32,
+    /// [`Self::keep_files`] was called.
+    keep: bool,
 }
 
 impl StraitProcess {
@@ -192,6 +194,7 @@ impl StraitProcess {
             child: None,
             client,
             starts: 0,
+            keep: false,
         };
         // A free port can be taken between probing and binding: try others.
         let mut tries = 0;
@@ -365,6 +368,7 @@ impl StraitProcess {
     /// Keep the temporary data dir and log after the test (for diagnosis
     /// of a failure). Setting `STRAIT_CHAOS_KEEP=1` keeps them always.
     pub fn keep_files(&mut self) {
+        self.keep = true;
         if let Some(root) = self.root.as_mut() {
             root.disable_cleanup(true);
         }
@@ -452,8 +456,36 @@ impl StraitProcess {
     }
 }
 
+impl StraitProcess {
+    /// Inside an [`crate::evidence`] case (or when panicking): ask the node
+    /// for its status, write the answers next to its log and hand its
+    /// temporary directory over instead of deleting it.
+    fn keep_evidence(&mut self) {
+        let Some(root) = self.root.as_mut() else {
+            return;
+        };
+        let Some(case) = crate::evidence::wanted() else {
+            return;
+        };
+        let dir = root.path().to_path_buf();
+        if matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None))) {
+            crate::evidence::snapshot_node(&format!("127.0.0.1:{}", self.port), &dir, "node");
+        }
+        crate::evidence::write_note(
+            &dir,
+            "one strait process (data/, data.stderr.log, node.*: its status)",
+        );
+        if self.keep || crate::keep_always() {
+            return;
+        }
+        root.disable_cleanup(true);
+        crate::evidence::hand_over(case, &dir);
+    }
+}
+
 impl Drop for StraitProcess {
     fn drop(&mut self) {
+        self.keep_evidence();
         let _ = self.kill_9();
     }
 }
