@@ -130,6 +130,8 @@ pub struct StraitProcess {
     starts: u32,
     /// [`Self::keep_files`] was called.
     keep: bool,
+    /// Length of the log when the current run started.
+    log_start: u64,
 }
 
 impl StraitProcess {
@@ -195,6 +197,7 @@ impl StraitProcess {
             client,
             starts: 0,
             keep: false,
+            log_start: 0,
         };
         // A free port can be taken between probing and binding: try others.
         let mut tries = 0;
@@ -232,6 +235,7 @@ impl StraitProcess {
             self.data_dir.display(),
             self.port
         )?;
+        self.log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let stdout = log.try_clone()?;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("serve");
@@ -291,7 +295,13 @@ impl StraitProcess {
                 .request_with_timeout(Method::GET, "/readyz", &[], None, Duration::from_secs(1))
                 .await
             {
-                Ok(r) if r.status == 200 => return Ok(()),
+                // Only our process counts: its port may have been taken by
+                // another one between choosing and binding (this process
+                // then exits with "in use"), and that one may answer too.
+                Ok(r) if r.status == 200 && self.said_listening() => return Ok(()),
+                Ok(r) if r.status == 200 => {
+                    "/readyz answered 200, but this process has not said it listens".to_string()
+                }
                 Ok(r) => format!("/readyz answered {}: {}", r.status, r.text()),
                 Err(e) => format!("{e:#}"),
             };
@@ -306,6 +316,19 @@ impl StraitProcess {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Has the current run printed `listening on http://` (after binding
+    /// its port and opening its data)?
+    fn said_listening(&self) -> bool {
+        let read = || -> std::io::Result<bool> {
+            let mut f = File::open(&self.log_path)?;
+            f.seek(SeekFrom::Start(self.log_start))?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf).contains("listening on http://"))
+        };
+        read().unwrap_or(false)
     }
 
     /// SIGKILL the process and reap it (no-op when it is not running).
