@@ -162,8 +162,10 @@ mod tests {
     #[tokio::test]
     async fn a_silent_node_is_recorded_as_such() {
         let dir = tempfile::tempdir().expect("tempdir");
-        // Nothing listens on port 1.
-        snapshot_node("127.0.0.1:1", dir.path(), "n1");
+        // Connections are queued but never answered (a stopped node).
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = silent.local_addr().expect("addr").to_string();
+        snapshot_node(&addr, dir.path(), "n1");
         let t = std::fs::read_to_string(dir.path().join("n1.cluster.json")).expect("file");
         assert!(t.contains("GET /v1/cluster failed"), "{t}");
         assert!(!dir.path().join("n1.metrics.txt").exists());
