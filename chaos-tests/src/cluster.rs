@@ -86,63 +86,65 @@ pub struct LocalCluster {
     /// The nodes, in `cluster.json` order (then added ones).
     pub nodes: Vec<ClusterNode>,
     timeout: Duration,
+    /// [`Self::keep_files`] was called.
+    keep: bool,
 }
 
 impl LocalCluster {
     /// `strait local up --site SITE:COUNT` for each site, with `extra` merged
     /// into every node's config.
+    ///
+    /// `local up` picks free ports and releases them before the nodes bind
+    /// them, so another process (a receiver or node of a test running at the
+    /// same time) can take one in between: that node then exits, and a
+    /// readiness check on its HTTP port may be answered by the intruder.
+    /// Every node is therefore checked to be running and to answer
+    /// `/v1/cluster` with its own node id and site; if one is not, the
+    /// cluster is stopped and started again on new ports (three tries).
     pub async fn up(sites: &[(&str, usize)], extra: Option<Value>) -> anyhow::Result<LocalCluster> {
         let bin = strait_bin()?;
         let root = tempfile::Builder::new()
             .prefix("strait-cluster-")
             .tempdir()
             .context("temp dir")?;
-        let dir = root.path().join("cluster");
-        let mut cmd = Command::new(&bin);
-        cmd.arg("local").arg("up").arg("--dir").arg(&dir);
-        for (s, n) in sites {
-            cmd.arg("--site").arg(format!("{s}:{n}"));
-        }
-        if let Some(extra) = &extra {
-            let p = root.path().join("extra.yaml");
-            std::fs::write(&p, serde_yaml::to_string(extra)?)?;
-            cmd.arg("--extra").arg(p);
-        }
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await?
-            .context("running strait local up")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "strait local up failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let file: Value = serde_json::from_slice(&std::fs::read(dir.join("cluster.json"))?)
-            .context("cluster.json")?;
-        let mut nodes = Vec::new();
-        for n in file["nodes"].as_array().context("cluster.json: nodes")? {
-            let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
-            nodes.push(ClusterNode {
-                id: n["id"].as_u64().context("node id")?,
-                site: s("site"),
-                http: s("http"),
-                quic: s("quic"),
-                config: PathBuf::from(s("config")),
-                log: PathBuf::from(s("log")),
-                foreign_pid: n["pid"].as_u64().map(|p| p as u32),
-                child: None,
-                starts: 1,
+        let mut attempt = 0;
+        let (dir, nodes) = loop {
+            attempt += 1;
+            let dir = root.path().join(if attempt == 1 {
+                "cluster".to_string()
+            } else {
+                format!("cluster-try{attempt}")
             });
-        }
+            let mut nodes = local_up(&bin, root.path(), &dir, sites, extra.as_ref()).await?;
+            match verify_identities(&mut nodes).await {
+                Ok(()) => break (dir, nodes),
+                Err(e) if attempt < 3 => {
+                    eprintln!(
+                        "chaos harness: local cluster in {} is not what was started ({e:#}); starting it again on new ports",
+                        dir.display()
+                    );
+                    for n in &mut nodes {
+                        n.kill_9();
+                    }
+                }
+                Err(e) => {
+                    for n in &mut nodes {
+                        n.kill_9();
+                    }
+                    return Err(e.context(format!(
+                        "local cluster in {} (tried {attempt} times)",
+                        dir.display()
+                    )));
+                }
+            }
+        };
         let mut c = LocalCluster {
             root,
             dir,
             bin,
             nodes,
             timeout: Duration::from_secs(30),
+            keep: false,
         };
         if std::env::var_os("STRAIT_CHAOS_KEEP").is_some() {
             c.keep_files();
@@ -152,6 +154,7 @@ impl LocalCluster {
 
     /// Keep the directory (configs, data, logs) after the test.
     pub fn keep_files(&mut self) {
+        self.keep = true;
         self.root.disable_cleanup(true);
         eprintln!("cluster files kept in {}", self.dir.display());
     }
@@ -405,8 +408,41 @@ impl LocalCluster {
     }
 }
 
+impl LocalCluster {
+    /// Inside an [`crate::evidence`] case (or when panicking): ask every
+    /// running node for its status, write the answers next to its log and
+    /// hand the directory over instead of deleting it.
+    fn keep_evidence(&mut self) {
+        let Some(case) = crate::evidence::wanted() else {
+            return;
+        };
+        for n in &mut self.nodes {
+            let dir = n
+                .log
+                .parent()
+                .map_or_else(|| self.dir.clone(), Path::to_path_buf);
+            let name = format!("{}-{}", n.site, n.id);
+            if n.is_running() {
+                crate::evidence::snapshot_node(&n.http, &dir, &name);
+            } else {
+                let _ = std::fs::write(dir.join(format!("{name}.cluster.json")), "not running\n");
+            }
+        }
+        crate::evidence::write_note(
+            &self.dir,
+            "a local cluster (see cluster.json; each node's log, config, data and status are in its <site>-<id> directory)",
+        );
+        if self.keep {
+            return;
+        }
+        self.root.disable_cleanup(true);
+        crate::evidence::hand_over(case, self.root.path());
+    }
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        self.keep_evidence();
         for n in &mut self.nodes {
             n.kill_9();
         }
@@ -445,4 +481,90 @@ async fn wait_healthy(url: &str, timeout: Duration) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Run `strait local up` into `dir`; the nodes it started.
+async fn local_up(
+    bin: &Path,
+    root: &Path,
+    dir: &Path,
+    sites: &[(&str, usize)],
+    extra: Option<&Value>,
+) -> anyhow::Result<Vec<ClusterNode>> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("local").arg("up").arg("--dir").arg(dir);
+    for (s, n) in sites {
+        cmd.arg("--site").arg(format!("{s}:{n}"));
+    }
+    if let Some(extra) = extra {
+        let p = root.join("extra.yaml");
+        std::fs::write(&p, serde_yaml::to_string(extra)?)?;
+        cmd.arg("--extra").arg(p);
+    }
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await?
+        .context("running strait local up")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "strait local up failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file: Value = serde_json::from_slice(&std::fs::read(dir.join("cluster.json"))?)
+        .context("cluster.json")?;
+    let mut nodes = Vec::new();
+    for n in file["nodes"].as_array().context("cluster.json: nodes")? {
+        let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+        nodes.push(ClusterNode {
+            id: n["id"].as_u64().context("node id")?,
+            site: s("site"),
+            http: s("http"),
+            quic: s("quic"),
+            config: PathBuf::from(s("config")),
+            log: PathBuf::from(s("log")),
+            foreign_pid: n["pid"].as_u64().map(|p| p as u32),
+            child: None,
+            starts: 1,
+        });
+    }
+    Ok(nodes)
+}
+
+/// `Err` unless every node is running and its HTTP port is answered by
+/// itself (`/v1/cluster` names its node id, site and QUIC address).
+pub async fn verify_identities(nodes: &mut [ClusterNode]) -> anyhow::Result<()> {
+    for n in nodes.iter_mut() {
+        anyhow::ensure!(
+            n.is_running(),
+            "node {} of site {} is not running (a port it was given may have been taken before it bound it; see {})",
+            n.id,
+            n.site,
+            n.log.display()
+        );
+        let c = NodeClient::new(&n.base_url(), Duration::from_secs(5))?;
+        let s = c
+            .get_json("/v1/cluster")
+            .await
+            .with_context(|| format!("node {} of site {}: GET /v1/cluster", n.id, n.site))?;
+        let v = s.json().unwrap_or(Value::Null);
+        let me = v["nodes"].as_array().and_then(|ns| {
+            ns.iter()
+                .find(|x| x["id"] == v["nodeId"])
+                .and_then(|x| x["raftAddr"].as_str())
+        });
+        anyhow::ensure!(
+            v["nodeId"] == json!(n.id) && v["site"] == json!(n.site) && me == Some(n.quic.as_str()),
+            "http://{} should be node {} of site {} at {}, but answers /v1/cluster with {} {}",
+            n.http,
+            n.id,
+            n.site,
+            n.quic,
+            s.status,
+            s.text().chars().take(300).collect::<String>()
+        );
+    }
+    Ok(())
 }

@@ -30,10 +30,14 @@
 //! Environment: `STRAIT_BIN` picks the binary (default
 //! `<workspace>/target/debug/strait`); `STRAIT_CHAOS_KEEP=1` keeps every
 //! temporary data dir and node log (`<dir>/data.stderr.log`) after the run.
+//! A test body run through [`bounded`] keeps them by itself when it fails,
+//! with every node's `/v1/cluster` and `/metrics`, and prints where
+//! (see [`evidence`]).
 
 pub mod cluster;
 pub mod conservation;
 pub mod events;
+pub mod evidence;
 pub mod moto;
 pub mod process;
 pub mod producer;
@@ -85,15 +89,47 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Run a whole test body with a hard time limit, so a hang fails instead of
-/// blocking the suite.
+/// blocking the suite. The body runs as an [`evidence`] case: when it fails
+/// (or runs out of time), the directories of the clusters and nodes it
+/// started are kept, with every node's log and status, and the error names
+/// them; when it passes they are deleted.
 pub async fn bounded<T>(
     limit: Duration,
     fut: impl Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    match tokio::time::timeout(limit, fut).await {
+    let case = std::sync::Arc::new(evidence::Case::default());
+    let r = match tokio::time::timeout(limit, evidence::scope(case.clone(), fut)).await {
         Ok(r) => r,
-        Err(_) => anyhow::bail!("test exceeded its time limit of {limit:?}"),
+        Err(_) => Err(anyhow::anyhow!("test exceeded its time limit of {limit:?}")),
+    };
+    match r {
+        Ok(v) => {
+            if !keep_always() {
+                case.discard();
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            let kept = case.kept();
+            if kept.is_empty() {
+                return Err(e);
+            }
+            let list: Vec<String> = kept.iter().map(|d| d.display().to_string()).collect();
+            eprintln!(
+                "chaos harness: the test failed; node logs, configs, data and status kept in:\n  {}",
+                list.join("\n  ")
+            );
+            Err(e.context(format!(
+                "evidence (node logs, configs, data, /v1/cluster, /metrics of every node) kept in {}",
+                list.join(", ")
+            )))
+        }
     }
+}
+
+/// `STRAIT_CHAOS_KEEP` is set (and not `0`): keep every directory.
+pub(crate) fn keep_always() -> bool {
+    std::env::var_os("STRAIT_CHAOS_KEEP").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// An `http` target (binary mode) with a fast retry policy.

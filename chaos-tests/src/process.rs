@@ -141,6 +141,10 @@ pub struct StraitProcess {
     child: Option<Child>,
     client: NodeClient,
     starts: u32,
+    /// [`Self::keep_files`] was called.
+    keep: bool,
+    /// Length of the log when the current run started.
+    log_start: u64,
 }
 
 impl StraitProcess {
@@ -205,6 +209,8 @@ impl StraitProcess {
             child: None,
             client,
             starts: 0,
+            keep: false,
+            log_start: 0,
         };
         // A free port can be taken between probing and binding: try others.
         let mut tries = 0;
@@ -242,6 +248,7 @@ impl StraitProcess {
             self.data_dir.display(),
             self.port
         )?;
+        self.log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let stdout = log.try_clone()?;
         let mut cmd = match self.opts.file_size_limit {
             // An ignored signal stays ignored across exec; `prlimit` sets
@@ -314,7 +321,13 @@ impl StraitProcess {
                 .request_with_timeout(Method::GET, "/readyz", &[], None, Duration::from_secs(1))
                 .await
             {
-                Ok(r) if r.status == 200 => return Ok(()),
+                // Only our process counts: its port may have been taken by
+                // another one between choosing and binding (this process
+                // then exits with "in use"), and that one may answer too.
+                Ok(r) if r.status == 200 && self.said_listening() => return Ok(()),
+                Ok(r) if r.status == 200 => {
+                    "/readyz answered 200, but this process has not said it listens".to_string()
+                }
                 Ok(r) => format!("/readyz answered {}: {}", r.status, r.text()),
                 Err(e) => format!("{e:#}"),
             };
@@ -329,6 +342,19 @@ impl StraitProcess {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Has the current run printed `listening on http://` (after binding
+    /// its port and opening its data)?
+    fn said_listening(&self) -> bool {
+        let read = || -> std::io::Result<bool> {
+            let mut f = File::open(&self.log_path)?;
+            f.seek(SeekFrom::Start(self.log_start))?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf).contains("listening on http://"))
+        };
+        read().unwrap_or(false)
     }
 
     /// SIGKILL the process and reap it (no-op when it is not running).
@@ -431,6 +457,7 @@ impl StraitProcess {
     /// Keep the temporary data dir and log after the test (for diagnosis
     /// of a failure). Setting `STRAIT_CHAOS_KEEP=1` keeps them always.
     pub fn keep_files(&mut self) {
+        self.keep = true;
         if let Some(root) = self.root.as_mut() {
             root.disable_cleanup(true);
         }
@@ -518,8 +545,36 @@ impl StraitProcess {
     }
 }
 
+impl StraitProcess {
+    /// Inside an [`crate::evidence`] case (or when panicking): ask the node
+    /// for its status, write the answers next to its log and hand its
+    /// temporary directory over instead of deleting it.
+    fn keep_evidence(&mut self) {
+        let Some(root) = self.root.as_mut() else {
+            return;
+        };
+        let Some(case) = crate::evidence::wanted() else {
+            return;
+        };
+        let dir = root.path().to_path_buf();
+        if matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None))) {
+            crate::evidence::snapshot_node(&format!("127.0.0.1:{}", self.port), &dir, "node");
+        }
+        crate::evidence::write_note(
+            &dir,
+            "one strait process (data/, data.stderr.log, node.*: its status)",
+        );
+        if self.keep || crate::keep_always() {
+            return;
+        }
+        root.disable_cleanup(true);
+        crate::evidence::hand_over(case, &dir);
+    }
+}
+
 impl Drop for StraitProcess {
     fn drop(&mut self) {
+        self.keep_evidence();
         let _ = self.kill_9();
     }
 }

@@ -356,6 +356,61 @@ async fn the_leader_reports_a_killed_follower_unreachable() -> anyhow::Result<()
     .await
 }
 
+/// A leader killed and restarted after the site elected another one comes
+/// back as leader of its old term for a moment (openraft restores its own
+/// committed vote) until a follower answers with the newer term. It must
+/// not start the dispatcher (or a link sender) in that moment: they wait
+/// for a quorum to confirm the leadership. Its `/metrics` counts every
+/// dispatcher start since the process started.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_old_leader_starts_no_dispatcher_before_the_site_confirms_it()
+-> anyhow::Result<()> {
+    bounded(Duration::from_secs(90), async {
+        let mut c = LocalCluster::up(&[("idc", 3)], Some(extra())).await?;
+        let all = c.ids();
+        let receiver = Receiver::start(Behavior::Ok).await?;
+        let old = c.leader(Duration::from_secs(20)).await?;
+        put_rule(&c, old, "restart.old", &receiver).await?;
+        c.kill_9(old)?;
+        let live = live_ids(&c, old);
+        let new = c.leader_among(&live, Duration::from_secs(20)).await?;
+        c.restart(old).await?;
+        let agreed = c.leader(Duration::from_secs(20)).await?;
+        anyhow::ensure!(agreed == new, "node {agreed} leads, expected node {new}");
+        let metrics = c.client(old)?.get_json("/metrics").await?.text();
+        let starts: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("strait_dispatcher_starts_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        let log = c.log(old)?;
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("dispatcher") || l.contains("higher vote"))
+            .collect();
+        anyhow::ensure!(
+            starts == 0.0,
+            "node {old}, restarted after node {new} was elected, started its dispatcher {starts} times \
+             before it stepped down:\n{}",
+            lines[lines.len().saturating_sub(10)..].join("\n")
+        );
+        // The site still works: the new leader delivers.
+        c.client(new)?
+            .post_structured(
+                BUS,
+                &json!({"specversion": "1.0", "id": "after-restart", "source": "restart.old", "type": "t"}),
+            )
+            .await?
+            .expect_status(200, "POST event")?;
+        receiver
+            .wait_for_ids([&"after-restart".to_string()], Duration::from_secs(20))
+            .await?;
+        anyhow::ensure!(all.len() == 3, "{all:?}");
+        c.ensure_no_panic()
+    })
+    .await
+}
+
 /// Grow 1 → 3 → 5 and shrink back to 3 while a producer keeps sending.
 #[tokio::test(flavor = "multi_thread")]
 async fn membership_grows_and_shrinks_under_load() -> anyhow::Result<()> {

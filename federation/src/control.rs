@@ -123,6 +123,25 @@ pub fn plan(shared: &SharedConfig, site: &View, keep_buses: &[String]) -> Vec<Co
     out
 }
 
+/// Whether `view` (a replica of the control group) shows the effect of
+/// the configuration command `cmd`; `None` for a command without one to
+/// check. A node that wrote `cmd` through the control group's leader uses
+/// it to wait until its own replica has applied the change: the leader
+/// answers once a quorum has it, which need not include this node.
+pub fn shows(view: &View, cmd: &Command) -> Option<bool> {
+    Some(match cmd {
+        Command::PutBus { name, spec } => view.buses.get(name) == Some(spec),
+        Command::DeleteBus { name } => !view.buses.contains_key(name),
+        Command::PutRule {
+            bus, name, spec, ..
+        } => view.rules.get(&(bus.clone(), name.clone())) == Some(spec),
+        Command::DeleteRule { bus, name } => !view.rules.contains_key(&(bus.clone(), name.clone())),
+        Command::PutSource { name, spec } => view.sources.get(name) == Some(spec),
+        Command::DeleteSource { name } => !view.sources.contains_key(name),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +166,40 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_replica_shows_a_change_once_it_has_applied_it() {
+        let mut view = View::default();
+        let put = Command::PutRule {
+            bus: "b".into(),
+            name: "r".into(),
+            spec: rule("t"),
+            targets: vec!["t".into()],
+        };
+        let delete = Command::DeleteRule {
+            bus: "b".into(),
+            name: "r".into(),
+        };
+        assert_eq!(shows(&view, &put), Some(false));
+        assert_eq!(shows(&view, &delete), Some(true));
+        view.rules.insert(("b".into(), "r".into()), rule("other"));
+        assert_eq!(shows(&view, &put), Some(false), "an older definition");
+        view.rules.insert(("b".into(), "r".into()), rule("t"));
+        assert_eq!(shows(&view, &put), Some(true));
+        assert_eq!(shows(&view, &delete), Some(false));
+        let bus = Command::PutBus {
+            name: "b".into(),
+            spec: json!({"name": "b"}),
+        };
+        assert_eq!(shows(&view, &bus), Some(false));
+        view.buses.insert("b".into(), json!({"name": "b"}));
+        assert_eq!(shows(&view, &bus), Some(true));
+        assert_eq!(
+            shows(&view, &Command::DeleteSource { name: "s".into() }),
+            Some(true)
+        );
+        assert_eq!(shows(&view, &Command::ConfigVersion { version: 1 }), None);
     }
 
     #[test]

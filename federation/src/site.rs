@@ -324,6 +324,36 @@ impl Site {
         true
     }
 
+    /// Wait until this node leads **and** a quorum of its site has just
+    /// confirmed it (answered a heartbeat of its term), with its state
+    /// machine caught up to what was committed when it asked. Returns
+    /// `false` when Raft has stopped.
+    ///
+    /// [`Self::wait_leading`] alone is not enough for work only one node
+    /// may do: a node restarted after leading resumes its old term as
+    /// leader at once (openraft restores a committed vote of its own
+    /// without an election), even when the site has elected another leader
+    /// in a later term meanwhile; it only steps down at the first answer of
+    /// a follower. This waits for that answer: a stale leader never
+    /// returns from here, it steps down and waits as a follower.
+    pub async fn wait_confirmed_leading(&self) -> bool {
+        let retry = Duration::from_millis(self.raft.config().heartbeat_interval.max(10));
+        loop {
+            if !self.wait_leading(true).await {
+                return false;
+            }
+            match self.raft.ensure_linearizable().await {
+                Ok(_) if self.is_leader() => return true,
+                Ok(_) => {}
+                Err(RaftError::Fatal(_)) => return false,
+                Err(RaftError::APIError(e)) => {
+                    tracing::debug!(error = %e, "leadership not confirmed yet");
+                }
+            }
+            tokio::time::sleep(retry).await;
+        }
+    }
+
     /// Propose a command and wait until it is committed and applied.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, FederationError> {
         match self.raft.client_write(cmd).await {

@@ -150,7 +150,16 @@ impl Control {
         site: &Site,
         cmd: Command,
     ) -> Result<CommandResponse, FederationError> {
+        let expected = cmd.clone();
         let resp = self.writer.write(cmd).await?;
+        if matches!(resp, CommandResponse::Ok) {
+            // Written through the control group's leader, the change may not
+            // have reached this node's replica yet: the version read below
+            // would then be an older one, and the caller would be answered
+            // before this site runs the change (events sent right after a
+            // `PUT` rule would not be routed by it).
+            self.wait_replica_shows(&expected).await;
+        }
         let version = self
             .group
             .state
@@ -160,6 +169,28 @@ impl Control {
             .unwrap_or(0);
         self.wait_applied(site, version).await?;
         Ok(resp)
+    }
+
+    /// Wait (at most the apply timeout) until this node's replica of the
+    /// control group shows the effect of `cmd`.
+    async fn wait_replica_shows(&self, cmd: &Command) {
+        let deadline = Instant::now() + self.apply_timeout;
+        let mut rx = self.group.state.subscribe_config();
+        loop {
+            rx.borrow_and_update();
+            if strait_federation::control::shows(&self.group.state.view(), cmd) != Some(false) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    timeout_ms = self.apply_timeout.as_millis() as u64,
+                    "a configuration change committed in the control group has not reached this node's replica"
+                );
+                return;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), rx.changed()).await;
+        }
     }
 
     /// Wait until `site` runs control version `version` (or later).

@@ -104,12 +104,15 @@ impl Drop for AbortOnDrop {
 }
 
 /// Run the dispatcher until the process stops: only while this node leads
-/// its site, so every target has exactly one active dispatcher. A new
+/// its site, so every target has exactly one active dispatcher. It starts
+/// once a quorum has confirmed this node's leadership (not merely when
+/// Raft says it leads: a restarted old leader resumes its stale term for a
+/// moment, see [`strait_federation::Site::wait_confirmed_leading`]). A new
 /// leader resumes every target from its replicated checkpoint; deliveries
 /// that were in flight on the old leader may repeat (same event id).
 pub async fn run(app: Arc<App>) {
     loop {
-        if !app.site.wait_leading(true).await {
+        if !app.site.wait_confirmed_leading().await {
             return;
         }
         tracing::info!(

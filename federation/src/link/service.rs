@@ -342,7 +342,9 @@ pub async fn run_sender(
 ) {
     loop {
         set_stats(&stats, &remote.site, |s| s.state = "idle".into());
-        if !site.wait_leading(true).await {
+        // Only a leader its site confirmed drains the outbox (a restarted
+        // old leader resumes its stale term for a moment).
+        if !site.wait_confirmed_leading().await {
             return;
         }
         tokio::select! {
