@@ -783,7 +783,10 @@ async fn get(a: GetArgs) -> anyhow::Result<()> {
     }
     outln!(
         "{:<16} {:<24} {:<8} {:<40} PATTERN",
-        "BUS", "RULE", "ENABLED", "TARGETS"
+        "BUS",
+        "RULE",
+        "ENABLED",
+        "TARGETS"
     );
     for bus in buses
         .iter()
@@ -826,7 +829,10 @@ async fn get_sources(a: &GetArgs, c: &reqwest::Client, base: &str) -> anyhow::Re
     let body = get_json(c, &a.server, format!("{base}/v1/sources"), "get sources").await?;
     outln!(
         "{:<24} {:<10} {:<16} {:<16} QUEUE",
-        "SOURCE", "TYPE", "SITE", "BUS"
+        "SOURCE",
+        "TYPE",
+        "SITE",
+        "BUS"
     );
     let field = |s: &Value, k: &str| s[k].as_str().unwrap_or("").to_string();
     for s in body["sources"].as_array().into_iter().flatten() {
