@@ -558,8 +558,20 @@ async fn wait_ready(cluster: &LocalCluster, timeout: Duration) -> anyhow::Result
                 Ok(r) => r.status().is_success(),
                 Err(_) => false,
             };
-            if ok {
-                break;
+            // Ports are chosen by binding and releasing them, so another
+            // process may have taken one before the node bound it: a node
+            // counts as ready only when it runs and answers as itself.
+            if ok && alive(n.pid) {
+                match answers_as(&client, n).await {
+                    Identity::Itself => break,
+                    Identity::Unknown => {}
+                    Identity::Other(who) => bail!(
+                        "node {} cannot use HTTP address {}: {who} answers there (a port taken \
+                         after `local up` chose it); run `strait local up --fresh` to choose new ports",
+                        n.name(),
+                        n.http
+                    ),
+                }
             }
             if !alive(n.pid) {
                 bail!(
@@ -581,6 +593,39 @@ async fn wait_ready(cluster: &LocalCluster, timeout: Duration) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+/// Who answers at a node's HTTP address.
+enum Identity {
+    Itself,
+    /// Not known yet (no answer, or not JSON).
+    Unknown,
+    /// Another node or another program; what it is.
+    Other(String),
+}
+
+async fn answers_as(client: &reqwest::Client, n: &LocalNode) -> Identity {
+    let body: serde_json::Value = match client
+        .get(format!("http://{}/v1/cluster", n.http))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => match r.json().await {
+            Ok(v) => v,
+            Err(_) => return Identity::Other("a program that is not a Strait node".into()),
+        },
+        Ok(r) => {
+            return Identity::Other(format!("a program answering {} to /v1/cluster", r.status()));
+        }
+        Err(_) => return Identity::Unknown,
+    };
+    let same =
+        body["site"].as_str() == Some(n.site.as_str()) && body["nodeId"].as_u64() == Some(n.id);
+    if same {
+        Identity::Itself
+    } else {
+        Identity::Other(format!("node {} of site {}", body["nodeId"], body["site"]))
+    }
 }
 
 /// Whether process `pid` is running (and not a zombie).
