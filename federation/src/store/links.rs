@@ -26,28 +26,21 @@ use serde_json::value::RawValue;
 
 use super::block_table;
 use super::blocks::BlockBuilder;
+use super::tables::{CURSORS, INBOX, LINK_META, OUTBOX, SPECS_IN, SPECS_OUT};
 use crate::NodeId;
 use crate::command::{CommandResponse, LinkAnswer, LinkSpec};
 
 /// Deliveries per block when a snapshot is restored.
 const RESTORE_BLOCK_ITEMS: usize = 1024;
 
-pub(crate) const OUTBOX: TableDefinition<(&str, u64), &[u8]> =
-    TableDefinition::new("link_out_blocks");
-pub(crate) const INBOX: TableDefinition<(&str, u64), &[u8]> =
-    TableDefinition::new("link_in_blocks");
-pub(crate) const LINK_META: TableDefinition<&str, &[u8]> = TableDefinition::new("link_meta");
-/// Rule definitions the outbox to a remote site refers to: `(remote, hash)`.
-pub(crate) const SPECS_OUT: TableDefinition<(&str, &str), &[u8]> =
-    TableDefinition::new("link_specs_out");
-/// Rule definitions the inbox from an origin site refers to: `(origin, hash)`.
-pub(crate) const SPECS_IN: TableDefinition<(&str, &str), &[u8]> =
-    TableDefinition::new("link_specs_in");
-
 type SResult<T> = Result<T, StorageError<NodeId>>;
 
 fn werr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
-    super::state::write_error(e)
+    super::storage_err(
+        openraft::ErrorSubject::StateMachine,
+        openraft::ErrorVerb::Write,
+        &e,
+    )
 }
 
 /// The cursor key of the inbox reader for `origin`.
@@ -129,9 +122,7 @@ pub(crate) fn outbox_done_below(txn: &redb::ReadTransaction, remote: &str) -> Re
 /// The first inbox sequence from `origin` not yet delivered (its reader's
 /// checkpointed cursor), as `txn` sees it.
 pub(crate) fn inbox_done_below(txn: &redb::ReadTransaction, origin: &str) -> Result<u64, String> {
-    let cursors = txn
-        .open_table(super::state::CURSORS_TABLE)
-        .map_err(|e| e.to_string())?;
+    let cursors = txn.open_table(CURSORS).map_err(|e| e.to_string())?;
     Ok(cursors
         .get(inbox_cursor_key(origin).as_str())
         .map_err(|e| e.to_string())?
@@ -302,7 +293,7 @@ pub(crate) fn receive(
     let key = inbox_cursor_key(origin);
     if !cursors.contains_key(&key) {
         cursors.insert(key.clone(), 1);
-        txn.open_table(super::state::CURSORS_TABLE)
+        txn.open_table(CURSORS)
             .map_err(werr)?
             .insert(key.as_str(), 1u64)
             .map_err(werr)?;

@@ -19,6 +19,7 @@ pub mod machine;
 pub mod snapshot;
 pub mod snapshot_file;
 pub mod state;
+mod tables;
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
 

@@ -11,7 +11,7 @@
 //! | 4 | format version ([`VERSION`]) |
 //! | then | records: `tag` (u8), `len` (u32), `len` bytes of payload |
 //!
-//! A record's tag names the table its row belongs to ([`TABLES`]); its
+//! A record's tag names the table its row belongs to ([`TABLES`](super::tables::TABLES)); its
 //! payload is the key then the value: a string key as a u32 length and its
 //! bytes, a `(string, u64)` key as the string then the u64, a
 //! `(string, string)` key as two strings; a u64 value as 8 bytes, a bytes
@@ -26,7 +26,9 @@
 
 use std::io::{Read, Write};
 
-use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableTable, WriteTransaction};
+
+use super::tables::{TABLES, Table};
 
 /// The first bytes of a snapshot file.
 pub const MAGIC: [u8; 8] = *b"STRAITSN";
@@ -81,52 +83,6 @@ fn malformed(m: impl Into<String>) -> SnapshotError {
 }
 
 type Result<T> = std::result::Result<T, SnapshotError>;
-
-/// A table of the state, by the shape of its key and value.
-#[derive(Clone, Copy)]
-pub(crate) enum Table {
-    /// String key, bytes value.
-    StrBytes(TableDefinition<'static, &'static str, &'static [u8]>),
-    /// String key, u64 value.
-    StrU64(TableDefinition<'static, &'static str, u64>),
-    /// `(name, sequence)` key, block value.
-    Blocks(TableDefinition<'static, (&'static str, u64), &'static [u8]>),
-    /// `(name, name)` key, bytes value.
-    PairBytes(TableDefinition<'static, (&'static str, &'static str), &'static [u8]>),
-}
-
-/// Every table of the state, with its record tag (fixed for a version).
-pub(crate) const TABLES: [(u8, Table); 12] = {
-    use super::links::{INBOX, LINK_META, OUTBOX, SPECS_IN, SPECS_OUT};
-    use super::state::{BUSES, CURSORS, DEDUP, EVENTS, META, RULES, SOURCES};
-    [
-        (1, Table::StrBytes(META)),
-        (2, Table::StrBytes(BUSES)),
-        (3, Table::StrBytes(RULES)),
-        (4, Table::StrBytes(SOURCES)),
-        (5, Table::Blocks(EVENTS)),
-        (6, Table::StrU64(DEDUP)),
-        (7, Table::StrU64(CURSORS)),
-        (8, Table::Blocks(OUTBOX)),
-        (9, Table::Blocks(INBOX)),
-        (10, Table::StrBytes(LINK_META)),
-        (11, Table::PairBytes(SPECS_OUT)),
-        (12, Table::PairBytes(SPECS_IN)),
-    ]
-};
-
-/// Create every table of the state in `db` (readers open them all).
-pub(crate) fn create_tables(txn: &WriteTransaction) -> std::result::Result<(), redb::TableError> {
-    for (_, t) in TABLES {
-        match t {
-            Table::StrBytes(d) => drop(txn.open_table(d)?),
-            Table::StrU64(d) => drop(txn.open_table(d)?),
-            Table::Blocks(d) => drop(txn.open_table(d)?),
-            Table::PairBytes(d) => drop(txn.open_table(d)?),
-        }
-    }
-    Ok(())
-}
 
 /// What a snapshot holds, counted while it is written or loaded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -439,7 +395,7 @@ mod tests {
     fn fresh(dir: &std::path::Path, name: &str) -> anyhow::Result<Database> {
         let db = Database::create(dir.join(name))?;
         let txn = db.begin_write()?;
-        create_tables(&txn)?;
+        crate::store::tables::create_tables(&txn)?;
         txn.commit()?;
         Ok(db)
     }

@@ -25,21 +25,10 @@ use crate::command::{AppendOutcome, Command, CommandResponse, Refusal};
 use crate::error::FederationError;
 use crate::{NodeId, NodeInfo, TypeConfig};
 
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-pub(crate) const BUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("buses");
-/// Key: "bus\u{0}rule".
-pub(crate) const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
-/// Key: source name. Value: the source definition (JSON).
-pub(crate) const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
-/// Key: (bus, sequence of the block's first event). Value: a block of that
-/// bus's events from one log entry (see [`super::blocks`]).
-pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("event_blocks");
+use super::tables::{BUSES, CURSORS, DEDUP, EVENTS, META, RULES, SOURCES};
+
 /// Events per block when a snapshot of the older JSON format is installed.
 const SNAPSHOT_BLOCK_EVENTS: usize = 1024;
-/// Key: "bus\u{0}source\u{0}id". Value: ingest ms.
-pub(crate) const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
-/// Key: target key "bus/rule/target". Value: next sequence to process.
-pub(crate) const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 
 /// Most dedup entries examined per checkpoint by the expiry sweep, so one
 /// apply stays short. The sweep walks the index in key order and wraps.
@@ -54,14 +43,6 @@ type SResult<T> = Result<T, StorageError<NodeId>>;
 fn werr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     storage_err(ErrorSubject::StateMachine, ErrorVerb::Write, &e)
 }
-
-/// A state-machine write error (for sibling modules).
-pub(crate) fn write_error<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
-    werr(e)
-}
-
-/// The cursors table (for sibling modules).
-pub(crate) const CURSORS_TABLE: TableDefinition<&str, u64> = CURSORS;
 
 fn rerr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     storage_err(ErrorSubject::StateMachine, ErrorVerb::Read, &e)
@@ -365,7 +346,7 @@ impl SiteState {
         let db = self.db();
         let txn = db.begin_read().map_err(rerr)?;
         let from = from.max(super::links::outbox_done_below(&txn, remote).map_err(link_err)?);
-        let table = txn.open_table(super::links::OUTBOX).map_err(rerr)?;
+        let table = txn.open_table(super::tables::OUTBOX).map_err(rerr)?;
         super::links::read(&table, remote, from, limit).map_err(|m| rerr(std::io::Error::other(m)))
     }
 
@@ -381,7 +362,7 @@ impl SiteState {
         let db = self.db();
         let txn = db.begin_read().map_err(rerr)?;
         let from = from.max(super::links::outbox_done_below(&txn, remote).map_err(link_err)?);
-        let table = txn.open_table(super::links::OUTBOX).map_err(rerr)?;
+        let table = txn.open_table(super::tables::OUTBOX).map_err(rerr)?;
         let entries = super::links::read(&table, remote, from, limit)
             .map_err(|m| rerr(std::io::Error::other(m)))?;
         let mut hashes: Vec<&str> = entries
@@ -390,7 +371,7 @@ impl SiteState {
             .collect();
         hashes.sort_unstable();
         hashes.dedup();
-        let specs_table = txn.open_table(super::links::SPECS_OUT).map_err(rerr)?;
+        let specs_table = txn.open_table(super::tables::SPECS_OUT).map_err(rerr)?;
         let mut specs = Vec::with_capacity(hashes.len());
         for h in hashes {
             if let Some(spec) = super::links::read_spec(&specs_table, remote, h)
@@ -406,7 +387,7 @@ impl SiteState {
     pub fn read_inbox_spec(&self, origin: &str, hash: &str) -> SResult<Option<Vec<u8>>> {
         let db = self.db();
         let txn = db.begin_read().map_err(rerr)?;
-        let table = txn.open_table(super::links::SPECS_IN).map_err(rerr)?;
+        let table = txn.open_table(super::tables::SPECS_IN).map_err(rerr)?;
         super::links::read_spec(&table, origin, hash).map_err(|m| rerr(std::io::Error::other(m)))
     }
 
@@ -420,7 +401,7 @@ impl SiteState {
         let db = self.db();
         let txn = db.begin_read().map_err(rerr)?;
         let from = from.max(super::links::inbox_done_below(&txn, origin).map_err(link_err)?);
-        let table = txn.open_table(super::links::INBOX).map_err(rerr)?;
+        let table = txn.open_table(super::tables::INBOX).map_err(rerr)?;
         super::links::read(&table, origin, from, limit).map_err(|m| rerr(std::io::Error::other(m)))
     }
 
@@ -886,7 +867,7 @@ fn fill_legacy(txn: &WriteTransaction, body: SnapshotBody) -> SResult<()> {
 
 fn init_tables(db: &Database) -> SResult<()> {
     let txn = db.begin_write().map_err(werr)?;
-    super::snapshot::create_tables(&txn).map_err(werr)?;
+    super::tables::create_tables(&txn).map_err(werr)?;
     txn.commit().map_err(werr)
 }
 
@@ -946,7 +927,7 @@ fn load_view(db: &Database) -> SResult<View> {
         let (k, v) = item.map_err(rerr)?;
         view.cursors.insert(k.value().to_string(), v.value());
     }
-    let link_meta = txn.open_table(super::links::LINK_META).map_err(rerr)?;
+    let link_meta = txn.open_table(super::tables::LINK_META).map_err(rerr)?;
     view.links = super::links::load(&link_meta).map_err(|m| rerr(std::io::Error::other(m)))?;
     Ok(view)
 }
