@@ -38,7 +38,7 @@ pub use command::{
 };
 pub use error::FederationError;
 pub use site::{Bootstrap, RaftTiming, Site, SiteFailure, SiteOptions};
-pub use store::state::{SiteState, StoredEvent};
+pub use store::state::{SiteState, StateFull, StoredEvent};
 
 /// Node ids inside a Raft group.
 pub type NodeId = u64;

@@ -33,6 +33,14 @@ pub enum Bootstrap {
 /// Most entries between snapshots, as a multiple of `snapshot_every`.
 const SNAPSHOT_MAX_FACTOR: u64 = 64;
 
+/// Whether [`snapshot_trigger`] builds a snapshot now: `since` entries
+/// were applied since the last one (`every` at least), the log holds
+/// `log_bytes` beyond it and the state database `state_bytes`.
+pub fn snapshot_due(since: u64, every: u64, log_bytes: u64, state_bytes: u64) -> bool {
+    since >= every
+        && (log_bytes >= state_bytes / 2 || since >= every.saturating_mul(SNAPSHOT_MAX_FACTOR))
+}
+
 /// Build a snapshot (after which openraft purges the log) once at least
 /// `every` entries were applied since the last one **and** the log since
 /// then holds at least half as many bytes as the state database, or once
@@ -62,7 +70,7 @@ async fn snapshot_trigger(raft: Raft, log: LogStore, state_path: std::path::Path
         let state_bytes = std::fs::metadata(&state_path)
             .map(|md| md.len())
             .unwrap_or(0);
-        if log_bytes >= state_bytes / 2 || since >= every.saturating_mul(SNAPSHOT_MAX_FACTOR) {
+        if snapshot_due(since, every, log_bytes, state_bytes) {
             tracing::info!(since, log_bytes, state_bytes, "building a snapshot");
             if raft.trigger().snapshot().await.is_err() {
                 return;

@@ -182,22 +182,25 @@ async fn rules_cursors_and_gc() {
     site.shutdown().await.expect("shutdown");
 }
 
-/// The data file the snapshot meta names.
-fn snapshot_data_file(dir: &std::path::Path) -> String {
-    let meta: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("snapshot.meta.json")).expect("snapshot meta"),
-    )
-    .expect("meta JSON");
-    meta["data_file"]
-        .as_str()
-        .expect("meta names its data file")
-        .to_string()
+/// Snapshot files in the data directory.
+fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("data dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snapshot"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_round_trips_into_a_fresh_state() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // What an older version left: the last snapshot as files beside the
+    // state (which is always at least as new). They go at the next start.
+    std::fs::write(dir.path().join("snapshot.meta.json"), b"{}").expect("meta");
+    std::fs::write(dir.path().join("snapshot-1-2.data"), b"old").expect("data");
     let site = open(dir.path()).await;
+    assert_eq!(snapshot_files(dir.path()), Vec::<String>::new());
     put_bus(&site, "b", json!({"d": 1})).await;
     let entries = (0..50).map(|i| entry("b", &format!("e{i}"))).collect();
     site.write(append(entries)).await.expect("append");
@@ -207,21 +210,20 @@ async fn snapshot_round_trips_into_a_fresh_state() {
         .metrics(|m| m.snapshot.is_some(), "snapshot built")
         .await
         .expect("snapshot");
-    let first = snapshot_data_file(dir.path());
-    assert!(dir.path().join(&first).exists(), "{first} missing");
-    // A second snapshot switches to a new data file and deletes the first.
-    put_bus(&site, "b", json!({"d": 1})).await;
-    let before = site.raft.metrics().borrow().snapshot;
-    site.raft.trigger().snapshot().await.expect("trigger");
-    site.raft
-        .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.snapshot != before, "second snapshot built")
+    // The state is the snapshot: building one writes no file.
+    assert_eq!(snapshot_files(dir.path()), Vec::<String>::new());
+    let built = site.raft.metrics().borrow().snapshot;
+    // What a leader sends is the current state, at least as new.
+    let current = site
+        .raft
+        .get_snapshot()
         .await
-        .expect("snapshot");
-    let second = snapshot_data_file(dir.path());
-    assert_ne!(first, second);
-    assert!(dir.path().join(&second).exists(), "{second} missing");
-    assert!(!dir.path().join(&first).exists(), "{first} still there");
+        .expect("get snapshot")
+        .expect("a snapshot");
+    assert!(current.meta.last_log_id >= built);
+    assert_eq!(current.meta.last_log_id, site.state.view().last_applied);
+    drop(current);
+    assert_eq!(snapshot_files(dir.path()), Vec::<String>::new());
     let bytes = site.state.snapshot_bytes().expect("bytes").data;
     site.shutdown().await.expect("shutdown");
 
@@ -751,4 +753,111 @@ fn assert_refused(r: &CommandResponse, want: Refusal) {
         matches!(r, CommandResponse::Refused(got) if *got == want),
         "{r:?}, want {want:?}"
     );
+}
+
+/// The state's size (`stored_bytes`) follows every way rows come and go,
+/// equals a row-by-row count, survives a restart and a snapshot, and
+/// `max_state_bytes` refuses new events until retention frees space.
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_bytes_follow_appends_collection_links_and_snapshots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = open(dir.path()).await;
+    #[track_caller]
+    fn counted(state: &SiteState) -> u64 {
+        let kept = state.view().stored_bytes;
+        assert_eq!(kept, state.count_stored_bytes().expect("count"));
+        kept
+    }
+    assert_eq!(counted(&site.state), 0);
+    put_bus(&site, "b", json!({})).await;
+    put_bus(&site, "c", json!({})).await;
+    let batch = |bus: &str, from: u32, to: u32| {
+        (from..to)
+            .map(|i| entry(bus, &format!("e{i}")))
+            .collect::<Vec<_>>()
+    };
+    site.write(append_at(1_000, batch("b", 0, 200)))
+        .await
+        .expect("append");
+    let after_b = counted(&site.state);
+    // Each event's JSON is ~90 bytes, compressed; its dedup entry ~20.
+    assert!(after_b > 200 * 20 && after_b < 200 * 110, "{after_b}");
+    // Repeats add nothing.
+    site.write(append_at(1_001, batch("b", 0, 200)))
+        .await
+        .expect("repeat");
+    assert_eq!(counted(&site.state), after_b);
+    site.write(append_at(2_000, batch("c", 0, 100)))
+        .await
+        .expect("append c");
+    let after_c = counted(&site.state);
+    assert!(after_c > after_b);
+
+    // Links: enqueue, receive, acknowledge, collect.
+    let items = |n: u32| {
+        (0..n)
+            .map(|i| {
+                RawValue::from_string(format!(r#"{{"n":{i},"pad":"{}"}}"#, "z".repeat(50)))
+                    .expect("raw")
+            })
+            .collect::<Vec<_>>()
+    };
+    site.write(Command::LinkEnqueue {
+        remote: "aws".into(),
+        items: items(30).into(),
+        specs: vec![],
+    })
+    .await
+    .expect("enqueue");
+    site.write(Command::LinkReceive {
+        origin: "idc".into(),
+        first_seq: 1,
+        items: items(20).into(),
+        specs: vec![],
+    })
+    .await
+    .expect("receive");
+    let linked = counted(&site.state);
+    assert!(linked > after_c);
+    site.write(Command::LinkAcked {
+        remote: "aws".into(),
+        upto: 30,
+    })
+    .await
+    .expect("ack");
+    let acked = counted(&site.state);
+    assert!(acked < linked);
+
+    // Restart: the count is kept.
+    site.shutdown().await.expect("shutdown");
+    drop(site);
+    let site = open(dir.path()).await;
+    assert_eq!(counted(&site.state), acked);
+
+    // A limit: full at once, and says what it is.
+    site.state.set_max_bytes(acked / 2);
+    let full = site.state.full().expect("full");
+    assert_eq!((full.limit, full.stored), (acked / 2, acked));
+    assert!(full.to_string().contains("max_state_bytes"), "{full}");
+
+    // Deleting a bus takes its events off (c has no rules or sources).
+    site.write(Command::DeleteBus { name: "c".into() })
+        .await
+        .expect("delete");
+    let without_c = counted(&site.state);
+    assert!(without_c < acked);
+
+    // Retention and the dedup window: b's events and every dedup entry go.
+    checkpoint(&site, 10_000_000, 1_000, 1_000, vec![]).await;
+    let collected = counted(&site.state);
+    assert!(collected < without_c / 4, "{collected} of {without_c}");
+    assert!(site.state.full().is_none(), "accepts again");
+
+    // A snapshot carries it; installed elsewhere it is the same.
+    let image = site.state.snapshot_bytes().expect("snapshot");
+    let other = tempfile::tempdir().expect("tempdir");
+    let copy = SiteState::open(&other.path().join("state.redb")).expect("copy");
+    copy.install_snapshot(&image.data).expect("install");
+    assert_eq!(counted(&copy), collected);
+    site.shutdown().await.expect("shutdown");
 }

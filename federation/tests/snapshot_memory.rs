@@ -85,23 +85,25 @@ async fn snapshot_build_and_install_memory_does_not_grow_with_the_state() -> any
         index += 1;
     }
 
-    // Build, through the storage interface openraft calls.
+    // Build, through the storage interface openraft calls: for the log's
+    // sake (a flush), then to send it (its file is written when first read).
     let mut sm = StateMachine::new(state.clone(), source.path(), Duration::ZERO);
     let base = reset_peak()?;
-    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await?;
+    drop(sm.get_snapshot_builder().await.build_snapshot().await?);
+    let mut current = sm
+        .get_current_snapshot()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
+    current.snapshot.seek(SeekFrom::End(0)).await?;
+    current.snapshot.seek(SeekFrom::Start(0)).await?;
     let built = growth(base);
-    let meta = snapshot.meta.clone();
-    drop(snapshot);
+    let meta = current.meta.clone();
 
     // Install on a fresh store, the snapshot streamed into it in 3 MiB
     // chunks as openraft's transfer writes them.
     let target = tempfile::tempdir()?;
     let copy = SiteState::open_with_cache(&target.path().join("state.redb"), CACHE)?;
     let mut copy_sm = StateMachine::new(copy.clone(), target.path(), Duration::ZERO);
-    let mut current = sm
-        .get_current_snapshot()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
     let base = reset_peak()?;
     let mut data = copy_sm.begin_receiving_snapshot().await?;
     let mut buf = vec![0u8; 3 << 20];

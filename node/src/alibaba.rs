@@ -273,6 +273,9 @@ pub async fn put_events(
         Err(CommitError::NotReady(m)) | Err(CommitError::Failed(m)) => {
             return ali_error(503, "ServiceUnavailable", m, &rid);
         }
+        Err(e @ CommitError::StateFull(_)) => {
+            return ali_error(503, "ServiceUnavailable", e.to_string(), &rid);
+        }
     };
     let mut committed = 0u64;
     for (slot, outcome) in slots.into_iter().zip(outcomes) {

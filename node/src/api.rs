@@ -30,6 +30,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     extra: Option<Box<(&'static str, Value)>>,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -40,6 +42,7 @@ impl ApiError {
             code,
             message: message.into(),
             extra: None,
+            retry_after: None,
         }
     }
 
@@ -54,7 +57,13 @@ impl IntoResponse for ApiError {
         if let Some((k, v)) = self.extra.map(|b| *b) {
             body[k] = v;
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -85,6 +94,26 @@ impl From<FederationError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Seconds a producer refused with `StateFull` is told to wait: retention
+/// frees space at the next checkpoint that collects (at least every 10 s).
+const STATE_FULL_RETRY_SECS: u64 = 10;
+
+/// `507 Insufficient Storage`, code `StateFull`, with the limit and what
+/// the state holds, and `Retry-After`.
+fn state_full(full: strait_federation::StateFull) -> ApiError {
+    let mut err = ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        "StateFull",
+        full.to_string(),
+    );
+    err.extra = Some(Box::new((
+        "state",
+        json!({"maxStateBytes": full.limit, "storedBytes": full.stored}),
+    )));
+    err.retry_after = Some(STATE_FULL_RETRY_SECS);
+    err
+}
 
 /// Build the router.
 pub fn router(app: Arc<App>) -> Router {
@@ -410,6 +439,7 @@ pub(crate) async fn commit_parsed(
                 m,
             ));
         }
+        Err(CommitError::StateFull(full)) => return Err(state_full(full)),
     };
     let (mut accepted, mut duplicates) = (0u64, 0u64);
     for (slot, outcome) in slots.into_iter().zip(outcomes) {

@@ -88,6 +88,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         control,
         early,
     } = crate::cluster::open_site(&cfg).await?;
+    site.state.set_max_bytes(cfg.max_state_bytes);
     let clustered = endpoint.is_some();
     let writer = Writer::new(
         site.clone(),
@@ -102,6 +103,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
     }
     let committer = Committer::start(
         writer.clone(),
+        site.state.clone(),
         cfg.batching.clone(),
         cfg.dedup_window_secs.saturating_mul(1000),
     );

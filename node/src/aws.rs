@@ -252,6 +252,9 @@ pub async fn put_events(
         Err(CommitError::NotReady(m)) | Err(CommitError::Failed(m)) => {
             return aws_error(503, "ServiceUnavailable", m);
         }
+        Err(e @ CommitError::StateFull(_)) => {
+            return aws_error(503, "ServiceUnavailable", e.to_string());
+        }
     };
     let mut committed = 0u64;
     for (slot, outcome) in slots.into_iter().zip(outcomes) {

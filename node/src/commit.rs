@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use strait_federation::{AppendEntry, AppendOutcome, Command, CommandResponse, FederationError};
+use strait_federation::{
+    AppendEntry, AppendOutcome, Command, CommandResponse, FederationError, SiteState, StateFull,
+};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 
@@ -20,6 +22,9 @@ pub enum CommitError {
     /// Raft or storage failed.
     #[error("commit failed: {0}")]
     Failed(String),
+    /// The state holds `max_state_bytes`: retry once retention freed space.
+    #[error(transparent)]
+    StateFull(StateFull),
 }
 
 struct Pending {
@@ -32,6 +37,7 @@ struct Pending {
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Pending>,
+    state: Arc<SiteState>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -44,7 +50,12 @@ pub fn now_ms() -> u64 {
 
 impl Committer {
     /// Start the batching task.
-    pub fn start(site: Writer, batching: Batching, dedup_window_ms: u64) -> Committer {
+    pub fn start(
+        site: Writer,
+        state: Arc<SiteState>,
+        batching: Batching,
+        dedup_window_ms: u64,
+    ) -> Committer {
         let clustered = site.endpoint().is_some();
         let max_bytes = match batching.max_bytes_per_proposal {
             // See `Batching::max_bytes_per_proposal`.
@@ -54,16 +65,20 @@ impl Committer {
         };
         let (tx, rx) = mpsc::channel::<Pending>(16 * 1024);
         tokio::spawn(run(site, batching, max_bytes, dedup_window_ms, rx));
-        Committer { tx }
+        Committer { tx, state }
     }
 
-    /// Append events; resolves once they are committed (or not).
+    /// Append events; resolves once they are committed (or not). Refused
+    /// while the state is full (every ingress path comes through here).
     pub async fn append(
         &self,
         entries: Vec<AppendEntry>,
     ) -> Result<Vec<AppendOutcome>, CommitError> {
         if entries.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(full) = self.state.full() {
+            return Err(CommitError::StateFull(full));
         }
         let (reply, rx) = oneshot::channel();
         self.tx

@@ -367,6 +367,12 @@ pub struct NodeConfig {
     pub dedup_window_secs: u64,
     /// Delivered events are kept at least this long.
     pub retention_secs: u64,
+    /// New events are refused (HTTP 507 `StateFull`, links and sources
+    /// back off) while the site's state holds this many bytes or more:
+    /// events, link queues and the dedup index, as stored (compressed).
+    /// They are accepted again once retention frees space. 0: no limit.
+    /// See docs/operations.md for the disk this takes.
+    pub max_state_bytes: u64,
     /// Snapshot (and purge the Raft log) after this many entries.
     pub snapshot_every: u64,
     /// Fsync the applied state at most this often, ms (0: on every apply).
@@ -405,6 +411,9 @@ pub struct NodeConfig {
     pub aws: Aws,
 }
 
+/// [`NodeConfig::max_state_bytes`] by default: 64 GiB.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = 64 << 30;
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
@@ -417,6 +426,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             dedup_window_secs: 86_400,
             retention_secs: 3_600,
+            max_state_bytes: DEFAULT_MAX_STATE_BYTES,
             snapshot_every: 20_000,
             state_flush_ms: 0,
             log_sync_ms: 0,

@@ -131,6 +131,12 @@ impl LinkService {
                 ),
             ));
         }
+        if let Some(full) = site.state.full() {
+            // The sender keeps the batch in its outbox and retries with
+            // backoff: nothing is lost, and nothing more is stored here
+            // until retention frees space.
+            return Err(RemoteError::new(codes::UNAVAILABLE, full.to_string()));
+        }
         let mut items = Vec::with_capacity(batch.items.len());
         for (i, item) in batch.items.iter().enumerate() {
             let s = std::str::from_utf8(item).map_err(|_| {

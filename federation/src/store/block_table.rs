@@ -39,12 +39,22 @@ pub(crate) fn parse<'a>(name: &str, first: u64, bytes: &'a [u8]) -> Result<Block
     })
 }
 
-/// Insert a finished block (nothing when empty).
-pub(crate) fn put(table: &mut Rows<'_>, name: &str, block: BlockBuilder) -> Result<()> {
-    if let Some((first, bytes)) = block.finish() {
+/// Bytes a row of `name` with `value_bytes` of value counts for in the
+/// state's size ([`crate::store::state::View::stored_bytes`]): its key and
+/// value.
+pub(crate) fn row_bytes(name: &str, value_bytes: usize) -> u64 {
+    (name.len() + 8 + value_bytes) as u64
+}
+
+/// Insert a finished block's rows (nothing when empty); the bytes they
+/// count for ([`row_bytes`]).
+pub(crate) fn put(table: &mut Rows<'_>, name: &str, block: BlockBuilder) -> Result<u64> {
+    let mut added = 0;
+    for (first, bytes) in block.finish(name.len()) {
         table.insert((name, first), bytes.as_slice())?;
+        added += row_bytes(name, bytes.len());
     }
-    Ok(())
+    Ok(added)
 }
 
 /// Insert rows listed in `(name, sequence)` order, consecutive rows of a
@@ -54,6 +64,7 @@ pub(crate) fn put_rows<'r>(
     rows: impl IntoIterator<Item = (&'r str, u64, u64, &'r [u8])>,
     per_block: usize,
 ) -> Result<()> {
+    // The state's size is counted once the install is complete.
     let mut current: Option<(&str, BlockBuilder)> = None;
     for (name, seq, ingest_ms, body) in rows {
         let full = match &current {
@@ -86,31 +97,47 @@ pub(crate) fn scan_from<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
         Some(item) => item?.0.value().1,
         None => from,
     };
+    let mut buf = Vec::new();
     for item in table.range((name, start)..=(name, u64::MAX))? {
         let (k, v) = item?;
-        let block = parse(name, k.value().1, v.value())?;
-        for i in block.position_from(from)..block.len() {
-            let (seq, ingest_ms, body) = block.get(i);
-            if !f(seq, ingest_ms, body) {
-                return Ok(());
-            }
+        let first = k.value().1;
+        let block = parse(name, first, v.value())?;
+        let more = block
+            .for_each_from(block.position_from(from), &mut buf, &mut f)
+            .map_err(|source| BlockTableError::Malformed {
+                name: name.to_string(),
+                first,
+                source,
+            })?;
+        if !more {
+            return Ok(());
         }
     }
     Ok(())
 }
 
+/// What [`drop_done`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Dropped {
+    /// Items (events, deliveries).
+    pub items: usize,
+    /// The bytes they counted for ([`row_bytes`]).
+    pub bytes: u64,
+}
+
 /// Delete the blocks of `name` from the oldest on while every item in them
 /// is below `below` and `done` says so for the block, up to about `limit`
-/// items per call. Returns how many items went.
+/// items per call.
 pub(crate) fn drop_done(
     table: &mut Rows<'_>,
     name: &str,
     below: u64,
     done: impl Fn(&Block<'_>) -> bool,
     limit: usize,
-) -> Result<usize> {
+) -> Result<Dropped> {
     let mut doomed = Vec::new();
     let mut items = 0;
+    let mut bytes = 0;
     for item in table.range((name, 0)..(name, below))? {
         let (k, v) = item?;
         let first = k.value().1;
@@ -120,6 +147,7 @@ pub(crate) fn drop_done(
         }
         doomed.push(first);
         items += block.len();
+        bytes += row_bytes(name, v.value().len());
         if items >= limit {
             break;
         }
@@ -127,5 +155,18 @@ pub(crate) fn drop_done(
     for first in doomed {
         table.remove((name, first))?;
     }
-    Ok(items)
+    Ok(Dropped { items, bytes })
+}
+
+/// The bytes every row of `table` counts for ([`row_bytes`]): a full scan
+/// (tests, and states written before the count was kept).
+pub(crate) fn count_bytes<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
+    table: &T,
+) -> Result<u64> {
+    let mut bytes = 0;
+    for item in table.iter()? {
+        let (k, v) = item?;
+        bytes += row_bytes(k.value().0, v.value().len());
+    }
+    Ok(bytes)
 }

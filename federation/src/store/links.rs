@@ -130,26 +130,33 @@ pub(crate) fn inbox_done_below(txn: &redb::ReadTransaction, origin: &str) -> Res
         .unwrap_or(0))
 }
 
-/// Store a block of deliveries of `name` (nothing when empty).
+/// Store a block of deliveries of `name` (nothing when empty), counting
+/// its bytes in `stored` (the state's size).
 fn put_block(
     txn: &WriteTransaction,
     def: TableDefinition<(&str, u64), &[u8]>,
     name: &str,
     block: BlockBuilder,
+    stored: &mut u64,
 ) -> SResult<()> {
     let mut t = txn.open_table(def).map_err(werr)?;
-    block_table::put(&mut t, name, block).map_err(werr)
+    *stored += block_table::put(&mut t, name, block).map_err(werr)?;
+    Ok(())
 }
 
-/// Delete the blocks of `name` whose every delivery is below `below`.
+/// Delete the blocks of `name` whose every delivery is below `below`,
+/// taking their bytes off `stored`.
 fn drop_blocks_below(
     txn: &WriteTransaction,
     def: TableDefinition<(&str, u64), &[u8]>,
     name: &str,
     below: u64,
+    stored: &mut u64,
 ) -> SResult<()> {
     let mut t = txn.open_table(def).map_err(werr)?;
-    block_table::drop_done(&mut t, name, below, |_| true, usize::MAX).map_err(werr)?;
+    let dropped =
+        block_table::drop_done(&mut t, name, below, |_| true, usize::MAX).map_err(werr)?;
+    *stored = stored.saturating_sub(dropped.bytes);
     Ok(())
 }
 
@@ -176,6 +183,7 @@ pub(crate) fn load(
 pub(crate) fn enqueue(
     txn: &WriteTransaction,
     links: &mut LinkView,
+    stored: &mut u64,
     remote: &str,
     items: &[Box<RawValue>],
     specs: &[LinkSpec],
@@ -188,7 +196,7 @@ pub(crate) fn enqueue(
         o.last_seq += 1;
         block.push(o.last_seq, 0, item.get().as_bytes());
     }
-    put_block(txn, OUTBOX, remote, block)?;
+    put_block(txn, OUTBOX, remote, block, stored)?;
     let last = o.last_seq;
     save_meta(txn, links)?;
     Ok(CommandResponse::Link(LinkAnswer::Enqueued { first, last }))
@@ -238,6 +246,7 @@ pub(crate) fn read_spec(
 pub(crate) fn acked(
     txn: &WriteTransaction,
     links: &mut LinkView,
+    stored: &mut u64,
     remote: &str,
     upto: u64,
 ) -> SResult<CommandResponse> {
@@ -248,7 +257,7 @@ pub(crate) fn acked(
     };
     let upto = upto.min(o.last_seq);
     if upto > o.acked {
-        drop_blocks_below(txn, OUTBOX, remote, upto + 1)?;
+        drop_blocks_below(txn, OUTBOX, remote, upto + 1, stored)?;
         o.acked = upto;
         if o.acked == o.last_seq {
             // Drained: later deliveries bring their definitions again.
@@ -263,13 +272,18 @@ pub(crate) fn acked(
 /// Store the next expected deliveries of a batch from `origin`.
 pub(crate) fn receive(
     txn: &WriteTransaction,
-    links: &mut LinkView,
-    cursors: &mut BTreeMap<String, u64>,
+    view: &mut super::state::View,
     origin: &str,
     first_seq: u64,
     items: &[Box<RawValue>],
     specs: &[LinkSpec],
 ) -> SResult<CommandResponse> {
+    let super::state::View {
+        links,
+        stored_bytes: stored,
+        cursors,
+        ..
+    } = view;
     let committed = links.inbound.get(origin).copied().unwrap_or(0);
     let receiver = crate::link::proto::Receiver::new(committed);
     let skip = match receiver.admit(first_seq, items.len()) {
@@ -288,7 +302,7 @@ pub(crate) fn receive(
         seq += 1;
         block.push(seq, 0, item.get().as_bytes());
     }
-    put_block(txn, INBOX, origin, block)?;
+    put_block(txn, INBOX, origin, block, stored)?;
     links.inbound.insert(origin.to_string(), seq);
     let key = inbox_cursor_key(origin);
     if !cursors.contains_key(&key) {
@@ -307,12 +321,13 @@ pub(crate) fn collect_inbox(
     txn: &WriteTransaction,
     links: &LinkView,
     cursors: &BTreeMap<String, u64>,
+    stored: &mut u64,
 ) -> SResult<()> {
     for (origin, committed) in &links.inbound {
         if let Some(c) = cursors.get(&inbox_cursor_key(origin))
             && *c > 1
         {
-            drop_blocks_below(txn, INBOX, origin, *c)?;
+            drop_blocks_below(txn, INBOX, origin, *c, stored)?;
             if *c > *committed {
                 // Delivered: later batches bring their definitions again.
                 drop_specs(txn, SPECS_IN, origin)?;

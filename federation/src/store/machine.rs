@@ -1,4 +1,32 @@
 //! openraft's state machine and snapshot traits over [`SiteState`].
+//!
+//! **The state database is the snapshot.** A snapshot of the state at a
+//! log position is what openraft needs for two things: purging the log
+//! before that position, and bringing a follower that lacks the purged
+//! entries up to date. For the first, the state only has to be durable up
+//! to the position: [`SnapshotBuilder::build_snapshot`] makes it so (one
+//! fsync, [`SiteState::flush_for_snapshot`]) and reports the position it
+//! covers; no file is written. For the second, [`StateMachine`]'s
+//! `get_current_snapshot` takes a read of the current state and hands
+//! openraft a [`SnapshotFile`] that writes that version in the snapshot
+//! format ([`super::snapshot`]) when it is first read, and deletes the
+//! file when it is dropped. That snapshot is at least as new as the last
+//! one built (openraft 0.9 accepts a snapshot newer than the one it chose
+//! to send), and the log holds every entry after the last one built, so
+//! the follower can go on from it.
+//!
+//! Crash safety: the log is purged only up to a position the state
+//! database holds durably, and a restart finds the state at that position
+//! or later (openraft then re-applies the log after it). A crash while a
+//! snapshot is written or received leaves a file that the next start
+//! deletes; a received snapshot replaces the state in one rename
+//! ([`SiteState::install_snapshot_from`]).
+//!
+//! Nodes of older versions kept the last snapshot as a file
+//! (`snapshot.meta.json` and a data file) beside the state: the state
+//! database was always at least as new (a snapshot was written from it, or
+//! installed into it before it became current), so those files are
+//! deleted at the next start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,10 +37,9 @@ use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
     StorageError, StoredMembership,
 };
-use serde::{Deserialize, Serialize};
 
-use super::snapshot_file::{Lease, Leases, SnapshotFile};
-use super::state::SiteState;
+use super::snapshot_file::SnapshotFile;
+use super::state::{SiteState, StateRead};
 use super::{blocking, storage_err};
 use crate::command::CommandResponse;
 use crate::{NodeId, NodeInfo, TypeConfig};
@@ -25,16 +52,15 @@ pub struct StateMachine {
     dir: PathBuf,
     last_durable: Instant,
     flush_interval: Duration,
-    snapshot_seq: u64,
-    leases: Arc<Leases>,
     /// Files being received from a leader (at most one is installed; the
     /// others were abandoned).
     receiving: Vec<PathBuf>,
 }
 
 impl StateMachine {
-    /// A state machine over `state`, keeping snapshots in `dir`, fsyncing
-    /// applied state at most every `flush_interval` (zero: every apply).
+    /// A state machine over `state`, writing snapshots (to send or
+    /// received) in `dir`, fsyncing applied state at most every
+    /// `flush_interval` (zero: every apply).
     pub fn new(state: Arc<SiteState>, dir: &Path, flush_interval: Duration) -> StateMachine {
         if let Err(e) = clean_snapshot_dir(dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot clean up old snapshot files");
@@ -44,34 +70,20 @@ impl StateMachine {
             dir: dir.to_path_buf(),
             last_durable: Instant::now(),
             flush_interval,
-            snapshot_seq: 0,
-            leases: Arc::new(Leases::default()),
             receiving: Vec::new(),
         }
     }
 }
 
-/// Builds snapshots off the apply path.
+/// Reports the state's durable position to openraft (see the module
+/// documentation).
 pub struct SnapshotBuilder {
     state: Arc<SiteState>,
     dir: PathBuf,
-    seq: u64,
-    leases: Arc<Leases>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshotMeta {
-    meta: SnapshotMeta<NodeId, NodeInfo>,
-    /// The data file beside it (older nodes: `snapshot.data`).
-    #[serde(default = "legacy_data_file")]
-    data_file: String,
-}
-
-fn legacy_data_file() -> String {
-    "snapshot.data".into()
-}
-
-const META_FILE: &str = "snapshot.meta.json";
+/// The snapshot meta file of older versions.
+const LEGACY_META_FILE: &str = "snapshot.meta.json";
 
 fn snap_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e)
@@ -82,53 +94,9 @@ fn new_data_file() -> String {
     format!("snapshot-{}.data", super::gentle::unique())
 }
 
-/// Make `data_file` (written and fsynced) the current snapshot: the meta
-/// naming it is replaced atomically; only then is the previous data file
-/// deleted (gently, and once nobody sends it any more). A crash at any
-/// point leaves the previous snapshot or the new one whole.
-fn switch_snapshot(
-    dir: &Path,
-    leases: &Leases,
-    meta: &SnapshotMeta<NodeId, NodeInfo>,
-    data_file: &str,
-) -> SResult<Arc<Lease>> {
-    let _switching = leases.switching();
-    let current = read_meta(dir)?;
-    if let Some(c) = &current
-        && c.meta.last_log_id > meta.last_log_id
-    {
-        // A newer snapshot was installed while this one was built: keep
-        // it; this one is deleted once its caller drops it.
-        return Ok(leases.orphan(&dir.join(data_file)));
-    }
-    let previous = current.map(|m| dir.join(m.data_file));
-    let m = serde_json::to_vec(&StoredSnapshotMeta {
-        meta: meta.clone(),
-        data_file: data_file.to_string(),
-    })
-    .map_err(snap_err)?;
-    let tmp = dir.join(format!("{META_FILE}.tmp"));
-    super::gentle::write_synced(&tmp, &m).map_err(snap_err)?;
-    std::fs::rename(&tmp, dir.join(META_FILE)).map_err(snap_err)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(snap_err)?;
-    Ok(leases.switch(&dir.join(data_file), previous.as_deref()))
-}
-
-fn read_meta(dir: &Path) -> SResult<Option<StoredSnapshotMeta>> {
-    match std::fs::read(dir.join(META_FILE)) {
-        Ok(m) => serde_json::from_slice(&m).map(Some).map_err(snap_err),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(snap_err(e)),
-    }
-}
-
-/// Delete snapshot files the meta does not name (a crash between writing
-/// a snapshot and switching to it, or while receiving one) and empty the
-/// trash.
+/// Delete snapshot files: those of older versions, and those a crash left
+/// while a snapshot was written or received; then empty the trash.
 fn clean_snapshot_dir(dir: &Path) -> SResult<()> {
-    let keep = read_meta(dir)?.map(|m| m.data_file);
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -137,70 +105,86 @@ fn clean_snapshot_dir(dir: &Path) -> SResult<()> {
     for item in entries {
         let item = item.map_err(snap_err)?;
         let name = item.file_name().to_string_lossy().into_owned();
-        let stale_data = name.starts_with("snapshot")
-            && name.ends_with(".data")
-            && keep.as_deref() != Some(name.as_str());
-        let stale_tmp = name.starts_with("snapshot") && name.ends_with(".tmp");
-        if stale_data || stale_tmp {
+        let data = name.starts_with("snapshot") && name.ends_with(".data");
+        let tmp = name.starts_with("snapshot") && name.ends_with(".tmp");
+        if data || tmp || name == LEGACY_META_FILE {
             super::gentle::discard(&item.path()).map_err(snap_err)?;
         }
     }
     super::gentle::empty_trash(dir).map_err(snap_err)
 }
 
+/// A snapshot of the version of the state `read` sees: its meta now, its
+/// data written to a file in `dir` when first read.
+fn snapshot_of(
+    state: &Arc<SiteState>,
+    read: StateRead,
+    dir: &Path,
+) -> SResult<Option<Snapshot<TypeConfig>>> {
+    let (last_applied, membership) = state.applied_in(&read.txn)?;
+    let Some(last) = last_applied else {
+        return Ok(None);
+    };
+    let meta = SnapshotMeta {
+        last_log_id: Some(last),
+        last_membership: membership,
+        snapshot_id: format!(
+            "{}-{}-{}",
+            last.leader_id,
+            last.index,
+            super::gentle::unique()
+        ),
+    };
+    let writer = state.clone();
+    let data = SnapshotFile::deferred(
+        dir.join(new_data_file()),
+        Box::new(move |path| {
+            let started = Instant::now();
+            let mut out = super::gentle::SyncedWriter::create(path)?;
+            let info = writer
+                .write_snapshot(&read.txn, &mut out)
+                .map_err(std::io::Error::other)?;
+            out.finish()?;
+            tracing::info!(
+                bytes = info.counts.bytes,
+                took_ms = started.elapsed().as_millis() as u64,
+                "snapshot written to send"
+            );
+            Ok(())
+        }),
+    );
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(data),
+    }))
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig>> {
         let state = self.state.clone();
         let dir = self.dir.clone();
-        let seq = self.seq;
-        let leases = self.leases.clone();
         let started = Instant::now();
-        let (meta, path, lease, bytes) = blocking(move || {
-            let txn = state.flush_for_snapshot()?;
-            // Streamed from the read transaction to the file: memory stays
-            // at a few buffers whatever the state holds.
-            let data_file = new_data_file();
-            let path = dir.join(&data_file);
-            let mut out = super::gentle::SyncedWriter::create(&path).map_err(snap_err)?;
-            let written = state
-                .write_snapshot(&txn.txn, &mut out)
-                .and_then(|info| out.finish().map(|()| info).map_err(snap_err));
-            drop(txn);
-            let info = match written {
-                Ok(info) => info,
-                Err(e) => {
-                    // Not left behind until the next start.
-                    if let Err(d) = super::gentle::discard(&path) {
-                        tracing::warn!(file = %path.display(), error = %d, "cannot delete a partly written snapshot");
-                    }
-                    return Err(e);
-                }
-            };
-            let snapshot_id = match info.last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
-                None => format!("--{seq}"),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: info.last_applied,
-                last_membership: info.membership,
-                snapshot_id,
-            };
-            let lease = switch_snapshot(&dir, &leases, &meta, &data_file)?;
-            Ok((meta, path, lease, info.counts.bytes))
+        let snapshot = blocking(move || {
+            let read = state.flush_for_snapshot()?;
+            snapshot_of(&state, read, &dir)
         })
         .await?;
         tracing::info!(
-            bytes,
             took_ms = started.elapsed().as_millis() as u64,
-            "snapshot written"
+            "snapshot taken (the state is durable up to it)"
         );
-        let data = SnapshotFile::open(path, Some(lease))
-            .await
-            .map_err(snap_err)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(data),
-        })
+        // Nothing applied yet: an empty snapshot at no position.
+        Ok(snapshot.unwrap_or_else(|| Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: None,
+                last_membership: StoredMembership::default(),
+                snapshot_id: format!("--{}", super::gentle::unique()),
+            },
+            snapshot: Box::new(SnapshotFile::deferred(
+                self.dir.join(new_data_file()),
+                Box::new(|_| Err(std::io::Error::other("empty snapshot"))),
+            )),
+        }))
     }
 }
 
@@ -232,12 +216,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.snapshot_seq += 1;
         SnapshotBuilder {
             state: self.state.clone(),
             dir: self.dir.clone(),
-            seq: self.snapshot_seq,
-            leases: self.leases.clone(),
         }
     }
 
@@ -265,21 +246,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let path = snapshot.path().to_path_buf();
         drop(snapshot);
         self.receiving.retain(|p| *p != path);
-        let data_file = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let state = self.state.clone();
-        let dir = self.dir.clone();
-        let meta = meta.clone();
-        let leases = self.leases.clone();
         let started = Instant::now();
+        let expected = meta.last_log_id;
         blocking(move || {
             // Read back from disk a buffer at a time and loaded into a new
-            // state file; the received file becomes this node's snapshot.
+            // state file, which replaces the state in one rename; the
+            // received file is not needed after that.
             let file = std::fs::File::open(&path).map_err(snap_err)?;
-            state.install_snapshot_from(file)?;
-            switch_snapshot(&dir, &leases, &meta, &data_file).map(drop)
+            let installed = state.install_snapshot_from(file);
+            if let Err(e) = super::gentle::discard(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "cannot delete an installed snapshot");
+            }
+            installed?;
+            // The data and the meta come from one read of the leader's state.
+            let got = state.view().last_applied;
+            if got != expected {
+                return Err(snap_err(std::io::Error::other(format!(
+                    "the installed snapshot is at {got:?}, its meta says {expected:?}"
+                ))));
+            }
+            Ok(())
         })
         .await?;
         tracing::info!(
@@ -290,18 +277,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
+        let state = self.state.clone();
         let dir = self.dir.clone();
-        let Some(stored) = blocking(move || read_meta(&dir)).await? else {
-            return Ok(None);
-        };
-        let path = self.dir.join(&stored.data_file);
-        let lease = self.leases.hold(&path);
-        let data = SnapshotFile::open(path, Some(lease))
-            .await
-            .map_err(snap_err)?;
-        Ok(Some(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(data),
-        }))
+        blocking(move || {
+            let read = state.read()?;
+            snapshot_of(&state, read, &dir)
+        })
+        .await
     }
 }

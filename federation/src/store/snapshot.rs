@@ -33,8 +33,15 @@ use super::tables::{TABLES, Table};
 /// The first bytes of a snapshot file.
 pub const MAGIC: [u8; 8] = *b"STRAITSN";
 
-/// The format version this node writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this node writes.
+pub const VERSION: u32 = 2;
+
+/// The oldest format version this node reads. Version 1 differs from 2
+/// only in holding event and link blocks uncompressed: a node writing
+/// version 2 reads both kinds of blocks (see [`super::blocks`]), a node
+/// reading only version 1 refuses version 2 instead of misreading its
+/// compressed blocks.
+pub const OLDEST_VERSION: u32 = 1;
 
 /// The tag of the last record.
 pub const END: u8 = 0;
@@ -61,9 +68,9 @@ pub enum SnapshotError {
     NotASnapshot(Vec<u8>),
     /// The file is a snapshot of a format version this node cannot read.
     #[error(
-        "snapshot format version {found} is not supported: this node reads version {VERSION} \
-         (and the older JSON snapshots); upgrade this node to the version of the node that \
-         wrote the snapshot"
+        "snapshot format version {found} is not supported: this node reads versions \
+         {OLDEST_VERSION} to {VERSION} (and the older JSON snapshots); upgrade this node to the \
+         version of the node that wrote the snapshot"
     )]
     UnsupportedVersion {
         /// The version in the file.
@@ -208,7 +215,7 @@ pub(crate) fn read_header(r: &mut impl Read) -> Result<()> {
         return Err(SnapshotError::NotASnapshot(head[..got.min(8)].to_vec()));
     }
     let found = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
-    if found != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&found) {
         return Err(SnapshotError::UnsupportedVersion { found });
     }
     Ok(())
@@ -414,7 +421,11 @@ mod tests {
             let mut b = BlockBuilder::new();
             b.push(1, 10, br#"{"id":"a"}"#);
             b.push(2, 11, br#"{"id":"b"}"#);
-            let (first, bytes) = b.finish().ok_or_else(|| anyhow::anyhow!("empty"))?;
+            let (first, bytes) = b
+                .finish(3)
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("empty"))?;
             txn.open_table(events)?
                 .insert(("bus", first), bytes.as_slice())?;
             let (_, Table::StrU64(dedup)) = TABLES[5] else {
@@ -459,14 +470,18 @@ mod tests {
             assert!(err.to_string().contains("truncated"), "{err}");
         }
         // Another version, or no snapshot at all: a clear error.
-        let mut v2 = bytes.clone();
-        v2[8..12].copy_from_slice(&2u32.to_be_bytes());
-        let err = read_header(&mut &v2[..]).expect_err("version 2");
+        let mut v3 = bytes.clone();
+        v3[8..12].copy_from_slice(&3u32.to_be_bytes());
+        let err = read_header(&mut &v3[..]).expect_err("version 3");
         assert!(
             err.to_string()
-                .contains("snapshot format version 2 is not supported"),
+                .contains("snapshot format version 3 is not supported"),
             "{err}"
         );
+        // Version 1 (uncompressed blocks) is still read.
+        let mut v1 = bytes.clone();
+        v1[8..12].copy_from_slice(&1u32.to_be_bytes());
+        read_header(&mut &v1[..])?;
         let err = read_header(&mut &b"hello"[..]).expect_err("garbage");
         assert!(err.to_string().contains("not a Strait snapshot"), "{err}");
         // A malformed block is refused.
@@ -475,8 +490,10 @@ mod tests {
             .windows(4)
             .position(|w| w == br#"{"id"#)
             .ok_or_else(|| anyhow::anyhow!("no event"))?;
-        // The block's event count sits before its index: make it huge.
-        let count_at = at - 2 * 20 - 4;
+        // The block's event count sits after its format marker, before
+        // the frame count, the index (2 events) and the frame table (one
+        // frame, stored as is: too small to compress).
+        let count_at = at - 8 - 2 * 20 - 8;
         bad[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         let c = fresh(dir.path(), "bad")?;
         let mut r = &bad[..];

@@ -1,44 +1,79 @@
 //! The snapshot data openraft moves around: a file on disk, never a copy in
-//! memory.
+//! memory, and written only when it is read.
 //!
-//! A leader sends a snapshot by reading its file in chunks of
-//! `snapshot_max_chunk_size` (3 MiB), a follower writes the chunks it
-//! receives into a file of its own, which becomes its snapshot once it is
-//! installed. A data file that a newer snapshot replaced may still be being
-//! sent to a follower: every open [`SnapshotFile`] of the current snapshot
-//! holds a [`Lease`] on it, and the file is deleted (gently, see
-//! [`super::gentle`]) when the last lease goes.
+//! A node keeps no snapshot file: its state database is its snapshot (see
+//! [`super::machine`]). When a leader has to send a follower a snapshot,
+//! openraft asks for the current one and reads it in chunks of
+//! `snapshot_max_chunk_size` (3 MiB); the [`SnapshotFile`] it gets holds a
+//! read of one version of the state and writes that version to a file
+//! when it is first read or sought (on a blocking thread; the read waits
+//! for it). The file is deleted (gently, see [`super::gentle`]) when the
+//! [`SnapshotFile`] is dropped; a snapshot openraft never reads is never
+//! written. A follower receiving a snapshot writes the chunks into a file
+//! of its own, which it loads into a new state database and then deletes.
 
+use std::future::Future;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
-/// A snapshot's data: a file, read by a leader sending it or written by a
-/// follower receiving it.
-#[derive(Debug)]
+/// Writes the snapshot's file at the path it is given.
+pub type WriteFile = Box<dyn FnOnce(&Path) -> std::io::Result<()> + Send>;
+
+enum Stage {
+    /// The file, written.
+    Open(tokio::fs::File),
+    /// Not written yet.
+    Deferred(Option<WriteFile>),
+    /// Being written on a blocking thread.
+    Writing(tokio::task::JoinHandle<std::io::Result<std::fs::File>>),
+    /// Writing it failed.
+    Failed(String),
+}
+
+/// A snapshot's data: a file, read by a leader sending it (written when
+/// first read) or written by a follower receiving it.
 pub struct SnapshotFile {
-    file: tokio::fs::File,
     path: PathBuf,
-    _lease: Option<Arc<Lease>>,
+    stage: Stage,
+    /// A seek asked for before the file was written.
+    seek: Option<SeekFrom>,
+    /// Delete the file when this is dropped.
+    temporary: bool,
+}
+
+impl std::fmt::Debug for SnapshotFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stage = match &self.stage {
+            Stage::Open(_) => "open",
+            Stage::Deferred(_) => "deferred",
+            Stage::Writing(_) => "writing",
+            Stage::Failed(_) => "failed",
+        };
+        f.debug_struct("SnapshotFile")
+            .field("path", &self.path)
+            .field("stage", &stage)
+            .finish()
+    }
 }
 
 impl SnapshotFile {
-    /// Open `path` to read it, holding `lease`.
-    pub async fn open(path: PathBuf, lease: Option<Arc<Lease>>) -> std::io::Result<SnapshotFile> {
-        let file = tokio::fs::File::open(&path).await?;
-        Ok(SnapshotFile {
-            file,
+    /// A snapshot to be written at `path` by `write` when it is first read
+    /// or sought; the file is deleted when this is dropped.
+    pub fn deferred(path: PathBuf, write: WriteFile) -> SnapshotFile {
+        SnapshotFile {
             path,
-            _lease: lease,
-        })
+            stage: Stage::Deferred(Some(write)),
+            seek: None,
+            temporary: true,
+        }
     }
 
-    /// Create `path` to receive a snapshot into.
+    /// Create `path` to receive a snapshot into (kept when this is
+    /// dropped: the state machine installs it, then deletes it).
     pub async fn create(path: PathBuf) -> std::io::Result<SnapshotFile> {
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -47,21 +82,78 @@ impl SnapshotFile {
             .open(&path)
             .await?;
         Ok(SnapshotFile {
-            file,
             path,
-            _lease: None,
+            stage: Stage::Open(file),
+            seek: None,
+            temporary: false,
         })
     }
 
-    /// Where the file is.
+    /// Where the file is (or will be).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Whether the file was written (tests).
+    pub fn is_written(&self) -> bool {
+        matches!(self.stage, Stage::Open(_))
+    }
+
     /// Write out what is buffered and fsync the file.
     pub async fn sync(&mut self) -> std::io::Result<()> {
-        tokio::io::AsyncWriteExt::flush(&mut self.file).await?;
-        self.file.sync_all().await
+        std::future::poll_fn(|cx| self.poll_file(cx).map(|r| r.map(drop))).await?;
+        let Stage::Open(file) = &mut self.stage else {
+            return Err(std::io::Error::other("snapshot file not open"));
+        };
+        tokio::io::AsyncWriteExt::flush(file).await?;
+        file.sync_all().await
+    }
+
+    /// The file, written first if it is not yet.
+    fn poll_file(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<&mut tokio::fs::File>> {
+        loop {
+            match &mut self.stage {
+                Stage::Open(_) => break,
+                Stage::Failed(m) => return Poll::Ready(Err(std::io::Error::other(m.clone()))),
+                Stage::Deferred(write) => {
+                    let Some(write) = write.take() else {
+                        self.stage = Stage::Failed("snapshot writer lost".into());
+                        continue;
+                    };
+                    let path = self.path.clone();
+                    self.stage = Stage::Writing(tokio::task::spawn_blocking(move || {
+                        write(&path)?;
+                        std::fs::File::open(&path)
+                    }));
+                }
+                Stage::Writing(handle) => {
+                    let done = ready!(Pin::new(handle).poll(cx));
+                    self.stage = match done {
+                        Ok(Ok(file)) => Stage::Open(tokio::fs::File::from_std(file)),
+                        Ok(Err(e)) => Stage::Failed(format!("writing the snapshot: {e}")),
+                        Err(e) => Stage::Failed(format!("writing the snapshot: {e}")),
+                    };
+                }
+            }
+        }
+        let Stage::Open(file) = &mut self.stage else {
+            return Poll::Ready(Err(std::io::Error::other("snapshot file not open")));
+        };
+        if let Some(pos) = self.seek.take() {
+            Pin::new(&mut *file).start_seek(pos)?;
+        }
+        Poll::Ready(Ok(file))
+    }
+}
+
+impl Drop for SnapshotFile {
+    fn drop(&mut self) {
+        if self.temporary
+            && self.path.exists()
+            && let Err(e) = super::gentle::discard(&self.path)
+        {
+            tracing::warn!(file = %self.path.display(), error = %e, "cannot delete a sent snapshot");
+        }
     }
 }
 
@@ -71,7 +163,8 @@ impl AsyncRead for SnapshotFile {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_read(cx, buf)
+        let file = ready!(self.poll_file(cx))?;
+        Pin::new(file).poll_read(cx, buf)
     }
 }
 
@@ -81,144 +174,81 @@ impl AsyncWrite for SnapshotFile {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.file).poll_write(cx, buf)
+        let file = ready!(self.poll_file(cx))?;
+        Pin::new(file).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_flush(cx)
+        let file = ready!(self.poll_file(cx))?;
+        Pin::new(file).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_shutdown(cx)
+        let file = ready!(self.poll_file(cx))?;
+        Pin::new(file).poll_shutdown(cx)
     }
 }
 
 impl AsyncSeek for SnapshotFile {
     fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
-        Pin::new(&mut self.file).start_seek(position)
+        match &mut self.stage {
+            Stage::Open(file) => Pin::new(file).start_seek(position),
+            // Done once the file is written (`poll_complete`).
+            _ => {
+                self.seek = Some(position);
+                Ok(())
+            }
+        }
     }
 
     fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
-        Pin::new(&mut self.file).poll_complete(cx)
-    }
-}
-
-/// A hold on a snapshot data file: once the file is replaced
-/// ([`Lease::retire`]), it is deleted when the last lease is dropped.
-#[derive(Debug)]
-pub struct Lease {
-    path: PathBuf,
-    retired: AtomicBool,
-}
-
-impl Lease {
-    fn new(path: PathBuf) -> Arc<Lease> {
-        Arc::new(Lease {
-            path,
-            retired: AtomicBool::new(false),
-        })
-    }
-
-    /// Delete the file once nobody holds it any more.
-    fn retire(&self) {
-        self.retired.store(true, Ordering::Release);
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if self.retired.load(Ordering::Acquire)
-            && self.path.exists()
-            && let Err(e) = super::gentle::discard(&self.path)
-        {
-            tracing::warn!(file = %self.path.display(), error = %e, "cannot delete a replaced snapshot");
-        }
-    }
-}
-
-/// The lease on the current snapshot's data file, shared by the state
-/// machine and its snapshot builders.
-#[derive(Debug, Default)]
-pub struct Leases {
-    current: Mutex<Option<Arc<Lease>>>,
-    switching: Mutex<()>,
-}
-
-impl Leases {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Lease>>> {
-        match self.current.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    /// Held while the current snapshot is replaced (a build and an install
-    /// may finish together).
-    pub fn switching(&self) -> std::sync::MutexGuard<'_, ()> {
-        match self.switching.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    /// A lease on `path`, a data file that never became current: deleted
-    /// with its last lease.
-    pub fn orphan(&self, path: &Path) -> Arc<Lease> {
-        let l = Lease::new(path.to_path_buf());
-        l.retire();
-        l
-    }
-
-    /// A lease on `path`, the current snapshot's data file.
-    pub fn hold(&self, path: &Path) -> Arc<Lease> {
-        let mut current = self.lock();
-        match current.as_ref() {
-            Some(l) if l.path == path => l.clone(),
-            _ => {
-                let l = Lease::new(path.to_path_buf());
-                *current = Some(l.clone());
-                l
-            }
-        }
-    }
-
-    /// `path` is now the current snapshot's data file; `previous` (the file
-    /// it replaces, if any) is deleted once nobody reads it any more.
-    pub fn switch(&self, path: &Path, previous: Option<&Path>) -> Arc<Lease> {
-        let l = Lease::new(path.to_path_buf());
-        let old = self.lock().replace(l.clone());
-        if let Some(previous) = previous.filter(|p| *p != path) {
-            match old {
-                Some(old) if old.path == previous => old.retire(),
-                _ => Lease::new(previous.to_path_buf()).retire(),
-            }
-        }
-        l
+        let file = ready!(self.poll_file(cx))?;
+        Pin::new(file).poll_complete(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
-    #[test]
-    fn a_replaced_file_goes_when_its_last_reader_does() -> anyhow::Result<()> {
+    #[tokio::test]
+    async fn written_when_first_read_and_deleted_when_dropped() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let (a, b) = (dir.path().join("a.data"), dir.path().join("b.data"));
-        std::fs::write(&a, b"a")?;
-        std::fs::write(&b, b"b")?;
-        let leases = Leases::default();
-        let reader = leases.hold(&a);
-        leases.switch(&b, Some(&a));
-        assert!(a.exists(), "still being read");
-        drop(reader);
-        assert!(!a.exists(), "deleted with its last lease");
-        // Replaced while nobody reads it: deleted at once.
-        let c = dir.path().join("c.data");
-        std::fs::write(&c, b"c")?;
-        leases.switch(&c, Some(&b));
-        assert!(!b.exists());
-        assert!(c.exists());
+        let path = dir.path().join("snapshot-a.data");
+        let mut data = SnapshotFile::deferred(
+            path.clone(),
+            Box::new(|p| std::fs::write(p, b"hello snapshot")),
+        );
+        assert!(!path.exists(), "nothing written before it is read");
+        // As openraft's sender does: the size first, then chunks.
+        let end = data.seek(SeekFrom::End(0)).await?;
+        assert_eq!(end, 14);
+        assert!(data.is_written());
+        data.seek(SeekFrom::Start(6)).await?;
+        let mut rest = String::new();
+        data.read_to_string(&mut rest).await?;
+        assert_eq!(rest, "snapshot");
+        drop(data);
+        assert!(!path.exists(), "deleted with its reader");
+
+        // Never read: never written.
+        let never = dir.path().join("snapshot-b.data");
+        drop(SnapshotFile::deferred(
+            never.clone(),
+            Box::new(|p| std::fs::write(p, b"x")),
+        ));
+        assert!(!never.exists());
+
+        // A writer that fails: every read says so.
+        let mut bad = SnapshotFile::deferred(
+            dir.path().join("snapshot-c.data"),
+            Box::new(|_| Err(std::io::Error::other("disk on fire"))),
+        );
+        let err = bad.seek(SeekFrom::End(0)).await.expect_err("fails");
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        let err = bad.read_u8().await.expect_err("still fails");
+        assert!(err.to_string().contains("disk on fire"), "{err}");
         Ok(())
     }
 }

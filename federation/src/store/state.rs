@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, LogId, StorageError, StoredMembership};
@@ -131,6 +132,12 @@ pub struct View {
     /// The control-group version of the shared configuration this site
     /// runs ([`Command::ConfigVersion`]; 0: none imported).
     pub config_version: u64,
+    /// Bytes the state holds in its growing tables: event blocks, link
+    /// outboxes and inboxes (key and value of every row) and the dedup
+    /// index (key and value of every entry). Kept as entries are applied
+    /// and collected; what `max_state_bytes` limits (see
+    /// [`SiteState::set_max_bytes`]).
+    pub stored_bytes: u64,
 }
 
 /// Everything in a snapshot of the older JSON format (installed still,
@@ -168,6 +175,9 @@ impl std::fmt::Debug for StateRead {
         f.debug_struct("StateRead").finish_non_exhaustive()
     }
 }
+
+/// The last log id applied and the membership as of it.
+pub type Applied = (Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>);
 
 /// What [`SiteState::write_snapshot`] wrote.
 #[derive(Debug, Clone)]
@@ -208,6 +218,22 @@ pub struct SiteState {
     config_version: watch::Sender<u64>,
     head: watch::Sender<u64>,
     links_version: watch::Sender<u64>,
+    /// [`SiteState::set_max_bytes`] (0: no limit).
+    max_bytes: AtomicU64,
+}
+
+/// The state holds as many bytes as the node allows (`max_state_bytes`):
+/// new events are refused until retention frees space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this site's state is full: it holds {stored} bytes and max_state_bytes is {limit}; new \
+     events are refused until retention (retention_secs) frees space (see docs/operations.md)"
+)]
+pub struct StateFull {
+    /// The limit, bytes.
+    pub limit: u64,
+    /// What the state holds, bytes ([`View::stored_bytes`]).
+    pub stored: u64,
 }
 
 impl std::fmt::Debug for SiteState {
@@ -250,6 +276,7 @@ impl SiteState {
             config_version: watch::Sender::new(0),
             head: watch::Sender::new(0),
             links_version: watch::Sender::new(0),
+            max_bytes: AtomicU64::new(0),
         };
         state.head.send_replace(view.next_seq);
         *state
@@ -257,6 +284,22 @@ impl SiteState {
             .write()
             .map_err(|_| fail("view lock poisoned".into()))? = view;
         Ok(Arc::new(state))
+    }
+
+    /// Refuse new events ([`SiteState::full`]) while the state holds
+    /// `bytes` or more ([`View::stored_bytes`]); 0: no limit. A setting of
+    /// this node, not replicated: every ingress path asks [`SiteState::full`]
+    /// before it proposes new events.
+    pub fn set_max_bytes(&self, bytes: u64) {
+        self.max_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// `Some` while the state holds at least the bytes
+    /// [`SiteState::set_max_bytes`] allows.
+    pub fn full(&self) -> Option<StateFull> {
+        let limit = self.max_bytes.load(Ordering::Relaxed);
+        let stored = self.view().stored_bytes;
+        (limit > 0 && stored >= limit).then_some(StateFull { limit, stored })
     }
 
     /// The current database.
@@ -514,6 +557,8 @@ impl SiteState {
             meta.insert("next_seq", s.as_slice()).map_err(werr)?;
             let c = serde_json::to_vec(&next.config_version).map_err(werr)?;
             meta.insert("config_version", c.as_slice()).map_err(werr)?;
+            meta.insert("stored_bytes", next.stored_bytes.to_string().as_bytes())
+                .map_err(werr)?;
         }
         txn.commit().map_err(werr)?;
         let took = started.elapsed();
@@ -581,14 +626,16 @@ impl SiteState {
         Ok(StateRead { txn, _db: db })
     }
 
-    /// Write the version of the state `txn` reads to `out` in the snapshot
-    /// format ([`super::snapshot`]), a row at a time (writers go on
-    /// meanwhile). Memory: the largest row, whatever the state holds.
-    pub fn write_snapshot(
-        &self,
-        txn: &redb::ReadTransaction,
-        out: &mut impl std::io::Write,
-    ) -> SResult<SnapshotInfo> {
+    /// A read of the current version of the state (not made durable).
+    pub fn read(&self) -> SResult<StateRead> {
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
+        Ok(StateRead { txn, _db: db })
+    }
+
+    /// The last log id applied and the membership as of it, in the
+    /// version of the state `txn` reads.
+    pub fn applied_in(&self, txn: &redb::ReadTransaction) -> SResult<Applied> {
         let meta = txn.open_table(META).map_err(rerr)?;
         let get = |k: &str| -> SResult<Option<Vec<u8>>> {
             Ok(meta.get(k).map_err(rerr)?.map(|v| v.value().to_vec()))
@@ -601,6 +648,18 @@ impl SiteState {
             Some(b) => serde_json::from_slice(&b).map_err(rerr)?,
             None => StoredMembership::default(),
         };
+        Ok((last_applied, membership))
+    }
+
+    /// Write the version of the state `txn` reads to `out` in the snapshot
+    /// format ([`super::snapshot`]), a row at a time (writers go on
+    /// meanwhile). Memory: the largest row, whatever the state holds.
+    pub fn write_snapshot(
+        &self,
+        txn: &redb::ReadTransaction,
+        out: &mut impl std::io::Write,
+    ) -> SResult<SnapshotInfo> {
+        let (last_applied, membership) = self.applied_in(txn)?;
         let counts = super::snapshot::write(txn, out).map_err(rerr)?;
         Ok(SnapshotInfo {
             last_applied,
@@ -678,6 +737,14 @@ impl SiteState {
         drop(_writer);
         retire(old, &old_link);
         Ok(())
+    }
+
+    /// The state's size ([`View::stored_bytes`]) counted row by row, as a
+    /// check of the kept count (tests and tools: it reads every row).
+    pub fn count_stored_bytes(&self) -> SResult<u64> {
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
+        count_stored(&txn)
     }
 
     /// Dedup index entries (tests).
@@ -865,6 +932,20 @@ fn fill_legacy(txn: &WriteTransaction, body: SnapshotBody) -> SResult<()> {
     Ok(())
 }
 
+/// The state's size ([`View::stored_bytes`]) counted row by row.
+fn count_stored(txn: &redb::ReadTransaction) -> SResult<u64> {
+    let mut bytes = 0;
+    for def in [EVENTS, super::tables::OUTBOX, super::tables::INBOX] {
+        let table = txn.open_table(def).map_err(rerr)?;
+        bytes += block_table::count_bytes(&table).map_err(rerr)?;
+    }
+    for item in txn.open_table(DEDUP).map_err(rerr)?.iter().map_err(rerr)? {
+        let (k, _) = item.map_err(rerr)?;
+        bytes += dedup_bytes(k.value());
+    }
+    Ok(bytes)
+}
+
 fn init_tables(db: &Database) -> SResult<()> {
     let txn = db.begin_write().map_err(werr)?;
     super::tables::create_tables(&txn).map_err(werr)?;
@@ -890,6 +971,11 @@ fn load_view(db: &Database) -> SResult<View> {
     if let Some(b) = get_meta("config_version")? {
         view.config_version = serde_json::from_slice(&b).map_err(rerr)?;
     }
+    view.stored_bytes = match get_meta("stored_bytes")? {
+        Some(b) => serde_json::from_slice(&b).map_err(rerr)?,
+        // Written before the count was kept (or an empty state): count.
+        None => count_stored(&txn)?,
+    };
     for item in txn.open_table(BUSES).map_err(rerr)?.iter().map_err(rerr)? {
         let (k, v) = item.map_err(rerr)?;
         view.buses.insert(
@@ -932,9 +1018,15 @@ fn load_view(db: &Database) -> SResult<View> {
     Ok(view)
 }
 
+/// Bytes a dedup entry counts for in the state's size: key and value.
+fn dedup_bytes(key: &str) -> u64 {
+    key.len() as u64 + 8
+}
+
 /// Delete up to [`DEDUP_SWEEP_BATCH`] dedup entries older than `horizon`,
-/// continuing where the previous sweep stopped (kept in the meta table).
-fn sweep_dedup(txn: &WriteTransaction, horizon: u64) -> SResult<()> {
+/// continuing where the previous sweep stopped (kept in the meta table);
+/// the bytes they counted for.
+fn sweep_dedup(txn: &WriteTransaction, horizon: u64) -> SResult<u64> {
     let mut meta = txn.open_table(META).map_err(werr)?;
     let from: String = match meta.get("dedup_sweep").map_err(werr)? {
         Some(v) => String::from_utf8_lossy(v.value()).into_owned(),
@@ -955,8 +1047,10 @@ fn sweep_dedup(txn: &WriteTransaction, horizon: u64) -> SResult<()> {
             break;
         }
     }
+    let mut gone = 0;
     for k in &doomed {
         dedup.remove(k.as_str()).map_err(werr)?;
+        gone += dedup_bytes(k);
     }
     // Resume just after the last key seen, or wrap to the start at the end.
     let next = match last {
@@ -967,7 +1061,7 @@ fn sweep_dedup(txn: &WriteTransaction, horizon: u64) -> SResult<()> {
         _ => String::new(),
     };
     meta.insert("dedup_sweep", next.as_bytes()).map_err(werr)?;
-    Ok(())
+    Ok(gone)
 }
 
 /// A table of JSON rows by name (buses, rules, sources).
@@ -1065,9 +1159,14 @@ fn apply_command(
             }
             delete_json_row(txn, BUSES, &name, &mut view.buses, &name)?;
             let mut events = txn.open_table(EVENTS).map_err(werr)?;
+            let mut gone = 0;
             events
-                .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |_, _| false)
+                .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |k, v| {
+                    gone += block_table::row_bytes(k.0, v.len());
+                    false
+                })
                 .map_err(werr)?;
+            view.stored_bytes = view.stored_bytes.saturating_sub(gone);
             CommandResponse::Ok
         }
         Command::PutRule {
@@ -1197,6 +1296,9 @@ fn apply_command(
                         .map_err(werr)?
                         .map(|g| g.value())
                 };
+                if prev.is_none() {
+                    view.stored_bytes += dedup_bytes(&key);
+                }
                 if let Some(ms) = prev
                     && ms >= horizon
                 {
@@ -1219,7 +1321,7 @@ fn apply_command(
                 outcomes.push(AppendOutcome::Accepted(seq));
             }
             for (bus, block) in blocks {
-                block_table::put(&mut events, bus, block).map_err(werr)?;
+                view.stored_bytes += block_table::put(&mut events, bus, block).map_err(werr)?;
             }
             CommandResponse::Appended(outcomes)
         }
@@ -1230,7 +1332,8 @@ fn apply_command(
             cursors: updates,
         } => {
             if dedup_window_ms > 0 {
-                sweep_dedup(txn, now_ms.saturating_sub(dedup_window_ms))?;
+                let swept = sweep_dedup(txn, now_ms.saturating_sub(dedup_window_ms))?;
+                view.stored_bytes = view.stored_bytes.saturating_sub(swept);
             }
             let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
             for (key, seq) in updates {
@@ -1257,7 +1360,7 @@ fn apply_command(
                     .unwrap_or(view.next_seq);
                 // Whole blocks go: every event in them below every
                 // cursor and past the retention.
-                block_table::drop_done(
+                let dropped = block_table::drop_done(
                     &mut events,
                     bus,
                     min_cursor,
@@ -1265,8 +1368,9 @@ fn apply_command(
                     50_000,
                 )
                 .map_err(werr)?;
+                view.stored_bytes = view.stored_bytes.saturating_sub(dropped.bytes);
             }
-            super::links::collect_inbox(txn, &view.links, &view.cursors)?;
+            super::links::collect_inbox(txn, &view.links, &view.cursors, &mut view.stored_bytes)?;
             CommandResponse::Ok
         }
         Command::ConfigVersion { version } => {
@@ -1277,23 +1381,22 @@ fn apply_command(
             remote,
             items,
             specs,
-        } => super::links::enqueue(txn, &mut view.links, &remote, &items, &specs)?,
+        } => super::links::enqueue(
+            txn,
+            &mut view.links,
+            &mut view.stored_bytes,
+            &remote,
+            &items,
+            &specs,
+        )?,
         Command::LinkAcked { remote, upto } => {
-            super::links::acked(txn, &mut view.links, &remote, upto)?
+            super::links::acked(txn, &mut view.links, &mut view.stored_bytes, &remote, upto)?
         }
         Command::LinkReceive {
             origin,
             first_seq,
             items,
             specs,
-        } => super::links::receive(
-            txn,
-            &mut view.links,
-            &mut view.cursors,
-            &origin,
-            first_seq,
-            &items,
-            &specs,
-        )?,
+        } => super::links::receive(txn, view, &origin, first_seq, &items, &specs)?,
     })
 }
