@@ -275,7 +275,7 @@ fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
     }
 }
 
-fn dir_bytes(dir: &Path, keep: impl Fn(&str) -> bool) -> u64 {
+fn dir_bytes(dir: &Path, keep: &dyn Fn(&str) -> bool) -> u64 {
     let Ok(it) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -284,9 +284,9 @@ fn dir_bytes(dir: &Path, keep: impl Fn(&str) -> bool) -> u64 {
             let md = e.metadata().ok()?;
             let name = e.file_name().to_string_lossy().into_owned();
             if md.is_dir() {
-                Some(dir_bytes(&e.path(), &keep))
+                Some(dir_bytes(&e.path(), keep))
             } else if keep(&name) {
-                Some(md.len())
+                Some(on_disk(&md))
             } else {
                 None
             }
@@ -294,19 +294,31 @@ fn dir_bytes(dir: &Path, keep: impl Fn(&str) -> bool) -> u64 {
         .sum()
 }
 
+/// Bytes a file takes on disk (its blocks: the state database grows its
+/// file ahead of use, and what it has not written yet takes no space).
+fn on_disk(md: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    md.blocks() * 512
+}
+
 struct Split {
     log: u64,
     state: u64,
+    /// The state file's length (its allocated blocks are `state`).
+    state_len: u64,
     snapshots: u64,
 }
 
 fn split(dir: &Path) -> Split {
     Split {
-        log: dir_bytes(&dir.join("raft-log"), |_| true),
+        log: dir_bytes(&dir.join("raft-log"), &|_| true),
         state: std::fs::metadata(dir.join("state.redb"))
+            .map(|m| on_disk(&m))
+            .unwrap_or(0),
+        state_len: std::fs::metadata(dir.join("state.redb"))
             .map(|m| m.len())
             .unwrap_or(0),
-        snapshots: dir_bytes(dir, |n| n.starts_with("snapshot")),
+        snapshots: dir_bytes(dir, &|n| n.starts_with("snapshot")),
     }
 }
 
@@ -314,13 +326,14 @@ fn print(phase: &str, s: &Split, retained: u64, json_mean: f64) {
     let per = |b: u64| b as f64 / retained.max(1) as f64;
     let total = s.log + s.state + s.snapshots;
     println!(
-        "{phase:<7} retained {retained:>9} events ({:.0} B JSON each): {:>7.0} B/event on disk = log {:>6.0} + state {:>6.0} + snapshots {:>6.0}  (total {:.0} MiB)",
+        "{phase:<7} retained {retained:>9} events ({:.0} B JSON each): {:>7.0} B/event on disk = log {:>6.0} + state {:>6.0} + snapshots {:>6.0}  (total {:.0} MiB; state.redb's length {:.0} B/event)",
         json_mean,
         per(total),
         per(s.log),
         per(s.state),
         per(s.snapshots),
-        total as f64 / (1 << 20) as f64
+        total as f64 / (1 << 20) as f64,
+        per(s.state_len)
     );
 }
 
@@ -329,9 +342,11 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
     let batch = env_or("DISK_BENCH_BATCH", 100).max(1);
     let every = env_or("DISK_BENCH_SNAPSHOT_EVERY", 20_000).max(16);
     let retention_ms = retained * 1000 / RATE;
+    let dedup_window_ms = env_or("DISK_BENCH_DEDUP_MS", retention_ms);
     println!(
-        "{retained} events retained ({} s at {RATE} events/s), entries of {batch} events, snapshot_every {every}",
-        retention_ms / 1000
+        "{retained} events retained ({} s at {RATE} events/s), dedup window {} s, entries of {batch} events, snapshot_every {every}",
+        retention_ms / 1000,
+        dedup_window_ms / 1000
     );
     let mut log = LogStore::open(&dir.join("raft-log"))?;
     let state = SiteState::open(&dir.join("state.redb"))?;
@@ -354,6 +369,7 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
     let mut ingested = 0u64;
     let mut json_bytes = 0u64;
     let mut next_checkpoint = 1000;
+    let mut samples: Vec<(u64, u64)> = Vec::new();
     while ingested < total {
         let mut entries = Vec::with_capacity(batch as usize);
         let mut bytes = 0;
@@ -375,7 +391,7 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
             index,
             Command::Append {
                 ingest_ms: now_ms,
-                dedup_window_ms: 86_400_000,
+                dedup_window_ms,
                 entries: Arc::new(entries),
             },
         );
@@ -389,15 +405,20 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
                 Command::Checkpoint {
                     now_ms,
                     retention_ms,
-                    dedup_window_ms: 86_400_000,
+                    dedup_window_ms,
                     cursors: Vec::new(),
                 },
             );
             log.append_durable(vec![e.clone()])?;
             state.apply(vec![e], true)?;
+            if ingested > retained {
+                // Steady state: what the disk holds, sampled every second.
+                let now = split(dir);
+                samples.push((now.log + now.state + now.snapshots, now.log));
+            }
         }
         let since = index - snapshot.unwrap_or(0);
-        let state_bytes = std::fs::metadata(dir.join("state.redb"))?.len();
+        let state_bytes = strait_federation::site::disk_bytes(&dir.join("state.redb"));
         if snapshot_due(since, every, log.bytes_after(snapshot), state_bytes) {
             let mut builder = sm.get_snapshot_builder().await;
             let snap = builder.build_snapshot().await?;
@@ -420,8 +441,29 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
                 kept,
                 json_bytes as f64 / ingested as f64,
             );
+            let stored = state.view().stored_bytes;
+            let dedup = state.dedup_entries()?;
+            println!(
+                "        stored (events, link queues, dedup index: what max_state_bytes counts) {:.0} B/event; dedup entries {:.2} per retained event",
+                stored as f64 / kept.max(1) as f64,
+                dedup as f64 / kept.max(1) as f64
+            );
         }
     }
+    let per = |b: f64| b / retained as f64;
+    let n = samples.len().max(1) as f64;
+    let mean = samples.iter().map(|s| s.0 as f64).sum::<f64>() / n;
+    let max = samples.iter().map(|s| s.0).max().unwrap_or(0) as f64;
+    let log_mean = samples.iter().map(|s| s.1 as f64).sum::<f64>() / n;
+    let log_max = samples.iter().map(|s| s.1).max().unwrap_or(0) as f64;
+    println!(
+        "steady state over {} samples (one a simulated second): mean {:.0} B/event on disk (log {:.0}), max {:.0} (log {:.0})",
+        samples.len(),
+        per(mean),
+        per(log_mean),
+        per(max),
+        per(log_max)
+    );
     println!(
         "{ingested} events ingested in {:.1} s, {snapshots} snapshots built",
         started.elapsed().as_secs_f64()

@@ -33,6 +33,16 @@ pub enum Bootstrap {
 /// Most entries between snapshots, as a multiple of `snapshot_every`.
 const SNAPSHOT_MAX_FACTOR: u64 = 64;
 
+/// Bytes the file at `path` takes on disk: its allocated blocks (the
+/// state database grows its file ahead of use; what it has not written
+/// takes no space). 0 when it cannot be read.
+pub fn disk_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
+}
+
 /// Whether [`snapshot_trigger`] builds a snapshot now: `since` entries
 /// were applied since the last one (`every` at least), the log holds
 /// `log_bytes` beyond it and the state database `state_bytes`.
@@ -43,14 +53,14 @@ pub fn snapshot_due(since: u64, every: u64, log_bytes: u64, state_bytes: u64) ->
 
 /// Build a snapshot (after which openraft purges the log) once at least
 /// `every` entries were applied since the last one **and** the log since
-/// then holds at least half as many bytes as the state database, or once
-/// `SNAPSHOT_MAX_FACTOR × every` entries were applied.
+/// then holds at least half as many bytes as the state database takes on
+/// disk, or once `SNAPSHOT_MAX_FACTOR × every` entries were applied.
 ///
-/// A snapshot copies the whole state, which grows with retention. Counting
-/// entries alone made a site holding an hour of events copy all of them
-/// every few thousand small entries (link acknowledgements, checkpoints);
-/// tying the interval to the state's size keeps the copying proportional to
-/// what is written, and the log's disk use to about half the state's.
+/// Building a snapshot only makes the state durable (the state database
+/// is the snapshot, see [`crate::store::machine`]); what the log keeps is
+/// what a follower that fell behind can catch up from without being sent
+/// the whole state. Half the state's size keeps the log's disk use at most
+/// about half the state's.
 async fn snapshot_trigger(raft: Raft, log: LogStore, state_path: std::path::PathBuf, every: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -67,9 +77,7 @@ async fn snapshot_trigger(raft: Raft, log: LogStore, state_path: std::path::Path
             continue;
         }
         let log_bytes = log.bytes_after(snapshot);
-        let state_bytes = std::fs::metadata(&state_path)
-            .map(|md| md.len())
-            .unwrap_or(0);
+        let state_bytes = disk_bytes(&state_path);
         if snapshot_due(since, every, log_bytes, state_bytes) {
             tracing::info!(since, log_bytes, state_bytes, "building a snapshot");
             if raft.trigger().snapshot().await.is_err() {
