@@ -411,11 +411,11 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
             );
             log.append_durable(vec![e.clone()])?;
             state.apply(vec![e], true)?;
-            if ingested > retained {
-                // Steady state: what the disk holds, sampled every second.
-                let now = split(dir);
-                samples.push((now.log + now.state + now.snapshots, now.log));
-            }
+        }
+        if ingested > retained {
+            // Steady state: what the disk holds, sampled every entry.
+            let now = split(dir);
+            samples.push((now.log + now.state + now.snapshots, now.log));
         }
         let since = index - snapshot.unwrap_or(0);
         let state_bytes = strait_federation::site::disk_bytes(&dir.join("state.redb"));
@@ -457,7 +457,7 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
     let log_mean = samples.iter().map(|s| s.1 as f64).sum::<f64>() / n;
     let log_max = samples.iter().map(|s| s.1).max().unwrap_or(0) as f64;
     println!(
-        "steady state over {} samples (one a simulated second): mean {:.0} B/event on disk (log {:.0}), max {:.0} (log {:.0})",
+        "steady state over {} samples (one an entry): mean {:.0} B/event on disk (log {:.0}), max {:.0} (log {:.0})",
         samples.len(),
         per(mean),
         per(log_mean),

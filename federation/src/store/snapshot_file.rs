@@ -16,6 +16,8 @@ use std::future::Future;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
@@ -43,6 +45,9 @@ pub struct SnapshotFile {
     seek: Option<SeekFrom>,
     /// Delete the file when this is dropped.
     temporary: bool,
+    /// Set when this is dropped: a write still under way then deletes
+    /// the file itself when it ends.
+    dropped: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SnapshotFile {
@@ -69,6 +74,7 @@ impl SnapshotFile {
             stage: Stage::Deferred(Some(write)),
             seek: None,
             temporary: true,
+            dropped: Arc::default(),
         }
     }
 
@@ -86,6 +92,7 @@ impl SnapshotFile {
             stage: Stage::Open(file),
             seek: None,
             temporary: false,
+            dropped: Arc::default(),
         })
     }
 
@@ -121,9 +128,13 @@ impl SnapshotFile {
                         continue;
                     };
                     let path = self.path.clone();
+                    let dropped = self.dropped.clone();
                     self.stage = Stage::Writing(tokio::task::spawn_blocking(move || {
-                        write(&path)?;
-                        std::fs::File::open(&path)
+                        let written = write(&path).and_then(|()| std::fs::File::open(&path));
+                        if dropped.load(Ordering::Acquire) {
+                            discard(&path);
+                        }
+                        written
                     }));
                 }
                 Stage::Writing(handle) => {
@@ -146,13 +157,20 @@ impl SnapshotFile {
     }
 }
 
+/// Delete a sent snapshot's file (gently), if it is there.
+fn discard(path: &Path) {
+    if path.exists()
+        && let Err(e) = super::gentle::discard(path)
+    {
+        tracing::warn!(file = %path.display(), error = %e, "cannot delete a sent snapshot");
+    }
+}
+
 impl Drop for SnapshotFile {
     fn drop(&mut self) {
-        if self.temporary
-            && self.path.exists()
-            && let Err(e) = super::gentle::discard(&self.path)
-        {
-            tracing::warn!(file = %self.path.display(), error = %e, "cannot delete a sent snapshot");
+        if self.temporary {
+            self.dropped.store(true, Ordering::Release);
+            discard(&self.path);
         }
     }
 }
