@@ -233,6 +233,28 @@ async fn a_link_carries_the_outbox_in_order_across_an_outage() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The receiving site's state is full (max_state_bytes): it stores
+    // nothing more, the sender keeps the batch and backs off, and it goes
+    // through once there is room.
+    aws.site.state.set_max_bytes(1);
+    enqueue(&idc.site, 4001..4101).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    {
+        let s = stats.lock().expect("stats");
+        let l = s.get("aws").expect("link stats");
+        assert_eq!(l.state, "down", "{l:?}");
+        assert!(
+            l.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("max_state_bytes")),
+            "{l:?}"
+        );
+        assert_eq!(l.backlog, 100, "{l:?}");
+    }
+    wait_inbound(&aws.site, 4000, "while full").await;
+    aws.site.state.set_max_bytes(0);
+    wait_inbound(&aws.site, 4100, "once there is room").await;
+
     // A node of idc cannot send on behalf of another site.
     let (probe, _) = {
         let c = common::node(&certs, 2, "idc");
