@@ -61,13 +61,25 @@ async fn snapshot_build_and_install_memory_does_not_grow_with_the_state() -> any
         spec: serde_json::json!({}),
     };
     state.apply(vec![entry(1, bus)], true)?;
-    let payload = "x".repeat(1000);
+    // Hex noise: event blocks are compressed, and the state must hold
+    // about STATE_MB whatever the compression.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut noise = move || {
+        let mut s = String::with_capacity(1000);
+        while s.len() < 1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.push_str(&format!("{x:016x}"));
+        }
+        s
+    };
     let (mut index, mut seq) = (2, 0u64);
     while seq * 1000 < STATE_MB << 20 {
         let mut events = Vec::with_capacity(500);
         for _ in 0..500 {
             let id = format!("e{seq}");
-            let json = format!(r#"{{"id":"{id}","data":"{payload}"}}"#);
+            let json = format!(r#"{{"id":"{id}","data":"{}"}}"#, noise());
             events.push(AppendEntry {
                 bus: "b".into(),
                 source: "/s".into(),
