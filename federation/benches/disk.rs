@@ -482,5 +482,50 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run(dir.path()))
+    rt.block_on(run(dir.path()))?;
+    compression();
+    Ok(())
+}
+
+/// What compressing blocks costs: building the rows of entries of 100
+/// events (what an apply does per bus) and reading every event back (what
+/// the dispatcher does), CPU only.
+fn compression() {
+    use strait_federation::store::blocks::{Block, BlockBuilder};
+    let mut rng = Rng(0x0ddb_a11c_0ffe_e001);
+    let entries: Vec<Vec<String>> = (0..200)
+        .map(|k| (0..100).map(|i| event(&mut rng, k * 100 + i).2).collect())
+        .collect();
+    let raw: usize = entries.iter().flatten().map(String::len).sum();
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for (k, events) in entries.iter().enumerate() {
+        let mut b = BlockBuilder::new();
+        for (i, json) in events.iter().enumerate() {
+            b.push((k * 100 + i) as u64, 1, json.as_bytes());
+        }
+        rows.extend(b.finish(7));
+    }
+    let build = started.elapsed();
+    let stored: usize = rows.iter().map(|(_, r)| r.len()).sum();
+    let started = Instant::now();
+    let mut read = 0usize;
+    let mut buf = Vec::new();
+    for (_, row) in &rows {
+        if let Ok(block) = Block::parse(row) {
+            let _ = block.for_each_from(0, &mut buf, |_, _, json| {
+                read += json.len();
+                true
+            });
+        }
+    }
+    let scan = started.elapsed();
+    let n = (entries.len() * 100) as f64;
+    println!(
+        "blocks: {:.2}x smaller ({raw} -> {stored} bytes in {} rows); build {:.2} us/event, read back {:.2} us/event ({read} bytes)",
+        raw as f64 / stored as f64,
+        rows.len(),
+        build.as_secs_f64() * 1e6 / n,
+        scan.as_secs_f64() * 1e6 / n
+    );
 }
