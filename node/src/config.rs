@@ -363,7 +363,8 @@ pub struct NodeConfig {
     pub auth: Auth,
     /// Size limits.
     pub limits: Limits,
-    /// Dedup window for (bus, source, id).
+    /// Dedup window for (bus, source, id); one hour by default, the
+    /// default retention (the index costs disk per event of the window).
     pub dedup_window_secs: u64,
     /// Delivered events are kept at least this long.
     pub retention_secs: u64,
@@ -424,7 +425,7 @@ impl Default for NodeConfig {
             dev: false,
             auth: Auth::default(),
             limits: Limits::default(),
-            dedup_window_secs: 86_400,
+            dedup_window_secs: 3_600,
             retention_secs: 3_600,
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
             snapshot_every: 20_000,
