@@ -2,7 +2,7 @@
 //! so the log is fsynced once per batch, not once per event.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use strait_federation::{AppendEntry, AppendOutcome, Command, CommandResponse, FederationError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::cluster::Writer;
 use crate::config::Batching;
+use crate::util::now_ms;
 
 /// Why a commit failed (the events were not stored).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -32,14 +33,6 @@ struct Pending {
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Pending>,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Committer {

@@ -1,6 +1,8 @@
 //! Command line: `serve`, `put`, `apply`, `get`, `test-pattern`, `cert`,
 //! `cluster` and `local`.
 
+pub mod local;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -10,8 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::NodeConfig;
-use crate::source_spec::SourceSpec;
-use crate::spec::{RuleSpec, validate_name};
+use crate::config::check::validate_name;
+use crate::config::rule::RuleSpec;
+use crate::config::source::SourceSpec;
 
 /// `println!` for command output that does not panic when the reader went
 /// away (`strait get rules | head`): a closed pipe ends the process quietly.
@@ -349,7 +352,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let app = match crate::app::start(cfg).await {
         Ok(app) => app,
         Err(e) => {
-            let others = crate::local::processes_using_data_dir(&data_dir);
+            let others = crate::cli::local::processes_using_data_dir(&data_dir);
             let hint = match others.first() {
                 Some(pid) => format!(
                     " (another Strait node, pid {pid}, uses this data directory; give this node its own with --data-dir DIR, or `data_dir:` in its config)"
@@ -370,7 +373,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             "try:\n  curl -X POST http://{addr}/v1/buses/default/events \\\n    -H 'content-type: application/cloudevents+json' \\\n    -d '{{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/demo\",\"type\":\"demo.hello\",\"data\":{{\"hello\":\"world\"}}}}'"
         );
     }
-    let router = crate::api::router(app.clone());
+    let router = crate::http::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let watch = tokio::spawn(watch_failure(
         app.clone(),
@@ -462,11 +465,11 @@ async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
             json,
             ..
         } => {
-            let body = crate::local::dir_status(&dir).await?;
+            let body = crate::cli::local::dir_status(&dir).await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&body)?);
             } else {
-                out!("{}", crate::local::dir_status_table(&body));
+                out!("{}", crate::cli::local::dir_status_table(&body));
             }
         }
         ClusterCommand::Status {
@@ -485,7 +488,7 @@ async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
             if json {
                 outln!("{}", serde_json::to_string_pretty(&body)?);
             } else {
-                out!("{}", crate::local::status_table(&body));
+                out!("{}", crate::cli::local::status_table(&body));
             }
         }
         ClusterCommand::Join {
@@ -529,12 +532,12 @@ async fn local(c: LocalCommand) -> anyhow::Result<()> {
         } => {
             let sites = sites
                 .iter()
-                .map(|s| crate::local::parse_site(s))
+                .map(|s| crate::cli::local::parse_site(s))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            for w in crate::local::site_warnings(&sites) {
+            for w in crate::cli::local::site_warnings(&sites) {
                 eprintln!("warning: {w}");
             }
-            let opts = crate::local::UpOptions {
+            let opts = crate::cli::local::UpOptions {
                 dir: dir.clone(),
                 sites,
                 extra,
@@ -542,16 +545,16 @@ async fn local(c: LocalCommand) -> anyhow::Result<()> {
                 control_voters_per_site,
                 fresh,
             };
-            let cluster = crate::local::up(&opts).await?;
+            let cluster = crate::cli::local::up(&opts).await?;
             outln!(
                 "local cluster up ({} nodes); see {}",
                 cluster.nodes.len(),
-                crate::local::cluster_file(&dir).display()
+                crate::cli::local::cluster_file(&dir).display()
             );
-            out!("{}", crate::local::describe(&cluster));
+            out!("{}", crate::cli::local::describe(&cluster));
         }
         LocalCommand::Down { dir, purge } => {
-            let r = crate::local::down(&dir, crate::local::STOP_GRACE, purge).await?;
+            let r = crate::cli::local::down(&dir, crate::cli::local::STOP_GRACE, purge).await?;
             let names: Vec<String> = r
                 .stopped
                 .iter()
