@@ -1,20 +1,15 @@
-//! Command line: `serve`, `put`, `apply`, `get`, `test-pattern`, `cert`,
-//! `cluster` and `local`.
+//! Command line: `serve` ([`serve`]), the API client commands `put`,
+//! `apply`, `get` and `cluster` ([`client`]), `local` ([`local`]),
+//! `test-pattern` and `cert`.
 
 pub mod local;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
 use serde_json::{Value, json};
-
-use crate::config::NodeConfig;
-use crate::config::check::validate_name;
-use crate::config::rule::RuleSpec;
-use crate::config::source::SourceSpec;
 
 /// `println!` for command output that does not panic when the reader went
 /// away (`strait get rules | head`): a closed pipe ends the process quietly.
@@ -30,6 +25,9 @@ macro_rules! out {
         $crate::cli::write_stdout(format_args!($($arg)*))
     };
 }
+
+mod client;
+mod serve;
 
 /// Write command output to stdout. A reader that closed the pipe ends the
 /// process with status 141 (as a shell reports SIGPIPE), without a panic;
@@ -300,224 +298,15 @@ pub struct TestPatternArgs {
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Commands::Serve(a) => serve(a).await,
-        Commands::Put(a) => put(a).await,
-        Commands::Apply(a) => apply(a).await.map(|_| ExitCode::SUCCESS),
-        Commands::Get(a) => get(a).await.map(|_| ExitCode::SUCCESS),
+        Commands::Serve(a) => serve::serve(a).await,
+        Commands::Put(a) => client::put(a).await,
+        Commands::Apply(a) => client::apply(a).await.map(|_| ExitCode::SUCCESS),
+        Commands::Get(a) => client::get(a).await.map(|_| ExitCode::SUCCESS),
         Commands::TestPattern(a) => Ok(test_pattern(a)),
         Commands::Cert(c) => cert(c).map(|_| ExitCode::SUCCESS),
-        Commands::Cluster(c) => cluster(c).await.map(|_| ExitCode::SUCCESS),
+        Commands::Cluster(c) => client::cluster(c).await.map(|_| ExitCode::SUCCESS),
         Commands::Local(c) => local(c).await.map(|_| ExitCode::SUCCESS),
     }
-}
-
-/// Exit code of `strait serve` after a storage error stopped the node
-/// (`EX_IOERR` of sysexits.h): a supervisor should restart it.
-pub const EXIT_STORAGE_FAILED: u8 = 74;
-
-async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut cfg = match &a.config {
-        Some(p) => NodeConfig::load(p)?,
-        None => NodeConfig::default(),
-    };
-    if a.dev {
-        cfg.dev = true;
-    }
-    if let Some(d) = a.data_dir {
-        cfg.data_dir = d;
-    }
-    if let Some(h) = a.http {
-        cfg.http = h;
-    }
-    if let Some(j) = a.join {
-        cfg.cluster.join = Some(j);
-        cfg.cluster.initial_members.clear();
-    }
-    if a.config.is_none() && !a.dev {
-        bail!("give --dev for a local development node, or --config FILE for a real one");
-    }
-    cfg.validate()?;
-    let _telemetry = crate::telemetry::init(cfg.telemetry.otlp_endpoint.as_deref())?;
-    let listener = match tokio::net::TcpListener::bind(&cfg.http).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
-            "cannot listen on {}: the address is in use (another Strait node or another program listens there); give this node another address with --http 127.0.0.1:PORT (or `http:` in its config)",
-            cfg.http
-        ),
-        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", cfg.http)),
-    };
-    let addr = listener.local_addr()?;
-    let data_dir = cfg.data_dir.clone();
-    let dev = cfg.dev;
-    let app = match crate::app::start(cfg).await {
-        Ok(app) => app,
-        Err(e) => {
-            let others = crate::cli::local::processes_using_data_dir(&data_dir);
-            let hint = match others.first() {
-                Some(pid) => format!(
-                    " (another Strait node, pid {pid}, uses this data directory; give this node its own with --data-dir DIR, or `data_dir:` in its config)"
-                ),
-                None => String::new(),
-            };
-            return Err(e.context(format!("cannot open data dir {}{hint}", data_dir.display())));
-        }
-    };
-    eprintln!(
-        "strait {} listening on http://{addr} (data in {}{})",
-        env!("CARGO_PKG_VERSION"),
-        data_dir.display(),
-        if dev { ", dev mode: no auth" } else { "" }
-    );
-    if dev {
-        eprintln!(
-            "try:\n  curl -X POST http://{addr}/v1/buses/default/events \\\n    -H 'content-type: application/cloudevents+json' \\\n    -d '{{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/demo\",\"type\":\"demo.hello\",\"data\":{{\"hello\":\"world\"}}}}'"
-        );
-    }
-    let router = crate::http::router(app.clone());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let watch = tokio::spawn(watch_failure(
-        app.clone(),
-        std::time::Duration::from_secs(app.cfg.storage_failure_exit_secs),
-        stop_tx,
-    ));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = stop_rx => {}
-            }
-        })
-        .await?;
-    watch.abort();
-    if let Some(f) = app.failure() {
-        // Best effort: Raft has stopped, and the disk may refuse the flush.
-        if let Err(e) = app.site.shutdown().await {
-            tracing::warn!(error = %e, "stopping after the failure");
-        }
-        if let Some(e) = app.writer.endpoint() {
-            e.close().await;
-        }
-        tracing::error!(error = %f.message, code = EXIT_STORAGE_FAILED, "exiting: this node's Raft had stopped");
-        return Ok(ExitCode::from(EXIT_STORAGE_FAILED));
-    }
-    app.site.shutdown().await?;
-    if let Some(e) = app.writer.endpoint() {
-        e.close().await;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Once this node's Raft stops on its own (a storage error), say so loudly,
-/// and after `exit_after` (unless zero) stop serving so that `serve` exits
-/// with [`EXIT_STORAGE_FAILED`].
-async fn watch_failure(
-    app: std::sync::Arc<crate::app::App>,
-    exit_after: std::time::Duration,
-    stop: tokio::sync::oneshot::Sender<()>,
-) {
-    let f = app.failed().await;
-    metrics::gauge!("strait_raft_stopped").set(1.0);
-    let what = if f.storage {
-        "storage failed"
-    } else {
-        "Raft stopped"
-    };
-    if exit_after.is_zero() {
-        tracing::error!(
-            error = %f.message,
-            "{what}: this node accepts no writes until it is restarted; /readyz and /healthz answer 503, \
-             writes 507 (storage_failure_exit_secs is 0: waiting for a restart by hand); \
-             free disk space or fix the disk, then restart it"
-        );
-        return;
-    }
-    tracing::error!(
-        error = %f.message,
-        exit_in_secs = exit_after.as_secs(),
-        code = EXIT_STORAGE_FAILED,
-        "{what}: this node accepts no writes until it is restarted; /readyz and /healthz answer 503, \
-         writes 507; exiting soon so that a supervisor restarts it (free disk space or fix the disk)"
-    );
-    tokio::time::sleep(exit_after).await;
-    let _ = stop.send(());
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
-async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
-    match c {
-        ClusterCommand::Status {
-            dir: Some(dir),
-            json,
-            ..
-        } => {
-            let body = crate::cli::local::dir_status(&dir).await?;
-            if json {
-                outln!("{}", serde_json::to_string_pretty(&body)?);
-            } else {
-                out!("{}", crate::cli::local::dir_status_table(&body));
-            }
-        }
-        ClusterCommand::Status {
-            server,
-            dir: None,
-            json,
-        } => {
-            let (client, base) = client(&server);
-            let body = get_json(
-                &client,
-                &server,
-                format!("{base}/v1/cluster"),
-                "cluster status",
-            )
-            .await?;
-            if json {
-                outln!("{}", serde_json::to_string_pretty(&body)?);
-            } else {
-                out!("{}", crate::cli::local::status_table(&body));
-            }
-        }
-        ClusterCommand::Join {
-            server,
-            node_id,
-            raft_addr,
-            http_addr,
-        } => {
-            let (client, base) = client(&server);
-            let req = client
-                .post(format!("{base}/v1/cluster/members"))
-                .json(&json!({"id": node_id, "raftAddr": raft_addr, "httpAddr": http_addr}));
-            let (status, body) = send(with_auth(req, &server), "cluster join").await?;
-            if status != 200 {
-                return Err(api_error("cluster join", status, &body));
-            }
-            outln!("node {node_id} is a voter; voters now {}", body["voters"]);
-        }
-        ClusterCommand::Leave { server, node_id } => {
-            let (client, base) = client(&server);
-            let req = client.delete(format!("{base}/v1/cluster/members/{node_id}"));
-            let (status, body) = send(with_auth(req, &server), "cluster leave").await?;
-            if status != 200 {
-                return Err(api_error("cluster leave", status, &body));
-            }
-            outln!("node {node_id} removed; voters now {}", body["voters"]);
-        }
-    }
-    Ok(())
 }
 
 async fn local(c: LocalCommand) -> anyhow::Result<()> {
@@ -582,279 +371,6 @@ async fn local(c: LocalCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client(s: &ServerArgs) -> (reqwest::Client, String) {
-    (
-        reqwest::Client::new(),
-        s.server.trim_end_matches('/').to_string(),
-    )
-}
-
-fn with_auth(req: reqwest::RequestBuilder, s: &ServerArgs) -> reqwest::RequestBuilder {
-    match &s.token {
-        Some(t) => req.bearer_auth(t),
-        None => req,
-    }
-}
-
-async fn send(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<(u16, Value)> {
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("{what}: cannot reach the server"))?;
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    Ok((status, body))
-}
-
-/// GET `url`: the body of a 200 answer, else an error saying `what` failed.
-async fn get_json(
-    c: &reqwest::Client,
-    server: &ServerArgs,
-    url: String,
-    what: &str,
-) -> anyhow::Result<Value> {
-    let (status, body) = send(with_auth(c.get(url), server), what).await?;
-    if status != 200 {
-        return Err(api_error(what, status, &body));
-    }
-    Ok(body)
-}
-
-fn api_error(what: &str, status: u16, body: &Value) -> anyhow::Error {
-    let msg = body
-        .pointer("/error/message")
-        .and_then(Value::as_str)
-        .unwrap_or("no error message");
-    anyhow!("{what}: HTTP {status}: {msg}")
-}
-
-async fn put(a: PutArgs) -> anyhow::Result<ExitCode> {
-    let (c, base) = client(&a.server);
-    let mut ev = json!({
-        "specversion": "1.0",
-        "id": a.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        "source": a.source,
-        "type": a.event_type,
-    });
-    if let Some(s) = &a.subject {
-        ev["subject"] = json!(s);
-    }
-    if let Some(d) = &a.data {
-        ev["data"] = serde_json::from_str(d).unwrap_or_else(|_| json!(d));
-    }
-    let req = c
-        .post(format!("{base}/v1/buses/{}/events", a.bus))
-        .header("content-type", crate::ingest::STRUCTURED)
-        .body(ev.to_string());
-    let (status, body) = send(with_auth(req, &a.server), "put").await?;
-    outln!("{}", serde_json::to_string_pretty(&body)?);
-    Ok(if (200..300).contains(&status) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// The declarative file for `strait apply`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ApplyFile {
-    #[serde(default)]
-    buses: Vec<ApplyBus>,
-    #[serde(default)]
-    rules: Vec<ApplyRule>,
-    #[serde(default)]
-    sources: Vec<ApplySource>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ApplyBus {
-    name: String,
-    #[serde(default)]
-    description: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct ApplyRule {
-    bus: String,
-    name: String,
-    #[serde(flatten)]
-    spec: serde_json::Map<String, Value>,
-}
-
-/// A source: its name and the body of `PUT /v1/sources/{name}`.
-#[derive(Debug, Deserialize)]
-struct ApplySource {
-    name: String,
-    #[serde(flatten)]
-    spec: serde_json::Map<String, Value>,
-}
-
-fn load_doc<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_yaml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
-}
-
-async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
-    let file: ApplyFile = load_doc(&a.file)?;
-    // Validate everything before changing anything.
-    for (i, b) in file.buses.iter().enumerate() {
-        validate_name("bus", &b.name)
-            .map_err(|e| anyhow!("{}: buses[{i}].name: {}", a.file.display(), e.message))?;
-    }
-    for (i, r) in file.rules.iter().enumerate() {
-        validate_name("rule", &r.name)
-            .map_err(|e| anyhow!("{}: rules[{i}].name: {}", a.file.display(), e.message))?;
-        RuleSpec::from_json(&Value::Object(r.spec.clone()))
-            .map_err(|e| anyhow!("{}: rules[{i}] ({}): {e}", a.file.display(), r.name))?;
-    }
-    for (i, s) in file.sources.iter().enumerate() {
-        validate_name("source", &s.name)
-            .map_err(|e| anyhow!("{}: sources[{i}].name: {}", a.file.display(), e.message))?;
-        SourceSpec::from_json(&Value::Object(s.spec.clone()))
-            .map_err(|e| anyhow!("{}: sources[{i}] ({}): {e}", a.file.display(), s.name))?;
-    }
-    let (c, base) = client(&a.server);
-    // PUT `body` at `path`; `what` names the resource in the output.
-    let put = async |path: String, body: &Value, what: String| -> anyhow::Result<()> {
-        let req = c.put(format!("{base}{path}")).json(body);
-        let (status, body) = send(with_auth(req, &a.server), "apply").await?;
-        if !(200..300).contains(&status) {
-            return Err(api_error(&what, status, &body));
-        }
-        outln!("{what}: applied");
-        Ok(())
-    };
-    for b in &file.buses {
-        put(
-            format!("/v1/buses/{}", b.name),
-            &json!({"description": b.description}),
-            format!("bus {}", b.name),
-        )
-        .await?;
-    }
-    for r in &file.rules {
-        put(
-            format!("/v1/buses/{}/rules/{}", r.bus, r.name),
-            &Value::Object(r.spec.clone()),
-            format!("rule {}/{}", r.bus, r.name),
-        )
-        .await?;
-    }
-    for s in &file.sources {
-        put(
-            format!("/v1/sources/{}", s.name),
-            &Value::Object(s.spec.clone()),
-            format!("source {}", s.name),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-async fn get(a: GetArgs) -> anyhow::Result<()> {
-    let (c, base) = client(&a.server);
-    let body = get_json(&c, &a.server, format!("{base}/v1/buses"), "get buses").await?;
-    let buses: Vec<String> = body["buses"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .filter_map(|b| b["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    if a.what == "buses" {
-        outln!("{:<24} DESCRIPTION", "BUS");
-        for b in body["buses"].as_array().into_iter().flatten() {
-            outln!(
-                "{:<24} {}",
-                b["name"].as_str().unwrap_or(""),
-                b["description"].as_str().unwrap_or("")
-            );
-        }
-        return Ok(());
-    }
-    if let Some(b) = &a.bus
-        && !buses.contains(b)
-    {
-        bail!("bus `{b}` does not exist");
-    }
-    if a.what == "sources" {
-        return get_sources(&a, &c, &base).await;
-    }
-    outln!(
-        "{:<16} {:<24} {:<8} {:<40} PATTERN",
-        "BUS",
-        "RULE",
-        "ENABLED",
-        "TARGETS"
-    );
-    for bus in buses
-        .iter()
-        .filter(|b| a.bus.as_ref().is_none_or(|x| x == *b))
-    {
-        let body = get_json(
-            &c,
-            &a.server,
-            format!("{base}/v1/buses/{bus}/rules"),
-            &format!("get rules of {bus}"),
-        )
-        .await?;
-        for r in body["rules"].as_array().into_iter().flatten() {
-            let targets: Vec<String> = r["targets"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| {
-                    format!(
-                        "{}→{}",
-                        t["id"].as_str().unwrap_or(""),
-                        t["endpoint"].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
-            outln!(
-                "{:<16} {:<24} {:<8} {:<40} {}",
-                bus,
-                r["name"].as_str().unwrap_or(""),
-                r["enabled"].as_bool().unwrap_or(true),
-                targets.join(","),
-                r["pattern"]
-            );
-        }
-    }
-    Ok(())
-}
-
-async fn get_sources(a: &GetArgs, c: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    let body = get_json(c, &a.server, format!("{base}/v1/sources"), "get sources").await?;
-    outln!(
-        "{:<24} {:<10} {:<16} {:<16} QUEUE",
-        "SOURCE",
-        "TYPE",
-        "SITE",
-        "BUS"
-    );
-    let field = |s: &Value, k: &str| s[k].as_str().unwrap_or("").to_string();
-    for s in body["sources"].as_array().into_iter().flatten() {
-        let bus = field(s, "bus");
-        if a.bus.as_ref().is_some_and(|b| *b != bus) {
-            continue;
-        }
-        outln!(
-            "{:<24} {:<10} {:<16} {:<16} {}",
-            field(s, "name"),
-            field(s, "type"),
-            field(s, "site"),
-            bus,
-            field(s, "queueUrl")
-        );
-    }
-    Ok(())
-}
-
 /// Exit status of `test-pattern` when a file cannot be read or the pattern
 /// is invalid (0: the event matches, 1: it does not; 2 is also what a bad
 /// flag gives).
@@ -875,6 +391,12 @@ fn test_pattern(a: TestPatternArgs) -> ExitCode {
             ExitCode::from(TEST_PATTERN_ERROR)
         }
     }
+}
+
+fn load_doc<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_yaml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 fn pattern_matches(a: &TestPatternArgs) -> anyhow::Result<bool> {
