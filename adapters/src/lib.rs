@@ -99,6 +99,51 @@ pub struct SinkContext {
     pub aws_credentials: aws_common::AwsCredentials,
 }
 
+/// An event an ingress offers to [`Ingest::submit`], in request order.
+#[derive(Debug)]
+pub enum Offer {
+    /// A CloudEvent in structured JSON form, for `bus`.
+    Event {
+        /// The bus.
+        bus: String,
+        /// The event.
+        event: Value,
+    },
+    /// An entry the ingress refused itself: counted as received on `bus`
+    /// (empty when it names no existing bus).
+    Refused {
+        /// The bus it is counted on.
+        bus: String,
+    },
+}
+
+/// What became of one [`Offer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Stored (now, or before: a duplicate).
+    Stored,
+    /// The event is not one the node stores (why).
+    Invalid(String),
+    /// The bus was deleted.
+    NoSuchBus,
+    /// Refused by the ingress ([`Offer::Refused`]).
+    Refused,
+}
+
+/// The answer of [`Ingest::submit`]: one outcome per offer, or why nothing
+/// was stored.
+pub type IngestFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<IngestOutcome>, String>> + Send + 'a>>;
+
+/// Where an ingress hands the events it receives: the counterpart of
+/// [`Sink`], implemented by the node.
+pub trait Ingest: Send + Sync {
+    /// Whether `bus` exists.
+    fn bus_exists(&self, bus: &str) -> bool;
+    /// Store the offered events (one outcome per offer, in order).
+    fn submit(&self, offers: Vec<Offer>) -> IngestFuture<'_>;
+}
+
 /// One kind of target this build knows: the `type` a rule target names,
 /// the check of its settings and the constructor of its running sink.
 /// [`TARGET_KINDS`] is the registry; nothing else matches on type names.

@@ -14,7 +14,7 @@ use crate::cluster::Writer;
 use crate::cluster::control::Control;
 use crate::config::NodeConfig;
 use crate::config::bus::bus_json;
-use crate::config::keys::{AlibabaState, AwsState};
+use crate::config::keys::AlibabaState;
 use crate::dispatch::{Context, Progress};
 use crate::ingest::{Committer, Ingest};
 use crate::sources::SourceStatuses;
@@ -42,8 +42,8 @@ pub struct App {
     pub cert_expiry: Option<i64>,
     /// Live figures of the outgoing links.
     pub link_stats: strait_federation::link::service::LinkStatsMap,
-    /// AWS ingress keys.
-    pub aws: AwsState,
+    /// The AWS ingress's keys and account.
+    pub aws: strait_adapters::aws_eventbridge::ingress::IngressConfig,
     /// The control group's replica (federation with shared configuration).
     pub control: Option<Control>,
     /// Run-time status of the shared sources on this node.
@@ -120,7 +120,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         alibaba_credentials: Arc::new(cfg.alibaba.credentials.clone()),
         aws_credentials: Arc::new(cfg.aws.credentials.clone()),
     };
-    let aws = AwsState::from_config(&cfg.aws);
+    let aws = crate::config::keys::aws_ingress(&cfg.aws);
     let progress = Progress::default();
     let link_stats = crate::links::new_stats();
     let sources = Arc::new(SourceStatuses::default());

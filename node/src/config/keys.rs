@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use strait_adapters::alibaba_eventbridge::sign::{IngressKey, RsaPublicKey};
+use strait_adapters::aws_eventbridge::ingress::IngressConfig;
 use strait_adapters::aws_eventbridge::sigv4::VerifyKey;
 
 use super::{Alibaba, Aws};
@@ -75,26 +76,19 @@ impl AlibabaState {
     }
 }
 
-/// Keys of the AWS ingress.
-#[derive(Debug)]
-pub struct AwsState {
-    /// The SigV4 keys requests are verified against.
-    pub keys: Vec<VerifyKey>,
-}
-
-impl AwsState {
-    /// Build from the config.
-    pub fn from_config(cfg: &Aws) -> AwsState {
-        AwsState {
-            keys: cfg
-                .ingress_keys
-                .iter()
-                .map(|k| VerifyKey {
-                    access_key_id: k.access_key_id.clone(),
-                    secret_access_key: k.secret_access_key.clone(),
-                })
-                .collect(),
-        }
+/// The AWS ingress's keys and account.
+pub fn aws_ingress(cfg: &Aws) -> IngressConfig {
+    IngressConfig {
+        keys: cfg
+            .ingress_keys
+            .iter()
+            .map(|k| VerifyKey {
+                access_key_id: k.access_key_id.clone(),
+                secret_access_key: k.secret_access_key.clone(),
+            })
+            .collect(),
+        account_id: cfg.account_id.clone(),
+        max_clock_skew_secs: cfg.max_clock_skew_secs,
     }
 }
 

@@ -9,6 +9,7 @@
 //! into validated events; it is pure.
 
 mod commit;
+mod gate;
 mod parse;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use strait_federation::{AppendEntry, AppendOutcome};
 
 pub use commit::{CommitError, Committer};
+pub use gate::Gate;
 pub use parse::{
     Entries, RequestError, STRUCTURED, parse_batch, parse_items, parse_request, parse_structured,
 };
