@@ -196,3 +196,159 @@ pub async fn put_events(
     );
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::IngestFuture;
+
+    /// An ingest with the buses `default` and `gone`: an event of `gone`
+    /// meets a deleted bus, one whose source is `bad` is invalid.
+    #[derive(Default)]
+    struct Fake {
+        offered: Mutex<Vec<String>>,
+        down: bool,
+    }
+
+    impl Ingest for Fake {
+        fn bus_exists(&self, bus: &str) -> bool {
+            bus == "default" || bus == "gone"
+        }
+
+        fn submit(&self, offers: Vec<Offer>) -> IngestFuture<'_> {
+            Box::pin(async move {
+                if self.down {
+                    return Err("no leader".to_string());
+                }
+                let mut seen = self.offered.lock().map_err(|e| e.to_string())?;
+                Ok(offers
+                    .into_iter()
+                    .map(|o| match o {
+                        Offer::Refused { bus } => {
+                            seen.push(format!("refused:{bus}"));
+                            IngestOutcome::Refused
+                        }
+                        Offer::Event { bus, event } => {
+                            seen.push(format!("event:{bus}"));
+                            if bus == "gone" {
+                                IngestOutcome::NoSuchBus
+                            } else if event["source"] == "bad" {
+                                IngestOutcome::Invalid("not storable".into())
+                            } else {
+                                IngestOutcome::Stored
+                            }
+                        }
+                    })
+                    .collect())
+            })
+        }
+    }
+
+    fn cfg() -> IngressConfig {
+        IngressConfig {
+            keys: vec![VerifyKey {
+                access_key_id: "AKIDSTRAIT".into(),
+                secret_access_key: "s3cret".into(),
+            }],
+            account_id: "123456789012".into(),
+            max_clock_skew_secs: 300,
+        }
+    }
+
+    /// A PutEvents request signed now with the test key.
+    fn signed(body: &[u8]) -> HeaderMap {
+        let date = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("localhost"));
+        headers.insert("content-type", HeaderValue::from_static(AMZ_JSON));
+        headers.insert("x-amz-target", HeaderValue::from_static(PUT_EVENTS_TARGET));
+        headers.insert("x-amz-date", HeaderValue::from_str(&date).expect("date"));
+        let req = sigv4::Request {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body,
+        };
+        let names = ["content-type", "host", "x-amz-date", "x-amz-target"];
+        let sig = sigv4::signature(&req, &names, "s3cret", &date, "us-east-1", "events");
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIDSTRAIT/{}/us-east-1/events/aws4_request, SignedHeaders={}, Signature={sig}",
+            &date[..8],
+            names.join(";")
+        );
+        headers.insert("authorization", HeaderValue::from_str(&auth).expect("auth"));
+        headers
+    }
+
+    async fn call(cfg: &IngressConfig, body: &Value, ingest: &Fake) -> (StatusCode, Value) {
+        let bytes = body.to_string().into_bytes();
+        let headers = signed(&bytes);
+        let uri: Uri = "/".parse().expect("uri");
+        let resp = put_events(cfg, &Method::POST, &uri, &headers, &bytes, ingest).await;
+        let status = resp.status();
+        (
+            status,
+            serde_json::from_str(resp.body()).expect("json answer"),
+        )
+    }
+
+    /// Every entry gets its slot, in order: stored, no such bus (before and
+    /// after the submit), invalid, and a mapping error; only mapped events
+    /// on existing buses are offered as events.
+    #[tokio::test]
+    async fn each_entry_answers_in_its_slot() {
+        let entry = |bus: &str, source: &str| json!({"Source": source, "DetailType": "t", "Detail": "{}", "EventBusName": bus});
+        let body = json!({"Entries": [
+            entry("default", "app"),
+            entry("nope", "app"),
+            entry("gone", "app"),
+            entry("default", "bad"),
+            {"Source": "app"},
+        ]});
+        let fake = Fake::default();
+        let (status, v) = call(&cfg(), &body, &fake).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["FailedEntryCount"], 4, "{v}");
+        let e = &v["Entries"];
+        assert!(e[0]["EventId"].is_string(), "{v}");
+        assert_eq!(e[1]["ErrorCode"], "ResourceNotFoundException", "{v}");
+        assert_eq!(e[2]["ErrorMessage"], "the event bus was deleted", "{v}");
+        assert_eq!(e[3]["ErrorCode"], "InvalidArgument", "{v}");
+        assert_eq!(e[3]["ErrorMessage"], "not storable", "{v}");
+        assert!(e[4]["ErrorCode"].is_string(), "{v}");
+        let offered = fake.offered.lock().expect("lock").clone();
+        assert_eq!(
+            offered,
+            [
+                "event:default",
+                "refused:",
+                "event:gone",
+                "event:default",
+                "refused:"
+            ]
+        );
+    }
+
+    /// Nothing stored: 503; no keys: the ingress is disabled (403).
+    #[tokio::test]
+    async fn an_unavailable_ingest_and_a_disabled_ingress_refuse() {
+        let body = json!({"Entries": [{"Source": "app", "DetailType": "t", "Detail": "{}"}]});
+        let down = Fake {
+            down: true,
+            ..Fake::default()
+        };
+        let (status, v) = call(&cfg(), &body, &down).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert_eq!(v["__type"], "ServiceUnavailable", "{v}");
+        let disabled = IngressConfig::default();
+        let (status, v) = call(&disabled, &body, &Fake::default()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+        assert_eq!(v["__type"], "AccessDeniedException", "{v}");
+    }
+}
