@@ -2,7 +2,8 @@
 //!
 //! Each adapter keeps its configuration checks pure ([`validate_target`])
 //! and apart from building the running piece ([`build_target`]), the way
-//! Vector separates config validation from component construction:
+//! Vector separates config validation from component construction; the
+//! target kinds are registered once, in [`TARGET_KINDS`]:
 //! [`http`], the webhook / CloudEvents HTTP sink; [`alibaba_eventbridge`],
 //! Alibaba Cloud EventBridge PutEvents (and the signing its ingress and push
 //! source check); [`aws_eventbridge`], AWS EventBridge PutEvents (and the SigV4 check of its ingress);
@@ -98,8 +99,145 @@ pub struct SinkContext {
     pub aws_credentials: aws_common::AwsCredentials,
 }
 
-/// Target types this build knows.
-pub const TARGET_TYPES: &[&str] = &["http", "alibaba_eventbridge", "aws_eventbridge", "aws_sqs"];
+/// An event an ingress offers to [`Ingest::submit`], in request order.
+#[derive(Debug)]
+pub enum Offer {
+    /// A CloudEvent in structured JSON form, for `bus`.
+    Event {
+        /// The bus.
+        bus: String,
+        /// The event.
+        event: Value,
+    },
+    /// An entry the ingress refused itself: counted as received on `bus`
+    /// (empty when it names no existing bus).
+    Refused {
+        /// The bus it is counted on.
+        bus: String,
+    },
+}
+
+/// What became of one [`Offer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Stored (now, or before: a duplicate).
+    Stored,
+    /// The event is not one the node stores (why).
+    Invalid(String),
+    /// The bus was deleted.
+    NoSuchBus,
+    /// Refused by the ingress ([`Offer::Refused`]).
+    Refused,
+}
+
+/// The answer of [`Ingest::submit`]: one outcome per offer, or why nothing
+/// was stored.
+pub type IngestFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<IngestOutcome>, String>> + Send + 'a>>;
+
+/// Where an ingress hands the events it receives: the counterpart of
+/// [`Sink`], implemented by the node.
+pub trait Ingest: Send + Sync {
+    /// Whether `bus` exists.
+    fn bus_exists(&self, bus: &str) -> bool;
+    /// Store the offered events (one outcome per offer, in order).
+    fn submit(&self, offers: Vec<Offer>) -> IngestFuture<'_>;
+}
+
+/// One kind of target this build knows: the `type` a rule target names,
+/// the check of its settings and the constructor of its running sink.
+/// [`TARGET_KINDS`] is the registry; nothing else matches on type names.
+pub struct TargetKind {
+    /// The `type` of a rule target.
+    pub name: &'static str,
+    /// The settings in normal form (defaults filled in), as they are stored.
+    normalize: Normalize,
+    /// The running target.
+    build: Build,
+}
+
+/// A kind's settings check: its settings struct as JSON.
+type Normalize = fn(&Map<String, Value>) -> Result<serde_json::Result<Value>, ConfigError>;
+/// A kind's constructor.
+type Build = fn(&Map<String, Value>, Duration, &SinkContext) -> Result<Arc<dyn Sink>, ConfigError>;
+
+/// Every target kind of this build.
+pub const TARGET_KINDS: &[TargetKind] = &[
+    TargetKind {
+        name: "http",
+        normalize: |m| Ok(serde_json::to_value(http::HttpSettings::from_settings(m)?)),
+        build: build_http,
+    },
+    TargetKind {
+        name: "alibaba_eventbridge",
+        normalize: |m| {
+            Ok(serde_json::to_value(
+                alibaba_eventbridge::AlibabaSettings::from_settings(m)?,
+            ))
+        },
+        build: build_alibaba,
+    },
+    TargetKind {
+        name: "aws_eventbridge",
+        normalize: |m| {
+            Ok(serde_json::to_value(
+                aws_eventbridge::AwsEventBridgeSettings::from_settings(m)?,
+            ))
+        },
+        build: build_aws_eventbridge,
+    },
+    TargetKind {
+        name: "aws_sqs",
+        normalize: |m| {
+            Ok(serde_json::to_value(
+                aws_sqs::AwsSqsSettings::from_settings(m)?,
+            ))
+        },
+        build: build_aws_sqs,
+    },
+];
+
+impl TargetKind {
+    /// The kind named `name`, or a `type` error that lists the known ones.
+    pub fn find(name: &str) -> Result<&'static TargetKind, ConfigError> {
+        TARGET_KINDS.iter().find(|k| k.name == name).ok_or_else(|| {
+            ConfigError::new(
+                "type",
+                format!(
+                    "unknown target type {name:?} (supported: {})",
+                    TARGET_KINDS
+                        .iter()
+                        .map(|k| k.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Check a target's settings (pure) and return them in normal form
+    /// (defaults filled in), as they are stored.
+    pub fn validate(
+        &self,
+        settings: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, ConfigError> {
+        match (self.normalize)(settings)? {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(ConfigError::new("settings", "settings must be an object")),
+            Err(e) => Err(ConfigError::new("settings", e.to_string())),
+        }
+    }
+
+    /// Build the running target.
+    pub fn build(
+        &self,
+        settings: &Map<String, Value>,
+        timeout: Duration,
+        ctx: &SinkContext,
+    ) -> Result<Arc<dyn Sink>, ConfigError> {
+        (self.build)(settings, timeout, ctx)
+    }
+}
 
 /// Check a target's type-specific settings (pure) and return them in
 /// normal form (defaults filled in), as they are stored.
@@ -107,30 +245,7 @@ pub fn validate_target(
     kind: &str,
     settings: &Map<String, Value>,
 ) -> Result<Map<String, Value>, ConfigError> {
-    let normal = match kind {
-        "http" => serde_json::to_value(http::HttpSettings::from_settings(settings)?),
-        "alibaba_eventbridge" => serde_json::to_value(
-            alibaba_eventbridge::AlibabaSettings::from_settings(settings)?,
-        ),
-        "aws_eventbridge" => serde_json::to_value(
-            aws_eventbridge::AwsEventBridgeSettings::from_settings(settings)?,
-        ),
-        "aws_sqs" => serde_json::to_value(aws_sqs::AwsSqsSettings::from_settings(settings)?),
-        other => {
-            return Err(ConfigError::new(
-                "type",
-                format!(
-                    "unknown target type {other:?} (supported: {})",
-                    TARGET_TYPES.join(", ")
-                ),
-            ));
-        }
-    };
-    match normal {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ConfigError::new("settings", "settings must be an object")),
-        Err(e) => Err(ConfigError::new("settings", e.to_string())),
-    }
+    TargetKind::find(kind)?.validate(settings)
 }
 
 /// Build the running target.
@@ -140,53 +255,70 @@ pub fn build_target(
     timeout: Duration,
     ctx: &SinkContext,
 ) -> Result<Arc<dyn Sink>, ConfigError> {
-    match kind {
-        "http" => Ok(Arc::new(http::HttpTarget::new(
-            ctx.http.clone(),
-            http::HttpSettings::from_settings(settings)?,
-            timeout,
-        ))),
-        "alibaba_eventbridge" => {
-            let s = alibaba_eventbridge::AlibabaSettings::from_settings(settings)?;
-            let credential = ctx
-                .alibaba_credentials
-                .get(&s.credential)
-                .cloned()
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        "credential",
-                        format!(
-                            "{:?} is not in this node's alibaba.credentials",
-                            s.credential
-                        ),
-                    )
-                })?;
-            Ok(Arc::new(alibaba_eventbridge::AlibabaTarget::start(
-                ctx.http.client(),
-                s,
-                credential,
-                timeout,
-            )?))
-        }
-        "aws_eventbridge" => {
-            let s = aws_eventbridge::AwsEventBridgeSettings::from_settings(settings)?;
-            let credential =
-                aws_common::resolve_credential(&ctx.aws_credentials, s.credential.as_deref())?;
-            Ok(Arc::new(aws_eventbridge::AwsEventBridgeTarget::start(
-                s, credential, timeout,
-            )?))
-        }
-        "aws_sqs" => {
-            let s = aws_sqs::AwsSqsSettings::from_settings(settings)?;
-            let credential =
-                aws_common::resolve_credential(&ctx.aws_credentials, s.credential.as_deref())?;
-            Ok(Arc::new(aws_sqs::AwsSqsTarget::start(
-                s, credential, timeout,
-            )?))
-        }
-        other => Err(ConfigError::new(
-            "type",
-            format!("unknown target type {other:?}"),
-        )),
-    }
+    TargetKind::find(kind)
+        .map_err(|_| ConfigError::new("type", format!("unknown target type {kind:?}")))?
+        .build(settings, timeout, ctx)
+}
+
+fn build_http(
+    settings: &Map<String, Value>,
+    timeout: Duration,
+    ctx: &SinkContext,
+) -> Result<Arc<dyn Sink>, ConfigError> {
+    Ok(Arc::new(http::HttpTarget::new(
+        ctx.http.clone(),
+        http::HttpSettings::from_settings(settings)?,
+        timeout,
+    )))
+}
+
+fn build_alibaba(
+    settings: &Map<String, Value>,
+    timeout: Duration,
+    ctx: &SinkContext,
+) -> Result<Arc<dyn Sink>, ConfigError> {
+    let s = alibaba_eventbridge::AlibabaSettings::from_settings(settings)?;
+    let credential = ctx
+        .alibaba_credentials
+        .get(&s.credential)
+        .cloned()
+        .ok_or_else(|| {
+            ConfigError::new(
+                "credential",
+                format!(
+                    "{:?} is not in this node's alibaba.credentials",
+                    s.credential
+                ),
+            )
+        })?;
+    Ok(Arc::new(alibaba_eventbridge::AlibabaTarget::start(
+        ctx.http.client(),
+        s,
+        credential,
+        timeout,
+    )?))
+}
+
+fn build_aws_eventbridge(
+    settings: &Map<String, Value>,
+    timeout: Duration,
+    ctx: &SinkContext,
+) -> Result<Arc<dyn Sink>, ConfigError> {
+    let s = aws_eventbridge::AwsEventBridgeSettings::from_settings(settings)?;
+    let credential = aws_common::resolve_credential(&ctx.aws_credentials, s.credential.as_deref())?;
+    Ok(Arc::new(aws_eventbridge::AwsEventBridgeTarget::start(
+        s, credential, timeout,
+    )?))
+}
+
+fn build_aws_sqs(
+    settings: &Map<String, Value>,
+    timeout: Duration,
+    ctx: &SinkContext,
+) -> Result<Arc<dyn Sink>, ConfigError> {
+    let s = aws_sqs::AwsSqsSettings::from_settings(settings)?;
+    let credential = aws_common::resolve_credential(&ctx.aws_credentials, s.credential.as_deref())?;
+    Ok(Arc::new(aws_sqs::AwsSqsTarget::start(
+        s, credential, timeout,
+    )?))
 }

@@ -16,7 +16,7 @@ use strait_chaos_tests::{
     Behavior, LocalCluster, NodeClient, Receiver, bounded, http_target, retry, wait_for,
 };
 
-/// Most hops (`straithops`) an event makes (node/src/links.rs `MAX_HOPS`).
+/// Most hops (`straithops`) an event makes (node/src/links/hops.rs `MAX_HOPS`).
 const MAX_HOPS: u64 = 8;
 
 /// Also covers the committed-only inbound path: these sites deliver what

@@ -29,8 +29,12 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
 };
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::ParsedCertificate;
+use std::sync::Arc;
 
 use crate::NodeId;
 
@@ -617,6 +621,44 @@ pub fn issue_node_cert_with(
     })
 }
 
+/// The crypto provider used everywhere (aws-lc-rs): the transport's TLS and
+/// the checks of loaded credentials.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A root store holding the cluster CA certificates.
+pub fn root_store(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    for c in ca {
+        roots.add(c.clone())?;
+    }
+    if roots.is_empty() {
+        return Err(rustls::Error::General("no CA certificate to trust".into()));
+    }
+    Ok(roots)
+}
+
+/// Check that `chain` (leaf first) chains to one of the `ca` certificates
+/// and is valid now.
+pub fn verify_chain(
+    chain: &[CertificateDer<'static>],
+    ca: &[CertificateDer<'static>],
+) -> Result<(), rustls::Error> {
+    let roots = root_store(ca)?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| rustls::Error::General("empty certificate chain".into()))?;
+    let parsed = ParsedCertificate::try_from(leaf)?;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &roots,
+        &chain[1..],
+        UnixTime::now(),
+        provider().signature_verification_algorithms.all,
+    )
+}
+
 /// What a node needs to join the cluster's transport: its certificate
 /// chain and key, the identity they carry, and the CA it trusts.
 #[derive(Debug)]
@@ -661,7 +703,7 @@ pub fn load_node_identity(
         .ok_or_else(|| file_err(cert_path, "no certificate"))?;
     let info = cert_info_der(leaf).map_err(|m| file_err(cert_path, m))?;
     let identity = identity_from_cert_der(leaf).map_err(|m| file_err(cert_path, m))?;
-    let provider = crate::transport::tls::provider();
+    let provider = provider();
     rustls::sign::CertifiedKey::from_der(cert_chain.clone(), key.clone_key(), &provider).map_err(
         |e| {
             file_err(
@@ -673,7 +715,7 @@ pub fn load_node_identity(
             )
         },
     )?;
-    crate::transport::tls::verify_chain(&cert_chain, &ca).map_err(|e| {
+    verify_chain(&cert_chain, &ca).map_err(|e| {
         file_err(
             cert_path,
             format!("not accepted by the CA in {}: {e}", ca_path.display()),

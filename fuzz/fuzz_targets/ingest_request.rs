@@ -3,7 +3,7 @@
 //! rejected, never panic.
 use libfuzzer_sys::fuzz_target;
 use strait_node::config::Limits;
-use strait_node::ingest::parse_request;
+use strait_node::parse_request;
 
 fuzz_target!(|input: &[u8]| {
     let Some((&mode, body)) = input.split_first() else { return };

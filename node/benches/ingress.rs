@@ -55,8 +55,8 @@ fn main() -> anyhow::Result<()> {
             state_flush_ms: env_or("BENCH_STATE_FLUSH_MS", NodeConfig::default().state_flush_ms),
             ..NodeConfig::default()
         };
-        let app = strait_node::app::start(cfg).await?;
-        let router = strait_node::api::router(app.clone());
+        let app = strait_node::start(cfg).await?;
+        let router = strait_node::router(app.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
         let urls = [format!("http://{addr}/v1/buses/default/events")];
         let counter = Arc::new(Mutex::new(0u64));

@@ -1,5 +1,7 @@
-//! The running node: storage, Raft, group commit, dispatcher and HTTP API
-//! wired together.
+//! Startup: storage, Raft, group commit, dispatcher, links and sources
+//! wired together. [`App`] is what the HTTP API serves from; the background
+//! tasks get narrow handles (a dispatch [`Context`], a sources context,
+//! the control group's import loop its own parts).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +11,16 @@ use strait_adapters::SinkContext;
 use strait_federation::{Command, CommandResponse, FederationError, Site};
 
 use crate::cluster::Writer;
-
-use crate::commit::{Committer, now_ms};
+use crate::cluster::control::Control;
 use crate::config::NodeConfig;
-use crate::dispatch::Progress;
+use crate::config::bus::bus_json;
+use crate::config::keys::AlibabaState;
+use crate::dispatch::{Context, Progress};
+use crate::ingest::{Committer, Ingest};
+use crate::sources::SourceStatuses;
+use crate::util::AbortOnDrop;
 
-/// Shared state of a node.
+/// Shared state of a node, as the HTTP API sees it.
 pub struct App {
     /// Configuration.
     pub cfg: NodeConfig,
@@ -22,31 +28,26 @@ pub struct App {
     pub site: Site,
     /// Group commit.
     pub committer: Committer,
+    /// The submit path of every ingress.
+    pub ingest: Ingest,
     /// Dispatcher stats per target.
     pub progress: Progress,
-    /// Shared clients for building targets.
-    pub sinks: SinkContext,
     /// Prometheus renderer.
     pub metrics: PrometheusHandle,
     /// Alibaba ingress keys, push keys and the nonce cache.
-    pub alibaba: crate::alibaba::AlibabaState,
+    pub alibaba: AlibabaState,
     /// Writes routed to the site's leader.
     pub writer: Writer,
     /// Expiry of this node's certificate (cluster mode).
     pub cert_expiry: Option<i64>,
-    /// Outboxes to other sites (group commit).
-    pub outbox: crate::links::Outbox,
     /// Live figures of the outgoing links.
     pub link_stats: strait_federation::link::service::LinkStatsMap,
-    /// AWS ingress keys.
-    pub aws: crate::aws::AwsState,
+    /// The AWS ingress's keys and account.
+    pub aws: strait_adapters::aws_eventbridge::ingress::IngressConfig,
     /// The control group's replica (federation with shared configuration).
-    pub control: Option<crate::control::Control>,
+    pub control: Option<Control>,
     /// Run-time status of the shared sources on this node.
-    pub sources: crate::sources::SourceStatuses,
-    /// Batches from other sites proposed but not yet committed here, for
-    /// the inbound workers (offered with `federation.deliver_before_commit`).
-    pub early: Arc<strait_federation::link::early::EarlyInbox>,
+    pub sources: Arc<SourceStatuses>,
 }
 
 impl App {
@@ -79,9 +80,13 @@ impl App {
     }
 }
 
-/// Open storage and Raft, create configured buses, start the dispatcher.
+/// Open storage and Raft, create configured buses, start the dispatcher,
+/// the link senders and the sources.
 pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
-    let alibaba = crate::alibaba::AlibabaState::from_config(&cfg.alibaba)?;
+    // The recorder first: a counter registered before it exists counts
+    // nowhere (the tasks spawned below register theirs as they start).
+    let metrics = crate::telemetry::metrics_handle();
+    let alibaba = AlibabaState::from_config(&cfg.alibaba)?;
     let crate::cluster::Opened {
         site,
         endpoint,
@@ -107,6 +112,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         cfg.batching.clone(),
         cfg.dedup_window_secs.saturating_mul(1000),
     );
+    let ingest = Ingest::new(committer.clone());
     if cfg.cluster.join.is_some() {
         tokio::spawn(crate::cluster::join(site.clone(), cfg.clone()));
     }
@@ -116,29 +122,97 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         alibaba_credentials: Arc::new(cfg.alibaba.credentials.clone()),
         aws_credentials: Arc::new(cfg.aws.credentials.clone()),
     };
-    let aws = crate::aws::AwsState::from_config(&cfg.aws);
-    let app = Arc::new(App {
+    let aws = crate::config::keys::aws_ingress(&cfg.aws);
+    let progress = Progress::default();
+    let link_stats = crate::links::new_stats();
+    let sources = Arc::new(SourceStatuses::default());
+    let dispatch = Arc::new(Context {
+        cfg: cfg.clone(),
+        state: site.state.clone(),
+        writer: writer.clone(),
+        ingest: ingest.clone(),
+        outbox: crate::links::Outbox::start(writer.clone()),
+        progress: progress.clone(),
+        sinks,
+        early,
+    });
+    if let Some(endpoint) = writer.endpoint() {
+        crate::links::start_senders(&cfg, &site, endpoint, &link_stats);
+    }
+    tokio::spawn(lead(
+        site.clone(),
+        writer.clone(),
+        dispatch,
+        control.clone(),
+    ));
+    crate::sources::spawn_local(&cfg, &ingest);
+    tokio::spawn(crate::sources::run(crate::sources::Context {
+        cfg: cfg.clone(),
+        site: site.clone(),
+        ingest: ingest.clone(),
+        statuses: sources.clone(),
+    }));
+    Ok(Arc::new(App {
         cfg,
         site,
         committer,
-        progress: Default::default(),
-        sinks,
+        ingest,
+        progress,
         alibaba,
         aws,
-        metrics: crate::telemetry::metrics_handle(),
-        outbox: crate::links::Outbox::start(writer.clone()),
+        metrics,
         writer,
         cert_expiry,
-        link_stats: crate::links::new_stats(),
+        link_stats,
         control,
-        sources: Default::default(),
-        early,
-    });
-    crate::links::start_senders(&app);
-    tokio::spawn(crate::dispatch::run(app.clone()));
-    crate::aws::spawn_sources(&app);
-    tokio::spawn(crate::sources::run(app.clone()));
-    Ok(app)
+        sources,
+    }))
+}
+
+/// The duties of the site's leader, until the process stops: the
+/// dispatcher, the inbound link workers and the import of the shared
+/// configuration run only while this node leads its site, so every target
+/// has exactly one active dispatcher. They start once a quorum has
+/// confirmed this node's leadership (not merely when Raft says it leads: a
+/// restarted old leader resumes its stale term for a moment, see
+/// [`strait_federation::Site::wait_confirmed_leading`]). A new leader
+/// resumes every target from its replicated checkpoint; deliveries that
+/// were in flight on the old leader may repeat (same event id).
+async fn lead(site: Site, writer: Writer, dispatch: Arc<Context>, control: Option<Control>) {
+    loop {
+        if !site.wait_confirmed_leading().await {
+            return;
+        }
+        tracing::info!(node = site.node_id, "leading the site: dispatcher started");
+        metrics::counter!("strait_dispatcher_starts_total").increment(1);
+        if let Err(e) = ensure_buses(&writer, &site, &dispatch.cfg.buses).await {
+            tracing::warn!(error = %e, "cannot create the configured buses");
+        }
+        let duties = async {
+            let _inbound = AbortOnDrop(tokio::spawn(crate::dispatch::inbound::run(
+                dispatch.clone(),
+            )));
+            let _import = control.clone().map(|c| {
+                AbortOnDrop(tokio::spawn(crate::cluster::control::import_loop(
+                    c,
+                    site.state.clone(),
+                    writer.clone(),
+                    dispatch.cfg.buses.clone(),
+                )))
+            });
+            crate::dispatch::lead(dispatch.clone()).await
+        };
+        tokio::select! {
+            _ = duties => return,
+            _ = site.wait_leading(false) => {}
+        }
+        tracing::info!(node = site.node_id, "no longer leading: dispatcher stopped");
+        // Forget in-memory progress: the next term starts from checkpoints.
+        match dispatch.progress.lock() {
+            Ok(mut g) => g.clear(),
+            Err(p) => p.into_inner().clear(),
+        }
+    }
 }
 
 /// Create the configured buses that do not exist yet.
@@ -158,14 +232,4 @@ pub async fn ensure_buses(writer: &Writer, site: &Site, buses: &[String]) -> any
         }
     }
     Ok(())
-}
-
-/// The stored form of a bus.
-pub fn bus_json(name: &str, description: &str, created_at: Option<&str>) -> serde_json::Value {
-    let created = created_at.map(str::to_string).unwrap_or_else(|| {
-        chrono::DateTime::from_timestamp_millis(now_ms() as i64)
-            .unwrap_or_default()
-            .to_rfc3339()
-    });
-    serde_json::json!({"name": name, "description": description, "createdAt": created})
 }

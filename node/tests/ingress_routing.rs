@@ -18,7 +18,7 @@ use axum::body::Body;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use strait_federation::AppendEntry;
-use strait_node::app::App;
+use strait_node::App;
 use strait_node::config::NodeConfig;
 use tower::ServiceExt as _;
 
@@ -33,7 +33,7 @@ async fn start(dir: &std::path::Path, tweak: impl FnOnce(&mut NodeConfig)) -> Ar
     };
     cfg.dispatch.checkpoint_interval_ms = 50;
     tweak(&mut cfg);
-    strait_node::app::start(cfg).await.expect("node starts")
+    strait_node::start(cfg).await.expect("node starts")
 }
 
 /// One HTTP request through the node's router: status and JSON body.
@@ -49,7 +49,7 @@ async fn call(
         req = req.header(*k, *v);
     }
     let req = req.body(Body::from(body)).expect("request");
-    let resp = strait_node::api::router(app.clone())
+    let resp = strait_node::router(app.clone())
         .oneshot(req)
         .await
         .expect("answer");
@@ -387,7 +387,7 @@ async fn push_counts_each_event_once_per_bus_and_unmatched_events_are_counted() 
     // The rule is in the leader's feed once its worker runs.
     let key = strait_federation::store::state::target_key("pushed", "only-a", "out");
     wait_until("the rule's worker", async || {
-        strait_node::dispatch::stats(&app.progress, &key).is_some()
+        strait_node::target_stats(&app.progress, &key).is_some()
     })
     .await;
     let ev =

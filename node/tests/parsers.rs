@@ -3,9 +3,9 @@
 
 use proptest::prelude::*;
 use serde_json::json;
+use strait_node::RuleSpec;
+use strait_node::TraceParent;
 use strait_node::config::NodeConfig;
-use strait_node::spec::RuleSpec;
-use strait_node::trace::TraceParent;
 use strait_routing::event::{Event, percent_decode_header};
 
 fn arb_json() -> impl Strategy<Value = serde_json::Value> {

@@ -3,7 +3,7 @@
 //! in the body, `Retry-After`), keeps every event it acknowledged, and
 //! accepts again once retention has freed space. (Every ingress path,
 //! the AWS- and Alibaba-compatible endpoints and sources included, asks
-//! the same `Committer::append`; links ask the site state in the link
+//! the same `Committer::append`, through `Ingest::submit`; links ask the site state in the link
 //! service.)
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use serde_json::{Value, json};
-use strait_node::app::App;
+use strait_node::App;
 use strait_node::config::NodeConfig;
 use tower::ServiceExt as _;
 
@@ -27,7 +27,7 @@ async fn start(dir: &std::path::Path) -> Arc<App> {
         ..NodeConfig::default()
     };
     cfg.dispatch.checkpoint_interval_ms = 50;
-    strait_node::app::start(cfg).await.expect("node starts")
+    strait_node::start(cfg).await.expect("node starts")
 }
 
 /// One request through the router: status, `Retry-After`, JSON body.
@@ -38,7 +38,7 @@ async fn call(app: &Arc<App>, path: &str, ct: &str, body: String) -> (u16, Optio
         .header("content-type", ct)
         .body(Body::from(body))
         .expect("request");
-    let resp = strait_node::api::router(app.clone())
+    let resp = strait_node::router(app.clone())
         .oneshot(req)
         .await
         .expect("answer");

@@ -1,6 +1,6 @@
 //! The client side of the SQS source: long-poll a queue, delete what was
 //! committed, and optionally provision the queue, its policy and an
-//! EventBridge rule that targets it. The node (node/src/aws.rs) converts
+//! EventBridge rule that targets it. The node (node/src/sources/sqs.rs) converts
 //! and commits in between.
 
 use aws_sdk_sqs::types::{

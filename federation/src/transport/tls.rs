@@ -10,52 +10,16 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::certs::NodeCredentials;
+use crate::certs::{provider, root_store};
 
 /// The ALPN protocol of node-to-node traffic.
 pub const ALPN: &[u8] = b"strait/1";
-
-/// The crypto provider used everywhere in the transport (aws-lc-rs).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// A root store holding the cluster CA certificates.
-pub fn root_store(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, rustls::Error> {
-    let mut roots = RootCertStore::empty();
-    for c in ca {
-        roots.add(c.clone())?;
-    }
-    if roots.is_empty() {
-        return Err(rustls::Error::General("no CA certificate to trust".into()));
-    }
-    Ok(roots)
-}
-
-/// Check that `chain` (leaf first) chains to one of the `ca` certificates
-/// and is valid now.
-pub fn verify_chain(
-    chain: &[CertificateDer<'static>],
-    ca: &[CertificateDer<'static>],
-) -> Result<(), rustls::Error> {
-    let roots = root_store(ca)?;
-    let leaf = chain
-        .first()
-        .ok_or_else(|| rustls::Error::General("empty certificate chain".into()))?;
-    let parsed = ParsedCertificate::try_from(leaf)?;
-    rustls::client::verify_server_cert_signed_by_trust_anchor(
-        &parsed,
-        &roots,
-        &chain[1..],
-        UnixTime::now(),
-        provider().signature_verification_algorithms.all,
-    )
-}
 
 /// Verifies a server certificate against the cluster CA only (no host
 /// name check; the node identity is checked after the handshake).

@@ -195,7 +195,7 @@ impl Wildcard {
                     if last_was_star {
                         return Err(format!(
                             "wildcard must not contain consecutive `*` characters, got {}",
-                            crate::pattern::parse::show_str(text)
+                            show_str(text)
                         ));
                     }
                     parts.push(String::new());
@@ -207,7 +207,7 @@ impl Wildcard {
                     _ => {
                         return Err(format!(
                             "wildcard allows `\\` only before `*` or `\\`, got {}",
-                            crate::pattern::parse::show_str(text)
+                            show_str(text)
                         ));
                     }
                 },
@@ -397,6 +397,21 @@ fn anything_but(ab: &AnythingBut, v: ScalarRef<'_>) -> bool {
             None => true,
         },
     }
+}
+
+/// Compact JSON for error messages, cut at 60 characters.
+pub(crate) fn show(v: &Value) -> String {
+    let text = serde_json::to_string(v).unwrap_or_else(|_| "?".to_string());
+    if text.chars().count() > 60 {
+        let cut: String = text.chars().take(57).collect();
+        format!("{cut}...")
+    } else {
+        text
+    }
+}
+
+pub(crate) fn show_str(s: &str) -> String {
+    show(&Value::String(s.to_string()))
 }
 
 #[cfg(test)]

@@ -5,26 +5,11 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
-use super::matcher::{AnythingBut, Matcher, Range, Scalar, Wildcard, fold};
+use super::matcher::{AnythingBut, Matcher, Range, Scalar, Wildcard, fold, show, show_str};
 use super::{
     Field, MAX_PATTERN_BYTES, MAX_PATTERN_DEPTH, MAX_PATTERN_ELEMENTS, MAX_PATTERN_WILDCARDS, Node,
     PatternError,
 };
-
-/// Compact JSON for error messages, cut at 60 characters.
-pub(crate) fn show(v: &Value) -> String {
-    let text = serde_json::to_string(v).unwrap_or_else(|_| "?".to_string());
-    if text.chars().count() > 60 {
-        let cut: String = text.chars().take(57).collect();
-        format!("{cut}...")
-    } else {
-        text
-    }
-}
-
-pub(crate) fn show_str(s: &str) -> String {
-    show(&Value::String(s.to_string()))
-}
 
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() {

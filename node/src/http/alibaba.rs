@@ -8,90 +8,29 @@
 //!
 //! What exactly is verified is documented in docs/adapters/alibaba.md.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use strait_adapters::alibaba_eventbridge::sign::{self, IngressKey, RsaPublicKey, SignedRequest};
+use strait_adapters::alibaba_eventbridge::sign::{self, SignedRequest};
 use strait_adapters::alibaba_eventbridge::{
     BUS_EXTENSION, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_REQUEST_BYTES,
 };
-use strait_federation::{AppendEntry, AppendOutcome};
+use strait_federation::AppendEntry;
 
-use crate::api::{ApiError, bus_must_exist, commit_parsed, count_ingested, read_body};
 use crate::app::App;
-use crate::commit::{CommitError, now_ms};
-use crate::config::{Alibaba, Limits};
-use crate::ingest::{BATCH, RequestError, STRUCTURED, parse_request};
-
-/// Most remembered signature nonces before expired ones are pruned.
-const NONCE_PRUNE_AT: usize = 10_000;
-
-/// Keys and replay state of the Alibaba endpoints.
-#[derive(Debug)]
-pub struct AlibabaState {
-    ingress_keys: Vec<IngressKey>,
-    push_keys: BTreeMap<String, RsaPublicKey>,
-    /// `x-acs-signature-nonce` → Unix seconds until which it is remembered.
-    nonces: Mutex<HashMap<String, i64>>,
-}
-
-impl AlibabaState {
-    /// Build from the config; reads the push public keys from disk.
-    pub fn from_config(cfg: &Alibaba) -> anyhow::Result<AlibabaState> {
-        let mut push_keys = BTreeMap::new();
-        for (url, path) in &cfg.push.public_keys {
-            let pem = std::fs::read_to_string(path).map_err(|e| {
-                anyhow::anyhow!(
-                    "config: alibaba.push.public_keys.{url:?}: cannot read {}: {e}",
-                    path.display()
-                )
-            })?;
-            let key = RsaPublicKey::from_pem(&pem).map_err(|e| {
-                anyhow::anyhow!(
-                    "config: alibaba.push.public_keys.{url:?}: {}: {e}",
-                    path.display()
-                )
-            })?;
-            push_keys.insert(url.clone(), key);
-        }
-        Ok(AlibabaState {
-            ingress_keys: cfg
-                .ingress_keys
-                .iter()
-                .map(|k| IngressKey {
-                    access_key_id: k.access_key_id.clone(),
-                    access_key_secret: k.access_key_secret.clone(),
-                    security_token: k.security_token.clone(),
-                })
-                .collect(),
-            push_keys,
-            nonces: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Remember a nonce until `until`; false if it was already used.
-    fn fresh_nonce(&self, nonce: &str, now: i64, until: i64) -> bool {
-        let mut map = match self.nonces.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if map.get(nonce).is_some_and(|t| *t >= now) {
-            return false;
-        }
-        if map.len() >= NONCE_PRUNE_AT {
-            map.retain(|_, t| *t >= now);
-        }
-        map.insert(nonce.to_string(), until);
-        true
-    }
-}
+use crate::config::Limits;
+use crate::http::{ApiError, bus_must_exist, commit_parsed, read_body};
+use crate::ingest::{
+    CommitError, Entry, Outcome, RequestError, parse_batch, parse_request, parse_structured,
+};
+use crate::trace::TraceParent;
+use crate::util::now_ms;
 
 fn request_id() -> String {
     uuid::Uuid::new_v4().to_string().to_uppercase()
@@ -212,63 +151,50 @@ pub async fn put_events(
     };
     // One EntryList slot per input, in order.
     let mut entries_out: Vec<Value> = Vec::with_capacity(parsed.len());
-    let mut appends = Vec::new();
-    let mut slots = Vec::new();
-    let mut ingested: BTreeMap<String, u64> = BTreeMap::new();
+    let mut entries = Vec::with_capacity(parsed.len());
     {
         let view = app.site.state.view();
         for (id, r) in parsed {
-            let bus = match &r {
-                Ok(p) => p
-                    .event
-                    .str_attr(BUS_EXTENSION)
-                    .filter(|b| view.buses.contains_key(*b)),
-                Err(_) => None,
-            };
-            *ingested
-                .entry(bus.unwrap_or_default().to_string())
-                .or_default() += 1;
             let mut entry = json!({"EventId": id.clone().unwrap_or_default()});
-            match r {
+            let refusal = match r {
                 Ok(p) => {
                     if let Some(tp) = p.event.str_attr("traceparent") {
                         entry["TraceId"] = json!(tp.split('-').nth(1).unwrap_or(""));
                     }
                     match p.event.str_attr(BUS_EXTENSION) {
-                        None => {
-                            entry["ErrorCode"] = json!("EventBusNotSpecified");
-                            entry["ErrorMessage"] = json!(format!(
+                        None => Some((
+                            "EventBusNotSpecified",
+                            format!(
                                 "the `{BUS_EXTENSION}` extension is missing: it names the event bus"
-                            ));
-                        }
-                        Some(bus) if !view.buses.contains_key(bus) => {
-                            entry["ErrorCode"] = json!("EventBusNotExist");
-                            entry["ErrorMessage"] =
-                                json!(format!("the event bus `{bus}` does not exist"));
-                        }
+                            ),
+                        )),
+                        Some(bus) if !view.buses.contains_key(bus) => Some((
+                            "EventBusNotExist",
+                            format!("the event bus `{bus}` does not exist"),
+                        )),
                         Some(bus) => {
-                            appends.push(AppendEntry {
+                            entries.push(Entry::Append(AppendEntry {
                                 bus: bus.to_string(),
                                 source: p.event.source().to_string(),
                                 id: p.event.id().to_string(),
                                 event: p.json,
-                            });
-                            slots.push(entries_out.len());
+                            }));
+                            None
                         }
                     }
                 }
-                Err(e) => {
-                    entry["ErrorCode"] = json!(e.code());
-                    entry["ErrorMessage"] = json!(e.to_string());
-                }
+                Err(e) => Some((e.code(), e.to_string())),
+            };
+            if let Some((code, message)) = refusal {
+                entry["ErrorCode"] = json!(code);
+                entry["ErrorMessage"] = json!(message);
+                // Counted on no bus: it names none that exists.
+                entries.push(Entry::Refused { bus: String::new() });
             }
             entries_out.push(entry);
         }
     }
-    for (bus, n) in ingested {
-        count_ingested(&bus, n);
-    }
-    let outcomes = match app.committer.append(appends).await {
+    let outcomes = match app.ingest.submit(entries).await {
         Ok(o) => o,
         Err(CommitError::NotReady(m)) | Err(CommitError::Failed(m)) => {
             return ali_error(503, "ServiceUnavailable", m, &rid);
@@ -277,27 +203,16 @@ pub async fn put_events(
             return ali_error(503, "ServiceUnavailable", e.to_string(), &rid);
         }
     };
-    let mut committed = 0u64;
-    for (slot, outcome) in slots.into_iter().zip(outcomes) {
-        match outcome {
-            AppendOutcome::Accepted(_) => committed += 1,
-            AppendOutcome::Duplicate => {
-                metrics::counter!("strait_events_duplicate_total").increment(1);
-            }
-            AppendOutcome::NoSuchBus => {
-                entries_out[slot]["ErrorCode"] = json!("EventBusNotExist");
-                entries_out[slot]["ErrorMessage"] = json!("the event bus was deleted");
-            }
+    for (entry, outcome) in entries_out.iter_mut().zip(outcomes) {
+        if outcome == Outcome::NoSuchBus {
+            entry["ErrorCode"] = json!("EventBusNotExist");
+            entry["ErrorMessage"] = json!("the event bus was deleted");
         }
     }
-    metrics::counter!("strait_events_committed_total").increment(committed);
     let failed = entries_out
         .iter()
         .filter(|e| e.get("ErrorCode").is_some())
         .count();
-    if failed > 0 {
-        metrics::counter!("strait_events_rejected_total").increment(failed as u64);
-    }
     let body = json!({
         "RequestId": rid,
         "ResourceOwnerAccountId": app.cfg.alibaba.account_id,
@@ -352,9 +267,13 @@ pub async fn push(
     // Alibaba pushes the event as JSON (`application/json`): one event
     // object, or an array when the target batches.
     let first = bytes.iter().copied().find(|b| !b.is_ascii_whitespace());
-    let ct = match first {
-        Some(b'[') => BATCH,
-        Some(b'{') => STRUCTURED,
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let parsed = match first {
+        Some(b'[') => parse_batch(&bytes, traceparent, &app.cfg.limits),
+        Some(b'{') => parse_structured(&bytes, traceparent, &app.cfg.limits),
         _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -362,13 +281,8 @@ pub async fn push(
                 "the body must be a CloudEvent in JSON form or an array of them (configure the Alibaba HTTP target to push the complete event)",
             ));
         }
-    };
-    let mut h = HeaderMap::new();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
-    if let Some(tp) = headers.get("traceparent") {
-        h.insert("traceparent", tp.clone());
     }
-    let parsed = parse_request(&h, &bytes, &app.cfg.limits).map_err(|e| {
+    .map_err(|e| {
         let status = match e {
             RequestError::TooManyEvents(_) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_REQUEST,
@@ -382,15 +296,6 @@ pub async fn push(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nonces_are_single_use_within_their_window() {
-        let s = AlibabaState::from_config(&Alibaba::default()).expect("state");
-        assert!(s.fresh_nonce("n1", 100, 200));
-        assert!(!s.fresh_nonce("n1", 150, 250));
-        assert!(s.fresh_nonce("n1", 201, 300));
-        assert!(s.fresh_nonce("n2", 150, 250));
-    }
 
     #[test]
     fn query_is_split() {

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use strait_federation::{FederationError, NodeInfo};
 
-use crate::api::{ApiError, ApiResult, read_body};
+use super::body::read_body;
+use super::error::{ApiError, ApiResult};
 use crate::app::App;
 use crate::cluster::leader_http;
 
@@ -170,4 +171,14 @@ pub async fn remove_member(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `GET /v1/cluster`.
+pub(super) async fn status(State(app): State<Arc<App>>) -> Json<Value> {
+    let mut v = crate::cluster::status(&app.cfg, &app.site, app.writer.endpoint(), app.cert_expiry);
+    v["links"] = crate::links::status(&app.cfg, &app.site.state, &app.link_stats);
+    if let Some(c) = &app.control {
+        v["control"] = c.status(&app.site);
+    }
+    Json(v)
 }

@@ -9,11 +9,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::config::check::{SpecError, validate_name};
 use crate::config::{
     AwsSource, default_aws_bus, default_max_messages, default_visibility_timeout_secs,
     default_wait_time_secs,
 };
-use crate::spec::{SpecError, validate_name};
 
 /// The source types the API knows.
 pub const SOURCE_TYPES: &[&str] = &["aws_sqs"];

@@ -25,80 +25,15 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use strait_adapters::{DeliveryError, DeliveryFuture, Sink};
-use strait_federation::{AppendEntry, AppendOutcome};
+use strait_federation::AppendEntry;
 use strait_routing::event::Event;
 
-use crate::commit::Committer;
-use crate::links::MAX_HOPS;
-
-/// The target type name.
-pub const KIND: &str = "bus";
-
-/// Extension attribute: hops so far.
-pub const HOPS_ATTR: &str = "straithops";
-/// Extension attribute: the site where the event first entered.
-pub const ORIGIN_ATTR: &str = "straitorigin";
-/// Extension attribute: the rule target that passed the event on last.
-pub const VIA_ATTR: &str = "straitvia";
-
-/// Settings of a `bus` target.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BusSettings {
-    /// The bus to re-ingest on (at the delivering site).
-    pub bus: String,
-}
-
-/// A bad `bus` target definition.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct BusTargetError {
-    /// The field (inside the target).
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl BusSettings {
-    /// Check the settings (pure).
-    pub fn from_settings(settings: &Map<String, Value>) -> Result<BusSettings, BusTargetError> {
-        let s: BusSettings =
-            serde_json::from_value(Value::Object(settings.clone())).map_err(|e| {
-                BusTargetError {
-                    field: "bus".into(),
-                    message: e.to_string(),
-                }
-            })?;
-        crate::spec::validate_name("bus", &s.bus).map_err(|e| BusTargetError {
-            field: "bus".into(),
-            message: e.message,
-        })?;
-        Ok(s)
-    }
-}
-
-/// The hop count an event carries (`straithops`, a number or a numeric
-/// string as binary-mode headers give it); 0 when absent or unreadable.
-pub fn hops_of(event: &Event) -> u32 {
-    let v = event.get(HOPS_ATTR).or_else(|| event.get("strait-hops"));
-    let n = match v {
-        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
-        Some(Value::String(s)) => s.trim().parse::<u64>().unwrap_or(0),
-        _ => 0,
-    };
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-/// The permanent failure of a delivery that would pass `hops` on again.
-pub fn hop_limit_error(hops: u32) -> DeliveryError {
-    DeliveryError::Permanent(format!(
-        "hop limit reached: the event was passed on {hops} times ({HOPS_ATTR}), the most is {MAX_HOPS}; not passed on again (a loop of bus targets?)"
-    ))
-}
+use crate::config::bus_target::{BusSettings, BusTargetError};
+use crate::ingest::{Ingest, Outcome};
+use crate::links::hops::{HOPS_ATTR, MAX_HOPS, ORIGIN_ATTR, VIA_ATTR, hop_limit_error, hops_of};
 
 /// Where a re-ingest comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,8 +111,8 @@ pub struct BusSink {
     /// Count a hop here (false for a delivery that crossed a link: the
     /// link counted it).
     pub count_hop: bool,
-    /// Group commit of this node.
-    pub committer: Committer,
+    /// The submit path of this node.
+    pub ingest: Ingest,
 }
 
 impl BusSink {
@@ -187,7 +122,7 @@ impl BusSink {
         site: &str,
         from: Provenance,
         count_hop: bool,
-        committer: Committer,
+        ingest: Ingest,
     ) -> Result<Arc<BusSink>, BusTargetError> {
         let s = BusSettings::from_settings(settings)?;
         Ok(Arc::new(BusSink {
@@ -195,7 +130,7 @@ impl BusSink {
             site: site.to_string(),
             from,
             count_hop,
-            committer,
+            ingest,
         }))
     }
 }
@@ -204,23 +139,22 @@ impl Sink for BusSink {
     fn deliver<'a>(&'a self, event: &'a Event, traceparent: &'a str) -> DeliveryFuture<'a> {
         Box::pin(async move {
             let entry = reingest_entry(event, &self.bus, &self.from, self.count_hop, traceparent)?;
-            let outcomes = self
-                .committer
-                .append(vec![entry])
+            let outcome = self
+                .ingest
+                .reingest(entry)
                 .await
                 .map_err(|e| DeliveryError::Retryable(e.to_string()))?;
-            match outcomes.first() {
-                Some(AppendOutcome::Accepted(_)) => {
+            match outcome {
+                Outcome::Accepted => {
                     metrics::counter!("strait_bus_target_reingested_total", "bus" => self.bus.clone())
                         .increment(1);
                     Ok(())
                 }
-                Some(AppendOutcome::Duplicate) => Ok(()),
-                Some(AppendOutcome::NoSuchBus) => Err(DeliveryError::Permanent(format!(
+                Outcome::Duplicate => Ok(()),
+                Outcome::NoSuchBus | Outcome::Refused => Err(DeliveryError::Permanent(format!(
                     "bus {:?} does not exist at site {}",
                     self.bus, self.site
                 ))),
-                None => Err(DeliveryError::Retryable("no answer from the commit".into())),
             }
         })
     }
@@ -250,24 +184,6 @@ mod tests {
 
     fn decode(entry: &AppendEntry) -> Value {
         serde_json::from_str(entry.event.get()).expect("json")
-    }
-
-    #[test]
-    fn settings_are_checked() {
-        let ok: Map<String, Value> = json!({"bus": "b"}).as_object().cloned().unwrap_or_default();
-        assert_eq!(
-            BusSettings::from_settings(&ok).map(|s| s.bus),
-            Ok("b".into())
-        );
-        for bad in [
-            json!({}),
-            json!({"bus": "no spaces"}),
-            json!({"bus": "b", "x": 1}),
-        ] {
-            let m = bad.as_object().cloned().unwrap_or_default();
-            let e = BusSettings::from_settings(&m).expect_err("bad settings");
-            assert_eq!(e.field, "bus", "{e}");
-        }
     }
 
     #[test]

@@ -123,51 +123,8 @@ pub fn parse_request(
             }
         };
     match ct_essence.as_deref() {
-        Some(STRUCTURED) => {
-            let raw: Box<RawValue> = serde_json::from_slice(body)
-                .map_err(|e| RequestError::Malformed(format!("body is not valid JSON: {e}")))?;
-            let (id, r) = split_data(&raw);
-            Ok(vec![(
-                id,
-                r.map_err(EntryError::Event)
-                    .and_then(|(ev, data)| finish_event(ev, data, http_traceparent, limits)),
-            )])
-        }
-        Some(BATCH) => {
-            let items: Vec<Box<RawValue>> = match serde_json::from_slice(body) {
-                Ok(items) => items,
-                Err(e) => {
-                    // Valid JSON that is not an array, or not JSON at all?
-                    return Err(RequestError::Malformed(
-                        match serde_json::from_slice::<Value>(body) {
-                            Ok(_) => "a batch must be a JSON array of events".into(),
-                            Err(_) => format!("body is not valid JSON: {e}"),
-                        },
-                    ));
-                }
-            };
-            if items.is_empty() {
-                return Err(RequestError::Malformed("the batch is empty".into()));
-            }
-            if items.len() > limits.max_batch_events {
-                return Err(RequestError::TooManyEvents(format!(
-                    "the batch has {} events, above the limit of {}",
-                    items.len(),
-                    limits.max_batch_events
-                )));
-            }
-            Ok(items
-                .iter()
-                .enumerate()
-                .map(|(i, raw)| {
-                    let (id, r) = split_data(raw);
-                    let r = r
-                        .map_err(|ev| EntryError::Event(prefix_error(i, ev)))
-                        .and_then(|(ev, data)| finish_event(ev, data, http_traceparent, limits));
-                    (id, r)
-                })
-                .collect())
-        }
+        Some(STRUCTURED) => parse_structured(body, http_traceparent, limits),
+        Some(BATCH) => parse_batch(body, http_traceparent, limits),
         Some(ct) if ct.starts_with("application/cloudevents") => {
             Err(RequestError::UnsupportedMediaType(format!(
                 "content type {ct:?} is not supported (use {STRUCTURED}, {BATCH} or binary mode)"
@@ -197,6 +154,75 @@ pub fn parse_request(
             Ok(vec![(id, r)])
         }
     }
+}
+
+/// A structured-mode body: one event.
+pub fn parse_structured(
+    body: &[u8],
+    http_traceparent: Option<TraceParent>,
+    limits: &Limits,
+) -> Result<Entries, RequestError> {
+    let raw: Box<RawValue> = serde_json::from_slice(body)
+        .map_err(|e| RequestError::Malformed(format!("body is not valid JSON: {e}")))?;
+    let (id, r) = split_data(&raw);
+    Ok(vec![(
+        id,
+        r.map_err(EntryError::Event)
+            .and_then(|(ev, data)| finish_event(ev, data, http_traceparent, limits)),
+    )])
+}
+
+/// A batch-mode body: a JSON array of at most `limits.max_batch_events`
+/// events.
+pub fn parse_batch(
+    body: &[u8],
+    http_traceparent: Option<TraceParent>,
+    limits: &Limits,
+) -> Result<Entries, RequestError> {
+    let items: Vec<Box<RawValue>> = match serde_json::from_slice(body) {
+        Ok(items) => items,
+        Err(e) => {
+            // Valid JSON that is not an array, or not JSON at all?
+            return Err(RequestError::Malformed(
+                match serde_json::from_slice::<Value>(body) {
+                    Ok(_) => "a batch must be a JSON array of events".into(),
+                    Err(_) => format!("body is not valid JSON: {e}"),
+                },
+            ));
+        }
+    };
+    if items.is_empty() {
+        return Err(RequestError::Malformed("the batch is empty".into()));
+    }
+    if items.len() > limits.max_batch_events {
+        return Err(RequestError::TooManyEvents(format!(
+            "the batch has {} events, above the limit of {}",
+            items.len(),
+            limits.max_batch_events
+        )));
+    }
+    Ok(parse_items(&items, http_traceparent, limits))
+}
+
+/// Events in structured JSON form that an ingress has already split into
+/// items (a batch's members, or events it built itself from another
+/// vendor's format); errors name the item's index as in a batch.
+pub fn parse_items(
+    items: &[Box<RawValue>],
+    http_traceparent: Option<TraceParent>,
+    limits: &Limits,
+) -> Entries {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let (id, r) = split_data(raw);
+            let r = r
+                .map_err(|ev| EntryError::Event(prefix_error(i, ev)))
+                .and_then(|(ev, data)| finish_event(ev, data, http_traceparent, limits));
+            (id, r)
+        })
+        .collect()
 }
 
 fn prefix_error(index: usize, e: EventError) -> EventError {

@@ -23,10 +23,9 @@ use strait_federation::network_quic::{Group, QuicNetwork};
 use strait_federation::transport::Endpoint;
 use strait_federation::{
     Bootstrap, Command, CommandResponse, FederationError, NodeId, NodeInfo, Site, SiteOptions,
-    control_node_id, control_node_of,
+    SiteState, control_node_id, control_node_of,
 };
 
-use crate::app::App;
 use crate::cluster::Writer;
 use crate::config::{ControlMember, NodeConfig};
 
@@ -252,14 +251,16 @@ impl Control {
 /// While this node leads its site: keep the site's buses and rules equal
 /// to the control group's (as this node's replica has them), version by
 /// version.
-pub async fn import_loop(app: Arc<App>) {
-    let Some(control) = app.control.clone() else {
-        return;
-    };
+pub async fn import_loop(
+    control: Control,
+    state: Arc<SiteState>,
+    writer: Writer,
+    buses: Vec<String>,
+) {
     let mut rx = control.group.state.subscribe_config();
     loop {
         rx.borrow_and_update();
-        if let Err(e) = import_once(&app, &control).await {
+        if let Err(e) = import_once(&control, &state, &writer, &buses).await {
             tracing::warn!(error = %e, "cannot import the shared configuration; retrying");
         }
         tokio::select! {
@@ -269,16 +270,21 @@ pub async fn import_loop(app: Arc<App>) {
     }
 }
 
-async fn import_once(app: &App, control: &Control) -> Result<(), FederationError> {
+async fn import_once(
+    control: &Control,
+    state: &SiteState,
+    writer: &Writer,
+    buses: &[String],
+) -> Result<(), FederationError> {
     let shared = SharedConfig::of(&control.group.state.view());
     let cmds = {
-        let site = app.site.state.view();
+        let site = state.view();
         // A replica behind what this site already runs (a new site leader
         // whose control replica lags) must not roll the site back.
         if shared.version < site.config_version {
             return Ok(());
         }
-        plan(&shared, &site, &app.cfg.buses)
+        plan(&shared, &site, buses)
     };
     if cmds.is_empty() {
         return Ok(());
@@ -290,7 +296,7 @@ async fn import_once(app: &App, control: &Control) -> Result<(), FederationError
     );
     for cmd in cmds {
         let what = format!("{cmd:?}");
-        match app.writer.write(cmd).await? {
+        match writer.write(cmd).await? {
             CommandResponse::Ok => {}
             other => {
                 tracing::warn!(command = %what.chars().take(200).collect::<String>(), answer = ?other, "an imported change was refused")

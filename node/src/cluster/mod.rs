@@ -2,6 +2,8 @@
 //! site's Raft group over it, writes routed to the leader, membership
 //! changes and the cluster status document.
 
+pub(crate) mod control;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -152,7 +154,7 @@ pub struct Opened {
     /// The QUIC endpoint (cluster mode).
     pub endpoint: Option<Endpoint>,
     /// The control-group replica (when `control.members` is set).
-    pub control: Option<crate::control::Control>,
+    pub control: Option<crate::cluster::control::Control>,
     /// Batches from other sites proposed here but not yet committed (only
     /// offered with `federation.deliver_before_commit`).
     pub early: Arc<EarlyInbox>,
@@ -231,7 +233,7 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
     service.set_raft(site.raft.clone());
     link.start(site.clone(), endpoint.clone());
     let control = if cfg.control.enabled() {
-        let control = crate::control::open(cfg, &endpoint).await?;
+        let control = crate::cluster::control::open(cfg, &endpoint).await?;
         service.set_control_raft(control.group.raft.clone());
         Some(control)
     } else {

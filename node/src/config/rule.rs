@@ -10,47 +10,8 @@ pub use strait_adapters::http::{ContentMode as DeliveryMode, HttpSettings};
 use strait_routing::pattern::Pattern;
 use strait_routing::transform::Transform;
 
-/// A definition error: which field, and why.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct SpecError {
-    /// Dotted path of the field (`targets[0].endpoint`).
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-    /// Machine-readable code.
-    pub code: &'static str,
-}
-
-impl SpecError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        SpecError {
-            field: field.into(),
-            message: message.into(),
-            code: "InvalidRule",
-        }
-    }
-}
-
-/// Check a bus, rule or target name.
-pub fn validate_name(kind: &str, name: &str) -> Result<(), SpecError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(SpecError {
-            field: kind.into(),
-            message: format!(
-                "{name:?} is not a valid {kind} name (1-64 characters of A-Z a-z 0-9 . _ -)"
-            ),
-            code: "InvalidName",
-        })
-    }
-}
+use super::bus_target::TargetKind;
+use super::check::{SpecError, validate_name};
 
 /// Retry policy of a target (EventBridge's two limits plus the backoff shape).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,19 +169,7 @@ fn validate_target_settings(
     kind: &str,
     settings: &Map<String, Value>,
 ) -> Result<Map<String, Value>, strait_adapters::ConfigError> {
-    if kind == crate::bus_target::KIND {
-        let s = crate::bus_target::BusSettings::from_settings(settings)
-            .map_err(|e| strait_adapters::ConfigError::new(e.field, e.message))?;
-        let mut m = Map::new();
-        m.insert("bus".into(), Value::String(s.bus));
-        return Ok(m);
-    }
-    strait_adapters::validate_target(kind, settings).map_err(|mut e| {
-        if e.field == "type" {
-            e.message = format!("{}; or {:?}", e.message, crate::bus_target::KIND);
-        }
-        e
-    })
+    TargetKind::of(kind)?.validate(settings)
 }
 
 /// A rule checked and compiled, ready for the dispatcher.

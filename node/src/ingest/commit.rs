@@ -2,7 +2,7 @@
 //! so the log is fsynced once per batch, not once per event.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use strait_federation::{
     AppendEntry, AppendOutcome, Command, CommandResponse, FederationError, SiteState, StateFull,
@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::cluster::Writer;
 use crate::config::Batching;
+use crate::util::now_ms;
 
 /// Why a commit failed (the events were not stored).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,14 +39,6 @@ struct Pending {
 pub struct Committer {
     tx: mpsc::Sender<Pending>,
     state: Arc<SiteState>,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Committer {

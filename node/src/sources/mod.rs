@@ -7,16 +7,33 @@
 //! way the dispatcher follows rules. A source whose credential is missing
 //! from this node's `aws.credentials` does not run and says so in its
 //! status. Node-local `aws.sources` are not managed here: they run on every
-//! node from start (`crate::aws::spawn_sources`), with the same poller.
+//! node from start ([`spawn_local`]), with the same poller ([`sqs`]).
+
+mod sqs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Value, json};
+use strait_federation::Site;
 
-use crate::app::App;
-use crate::dispatch::AbortOnDrop;
-use crate::source_spec::SourceSpec;
+use crate::config::NodeConfig;
+use crate::config::source::SourceSpec;
+use crate::ingest::Ingest;
+use crate::util::AbortOnDrop;
+pub use sqs::spawn_local;
+
+/// What the shared sources use of the node.
+pub struct Context {
+    /// The node's configuration (its site, credentials and limits).
+    pub cfg: NodeConfig,
+    /// The site's Raft group (leadership and the replicated sources).
+    pub site: Site,
+    /// Where the pollers submit.
+    pub ingest: Ingest,
+    /// Run-time status per source, shared with the API.
+    pub statuses: Arc<SourceStatuses>,
+}
 
 /// What a source reports on this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,25 +131,25 @@ impl Drop for Running {
 
 /// Run the shared sources of this site while this node leads it, until the
 /// process stops.
-pub async fn run(app: Arc<App>) {
-    let mut config_rx = app.site.state.subscribe_config();
+pub async fn run(ctx: Context) {
+    let mut config_rx = ctx.site.state.subscribe_config();
     let mut running: HashMap<String, Running> = HashMap::new();
     loop {
         config_rx.borrow_and_update();
-        let leading = app.site.is_leader();
-        reconcile(&app, leading, &mut running);
+        let leading = ctx.site.is_leader();
+        reconcile(&ctx, leading, &mut running);
         tokio::select! {
             changed = config_rx.changed() => if changed.is_err() { return },
-            alive = app.site.wait_leading(!leading) => if !alive { return },
+            alive = ctx.site.wait_leading(!leading) => if !alive { return },
         }
     }
 }
 
 /// Make the running pollers match the replicated sources: those of this
 /// site while `leading`, none otherwise.
-fn reconcile(app: &Arc<App>, leading: bool, running: &mut HashMap<String, Running>) {
-    let sources = app.site.state.sources();
-    app.sources
+fn reconcile(ctx: &Context, leading: bool, running: &mut HashMap<String, Running>) {
+    let sources = ctx.site.state.sources();
+    ctx.statuses
         .retain(|name| sources.iter().any(|(n, _)| n == name));
     let mut wanted: HashMap<String, (Value, SourceSpec)> = HashMap::new();
     for (name, json) in sources {
@@ -140,25 +157,25 @@ fn reconcile(app: &Arc<App>, leading: bool, running: &mut HashMap<String, Runnin
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(source = %name, error = %e, "stored source definition does not parse; not running it");
-                app.sources.cell(&name).update(|s| {
+                ctx.statuses.cell(&name).update(|s| {
                     s.last_error = Some(format!("the stored definition does not parse: {e}"))
                 });
                 continue;
             }
         };
-        if spec.site.as_deref().unwrap_or(&app.cfg.site) != app.cfg.site {
+        if spec.site.as_deref().unwrap_or(&ctx.cfg.site) != ctx.cfg.site {
             continue;
         }
         // Every node of the running site checks the credential (any of
         // them may lead next).
         if let Some(c) = &spec.credential
-            && !app.cfg.aws.credentials.contains_key(c)
+            && !ctx.cfg.aws.credentials.contains_key(c)
         {
             let message = format!(
                 "credential {c:?} is not in aws.credentials of node {} at site {}",
-                app.cfg.node_id, app.cfg.site
+                ctx.cfg.node_id, ctx.cfg.site
             );
-            app.sources.cell(&name).update(|s| {
+            ctx.statuses.cell(&name).update(|s| {
                 s.running = false;
                 s.last_error = Some(message.clone());
             });
@@ -180,15 +197,21 @@ fn reconcile(app: &Arc<App>, leading: bool, running: &mut HashMap<String, Runnin
         let credential = spec
             .credential
             .as_ref()
-            .and_then(|c| app.cfg.aws.credentials.get(c).cloned());
-        let conn = crate::aws::connection(&src, credential);
-        let cell = app.sources.cell(&name);
+            .and_then(|c| ctx.cfg.aws.credentials.get(c).cloned());
+        let conn = sqs::connection(&src, credential);
+        let cell = ctx.statuses.cell(&name);
         cell.update(|s| {
             s.running = true;
             s.last_error = None;
         });
         tracing::info!(source = %name, bus = %src.bus, queue = %src.queue_url, "leading the source's site: polling it");
-        let task = tokio::spawn(crate::aws::poll_sqs(app.clone(), src, conn, cell.clone()));
+        let task = tokio::spawn(sqs::poll_sqs(
+            ctx.ingest.clone(),
+            ctx.cfg.limits.clone(),
+            src,
+            conn,
+            cell.clone(),
+        ));
         running.insert(
             name,
             Running {

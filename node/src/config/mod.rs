@@ -1,6 +1,13 @@
 //! Node configuration: a YAML file, flags on top, validation that names the
 //! field.
 
+pub mod bus;
+pub mod bus_target;
+pub mod check;
+pub mod keys;
+pub mod rule;
+pub mod source;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -260,14 +267,14 @@ impl AwsSource {
     pub fn validate(&self) -> Result<(), strait_adapters::ConfigError> {
         use strait_adapters::ConfigError as E;
         strait_adapters::aws_sqs::validate_queue_url("queue_url", &self.queue_url)?;
-        if crate::spec::validate_name("bus", &self.bus).is_err() {
+        if crate::config::check::validate_name("bus", &self.bus).is_err() {
             return Err(E::new(
                 "bus",
                 format!("{:?} is not a valid bus name", self.bus),
             ));
         }
         if let Some(c) = &self.credential
-            && crate::spec::validate_name("credential", c).is_err()
+            && crate::config::check::validate_name("credential", c).is_err()
         {
             return Err(E::new(
                 "credential",
@@ -291,7 +298,7 @@ impl AwsSource {
             return Err(E::new("max_messages", "must be between 1 and 10"));
         }
         if let Some(r) = &self.rule_name
-            && crate::spec::validate_name("rule", r).is_err()
+            && crate::config::check::validate_name("rule", r).is_err()
         {
             return Err(E::new(
                 "rule_name",
@@ -696,7 +703,7 @@ impl NodeConfig {
             );
         }
         for b in &self.buses {
-            if crate::spec::validate_name("bus", b).is_err() {
+            if crate::config::check::validate_name("bus", b).is_err() {
                 return invalid("buses", &format!("{b:?} is not a valid bus name"));
             }
         }
@@ -899,7 +906,7 @@ impl NodeConfig {
         let at = |field: String, message: String| Err(ConfigError::InvalidAt { field, message });
         let a = &self.aws;
         for (name, c) in &a.credentials {
-            if crate::spec::validate_name("credential", name).is_err() {
+            if crate::config::check::validate_name("credential", name).is_err() {
                 return at(
                     format!("aws.credentials.{name}"),
                     "credential names are 1-64 characters of A-Z a-z 0-9 . _ -".into(),
@@ -956,7 +963,7 @@ impl NodeConfig {
         }
         for (i, s) in a.sources.iter().enumerate() {
             let f = |name: &str| format!("aws.sources[{i}].{name}");
-            if crate::spec::validate_name("source", &s.name).is_err()
+            if crate::config::check::validate_name("source", &s.name).is_err()
                 || a.sources[..i].iter().any(|o| o.name == s.name)
             {
                 return at(
@@ -985,7 +992,7 @@ impl NodeConfig {
         };
         let a = &self.alibaba;
         for (name, c) in &a.credentials {
-            if crate::spec::validate_name("credential", name).is_err() {
+            if crate::config::check::validate_name("credential", name).is_err() {
                 return at(
                     format!("alibaba.credentials.{name}"),
                     "credential names are 1-64 characters of A-Z a-z 0-9 . _ -",

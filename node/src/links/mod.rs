@@ -2,7 +2,7 @@
 //! becomes a delivery in this site's outbox for that site ([`LinkSink`],
 //! batched through Raft by [`Outbox`]); link senders drain the outboxes
 //! while this node leads; the inbox of deliveries received from other
-//! sites is delivered here by [`run_inbound`] without routing again.
+//! sites is delivered by `crate::dispatch::inbound`.
 //!
 //! A delivery carries the bus, the rule's name, the hash of its definition
 //! (the definition itself travels once per outbox write and link batch, see
@@ -10,31 +10,28 @@
 //! applies the target's transform), its ingestion time, the hop count and
 //! the trace context.
 
+pub(crate) mod hops;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{FuturesOrdered, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use strait_adapters::{DeliveryError, DeliveryFuture, Sink};
-use strait_federation::link::early::EarlyBatch;
 use strait_federation::link::proto::SenderConfig;
-use strait_federation::link::proto::spec_hash;
 use strait_federation::link::service::{LinkStatsMap, RemoteSite, run_sender};
 use strait_federation::store::links::inbox_cursor_key;
-use strait_federation::{Command, CommandResponse, LinkAnswer, LinkSpec};
+use strait_federation::transport::Endpoint;
+use strait_federation::{Command, CommandResponse, LinkAnswer, LinkSpec, Site, SiteState};
 use strait_routing::event::Event;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::app::App;
 use crate::cluster::Writer;
-use crate::commit::now_ms;
-
-/// Most hops an event may make: link crossings plus same-site re-ingests
-/// by `bus` targets (see [`crate::bus_target`]).
-pub const MAX_HOPS: u32 = 8;
+use crate::config::NodeConfig;
+use crate::util::now_ms;
+use hops::{MAX_HOPS, hop_limit_error, hops_of};
 
 /// One delivery on a link.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,9 +242,9 @@ pub struct LinkSink {
 impl Sink for LinkSink {
     fn deliver<'a>(&'a self, event: &'a Event, traceparent: &'a str) -> DeliveryFuture<'a> {
         Box::pin(async move {
-            let hops = crate::bus_target::hops_of(event);
+            let hops = hops_of(event);
             if hops >= MAX_HOPS {
-                return Err(crate::bus_target::hop_limit_error(hops));
+                return Err(hop_limit_error(hops));
             }
             let depth = self
                 .state
@@ -294,283 +291,49 @@ impl Sink for LinkSink {
 
 /// Start one sender per linked remote site (each is active only while
 /// this node leads its site).
-pub fn start_senders(app: &Arc<App>) {
-    let Some(endpoint) = app.writer.endpoint().cloned() else {
-        return;
-    };
-    for (site, nodes) in &app.cfg.federation.links {
+pub fn start_senders(cfg: &NodeConfig, site: &Site, endpoint: &Endpoint, stats: &LinkStatsMap) {
+    for (remote_site, nodes) in &cfg.federation.links {
         let remote = RemoteSite {
-            site: site.clone(),
+            site: remote_site.clone(),
             nodes: nodes.iter().map(|m| (m.id, m.raft_addr.clone())).collect(),
         };
-        let cfg = SenderConfig {
-            max_batch_items: app.cfg.federation.max_batch,
-            window: app.cfg.federation.window,
-            window_bytes: app.cfg.federation.window_bytes,
+        let sender = SenderConfig {
+            max_batch_items: cfg.federation.max_batch,
+            window: cfg.federation.window,
+            window_bytes: cfg.federation.window_bytes,
             retransmit_after: Duration::from_secs(10),
         };
         tokio::spawn(run_sender(
-            app.site.clone(),
+            site.clone(),
             endpoint.clone(),
             remote,
-            cfg,
-            app.link_stats.clone(),
+            sender,
+            stats.clone(),
         ));
     }
 }
 
-/// Deliver the inboxes of every origin site, for as long as this future
-/// runs (the dispatcher runs it while this node leads).
-pub async fn run_inbound(app: Arc<App>) {
-    // Offered under an earlier term: read them from the inbox instead.
-    app.early.clear_all();
-    let mut links = app.site.state.subscribe_links();
-    let mut early = app.early.subscribe();
-    // Dropping the map (when this future is dropped) aborts every worker.
-    let mut workers: HashMap<String, crate::dispatch::AbortOnDrop> = HashMap::new();
-    loop {
-        let mut origins: Vec<String> = app
-            .site
-            .state
-            .view()
-            .links
-            .inbound
-            .keys()
-            .cloned()
-            .collect();
-        // An origin's first batch may be offered before it commits.
-        if app.cfg.federation.deliver_before_commit {
-            origins.extend(app.cfg.federation.links.keys().cloned());
-        }
-        for o in origins {
-            workers.entry(o.clone()).or_insert_with(|| {
-                crate::dispatch::AbortOnDrop(tokio::spawn(inbound_worker(app.clone(), o)))
-            });
-        }
-        tokio::select! {
-            r = links.changed() => if r.is_err() { return },
-            r = early.changed() => if r.is_err() { return },
-        }
-    }
-}
-
-/// Deliveries by sequence, with the early batch they come from (if any).
-type Deliveries = (Vec<(u64, bytes::Bytes)>, Option<Arc<EarlyBatch>>);
-
-/// Up to `room` deliveries from `origin` starting at `next`: from the batch
-/// proposed here that holds `next` if there is one (delivered before it
-/// commits), else from the committed inbox.
-fn next_deliveries(app: &App, origin: &str, next: u64, room: usize) -> Result<Deliveries, String> {
-    if let Some(b) = app.early.take_from(origin, next) {
-        let skip = (next - b.first_seq) as usize;
-        let items = b
-            .items
-            .iter()
-            .skip(skip)
-            .take(room)
-            .enumerate()
-            .map(|(i, body)| (next + i as u64, body.clone()))
-            .collect();
-        metrics::counter!("strait_link_early_deliveries_total", "origin" => origin.to_string())
-            .increment(b.items.len().saturating_sub(skip).min(room) as u64);
-        return Ok((items, Some(b)));
-    }
-    let entries = app
-        .site
-        .state
-        .read_inbox(origin, next, room)
-        .map_err(|e| e.to_string())?;
-    Ok((
-        entries
-            .into_iter()
-            .map(|e| (e.seq, bytes::Bytes::from(e.body)))
-            .collect(),
-        None,
-    ))
-}
-
-/// Deliver the inbox from `origin` in order, `concurrency` at a time.
-async fn inbound_worker(app: Arc<App>, origin: String) {
-    let key = inbox_cursor_key(&origin);
-    let mut links = app.site.state.subscribe_links();
-    let mut early = app.early.subscribe();
-    let start = app
-        .site
-        .state
-        .view()
-        .cursors
-        .get(&key)
-        .copied()
-        .unwrap_or(1);
-    crate::dispatch::set_cursor(&app.progress, &key, start);
-    let mut next = start;
-    let mut inflight = FuturesOrdered::new();
-    let mut cache: HashMap<(String, String, String, String), Arc<crate::dispatch::Remote>> =
-        HashMap::new();
-    loop {
-        if inflight.len() < 256 {
-            links.borrow_and_update();
-            early.borrow_and_update();
-            let (entries, batch) = match next_deliveries(&app, &origin, next, 256 - inflight.len())
-            {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(origin, error = %e, "cannot read the inbox");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            for (seq, body) in entries {
-                next = seq + 1;
-                let handler = prepare(&app, &origin, seq, &body, batch.as_deref(), &mut cache);
-                inflight.push_back(async move {
-                    match handler {
-                        Some((remote, ingest_ms, Ok(value))) => {
-                            remote.deliver_value(ingest_ms, value).await
-                        }
-                        Some((remote, _, Err(u))) => remote.deliver_unroutable(u).await,
-                        None => {}
-                    }
-                    seq
-                });
-            }
-        }
-        if inflight.is_empty() {
-            tokio::select! {
-                r = links.changed() => if r.is_err() { return },
-                r = early.changed() => if r.is_err() { return },
-            }
-            continue;
-        }
-        tokio::select! {
-            Some(seq) = inflight.next() => {
-                crate::dispatch::set_cursor(&app.progress, &key, seq + 1);
-            }
-            r = links.changed(), if inflight.len() < 256 => {
-                if r.is_err() { return; }
-            }
-            r = early.changed(), if inflight.len() < 256 => {
-                if r.is_err() { return; }
-            }
-        }
-    }
-}
-
-/// Decode a delivery and find (or build) the target it names; the event
-/// comes with its ingestion time. The rule definition is the delivery's own
-/// (older deliveries), the one `batch` carries for its hash (a batch
-/// delivered before it commits), or the one the inbox from `origin` holds.
-fn prepare(
-    app: &Arc<App>,
-    origin: &str,
-    inbox_seq: u64,
-    body: &[u8],
-    batch: Option<&EarlyBatch>,
-    cache: &mut HashMap<(String, String, String, String), Arc<crate::dispatch::Remote>>,
-) -> Option<(
-    Arc<crate::dispatch::Remote>,
-    u64,
-    Result<Value, crate::feed::Unroutable>,
-)> {
-    let d: Delivery = match serde_json::from_slice(body) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(origin, error = %e, "undecodable delivery from another site; skipped");
-            return None;
-        }
-    };
-    let skipped = |rule: &str, target: &str, error: &str| {
-        tracing::error!(
-            origin,
-            rule,
-            target,
-            error,
-            "cannot deliver a delivery from another site; skipped"
-        );
-        metrics::counter!("strait_link_deliveries_skipped_total", "origin" => origin.to_string())
-            .increment(1);
-    };
-    let hash = match (&d.rule_hash, &d.rule_spec) {
-        (Some(h), _) => h.clone(),
-        (None, Some(spec)) => spec_hash(spec.get().as_bytes()),
-        (None, None) => {
-            skipped(&d.rule, &d.target, "the delivery names no rule definition");
-            return None;
-        }
-    };
-    let key = (d.bus.clone(), d.rule.clone(), hash, d.target.clone());
-    let remote = match cache.get(&key) {
-        Some(r) => r.clone(),
-        None => {
-            let spec = match (&d.rule_spec, batch.and_then(|b| b.spec(&key.2))) {
-                (Some(spec), _) => Ok(spec.clone()),
-                // Not committed yet: the batch carries it.
-                (None, Some(s)) => Ok(s.spec.clone()),
-                (None, None) => match app.site.state.read_inbox_spec(origin, &key.2) {
-                    Ok(Some(bytes)) => String::from_utf8(bytes)
-                        .map_err(|e| e.to_string())
-                        .and_then(|s| RawValue::from_string(s).map_err(|e| e.to_string())),
-                    Ok(None) => Err(format!("no rule definition {} from this site", key.2)),
-                    Err(e) => Err(e.to_string()),
-                },
-            };
-            let built =
-                spec.and_then(|spec| crate::dispatch::Remote::build(app, origin, &d, &spec));
-            let r = match built {
-                Ok(r) => Arc::new(r),
-                Err(e) => {
-                    skipped(&d.rule, &d.target, &e);
-                    return None;
-                }
-            };
-            if cache.len() > 1024 {
-                cache.clear();
-            }
-            cache.insert(key, r.clone());
-            r
-        }
-    };
-    // An event routing cannot read is dead-lettered here, not skipped.
-    let json = d.event.get().as_bytes();
-    let mut event = match crate::feed::Unroutable::check(&d.bus, inbox_seq, json) {
-        Ok(v) => v,
-        Err(u) => {
-            u.report(&d.bus, inbox_seq);
-            return Some((remote, d.ingest_ms, Err(u)));
-        }
-    };
-    if let Some(m) = event.as_object_mut() {
-        m.insert("straithops".into(), Value::from(d.hops));
-        if !d.traceparent.is_empty() {
-            m.insert("traceparent".into(), Value::String(d.traceparent.clone()));
-        }
-    }
-    Some((remote, d.ingest_ms, Ok(event)))
-}
-
 /// The `links` part of `GET /v1/cluster` (and the link gauges).
-pub fn status(app: &App) -> Value {
-    let stats = match app.link_stats.lock() {
+pub fn status(cfg: &NodeConfig, state: &SiteState, stats: &LinkStatsMap) -> Value {
+    let stats = match stats.lock() {
         Ok(g) => g.clone(),
         Err(p) => p.into_inner().clone(),
     };
-    let view = app.site.state.view().links.clone();
+    let view = state.view().links.clone();
     let now = now_ms();
     let mut out = Vec::new();
-    for remote in app.cfg.federation.links.keys() {
+    for remote in cfg.federation.links.keys() {
         let s = stats.get(remote).cloned().unwrap_or_default();
         let o = view.out.get(remote).copied().unwrap_or_default();
         let backlog = o.last_seq.saturating_sub(o.acked);
-        let oldest_ms = app
-            .site
-            .state
+        let oldest_ms = state
             .read_outbox(remote, o.acked + 1, 1)
             .ok()
             .and_then(|e| e.into_iter().next())
             .and_then(|e| serde_json::from_slice::<Delivery>(&e.body).ok())
             .map(|d| now.saturating_sub(d.enqueued_ms));
         metrics::gauge!("strait_link_backlog", "remote" => remote.clone()).set(backlog as f64);
-        let limit = app.cfg.federation.max_outbox;
+        let limit = cfg.federation.max_outbox;
         let fill = backlog as f64 / limit.max(1) as f64;
         metrics::gauge!("strait_link_outbox_fill_ratio", "remote" => remote.clone()).set(fill);
         metrics::gauge!("strait_link_oldest_undelivered_seconds", "remote" => remote.clone())
@@ -593,9 +356,7 @@ pub fn status(app: &App) -> Value {
         }));
     }
     for (origin, committed) in &view.inbound {
-        let cursor = app
-            .site
-            .state
+        let cursor = state
             .view()
             .cursors
             .get(&inbox_cursor_key(origin))
@@ -619,6 +380,7 @@ pub fn new_stats() -> LinkStatsMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strait_federation::link::proto::spec_hash;
 
     fn sink(dir: &std::path::Path) -> LinkSink {
         let (tx, rx) = mpsc::channel(1);

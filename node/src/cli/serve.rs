@@ -1,0 +1,156 @@
+//! `strait serve`: start the node, serve the API, and stop on a signal or
+//! when the node's storage fails.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use super::ServeArgs;
+use crate::config::NodeConfig;
+
+/// Exit code of `strait serve` after a storage error stopped the node
+/// (`EX_IOERR` of sysexits.h): a supervisor should restart it.
+pub const EXIT_STORAGE_FAILED: u8 = 74;
+
+pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = match &a.config {
+        Some(p) => NodeConfig::load(p)?,
+        None => NodeConfig::default(),
+    };
+    if a.dev {
+        cfg.dev = true;
+    }
+    if let Some(d) = a.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(h) = a.http {
+        cfg.http = h;
+    }
+    if let Some(j) = a.join {
+        cfg.cluster.join = Some(j);
+        cfg.cluster.initial_members.clear();
+    }
+    if a.config.is_none() && !a.dev {
+        bail!("give --dev for a local development node, or --config FILE for a real one");
+    }
+    cfg.validate()?;
+    let _telemetry = crate::telemetry::init(cfg.telemetry.otlp_endpoint.as_deref())?;
+    let listener = match tokio::net::TcpListener::bind(&cfg.http).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "cannot listen on {}: the address is in use (another Strait node or another program listens there); give this node another address with --http 127.0.0.1:PORT (or `http:` in its config)",
+            cfg.http
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", cfg.http)),
+    };
+    let addr = listener.local_addr()?;
+    let data_dir = cfg.data_dir.clone();
+    let dev = cfg.dev;
+    let app = match crate::app::start(cfg).await {
+        Ok(app) => app,
+        Err(e) => {
+            let others = crate::cli::local::processes_using_data_dir(&data_dir);
+            let hint = match others.first() {
+                Some(pid) => format!(
+                    " (another Strait node, pid {pid}, uses this data directory; give this node its own with --data-dir DIR, or `data_dir:` in its config)"
+                ),
+                None => String::new(),
+            };
+            return Err(e.context(format!("cannot open data dir {}{hint}", data_dir.display())));
+        }
+    };
+    eprintln!(
+        "strait {} listening on http://{addr} (data in {}{})",
+        env!("CARGO_PKG_VERSION"),
+        data_dir.display(),
+        if dev { ", dev mode: no auth" } else { "" }
+    );
+    if dev {
+        eprintln!(
+            "try:\n  curl -X POST http://{addr}/v1/buses/default/events \\\n    -H 'content-type: application/cloudevents+json' \\\n    -d '{{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/demo\",\"type\":\"demo.hello\",\"data\":{{\"hello\":\"world\"}}}}'"
+        );
+    }
+    let router = crate::http::router(app.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watch = tokio::spawn(watch_failure(
+        app.clone(),
+        std::time::Duration::from_secs(app.cfg.storage_failure_exit_secs),
+        stop_tx,
+    ));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = stop_rx => {}
+            }
+        })
+        .await?;
+    watch.abort();
+    if let Some(f) = app.failure() {
+        // Best effort: Raft has stopped, and the disk may refuse the flush.
+        if let Err(e) = app.site.shutdown().await {
+            tracing::warn!(error = %e, "stopping after the failure");
+        }
+        if let Some(e) = app.writer.endpoint() {
+            e.close().await;
+        }
+        tracing::error!(error = %f.message, code = EXIT_STORAGE_FAILED, "exiting: this node's Raft had stopped");
+        return Ok(ExitCode::from(EXIT_STORAGE_FAILED));
+    }
+    app.site.shutdown().await?;
+    if let Some(e) = app.writer.endpoint() {
+        e.close().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Once this node's Raft stops on its own (a storage error), say so loudly,
+/// and after `exit_after` (unless zero) stop serving so that `serve` exits
+/// with [`EXIT_STORAGE_FAILED`].
+async fn watch_failure(
+    app: std::sync::Arc<crate::app::App>,
+    exit_after: std::time::Duration,
+    stop: tokio::sync::oneshot::Sender<()>,
+) {
+    let f = app.failed().await;
+    metrics::gauge!("strait_raft_stopped").set(1.0);
+    let what = if f.storage {
+        "storage failed"
+    } else {
+        "Raft stopped"
+    };
+    if exit_after.is_zero() {
+        tracing::error!(
+            error = %f.message,
+            "{what}: this node accepts no writes until it is restarted; /readyz and /healthz answer 503, \
+             writes 507 (storage_failure_exit_secs is 0: waiting for a restart by hand); \
+             free disk space or fix the disk, then restart it"
+        );
+        return;
+    }
+    tracing::error!(
+        error = %f.message,
+        exit_in_secs = exit_after.as_secs(),
+        code = EXIT_STORAGE_FAILED,
+        "{what}: this node accepts no writes until it is restarted; /readyz and /healthz answer 503, \
+         writes 507; exiting soon so that a supervisor restarts it (free disk space or fix the disk)"
+    );
+    tokio::time::sleep(exit_after).await;
+    let _ = stop.send(());
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

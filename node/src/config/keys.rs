@@ -1,0 +1,107 @@
+//! Ingress keys loaded from the configuration: the AWS SigV4 keys, the
+//! Alibaba ingress keys and push public keys (read from disk), and the
+//! Alibaba signature-nonce cache that goes with them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use strait_adapters::alibaba_eventbridge::sign::{IngressKey, RsaPublicKey};
+use strait_adapters::aws_eventbridge::ingress::IngressConfig;
+use strait_adapters::aws_eventbridge::sigv4::VerifyKey;
+
+use super::{Alibaba, Aws};
+
+/// Most remembered signature nonces before expired ones are pruned.
+const NONCE_PRUNE_AT: usize = 10_000;
+
+/// Keys and replay state of the Alibaba endpoints.
+#[derive(Debug)]
+pub struct AlibabaState {
+    /// Keys of `POST /openapi/putEvents`.
+    pub ingress_keys: Vec<IngressKey>,
+    /// Trusted push signing keys by their URL.
+    pub push_keys: BTreeMap<String, RsaPublicKey>,
+    /// `x-acs-signature-nonce` → Unix seconds until which it is remembered.
+    nonces: Mutex<HashMap<String, i64>>,
+}
+
+impl AlibabaState {
+    /// Build from the config; reads the push public keys from disk.
+    pub fn from_config(cfg: &Alibaba) -> anyhow::Result<AlibabaState> {
+        let mut push_keys = BTreeMap::new();
+        for (url, path) in &cfg.push.public_keys {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "config: alibaba.push.public_keys.{url:?}: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            let key = RsaPublicKey::from_pem(&pem).map_err(|e| {
+                anyhow::anyhow!(
+                    "config: alibaba.push.public_keys.{url:?}: {}: {e}",
+                    path.display()
+                )
+            })?;
+            push_keys.insert(url.clone(), key);
+        }
+        Ok(AlibabaState {
+            ingress_keys: cfg
+                .ingress_keys
+                .iter()
+                .map(|k| IngressKey {
+                    access_key_id: k.access_key_id.clone(),
+                    access_key_secret: k.access_key_secret.clone(),
+                    security_token: k.security_token.clone(),
+                })
+                .collect(),
+            push_keys,
+            nonces: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Remember a nonce until `until`; false if it was already used.
+    pub fn fresh_nonce(&self, nonce: &str, now: i64, until: i64) -> bool {
+        let mut map = match self.nonces.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if map.get(nonce).is_some_and(|t| *t >= now) {
+            return false;
+        }
+        if map.len() >= NONCE_PRUNE_AT {
+            map.retain(|_, t| *t >= now);
+        }
+        map.insert(nonce.to_string(), until);
+        true
+    }
+}
+
+/// The AWS ingress's keys and account.
+pub fn aws_ingress(cfg: &Aws) -> IngressConfig {
+    IngressConfig {
+        keys: cfg
+            .ingress_keys
+            .iter()
+            .map(|k| VerifyKey {
+                access_key_id: k.access_key_id.clone(),
+                secret_access_key: k.secret_access_key.clone(),
+            })
+            .collect(),
+        account_id: cfg.account_id.clone(),
+        max_clock_skew_secs: cfg.max_clock_skew_secs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonces_are_single_use_within_their_window() {
+        let s = AlibabaState::from_config(&Alibaba::default()).expect("state");
+        assert!(s.fresh_nonce("n1", 100, 200));
+        assert!(!s.fresh_nonce("n1", 150, 250));
+        assert!(s.fresh_nonce("n1", 201, 300));
+        assert!(s.fresh_nonce("n2", 150, 250));
+    }
+}

@@ -1,0 +1,343 @@
+//! The dispatcher: reads committed events in order, matches each rule,
+//! transforms and delivers to every target, with retries, dead letters and
+//! progress checkpointed through Raft.
+//!
+//! Every target has its own worker and cursor, so a slow or dead target
+//! never holds up another. Within a target, up to `concurrency` deliveries
+//! run at once; the cursor only moves past an event once it is delivered or
+//! dead-lettered, so a restart re-sends at most the unfinished tail.
+
+pub(crate) mod bus_target;
+pub(crate) mod feed;
+pub(crate) mod inbound;
+mod progress;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strait_adapters::{Sink, SinkContext};
+use strait_federation::link::early::EarlyInbox;
+use strait_federation::store::state::target_key;
+use strait_federation::{Command, SiteState};
+use strait_routing::pattern::RuleSet;
+use tokio::task::JoinHandle;
+
+use crate::cluster::Writer;
+use crate::config::NodeConfig;
+use crate::config::rule::{CompiledRule, RuleSpec};
+use crate::dispatch::feed::BusFeed;
+use crate::ingest::Ingest;
+use crate::links::Outbox;
+use crate::util::{AbortOnDrop, now_ms};
+pub use progress::{Progress, TargetStats, set_cursor, stats};
+pub use worker::Remote;
+use worker::{TargetWorker, WorkerMetrics, build_sink};
+
+/// What the dispatcher and the inbound workers use of the node.
+pub struct Context {
+    /// The node's configuration.
+    pub cfg: NodeConfig,
+    /// The site's replicated state.
+    pub state: Arc<SiteState>,
+    /// Writes routed to the site's leader (checkpoints).
+    pub writer: Writer,
+    /// Re-ingests by `bus` targets and dead letters.
+    pub ingest: Ingest,
+    /// Deliveries to targets at other sites.
+    pub outbox: Outbox,
+    /// Live figures per target, shared with the API.
+    pub progress: Progress,
+    /// Shared clients for building targets.
+    pub sinks: SinkContext,
+    /// Batches from other sites proposed but not yet committed here.
+    pub early: Arc<EarlyInbox>,
+}
+
+struct Worker {
+    rule_json: Value,
+    handle: JoinHandle<()>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// The dispatcher of a leader: feeds and workers follow the replicated
+/// rules; everything stops when this future is dropped.
+pub async fn lead(ctx: Arc<Context>) {
+    let state = ctx.state.clone();
+    let mut config_rx = state.subscribe_config();
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let mut feeds: HashMap<String, Feed> = HashMap::new();
+    let mut version = 0u64;
+    let _checkpointer = AbortOnDrop(tokio::spawn(checkpointer(ctx.clone())));
+    loop {
+        config_rx.borrow_and_update();
+        version += 1;
+        reconcile(&ctx, &mut workers, &mut feeds, version);
+        if config_rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+struct Feed {
+    feed: Arc<BusFeed>,
+    handle: JoinHandle<()>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// One compiled rule set per bus (enabled rules only), keyed by rule name.
+fn rule_sets(rules: &[(String, String, Arc<CompiledRule>)]) -> HashMap<String, RuleSet<String>> {
+    let mut sets: HashMap<String, RuleSet<String>> = HashMap::new();
+    for (bus, name, rule) in rules {
+        let set = sets.entry(bus.clone()).or_default();
+        if rule.spec.enabled {
+            set.insert(name.clone(), rule.pattern.clone());
+        }
+    }
+    sets
+}
+
+fn reconcile(
+    ctx: &Arc<Context>,
+    workers: &mut HashMap<String, Worker>,
+    feeds: &mut HashMap<String, Feed>,
+    version: u64,
+) {
+    let rules: Vec<((String, String), Value)> = {
+        let view = ctx.state.view();
+        view.rules
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let mut wanted = HashMap::new();
+    let mut compiled_rules = Vec::new();
+    for ((bus, rule_name), json) in rules {
+        // Stored rules were validated and normalized on write: parse and compile once.
+        let parsed = serde_json::from_value::<RuleSpec>(json.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|s| s.compile().map_err(|e| e.to_string()));
+        let compiled = match parsed {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(bus, rule = rule_name, error = %e, "stored rule does not compile; skipping");
+                continue;
+            }
+        };
+        compiled_rules.push((bus.clone(), rule_name.clone(), compiled.clone()));
+        for (idx, t) in compiled.spec.targets.iter().enumerate() {
+            let key = target_key(&bus, &rule_name, &t.id);
+            wanted.insert(
+                key,
+                (
+                    bus.clone(),
+                    rule_name.clone(),
+                    compiled.clone(),
+                    idx,
+                    json.clone(),
+                ),
+            );
+        }
+    }
+    // One feed per bus, rules or not (so every event is read once and
+    // counted as matched, unmatched or unroutable); it starts at the oldest
+    // cursor of the bus.
+    let mut sets = rule_sets(&compiled_rules);
+    for bus in ctx.state.view().buses.keys() {
+        sets.entry(bus.clone()).or_default();
+    }
+    feeds.retain(|bus, f| {
+        let keep = sets.contains_key(bus);
+        if !keep {
+            f.handle.abort();
+        }
+        keep
+    });
+    for (bus, set) in sets.drain() {
+        if let Some(f) = feeds.get(&bus) {
+            f.feed.set_rules(version, set);
+            continue;
+        }
+        let start = {
+            let view = ctx.state.view();
+            let prefix = format!("{bus}/");
+            view.cursors
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, c)| *c)
+                .min()
+                .unwrap_or(view.next_seq)
+        };
+        let feed = BusFeed::new(start, version, set);
+        let handle = tokio::spawn(crate::dispatch::feed::run(
+            ctx.state.clone(),
+            bus.clone(),
+            feed.clone(),
+        ));
+        feeds.insert(bus, Feed { feed, handle });
+    }
+    workers.retain(|key, w| {
+        let keep = wanted
+            .get(key)
+            .is_some_and(|(_, _, _, _, json)| *json == w.rule_json);
+        if !keep {
+            w.handle.abort();
+        }
+        keep
+    });
+    for (key, (bus, rule_name, compiled, idx, json)) in wanted {
+        if workers.contains_key(&key) {
+            continue;
+        }
+        let t = &compiled.spec.targets[idx];
+        let remote_site = t.site.clone().filter(|s| *s != ctx.cfg.site);
+        let sink: Arc<dyn Sink> = if let Some(remote) = &remote_site {
+            Arc::new(crate::links::LinkSink {
+                remote: remote.clone(),
+                bus: bus.clone(),
+                rule: rule_name.clone(),
+                spec: match serde_json::value::to_raw_value(&json) {
+                    Ok(spec) => Arc::new(strait_federation::LinkSpec {
+                        hash: strait_federation::link::proto::spec_hash(spec.get().as_bytes()),
+                        spec,
+                    }),
+                    Err(e) => {
+                        tracing::error!(target_key = key, error = %e, "rule cannot be encoded; not dispatching to it");
+                        continue;
+                    }
+                },
+                target: t.id.clone(),
+                outbox: ctx.outbox.clone(),
+                state: ctx.state.clone(),
+                limit: ctx.cfg.federation.max_outbox,
+            })
+        } else {
+            let from = crate::dispatch::bus_target::Provenance {
+                site: ctx.cfg.site.clone(),
+                bus: bus.clone(),
+                rule: rule_name.clone(),
+                target: t.id.clone(),
+            };
+            match build_sink(ctx, t, from, true) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(target_key = key, error = %e, "target cannot be built; not dispatching to it");
+                    continue;
+                }
+            }
+        };
+        let Some(feed) = feeds.get(&bus).map(|f| f.feed.clone()) else {
+            continue;
+        };
+        let worker = TargetWorker {
+            ctx: ctx.clone(),
+            key: key.clone(),
+            metrics: WorkerMetrics::new(&bus, &rule_name, &t.id),
+            bus,
+            rule_name,
+            rule: compiled,
+            idx,
+            sink,
+            feed,
+            version,
+            prematched: false,
+            via_link: remote_site.is_some(),
+        };
+        let handle = tokio::spawn(worker.run());
+        workers.insert(
+            key,
+            Worker {
+                rule_json: json,
+                handle,
+            },
+        );
+    }
+}
+
+/// Periodically write target cursors through Raft (which also collects
+/// delivered events past retention) and publish lag gauges.
+async fn checkpointer(ctx: Arc<Context>) {
+    let interval = Duration::from_millis(ctx.cfg.dispatch.checkpoint_interval_ms);
+    let mut last_sent: HashMap<String, u64> = HashMap::new();
+    let mut last_gc = Instant::now();
+    let mut last_lag = Instant::now();
+    loop {
+        tokio::time::sleep(interval).await;
+        let cursors: Vec<(String, u64)> = {
+            let view = ctx.state.view();
+            let map = match ctx.progress.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            map.iter()
+                .filter(|(k, s)| view.cursors.get(*k).is_some_and(|c| s.cursor > *c))
+                .map(|(k, s)| (k.clone(), s.cursor))
+                .collect()
+        };
+        let changed: Vec<(String, u64)> = cursors
+            .into_iter()
+            .filter(|(k, c)| last_sent.get(k) != Some(c))
+            .collect();
+        let gc_due = last_gc.elapsed() >= Duration::from_secs(10);
+        if !changed.is_empty() || gc_due {
+            let cmd = Command::Checkpoint {
+                now_ms: now_ms(),
+                retention_ms: ctx.cfg.retention_secs.saturating_mul(1000),
+                dedup_window_ms: ctx.cfg.dedup_window_secs.saturating_mul(1000),
+                cursors: changed.clone(),
+            };
+            match ctx.writer.write(cmd).await {
+                Ok(_) => {
+                    for (k, c) in changed {
+                        last_sent.insert(k, c);
+                    }
+                    if gc_due {
+                        last_gc = Instant::now();
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "checkpoint not written"),
+            }
+        }
+        if last_lag.elapsed() >= Duration::from_secs(1) {
+            last_lag = Instant::now();
+            publish_lag(&ctx);
+        }
+    }
+}
+
+fn publish_lag(ctx: &Context) {
+    let keys: Vec<(String, u64)> = {
+        let map = match ctx.progress.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        map.iter().map(|(k, s)| (k.clone(), s.cursor)).collect()
+    };
+    for (key, cursor) in keys {
+        let mut parts = key.splitn(3, '/');
+        let (Some(bus), Some(rule), Some(target)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let lag = ctx
+            .state
+            .count_events_from(bus, cursor, 1_000_000)
+            .unwrap_or(0);
+        metrics::gauge!("strait_target_lag_events", "bus" => bus.to_string(), "rule" => rule.to_string(), "target" => target.to_string()).set(lag as f64);
+    }
+    if let Ok(n) = ctx.state.stored_events() {
+        metrics::gauge!("strait_events_stored").set(n as f64);
+    }
+}

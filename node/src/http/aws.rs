@@ -1,0 +1,129 @@
+//! The AWS-compatible ingress (docs/adapters/aws.md): `POST
+//! {aws.ingress_path}` (default `/`) routed to
+//! [`strait_adapters::aws_eventbridge::ingress::put_events`], which speaks
+//! EventBridge's JSON 1.1 `AWSEvents.PutEvents`; its events go through the
+//! node's [`Gate`]. SQS sources are in `crate::sources`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use strait_adapters::aws_eventbridge::ingress::{self, MAX_BODY_BYTES};
+
+use crate::app::App;
+use crate::http::read_body;
+use crate::ingest::Gate;
+
+/// `POST {aws.ingress_path}`: EventBridge `PutEvents`.
+pub async fn put_events(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let bytes = match read_body(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => return ingress::too_large().into_response(),
+    };
+    let gate = Gate {
+        ingest: app.ingest.clone(),
+        state: app.site.state.clone(),
+        limits: app.cfg.limits.clone(),
+    };
+    ingress::put_events(&app.aws, &method, &uri, &headers, &bytes, &gate)
+        .await
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{AwsIngressKey, Limits, NodeConfig};
+
+    /// PutEvents maps each entry and then checks it as the batch ingress
+    /// does: a `Detail` that parses alone but is one level too deep inside
+    /// the event is that entry's error, not stored.
+    #[test]
+    fn a_detail_routing_cannot_read_is_refused() {
+        use strait_adapters::aws_eventbridge::mapping;
+        let detail = format!("{}1{}", "{\"a\":".repeat(127), "}".repeat(127));
+        let entry = serde_json::json!({"Source": "app", "DetailType": "t", "Detail": detail});
+        let (_, ce) = mapping::put_entry_to_cloudevent(
+            &entry,
+            "id1",
+            "123456789012",
+            "us-east-1",
+            chrono::Utc::now(),
+        )
+        .expect("mapped");
+        let raw = serde_json::value::to_raw_value(&ce).expect("json");
+        let parsed = crate::ingest::parse_items(&[raw], None, &Limits::default());
+        let e = parsed[0].1.as_ref().expect_err("refused");
+        assert_eq!(e.code(), "UnroutableEvent", "{e}");
+        assert!(e.to_string().contains("too deep"), "{e}");
+    }
+
+    fn cfg(yaml: &str) -> NodeConfig {
+        let mut c: NodeConfig = serde_yaml::from_str(yaml).expect("yaml");
+        c.dev = true;
+        c
+    }
+
+    fn field(c: &NodeConfig) -> String {
+        match c.validate().expect_err("invalid") {
+            crate::config::ConfigError::InvalidAt { field, .. } => field,
+            other => format!("{other}"),
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let ok = cfg(r#"
+aws:
+  credentials:
+    main: {access_key_id: AKID, secret_access_key: s}
+    prof: {profile: dev}
+  ingress_keys: [{access_key_id: AKID, secret_access_key: s}]
+  sources:
+    - {name: q1, queue_url: "http://127.0.0.1:5000/123456789012/q1", bus: default, credentials: main, endpoint: "http://127.0.0.1:5000"}
+"#);
+        ok.validate().expect("valid");
+        assert_eq!(ok.aws.sources[0].credential.as_deref(), Some("main"));
+        assert_eq!(ok.aws.sources[0].wait_time_secs, 20);
+        assert_eq!(ok.aws.ingress_path, "/");
+
+        let mut c = ok.clone();
+        c.aws.credentials.insert("bad".into(), Default::default());
+        assert_eq!(field(&c), "aws.credentials.bad.access_key_id");
+        let mut c = ok.clone();
+        c.aws.ingress_keys.push(AwsIngressKey {
+            access_key_id: "AKID".into(),
+            secret_access_key: "x".into(),
+        });
+        assert_eq!(field(&c), "aws.ingress_keys[1].access_key_id");
+        let mut c = ok.clone();
+        c.aws.ingress_path = "/v1/buses".into();
+        assert_eq!(field(&c), "aws.ingress_path");
+        let mut c = ok.clone();
+        c.aws.sources[0].credential = Some("nope".into());
+        assert_eq!(field(&c), "aws.sources[0].credential");
+        let mut c = ok.clone();
+        c.aws.sources[0].wait_time_secs = 21;
+        assert_eq!(field(&c), "aws.sources[0].wait_time_secs");
+        let mut c = ok.clone();
+        c.aws.sources[0].queue_url = "queue".into();
+        assert_eq!(field(&c), "aws.sources[0].queue_url");
+        let mut c = ok.clone();
+        c.aws.sources[0].endpoint = Some("ftp://x".into());
+        assert_eq!(field(&c), "aws.sources[0].endpoint");
+        let mut c = ok.clone();
+        c.aws.sources.push(c.aws.sources[0].clone());
+        assert_eq!(field(&c), "aws.sources[1].name");
+        assert!(!format!("{:?}", ok.aws).contains("secret_access_key: Some(\"s\")"));
+        let bad: Result<NodeConfig, _> =
+            serde_yaml::from_str("aws: {credentials: {m: {access_key: x}}}");
+        assert!(bad.is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! `/v1/buses/{bus}/rules` and `/v1/buses/{bus}/rules/{rule}`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use strait_federation::Command;
+use strait_federation::store::state::{dead_letter_buses, target_key};
+
+use crate::app::App;
+use crate::config::rule::RuleSpec;
+use crate::http::body::read_json;
+use crate::http::error::{ApiError, ApiResult, command_result};
+use crate::http::shared::{bus_must_exist, check_name, share_bus};
+
+fn rule_view(app: &App, bus: &str, name: &str, spec: &Value, with_status: bool) -> Value {
+    let mut v = spec.clone();
+    v["name"] = json!(name);
+    v["bus"] = json!(bus);
+    if with_status {
+        let mut targets = serde_json::Map::new();
+        if let Some(ts) = spec.get("targets").and_then(Value::as_array) {
+            for t in ts {
+                let Some(id) = t.get("id").and_then(Value::as_str) else {
+                    continue;
+                };
+                let key = target_key(bus, name, id);
+                let replicated = app
+                    .site
+                    .state
+                    .view()
+                    .cursors
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(0);
+                let live = crate::dispatch::stats(&app.progress, &key).unwrap_or_default();
+                let cursor = live.cursor.max(replicated);
+                let lag = app
+                    .site
+                    .state
+                    .count_events_from(bus, cursor, 1_000_000)
+                    .unwrap_or(0);
+                targets.insert(
+                    id.to_string(),
+                    json!({
+                        "cursor": cursor,
+                        "checkpoint": replicated,
+                        "delivered": live.delivered,
+                        "deadLettered": live.dead_lettered,
+                        "dropped": live.dropped,
+                        "deadLetterFailed": live.dead_letter_failed,
+                        "lastDeadLetterError": live.last_dead_letter_error,
+                        "failedAttempts": live.failed_attempts,
+                        "lastError": live.last_error,
+                        "lag": lag,
+                    }),
+                );
+            }
+        }
+        v["status"] = json!({"targets": targets});
+    }
+    v
+}
+
+pub(super) async fn list(
+    State(app): State<Arc<App>>,
+    Path(bus): Path<String>,
+) -> ApiResult<Json<Value>> {
+    bus_must_exist(&app, &bus)?;
+    let rules: Vec<(String, Value)> = app
+        .site
+        .state
+        .view()
+        .rules
+        .iter()
+        .filter(|((b, _), _)| *b == bus)
+        .map(|((_, r), v)| (r.clone(), v.clone()))
+        .collect();
+    let out: Vec<Value> = rules
+        .iter()
+        .map(|(r, v)| rule_view(&app, &bus, r, v, false))
+        .collect();
+    Ok(Json(json!({"rules": out})))
+}
+
+pub(super) async fn get(
+    State(app): State<Arc<App>>,
+    Path((bus, rule)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    bus_must_exist(&app, &bus)?;
+    let spec = app
+        .site
+        .state
+        .view()
+        .rules
+        .get(&(bus.clone(), rule.clone()))
+        .cloned();
+    match spec {
+        Some(s) => Ok(Json(rule_view(&app, &bus, &rule, &s, true))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "RuleNotFound",
+            format!("rule `{rule}` does not exist on bus `{bus}`"),
+        )),
+    }
+}
+
+pub(super) async fn put(
+    State(app): State<Arc<App>>,
+    Path((bus, rule)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    check_name("rule", &rule)?;
+    bus_must_exist(&app, &bus)?;
+    let mut v = read_json(body, app.cfg.limits.max_request_bytes).await?;
+    if let Some(m) = v.as_object_mut() {
+        // Echoed fields from a GET are fine to send back.
+        m.remove("name");
+        m.remove("bus");
+        m.remove("status");
+    }
+    let mut spec = RuleSpec::from_json(&v)?;
+    for (i, t) in spec.targets.iter_mut().enumerate() {
+        if app.control.is_some() && t.site.is_none() {
+            // Shared rules run everywhere: a target without a site is
+            // delivered by the site it was created at.
+            t.site = Some(app.cfg.site.clone());
+        }
+        if let Some(site) = &t.site
+            && *site != app.cfg.site
+            && !app.cfg.federation.links.contains_key(site)
+        {
+            let known: Vec<&String> = std::iter::once(&app.cfg.site)
+                .chain(app.cfg.federation.links.keys())
+                .collect();
+            return Err(ApiError::bad_request(
+                "UnknownSite",
+                format!(
+                    "targets[{i}].site: no link from site {:?} to site {site:?} (known sites: {known:?})",
+                    app.cfg.site
+                ),
+            ));
+        }
+    }
+    let stored = serde_json::to_value(&spec).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })?;
+    let targets = spec.targets.iter().map(|t| t.id.clone()).collect();
+    share_bus(&app, &bus).await?;
+    // A dead-letter bus this site has from its configuration is shared
+    // too, so that every site can store dead letters on it. (Whether it
+    // exists is checked when the rule is committed.)
+    for (_, dl_bus) in dead_letter_buses(&stored) {
+        share_bus(&app, dl_bus).await?;
+    }
+    command_result(
+        app.write_config(Command::PutRule {
+            bus: bus.clone(),
+            name: rule.clone(),
+            spec: stored.clone(),
+            targets,
+        })
+        .await?,
+    )?;
+    Ok(Json(rule_view(&app, &bus, &rule, &stored, false)))
+}
+
+pub(super) async fn delete(
+    State(app): State<Arc<App>>,
+    Path((bus, rule)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    command_result(
+        app.write_config(Command::DeleteRule { bus, name: rule })
+            .await?,
+    )?;
+    Ok(Json(json!({"deleted": true})))
+}

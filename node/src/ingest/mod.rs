@@ -1,0 +1,136 @@
+//! Ingest: the one path from parsed events to the log. Every ingress (the
+//! CloudEvents API, Alibaba PutEvents and push, AWS PutEvents), every
+//! source (SQS) and every re-ingest (`bus` targets, dead letters, inbound
+//! link deliveries through them) hands its entries to [`Ingest`], which
+//! appends them through group commit ([`Committer`]) and counts the ingress
+//! figures once, here.
+//!
+//! [`parse`] turns the CloudEvents HTTP binding (binary, structured, batch)
+//! into validated events; it is pure.
+
+mod commit;
+mod gate;
+mod parse;
+
+use std::collections::BTreeMap;
+
+use strait_federation::{AppendEntry, AppendOutcome};
+
+pub use commit::{CommitError, Committer};
+pub use gate::Gate;
+pub use parse::{
+    Entries, RequestError, STRUCTURED, parse_batch, parse_items, parse_request, parse_structured,
+};
+
+/// One entry an ingress hands to [`Ingest::submit`], in request order.
+#[derive(Debug)]
+pub enum Entry {
+    /// A valid event to append.
+    Append(AppendEntry),
+    /// An entry the ingress refused before the append (invalid, too large,
+    /// no such bus): counted as received on `bus` (`""` when it names no
+    /// existing bus, so that clients cannot create label values) and as
+    /// rejected.
+    Refused {
+        /// The bus it is counted on.
+        bus: String,
+    },
+}
+
+/// What became of one [`Entry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored.
+    Accepted,
+    /// A repeat of an event stored within the dedup window.
+    Duplicate,
+    /// The bus was deleted before the append.
+    NoSuchBus,
+    /// Refused by the ingress ([`Entry::Refused`]).
+    Refused,
+}
+
+impl Outcome {
+    /// Stored now or before: the sender may forget it.
+    pub fn stored(self) -> bool {
+        matches!(self, Outcome::Accepted | Outcome::Duplicate)
+    }
+}
+
+/// The submit handle: group commit plus the ingest figures.
+#[derive(Clone)]
+pub struct Ingest {
+    committer: Committer,
+}
+
+impl Ingest {
+    /// Submit through `committer`.
+    pub fn new(committer: Committer) -> Ingest {
+        Ingest { committer }
+    }
+
+    /// Ingress: count every entry once as received
+    /// (`strait_events_ingested_total{bus}`), append the valid ones in one
+    /// group commit, and count what became of them
+    /// (`strait_events_committed_total`, `strait_events_duplicate_total`,
+    /// `strait_events_rejected_total`). One outcome per entry, in order. A
+    /// failed commit stores nothing and counts only the received entries.
+    pub async fn submit(&self, entries: Vec<Entry>) -> Result<Vec<Outcome>, CommitError> {
+        let mut received: BTreeMap<&str, u64> = BTreeMap::new();
+        for e in &entries {
+            let bus = match e {
+                Entry::Append(a) => a.bus.as_str(),
+                Entry::Refused { bus } => bus.as_str(),
+            };
+            *received.entry(bus).or_default() += 1;
+        }
+        for (bus, n) in received {
+            metrics::counter!("strait_events_ingested_total", "bus" => bus.to_string())
+                .increment(n);
+        }
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut appends = Vec::new();
+        let mut slots = Vec::new();
+        for (i, e) in entries.into_iter().enumerate() {
+            outcomes.push(Outcome::Refused);
+            if let Entry::Append(a) = e {
+                appends.push(a);
+                slots.push(i);
+            }
+        }
+        let appended = self.committer.append(appends).await?;
+        let (mut accepted, mut duplicates) = (0u64, 0u64);
+        for (slot, outcome) in slots.into_iter().zip(appended) {
+            outcomes[slot] = match outcome {
+                AppendOutcome::Accepted(_) => {
+                    accepted += 1;
+                    Outcome::Accepted
+                }
+                AppendOutcome::Duplicate => {
+                    duplicates += 1;
+                    Outcome::Duplicate
+                }
+                AppendOutcome::NoSuchBus => Outcome::NoSuchBus,
+            };
+        }
+        metrics::counter!("strait_events_committed_total").increment(accepted);
+        metrics::counter!("strait_events_duplicate_total").increment(duplicates);
+        let rejected = outcomes.len() as u64 - accepted - duplicates;
+        if rejected > 0 {
+            metrics::counter!("strait_events_rejected_total").increment(rejected);
+        }
+        Ok(outcomes)
+    }
+
+    /// A re-ingest (a `bus` target, a dead letter): one entry, appended
+    /// without the ingress figures (it was counted where it entered).
+    pub async fn reingest(&self, entry: AppendEntry) -> Result<Outcome, CommitError> {
+        let appended = self.committer.append(vec![entry]).await?;
+        match appended.first() {
+            Some(AppendOutcome::Accepted(_)) => Ok(Outcome::Accepted),
+            Some(AppendOutcome::Duplicate) => Ok(Outcome::Duplicate),
+            Some(AppendOutcome::NoSuchBus) => Ok(Outcome::NoSuchBus),
+            None => Err(CommitError::Failed("no answer from the commit".into())),
+        }
+    }
+}
