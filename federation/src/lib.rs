@@ -32,6 +32,7 @@ pub mod network_quic;
 pub mod site;
 pub mod store;
 pub mod transport;
+pub mod wire;
 
 pub use command::{
     AppendEntry, AppendOutcome, Command, CommandResponse, LinkAnswer, LinkSpec, Refusal,

@@ -11,8 +11,10 @@
 //! Followers forward client writes to the leader with [`write_via_leader`]
 //! / [`forward_write`] (method [`METHOD_CLIENT_WRITE`]).
 //!
-//! Bodies are JSON (openraft's serde types); an install-snapshot chunk is a
-//! JSON header followed by the raw chunk bytes. Transport failures map to
+//! Append-entries requests and forwarded writes are in the binary encoding
+//! of [`crate::wire`] (JSON from nodes of earlier versions is still
+//! accepted); the other bodies are JSON (openraft's serde types), and an
+//! install-snapshot chunk is a JSON header followed by the raw chunk bytes. Transport failures map to
 //! `RPCError::Unreachable` (no connection: openraft backs off) or
 //! `RPCError::Network` (the connection failed mid-request); an error
 //! answered by the peer's Raft is `RPCError::RemoteError`.
@@ -139,8 +141,10 @@ pub async fn forward_write_in(
     leader: &PeerClient,
     cmd: &Command,
 ) -> Result<CommandResponse, FederationError> {
-    let body = encode_json(cmd)
+    let mut body = Vec::new();
+    crate::wire::encode_command(&mut body, cmd)
         .map_err(|e| FederationError::Write(format!("cannot encode the command: {e}")))?;
+    let body = Bytes::from(body);
     let reply = leader
         .request(group.method(METHOD_CLIENT_WRITE), body)
         .await
@@ -338,6 +342,16 @@ fn encode_snapshot_chunk(
     Ok(out.freeze())
 }
 
+/// An append-entries request: binary ([`crate::wire`]), or JSON as nodes of
+/// earlier versions send it.
+fn decode_append_entries(body: &[u8]) -> Result<AppendEntriesRequest<TypeConfig>, String> {
+    if body.first() == Some(&crate::wire::APPEND_ENTRIES_MAGIC) {
+        crate::wire::decode_append_entries(body).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_slice(body).map_err(|e| e.to_string())
+    }
+}
+
 fn decode_snapshot_chunk(body: &[u8]) -> Result<InstallSnapshotRequest<TypeConfig>, String> {
     let (len, rest) = body
         .split_first_chunk::<4>()
@@ -364,7 +378,9 @@ impl RaftNetwork<TypeConfig> for QuicPeer {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         let n = rpc.entries.len() as u64;
         let started = std::time::Instant::now();
-        let body = encode_json(&rpc).map_err(|e| encode_error(&e))?;
+        let body = crate::wire::encode_append_entries(&rpc)
+            .map(Bytes::from)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         metrics::histogram!("strait_raft_append_encode_seconds")
             .record(started.elapsed().as_secs_f64());
         let reply = self
@@ -550,9 +566,8 @@ impl Handler for RaftService {
             match method {
                 METHOD_APPEND_ENTRIES => {
                     let started = std::time::Instant::now();
-                    let rpc: AppendEntriesRequest<TypeConfig> =
-                        serde_json::from_slice(&req.body)
-                            .map_err(|e| bad_request("append-entries", e))?;
+                    let rpc = decode_append_entries(&req.body)
+                        .map_err(|e| bad_request("append-entries", e))?;
                     metrics::histogram!("strait_raft_append_decode_seconds")
                         .record(started.elapsed().as_secs_f64());
                     check(rpc.vote.leader_id().voted_for(), false)?;
@@ -574,7 +589,10 @@ impl Handler for RaftService {
                     reply(&raft.install_snapshot(rpc).await)
                 }
                 METHOD_CLIENT_WRITE => {
-                    let cmd: Command = serde_json::from_slice(&req.body)
+                    // Binary, or JSON from a node of an earlier version
+                    // (a JSON command starts with `{`, which
+                    // `decode_command` reads as JSON).
+                    let cmd: Command = crate::wire::decode_command(&req.body)
                         .map_err(|e| bad_request("client-write", e))?;
                     let answer = match raft.client_write(cmd).await {
                         Ok(r) => ForwardReply::Applied(r.data),
@@ -638,6 +656,33 @@ mod tests {
             ..NodeInfo::default()
         };
         assert_eq!(Group::Control.identity(b, &node, "idc"), aws1);
+    }
+
+    #[test]
+    fn append_entries_are_read_in_binary_and_in_json() {
+        let req = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(4, 2),
+            prev_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), 9)),
+            entries: vec![openraft::Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(4, 2), 10),
+                payload: openraft::EntryPayload::Normal(Command::LinkAcked {
+                    remote: "aws".into(),
+                    upto: 7,
+                }),
+            }],
+            leader_commit: None,
+        };
+        let binary = crate::wire::encode_append_entries(&req).expect("encode");
+        let json = serde_json::to_vec(&req).expect("json");
+        for body in [&binary, &json] {
+            let got = decode_append_entries(body).expect("decode");
+            assert_eq!(got.vote, req.vote);
+            assert_eq!(got.prev_log_id, req.prev_log_id);
+            assert_eq!(got.entries.len(), 1);
+            assert_eq!(got.entries[0].log_id, req.entries[0].log_id);
+        }
+        assert!(decode_append_entries(&[]).is_err());
+        assert!(decode_append_entries(&binary[..binary.len() - 1]).is_err());
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! - a table with every figure.
 //!
 //! Knobs (env): `BENCH_SECS` (per phase, 10), `BENCH_CLIENTS` (64),
+//! `BENCH_RUNS` (1: how many times idc:3 and NATS are measured, each run
+//! on a fresh cluster; with more than one, a table of medians follows),
 //! `BENCH_BATCH` (100), `BENCH_KILLS` (20; 0 skips failover), `BENCH_SOLO` (1; 0
 //! skips the one-node phases), `BENCH_KEEP` (set: keep the data and logs),
 //! `BENCH_DIR` (parent of the
@@ -53,6 +55,8 @@ struct Knobs {
     clients: u64,
     batch: u64,
     kills: u64,
+    /// idc:3 and NATS measured this many times, side by side.
+    runs: u64,
 }
 
 /// The release `strait` binary.
@@ -822,6 +826,99 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+fn print_header() {
+    println!(
+        "| run | events/s | p50 ms | p99 ms | errors | ÷ NATS | Raft term | server CPU µs/event | load generator CPU µs/event | machine idle % |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+}
+
+/// One row of the table; the ratio is against `nats_rate` (the same run's).
+fn print_row(r: &Row, nats_rate: f64) {
+    let s = &r.sum;
+    // An open-loop rate is the offered load, not a capacity.
+    let ratio = if r.name.contains("open loop") {
+        "–".to_string()
+    } else {
+        format!("{:.2}", s.rate / nats_rate)
+    };
+    let cpu = |f: fn(&CpuUse) -> f64| {
+        r.cpu_us
+            .map(|c| format!("{:.0}", f(&c)))
+            .unwrap_or_else(|| "–".into())
+    };
+    println!(
+        "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+        r.name,
+        s.rate,
+        s.p50,
+        s.p99,
+        s.errors,
+        ratio,
+        r.terms,
+        cpu(|c| c.server_us),
+        cpu(|c| c.client_us),
+        cpu(|c| c.idle_pct),
+    );
+}
+
+/// Medians over the runs of each phase (open-loop phases by name up to
+/// their offered rate): rate, ratio to the same run's NATS, p99, server
+/// CPU per event; and the lowest ratio of any run.
+fn print_medians(runs: &[(Vec<Row>, f64)]) {
+    let key = |name: &str| name.split(" @").next().unwrap_or(name).to_string();
+    let mut keys: Vec<String> = Vec::new();
+    for (rows, _) in runs {
+        for r in rows {
+            let k = key(&r.name);
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    println!();
+    println!("medians of {} runs:", runs.len());
+    println!("| phase | events/s | ÷ NATS (lowest) | p99 ms | server CPU µs/event |");
+    println!("|---|---|---|---|---|");
+    for k in keys {
+        let mut rate = Vec::new();
+        let mut ratio = Vec::new();
+        let mut p99 = Vec::new();
+        let mut cpu = Vec::new();
+        for (rows, nats) in runs {
+            for r in rows.iter().filter(|r| key(&r.name) == k) {
+                rate.push(r.sum.rate);
+                ratio.push(r.sum.rate / nats);
+                p99.push(r.sum.p99);
+                if let Some(c) = r.cpu_us {
+                    cpu.push(c.server_us);
+                }
+            }
+        }
+        let lowest = ratio.iter().copied().fold(f64::INFINITY, f64::min);
+        let ratio = if k.contains("open loop") {
+            "–".to_string()
+        } else {
+            format!("{:.2} ({lowest:.2})", median(&mut ratio))
+        };
+        println!(
+            "| {k} | {:.0} | {ratio} | {:.1} | {:.0} |",
+            median(&mut rate),
+            median(&mut p99),
+            median(&mut cpu)
+        );
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing to parse.
     let k = Knobs {
@@ -829,6 +926,7 @@ fn main() -> anyhow::Result<()> {
         clients: env_or("BENCH_CLIENTS", 64),
         batch: env_or("BENCH_BATCH", 100),
         kills: env_or("BENCH_KILLS", 20),
+        runs: env_or("BENCH_RUNS", 1).max(1),
     };
     let bin = strait_bin()?;
     let parent = std::env::var("BENCH_DIR")
@@ -866,12 +964,37 @@ fn main() -> anyhow::Result<()> {
         // cannot keep a leader under load still gets its failover and the
         // NATS comparison measured); the bench fails at the end.
         let mut failures: Vec<String> = Vec::new();
-        {
-            let idc = Local::up(&bin, &dir.path().join("idc"), "idc:3")?;
-            if let Err(e) = strait_phases("strait idc:3", &idc, &k, &mut rows).await {
-                println!("  FAILED: idc:3 throughput: {e:#}");
-                failures.push(format!("idc:3 throughput: {e:#}"));
+        // Each run: a fresh idc:3, then NATS, side by side.
+        let mut runs: Vec<(Vec<Row>, f64)> = Vec::new();
+        for run in 1..=k.runs {
+            if k.runs > 1 {
+                println!("run {run} of {}", k.runs);
             }
+            let mut rows: Vec<Row> = Vec::new();
+            {
+                let idc = Local::up(&bin, &dir.path().join(format!("idc-{run}")), "idc:3")?;
+                if let Err(e) = strait_phases("strait idc:3", &idc, &k, &mut rows).await {
+                    println!("  FAILED: idc:3 throughput: {e:#}");
+                    failures.push(format!("idc:3 throughput (run {run}): {e:#}"));
+                }
+            }
+            println!("NATS JetStream: 3 servers, stream with 3 replicas, file storage");
+            let nats = start_nats(&dir.path().join(format!("nats-{run}")))?;
+            nats_setup(nats.ports[0]).await?;
+            let nats_pids: Vec<u32> = nats.children.iter().map(Child::id).collect();
+            let probe = Probe::start(&nats_pids);
+            let (s, e) = nats_closed_loop(&nats, &k).await?;
+            let cpu = probe.finish(s.events);
+            let name = format!("nats R3 async publish (window {})", k.batch);
+            let nats_sum = report(&name, s, e);
+            rows.push(Row {
+                name,
+                sum: nats_sum.clone(),
+                terms: "–".into(),
+                cpu_us: cpu,
+            });
+            drop(nats);
+            runs.push((rows, nats_sum.rate));
         }
         println!(
             "failover: {} leader kills (SIGKILL) on a fresh idc:3, first ack through a follower",
@@ -897,58 +1020,23 @@ fn main() -> anyhow::Result<()> {
             }
         };
 
-        println!("NATS JetStream: 3 servers, stream with 3 replicas, file storage");
-        let nats = start_nats(&dir.path().join("nats"))?;
-        nats_setup(nats.ports[0]).await?;
-        let nats_pids: Vec<u32> = nats.children.iter().map(Child::id).collect();
-        let probe = Probe::start(&nats_pids);
-        let (s, e) = nats_closed_loop(&nats, &k).await?;
-        let cpu = probe.finish(s.events);
-        let name = format!("nats R3 async publish (window {})", k.batch);
-        let nats_sum = report(&name, s, e);
-        rows.push(Row {
-            name,
-            sum: nats_sum.clone(),
-            terms: "–".into(),
-            cpu_us: cpu,
-        });
-        drop(nats);
-
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!();
         println!("load average at end: {}", load.trim());
         println!("fsync/s {fsyncs:.0}");
-        println!(
-            "| run | events/s | p50 ms | p99 ms | errors | ÷ NATS | Raft term | server CPU µs/event | load generator CPU µs/event | machine idle % |"
-        );
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        let mut nats_rates: Vec<f64> = runs.iter().map(|(_, n)| *n).collect();
+        let nats_median = median(&mut nats_rates);
+        print_header();
         for r in &rows {
-            let s = &r.sum;
-            // An open-loop rate is the offered load, not a capacity.
-            let ratio = if r.name.contains("open loop") {
-                "–".to_string()
-            } else {
-                format!("{:.2}", s.rate / nats_sum.rate)
-            };
-            println!(
-                "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
-                r.name,
-                s.rate,
-                s.p50,
-                s.p99,
-                s.errors,
-                ratio,
-                r.terms,
-                r.cpu_us
-                    .map(|c| format!("{:.0}", c.server_us))
-                    .unwrap_or_else(|| "–".into()),
-                r.cpu_us
-                    .map(|c| format!("{:.0}", c.client_us))
-                    .unwrap_or_else(|| "–".into()),
-                r.cpu_us
-                    .map(|c| format!("{:.0}", c.idle_pct))
-                    .unwrap_or_else(|| "–".into())
-            );
+            print_row(r, nats_median);
+        }
+        for (rows, nats_rate) in &runs {
+            for r in rows {
+                print_row(r, *nats_rate);
+            }
+        }
+        if runs.len() > 1 {
+            print_medians(&runs);
         }
         let mut times = fo.times.clone();
         times.sort();

@@ -8,12 +8,12 @@
 //! - `meta.json`: the vote, the last purged log id and a recent committed log
 //!   id, replaced atomically (write, fsync, rename, fsync the directory).
 //!
-//! A record is a 40-byte header followed by the entry as JSON:
+//! A record is a 40-byte header followed by the entry's payload:
 //!
 //! | bytes | field |
 //! |---|---|
 //! | 0..4 | payload length (u32, little endian) |
-//! | 4..8 | magic `STRL` |
+//! | 4..8 | magic: `STRB` (payload in the binary encoding of [`crate::wire`]) or `STRL` (payload is the whole entry as JSON, as written before the binary encoding; still read) |
 //! | 8..16 | log index (u64) |
 //! | 16..24 | term of the entry's leader (u64) |
 //! | 24..32 | node id of the entry's leader (u64) |
@@ -65,7 +65,11 @@ const CACHE_ENTRIES: usize = 64;
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 const HEADER: usize = 40;
-const MAGIC: &[u8; 4] = b"STRL";
+/// Magic of a record whose payload is binary ([`crate::wire`]).
+const MAGIC: &[u8; 4] = b"STRB";
+/// Magic of a record whose payload is the entry as JSON (written by
+/// earlier versions; read, never written).
+const MAGIC_JSON: &[u8; 4] = b"STRL";
 /// Largest payload a record may declare (an entry is ~1 MiB at most).
 const MAX_PAYLOAD: u32 = 256 * 1024 * 1024;
 const META_FILE: &str = "meta.json";
@@ -165,7 +169,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 fn encode_record(buf: &mut Vec<u8>, entry: &Entry<TypeConfig>) -> SResult<u32> {
     let start = buf.len();
     buf.resize(start + HEADER, 0);
-    serde_json::to_writer(&mut *buf, entry).map_err(werr)?;
+    crate::wire::encode_payload(buf, &entry.payload).map_err(werr)?;
     let len = u32::try_from(buf.len() - start - HEADER)
         .ok()
         .filter(|l| *l <= MAX_PAYLOAD)
@@ -185,6 +189,31 @@ fn encode_record(buf: &mut Vec<u8>, entry: &Entry<TypeConfig>) -> SResult<u32> {
     let sum = checksum(&head[8..32], payload);
     head[32..40].copy_from_slice(&sum.to_le_bytes());
     Ok(len)
+}
+
+/// Why a record's payload does not decode.
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    #[error(transparent)]
+    Binary(#[from] crate::wire::WireError),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// The entry of a record that passed its checksum: binary payloads carry
+/// the log id in the header, JSON ones (earlier versions) in the payload.
+fn decode_record(
+    head: &[u8],
+    body: &[u8],
+    log_id: LogId<NodeId>,
+) -> Result<Entry<TypeConfig>, RecordError> {
+    if &head[4..8] == MAGIC_JSON {
+        return Ok(serde_json::from_slice(body)?);
+    }
+    Ok(Entry {
+        log_id,
+        payload: crate::wire::decode_payload(body)?,
+    })
 }
 
 fn sync_dir(dir: &Path) -> SResult<()> {
@@ -254,7 +283,7 @@ fn scan_reader(
             Err(e) => return Err(rerr(e)),
         }
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        if &head[4..8] != MAGIC || len > MAX_PAYLOAD {
+        if (&head[4..8] != MAGIC && &head[4..8] != MAGIC_JSON) || len > MAX_PAYLOAD {
             return Ok((out, offset, Some("not a record header".into())));
         }
         payload.resize(len as usize, 0);
@@ -508,8 +537,11 @@ impl Inner {
             if checksum(&head[8..32], body) != u64_at(head, 32) {
                 return Err(corrupt(&seg.path, p.offset, "checksum mismatch"));
             }
-            let entry: Entry<TypeConfig> = serde_json::from_slice(body).map_err(rerr)?;
-            out.push(entry);
+            out.push(
+                decode_record(head, body, p.log_id).map_err(|e| {
+                    corrupt(&seg.path, p.offset, &format!("undecodable entry: {e}"))
+                })?,
+            );
         }
         Ok(out)
     }
@@ -859,6 +891,66 @@ mod tests {
         }
     }
 
+    /// A record as versions before the binary encoding wrote it: magic
+    /// `STRL`, the whole entry as JSON.
+    fn json_record(buf: &mut Vec<u8>, entry: &Entry<TypeConfig>) -> anyhow::Result<()> {
+        let payload = serde_json::to_vec(entry)?;
+        let mut head = [0u8; HEADER];
+        head[0..4].copy_from_slice(&u32::try_from(payload.len())?.to_le_bytes());
+        head[4..8].copy_from_slice(MAGIC_JSON);
+        head[8..16].copy_from_slice(&entry.log_id.index.to_le_bytes());
+        head[16..24].copy_from_slice(&entry.log_id.leader_id.term.to_le_bytes());
+        head[24..32].copy_from_slice(&entry.log_id.leader_id.node_id.to_le_bytes());
+        let sum = checksum(&head[8..32], &payload);
+        head[32..40].copy_from_slice(&sum.to_le_bytes());
+        buf.extend_from_slice(&head);
+        buf.extend_from_slice(&payload);
+        Ok(())
+    }
+
+    #[test]
+    fn a_log_written_in_json_is_read_and_continued_in_binary() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let append = |index: u64| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(crate::Command::Append {
+                ingest_ms: index,
+                dedup_window_ms: 5,
+                entries: Arc::new(vec![crate::AppendEntry {
+                    bus: "b".into(),
+                    source: "/s".into(),
+                    id: format!("e{index}"),
+                    event: serde_json::value::RawValue::from_string(format!(r#"{{"n":{index}}}"#))
+                        .unwrap_or_else(|e| panic!("{e}")),
+                }]),
+            }),
+        };
+        let mut seg = Vec::new();
+        json_record(&mut seg, &entry(1, 1))?;
+        json_record(&mut seg, &append(2))?;
+        std::fs::write(dir.path().join(segment_name(1)), &seg)?;
+        let log = LogStore::open(dir.path())?;
+        assert_eq!(ids(&log, 1), vec![(1, 1), (1, 2)]);
+        log.append_durable(vec![append(3)])?;
+        drop(log);
+        let log = LogStore::open(dir.path())?;
+        let all = log.inner().read(1, Bound::Unbounded)?;
+        let events: Vec<String> = all
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Normal(crate::Command::Append { entries, .. }) => {
+                    Some(format!("{}={}", entries[0].id, entries[0].event.get()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(events, vec![r#"e2={"n":2}"#, r#"e3={"n":3}"#]);
+        // The new record is binary.
+        let bytes = std::fs::read(dir.path().join(segment_name(1)))?;
+        assert_eq!(&bytes[seg.len() + 4..seg.len() + 8], MAGIC);
+        Ok(())
+    }
+
     #[test]
     fn entries_survive_a_reopen() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -916,7 +1008,7 @@ mod tests {
         log.append_durable(vec![entry(1, 4)])?;
         drop(log);
         let mut bytes = std::fs::read(&seg)?;
-        bytes[HEADER + 3] ^= 0xff;
+        bytes[HEADER] ^= 0xff; // the first record's payload
         std::fs::write(&seg, &bytes)?;
         let err = match LogStore::open(dir.path()) {
             Ok(_) => anyhow::bail!("a corrupt inner segment was accepted"),
