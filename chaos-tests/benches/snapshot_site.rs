@@ -359,6 +359,18 @@ async fn main() -> anyhow::Result<()> {
     let want = index(&s, "appliedIndex");
     let (leader_log_bytes, _) = dir_bytes(&leader_dir.join("raft-log"), "");
     c.kill_9(leader)?;
+    // Wait until its HTTP port can be bound again: one run's restart failed
+    // with "address in use" right after the kill (cause not found).
+    let http = c.node_by_id(leader)?.http.clone();
+    let killed = Instant::now();
+    while std::net::TcpListener::bind(&http).is_err() {
+        anyhow::ensure!(
+            killed.elapsed() < Duration::from_secs(120),
+            "{http} still taken 120 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let port_wait = killed.elapsed();
     let started = Instant::now();
     c.restart(leader).await?;
     let healthy = started.elapsed();
@@ -387,13 +399,14 @@ async fn main() -> anyhow::Result<()> {
     let (_, peak) = rss(lpid);
     println!(
         "restart  {:>7.1} s  HTTP up after {:.1} s, ready after {:.1} s, applied {want} after {:.1} s; \
-         log dir {:.0} MiB; peak RSS {peak:.0} MiB (sampled {:.0})",
+         log dir {:.0} MiB; peak RSS {peak:.0} MiB (sampled {:.0}); HTTP port free {:.1} s after the kill",
         applied.as_secs_f64(),
         healthy.as_secs_f64(),
         ready.map_or(0.0, |d| d.as_secs_f64()),
         applied.as_secs_f64(),
         mib(leader_log_bytes),
-        sampled[0]
+        sampled[0],
+        port_wait.as_secs_f64()
     );
     c.ensure_no_panic()
 }

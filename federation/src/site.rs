@@ -38,11 +38,11 @@ pub enum Bootstrap {
 /// 200 ms); the answer to the last chunk comes only once the follower has
 /// loaded the whole snapshot into a new state database, which takes minutes
 /// for a state of tens of GB (a 10 GiB state in 137 s on the development
-/// machine, see docs/benchmarks.md). A chunk that misses the deadline fails the whole
-/// send, and openraft starts it again from the first byte: with the default,
-/// a follower rebuilt from a snapshot of a few hundred MB or more received
-/// it twice or more (the second time while still installing the first),
-/// and under load, where a newer snapshot keeps replacing it, possibly never.
+/// machine, see docs/benchmarks.md). A chunk that misses the deadline fails
+/// the whole send (openraft's `Chunked::send_snapshot` does not retry a
+/// timed-out chunk), and the replication starts it again from the first
+/// byte: with the default, every send whose install takes longer than
+/// 200 ms fails on its last chunk and is repeated.
 ///
 /// A dead or unreachable follower is not waited for this long: the QUIC
 /// transport closes a connection that stays silent for its idle timeout
