@@ -50,6 +50,29 @@ impl ClusterNode {
         self.foreign_pid.is_some_and(pid_alive)
     }
 
+    /// Pid of the running process, if any (for `/proc/<pid>/status`).
+    pub fn pid(&mut self) -> Option<u32> {
+        if !self.is_running() {
+            return None;
+        }
+        match &self.child {
+            Some(c) => Some(c.id()),
+            None => self.foreign_pid,
+        }
+    }
+
+    /// The node's data directory (`data_dir` of its config).
+    pub fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        let cfg: serde_yaml::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(&self.config)
+                .with_context(|| format!("read {}", self.config.display()))?,
+        )?;
+        let dir = cfg["data_dir"]
+            .as_str()
+            .with_context(|| format!("no data_dir in {}", self.config.display()))?;
+        Ok(PathBuf::from(dir))
+    }
+
     fn kill_9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -277,6 +300,11 @@ impl LocalCluster {
             .iter()
             .position(|n| n.id == id)
             .with_context(|| format!("no node {id}"))
+    }
+
+    /// Node `id`.
+    pub fn node_by_id(&mut self, id: u64) -> anyhow::Result<&mut ClusterNode> {
+        self.node_mut(id)
     }
 
     /// SIGKILL node `id`.

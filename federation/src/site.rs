@@ -30,6 +30,28 @@ pub enum Bootstrap {
     Join,
 }
 
+/// Deadline of each install-snapshot RPC (openraft's
+/// `install_snapshot_timeout`).
+///
+/// openraft 0.9 sends a snapshot in chunks of `snapshot_max_chunk_size`
+/// (3 MiB) and gives **each** chunk's request this long (its default is
+/// 200 ms); the answer to the last chunk comes only once the follower has
+/// loaded the whole snapshot into a new state database, which takes minutes
+/// for a state of tens of GB (a 10 GiB state in 137 s on the development
+/// machine, see docs/benchmarks.md). A chunk that misses the deadline fails
+/// the whole send (openraft's `Chunked::send_snapshot` does not retry a
+/// timed-out chunk), and the replication starts it again from the first
+/// byte: with the default, every send whose install takes longer than
+/// 200 ms fails on its last chunk and is repeated.
+///
+/// A dead or unreachable follower is not waited for this long: the QUIC
+/// transport closes a connection that stays silent for its idle timeout
+/// (6 s, with keep-alives every second), which fails the request at once.
+/// What this bounds is a live follower's work on one chunk, including the
+/// install: one hour covers installing a state of about 250 GB at that
+/// rate.
+pub const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Most entries between snapshots, as a multiple of `snapshot_every`.
 const SNAPSHOT_MAX_FACTOR: u64 = 64;
 
@@ -199,6 +221,7 @@ impl Site {
             // openraft 0.9 gives every append-entries request one heartbeat
             // interval to complete: keep requests small (entries are ~1 MiB).
             max_payload_entries: 2,
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT.as_millis() as u64,
             ..Default::default()
         }
         .validate()
