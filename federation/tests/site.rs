@@ -766,6 +766,10 @@ async fn stored_bytes_follow_appends_collection_links_and_snapshots() {
     fn counted(state: &SiteState) -> u64 {
         let kept = state.view().stored_bytes;
         assert_eq!(kept, state.count_stored_bytes().expect("count"));
+        assert_eq!(
+            state.stored_events().expect("kept events"),
+            state.count_stored_events().expect("count events")
+        );
         kept
     }
     assert_eq!(counted(&site.state), 0);
