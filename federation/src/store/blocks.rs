@@ -38,6 +38,16 @@
 //! Sequences increase within a block but need not be consecutive (the
 //! sequence is site-wide, and an entry may carry events of several buses).
 
+/// LZ4's largest expansion: a sequence of at least a token byte and a
+/// two-byte offset whose match length grows by 255 per extra byte.
+const LZ4_MAX_RATIO: usize = 255;
+
+/// The most uncompressed bytes `stored` bytes of LZ4 can decode to (a
+/// frame stored as it is has both sizes equal).
+fn max_raw_len(stored: usize) -> usize {
+    stored.saturating_mul(LZ4_MAX_RATIO).saturating_add(16)
+}
+
 /// Bytes per event in the index part.
 const SLOT: usize = 20;
 
@@ -321,6 +331,14 @@ impl<'a> Block<'a> {
                 if stored - prev_stored > raw - prev_raw {
                     return Err(BlockError("a frame larger than its data"));
                 }
+                // Reading a frame allocates its uncompressed size: a row
+                // (from this disk or a leader's snapshot) must not claim
+                // more than its compressed bytes can expand to.
+                if raw - prev_raw > max_raw_len(stored - prev_stored) {
+                    return Err(BlockError(
+                        "a frame claims more data than its compressed bytes can hold",
+                    ));
+                }
                 (prev_raw, prev_stored) = (raw, stored);
             }
             if prev_raw != prev_end || prev_stored != data.len() {
@@ -504,6 +522,27 @@ mod tests {
         }
         s.push_str("\"}}");
         s.into_bytes()
+    }
+
+    /// A forged row whose frame claims far more uncompressed bytes than its
+    /// compressed bytes can expand to is refused when parsed, before a read
+    /// would allocate that much (rows come from a leader's snapshot too).
+    #[test]
+    fn a_frame_claiming_more_than_lz4_can_expand_to_is_refused() -> Result<(), BlockError> {
+        let mut b = BlockBuilder::new();
+        b.push(1, 10, &json(1));
+        let mut row = rows(b).remove(0).1;
+        let block = Block::parse(&row)?;
+        assert!(block.is_compressed());
+        assert_eq!(block.events()?.len(), 1);
+        // One event, one frame: its end offset (index) and the frame's raw
+        // end (frame table) both claim 1 GiB.
+        let claim = (1u32 << 30).to_be_bytes();
+        row[HEADER + SLOT - 4..HEADER + SLOT].copy_from_slice(&claim);
+        row[HEADER + SLOT..HEADER + SLOT + 4].copy_from_slice(&claim);
+        let err = Block::parse(&row).map(|_| ()).expect_err("refused");
+        assert!(err.to_string().contains("claims more data"), "{err}");
+        Ok(())
     }
 
     #[test]
