@@ -65,7 +65,7 @@ pub fn disk_bytes(path: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Whether [`snapshot_trigger`] builds a snapshot now: `since` entries
+/// Whether `snapshot_trigger` builds a snapshot now: `since` entries
 /// were applied since the last one (`every` at least), the log holds
 /// `log_bytes` beyond it and the state database `state_bytes`.
 pub fn snapshot_due(since: u64, every: u64, log_bytes: u64, state_bytes: u64) -> bool {

@@ -11,7 +11,7 @@
 //! | 4 | format version ([`VERSION`]) |
 //! | then | records: `tag` (u8), `len` (u32), `len` bytes of payload |
 //!
-//! A record's tag names the table its row belongs to ([`TABLES`](super::tables::TABLES)); its
+//! A record's tag names the table its row belongs to (`tables::TABLES`); its
 //! payload is the key then the value: a string key as a u32 length and its
 //! bytes, a `(string, u64)` key as the string then the u64, a
 //! `(string, string)` key as two strings; a u64 value as 8 bytes, a bytes
