@@ -12,6 +12,7 @@ use openraft::{ChangeMembers, Config, SnapshotPolicy};
 use crate::command::{Command, CommandResponse};
 use crate::error::FederationError;
 use crate::network::LocalOnly;
+use crate::store::fault::Fault;
 use crate::store::log::LogStore;
 use crate::store::machine::StateMachine;
 use crate::store::state::SiteState;
@@ -166,6 +167,8 @@ pub struct Site {
     pub state: Arc<SiteState>,
     /// This node's id.
     pub node_id: NodeId,
+    /// The first storage error of this node, as it happened.
+    fault: Fault,
     /// The Raft log (unit tests inject a full disk through it).
     #[cfg(test)]
     log: LogStore,
@@ -206,10 +209,13 @@ impl Site {
                     .into(),
             });
         }
+        let fault = Fault::default();
         let log =
-            LogStore::open_with_sync(&opts.data_dir.join("raft-log"), opts.log_sync_interval)?;
+            LogStore::open_with_sync(&opts.data_dir.join("raft-log"), opts.log_sync_interval)?
+                .with_fault(fault.clone());
         let state = SiteState::open(&opts.data_dir.join("state.redb"))?;
-        let sm = StateMachine::new(state.clone(), &opts.data_dir, opts.state_flush_interval);
+        let sm = StateMachine::new(state.clone(), &opts.data_dir, opts.state_flush_interval)
+            .with_fault(fault.clone());
         let config = Config {
             cluster_name: "strait-site".into(),
             heartbeat_interval: opts.timing.heartbeat_ms,
@@ -282,6 +288,7 @@ impl Site {
             raft,
             state,
             node_id: opts.node_id,
+            fault,
             #[cfg(test)]
             log: log_for_tests,
         })
@@ -297,7 +304,7 @@ impl Site {
     /// acknowledged.
     pub fn failure(&self) -> Option<SiteFailure> {
         let metrics = self.raft.metrics();
-        let failure = failure_of(&metrics.borrow().running_state);
+        let failure = failure_of(&metrics.borrow().running_state, &self.fault);
         failure.or_else(|| gone(&metrics))
     }
 
@@ -306,13 +313,13 @@ impl Site {
     pub async fn failed(&self) -> SiteFailure {
         let mut metrics = self.raft.metrics();
         loop {
-            if let Some(f) = failure_of(&metrics.borrow_and_update().running_state) {
+            if let Some(f) = failure_of(&metrics.borrow_and_update().running_state, &self.fault) {
                 return f;
             }
             if metrics.changed().await.is_err() {
                 // The metrics sender is gone: read its last word once more.
-                if let Some(f) =
-                    failure_of(&metrics.borrow().running_state).or_else(|| gone(&metrics))
+                if let Some(f) = failure_of(&metrics.borrow().running_state, &self.fault)
+                    .or_else(|| gone(&metrics))
                 {
                     return f;
                 }
@@ -511,12 +518,23 @@ pub struct SiteFailure {
     pub message: String,
 }
 
-fn failure_of(state: &Result<(), openraft::error::Fatal<NodeId>>) -> Option<SiteFailure> {
+/// What stopped Raft: the storage error noted first by the log store or the
+/// state machine (openraft may report a later one, such as "channel closed"
+/// when its state machine worker has already stopped), else what openraft
+/// reports.
+fn failure_of(
+    state: &Result<(), openraft::error::Fatal<NodeId>>,
+    fault: &Fault,
+) -> Option<SiteFailure> {
     match state {
         Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
         Err(openraft::error::Fatal::StorageError(e)) => Some(SiteFailure {
             storage: true,
-            message: e.to_string(),
+            message: fault.first().unwrap_or_else(|| e.to_string()),
+        }),
+        Err(other) if fault.first().is_some() => Some(SiteFailure {
+            storage: true,
+            message: fault.first().unwrap_or_else(|| other.to_string()),
         }),
         Err(other) => Some(SiteFailure {
             storage: false,

@@ -50,6 +50,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::fault::Fault;
 use super::{blocking, storage_err, storage_msg};
 use crate::error::FederationError;
 use crate::{NodeId, TypeConfig};
@@ -79,6 +80,7 @@ const META_FILE: &str = "meta.json";
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
     cache: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+    fault: Fault,
 }
 
 /// What `meta.json` holds.
@@ -660,7 +662,15 @@ impl LogStore {
         Ok(LogStore {
             inner,
             cache: Arc::default(),
+            fault: Fault::default(),
         })
+    }
+
+    /// Note this log's storage errors in `fault` (shared with the state
+    /// machine of the same node).
+    pub fn with_fault(mut self, fault: Fault) -> LogStore {
+        self.fault = fault;
+        self
     }
 
     fn cache(&self) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
@@ -771,12 +781,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> SResult<()> {
         let this = self.clone();
         let vote = *vote;
-        blocking(move || {
-            let mut inner = this.inner();
-            inner.meta.vote = Some(vote);
-            inner.write_meta()
-        })
-        .await
+        self.fault.note(
+            blocking(move || {
+                let mut inner = this.inner();
+                inner.meta.vote = Some(vote);
+                inner.write_meta()
+            })
+            .await,
+        )
     }
 
     async fn read_vote(&mut self) -> SResult<Option<Vote<NodeId>>> {
@@ -803,7 +815,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let this = self.clone();
         let started = std::time::Instant::now();
-        let result = blocking(move || this.append_durable(entries)).await;
+        let result = self
+            .fault
+            .note(blocking(move || this.append_durable(entries)).await);
         metrics::histogram!("strait_raft_log_append_seconds")
             .record(started.elapsed().as_secs_f64());
         match &result {
@@ -816,21 +830,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
         self.cache().retain(|k, _| *k < log_id.index);
         let this = self.clone();
-        blocking(move || this.inner().truncate(log_id.index)).await
+        self.fault
+            .note(blocking(move || this.inner().truncate(log_id.index)).await)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
         self.cache().retain(|k, _| *k > log_id.index);
         let this = self.clone();
-        blocking(move || this.inner().purge(log_id))
-            .await
-            .map_err(|e| {
-                storage_msg(
-                    ErrorSubject::Logs,
-                    ErrorVerb::Delete,
-                    format!("purge up to {log_id}: {e}"),
-                )
-            })
+        self.fault.note(
+            blocking(move || this.inner().purge(log_id))
+                .await
+                .map_err(|e| {
+                    storage_msg(
+                        ErrorSubject::Logs,
+                        ErrorVerb::Delete,
+                        format!("purge up to {log_id}: {e}"),
+                    )
+                }),
+        )
     }
 }
 

@@ -38,6 +38,7 @@ use openraft::{
     StorageError, StoredMembership,
 };
 
+use super::fault::Fault;
 use super::snapshot_file::SnapshotFile;
 use super::state::{SiteState, StateRead};
 use super::{blocking, storage_err};
@@ -55,6 +56,7 @@ pub struct StateMachine {
     /// Files being received from a leader (at most one is installed; the
     /// others were abandoned).
     receiving: Vec<PathBuf>,
+    fault: Fault,
 }
 
 impl StateMachine {
@@ -71,7 +73,15 @@ impl StateMachine {
             last_durable: Instant::now(),
             flush_interval,
             receiving: Vec::new(),
+            fault: Fault::default(),
         }
+    }
+
+    /// Note this machine's storage errors in `fault` (shared with the log
+    /// store of the same node).
+    pub fn with_fault(mut self, fault: Fault) -> StateMachine {
+        self.fault = fault;
+        self
     }
 }
 
@@ -80,6 +90,7 @@ impl StateMachine {
 pub struct SnapshotBuilder {
     state: Arc<SiteState>,
     dir: PathBuf,
+    fault: Fault,
 }
 
 /// The snapshot meta file of older versions.
@@ -164,11 +175,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let state = self.state.clone();
         let dir = self.dir.clone();
         let started = Instant::now();
-        let snapshot = blocking(move || {
-            let read = state.flush_for_snapshot()?;
-            snapshot_of(&state, read, &dir)
-        })
-        .await?;
+        let snapshot = self.fault.note(
+            blocking(move || {
+                let read = state.flush_for_snapshot()?;
+                snapshot_of(&state, read, &dir)
+            })
+            .await,
+        )?;
         tracing::info!(
             took_ms = started.elapsed().as_millis() as u64,
             "snapshot taken (the state is durable up to it)"
@@ -210,7 +223,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let state = self.state.clone();
         let started = Instant::now();
-        let result = blocking(move || state.apply(entries, durable)).await;
+        let result = self
+            .fault
+            .note(blocking(move || state.apply(entries, durable)).await);
         metrics::histogram!("strait_state_apply_seconds").record(started.elapsed().as_secs_f64());
         result
     }
@@ -219,6 +234,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             state: self.state.clone(),
             dir: self.dir.clone(),
+            fault: self.fault.clone(),
         }
     }
 
@@ -249,7 +265,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let state = self.state.clone();
         let started = Instant::now();
         let expected = meta.last_log_id;
-        blocking(move || {
+        let installed = blocking(move || {
             // Read back from disk a buffer at a time and loaded into a new
             // state file, which replaces the state in one rename; the
             // received file is not needed after that.
@@ -267,8 +283,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 ))));
             }
             Ok(())
-        })
-        .await?;
+        });
+        self.fault.note(installed.await)?;
         tracing::info!(
             took_ms = started.elapsed().as_millis() as u64,
             "snapshot installed"

@@ -12,6 +12,7 @@
 
 mod block_table;
 pub mod blocks;
+pub mod fault;
 pub mod gentle;
 pub mod links;
 pub mod log;
