@@ -34,7 +34,7 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         bail!("give --dev for a local development node, or --config FILE for a real one");
     }
     cfg.validate()?;
-    let _telemetry = crate::telemetry::init(cfg.telemetry.otlp_endpoint.as_deref())?;
+    let _telemetry = crate::telemetry::init(&cfg.telemetry, &cfg.site, cfg.node_id)?;
     let listener = match tokio::net::TcpListener::bind(&cfg.http).await {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(

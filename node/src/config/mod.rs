@@ -88,11 +88,24 @@ impl Default for Batching {
 }
 
 /// Telemetry.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Telemetry {
     /// OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`); off when unset.
     pub otlp_endpoint: Option<String>,
+    /// Share of the traces started here that are exported, 0.0 to 1.0
+    /// (default 1.0). A trace continued from a producer follows the
+    /// producer's `sampled` flag (parent-based).
+    pub sample_ratio: f64,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 /// An AccessKey pair accepted by the Alibaba-compatible ingress.
@@ -664,6 +677,15 @@ impl NodeConfig {
             return invalid(
                 "http",
                 &format!("{:?} is not an address like 127.0.0.1:8080", self.http),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return invalid(
+                "telemetry.sample_ratio",
+                &format!(
+                    "{} is not a share between 0.0 and 1.0",
+                    self.telemetry.sample_ratio
+                ),
             );
         }
         if !self.dev && self.auth.tokens.is_empty() {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, StreamExt};
+use opentelemetry::trace::SpanKind;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use strait_federation::link::early::EarlyBatch;
@@ -17,6 +18,8 @@ use strait_federation::store::links::inbox_cursor_key;
 use super::{Context, Remote, set_cursor};
 use crate::dispatch::feed::Unroutable;
 use crate::links::Delivery;
+use crate::telemetry::EventSpan;
+use crate::trace::TraceParent;
 use crate::util::AbortOnDrop;
 
 /// Deliver the inboxes of every origin site, for as long as this future
@@ -113,8 +116,8 @@ async fn inbound_worker(ctx: Arc<Context>, origin: String) {
                 let handler = prepare(&ctx, &origin, seq, &body, batch.as_deref(), &mut cache);
                 inflight.push_back(async move {
                     match handler {
-                        Some((remote, ingest_ms, Ok(value))) => {
-                            remote.deliver_value(ingest_ms, value).await
+                        Some((remote, ingest_ms, Ok((value, parent)))) => {
+                            remote.deliver_value(ingest_ms, value, parent).await
                         }
                         Some((remote, _, Err(u))) => remote.deliver_unroutable(u).await,
                         None => {}
@@ -155,7 +158,11 @@ fn prepare(
     body: &[u8],
     batch: Option<&EarlyBatch>,
     cache: &mut HashMap<(String, String, String, String), Arc<Remote>>,
-) -> Option<(Arc<Remote>, u64, Result<Value, Unroutable>)> {
+) -> Option<(
+    Arc<Remote>,
+    u64,
+    Result<(Value, Option<TraceParent>), Unroutable>,
+)> {
     let d: Delivery = match serde_json::from_slice(body) {
         Ok(d) => d,
         Err(e) => {
@@ -224,9 +231,34 @@ fn prepare(
     };
     if let Some(m) = event.as_object_mut() {
         m.insert("straithops".into(), Value::from(d.hops));
-        if !d.traceparent.is_empty() {
-            m.insert("traceparent".into(), Value::String(d.traceparent.clone()));
-        }
     }
-    Some((remote, d.ingest_ms, Ok(event)))
+    // This site's `receive` span, a child of the origin's `link send`
+    // (whose context the delivery carries), parents the deliveries here;
+    // the event keeps its own `traceparent`.
+    let mut parent = None;
+    if let Some(sent) = TraceParent::parse(&d.traceparent) {
+        let (mut span, me) = EventSpan::child("receive", SpanKind::Consumer, &sent);
+        if span.recording() {
+            let attr = |k: &str| {
+                event
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            span.attr("cloudevents.event_id", attr("id"))
+                .attr("cloudevents.event_source", attr("source"))
+                .attr("cloudevents.event_type", attr("type"))
+                .attr("messaging.system", "strait")
+                .attr("messaging.operation.type", "receive")
+                .attr("messaging.destination.name", d.bus.clone())
+                .attr("strait.link.origin", origin.to_string())
+                .attr("strait.rule", d.rule.clone())
+                .attr("strait.target", d.target.clone())
+                .attr("strait.link.inbox_sequence", inbox_seq as i64)
+                .end();
+        }
+        parent = Some(me);
+    }
+    Some((remote, d.ingest_ms, Ok((event, parent))))
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt};
+use opentelemetry::trace::SpanKind;
 use serde_json::Value;
 use strait_adapters::http::HttpTarget;
 use strait_adapters::{DeliveryError, Sink};
@@ -14,7 +15,6 @@ use strait_federation::{AppendEntry, StoredEvent};
 use strait_routing::event::Event;
 use strait_routing::pattern::RuleSet;
 use strait_routing::transform::{TransformContext, TransformOutput};
-use tracing::Instrument;
 
 use super::Context;
 use super::bus_target::{BusSink, Provenance};
@@ -23,6 +23,7 @@ use super::progress::{stats, with_stats};
 use crate::config::bus_target::TargetKind;
 use crate::config::rule::{CompiledRule, DeadLetter, RetryPolicy, RuleSpec, TargetSpec};
 use crate::ingest::Outcome;
+use crate::telemetry::EventSpan;
 use crate::trace::TraceParent;
 use crate::util::now_ms;
 
@@ -163,14 +164,16 @@ impl Remote {
         self.worker.clone().process(Pending::Unroutable(0, u)).await;
     }
 
-    /// [`Remote::deliver`] for an event already parsed.
-    pub async fn deliver_value(&self, ingest_ms: u64, value: Value) {
+    /// Deliver an event another site routed here; its delivery spans are
+    /// children of `parent` (this site's `receive` span).
+    pub async fn deliver_value(&self, ingest_ms: u64, value: Value, parent: Option<TraceParent>) {
         self.worker
             .clone()
             .process(Pending::Parsed {
                 seq: 0,
                 ingest_ms,
                 value,
+                parent,
             })
             .await;
     }
@@ -182,11 +185,13 @@ enum Pending {
     Fed(Arc<FeedItem>),
     /// Read from storage by the worker itself (it was behind the feed).
     Stored(StoredEvent),
-    /// Parsed already (a delivery from another site).
+    /// Parsed already (a delivery from another site), with the span its
+    /// deliveries are children of.
     Parsed {
         seq: u64,
         ingest_ms: u64,
         value: Value,
+        parent: Option<TraceParent>,
     },
     /// A delivery from another site that routing cannot read.
     Unroutable(u64, Unroutable),
@@ -277,6 +282,7 @@ impl TargetWorker {
     /// it is finished (delivered, dead-lettered or not matched).
     async fn process(self: Arc<Self>, pending: Pending) -> u64 {
         // `decided`: the feed already matched this event against this rule.
+        let mut link_parent = None;
         let (seq, ingest_ms, value, decided) = match pending {
             Pending::Fed(item) => {
                 let v = match &item.value {
@@ -297,7 +303,11 @@ impl TargetWorker {
                 seq,
                 ingest_ms,
                 value,
-            } => (seq, ingest_ms, value, false),
+                parent,
+            } => {
+                link_parent = parent;
+                (seq, ingest_ms, value, false)
+            }
             // The feed read (and reported) it already.
             Pending::Stored(stored) => match Unroutable::check(&self.bus, stored.seq, &stored.json)
             {
@@ -363,41 +373,62 @@ impl TargetWorker {
             }
         };
         let event = replaced.as_ref().unwrap_or(&original);
-        let parent = event
-            .str_attr("traceparent")
-            .and_then(TraceParent::parse)
-            .unwrap_or_else(TraceParent::new_root);
+        // Deliveries are children of the event's `publish` span, or of this
+        // site's `receive` span for a delivery from another site.
+        let parent = link_parent.unwrap_or_else(|| crate::telemetry::delivery_parent(&original));
         let policy: &RetryPolicy = &target.retry;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let span = tracing::info_span!(
-                "deliver",
-                bus = %self.bus,
-                rule = %self.rule_name,
-                target = %target.id,
-                event_id = %event.id(),
-                attempt,
-                trace_id = %parent.trace_id_hex(),
-            );
-            crate::telemetry::link_to_trace(&span, &parent);
-            let tp = crate::telemetry::traceparent_for(&span, &parent);
+            let (name, kind) = if self.via_link {
+                ("link send", SpanKind::Producer)
+            } else if target.kind == "http" {
+                ("deliver", SpanKind::Client)
+            } else {
+                ("deliver", SpanKind::Producer)
+            };
+            let (mut span, tp) = EventSpan::child(name, kind, &parent);
+            if span.recording() {
+                span.event(event, &self.bus)
+                    .attr("messaging.operation.type", "send")
+                    .attr("strait.rule", self.rule_name.clone())
+                    .attr("strait.target", target.id.clone())
+                    .attr("strait.target.type", target.kind.clone())
+                    .attr("strait.delivery.attempt", i64::from(attempt));
+                if let Some(site) = &target.site {
+                    span.attr("strait.target.site", site.clone());
+                }
+            }
             let started = Instant::now();
-            let result = self
-                .sink
-                .deliver(event, &tp.to_string())
-                .instrument(span.clone())
-                .await;
+            let result = self.sink.deliver(event, &tp.to_string()).await;
             self.metrics.latency.record(started.elapsed().as_secs_f64());
             let err = match result {
                 Ok(_) => {
+                    span.ok().end();
                     self.metrics.delivered.increment(1);
                     with_stats(&self.ctx.progress, &self.key, |s| s.delivered += 1);
                     return seq;
                 }
                 Err(e) => e,
             };
-            span.in_scope(|| tracing::info!(error = %err, "delivery attempt failed"));
+            span.fail(
+                if err.is_retryable() {
+                    "retryable"
+                } else {
+                    "permanent"
+                },
+                err.to_string(),
+            )
+            .end();
+            tracing::info!(
+                bus = %self.bus,
+                rule = %self.rule_name,
+                target = %target.id,
+                event_id = %event.id(),
+                attempt,
+                error = %err,
+                "delivery attempt failed"
+            );
             self.metrics.failed.increment(1);
             with_stats(&self.ctx.progress, &self.key, |s| {
                 s.failed_attempts += 1;
@@ -455,7 +486,27 @@ impl TargetWorker {
             ]
         };
         let event_id = event.id().to_string();
-        match self.send_dead_letter(event, &reason, attempts).await {
+        let parent = crate::telemetry::delivery_parent(&event);
+        let (mut span, _) = EventSpan::child("dead-letter", SpanKind::Producer, &parent);
+        if span.recording() {
+            span.event(&event, &self.bus)
+                .attr("messaging.operation.type", "send")
+                .attr("strait.rule", self.rule_name.clone())
+                .attr("strait.target", target.id.clone())
+                .attr("strait.delivery.attempts", i64::from(attempts))
+                .fail("dead_lettered", reason.clone());
+        }
+        let outcome = self.send_dead_letter(event, &reason, attempts).await;
+        span.attr(
+            "strait.dead_letter.outcome",
+            match &outcome {
+                DeadLetterOutcome::Stored(kind) => *kind,
+                DeadLetterOutcome::NoDestination => "dropped",
+                DeadLetterOutcome::Failed(_) => "failed",
+            },
+        )
+        .end();
+        match outcome {
             DeadLetterOutcome::Stored(kind) => {
                 with_stats(&self.ctx.progress, &self.key, |s| s.dead_lettered += 1);
                 metrics::counter!("strait_dead_lettered_total", &labels(kind)).increment(1);

@@ -21,7 +21,6 @@ use strait_adapters::alibaba_eventbridge::sign::{self, SignedRequest};
 use strait_adapters::alibaba_eventbridge::{
     BUS_EXTENSION, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_REQUEST_BYTES,
 };
-use strait_federation::AppendEntry;
 
 use crate::app::App;
 use crate::config::Limits;
@@ -161,24 +160,19 @@ pub async fn put_events(
                     if let Some(tp) = p.event.str_attr("traceparent") {
                         entry["TraceId"] = json!(tp.split('-').nth(1).unwrap_or(""));
                     }
-                    match p.event.str_attr(BUS_EXTENSION) {
+                    match p.event.str_attr(BUS_EXTENSION).map(str::to_string) {
                         None => Some((
                             "EventBusNotSpecified",
                             format!(
                                 "the `{BUS_EXTENSION}` extension is missing: it names the event bus"
                             ),
                         )),
-                        Some(bus) if !view.buses.contains_key(bus) => Some((
+                        Some(bus) if !view.buses.contains_key(&bus) => Some((
                             "EventBusNotExist",
                             format!("the event bus `{bus}` does not exist"),
                         )),
                         Some(bus) => {
-                            entries.push(Entry::Append(AppendEntry {
-                                bus: bus.to_string(),
-                                source: p.event.source().to_string(),
-                                id: p.event.id().to_string(),
-                                event: p.json,
-                            }));
+                            entries.push(p.into_entry(bus));
                             None
                         }
                     }

@@ -8,13 +8,15 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use strait_federation::AppendEntry;
 
 use crate::app::App;
 use crate::http::body::read_body;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::shared::bus_must_exist;
-use crate::ingest::{CommitError, Entries, Entry, Outcome, RequestError, parse_request};
+use crate::ingest::{CommitError, Entries, Entry, Outcome, RequestError, parse_request_in};
+use crate::telemetry::EventSpan;
+use crate::trace::TraceParent;
+use opentelemetry::trace::SpanKind;
 
 pub(super) async fn post(
     State(app): State<Arc<App>>,
@@ -24,18 +26,64 @@ pub(super) async fn post(
 ) -> ApiResult<Response> {
     bus_must_exist(&app, &bus)?;
     let bytes = read_body(body, app.cfg.limits.max_request_bytes).await?;
-    let span = tracing::info_span!("ingress", bus = %bus, bytes = bytes.len());
-    let _g = span.enter();
-    let parsed = parse_request(&headers, &bytes, &app.cfg.limits).map_err(|e| {
+    // The request's span (SERVER): a child of the HTTP `traceparent`;
+    // the events without their own trace continue it, the others are
+    // linked from it.
+    let header = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let me = header.map_or_else(crate::telemetry::new_trace, |h| h.child());
+    let mut span = EventSpan::start(
+        "POST /v1/buses/{bus}/events",
+        SpanKind::Server,
+        &me,
+        header.map(|h| h.span_id),
+    );
+    let request_trace = if span.recording() { Some(me) } else { header };
+    let parsed = parse_request_in(&headers, &bytes, &app.cfg.limits, request_trace).map_err(|e| {
         let status = match e {
             RequestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RequestError::TooManyEvents(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::Malformed(_) => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.code(), e.to_string())
-    })?;
-    drop(_g);
-    commit_parsed(&app, &bus, parsed).await
+    });
+    if span.recording() {
+        span.attr("http.request.method", "POST")
+            .attr("http.route", "/v1/buses/{bus}/events")
+            .attr("messaging.system", "strait")
+            .attr("messaging.operation.type", "receive")
+            .attr("messaging.destination.name", bus.clone())
+            .attr("http.request.body.size", bytes.len() as i64);
+        if let Ok(parsed) = &parsed {
+            span.attr("messaging.batch.message_count", parsed.len() as i64);
+            for (_, p) in parsed {
+                if let Ok(p) = p
+                    && let Some(tp) = p.event.str_attr("traceparent").and_then(TraceParent::parse)
+                    && tp.trace_id != me.trace_id
+                {
+                    span.link(&tp);
+                }
+            }
+        }
+    }
+    let answer = match parsed {
+        Ok(parsed) => commit_parsed(&app, &bus, parsed).await,
+        Err(e) => Err(e),
+    };
+    if span.recording() {
+        let status = match &answer {
+            Ok(r) => r.status(),
+            Err(e) => e.status(),
+        };
+        span.attr("http.response.status_code", i64::from(status.as_u16()));
+        if status.is_server_error() {
+            span.fail("http_status", status.to_string());
+        }
+        span.end();
+    }
+    answer
 }
 
 /// Submit parsed entries to `bus` and answer with per-entry results (the
@@ -49,12 +97,7 @@ pub(crate) async fn commit_parsed(app: &App, bus: &str, parsed: Entries) -> ApiR
     for (id, r) in parsed {
         match r {
             Ok(p) => {
-                entries.push(Entry::Append(AppendEntry {
-                    bus: bus.to_string(),
-                    source: p.event.source().to_string(),
-                    id: p.event.id().to_string(),
-                    event: p.json,
-                }));
+                entries.push(p.into_entry(bus.to_string()));
                 results.push(json!({"id": id, "status": "pending"}));
             }
             Err(e) => {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use strait_adapters::{IngestFuture, IngestOutcome, Offer};
-use strait_federation::{AppendEntry, SiteState};
+use strait_federation::SiteState;
 
 use super::{Entry, Ingest, Outcome, parse_items};
 use crate::config::Limits;
@@ -58,12 +58,7 @@ impl strait_adapters::Ingest for Gate {
             {
                 match r {
                     Ok(p) => {
-                        entries[slot] = Entry::Append(AppendEntry {
-                            bus: std::mem::take(&mut buses[slot]),
-                            source: p.event.source().to_string(),
-                            id: p.event.id().to_string(),
-                            event: p.json,
-                        });
+                        entries[slot] = p.into_entry(std::mem::take(&mut buses[slot]));
                     }
                     Err(e) => invalid[slot] = Some(e.to_string()),
                 }

@@ -16,17 +16,21 @@ use std::collections::BTreeMap;
 
 use strait_federation::{AppendEntry, AppendOutcome};
 
+use crate::telemetry::EventSpan;
+
 pub use commit::{CommitError, Committer};
 pub use gate::Gate;
 pub use parse::{
-    Entries, RequestError, STRUCTURED, parse_batch, parse_items, parse_request, parse_structured,
+    Entries, RequestError, STRUCTURED, parse_batch, parse_items, parse_request, parse_request_in,
+    parse_structured,
 };
 
 /// One entry an ingress hands to [`Ingest::submit`], in request order.
 #[derive(Debug)]
 pub enum Entry {
-    /// A valid event to append.
-    Append(AppendEntry),
+    /// A valid event to append, and its `publish` span (ended with the
+    /// outcome of the append).
+    Append(AppendEntry, EventSpan),
     /// An entry the ingress refused before the append (invalid, too large,
     /// no such bus): counted as received on `bus` (`""` when it names no
     /// existing bus, so that clients cannot create label values) and as
@@ -79,7 +83,7 @@ impl Ingest {
         let mut received: BTreeMap<&str, u64> = BTreeMap::new();
         for e in &entries {
             let bus = match e {
-                Entry::Append(a) => a.bus.as_str(),
+                Entry::Append(a, _) => a.bus.as_str(),
                 Entry::Refused { bus } => bus.as_str(),
             };
             *received.entry(bus).or_default() += 1;
@@ -91,16 +95,41 @@ impl Ingest {
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut appends = Vec::new();
         let mut slots = Vec::new();
+        let mut spans = Vec::new();
         for (i, e) in entries.into_iter().enumerate() {
             outcomes.push(Outcome::Refused);
-            if let Entry::Append(a) = e {
+            if let Entry::Append(a, span) = e {
                 appends.push(a);
                 slots.push(i);
+                spans.push(span);
             }
         }
-        let appended = self.committer.append(appends).await?;
+        let appended = match self.committer.append(appends).await {
+            Ok(a) => a,
+            Err(e) => {
+                for mut span in spans {
+                    span.fail("commit_failed", e.to_string()).end();
+                }
+                return Err(e);
+            }
+        };
         let (mut accepted, mut duplicates) = (0u64, 0u64);
-        for (slot, outcome) in slots.into_iter().zip(appended) {
+        for ((slot, outcome), mut span) in slots.into_iter().zip(appended).zip(spans) {
+            if span.recording() {
+                span.attr("messaging.operation.type", "send");
+                match outcome {
+                    AppendOutcome::Accepted(seq) => {
+                        span.attr("strait.bus.sequence", seq as i64).ok();
+                    }
+                    AppendOutcome::Duplicate => {
+                        span.attr("strait.duplicate", true).ok();
+                    }
+                    AppendOutcome::NoSuchBus => {
+                        span.fail("no_such_bus", "the bus was deleted before the append");
+                    }
+                }
+                span.end();
+            }
             outcomes[slot] = match outcome {
                 AppendOutcome::Accepted(_) => {
                     accepted += 1;

@@ -7,7 +7,11 @@ use serde_json::value::RawValue;
 use strait_routing::event::{Event, EventError, percent_decode_header};
 use strait_routing::json::{JsonError, check_event_json};
 
+use opentelemetry::trace::SpanKind;
+use strait_federation::AppendEntry;
+
 use crate::config::Limits;
+use crate::telemetry::EventSpan;
 use crate::trace::TraceParent;
 
 /// Media type of one structured event.
@@ -80,6 +84,26 @@ pub struct ParsedEvent {
     pub event: Event,
     /// Its JSON structured form (serialized once, never re-parsed).
     pub json: Box<serde_json::value::RawValue>,
+    /// Its `publish` span (recording only when traces are exported and the
+    /// trace is sampled): its id is the event's `traceparent`, it ends when
+    /// the commit answers ([`super::Ingest::submit`]).
+    pub span: EventSpan,
+}
+
+impl ParsedEvent {
+    /// The entry that appends this event to `bus`.
+    pub fn into_entry(mut self, bus: String) -> super::Entry {
+        self.span.event(&self.event, &bus);
+        super::Entry::Append(
+            AppendEntry {
+                source: self.event.source().to_string(),
+                id: self.event.id().to_string(),
+                bus,
+                event: self.json,
+            },
+            self.span,
+        )
+    }
 }
 
 /// Entry results in request order; the id is kept for error reporting.
@@ -93,12 +117,29 @@ fn essence(ct: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// Parse a request body according to its headers.
+/// Parse a request body according to its headers; events without a
+/// `traceparent` continue the request's (its HTTP `traceparent` header).
 pub fn parse_request(
     headers: &HeaderMap,
     body: &[u8],
     limits: &Limits,
 ) -> Result<Entries, RequestError> {
+    let http_traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    parse_request_in(headers, body, limits, http_traceparent)
+}
+
+/// [`parse_request`], with events without a `traceparent` continuing
+/// `request_trace` (the request's span, when the ingress exports one).
+pub fn parse_request_in(
+    headers: &HeaderMap,
+    body: &[u8],
+    limits: &Limits,
+    request_trace: Option<TraceParent>,
+) -> Result<Entries, RequestError> {
+    let http_traceparent = request_trace;
     let content_type = match headers.get(http::header::CONTENT_TYPE) {
         Some(v) => Some(
             v.to_str()
@@ -107,10 +148,6 @@ pub fn parse_request(
         ),
         None => None,
     };
-    let http_traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
     let ct_essence = content_type.as_deref().map(essence);
     let finish =
         |r: Result<Event, EventError>| -> (Option<String>, Result<ParsedEvent, EntryError>) {
@@ -338,28 +375,39 @@ fn finish_event(
     http_traceparent: Option<TraceParent>,
     limits: &Limits,
 ) -> Result<ParsedEvent, EntryError> {
-    match event.get("traceparent") {
-        Some(Value::String(s)) => {
-            if TraceParent::parse(s).is_none() {
+    // The trace this event continues: its own `traceparent`, else the
+    // request's, else a new one.
+    let producer = match event.get("traceparent") {
+        Some(Value::String(s)) => match TraceParent::parse(s) {
+            Some(tp) => Some(tp),
+            None => {
                 return Err(EntryError::Event(EventError::Invalid {
                     attr: "traceparent".into(),
                     reason: format!("is not a valid W3C traceparent: {s:?}"),
                 }));
             }
-        }
+        },
         Some(_) => {
             return Err(EntryError::Event(EventError::Invalid {
                 attr: "traceparent".into(),
                 reason: "must be a string".into(),
             }));
         }
+        None => None,
+    };
+    // Kept as the producer sent it; set from the request's context (its
+    // HTTP `traceparent`, or the ingress's own span) or to a new trace.
+    let event_tp = match producer {
+        Some(tp) => tp,
         None => {
             let tp = http_traceparent
-                .map(|t| t.child())
-                .unwrap_or_else(TraceParent::new_root);
+                .unwrap_or_else(|| crate::telemetry::root_for(event.source(), event.id()));
             event.set_attr("traceparent", Value::String(tp.to_string()));
+            tp
         }
-    }
+    };
+    let (me, parent) = crate::telemetry::publish_span_of(&event_tp, event.source(), event.id());
+    let span = EventSpan::start("publish", SpanKind::Producer, &me, parent);
     if event.get("time").is_none() {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         event.set_attr("time", Value::String(now));
@@ -375,7 +423,7 @@ fn finish_event(
     // What is stored must be readable by routing, or it would be
     // acknowledged and never delivered.
     check_event_json(json.get().as_bytes())?;
-    Ok(ParsedEvent { event, json })
+    Ok(ParsedEvent { event, json, span })
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use serde_json::json;
 use strait_adapters::aws_common::{AwsCredential, Connection};
 use strait_adapters::aws_eventbridge::mapping;
 use strait_adapters::aws_sqs::source::{Provision, SqsSource};
-use strait_federation::AppendEntry;
 
 use super::StatusCell;
 use crate::config::{AwsSource, Limits, NodeConfig};
@@ -174,12 +173,7 @@ pub async fn poll_sqs(
         {
             match r {
                 Ok(p) => {
-                    entries[slot] = Entry::Append(AppendEntry {
-                        bus: src.bus.clone(),
-                        source: p.event.source().to_string(),
-                        id: p.event.id().to_string(),
-                        event: p.json,
-                    });
+                    entries[slot] = p.into_entry(src.bus.clone());
                     receipts[slot] = Some(m.receipt_handle.clone());
                 }
                 Err(e) => reject(

@@ -1,0 +1,128 @@
+//! The span export pipeline: a bounded queue and one thread that sends
+//! batches over OTLP/HTTP.
+//!
+//! Exporting never blocks or slows the event path: [`submit`] only tries to
+//! queue a span; when the queue is full (a slow or absent collector) the
+//! span is dropped and counted (`strait_trace_spans_dropped_total{reason}`),
+//! as is every span of a batch the collector refused or never answered.
+
+use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+/// Spans queued for export at most; more are dropped and counted.
+const QUEUE: usize = 16_384;
+/// Spans per OTLP request at most.
+const BATCH: usize = 512;
+/// How long a span waits for more to batch with, by default
+/// (`OTEL_BSP_SCHEDULE_DELAY`, in ms, overrides it).
+const DELAY: Duration = Duration::from_millis(1000);
+
+enum Msg {
+    Span(Box<SpanData>),
+    /// Export what is queued, then answer.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+static QUEUE_TX: OnceLock<SyncSender<Msg>> = OnceLock::new();
+
+/// Whether spans are exported (an OTLP endpoint is configured).
+pub fn on() -> bool {
+    QUEUE_TX.get().is_some()
+}
+
+/// Start exporting through `exporter` (once per process).
+pub(super) fn start<E: SpanExporter + 'static>(exporter: E) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+    let delay = std::env::var("OTEL_BSP_SCHEDULE_DELAY")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(DELAY, Duration::from_millis);
+    std::thread::Builder::new()
+        .name("otlp-export".into())
+        .spawn(move || run(exporter, rx, delay))?;
+    QUEUE_TX
+        .set(tx)
+        .map_err(|_| anyhow::anyhow!("span export started twice"))
+}
+
+/// Queue `span` for export, or drop and count it if the queue is full.
+pub(super) fn submit(span: Box<SpanData>) {
+    let Some(tx) = QUEUE_TX.get() else { return };
+    match tx.try_send(Msg::Span(span)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            metrics::counter!("strait_trace_spans_dropped_total", "reason" => "queue_full")
+                .increment(1);
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            metrics::counter!("strait_trace_spans_dropped_total", "reason" => "stopped")
+                .increment(1);
+        }
+    }
+}
+
+/// Export what is queued, waiting at most `timeout`.
+pub(super) fn flush(timeout: Duration) {
+    let Some(tx) = QUEUE_TX.get() else { return };
+    let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+    if tx.send(Msg::Flush(ack_tx)).is_ok() {
+        let _ = ack_rx.recv_timeout(timeout);
+    }
+}
+
+fn run<E: SpanExporter>(exporter: E, rx: Receiver<Msg>, delay: Duration) {
+    let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let wait = deadline.map_or(Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Span(s)) => {
+                batch.push(*s);
+                deadline.get_or_insert_with(|| Instant::now() + delay);
+                if batch.len() >= BATCH {
+                    export(&exporter, &mut batch);
+                    deadline = None;
+                }
+            }
+            Ok(Msg::Flush(ack)) => {
+                // Everything queued before the flush request is in `batch`
+                // or still in the channel ahead of nothing: drain it.
+                while let Ok(Msg::Span(s)) = rx.try_recv() {
+                    batch.push(*s);
+                }
+                export(&exporter, &mut batch);
+                deadline = None;
+                let _ = ack.send(());
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                export(&exporter, &mut batch);
+                deadline = None;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                export(&exporter, &mut batch);
+                return;
+            }
+        }
+    }
+}
+
+fn export<E: SpanExporter>(exporter: &E, batch: &mut Vec<SpanData>) {
+    if batch.is_empty() {
+        return;
+    }
+    let spans = std::mem::replace(batch, Vec::with_capacity(BATCH));
+    let n = spans.len() as u64;
+    match futures::executor::block_on(exporter.export(spans)) {
+        Ok(()) => metrics::counter!("strait_trace_spans_exported_total").increment(n),
+        Err(e) => {
+            metrics::counter!("strait_trace_spans_dropped_total", "reason" => "export_failed")
+                .increment(n);
+            tracing::debug!(error = %e, spans = n, "span export failed");
+        }
+    }
+}
