@@ -28,7 +28,7 @@ use super::block_table;
 use super::blocks::BlockBuilder;
 use super::tables::{CURSORS, INBOX, LINK_META, OUTBOX, SPECS_IN, SPECS_OUT};
 use crate::NodeId;
-use crate::command::{CommandResponse, LinkAnswer, LinkSpec};
+use crate::command::{CommandResponse, LinkAnswer, LinkSpec, NotFound};
 
 /// Deliveries per block when a snapshot is restored.
 const RESTORE_BLOCK_ITEMS: usize = 1024;
@@ -251,9 +251,9 @@ pub(crate) fn acked(
     upto: u64,
 ) -> SResult<CommandResponse> {
     let Some(o) = links.out.get_mut(remote) else {
-        return Ok(CommandResponse::NotFound(format!(
-            "no link to site `{remote}`"
-        )));
+        return Ok(CommandResponse::NotFound(NotFound::Link {
+            remote: remote.to_string(),
+        }));
     };
     let upto = upto.min(o.last_seq);
     if upto > o.acked {

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use super::block_table;
 use super::blocks::BlockBuilder;
 use super::storage_err;
-use crate::command::{AppendOutcome, Command, CommandResponse, Refusal};
+use crate::command::{AppendOutcome, Command, CommandResponse, Conflict, NotFound, Refusal};
 use crate::error::FederationError;
 use crate::{NodeId, NodeInfo, TypeConfig};
 
@@ -1141,9 +1141,7 @@ fn apply_command(
         }
         Command::DeleteBus { name } => {
             if !view.buses.contains_key(&name) {
-                return Ok(CommandResponse::NotFound(format!(
-                    "bus `{name}` does not exist"
-                )));
+                return Ok(CommandResponse::NotFound(NotFound::Bus { name }));
             }
             let rules: Vec<String> = view
                 .rules
@@ -1152,22 +1150,22 @@ fn apply_command(
                 .map(|(_, r)| r.clone())
                 .collect();
             if !rules.is_empty() {
-                return Ok(CommandResponse::Conflict(format!(
-                    "bus `{name}` still has rules: {}",
-                    rules.join(", ")
-                )));
+                return Ok(CommandResponse::Conflict(Conflict::BusHasRules {
+                    bus: name,
+                    rules,
+                }));
             }
-            let sources: Vec<&str> = view
+            let sources: Vec<String> = view
                 .sources
                 .iter()
                 .filter(|(_, spec)| source_bus(spec) == Some(name.as_str()))
-                .map(|(s, _)| s.as_str())
+                .map(|(s, _)| s.clone())
                 .collect();
             if !sources.is_empty() {
-                return Ok(CommandResponse::Conflict(format!(
-                    "bus `{name}` still has sources: {}",
-                    sources.join(", ")
-                )));
+                return Ok(CommandResponse::Conflict(Conflict::BusHasSources {
+                    bus: name,
+                    sources,
+                }));
             }
             let dead_letter_of: Vec<String> = view
                 .rules
@@ -1203,9 +1201,7 @@ fn apply_command(
             targets,
         } => {
             if !view.buses.contains_key(&bus) {
-                return Ok(CommandResponse::NotFound(format!(
-                    "bus `{bus}` does not exist"
-                )));
+                return Ok(CommandResponse::NotFound(NotFound::Bus { name: bus }));
             }
             // A dead letter must have somewhere to go (checked here, at
             // commit, so a bus deleted meanwhile cannot slip through).
@@ -1259,9 +1255,7 @@ fn apply_command(
                 &mut view.rules,
                 &(bus.clone(), name.clone()),
             )? {
-                return Ok(CommandResponse::NotFound(format!(
-                    "rule `{name}` does not exist on bus `{bus}`"
-                )));
+                return Ok(CommandResponse::NotFound(NotFound::Rule { bus, name }));
             }
             let prefix = format!("{bus}/{name}/");
             let stale: Vec<String> = view
@@ -1281,18 +1275,16 @@ fn apply_command(
             if let Some(bus) = source_bus(&spec)
                 && !view.buses.contains_key(bus)
             {
-                return Ok(CommandResponse::NotFound(format!(
-                    "bus `{bus}` does not exist"
-                )));
+                return Ok(CommandResponse::NotFound(NotFound::Bus {
+                    name: bus.to_string(),
+                }));
             }
             put_json_row(txn, SOURCES, &name, &mut view.sources, name.clone(), spec)?;
             CommandResponse::Ok
         }
         Command::DeleteSource { name } => {
             if !delete_json_row(txn, SOURCES, &name, &mut view.sources, &name)? {
-                return Ok(CommandResponse::NotFound(format!(
-                    "source `{name}` does not exist"
-                )));
+                return Ok(CommandResponse::NotFound(NotFound::Source { name }));
             }
             CommandResponse::Ok
         }
