@@ -115,7 +115,7 @@ pub struct View {
     /// Outbox and inbox progress of links to other sites.
     pub links: crate::store::links::LinkView,
     /// The control-group version of the shared configuration this site
-    /// runs ([`Command::ConfigVersion`]; 0: none imported).
+    /// runs ([`Command::ConfigVersion`](crate::Command::ConfigVersion); 0: none imported).
     pub config_version: u64,
     /// Bytes the state holds in its growing tables: event blocks, link
     /// outboxes and inboxes (key and value of every row) and the dedup

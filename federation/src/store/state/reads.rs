@@ -140,7 +140,7 @@ impl SiteState {
         Ok(n.min(cap))
     }
 
-    /// Total events stored (all buses), as kept ([`View::stored_events`]).
+    /// Total events stored (all buses), as kept ([`View::stored_events`](super::View::stored_events)).
     pub fn stored_events(&self) -> SResult<u64> {
         Ok(self.view().stored_events)
     }
@@ -153,7 +153,7 @@ impl SiteState {
         count_events(&txn)
     }
 
-    /// The state's size ([`View::stored_bytes`]) counted row by row, as a
+    /// The state's size ([`View::stored_bytes`](super::View::stored_bytes)) counted row by row, as a
     /// check of the kept count (tests and tools: it reads every row).
     pub fn count_stored_bytes(&self) -> SResult<u64> {
         let db = self.db();

@@ -171,14 +171,14 @@ impl SiteState {
             .unwrap_or_default();
         let tmp = self.path.with_file_name(format!(
             "{name}.{INSTALLING}{}",
-            crate::store::gentle::unique()
+            crate::store::paced_io::unique()
         ));
         let built = build_from_snapshot(&tmp, self.cache_bytes.min(INSTALL_CACHE), &mut input);
         let view = match built {
             Ok(view) => view,
             Err(e) => {
                 if tmp.exists()
-                    && let Err(d) = crate::store::gentle::discard(&tmp)
+                    && let Err(d) = crate::store::paced_io::discard(&tmp)
                 {
                     tracing::warn!(file = %tmp.display(), error = %d, "cannot delete a partly installed state");
                 }
@@ -188,7 +188,7 @@ impl SiteState {
         let _writer = self.lock_writer();
         let old_link = self.path.with_file_name(format!(
             "{name}.{REPLACED}{}",
-            crate::store::gentle::unique()
+            crate::store::paced_io::unique()
         ));
         // Keep the old file reachable by name, to delete it gently later.
         std::fs::hard_link(&self.path, &old_link).map_err(werr)?;
@@ -277,7 +277,7 @@ fn retire(old: Arc<Database>, link: &Path) {
         match Arc::try_unwrap(old) {
             Ok(db) => {
                 drop(db);
-                if let Err(e) = crate::store::gentle::discard(link) {
+                if let Err(e) = crate::store::paced_io::discard(link) {
                     tracing::warn!(file = %link.display(), error = %e, "cannot delete the replaced state");
                 }
                 return;
@@ -330,13 +330,13 @@ pub(super) fn clean_install_leftovers(path: &Path) -> std::io::Result<()> {
             continue;
         };
         if rest.starts_with(INSTALLING) {
-            crate::store::gentle::discard(&item.path())?;
+            crate::store::paced_io::discard(&item.path())?;
         } else if rest.starts_with(REPLACED) {
             let m = item.metadata()?;
             if Some((m.dev(), m.ino())) == current {
                 std::fs::remove_file(item.path())?;
             } else {
-                crate::store::gentle::discard(&item.path())?;
+                crate::store::paced_io::discard(&item.path())?;
             }
         }
     }
