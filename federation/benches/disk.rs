@@ -431,7 +431,7 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
             }
         }
         if ingested == retained || ingested >= total {
-            // Deletions are gentle (a background thread): let them finish.
+            // Deletions are paced (a background thread): let them finish.
             tokio::time::sleep(Duration::from_secs(2)).await;
             let kept = state.stored_events()?;
             let phase = if ingested >= total { "steady" } else { "fill" };

@@ -194,16 +194,18 @@ pub enum AppendOutcome {
 }
 
 /// What applying a command answered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResponse {
     /// Done.
     Ok,
     /// Per-entry outcomes of an append, in order.
     Appended(Vec<AppendOutcome>),
-    /// The named bus, rule or source does not exist.
-    NotFound(String),
+    /// The named bus, rule, source or link does not exist.
+    #[serde(deserialize_with = "legacy::not_found")]
+    NotFound(NotFound),
     /// The command conflicts with the current state.
-    Conflict(String),
+    #[serde(deserialize_with = "legacy::conflict")]
+    Conflict(Conflict),
     /// A link command's answer.
     Link(LinkAnswer),
     /// A configuration change refused for a reason of its own kind.
@@ -235,4 +237,215 @@ pub enum Refusal {
         /// The rules naming it, `bus/rule` each.
         rules: Vec<String>,
     },
+}
+
+/// What a command named that does not exist (typed, so that the API maps
+/// it to a code without reading the message; the message is the same on
+/// every replica, as the state machine's answers must be).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum NotFound {
+    /// No bus of this name.
+    #[error("bus `{name}` does not exist")]
+    Bus {
+        /// The bus.
+        name: String,
+    },
+    /// No rule of this name on the bus.
+    #[error("rule `{name}` does not exist on bus `{bus}`")]
+    Rule {
+        /// The bus.
+        bus: String,
+        /// The rule.
+        name: String,
+    },
+    /// No source of this name.
+    #[error("source `{name}` does not exist")]
+    Source {
+        /// The source.
+        name: String,
+    },
+    /// No outbox to this site (a link acknowledgement from a site this one
+    /// never sent to).
+    #[error("no link to site `{remote}`")]
+    Link {
+        /// The remote site.
+        remote: String,
+    },
+}
+
+/// How a command conflicts with the current state (typed, like
+/// [`NotFound`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum Conflict {
+    /// A bus cannot be deleted while rules are on it.
+    #[error("bus `{bus}` still has rules: {}", rules.join(", "))]
+    BusHasRules {
+        /// The bus.
+        bus: String,
+        /// Its rules, by name, in order.
+        rules: Vec<String>,
+    },
+    /// A bus cannot be deleted while sources commit to it.
+    #[error("bus `{bus}` still has sources: {}", sources.join(", "))]
+    BusHasSources {
+        /// The bus.
+        bus: String,
+        /// The sources naming it, in order.
+        sources: Vec<String>,
+    },
+}
+
+/// Decoding of the answers earlier versions gave as text.
+///
+/// A [`CommandResponse`] crosses the network as JSON when a write is
+/// forwarded to the leader (`network_quic::forward_write`); the leader of
+/// the control group may be at a site that still runs an earlier version,
+/// whose `NotFound` and `Conflict` carried their message only. Those
+/// messages had fixed forms, the same as the [`std::fmt::Display`] of the
+/// typed answers, so they are read back into the typed answer here, and
+/// only here.
+mod legacy {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+
+    use super::{Conflict, NotFound};
+
+    /// The typed form or an earlier version's text.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either<T> {
+        Text(String),
+        Typed(T),
+    }
+
+    pub(super) fn not_found<'de, D: Deserializer<'de>>(d: D) -> Result<NotFound, D::Error> {
+        match Either::<NotFound>::deserialize(d)? {
+            Either::Typed(t) => Ok(t),
+            Either::Text(m) => not_found_text(&m)
+                .ok_or_else(|| D::Error::custom(format!("unknown NotFound answer: {m}"))),
+        }
+    }
+
+    pub(super) fn conflict<'de, D: Deserializer<'de>>(d: D) -> Result<Conflict, D::Error> {
+        match Either::<Conflict>::deserialize(d)? {
+            Either::Typed(t) => Ok(t),
+            Either::Text(m) => conflict_text(&m)
+                .ok_or_else(|| D::Error::custom(format!("unknown Conflict answer: {m}"))),
+        }
+    }
+
+    /// `s` with `prefix` before and `` ` `` after it: the quoted name.
+    fn quoted<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+        s.strip_prefix(prefix)?.strip_suffix('`')
+    }
+
+    fn not_found_text(m: &str) -> Option<NotFound> {
+        if let Some(name) = m
+            .strip_suffix(" does not exist")
+            .and_then(|s| quoted(s, "bus `"))
+        {
+            return Some(NotFound::Bus { name: name.into() });
+        }
+        if let Some(name) = m
+            .strip_suffix(" does not exist")
+            .and_then(|s| quoted(s, "source `"))
+        {
+            return Some(NotFound::Source { name: name.into() });
+        }
+        if let Some((name, bus)) =
+            quoted(m, "rule `").and_then(|s| s.split_once("` does not exist on bus `"))
+        {
+            return Some(NotFound::Rule {
+                bus: bus.into(),
+                name: name.into(),
+            });
+        }
+        quoted(m, "no link to site `").map(|remote| NotFound::Link {
+            remote: remote.into(),
+        })
+    }
+
+    fn conflict_text(m: &str) -> Option<Conflict> {
+        let (bus, rest) = m.strip_prefix("bus `")?.split_once("` still has ")?;
+        let list = |l: &str| l.split(", ").map(str::to_string).collect();
+        if let Some(rules) = rest.strip_prefix("rules: ") {
+            return Some(Conflict::BusHasRules {
+                bus: bus.into(),
+                rules: list(rules),
+            });
+        }
+        rest.strip_prefix("sources: ")
+            .map(|sources| Conflict::BusHasSources {
+                bus: bus.into(),
+                sources: list(sources),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(r: &CommandResponse) -> CommandResponse {
+        let json = serde_json::to_vec(r).expect("encode");
+        serde_json::from_slice(&json).expect("decode")
+    }
+
+    #[test]
+    fn typed_answers_round_trip_and_keep_their_messages() {
+        let answers = [
+            CommandResponse::NotFound(NotFound::Bus { name: "b".into() }),
+            CommandResponse::NotFound(NotFound::Rule {
+                bus: "b".into(),
+                name: "r".into(),
+            }),
+            CommandResponse::NotFound(NotFound::Source { name: "s".into() }),
+            CommandResponse::NotFound(NotFound::Link {
+                remote: "eu".into(),
+            }),
+            CommandResponse::Conflict(Conflict::BusHasRules {
+                bus: "b".into(),
+                rules: vec!["r1".into(), "r2".into()],
+            }),
+            CommandResponse::Conflict(Conflict::BusHasSources {
+                bus: "b".into(),
+                sources: vec!["s1".into()],
+            }),
+        ];
+        for a in &answers {
+            assert_eq!(&round_trip(a), a);
+        }
+        let text = |r: &CommandResponse| match r {
+            CommandResponse::NotFound(n) => n.to_string(),
+            CommandResponse::Conflict(c) => c.to_string(),
+            other => panic!("{other:?}"),
+        };
+        let texts: Vec<String> = answers.iter().map(text).collect();
+        assert_eq!(
+            texts,
+            [
+                "bus `b` does not exist",
+                "rule `r` does not exist on bus `b`",
+                "source `s` does not exist",
+                "no link to site `eu`",
+                "bus `b` still has rules: r1, r2",
+                "bus `b` still has sources: s1",
+            ]
+        );
+        // An earlier version's text form reads back as the typed answer.
+        for (a, t) in answers.iter().zip(&texts) {
+            let kind = if matches!(a, CommandResponse::NotFound(_)) {
+                "NotFound"
+            } else {
+                "Conflict"
+            };
+            let old = serde_json::json!({ kind: t });
+            let decoded: CommandResponse = serde_json::from_value(old).expect("decode old");
+            assert_eq!(&decoded, a);
+        }
+        let unknown = serde_json::json!({"NotFound": "something else"});
+        assert!(serde_json::from_value::<CommandResponse>(unknown).is_err());
+    }
 }

@@ -35,7 +35,8 @@ pub mod transport;
 pub mod wire;
 
 pub use command::{
-    AppendEntry, AppendOutcome, Command, CommandResponse, LinkAnswer, LinkSpec, Refusal,
+    AppendEntry, AppendOutcome, Command, CommandResponse, Conflict, LinkAnswer, LinkSpec, NotFound,
+    Refusal,
 };
 pub use error::FederationError;
 pub use site::{Bootstrap, RaftTiming, Site, SiteFailure, SiteOptions};

@@ -550,7 +550,7 @@ async fn sources_are_stored_survive_restart_and_snapshots_and_pin_their_bus() {
     // The bus must exist.
     let r = site.write(put()).await.expect("put source");
     assert!(
-        matches!(r, CommandResponse::NotFound(ref m) if m.contains("bus `b`")),
+        matches!(r, CommandResponse::NotFound(ref m) if m.to_string().contains("bus `b`")),
         "{r:?}"
     );
     put_bus(&site, "b", json!({"name": "b"})).await;
@@ -563,7 +563,7 @@ async fn sources_are_stored_survive_restart_and_snapshots_and_pin_their_bus() {
         .await
         .expect("delete bus");
     assert!(
-        matches!(r, CommandResponse::Conflict(ref m) if m.contains("still has sources: s1")),
+        matches!(r, CommandResponse::Conflict(ref m) if m.to_string().contains("still has sources: s1")),
         "{r:?}"
     );
     site.shutdown().await.expect("shutdown");
@@ -604,7 +604,7 @@ async fn sources_are_stored_survive_restart_and_snapshots_and_pin_their_bus() {
         .await
         .expect("delete again");
     assert!(
-        matches!(r, CommandResponse::NotFound(ref m) if m.contains("source `s1`")),
+        matches!(r, CommandResponse::NotFound(ref m) if m.to_string().contains("source `s1`")),
         "{r:?}"
     );
     let r = site

@@ -4,10 +4,10 @@
 //! [`proto`] is the protocol core without I/O: batching, windowing,
 //! cumulative acknowledgements, rewinds, and the receiver's in-order,
 //! exactly-once-per-sequence admission; [`service`] runs it over the QUIC
-//! endpoints of the sites (receiving side and per-remote sender); [`early`]
+//! endpoints of the sites (receiving side and per-remote sender); [`uncommitted`]
 //! hands proposed batches to the receiving leader's delivery before they
 //! commit.
 
-pub mod early;
 pub mod proto;
 pub mod service;
+pub mod uncommitted;

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Mutex, Notify};
 
-use super::early::{EarlyBatch, EarlyInbox};
 use super::proto::{Batch, Sender, SenderConfig, decode_batch, encode_batch};
+use super::uncommitted::{EarlyBatch, EarlyInbox};
 use crate::NodeId;
 use crate::certs::NodeIdentity;
 use crate::command::{Command, CommandResponse, LinkAnswer, LinkSpec};
@@ -83,7 +83,7 @@ impl LinkService {
     }
 
     /// Offer every batch this node proposes as leader to `early` (see
-    /// [`crate::link::early`]), so it can be delivered before it commits.
+    /// [`crate::link::uncommitted`]), so it can be delivered before it commits.
     pub fn deliver_before_commit(&self, early: Arc<EarlyInbox>) {
         let _ = self.early.set(early);
     }

@@ -28,7 +28,7 @@ use super::block_table;
 use super::blocks::BlockBuilder;
 use super::tables::{CURSORS, INBOX, LINK_META, OUTBOX, SPECS_IN, SPECS_OUT};
 use crate::NodeId;
-use crate::command::{CommandResponse, LinkAnswer, LinkSpec};
+use crate::command::{CommandResponse, LinkAnswer, LinkSpec, NotFound};
 
 /// Deliveries per block when a snapshot is restored.
 const RESTORE_BLOCK_ITEMS: usize = 1024;
@@ -251,9 +251,9 @@ pub(crate) fn acked(
     upto: u64,
 ) -> SResult<CommandResponse> {
     let Some(o) = links.out.get_mut(remote) else {
-        return Ok(CommandResponse::NotFound(format!(
-            "no link to site `{remote}`"
-        )));
+        return Ok(CommandResponse::NotFound(NotFound::Link {
+            remote: remote.to_string(),
+        }));
     };
     let upto = upto.min(o.last_seq);
     if upto > o.acked {
@@ -269,21 +269,35 @@ pub(crate) fn acked(
     Ok(CommandResponse::Link(LinkAnswer::Ack { upto: acked }))
 }
 
-/// Store the next expected deliveries of a batch from `origin`.
+/// A batch received from another site: the fields of a
+/// [`Command::LinkReceive`](crate::Command::LinkReceive).
+pub(crate) struct Batch<'a> {
+    /// The sending site.
+    pub origin: &'a str,
+    /// Sequence of the first item.
+    pub first_seq: u64,
+    /// The deliveries.
+    pub items: &'a [Box<RawValue>],
+    /// Rule definitions the deliveries refer to by hash.
+    pub specs: &'a [LinkSpec],
+}
+
+/// Store the next expected deliveries of `batch`, counting their bytes in
+/// `stored`; the first batch from an origin starts its reader's cursor (in
+/// `cursors`, the site's dispatch cursors).
 pub(crate) fn receive(
     txn: &WriteTransaction,
-    view: &mut super::state::View,
-    origin: &str,
-    first_seq: u64,
-    items: &[Box<RawValue>],
-    specs: &[LinkSpec],
+    links: &mut LinkView,
+    cursors: &mut BTreeMap<String, u64>,
+    stored: &mut u64,
+    batch: Batch<'_>,
 ) -> SResult<CommandResponse> {
-    let super::state::View {
-        links,
-        stored_bytes: stored,
-        cursors,
-        ..
-    } = view;
+    let Batch {
+        origin,
+        first_seq,
+        items,
+        specs,
+    } = batch;
     let committed = links.inbound.get(origin).copied().unwrap_or(0);
     let receiver = crate::link::proto::Receiver::new(committed);
     let skip = match receiver.admit(first_seq, items.len()) {

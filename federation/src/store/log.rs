@@ -338,7 +338,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 impl Inner {
     fn open(dir: &Path, sync_interval: std::time::Duration) -> SResult<Inner> {
         std::fs::create_dir_all(dir).map_err(werr)?;
-        super::gentle::empty_trash(dir).map_err(werr)?;
+        super::paced_io::empty_trash(dir).map_err(werr)?;
         let meta: Meta = match std::fs::read(dir.join(META_FILE)) {
             Ok(b) => serde_json::from_slice(&b).map_err(rerr)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
@@ -400,7 +400,7 @@ impl Inner {
             };
             if wholly_purged {
                 // A purge that crashed before deleting the file.
-                super::gentle::discard(&path).map_err(werr)?;
+                super::paced_io::discard(&path).map_err(werr)?;
                 continue;
             }
             for p in found {
@@ -561,7 +561,7 @@ impl Inner {
             .collect();
         for first in later {
             if let Some(s) = self.segments.remove(&first) {
-                super::gentle::discard(&s.path).map_err(werr)?;
+                super::paced_io::discard(&s.path).map_err(werr)?;
             }
         }
         if let Some(seg) = self.segments.get_mut(&pos.segment) {
@@ -594,7 +594,7 @@ impl Inner {
             if whole && let Some(s) = self.segments.remove(first) {
                 // Deleted in the background, a step at a time: deleting
                 // whole segments at once stalled every fsync behind it.
-                super::gentle::discard(&s.path).map_err(werr)?;
+                super::paced_io::discard(&s.path).map_err(werr)?;
             }
         }
         Ok(())

@@ -102,7 +102,7 @@ fn snap_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
 
 /// A name for a new snapshot data file.
 fn new_data_file() -> String {
-    format!("snapshot-{}.data", super::gentle::unique())
+    format!("snapshot-{}.data", super::paced_io::unique())
 }
 
 /// Delete snapshot files: those of older versions, and those a crash left
@@ -119,10 +119,10 @@ fn clean_snapshot_dir(dir: &Path) -> SResult<()> {
         let data = name.starts_with("snapshot") && name.ends_with(".data");
         let tmp = name.starts_with("snapshot") && name.ends_with(".tmp");
         if data || tmp || name == LEGACY_META_FILE {
-            super::gentle::discard(&item.path()).map_err(snap_err)?;
+            super::paced_io::discard(&item.path()).map_err(snap_err)?;
         }
     }
-    super::gentle::empty_trash(dir).map_err(snap_err)
+    super::paced_io::empty_trash(dir).map_err(snap_err)
 }
 
 /// A snapshot of the version of the state `read` sees: its meta now, its
@@ -143,7 +143,7 @@ fn snapshot_of(
             "{}-{}-{}",
             last.leader_id,
             last.index,
-            super::gentle::unique()
+            super::paced_io::unique()
         ),
     };
     let writer = state.clone();
@@ -151,7 +151,7 @@ fn snapshot_of(
         dir.join(new_data_file()),
         Box::new(move |path| {
             let started = Instant::now();
-            let mut out = super::gentle::SyncedWriter::create(path)?;
+            let mut out = super::paced_io::SyncedWriter::create(path)?;
             let info = writer
                 .write_snapshot(&read.txn, &mut out)
                 .map_err(std::io::Error::other)?;
@@ -191,7 +191,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: SnapshotMeta {
                 last_log_id: None,
                 last_membership: StoredMembership::default(),
-                snapshot_id: format!("--{}", super::gentle::unique()),
+                snapshot_id: format!("--{}", super::paced_io::unique()),
             },
             snapshot: Box::new(SnapshotFile::deferred(
                 self.dir.join(new_data_file()),
@@ -242,7 +242,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // An earlier transfer that never finished is abandoned.
         for stale in self.receiving.drain(..) {
             if stale.exists()
-                && let Err(e) = super::gentle::discard(&stale)
+                && let Err(e) = super::paced_io::discard(&stale)
             {
                 tracing::warn!(file = %stale.display(), error = %e, "cannot delete an abandoned snapshot");
             }
@@ -271,7 +271,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // received file is not needed after that.
             let file = std::fs::File::open(&path).map_err(snap_err)?;
             let installed = state.install_snapshot_from(file);
-            if let Err(e) = super::gentle::discard(&path) {
+            if let Err(e) = super::paced_io::discard(&path) {
                 tracing::warn!(file = %path.display(), error = %e, "cannot delete an installed snapshot");
             }
             installed?;

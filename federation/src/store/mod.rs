@@ -13,10 +13,10 @@
 mod block_table;
 pub mod blocks;
 pub mod fault;
-pub mod gentle;
 pub mod links;
 pub mod log;
 pub mod machine;
+pub mod paced_io;
 pub mod snapshot;
 pub mod snapshot_file;
 pub mod state;

@@ -7,7 +7,7 @@
 //! `snapshot_max_chunk_size` (3 MiB); the [`SnapshotFile`] it gets holds a
 //! read of one version of the state and writes that version to a file
 //! when it is first read or sought (on a blocking thread; the read waits
-//! for it). The file is deleted (gently, see [`super::gentle`]) when the
+//! for it). The file is deleted (paced, see [`super::paced_io`]) when the
 //! [`SnapshotFile`] is dropped; a snapshot openraft never reads is never
 //! written. A follower receiving a snapshot writes the chunks into a file
 //! of its own, which it loads into a new state database and then deletes.
@@ -160,7 +160,7 @@ impl SnapshotFile {
 /// Delete a sent snapshot's file (gently), if it is there.
 fn discard(path: &Path) {
     if path.exists()
-        && let Err(e) = super::gentle::discard(path)
+        && let Err(e) = super::paced_io::discard(path)
     {
         tracing::warn!(file = %path.display(), error = %e, "cannot delete a sent snapshot");
     }

@@ -12,8 +12,8 @@ use anyhow::Context;
 use openraft::ServerState;
 use serde_json::{Value, json};
 use strait_federation::certs::{self, NodeCredentials};
-use strait_federation::link::early::EarlyInbox;
 use strait_federation::link::service::{LinkService, Methods};
+use strait_federation::link::uncommitted::EarlyInbox;
 use strait_federation::network_quic::{
     Group, QuicNetwork, RaftService, peer_reachable, write_via_leader_in,
 };

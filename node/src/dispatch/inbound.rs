@@ -11,8 +11,8 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use opentelemetry::trace::SpanKind;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use strait_federation::link::early::EarlyBatch;
 use strait_federation::link::proto::spec_hash;
+use strait_federation::link::uncommitted::EarlyBatch;
 use strait_federation::store::links::inbox_cursor_key;
 
 use super::{Context, Remote, set_cursor};

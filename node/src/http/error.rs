@@ -6,7 +6,9 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use strait_federation::{CommandResponse, FederationError, Refusal, SiteFailure};
+use strait_federation::{
+    CommandResponse, Conflict, FederationError, NotFound, Refusal, SiteFailure,
+};
 
 use crate::config::check::SpecError;
 
@@ -151,25 +153,22 @@ pub(crate) fn failure_error(f: &SiteFailure) -> ApiError {
 pub(super) fn command_result(resp: CommandResponse) -> ApiResult<()> {
     match resp {
         CommandResponse::Ok | CommandResponse::Appended(_) | CommandResponse::Link(_) => Ok(()),
-        CommandResponse::NotFound(m) => {
-            let code = if m.starts_with("bus") {
-                "BusNotFound"
-            } else if m.starts_with("source") {
-                "SourceNotFound"
-            } else {
-                "RuleNotFound"
+        CommandResponse::NotFound(n) => {
+            let code = match n {
+                NotFound::Bus { .. } => "BusNotFound",
+                NotFound::Source { .. } => "SourceNotFound",
+                NotFound::Rule { .. } => "RuleNotFound",
+                // Only a link acknowledgement answers this, never the API.
+                NotFound::Link { .. } => "NotFound",
             };
-            Err(ApiError::new(StatusCode::NOT_FOUND, code, m))
+            Err(ApiError::new(StatusCode::NOT_FOUND, code, n.to_string()))
         }
-        CommandResponse::Conflict(m) => {
-            let code = if m.contains("still has rules") {
-                "BusHasRules"
-            } else if m.contains("still has sources") {
-                "BusHasSources"
-            } else {
-                "Conflict"
+        CommandResponse::Conflict(c) => {
+            let code = match c {
+                Conflict::BusHasRules { .. } => "BusHasRules",
+                Conflict::BusHasSources { .. } => "BusHasSources",
             };
-            Err(ApiError::new(StatusCode::CONFLICT, code, m))
+            Err(ApiError::new(StatusCode::CONFLICT, code, c.to_string()))
         }
         CommandResponse::Refused(r) => Err(match r {
             Refusal::NoDeadLetterBus { .. } => {

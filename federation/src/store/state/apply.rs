@@ -1,0 +1,546 @@
+//! Applying committed log entries: every command's effect on the tables
+//! and the view, in one transaction per batch of entries, and the answer
+//! each gives.
+//!
+//! Deterministic: an answer (an outcome, a refusal) depends only on the
+//! command and the state, so every replica gives the same one.
+
+use std::collections::BTreeMap;
+
+use openraft::{EntryPayload, StoredMembership};
+use redb::{Durability, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::{SResult, SiteState, View, dead_letter_buses, dedup_bytes, rule_key, source_bus, werr};
+use crate::TypeConfig;
+use crate::command::{AppendOutcome, Command, CommandResponse, Conflict, NotFound, Refusal};
+use crate::store::block_table;
+use crate::store::blocks::BlockBuilder;
+use crate::store::tables::{BUSES, CURSORS, DEDUP, EVENTS, META, RULES, SOURCES};
+
+/// Most dedup entries examined per checkpoint by the expiry sweep, so one
+/// apply stays short. The sweep walks the index in key order and wraps.
+const DEDUP_SWEEP_BATCH: usize = 20_000;
+
+/// An apply that takes this long is logged as a warning (a tenth of it at
+/// debug level): everything behind it in the site waits.
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
+fn dedup_key(bus: &str, source: &str, id: &str) -> String {
+    format!("{bus}\u{0}{source}\u{0}{id}")
+}
+impl SiteState {
+    /// Make every earlier `Durability::None` commit durable.
+    pub fn flush(&self) -> SResult<()> {
+        let db = self.db();
+        let mut txn = db.begin_write().map_err(werr)?;
+        txn.set_durability(Durability::Immediate).map_err(werr)?;
+        txn.commit().map_err(werr)
+    }
+
+    /// Apply committed log entries in one transaction.
+    pub fn apply(
+        &self,
+        entries: Vec<openraft::Entry<TypeConfig>>,
+        durable: bool,
+    ) -> SResult<Vec<CommandResponse>> {
+        let _writer = self.lock_writer();
+        let mut next = self.view().clone();
+        let db = self.db();
+        let mut txn = db.begin_write().map_err(werr)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(werr)?;
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut config_changed = false;
+        let mut links_changed = false;
+        let started = std::time::Instant::now();
+        let count = entries.len();
+        let mut slowest: (&'static str, std::time::Duration) = ("", std::time::Duration::ZERO);
+        for entry in entries {
+            next.last_applied = Some(entry.log_id);
+            let resp = match entry.payload {
+                EntryPayload::Blank => CommandResponse::Ok,
+                EntryPayload::Membership(m) => {
+                    next.membership = StoredMembership::new(Some(entry.log_id), m);
+                    CommandResponse::Ok
+                }
+                EntryPayload::Normal(cmd) => {
+                    if matches!(
+                        cmd,
+                        Command::LinkEnqueue { .. }
+                            | Command::LinkAcked { .. }
+                            | Command::LinkReceive { .. }
+                    ) {
+                        links_changed = true;
+                    }
+                    if !matches!(
+                        cmd,
+                        Command::Append { .. }
+                            | Command::Checkpoint { .. }
+                            | Command::LinkEnqueue { .. }
+                            | Command::LinkAcked { .. }
+                            | Command::LinkReceive { .. }
+                    ) {
+                        config_changed = true;
+                    }
+                    let kind = cmd.kind();
+                    let t = std::time::Instant::now();
+                    let resp = apply_command(&txn, &mut next, cmd)?;
+                    let took = t.elapsed();
+                    if took > slowest.1 {
+                        slowest = (kind, took);
+                    }
+                    resp
+                }
+            };
+            responses.push(resp);
+        }
+        let commands = started.elapsed();
+        {
+            let mut meta = txn.open_table(META).map_err(werr)?;
+            let la = serde_json::to_vec(&next.last_applied).map_err(werr)?;
+            meta.insert("last_applied", la.as_slice()).map_err(werr)?;
+            let m = serde_json::to_vec(&next.membership).map_err(werr)?;
+            meta.insert("membership", m.as_slice()).map_err(werr)?;
+            let s = serde_json::to_vec(&next.next_seq).map_err(werr)?;
+            meta.insert("next_seq", s.as_slice()).map_err(werr)?;
+            let c = serde_json::to_vec(&next.config_version).map_err(werr)?;
+            meta.insert("config_version", c.as_slice()).map_err(werr)?;
+            meta.insert("stored_bytes", next.stored_bytes.to_string().as_bytes())
+                .map_err(werr)?;
+            meta.insert("stored_events", next.stored_events.to_string().as_bytes())
+                .map_err(werr)?;
+        }
+        txn.commit().map_err(werr)?;
+        let took = started.elapsed();
+        macro_rules! slow_apply {
+            ($level:ident) => {
+                tracing::$level!(
+                    entries = count,
+                    took_ms = took.as_millis() as u64,
+                    commands_ms = commands.as_millis() as u64,
+                    slowest = slowest.0,
+                    slowest_ms = slowest.1.as_millis() as u64,
+                    durable,
+                    "slow apply"
+                )
+            };
+        }
+        if took >= SLOW_APPLY {
+            slow_apply!(warn);
+        } else if took >= SLOW_APPLY / 10 {
+            slow_apply!(debug);
+        }
+        let head = next.next_seq;
+        *self.view_mut() = next;
+        if config_changed {
+            self.config_version.send_modify(|v| *v += 1);
+        }
+        if links_changed {
+            self.links_version.send_modify(|v| *v += 1);
+        }
+        self.head.send_if_modified(|h| {
+            if *h != head {
+                *h = head;
+                true
+            } else {
+                false
+            }
+        });
+        Ok(responses)
+    }
+}
+
+/// Delete up to [`DEDUP_SWEEP_BATCH`] dedup entries older than `horizon`,
+/// continuing where the previous sweep stopped (kept in the meta table);
+/// the bytes they counted for.
+fn sweep_dedup(txn: &WriteTransaction, horizon: u64) -> SResult<u64> {
+    let mut meta = txn.open_table(META).map_err(werr)?;
+    let from: String = match meta.get("dedup_sweep").map_err(werr)? {
+        Some(v) => String::from_utf8_lossy(v.value()).into_owned(),
+        None => String::new(),
+    };
+    let mut dedup = txn.open_table(DEDUP).map_err(werr)?;
+    let mut doomed = Vec::new();
+    let mut last = None;
+    let mut seen = 0;
+    for item in dedup.range(from.as_str()..).map_err(werr)? {
+        let (k, v) = item.map_err(werr)?;
+        seen += 1;
+        if v.value() < horizon {
+            doomed.push(k.value().to_string());
+        }
+        last = Some(k.value().to_string());
+        if seen >= DEDUP_SWEEP_BATCH {
+            break;
+        }
+    }
+    let mut gone = 0;
+    for k in &doomed {
+        dedup.remove(k.as_str()).map_err(werr)?;
+        gone += dedup_bytes(k);
+    }
+    // Resume just after the last key seen, or wrap to the start at the end.
+    let next = match last {
+        Some(mut k) if seen >= DEDUP_SWEEP_BATCH => {
+            k.push('\u{0}');
+            k
+        }
+        _ => String::new(),
+    };
+    meta.insert("dedup_sweep", next.as_bytes()).map_err(werr)?;
+    Ok(gone)
+}
+
+/// A table of JSON rows by name (buses, rules, sources).
+type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
+
+/// Store `spec` as the JSON row `key` of `table` and as `map_key` of the
+/// view's `map`.
+fn put_json_row<K: Ord>(
+    txn: &WriteTransaction,
+    table: JsonTable,
+    key: &str,
+    map: &mut BTreeMap<K, serde_json::Value>,
+    map_key: K,
+    spec: serde_json::Value,
+) -> SResult<()> {
+    let bytes = serde_json::to_vec(&spec).map_err(werr)?;
+    txn.open_table(table)
+        .map_err(werr)?
+        .insert(key, bytes.as_slice())
+        .map_err(werr)?;
+    map.insert(map_key, spec);
+    Ok(())
+}
+
+/// Remove `map_key` from the view's `map` and the row `key` from `table`;
+/// false (and nothing touched) when the map has no such entry.
+fn delete_json_row<K: Ord>(
+    txn: &WriteTransaction,
+    table: JsonTable,
+    key: &str,
+    map: &mut BTreeMap<K, serde_json::Value>,
+    map_key: &K,
+) -> SResult<bool> {
+    if map.remove(map_key).is_none() {
+        return Ok(false);
+    }
+    txn.open_table(table)
+        .map_err(werr)?
+        .remove(key)
+        .map_err(werr)?;
+    Ok(true)
+}
+
+fn apply_command(
+    txn: &WriteTransaction,
+    view: &mut View,
+    cmd: Command,
+) -> SResult<CommandResponse> {
+    Ok(match cmd {
+        Command::PutBus { name, spec } => {
+            put_json_row(txn, BUSES, &name, &mut view.buses, name.clone(), spec)?;
+            CommandResponse::Ok
+        }
+        Command::DeleteBus { name } => {
+            if !view.buses.contains_key(&name) {
+                return Ok(CommandResponse::NotFound(NotFound::Bus { name }));
+            }
+            let rules: Vec<String> = view
+                .rules
+                .keys()
+                .filter(|(b, _)| *b == name)
+                .map(|(_, r)| r.clone())
+                .collect();
+            if !rules.is_empty() {
+                return Ok(CommandResponse::Conflict(Conflict::BusHasRules {
+                    bus: name,
+                    rules,
+                }));
+            }
+            let sources: Vec<String> = view
+                .sources
+                .iter()
+                .filter(|(_, spec)| source_bus(spec) == Some(name.as_str()))
+                .map(|(s, _)| s.clone())
+                .collect();
+            if !sources.is_empty() {
+                return Ok(CommandResponse::Conflict(Conflict::BusHasSources {
+                    bus: name,
+                    sources,
+                }));
+            }
+            let dead_letter_of: Vec<String> = view
+                .rules
+                .iter()
+                .filter(|(_, spec)| dead_letter_buses(spec).iter().any(|(_, b)| *b == name))
+                .map(|((b, r), _)| format!("{b}/{r}"))
+                .collect();
+            if !dead_letter_of.is_empty() {
+                return Ok(CommandResponse::Refused(Refusal::BusIsDeadLetter {
+                    bus: name,
+                    rules: dead_letter_of,
+                }));
+            }
+            delete_json_row(txn, BUSES, &name, &mut view.buses, &name)?;
+            let mut events = txn.open_table(EVENTS).map_err(werr)?;
+            let (mut gone, mut gone_events) = (0, 0u64);
+            events
+                .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |k, v| {
+                    gone += block_table::row_bytes(k.0, v.len());
+                    // A row that does not parse held no event it could count.
+                    gone_events +=
+                        crate::store::blocks::Block::parse(v).map_or(0, |b| b.len() as u64);
+                    false
+                })
+                .map_err(werr)?;
+            view.stored_bytes = view.stored_bytes.saturating_sub(gone);
+            view.stored_events = view.stored_events.saturating_sub(gone_events);
+            CommandResponse::Ok
+        }
+        Command::PutRule {
+            bus,
+            name,
+            spec,
+            targets,
+        } => {
+            if !view.buses.contains_key(&bus) {
+                return Ok(CommandResponse::NotFound(NotFound::Bus { name: bus }));
+            }
+            // A dead letter must have somewhere to go (checked here, at
+            // commit, so a bus deleted meanwhile cannot slip through).
+            if let Some((field, dl_bus)) = dead_letter_buses(&spec)
+                .into_iter()
+                .find(|(_, b)| !view.buses.contains_key(*b))
+            {
+                return Ok(CommandResponse::Refused(Refusal::NoDeadLetterBus {
+                    field,
+                    bus: dl_bus.to_string(),
+                }));
+            }
+            put_json_row(
+                txn,
+                RULES,
+                &rule_key(&bus, &name),
+                &mut view.rules,
+                (bus.clone(), name.clone()),
+                spec,
+            )?;
+            let prefix = format!("{bus}/{name}/");
+            let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
+            // Targets removed from the rule lose their cursors.
+            let stale: Vec<String> = view
+                .cursors
+                .keys()
+                .filter(|k| {
+                    k.starts_with(&prefix) && !targets.iter().any(|t| **k == format!("{prefix}{t}"))
+                })
+                .cloned()
+                .collect();
+            for k in stale {
+                cursors.remove(k.as_str()).map_err(werr)?;
+                view.cursors.remove(&k);
+            }
+            // New targets start at the head: a new rule sees new events only.
+            for t in &targets {
+                let key = format!("{prefix}{t}");
+                if !view.cursors.contains_key(&key) {
+                    cursors.insert(key.as_str(), view.next_seq).map_err(werr)?;
+                    view.cursors.insert(key, view.next_seq);
+                }
+            }
+            CommandResponse::Ok
+        }
+        Command::DeleteRule { bus, name } => {
+            if !delete_json_row(
+                txn,
+                RULES,
+                &rule_key(&bus, &name),
+                &mut view.rules,
+                &(bus.clone(), name.clone()),
+            )? {
+                return Ok(CommandResponse::NotFound(NotFound::Rule { bus, name }));
+            }
+            let prefix = format!("{bus}/{name}/");
+            let stale: Vec<String> = view
+                .cursors
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect();
+            let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
+            for k in stale {
+                cursors.remove(k.as_str()).map_err(werr)?;
+                view.cursors.remove(&k);
+            }
+            CommandResponse::Ok
+        }
+        Command::PutSource { name, spec } => {
+            if let Some(bus) = source_bus(&spec)
+                && !view.buses.contains_key(bus)
+            {
+                return Ok(CommandResponse::NotFound(NotFound::Bus {
+                    name: bus.to_string(),
+                }));
+            }
+            put_json_row(txn, SOURCES, &name, &mut view.sources, name.clone(), spec)?;
+            CommandResponse::Ok
+        }
+        Command::DeleteSource { name } => {
+            if !delete_json_row(txn, SOURCES, &name, &mut view.sources, &name)? {
+                return Ok(CommandResponse::NotFound(NotFound::Source { name }));
+            }
+            CommandResponse::Ok
+        }
+        Command::Append {
+            ingest_ms,
+            dedup_window_ms,
+            entries,
+        } => {
+            let mut events = txn.open_table(EVENTS).map_err(werr)?;
+            let mut dedup = txn.open_table(DEDUP).map_err(werr)?;
+            // Entries older than the window no longer count; the checkpoint
+            // sweep deletes them later.
+            let horizon = ingest_ms.saturating_sub(dedup_window_ms);
+            let mut outcomes = Vec::with_capacity(entries.len());
+            // One block per bus (almost always just one bus per entry).
+            let mut blocks: Vec<(&str, BlockBuilder)> = Vec::new();
+            for e in entries.iter() {
+                if !view.buses.contains_key(&e.bus) {
+                    outcomes.push(AppendOutcome::NoSuchBus);
+                    continue;
+                }
+                let key = dedup_key(&e.bus, &e.source, &e.id);
+                // One index operation per new event: insert, and look at what
+                // was there before.
+                let prev = {
+                    dedup
+                        .insert(key.as_str(), ingest_ms)
+                        .map_err(werr)?
+                        .map(|g| g.value())
+                };
+                if prev.is_none() {
+                    view.stored_bytes += dedup_bytes(&key);
+                }
+                if let Some(ms) = prev
+                    && ms >= horizon
+                {
+                    // A repeat does not extend the window: keep the first time.
+                    dedup.insert(key.as_str(), ms).map_err(werr)?;
+                    outcomes.push(AppendOutcome::Duplicate);
+                    continue;
+                }
+                let seq = view.next_seq;
+                view.next_seq += 1;
+                let block = match blocks.iter().position(|(b, _)| *b == e.bus) {
+                    Some(i) => &mut blocks[i].1,
+                    None => {
+                        blocks.push((e.bus.as_str(), BlockBuilder::new()));
+                        let last = blocks.len() - 1;
+                        &mut blocks[last].1
+                    }
+                };
+                block.push(seq, ingest_ms, e.event.get().as_bytes());
+                outcomes.push(AppendOutcome::Accepted(seq));
+            }
+            for (bus, block) in blocks {
+                view.stored_events += block.len() as u64;
+                view.stored_bytes += block_table::put(&mut events, bus, block).map_err(werr)?;
+            }
+            CommandResponse::Appended(outcomes)
+        }
+        Command::Checkpoint {
+            now_ms,
+            retention_ms,
+            dedup_window_ms,
+            cursors: updates,
+        } => {
+            if dedup_window_ms > 0 {
+                let swept = sweep_dedup(txn, now_ms.saturating_sub(dedup_window_ms))?;
+                view.stored_bytes = view.stored_bytes.saturating_sub(swept);
+            }
+            let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
+            for (key, seq) in updates {
+                // Only known targets, and cursors never move backwards.
+                if let Some(cur) = view.cursors.get_mut(&key)
+                    && seq > *cur
+                {
+                    *cur = seq;
+                    cursors.insert(key.as_str(), seq).map_err(werr)?;
+                }
+            }
+            // Garbage-collect events every target of their bus is done with
+            // and that are older than the retention.
+            let horizon = now_ms.saturating_sub(retention_ms);
+            let mut events = txn.open_table(EVENTS).map_err(werr)?;
+            for bus in view.buses.keys() {
+                let prefix = format!("{bus}/");
+                let min_cursor = view
+                    .cursors
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .map(|(_, v)| *v)
+                    .min()
+                    .unwrap_or(view.next_seq);
+                // Whole blocks go: every event in them below every
+                // cursor and past the retention.
+                let dropped = block_table::drop_done(
+                    &mut events,
+                    bus,
+                    min_cursor,
+                    |b| b.max_ingest_ms() <= horizon,
+                    50_000,
+                )
+                .map_err(werr)?;
+                view.stored_bytes = view.stored_bytes.saturating_sub(dropped.bytes);
+                view.stored_events = view.stored_events.saturating_sub(dropped.items as u64);
+            }
+            crate::store::links::collect_inbox(
+                txn,
+                &view.links,
+                &view.cursors,
+                &mut view.stored_bytes,
+            )?;
+            CommandResponse::Ok
+        }
+        Command::ConfigVersion { version } => {
+            view.config_version = view.config_version.max(version);
+            CommandResponse::Ok
+        }
+        Command::LinkEnqueue {
+            remote,
+            items,
+            specs,
+        } => crate::store::links::enqueue(
+            txn,
+            &mut view.links,
+            &mut view.stored_bytes,
+            &remote,
+            &items,
+            &specs,
+        )?,
+        Command::LinkAcked { remote, upto } => {
+            crate::store::links::acked(txn, &mut view.links, &mut view.stored_bytes, &remote, upto)?
+        }
+        Command::LinkReceive {
+            origin,
+            first_seq,
+            items,
+            specs,
+        } => crate::store::links::receive(
+            txn,
+            &mut view.links,
+            &mut view.cursors,
+            &mut view.stored_bytes,
+            crate::store::links::Batch {
+                origin: &origin,
+                first_seq,
+                items: &items,
+                specs: &specs,
+            },
+        )?,
+    })
+}
