@@ -1,5 +1,6 @@
 //! The flattened event: one pass over the JSON text (or over a parsed
-//! [`Value`](serde_json::Value)) that keeps only what lies on the field paths of a rule set.
+//! [`Value`](serde_json::Value)) that keeps only what lies on the field
+//! paths of a rule set.
 //!
 //! The result is a small tape: objects hold only the members the rules read
 //! (as field-node ids), arrays keep their elements (so "one element must

@@ -18,7 +18,8 @@ enum Step {
     /// Took members; now just after the last one's value, not at a `,`.
     End,
     /// Took nothing, but the member at `self.i` has a plain name whose
-    /// closing quote is at the first index, with this [`name_tag`](crate::pattern::fields::name_tag).
+    /// closing quote is at the first index, with this
+    /// [`name_tag`](crate::pattern::fields::name_tag).
     Name(usize, u64),
 }
 
@@ -118,8 +119,8 @@ impl Reader<'_> {
     /// stops *before* the first member it does not take whole, and consumes
     /// exactly what the general loop would have for the members it takes.
     /// `wanted(tag, name)` says that a name (raw bytes, and its
-    /// [`name_tag`](crate::pattern::fields::name_tag)) may be one the rules read (false positives only cost
-    /// speed).
+    /// [`name_tag`](crate::pattern::fields::name_tag)) may be one the rules
+    /// read (false positives only cost speed).
     ///
     /// `row` is the object's row in [`Shapes`], `pos` the position of the
     /// member at `self.i` (counted up for each member taken).
