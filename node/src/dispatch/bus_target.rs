@@ -25,6 +25,7 @@
 
 use std::sync::Arc;
 
+use opentelemetry::trace::SpanKind;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use strait_adapters::{DeliveryError, DeliveryFuture, Sink};
@@ -34,6 +35,8 @@ use strait_routing::event::Event;
 use crate::config::bus_target::{BusSettings, BusTargetError};
 use crate::ingest::{Ingest, Outcome};
 use crate::links::hops::{HOPS_ATTR, MAX_HOPS, ORIGIN_ATTR, VIA_ATTR, hop_limit_error, hops_of};
+use crate::telemetry::EventSpan;
+use crate::trace::TraceParent;
 
 /// Where a re-ingest comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,11 +142,27 @@ impl Sink for BusSink {
     fn deliver<'a>(&'a self, event: &'a Event, traceparent: &'a str) -> DeliveryFuture<'a> {
         Box::pin(async move {
             let entry = reingest_entry(event, &self.bus, &self.from, self.count_hop, traceparent)?;
+            // The re-ingested event names this attempt's span: its `publish`
+            // span on the new bus is this attempt's child.
+            let mut span = match TraceParent::parse(traceparent) {
+                Some(tp) => {
+                    let (me, parent) =
+                        crate::telemetry::publish_span_of(&tp, event.source(), event.id());
+                    let mut span = EventSpan::start("publish", SpanKind::Producer, &me, parent);
+                    span.event(event, &self.bus)
+                        .attr("messaging.operation.type", "send");
+                    span
+                }
+                None => EventSpan::none(),
+            };
             let outcome = self
                 .ingest
                 .reingest(entry)
                 .await
                 .map_err(|e| DeliveryError::Retryable(e.to_string()))?;
+            if outcome.stored() {
+                span.ok().end();
+            }
             match outcome {
                 Outcome::Accepted => {
                     metrics::counter!("strait_bus_target_reingested_total", "bus" => self.bus.clone())

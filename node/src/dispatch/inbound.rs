@@ -147,6 +147,15 @@ async fn inbound_worker(ctx: Arc<Context>, origin: String) {
     }
 }
 
+/// A delivery ready for its target: the target, the event's ingestion
+/// time, and the event with the span its deliveries are children of (or
+/// why routing cannot read it).
+type Prepared = (
+    Arc<Remote>,
+    u64,
+    Result<(Value, Option<TraceParent>), Unroutable>,
+);
+
 /// Decode a delivery and find (or build) the target it names; the event
 /// comes with its ingestion time. The rule definition is the delivery's own
 /// (older deliveries), the one `batch` carries for its hash (a batch
@@ -158,11 +167,7 @@ fn prepare(
     body: &[u8],
     batch: Option<&EarlyBatch>,
     cache: &mut HashMap<(String, String, String, String), Arc<Remote>>,
-) -> Option<(
-    Arc<Remote>,
-    u64,
-    Result<(Value, Option<TraceParent>), Unroutable>,
-)> {
+) -> Option<Prepared> {
     let d: Delivery = match serde_json::from_slice(body) {
         Ok(d) => d,
         Err(e) => {
