@@ -367,3 +367,49 @@ async fn each_event_is_one_connected_trace_across_sites() -> anyhow::Result<()> 
     })
     .await
 }
+
+/// With the collector down, ingest answers as usual and the spans that
+/// could not be exported are counted as dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_that_is_down_costs_spans_not_events() -> anyhow::Result<()> {
+    // A port nothing listens on.
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("http://{}/v1/traces", l.local_addr()?)
+    };
+    let node = StraitProcess::start(
+        NodeOptions::dev()
+            .config(json!({"telemetry": {"otlp_endpoint": down}}))
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    )
+    .await?;
+    for b in 0..5 {
+        let events: Vec<serde_json::Value> = (0..20)
+            .map(|i| json!({"specversion": "1.0", "id": format!("down-{b}-{i}"), "source": "/down", "type": "t"}))
+            .collect();
+        node.post_batch("default", &events)
+            .await?
+            .expect_status(200, "POST batch with the collector down")?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = node.get_json("/metrics").await?.text();
+        let dropped: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("strait_trace_spans_dropped_total") && l.contains("export_failed")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        // 100 publish spans and 5 request spans.
+        if dropped >= 105.0 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "spans not counted as dropped ({dropped}):\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
