@@ -172,3 +172,50 @@ pub fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_publish_span_is_found_alike_from_the_stored_event() {
+        let producer =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .expect("valid");
+        let (a, parent) = publish_span_of(&producer, "/src", "id-1");
+        assert_eq!(
+            parent,
+            Some(producer.span_id),
+            "a child of the producer's span"
+        );
+        assert_eq!(a.trace_id, producer.trace_id);
+        assert_ne!(a.span_id, producer.span_id);
+        // Every node derives the same id; another event, another id.
+        assert_eq!(publish_span_of(&producer, "/src", "id-1").0, a);
+        assert_ne!(
+            publish_span_of(&producer, "/src", "id-2").0.span_id,
+            a.span_id
+        );
+        assert_ne!(
+            publish_span_of(&producer, "/other", "id-1").0.span_id,
+            a.span_id
+        );
+    }
+
+    #[test]
+    fn an_event_without_trace_context_starts_its_trace_at_publish() {
+        let root = root_for("/src", "id-1");
+        let (me, parent) = publish_span_of(&root, "/src", "id-1");
+        assert_eq!(parent, None, "the trace's root");
+        assert_eq!(me, root, "the event names its publish span");
+        // The mark belongs to that event only.
+        assert!(publish_span_of(&root, "/src", "id-2").1.is_some());
+    }
+
+    #[test]
+    fn derived_ids_are_fixed_across_builds() {
+        // FNV-1a, not the standard library's hasher: other versions of
+        // Strait (other sites) must derive the same ids.
+        assert_eq!(derive(&[b"a"]), 0x089b_c907_b544_c769_u64.to_be_bytes());
+    }
+}
