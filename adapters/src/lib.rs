@@ -1,13 +1,17 @@
-//! Strait adapters: one module per external system.
+//! Strait adapters: one module per external system, each whole (its
+//! targets, ingress and sources with their settings).
 //!
-//! Each adapter keeps its configuration checks pure ([`validate_target`])
-//! and apart from building the running piece ([`build_target`]), the way
-//! Vector separates config validation from component construction; the
-//! target kinds are registered once, in [`TARGET_KINDS`]:
+//! Each adapter keeps its configuration checks pure and apart from building
+//! the running piece, the way Vector separates config validation from
+//! component construction. The kinds are registered once: target kinds in
+//! [`TARGET_KINDS`], source kinds in [`SOURCE_KINDS`]; nothing else matches
+//! on their names.
 //! [`http`], the webhook / CloudEvents HTTP sink; [`alibaba_eventbridge`],
 //! Alibaba Cloud EventBridge PutEvents (and the signing its ingress and push
 //! source check); [`aws_eventbridge`], AWS EventBridge PutEvents (and the SigV4 check of its ingress);
-//! [`aws_sqs`], the SQS target and source.
+//! [`aws_sqs`], the SQS target and source. Running pieces talk to the node
+//! through two traits: a [`Sink`] delivers, an [`Ingest`] takes what an
+//! ingress or a source receives.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +27,12 @@ pub mod aws_eventbridge;
 pub mod aws_sqs;
 pub mod http;
 pub mod peer;
+pub mod sources;
+
+pub use sources::{
+    Field, Fields, Naming, SOURCE_KINDS, SourceContext, SourceFuture, SourceKind, SourceStatus,
+    StatusCell,
+};
 
 /// How a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,14 +130,23 @@ pub enum Offer {
 /// What became of one [`Offer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestOutcome {
-    /// Stored (now, or before: a duplicate).
-    Stored,
+    /// Stored now.
+    Accepted,
+    /// Stored before (the same source and id within the dedup window).
+    Duplicate,
     /// The event is not one the node stores (why).
     Invalid(String),
     /// The bus was deleted.
     NoSuchBus,
     /// Refused by the ingress ([`Offer::Refused`]).
     Refused,
+}
+
+impl IngestOutcome {
+    /// Stored, now or before: the sender may forget it.
+    pub fn stored(&self) -> bool {
+        matches!(self, IngestOutcome::Accepted | IngestOutcome::Duplicate)
+    }
 }
 
 /// The answer of [`Ingest::submit`]: one outcome per offer, or why nothing
@@ -237,27 +256,6 @@ impl TargetKind {
     ) -> Result<Arc<dyn Sink>, ConfigError> {
         (self.build)(settings, timeout, ctx)
     }
-}
-
-/// Check a target's type-specific settings (pure) and return them in
-/// normal form (defaults filled in), as they are stored.
-pub fn validate_target(
-    kind: &str,
-    settings: &Map<String, Value>,
-) -> Result<Map<String, Value>, ConfigError> {
-    TargetKind::find(kind)?.validate(settings)
-}
-
-/// Build the running target.
-pub fn build_target(
-    kind: &str,
-    settings: &Map<String, Value>,
-    timeout: Duration,
-    ctx: &SinkContext,
-) -> Result<Arc<dyn Sink>, ConfigError> {
-    TargetKind::find(kind)
-        .map_err(|_| ConfigError::new("type", format!("unknown target type {kind:?}")))?
-        .build(settings, timeout, ctx)
 }
 
 fn build_http(
