@@ -356,7 +356,7 @@ mod tests {
         let f = Fields::new(&m, Naming::Api, &[], &[A, B]).expect("known");
         assert_eq!(
             f.string(A).expect_err("number").to_string(),
-            "queueUrl: must be a string, got number"
+            "queueUrl: must be a string, got a number"
         );
         assert_eq!(
             f.required_string(B).expect_err("missing").field,

@@ -695,3 +695,64 @@ impl Queue {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn one_type_in_both_spellings() {
+        let api = map(json!({"queueUrl": "http://h/1/q", "credential": "main",
+            "waitTimeSecs": 5, "provision": true, "eventPattern": {"source": ["a"]}}));
+        let c = SqsSourceConfig::parse(&api, Naming::Api, &[]).expect("valid");
+        assert_eq!(
+            (c.wait_time_secs, c.visibility_timeout_secs, c.max_messages),
+            (5, 30, 10)
+        );
+        assert_eq!(c.event_bus, "default");
+        let config = c.to_map(Naming::NodeConfig);
+        assert_eq!(config["queue_url"], "http://h/1/q");
+        assert_eq!(config["wait_time_secs"], 5);
+        assert!(!config.contains_key("region"));
+        assert_eq!(
+            SqsSourceConfig::parse(&config, Naming::NodeConfig, &[]).expect("valid"),
+            c
+        );
+        assert_eq!(
+            SqsSourceConfig::parse(&c.to_map(Naming::Api), Naming::Api, &[]).expect("valid"),
+            c
+        );
+        // Each spelling is its own: the other one is an unknown field.
+        let e = SqsSourceConfig::parse(&config, Naming::Api, &[]).expect_err("snake_case");
+        assert!(e.message.starts_with("unknown field"), "{e}");
+        // Errors name the field as the definition spells it.
+        let mut bad = c.clone();
+        bad.max_messages = 11;
+        assert_eq!(
+            bad.validate(Naming::NodeConfig).expect_err("11").field,
+            "max_messages"
+        );
+        assert_eq!(
+            bad.validate(Naming::Api).expect_err("11").field,
+            "maxMessages"
+        );
+        let mut bad = config.clone();
+        bad.insert("visibility_timeout_secs".into(), json!("x"));
+        let e = SqsSourceConfig::parse(&bad, Naming::NodeConfig, &[]).expect_err("string");
+        assert_eq!(e.field, "visibility_timeout_secs");
+        // `credentials` is another name for `credential` in the node's configuration only.
+        let mut alias = config.clone();
+        alias.remove("credential");
+        alias.insert("credentials".into(), json!("main"));
+        let read = SqsSourceConfig::parse(&alias, Naming::NodeConfig, &[]).expect("alias");
+        assert_eq!(read.credential.as_deref(), Some("main"));
+        let mut alias = api.clone();
+        alias.remove("credential");
+        alias.insert("credentials".into(), json!("main"));
+        assert!(SqsSourceConfig::parse(&alias, Naming::Api, &[]).is_err());
+    }
+}
