@@ -1,7 +1,7 @@
-//! Source kinds: the registry ([`SOURCE_KINDS`]), what a running source
-//! uses of the node ([`SourceContext`]), what it reports ([`StatusCell`]),
-//! and the reading of a definition's fields in either spelling
-//! ([`Naming`], [`Fields`]).
+//! What every source kind shares (their registry is
+//! [`crate::SOURCE_KINDS`]): what a running source uses of the node
+//! ([`SourceContext`]), what it reports ([`StatusCell`]), and the reading
+//! of a definition's fields in either spelling ([`Naming`], [`Fields`]).
 //!
 //! A source definition is an envelope the node owns (`type`, `site`, `bus`
 //! through the API; `name`, `bus` in the node's configuration) around the
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{Map, Value, json};
 use strait_routing::event::json_kind;
 
-use crate::{ConfigError, Ingest, aws_common, aws_sqs};
+use crate::{ConfigError, Ingest, aws_common};
 
 /// How a definition spells its fields: snake_case in the node's YAML
 /// configuration (`aws.sources`), camelCase in the API (`PUT
@@ -253,82 +253,6 @@ pub struct SourceContext {
 /// A source, built and ready to run: it runs until the future is dropped.
 pub type SourceFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// A kind's settings check: the settings in the API's spelling, in normal
-/// form (defaults filled in). Keys of `envelope` are the node's.
-type Normalize = fn(&Map<String, Value>, &[&str]) -> Result<Map<String, Value>, ConfigError>;
-
-/// A kind's constructor: the source `name` into `bus`.
-type Build = fn(
-    &str,
-    &str,
-    &Map<String, Value>,
-    &SourceContext,
-    StatusCell,
-) -> Result<SourceFuture, ConfigError>;
-
-/// One kind of source this build knows: the `type` a source definition
-/// names, the check of its settings and the constructor of the running
-/// source. [`SOURCE_KINDS`] is the registry; nothing else matches on type
-/// names.
-pub struct SourceKind {
-    /// The `type` of a source definition.
-    pub name: &'static str,
-    normalize: Normalize,
-    build: Build,
-}
-
-/// Every source kind of this build.
-pub const SOURCE_KINDS: &[SourceKind] = &[SourceKind {
-    name: aws_sqs::source::KIND,
-    normalize: aws_sqs::source::normalize,
-    build: aws_sqs::source::build,
-}];
-
-impl SourceKind {
-    /// The kind named `name`, or a `type` error that lists the known ones.
-    pub fn find(name: &str) -> Result<&'static SourceKind, ConfigError> {
-        SOURCE_KINDS.iter().find(|k| k.name == name).ok_or_else(|| {
-            ConfigError::new(
-                "type",
-                format!(
-                    "{name:?} is not a source type (known: {})",
-                    SOURCE_KINDS
-                        .iter()
-                        .map(|k| k.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })
-    }
-
-    /// Check a definition's settings (pure; the API's spelling; keys of
-    /// `envelope` are the node's and skipped) and return them in normal
-    /// form (defaults filled in), as they are stored. Errors name the
-    /// field as the API spells it.
-    pub fn normalize(
-        &self,
-        settings: &Map<String, Value>,
-        envelope: &[&str],
-    ) -> Result<Map<String, Value>, ConfigError> {
-        (self.normalize)(settings, envelope)
-    }
-
-    /// Build the source `name`, committing to `bus`, from stored settings:
-    /// resolves what it needs of this node (a credential missing here is
-    /// an error saying so). Nothing runs until the future is polled.
-    pub fn build(
-        &self,
-        name: &str,
-        bus: &str,
-        settings: &Map<String, Value>,
-        ctx: &SourceContext,
-        status: StatusCell,
-    ) -> Result<SourceFuture, ConfigError> {
-        (self.build)(name, bus, settings, ctx, status)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,18 +285,6 @@ mod tests {
         assert_eq!(
             f.required_string(B).expect_err("missing").field,
             "credential"
-        );
-    }
-
-    #[test]
-    fn kinds_are_found_by_name() {
-        assert_eq!(SourceKind::find("aws_sqs").map(|k| k.name), Ok("aws_sqs"));
-        let e = SourceKind::find("nats")
-            .map(|k| k.name)
-            .expect_err("unknown");
-        assert_eq!(
-            e.to_string(),
-            "type: \"nats\" is not a source type (known: aws_sqs)"
         );
     }
 }
