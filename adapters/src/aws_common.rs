@@ -1,5 +1,5 @@
 //! Pieces shared by the AWS adapters ([`crate::aws_eventbridge`],
-//! [`crate::aws_sqs`]) and the node's AWS source and ingress: node-local
+//! [`crate::aws_sqs`], its target and source): node-local
 //! credentials, building an SDK config (region, endpoint override), the
 //! X-Ray `TraceHeader` ⇄ W3C `traceparent` mapping, the generic batcher and
 //! SDK error classification.

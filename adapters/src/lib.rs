@@ -1,13 +1,17 @@
-//! Strait adapters: one module per external system.
+//! Strait adapters: one module per external system, each whole (its
+//! targets, ingress and sources with their settings).
 //!
-//! Each adapter keeps its configuration checks pure ([`validate_target`])
-//! and apart from building the running piece ([`build_target`]), the way
-//! Vector separates config validation from component construction; the
-//! target kinds are registered once, in [`TARGET_KINDS`]:
+//! Each adapter keeps its configuration checks pure and apart from building
+//! the running piece, the way Vector separates config validation from
+//! component construction. The kinds are registered once: target kinds in
+//! [`TARGET_KINDS`], source kinds in [`SOURCE_KINDS`]; nothing else matches
+//! on their names.
 //! [`http`], the webhook / CloudEvents HTTP sink; [`alibaba_eventbridge`],
 //! Alibaba Cloud EventBridge PutEvents (and the signing its ingress and push
 //! source check); [`aws_eventbridge`], AWS EventBridge PutEvents (and the SigV4 check of its ingress);
-//! [`aws_sqs`], the SQS target and source.
+//! [`aws_sqs`], the SQS target and source. Running pieces talk to the node
+//! through two traits: a [`Sink`] delivers, an [`Ingest`] takes what an
+//! ingress or a source receives.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +27,9 @@ pub mod aws_eventbridge;
 pub mod aws_sqs;
 pub mod http;
 pub mod peer;
+pub mod sources;
+
+pub use sources::{Field, Fields, Naming, SourceContext, SourceFuture, SourceStatus, StatusCell};
 
 /// How a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,14 +127,23 @@ pub enum Offer {
 /// What became of one [`Offer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestOutcome {
-    /// Stored (now, or before: a duplicate).
-    Stored,
+    /// Stored now.
+    Accepted,
+    /// Stored before (the same source and id within the dedup window).
+    Duplicate,
     /// The event is not one the node stores (why).
     Invalid(String),
     /// The bus was deleted.
     NoSuchBus,
     /// Refused by the ingress ([`Offer::Refused`]).
     Refused,
+}
+
+impl IngestOutcome {
+    /// Stored, now or before: the sender may forget it.
+    pub fn stored(&self) -> bool {
+        matches!(self, IngestOutcome::Accepted | IngestOutcome::Duplicate)
+    }
 }
 
 /// The answer of [`Ingest::submit`]: one outcome per offer, or why nothing
@@ -239,27 +255,6 @@ impl TargetKind {
     }
 }
 
-/// Check a target's type-specific settings (pure) and return them in
-/// normal form (defaults filled in), as they are stored.
-pub fn validate_target(
-    kind: &str,
-    settings: &Map<String, Value>,
-) -> Result<Map<String, Value>, ConfigError> {
-    TargetKind::find(kind)?.validate(settings)
-}
-
-/// Build the running target.
-pub fn build_target(
-    kind: &str,
-    settings: &Map<String, Value>,
-    timeout: Duration,
-    ctx: &SinkContext,
-) -> Result<Arc<dyn Sink>, ConfigError> {
-    TargetKind::find(kind)
-        .map_err(|_| ConfigError::new("type", format!("unknown target type {kind:?}")))?
-        .build(settings, timeout, ctx)
-}
-
 fn build_http(
     settings: &Map<String, Value>,
     timeout: Duration,
@@ -321,4 +316,97 @@ fn build_aws_sqs(
     Ok(Arc::new(aws_sqs::AwsSqsTarget::start(
         s, credential, timeout,
     )?))
+}
+
+/// A kind's settings check: the settings in the API's spelling, in normal
+/// form (defaults filled in). Keys of `envelope` are the node's.
+type SourceNormalize = fn(&Map<String, Value>, &[&str]) -> Result<Map<String, Value>, ConfigError>;
+
+/// A kind's constructor: the source `name` into `bus`.
+type SourceBuild = fn(
+    &str,
+    &str,
+    &Map<String, Value>,
+    &SourceContext,
+    StatusCell,
+) -> Result<SourceFuture, ConfigError>;
+
+/// One kind of source this build knows: the `type` a source definition
+/// names, the check of its settings and the constructor of the running
+/// source. [`SOURCE_KINDS`] is the registry; nothing else matches on type
+/// names.
+pub struct SourceKind {
+    /// The `type` of a source definition.
+    pub name: &'static str,
+    normalize: SourceNormalize,
+    build: SourceBuild,
+}
+
+/// Every source kind of this build.
+pub const SOURCE_KINDS: &[SourceKind] = &[SourceKind {
+    name: aws_sqs::source::KIND,
+    normalize: aws_sqs::source::normalize,
+    build: aws_sqs::source::build,
+}];
+
+impl SourceKind {
+    /// The kind named `name`, or a `type` error that lists the known ones.
+    pub fn find(name: &str) -> Result<&'static SourceKind, ConfigError> {
+        SOURCE_KINDS.iter().find(|k| k.name == name).ok_or_else(|| {
+            ConfigError::new(
+                "type",
+                format!(
+                    "{name:?} is not a source type (known: {})",
+                    SOURCE_KINDS
+                        .iter()
+                        .map(|k| k.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Check a definition's settings (pure; the API's spelling; keys of
+    /// `envelope` are the node's and skipped) and return them in normal
+    /// form (defaults filled in), as they are stored. Errors name the
+    /// field as the API spells it.
+    pub fn normalize(
+        &self,
+        settings: &Map<String, Value>,
+        envelope: &[&str],
+    ) -> Result<Map<String, Value>, ConfigError> {
+        (self.normalize)(settings, envelope)
+    }
+
+    /// Build the source `name`, committing to `bus`, from stored settings:
+    /// resolves what it needs of this node (a credential missing here is
+    /// an error saying so). Nothing runs until the future is polled.
+    pub fn build(
+        &self,
+        name: &str,
+        bus: &str,
+        settings: &Map<String, Value>,
+        ctx: &SourceContext,
+        status: StatusCell,
+    ) -> Result<SourceFuture, ConfigError> {
+        (self.build)(name, bus, settings, ctx, status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_found_by_name() {
+        assert_eq!(SourceKind::find("aws_sqs").map(|k| k.name), Ok("aws_sqs"));
+        let e = SourceKind::find("nats")
+            .map(|k| k.name)
+            .expect_err("unknown");
+        assert_eq!(
+            e.to_string(),
+            "type: \"nats\" is not a source type (known: aws_sqs)"
+        );
+    }
 }

@@ -184,7 +184,7 @@ pub async fn put_events(
             IngestOutcome::NoSuchBus => {
                 *slot = json!({"ErrorCode": "ResourceNotFoundException", "ErrorMessage": "the event bus was deleted"});
             }
-            IngestOutcome::Stored | IngestOutcome::Refused => {}
+            IngestOutcome::Accepted | IngestOutcome::Duplicate | IngestOutcome::Refused => {}
         }
     }
     let failed = out.iter().filter(|e| e.get("ErrorCode").is_some()).count();
@@ -237,7 +237,7 @@ mod tests {
                             } else if event["source"] == "bad" {
                                 IngestOutcome::Invalid("not storable".into())
                             } else {
-                                IngestOutcome::Stored
+                                IngestOutcome::Accepted
                             }
                         }
                     })

@@ -10,6 +10,8 @@ pub mod source;
 
 use std::path::{Path, PathBuf};
 
+pub use source::AwsSource;
+
 use serde::{Deserialize, Serialize};
 
 /// Request and event size limits.
@@ -205,125 +207,6 @@ impl std::fmt::Debug for AwsIngressKey {
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
             .finish()
-    }
-}
-
-pub(crate) fn default_aws_bus() -> String {
-    "default".into()
-}
-
-pub(crate) fn default_wait_time_secs() -> i32 {
-    20
-}
-
-pub(crate) fn default_visibility_timeout_secs() -> i32 {
-    30
-}
-
-pub(crate) fn default_max_messages() -> i32 {
-    10
-}
-
-/// An SQS queue polled into a Strait bus (see docs/adapters/aws.md).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AwsSource {
-    /// Name (logs, metrics).
-    pub name: String,
-    /// The queue URL.
-    pub queue_url: String,
-    /// The Strait bus events are committed to.
-    pub bus: String,
-    /// Name in `aws.credentials`; absent: the standard AWS credential chain.
-    #[serde(
-        default,
-        alias = "credentials",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub credential: Option<String>,
-    /// Region (else the environment's, else us-east-1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    /// Endpoint override.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    /// Long-poll wait, seconds (0-20).
-    #[serde(default = "default_wait_time_secs")]
-    pub wait_time_secs: i32,
-    /// How long a received message stays invisible before SQS hands it out
-    /// again (it is deleted once committed), seconds (1-43200).
-    #[serde(default = "default_visibility_timeout_secs")]
-    pub visibility_timeout_secs: i32,
-    /// Messages per receive (1-10).
-    #[serde(default = "default_max_messages")]
-    pub max_messages: i32,
-    /// Create the queue, its policy, and an EventBridge rule targeting it.
-    #[serde(default)]
-    pub provision: bool,
-    /// Provisioning: the EventBridge bus of the rule.
-    #[serde(default = "default_aws_bus")]
-    pub event_bus: String,
-    /// Provisioning: the rule name (default `strait-{name}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule_name: Option<String>,
-    /// Provisioning: the rule's event pattern (default: every event with a
-    /// `source`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_pattern: Option<serde_json::Value>,
-}
-
-impl AwsSource {
-    /// Check the queue settings (pure: whether a named credential exists is
-    /// up to the caller, since shared sources resolve it at the site that
-    /// runs them). The error names the field in this struct's (snake_case)
-    /// words.
-    pub fn validate(&self) -> Result<(), strait_adapters::ConfigError> {
-        use strait_adapters::ConfigError as E;
-        strait_adapters::aws_sqs::validate_queue_url("queue_url", &self.queue_url)?;
-        if crate::config::check::validate_name("bus", &self.bus).is_err() {
-            return Err(E::new(
-                "bus",
-                format!("{:?} is not a valid bus name", self.bus),
-            ));
-        }
-        if let Some(c) = &self.credential
-            && crate::config::check::validate_name("credential", c).is_err()
-        {
-            return Err(E::new(
-                "credential",
-                format!(
-                    "{c:?} is not a valid credential name (1-64 characters of A-Z a-z 0-9 . _ -)"
-                ),
-            ));
-        }
-        strait_adapters::aws_common::validate_region(self.region.as_deref())?;
-        strait_adapters::aws_common::validate_endpoint(self.endpoint.as_deref())?;
-        if !(0..=20).contains(&self.wait_time_secs) {
-            return Err(E::new("wait_time_secs", "must be between 0 and 20"));
-        }
-        if !(1..=43_200).contains(&self.visibility_timeout_secs) {
-            return Err(E::new(
-                "visibility_timeout_secs",
-                "must be between 1 and 43200",
-            ));
-        }
-        if !(1..=10).contains(&self.max_messages) {
-            return Err(E::new("max_messages", "must be between 1 and 10"));
-        }
-        if let Some(r) = &self.rule_name
-            && crate::config::check::validate_name("rule", r).is_err()
-        {
-            return Err(E::new(
-                "rule_name",
-                format!("{r:?} is not a valid rule name (1-64 characters of A-Z a-z 0-9 . _ -)"),
-            ));
-        }
-        if let Some(p) = &self.event_pattern
-            && !p.is_object()
-        {
-            return Err(E::new("event_pattern", "must be a JSON object"));
-        }
-        Ok(())
     }
 }
 
@@ -996,7 +879,7 @@ impl NodeConfig {
             if let Err(e) = s.validate() {
                 return at(f(&e.field), e.message);
             }
-            if let Some(c) = &s.credential
+            if let Some(c) = &s.sqs.credential
                 && !a.credentials.contains_key(c)
             {
                 return at(f("credential"), format!("{c:?} is not in aws.credentials"));

@@ -87,6 +87,16 @@ pub enum DeadLetter {
     Http(HttpSettings),
 }
 
+impl DeadLetter {
+    /// Its `type`, as written in the definition (`bus`, `http`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeadLetter::Bus { .. } => "bus",
+            DeadLetter::Http(_) => "http",
+        }
+    }
+}
+
 /// One target of a rule: the fields every target has, plus the settings of
 /// its type (for `http`: `endpoint`, `mode`, `headers`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,47 +1,101 @@
-//! Source definitions as the API accepts them (`PUT /v1/sources/{name}`):
-//! validation (pure, naming the offending field in the API's words) kept
-//! apart from building and running the poller (`crate::sources`).
+//! Source definitions, node-local and shared: the node's envelope (which
+//! bus, which site, which name) around the settings of a source kind of
+//! `strait_adapters` ([`strait_adapters::SOURCE_KINDS`]), which reads and
+//! checks them. Validation is pure and names the offending field as the
+//! definition spells it; running them is `crate::sources`.
 //!
-//! A source is shared configuration: it is replicated to every site, names
-//! the site that runs it (`site`) and refers to its credential by name; the
-//! secret is looked up in the running site's node-local `aws.credentials`.
+//! A node-local source ([`AwsSource`], `aws.sources` in the node's YAML,
+//! snake_case) is an SQS source polled by every node that lists it. A
+//! shared source ([`SourceSpec`], `PUT /v1/sources/{name}` and `strait
+//! apply`, camelCase) is shared configuration: it is replicated to every
+//! site, names the site that runs it (`site`) and refers to its credential
+//! by name; the secret is looked up in the running site's node-local
+//! `aws.credentials`. Both hold the same settings type for SQS
+//! ([`SqsSourceConfig`]).
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
+use strait_adapters::aws_sqs::source::{self as sqs, SqsSourceConfig};
+use strait_adapters::{Field, Fields, Naming, SourceKind};
 
 use crate::config::check::{SpecError, validate_name};
-use crate::config::{
-    AwsSource, default_aws_bus, default_max_messages, default_visibility_timeout_secs,
-    default_wait_time_secs,
-};
 
-/// The source types the API knows.
-pub const SOURCE_TYPES: &[&str] = &["aws_sqs"];
+const NAME: Field = Field::new("name", "name");
+const TYPE: Field = Field::new("type", "type");
+const SITE: Field = Field::new("site", "site");
+const BUS: Field = Field::new("bus", "bus");
 
-/// Fields a source definition may have (the API's camelCase words).
-const FIELDS: &[&str] = &[
-    "type",
-    "site",
-    "bus",
-    "queueUrl",
-    "credential",
-    "region",
-    "endpoint",
-    "waitTimeSecs",
-    "visibilityTimeoutSecs",
-    "maxMessages",
-    "provision",
-    "eventBus",
-    "ruleName",
-    "eventPattern",
-];
+/// The node's fields of a node-local source; the others are the SQS
+/// source's.
+const LOCAL_ENVELOPE: &[&str] = &["name", "bus"];
 
-/// A source definition, as stored in the shared configuration (defaults
-/// filled in).
+/// The node's fields of a shared source; the others are its kind's.
+const SHARED_ENVELOPE: &[&str] = &["type", "site", "bus"];
+
+fn bus_error(bus: &str) -> strait_adapters::ConfigError {
+    strait_adapters::ConfigError::new("bus", format!("{bus:?} is not a valid bus name"))
+}
+
+/// A node-local source (`aws.sources`): an SQS queue polled into a Strait
+/// bus by every node whose configuration lists it (see
+/// docs/adapters/aws.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwsSource {
+    /// Name (logs, metrics).
+    pub name: String,
+    /// The Strait bus events are committed to.
+    pub bus: String,
+    /// The queue and how it is polled.
+    pub sqs: SqsSourceConfig,
+}
+
+impl AwsSource {
+    /// Check the values (pure: whether a named credential exists is up to
+    /// the caller). The error names the field as the node's configuration
+    /// spells it.
+    pub fn validate(&self) -> Result<(), strait_adapters::ConfigError> {
+        self.sqs.validate(Naming::NodeConfig)?;
+        if validate_name("bus", &self.bus).is_err() {
+            return Err(bus_error(&self.bus));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for AwsSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = Map::<String, Value>::deserialize(d)?;
+        let read = || {
+            let fields = Fields::new(&m, Naming::NodeConfig, LOCAL_ENVELOPE, sqs::FIELDS)?;
+            Ok::<_, strait_adapters::ConfigError>(AwsSource {
+                name: fields.required_string(NAME)?,
+                bus: fields.required_string(BUS)?,
+                sqs: SqsSourceConfig::read(&fields)?,
+            })
+        };
+        read().map_err(D::Error::custom)
+    }
+}
+
+impl Serialize for AwsSource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = Map::new();
+        m.insert("name".into(), Value::String(self.name.clone()));
+        m.insert("bus".into(), Value::String(self.bus.clone()));
+        m.extend(self.sqs.to_map(Naming::NodeConfig));
+        m.serialize(s)
+    }
+}
+
+/// A shared source, as stored in the shared configuration: the node's
+/// fields and its kind's settings in normal form (defaults filled in,
+/// spelled as the API spells them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SourceSpec {
-    /// The source type (`aws_sqs`).
+    /// The source kind (`aws_sqs`), one of
+    /// [`strait_adapters::SOURCE_KINDS`].
     #[serde(rename = "type")]
     pub kind: String,
     /// The site that runs the source (filled in by the API with the site
@@ -50,39 +104,9 @@ pub struct SourceSpec {
     pub site: Option<String>,
     /// The Strait bus events are committed to.
     pub bus: String,
-    /// The queue URL.
-    pub queue_url: String,
-    /// Name in the running site's `aws.credentials`; absent: the standard
-    /// AWS credential chain of the running node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-    /// Region (else the environment's, else us-east-1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    /// Endpoint override.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    /// Long-poll wait, seconds (0-20).
-    #[serde(default = "default_wait_time_secs")]
-    pub wait_time_secs: i32,
-    /// Visibility timeout of received messages, seconds (1-43200).
-    #[serde(default = "default_visibility_timeout_secs")]
-    pub visibility_timeout_secs: i32,
-    /// Messages per receive (1-10).
-    #[serde(default = "default_max_messages")]
-    pub max_messages: i32,
-    /// Create the queue, its policy and an EventBridge rule targeting it.
-    #[serde(default)]
-    pub provision: bool,
-    /// Provisioning: the EventBridge bus of the rule.
-    #[serde(default = "default_aws_bus")]
-    pub event_bus: String,
-    /// Provisioning: the rule name (default `strait-{name}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule_name: Option<String>,
-    /// Provisioning: the rule's event pattern.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_pattern: Option<Value>,
+    /// The kind's settings.
+    #[serde(flatten)]
+    pub settings: Map<String, Value>,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> SpecError {
@@ -93,50 +117,8 @@ fn invalid(field: &str, message: impl Into<String>) -> SpecError {
     }
 }
 
-/// `queue_url` → `queueUrl`.
-fn camel(snake: &str) -> String {
-    let mut out = String::with_capacity(snake.len());
-    let mut upper = false;
-    for c in snake.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.push(c.to_ascii_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn string(
-    m: &Map<String, Value>,
-    field: &str,
-    required: bool,
-) -> Result<Option<String>, SpecError> {
-    match m.get(field) {
-        None | Some(Value::Null) if required => Err(invalid(field, "required field is missing")),
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(invalid(
-            field,
-            format!(
-                "must be a string, got {}",
-                strait_routing::event::json_kind(other)
-            ),
-        )),
-    }
-}
-
-fn integer(m: &Map<String, Value>, field: &str, default: i32) -> Result<i32, SpecError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_i64()
-            .and_then(|n| i32::try_from(n).ok())
-            .ok_or_else(|| invalid(field, format!("must be an integer, got {v}"))),
-    }
+fn from_kind(e: strait_adapters::ConfigError) -> SpecError {
+    invalid(&e.field, e.message)
 }
 
 impl SourceSpec {
@@ -153,79 +135,23 @@ impl SourceSpec {
                 ),
             ));
         };
-        if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(invalid(
-                k,
-                format!("unknown field (allowed: {})", FIELDS.join(", ")),
-            ));
-        }
-        let kind = string(m, "type", true)?.unwrap_or_default();
-        if !SOURCE_TYPES.contains(&kind.as_str()) {
-            return Err(invalid(
-                "type",
-                format!(
-                    "{kind:?} is not a source type (known: {})",
-                    SOURCE_TYPES.join(", ")
-                ),
-            ));
-        }
-        let site = string(m, "site", false)?;
+        let fields = Fields::envelope(m, Naming::Api);
+        let kind = SourceKind::find(&fields.required_string(TYPE).map_err(from_kind)?)
+            .map_err(from_kind)?;
+        let site = fields.string(SITE).map_err(from_kind)?;
         if let Some(s) = &site {
             validate_name("site", s).map_err(|e| invalid("site", e.message))?;
         }
-        let provision = match m.get("provision") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
-                return Err(invalid(
-                    "provision",
-                    format!("must be true or false, got {v}"),
-                ));
-            }
-        };
-        let spec = SourceSpec {
-            kind,
-            site,
-            bus: string(m, "bus", true)?.unwrap_or_default(),
-            queue_url: string(m, "queueUrl", true)?.unwrap_or_default(),
-            credential: string(m, "credential", false)?,
-            region: string(m, "region", false)?,
-            endpoint: string(m, "endpoint", false)?,
-            wait_time_secs: integer(m, "waitTimeSecs", default_wait_time_secs())?,
-            visibility_timeout_secs: integer(
-                m,
-                "visibilityTimeoutSecs",
-                default_visibility_timeout_secs(),
-            )?,
-            max_messages: integer(m, "maxMessages", default_max_messages())?,
-            provision,
-            event_bus: string(m, "eventBus", false)?.unwrap_or_else(default_aws_bus),
-            rule_name: string(m, "ruleName", false)?,
-            event_pattern: m.get("eventPattern").filter(|v| !v.is_null()).cloned(),
-        };
-        spec.aws_source("validate")
-            .validate()
-            .map_err(|e| invalid(&camel(&e.field), e.message))?;
-        Ok(spec)
-    }
-
-    /// The SQS poller's settings for this source (named `name`).
-    pub fn aws_source(&self, name: &str) -> AwsSource {
-        AwsSource {
-            name: name.to_string(),
-            queue_url: self.queue_url.clone(),
-            bus: self.bus.clone(),
-            credential: self.credential.clone(),
-            region: self.region.clone(),
-            endpoint: self.endpoint.clone(),
-            wait_time_secs: self.wait_time_secs,
-            visibility_timeout_secs: self.visibility_timeout_secs,
-            max_messages: self.max_messages,
-            provision: self.provision,
-            event_bus: self.event_bus.clone(),
-            rule_name: self.rule_name.clone(),
-            event_pattern: self.event_pattern.clone(),
+        let bus = fields.required_string(BUS).map_err(from_kind)?;
+        if validate_name("bus", &bus).is_err() {
+            return Err(from_kind(bus_error(&bus)));
         }
+        Ok(SourceSpec {
+            kind: kind.name.to_string(),
+            site,
+            bus,
+            settings: kind.normalize(m, SHARED_ENVELOPE).map_err(from_kind)?,
+        })
     }
 }
 
@@ -265,17 +191,17 @@ mod tests {
     fn a_valid_definition_is_stored_with_defaults_and_reads_back() {
         let spec = SourceSpec::from_json(&ok()).expect("valid");
         assert_eq!(spec.site.as_deref(), Some("aws"));
-        assert_eq!(spec.wait_time_secs, 1);
+        assert_eq!(spec.settings["waitTimeSecs"], 1);
         let minimal = json!({"type": "aws_sqs", "bus": "b", "queueUrl": "https://sqs.us-east-1.amazonaws.com/1/q"});
         let spec = SourceSpec::from_json(&minimal).expect("valid");
         assert_eq!(
             (
                 spec.site.as_deref(),
-                spec.wait_time_secs,
-                spec.visibility_timeout_secs,
-                spec.max_messages
+                &spec.settings["waitTimeSecs"],
+                &spec.settings["visibilityTimeoutSecs"],
+                &spec.settings["maxMessages"]
             ),
-            (None, 20, 30, 10)
+            (None, &json!(20), &json!(30), &json!(10))
         );
         let stored = serde_json::to_value(&spec).expect("serialize");
         assert_eq!(stored["waitTimeSecs"], 20);
@@ -285,8 +211,27 @@ mod tests {
         assert_eq!(back, spec);
         // The stored form is accepted by the API again (a GET echoed back).
         assert_eq!(SourceSpec::from_json(&stored).expect("valid"), spec);
-        let aws = spec.aws_source("s");
-        assert_eq!((aws.name.as_str(), aws.bus.as_str()), ("s", "b"));
+        assert_eq!(spec.bus, "b");
+        // The stored form, field by field and in order, as before.
+        assert_eq!(
+            stored
+                .as_object()
+                .map(|m| m.keys().cloned().collect::<Vec<_>>()),
+            Some(
+                [
+                    "type",
+                    "bus",
+                    "queueUrl",
+                    "waitTimeSecs",
+                    "visibilityTimeoutSecs",
+                    "maxMessages",
+                    "provision",
+                    "eventBus"
+                ]
+                .map(String::from)
+                .to_vec()
+            )
+        );
     }
 
     #[test]
@@ -324,9 +269,24 @@ mod tests {
     }
 
     #[test]
-    fn snake_case_becomes_camel_case() {
-        assert_eq!(camel("queue_url"), "queueUrl");
-        assert_eq!(camel("visibility_timeout_secs"), "visibilityTimeoutSecs");
-        assert_eq!(camel("bus"), "bus");
+    fn a_node_local_source_reads_and_writes_the_node_configs_words() {
+        let yaml =
+            "{name: q1, queue_url: \"http://h/1/q\", bus: b, credentials: main, wait_time_secs: 5}";
+        let s: AwsSource = serde_yaml::from_str(yaml).expect("yaml");
+        assert_eq!((s.name.as_str(), s.bus.as_str()), ("q1", "b"));
+        assert_eq!(s.sqs.credential.as_deref(), Some("main"));
+        assert_eq!(s.sqs.wait_time_secs, 5);
+        assert_eq!(s.sqs.max_messages, 10);
+        let written = serde_yaml::to_string(&s).expect("yaml");
+        assert!(written.contains("queue_url:") && written.contains("credential: main"));
+        let back: AwsSource = serde_yaml::from_str(&written).expect("yaml");
+        assert_eq!(back, s);
+        for bad in [
+            "{name: q1, bus: b, queueUrl: \"http://h/1/q\"}",
+            "{name: q1, queue_url: \"http://h/1/q\"}",
+            "{name: q1, bus: b, queue_url: \"http://h/1/q\", wait_time_secs: x}",
+        ] {
+            assert!(serde_yaml::from_str::<AwsSource>(bad).is_err(), "{bad}");
+        }
     }
 }

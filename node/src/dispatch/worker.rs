@@ -577,6 +577,7 @@ impl TargetWorker {
             Value::String(format!("{}/{}", self.bus, self.rule_name)),
         );
         event.set_attr("deadlettertarget", Value::String(target.id.clone()));
+        let kind = dl.kind();
         match dl {
             DeadLetter::Bus { bus } => {
                 let json = event.to_json_bytes();
@@ -607,7 +608,7 @@ impl TargetWorker {
                                     self.ctx.cfg.site
                                 ))
                             } else {
-                                DeadLetterOutcome::Stored("bus")
+                                DeadLetterOutcome::Stored(kind)
                             };
                         }
                         Err(e) => {
@@ -638,7 +639,7 @@ impl TargetWorker {
                 loop {
                     attempt += 1;
                     match t.deliver(&event, &parent.child().to_string()).await {
-                        Ok(_) => return DeadLetterOutcome::Stored("http"),
+                        Ok(_) => return DeadLetterOutcome::Stored(kind),
                         Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
                             tokio::time::sleep(policy.backoff(attempt)).await;
                         }
@@ -656,7 +657,8 @@ impl TargetWorker {
 
 /// What became of a dead letter.
 enum DeadLetterOutcome {
-    /// Stored on the bus (`"bus"`) or delivered to the endpoint (`"http"`).
+    /// Stored on the bus or delivered to the endpoint (the dead letter's
+    /// [`DeadLetter::kind`]).
     Stored(&'static str),
     /// The rule has no dead letter: dropped, as configured.
     NoDestination,

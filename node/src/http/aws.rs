@@ -90,8 +90,8 @@ aws:
     - {name: q1, queue_url: "http://127.0.0.1:5000/123456789012/q1", bus: default, credentials: main, endpoint: "http://127.0.0.1:5000"}
 "#);
         ok.validate().expect("valid");
-        assert_eq!(ok.aws.sources[0].credential.as_deref(), Some("main"));
-        assert_eq!(ok.aws.sources[0].wait_time_secs, 20);
+        assert_eq!(ok.aws.sources[0].sqs.credential.as_deref(), Some("main"));
+        assert_eq!(ok.aws.sources[0].sqs.wait_time_secs, 20);
         assert_eq!(ok.aws.ingress_path, "/");
 
         let mut c = ok.clone();
@@ -107,16 +107,16 @@ aws:
         c.aws.ingress_path = "/v1/buses".into();
         assert_eq!(field(&c), "aws.ingress_path");
         let mut c = ok.clone();
-        c.aws.sources[0].credential = Some("nope".into());
+        c.aws.sources[0].sqs.credential = Some("nope".into());
         assert_eq!(field(&c), "aws.sources[0].credential");
         let mut c = ok.clone();
-        c.aws.sources[0].wait_time_secs = 21;
+        c.aws.sources[0].sqs.wait_time_secs = 21;
         assert_eq!(field(&c), "aws.sources[0].wait_time_secs");
         let mut c = ok.clone();
-        c.aws.sources[0].queue_url = "queue".into();
+        c.aws.sources[0].sqs.queue_url = "queue".into();
         assert_eq!(field(&c), "aws.sources[0].queue_url");
         let mut c = ok.clone();
-        c.aws.sources[0].endpoint = Some("ftp://x".into());
+        c.aws.sources[0].sqs.endpoint = Some("ftp://x".into());
         assert_eq!(field(&c), "aws.sources[0].endpoint");
         let mut c = ok.clone();
         c.aws.sources.push(c.aws.sources[0].clone());

@@ -61,6 +61,11 @@ impl Committer {
         Committer { tx, state }
     }
 
+    /// The site's state it appends to.
+    pub fn state(&self) -> &Arc<SiteState> {
+        &self.state
+    }
+
     /// Append events; resolves once they are committed (or not). Refused
     /// while the state is full (every ingress path comes through here).
     pub async fn append(

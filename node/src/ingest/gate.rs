@@ -1,5 +1,6 @@
-//! The node's side of the vendor ingresses in `strait_adapters`: a
-//! [`Gate`] is the [`strait_adapters::Ingest`] they hand their events to,
+//! The node's side of the vendor ingresses and sources in
+//! `strait_adapters`: a [`Gate`] is the [`strait_adapters::Ingest`] they
+//! hand their events to,
 //! which checks each event as the CloudEvents binding does and submits them
 //! through [`Ingest::submit`].
 
@@ -19,6 +20,17 @@ pub struct Gate {
     pub state: Arc<SiteState>,
     /// Event size limits.
     pub limits: Limits,
+}
+
+impl Gate {
+    /// The gate of `ingest`, on the site it appends to.
+    pub fn new(ingest: Ingest, limits: Limits) -> Gate {
+        Gate {
+            state: ingest.state(),
+            ingest,
+            limits,
+        }
+    }
 }
 
 impl strait_adapters::Ingest for Gate {
@@ -72,7 +84,8 @@ impl strait_adapters::Ingest for Gate {
                 .zip(invalid)
                 .map(|(o, invalid)| match (o, invalid) {
                     (_, Some(m)) => IngestOutcome::Invalid(m),
-                    (Outcome::Accepted | Outcome::Duplicate, None) => IngestOutcome::Stored,
+                    (Outcome::Accepted, None) => IngestOutcome::Accepted,
+                    (Outcome::Duplicate, None) => IngestOutcome::Duplicate,
                     (Outcome::NoSuchBus, None) => IngestOutcome::NoSuchBus,
                     (Outcome::Refused, None) => IngestOutcome::Refused,
                 })

@@ -13,8 +13,9 @@ mod gate;
 mod parse;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use strait_federation::{AppendEntry, AppendOutcome};
+use strait_federation::{AppendEntry, AppendOutcome, SiteState};
 
 use crate::telemetry::EventSpan;
 
@@ -71,6 +72,11 @@ impl Ingest {
     /// Submit through `committer`.
     pub fn new(committer: Committer) -> Ingest {
         Ingest { committer }
+    }
+
+    /// The site's state the entries are appended to.
+    pub fn state(&self) -> Arc<SiteState> {
+        self.committer.state().clone()
     }
 
     /// Ingress: count every entry once as received

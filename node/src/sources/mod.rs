@@ -1,27 +1,31 @@
-//! Shared sources at run time: the leader of the site a source names polls
-//! it; every other node (other sites, followers) only holds its definition.
+//! Sources at run time. The sources themselves (settings, polling,
+//! conversion) are `strait_adapters`' ([`strait_adapters::SOURCE_KINDS`]);
+//! the node decides where they run and hands their events on through its
+//! [`Gate`].
 //!
-//! [`run`] watches the site's replicated configuration (imported from the
-//! control group, or written directly without one) and this node's
-//! leadership, and starts, stops and restarts one poller per source, the
-//! way the dispatcher follows rules. A source whose credential is missing
-//! from this node's `aws.credentials` does not run and says so in its
-//! status. Node-local `aws.sources` are not managed here: they run on every
-//! node from start ([`spawn_local`]), with the same poller ([`sqs`]).
-
-mod sqs;
+//! Shared sources: the leader of the site a source names runs it; every
+//! other node (other sites, followers) only holds its definition. [`run`]
+//! watches the site's replicated configuration (imported from the control
+//! group, or written directly without one) and this node's leadership,
+//! and starts, stops and restarts one task per source, the way the
+//! dispatcher follows rules. A source that cannot be built here (its
+//! credential is missing from this node's `aws.credentials`) does not run
+//! and says so in its status. Node-local `aws.sources` are not managed
+//! here: they run on every node from start ([`spawn_local`]), with the
+//! same poller.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde_json::{Value, json};
+use serde_json::Value;
+use strait_adapters::{SourceContext, SourceFuture, SourceKind, StatusCell};
 use strait_federation::Site;
 
 use crate::config::NodeConfig;
 use crate::config::source::SourceSpec;
-use crate::ingest::Ingest;
+use crate::ingest::{Gate, Ingest};
 use crate::util::AbortOnDrop;
-pub use sqs::spawn_local;
+pub use strait_adapters::SourceStatus;
 
 /// What the shared sources use of the node.
 pub struct Context {
@@ -29,61 +33,10 @@ pub struct Context {
     pub cfg: NodeConfig,
     /// The site's Raft group (leadership and the replicated sources).
     pub site: Site,
-    /// Where the pollers submit.
+    /// Where the sources submit.
     pub ingest: Ingest,
     /// Run-time status per source, shared with the API.
     pub statuses: Arc<SourceStatuses>,
-}
-
-/// What a source reports on this node.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SourceStatus {
-    /// A poller for it runs on this node.
-    pub running: bool,
-    /// The last problem (cleared by the next successful receive).
-    pub last_error: Option<String>,
-    /// Messages received from the queue by this node.
-    pub received: u64,
-    /// Events committed (new, not duplicates) by this node.
-    pub committed: u64,
-    /// Messages left on the queue because they are not valid events.
-    pub rejected: u64,
-}
-
-impl SourceStatus {
-    /// The `status` object of `GET /v1/sources/{name}`.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "running": self.running,
-            "lastError": self.last_error,
-            "received": self.received,
-            "committed": self.committed,
-            "rejected": self.rejected,
-        })
-    }
-}
-
-/// A source's status, shared between its poller and the API.
-#[derive(Debug, Clone, Default)]
-pub struct StatusCell(Arc<Mutex<SourceStatus>>);
-
-impl StatusCell {
-    fn lock(&self) -> MutexGuard<'_, SourceStatus> {
-        match self.0.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-
-    /// Change the status.
-    pub fn update(&self, f: impl FnOnce(&mut SourceStatus)) {
-        f(&mut self.lock());
-    }
-
-    /// A copy of the status.
-    pub fn get(&self) -> SourceStatus {
-        self.lock().clone()
-    }
 }
 
 /// The status of every shared source on this node, by name.
@@ -116,6 +69,28 @@ impl SourceStatuses {
     }
 }
 
+/// Start one task per node-local SQS source (`aws.sources`; their status
+/// is not reported by the API, which shows shared sources).
+pub fn spawn_local(cfg: &NodeConfig, ingest: &Ingest) {
+    let gate: Arc<dyn strait_adapters::Ingest> =
+        Arc::new(Gate::new(ingest.clone(), cfg.limits.clone()));
+    for src in &cfg.aws.sources {
+        let credential = src
+            .sqs
+            .credential
+            .as_ref()
+            .and_then(|n| cfg.aws.credentials.get(n).cloned());
+        tokio::spawn(strait_adapters::aws_sqs::source::run(
+            src.name.clone(),
+            src.bus.clone(),
+            src.sqs.clone(),
+            credential,
+            gate.clone(),
+            StatusCell::default(),
+        ));
+    }
+}
+
 struct Running {
     /// The definition it runs (a changed one restarts it).
     spec: Value,
@@ -132,12 +107,17 @@ impl Drop for Running {
 /// Run the shared sources of this site while this node leads it, until the
 /// process stops.
 pub async fn run(ctx: Context) {
+    let sources = SourceContext {
+        ingest: Arc::new(Gate::new(ctx.ingest.clone(), ctx.cfg.limits.clone())),
+        aws_credentials: Arc::new(ctx.cfg.aws.credentials.clone()),
+        node: format!("node {} at site {}", ctx.cfg.node_id, ctx.cfg.site),
+    };
     let mut config_rx = ctx.site.state.subscribe_config();
     let mut running: HashMap<String, Running> = HashMap::new();
     loop {
         config_rx.borrow_and_update();
         let leading = ctx.site.is_leader();
-        reconcile(&ctx, leading, &mut running);
+        reconcile(&ctx, &sources, leading, &mut running);
         tokio::select! {
             changed = config_rx.changed() => if changed.is_err() { return },
             alive = ctx.site.wait_leading(!leading) => if !alive { return },
@@ -145,14 +125,19 @@ pub async fn run(ctx: Context) {
     }
 }
 
-/// Make the running pollers match the replicated sources: those of this
-/// site while `leading`, none otherwise.
-fn reconcile(ctx: &Context, leading: bool, running: &mut HashMap<String, Running>) {
-    let sources = ctx.site.state.sources();
+/// Make the running sources match the replicated ones: those of this site
+/// while `leading`, none otherwise.
+fn reconcile(
+    ctx: &Context,
+    sources: &SourceContext,
+    leading: bool,
+    running: &mut HashMap<String, Running>,
+) {
+    let stored = ctx.site.state.sources();
     ctx.statuses
-        .retain(|name| sources.iter().any(|(n, _)| n == name));
-    let mut wanted: HashMap<String, (Value, SourceSpec)> = HashMap::new();
-    for (name, json) in sources {
+        .retain(|name| stored.iter().any(|(n, _)| n == name));
+    let mut wanted: HashMap<String, (Value, SourceFuture)> = HashMap::new();
+    for (name, json) in stored {
         let spec = match serde_json::from_value::<SourceSpec>(json.clone()) {
             Ok(s) => s,
             Err(e) => {
@@ -166,58 +151,46 @@ fn reconcile(ctx: &Context, leading: bool, running: &mut HashMap<String, Running
         if spec.site.as_deref().unwrap_or(&ctx.cfg.site) != ctx.cfg.site {
             continue;
         }
-        // Every node of the running site checks the credential (any of
-        // them may lead next).
-        if let Some(c) = &spec.credential
-            && !ctx.cfg.aws.credentials.contains_key(c)
-        {
-            let message = format!(
-                "credential {c:?} is not in aws.credentials of node {} at site {}",
-                ctx.cfg.node_id, ctx.cfg.site
-            );
-            ctx.statuses.cell(&name).update(|s| {
-                s.running = false;
-                s.last_error = Some(message.clone());
-            });
-            if leading {
-                tracing::warn!(source = %name, "{message}; the source does not run");
+        // Every node of the running site builds it (any of them may lead
+        // next, and a credential missing here shows in the status); only
+        // the leader runs it.
+        let cell = ctx.statuses.cell(&name);
+        let built = SourceKind::find(&spec.kind)
+            .and_then(|kind| kind.build(&name, &spec.bus, &spec.settings, sources, cell.clone()));
+        match built {
+            Ok(source) if leading => {
+                wanted.insert(name, (json, source));
             }
-            continue;
-        }
-        if leading {
-            wanted.insert(name, (json, spec));
+            Ok(_) => {}
+            Err(e) => {
+                let message = e.to_string();
+                cell.update(|s| {
+                    s.running = false;
+                    s.last_error = Some(message.clone());
+                });
+                if leading {
+                    tracing::warn!(source = %name, "{message}; the source does not run");
+                }
+            }
         }
     }
     running.retain(|name, r| wanted.get(name).is_some_and(|(json, _)| *json == r.spec));
-    for (name, (json, spec)) in wanted {
+    for (name, (json, source)) in wanted {
         if running.contains_key(&name) {
             continue;
         }
-        let src = spec.aws_source(&name);
-        let credential = spec
-            .credential
-            .as_ref()
-            .and_then(|c| ctx.cfg.aws.credentials.get(c).cloned());
-        let conn = sqs::connection(&src, credential);
         let cell = ctx.statuses.cell(&name);
         cell.update(|s| {
             s.running = true;
             s.last_error = None;
         });
-        tracing::info!(source = %name, bus = %src.bus, queue = %src.queue_url, "leading the source's site: polling it");
-        let task = tokio::spawn(sqs::poll_sqs(
-            ctx.ingest.clone(),
-            ctx.cfg.limits.clone(),
-            src,
-            conn,
-            cell.clone(),
-        ));
+        tracing::info!(source = %name, "leading the source's site: running it");
         running.insert(
             name,
             Running {
                 spec: json,
                 cell,
-                _task: AbortOnDrop(task),
+                _task: AbortOnDrop(tokio::spawn(source)),
             },
         );
     }
