@@ -16,9 +16,13 @@ use crate::config::NodeConfig;
 use crate::config::bus::bus_json;
 use crate::config::keys::AlibabaState;
 use crate::dispatch::{Context, Progress};
-use crate::ingest::{Committer, Ingest};
+use crate::ingest::{Committer, Gate, Ingest};
 use crate::sources::SourceStatuses;
 use crate::util::AbortOnDrop;
+use strait_adapters::alibaba_eventbridge::ingress::{
+    Ingress as AlibabaIngress, IngressConfig as AlibabaIngressConfig,
+};
+use strait_adapters::alibaba_eventbridge::push::PushConfig;
 
 /// Shared state of a node, as the HTTP API sees it.
 pub struct App {
@@ -34,8 +38,10 @@ pub struct App {
     pub progress: Progress,
     /// Prometheus renderer.
     pub metrics: PrometheusHandle,
-    /// Alibaba ingress keys, push keys and the nonce cache.
-    pub alibaba: AlibabaState,
+    /// The Alibaba PutEvents ingress: its keys and the nonces it has seen.
+    pub alibaba: AlibabaIngress,
+    /// What Alibaba pushes are checked against.
+    pub alibaba_push: PushConfig,
     /// Writes routed to the site's leader.
     pub writer: Writer,
     /// Expiry of this node's certificate (cluster mode).
@@ -51,6 +57,15 @@ pub struct App {
 }
 
 impl App {
+    /// The submit path as the ingresses in `strait_adapters` see it.
+    pub(crate) fn gate(&self) -> Gate {
+        Gate {
+            ingest: self.ingest.clone(),
+            state: self.site.state.clone(),
+            limits: self.cfg.limits.clone(),
+        }
+    }
+
     /// Why this node's site group (or its control group replica) stopped on
     /// its own, e.g. after a storage error; `None` while both run.
     pub fn failure(&self) -> Option<strait_federation::SiteFailure> {
@@ -86,7 +101,29 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
     // The recorder first: a counter registered before it exists counts
     // nowhere (the tasks spawned below register theirs as they start).
     let metrics = crate::telemetry::metrics_handle();
-    let alibaba = AlibabaState::from_config(&cfg.alibaba)?;
+    let AlibabaState {
+        ingress_keys,
+        push_keys,
+        ..
+    } = AlibabaState::from_config(&cfg.alibaba)?;
+    let limits = strait_adapters::EventLimits {
+        max_event_bytes: cfg.limits.max_event_bytes,
+        max_request_bytes: cfg.limits.max_request_bytes,
+        max_batch_events: cfg.limits.max_batch_events,
+    };
+    let alibaba = AlibabaIngress::new(AlibabaIngressConfig {
+        keys: ingress_keys,
+        account_id: cfg.alibaba.account_id.clone(),
+        max_clock_skew_secs: cfg.alibaba.max_clock_skew_secs,
+        limits,
+    });
+    let alibaba_push = PushConfig {
+        require_signature: cfg.alibaba.push.require_signature,
+        public_url: cfg.alibaba.push.public_url.clone(),
+        keys: push_keys,
+        max_age_secs: cfg.alibaba.push.max_age_secs,
+        limits,
+    };
     let crate::cluster::Opened {
         site,
         endpoint,
@@ -159,6 +196,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         ingest,
         progress,
         alibaba,
+        alibaba_push,
         aws,
         metrics,
         writer,

@@ -27,7 +27,6 @@ use crate::app::App;
 pub(crate) use body::read_body;
 pub(crate) use error::ApiError;
 use error::failure_error;
-pub(crate) use events::commit_parsed;
 pub(crate) use shared::bus_must_exist;
 
 /// Build the router.

@@ -1,17 +1,27 @@
-//! The node's side of the vendor ingresses in `strait_adapters`: a
-//! [`Gate`] is the [`strait_adapters::Ingest`] they hand their events to,
-//! which checks each event as the CloudEvents binding does and submits them
-//! through [`Ingest::submit`].
+//! The node's side of the ingresses in `strait_adapters`: a [`Gate`] is
+//! the [`strait_adapters::Ingest`] they hand their events to. It reads
+//! request bodies with the CloudEvents binding ([`super::parse`]), checks
+//! the events an ingress built itself as that binding checks a batch's
+//! members, and submits them through [`Ingest::submit`].
 
 use std::sync::Arc;
 
-use strait_adapters::{IngestFuture, IngestOutcome, Offer};
+use http::HeaderMap;
+use strait_adapters::{
+    Binding, BindingError, CheckedEvent, EntryRefusal, EventLimits, IngestError, IngestFuture,
+    IngestOutcome, Offer, ReadEntry,
+};
 use strait_federation::{AppendEntry, SiteState};
 
-use super::{Entry, Ingest, Outcome, parse_items};
+use super::{
+    CommitError, Entries, Entry, Ingest, Outcome, RequestError, parse_batch, parse_items,
+    parse_request, parse_structured,
+};
 use crate::config::Limits;
+use crate::trace::TraceParent;
 
 /// The submit path as an ingress adapter sees it.
+#[derive(Clone)]
 pub struct Gate {
     /// Where the events go.
     pub ingest: Ingest,
@@ -21,9 +31,89 @@ pub struct Gate {
     pub limits: Limits,
 }
 
+impl Gate {
+    /// The node's limits, as the ingresses in `strait_adapters` take them.
+    pub fn event_limits(&self) -> EventLimits {
+        EventLimits {
+            max_event_bytes: self.limits.max_event_bytes,
+            max_request_bytes: self.limits.max_request_bytes,
+            max_batch_events: self.limits.max_batch_events,
+        }
+    }
+}
+
+/// Entries of the CloudEvents binding as an ingress reads them.
+pub fn read_entries(parsed: Entries) -> Vec<ReadEntry> {
+    parsed
+        .into_iter()
+        .map(|(id, r)| ReadEntry {
+            id,
+            event: r
+                .map(|p| CheckedEvent {
+                    event: p.event,
+                    json: p.json,
+                })
+                .map_err(|e| EntryRefusal {
+                    code: e.code(),
+                    message: e.to_string(),
+                }),
+        })
+        .collect()
+}
+
+impl From<RequestError> for BindingError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::UnsupportedMediaType(m) => BindingError::UnsupportedMediaType(m),
+            RequestError::Malformed(m) => BindingError::Malformed(m),
+            RequestError::TooManyEvents(m) => BindingError::TooManyEvents(m),
+        }
+    }
+}
+
+impl From<CommitError> for IngestError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::NotReady(m) => IngestError::NotReady(m),
+            CommitError::Failed(m) => IngestError::Failed(m),
+            CommitError::StateFull(full) => IngestError::StateFull {
+                message: full.to_string(),
+                limit: full.limit,
+                stored: full.stored,
+            },
+        }
+    }
+}
+
 impl strait_adapters::Ingest for Gate {
     fn bus_exists(&self, bus: &str) -> bool {
         self.state.view().buses.contains_key(bus)
+    }
+
+    fn read(
+        &self,
+        binding: Binding,
+        headers: &HeaderMap,
+        body: &[u8],
+        limits: &EventLimits,
+    ) -> Result<Vec<ReadEntry>, BindingError> {
+        let limits = Limits {
+            max_event_bytes: limits.max_event_bytes,
+            max_request_bytes: limits.max_request_bytes,
+            max_batch_events: limits.max_batch_events,
+        };
+        let traceparent = || {
+            headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceParent::parse)
+        };
+        let parsed = match binding {
+            Binding::Request => parse_request(headers, body, &limits),
+            Binding::Structured => parse_structured(body, traceparent(), &limits),
+            Binding::Batch => parse_batch(body, traceparent(), &limits),
+        }?;
+        Ok(read_entries(parsed))
     }
 
     fn submit(&self, offers: Vec<Offer>) -> IngestFuture<'_> {
@@ -45,6 +135,15 @@ impl strait_adapters::Ingest for Gate {
                         }
                         entries.push(Entry::Refused { bus: bus.clone() });
                         buses.push(bus);
+                    }
+                    Offer::Checked { bus, event } => {
+                        entries.push(Entry::Append(AppendEntry {
+                            source: event.event.source().to_string(),
+                            id: event.event.id().to_string(),
+                            bus,
+                            event: event.json,
+                        }));
+                        buses.push(String::new());
                     }
                     Offer::Refused { bus } => {
                         entries.push(Entry::Refused { bus });
@@ -68,16 +167,14 @@ impl strait_adapters::Ingest for Gate {
                     Err(e) => invalid[slot] = Some(e.to_string()),
                 }
             }
-            let outcomes = self.ingest.submit(entries).await.map_err(|e| match e {
-                super::CommitError::NotReady(m) | super::CommitError::Failed(m) => m,
-                e @ super::CommitError::StateFull(_) => e.to_string(),
-            })?;
+            let outcomes = self.ingest.submit(entries).await?;
             Ok(outcomes
                 .into_iter()
                 .zip(invalid)
                 .map(|(o, invalid)| match (o, invalid) {
                     (_, Some(m)) => IngestOutcome::Invalid(m),
-                    (Outcome::Accepted | Outcome::Duplicate, None) => IngestOutcome::Stored,
+                    (Outcome::Accepted, None) => IngestOutcome::Stored,
+                    (Outcome::Duplicate, None) => IngestOutcome::Duplicate,
                     (Outcome::NoSuchBus, None) => IngestOutcome::NoSuchBus,
                     (Outcome::Refused, None) => IngestOutcome::Refused,
                 })
