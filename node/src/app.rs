@@ -104,7 +104,6 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
     let AlibabaState {
         ingress_keys,
         push_keys,
-        ..
     } = AlibabaState::from_config(&cfg.alibaba)?;
     let limits = strait_adapters::EventLimits {
         max_event_bytes: cfg.limits.max_event_bytes,
