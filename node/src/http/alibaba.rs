@@ -18,26 +18,27 @@ use axum::response::{IntoResponse, Response};
 use strait_adapters::alibaba_eventbridge::ingress;
 use strait_adapters::alibaba_eventbridge::push::{self, PushRefusal};
 
-use crate::app::App;
-use crate::http::events::bus_answer;
-use crate::http::{ApiError, bus_must_exist, read_body};
+use super::Ingresses;
+use super::body::read_body;
+use super::error::ApiError;
+use super::events::bus_answer;
+use super::shared::bus_must_exist;
 
 /// `POST /openapi/putEvents`.
 pub async fn put_events(
-    State(app): State<Arc<App>>,
+    State(state): State<Arc<Ingresses>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let gate = app.gate();
     ingress::put_events(
-        &app.alibaba,
+        &state.alibaba,
         &method,
         &uri,
         &headers,
         |limit| read_body(body, limit),
-        &gate,
+        &state.gate,
     )
     .await
     .into_response()
@@ -46,16 +47,16 @@ pub async fn put_events(
 /// `POST /alibaba/push/{bus}`: what an Alibaba EventBridge HTTP target
 /// sends (the complete CloudEvent, or an array of them), signature checked.
 pub async fn push(
-    State(app): State<Arc<App>>,
+    State(state): State<Arc<Ingresses>>,
     Path(bus): Path<String>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    bus_must_exist(&app, &bus)?;
-    let bytes = read_body(body, app.cfg.limits.max_request_bytes).await?;
-    let gate = app.gate();
-    match push::push(&app.alibaba_push, &bus, &uri, &headers, &bytes, &gate).await {
+    let gate = &state.gate;
+    bus_must_exist(&gate.state, &bus)?;
+    let bytes = read_body(body, gate.limits.max_request_bytes).await?;
+    match push::push(&state.alibaba_push, &bus, &uri, &headers, &bytes, gate).await {
         Ok(answer) => Ok(bus_answer(Ok(answer))?),
         Err(PushRefusal::Ingest(e)) => bus_answer(Err(e)),
         Err(PushRefusal::Unauthorized { code, message }) => {

@@ -11,20 +11,20 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use strait_adapters::{Binding, BindingError, BusAnswer, Ingest as _, IngestError, post_to_bus};
 
-use crate::app::App;
+use crate::http::Ingresses;
 use crate::http::body::read_body;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::shared::bus_must_exist;
 
 pub(super) async fn post(
-    State(app): State<Arc<App>>,
+    State(ingress): State<Arc<Ingresses>>,
     Path(bus): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    bus_must_exist(&app, &bus)?;
-    let bytes = read_body(body, app.cfg.limits.max_request_bytes).await?;
-    let gate = app.gate();
+    let gate = &ingress.gate;
+    bus_must_exist(&gate.state, &bus)?;
+    let bytes = read_body(body, gate.limits.max_request_bytes).await?;
     let span = tracing::info_span!("ingress", bus = %bus, bytes = bytes.len());
     let _g = span.enter();
     let entries = gate
@@ -38,7 +38,7 @@ pub(super) async fn post(
             ApiError::new(status, e.code(), e.to_string())
         })?;
     drop(_g);
-    bus_answer(post_to_bus(&gate, &bus, entries).await)
+    bus_answer(post_to_bus(gate, &bus, entries).await)
 }
 
 /// The API's rendering of [`post_to_bus`]'s answer: the per-entry results

@@ -50,13 +50,6 @@ pub enum Outcome {
     Refused,
 }
 
-impl Outcome {
-    /// Stored now or before: the sender may forget it.
-    pub fn stored(self) -> bool {
-        matches!(self, Outcome::Accepted | Outcome::Duplicate)
-    }
-}
-
 /// The submit handle: group commit plus the ingest figures.
 #[derive(Clone)]
 pub struct Ingest {
