@@ -14,8 +14,8 @@ use strait_adapters::{
 use strait_federation::{AppendEntry, SiteState};
 
 use super::{
-    CommitError, Entries, Entry, Ingest, Outcome, RequestError, parse_batch, parse_items,
-    parse_request, parse_structured,
+    CommitError, Entries, Entry, Ingest, Outcome, parse_batch, parse_items, parse_request,
+    parse_structured,
 };
 use crate::config::Limits;
 use crate::trace::TraceParent;
@@ -59,16 +59,6 @@ pub fn read_entries(parsed: Entries) -> Vec<ReadEntry> {
                 }),
         })
         .collect()
-}
-
-impl From<RequestError> for BindingError {
-    fn from(e: RequestError) -> Self {
-        match e {
-            RequestError::UnsupportedMediaType(m) => BindingError::UnsupportedMediaType(m),
-            RequestError::Malformed(m) => BindingError::Malformed(m),
-            RequestError::TooManyEvents(m) => BindingError::TooManyEvents(m),
-        }
-    }
 }
 
 impl From<CommitError> for IngestError {

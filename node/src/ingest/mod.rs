@@ -18,9 +18,7 @@ use strait_federation::{AppendEntry, AppendOutcome};
 
 pub use commit::{CommitError, Committer};
 pub use gate::Gate;
-pub use parse::{
-    Entries, RequestError, STRUCTURED, parse_batch, parse_items, parse_request, parse_structured,
-};
+pub use parse::{Entries, STRUCTURED, parse_batch, parse_items, parse_request, parse_structured};
 
 /// One entry an ingress hands to [`Ingest::submit`], in request order.
 #[derive(Debug)]

@@ -4,6 +4,7 @@
 use http::HeaderMap;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use strait_adapters::BindingError;
 use strait_routing::event::{Event, EventError, percent_decode_header};
 use strait_routing::json::{JsonError, check_event_json};
 
@@ -14,31 +15,6 @@ use crate::trace::TraceParent;
 pub const STRUCTURED: &str = "application/cloudevents+json";
 /// Media type of a batch.
 pub const BATCH: &str = "application/cloudevents-batch+json";
-
-/// Why a whole request is rejected.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RequestError {
-    /// Neither a CloudEvents media type nor binary-mode headers.
-    #[error("{0}")]
-    UnsupportedMediaType(String),
-    /// The body does not parse.
-    #[error("{0}")]
-    Malformed(String),
-    /// Too many events in one batch.
-    #[error("{0}")]
-    TooManyEvents(String),
-}
-
-impl RequestError {
-    /// Machine-readable code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            RequestError::UnsupportedMediaType(_) => "UnsupportedMediaType",
-            RequestError::Malformed(_) => "MalformedRequest",
-            RequestError::TooManyEvents(_) => "TooManyEvents",
-        }
-    }
-}
 
 /// Why one entry is rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -98,11 +74,11 @@ pub fn parse_request(
     headers: &HeaderMap,
     body: &[u8],
     limits: &Limits,
-) -> Result<Entries, RequestError> {
+) -> Result<Entries, BindingError> {
     let content_type = match headers.get(http::header::CONTENT_TYPE) {
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| RequestError::Malformed("Content-Type header is not ASCII".into()))?
+                .map_err(|_| BindingError::Malformed("Content-Type header is not ASCII".into()))?
                 .to_string(),
         ),
         None => None,
@@ -126,13 +102,13 @@ pub fn parse_request(
         Some(STRUCTURED) => parse_structured(body, http_traceparent, limits),
         Some(BATCH) => parse_batch(body, http_traceparent, limits),
         Some(ct) if ct.starts_with("application/cloudevents") => {
-            Err(RequestError::UnsupportedMediaType(format!(
+            Err(BindingError::UnsupportedMediaType(format!(
                 "content type {ct:?} is not supported (use {STRUCTURED}, {BATCH} or binary mode)"
             )))
         }
         _ => {
             if !headers.contains_key("ce-specversion") {
-                return Err(RequestError::UnsupportedMediaType(format!(
+                return Err(BindingError::UnsupportedMediaType(format!(
                     "content type {:?} is not a CloudEvents mode: send {STRUCTURED}, {BATCH}, or binary mode with ce-specversion, ce-id, ce-source and ce-type headers",
                     content_type.unwrap_or_default()
                 )));
@@ -142,7 +118,7 @@ pub fn parse_request(
                 let n = name.as_str();
                 if let Some(attr) = n.strip_prefix("ce-") {
                     let v = percent_decode_header(value.as_bytes())
-                        .map_err(|e| RequestError::Malformed(format!("header {n}: {e}")))?;
+                        .map_err(|e| BindingError::Malformed(format!("header {n}: {e}")))?;
                     attrs.push((attr.to_string(), v));
                 }
             }
@@ -161,9 +137,9 @@ pub fn parse_structured(
     body: &[u8],
     http_traceparent: Option<TraceParent>,
     limits: &Limits,
-) -> Result<Entries, RequestError> {
+) -> Result<Entries, BindingError> {
     let raw: Box<RawValue> = serde_json::from_slice(body)
-        .map_err(|e| RequestError::Malformed(format!("body is not valid JSON: {e}")))?;
+        .map_err(|e| BindingError::Malformed(format!("body is not valid JSON: {e}")))?;
     let (id, r) = split_data(&raw);
     Ok(vec![(
         id,
@@ -178,12 +154,12 @@ pub fn parse_batch(
     body: &[u8],
     http_traceparent: Option<TraceParent>,
     limits: &Limits,
-) -> Result<Entries, RequestError> {
+) -> Result<Entries, BindingError> {
     let items: Vec<Box<RawValue>> = match serde_json::from_slice(body) {
         Ok(items) => items,
         Err(e) => {
             // Valid JSON that is not an array, or not JSON at all?
-            return Err(RequestError::Malformed(
+            return Err(BindingError::Malformed(
                 match serde_json::from_slice::<Value>(body) {
                     Ok(_) => "a batch must be a JSON array of events".into(),
                     Err(_) => format!("body is not valid JSON: {e}"),
@@ -192,10 +168,10 @@ pub fn parse_batch(
         }
     };
     if items.is_empty() {
-        return Err(RequestError::Malformed("the batch is empty".into()));
+        return Err(BindingError::Malformed("the batch is empty".into()));
     }
     if items.len() > limits.max_batch_events {
-        return Err(RequestError::TooManyEvents(format!(
+        return Err(BindingError::TooManyEvents(format!(
             "the batch has {} events, above the limit of {}",
             items.len(),
             limits.max_batch_events
