@@ -7,11 +7,13 @@
 //! [`TARGET_KINDS`], source kinds in [`SOURCE_KINDS`]; nothing else matches
 //! on their names.
 //! [`http`], the webhook / CloudEvents HTTP sink; [`alibaba_eventbridge`],
-//! Alibaba Cloud EventBridge PutEvents (and the signing its ingress and push
-//! source check); [`aws_eventbridge`], AWS EventBridge PutEvents (and the SigV4 check of its ingress);
-//! [`aws_sqs`], the SQS target and source. Running pieces talk to the node
-//! through two traits: a [`Sink`] delivers, an [`Ingest`] takes what an
-//! ingress or a source receives.
+//! Alibaba Cloud EventBridge PutEvents, its ingress and push endpoint;
+//! [`aws_eventbridge`], AWS EventBridge PutEvents and its ingress;
+//! [`aws_sqs`], the SQS target and source ([`sources`]: what source kinds share).
+//!
+//! The ingresses are functions from an HTTP request to a response (no HTTP
+//! server here); they hand their events to an [`Ingest`] ([`ingest`]), the
+//! counterpart of [`Sink`], which the node implements.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,10 +28,16 @@ pub mod aws_common;
 pub mod aws_eventbridge;
 pub mod aws_sqs;
 pub mod http;
+pub mod ingest;
 pub mod peer;
 pub mod sources;
 
 pub use sources::{Field, Fields, Naming, SourceContext, SourceFuture, SourceStatus, StatusCell};
+
+pub use ingest::{
+    Binding, BindingError, BusAnswer, CheckedEvent, EntryRefusal, EventLimits, Ingest, IngestError,
+    IngestFuture, IngestOutcome, Offer, ReadEntry, post_to_bus,
+};
 
 /// How a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,60 +112,6 @@ pub struct SinkContext {
     pub alibaba_credentials: alibaba_eventbridge::Credentials,
     /// AWS credentials by name (node config `aws.credentials`).
     pub aws_credentials: aws_common::AwsCredentials,
-}
-
-/// An event an ingress offers to [`Ingest::submit`], in request order.
-#[derive(Debug)]
-pub enum Offer {
-    /// A CloudEvent in structured JSON form, for `bus`.
-    Event {
-        /// The bus.
-        bus: String,
-        /// The event.
-        event: Value,
-    },
-    /// An entry the ingress refused itself: counted as received on `bus`
-    /// (empty when it names no existing bus).
-    Refused {
-        /// The bus it is counted on.
-        bus: String,
-    },
-}
-
-/// What became of one [`Offer`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IngestOutcome {
-    /// Stored now.
-    Accepted,
-    /// Stored before (the same source and id within the dedup window).
-    Duplicate,
-    /// The event is not one the node stores (why).
-    Invalid(String),
-    /// The bus was deleted.
-    NoSuchBus,
-    /// Refused by the ingress ([`Offer::Refused`]).
-    Refused,
-}
-
-impl IngestOutcome {
-    /// Stored, now or before: the sender may forget it.
-    pub fn stored(&self) -> bool {
-        matches!(self, IngestOutcome::Accepted | IngestOutcome::Duplicate)
-    }
-}
-
-/// The answer of [`Ingest::submit`]: one outcome per offer, or why nothing
-/// was stored.
-pub type IngestFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Vec<IngestOutcome>, String>> + Send + 'a>>;
-
-/// Where an ingress hands the events it receives: the counterpart of
-/// [`Sink`], implemented by the node.
-pub trait Ingest: Send + Sync {
-    /// Whether `bus` exists.
-    fn bus_exists(&self, bus: &str) -> bool;
-    /// Store the offered events (one outcome per offer, in order).
-    fn submit(&self, offers: Vec<Offer>) -> IngestFuture<'_>;
 }
 
 /// One kind of target this build knows: the `type` a rule target names,

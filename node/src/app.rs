@@ -1,26 +1,32 @@
 //! Startup: storage, Raft, group commit, dispatcher, links and sources
-//! wired together. [`App`] is what the HTTP API serves from; the background
-//! tasks get narrow handles (a dispatch [`Context`], a sources context,
-//! the control group's import loop its own parts).
+//! wired together, and the HTTP API's state. [`App`] is known only here
+//! and to `strait serve`: the HTTP routes get their parts of an
+//! [`HttpState`], the background tasks narrow handles (a dispatch
+//! [`Context`], a sources context, the control group's import loop its own
+//! parts).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use strait_adapters::SinkContext;
-use strait_federation::{Command, CommandResponse, FederationError, Site};
+use strait_adapters::alibaba_eventbridge::ingress::{
+    Ingress as AlibabaIngress, IngressConfig as AlibabaIngressConfig,
+};
+use strait_adapters::alibaba_eventbridge::push::PushConfig;
+use strait_federation::{Command, CommandResponse, Site, SiteFailure};
 
-use crate::cluster::Writer;
-use crate::cluster::control::Control;
+use crate::cluster::control::{ConfigWriter, Control};
+use crate::cluster::{Health, Writer};
 use crate::config::NodeConfig;
 use crate::config::bus::bus_json;
 use crate::config::keys::AlibabaState;
 use crate::dispatch::{Context, Progress};
-use crate::ingest::{Committer, Ingest};
+use crate::http::{Auth, ClusterApi, HttpState, Ingresses, Resources};
+use crate::ingest::{Committer, Gate, Ingest};
 use crate::sources::SourceStatuses;
 use crate::util::AbortOnDrop;
 
-/// Shared state of a node, as the HTTP API sees it.
+/// A started node: what `strait serve` (and the tests) hold.
 pub struct App {
     /// Configuration.
     pub cfg: NodeConfig,
@@ -28,56 +34,32 @@ pub struct App {
     pub site: Site,
     /// Group commit.
     pub committer: Committer,
-    /// The submit path of every ingress.
-    pub ingest: Ingest,
-    /// Dispatcher stats per target.
-    pub progress: Progress,
-    /// Prometheus renderer.
-    pub metrics: PrometheusHandle,
-    /// Alibaba ingress keys, push keys and the nonce cache.
-    pub alibaba: AlibabaState,
     /// Writes routed to the site's leader.
     pub writer: Writer,
-    /// Expiry of this node's certificate (cluster mode).
-    pub cert_expiry: Option<i64>,
-    /// Live figures of the outgoing links.
-    pub link_stats: strait_federation::link::service::LinkStatsMap,
-    /// The AWS ingress's keys and account.
-    pub aws: strait_adapters::aws_eventbridge::ingress::IngressConfig,
-    /// The control group's replica (federation with shared configuration).
-    pub control: Option<Control>,
-    /// Run-time status of the shared sources on this node.
-    pub sources: Arc<SourceStatuses>,
+    /// Dispatcher stats per target.
+    pub progress: Progress,
+    /// Whether the site group and the control group replica still run.
+    health: Health,
+    /// What the HTTP API serves from.
+    http: HttpState,
 }
 
 impl App {
     /// Why this node's site group (or its control group replica) stopped on
     /// its own, e.g. after a storage error; `None` while both run.
-    pub fn failure(&self) -> Option<strait_federation::SiteFailure> {
-        self.site
-            .failure()
-            .or_else(|| self.control.as_ref().and_then(|c| c.group.failure()))
+    pub fn failure(&self) -> Option<SiteFailure> {
+        self.health.failure()
     }
 
     /// Wait until [`App::failure`] has something to say.
-    pub async fn failed(&self) -> strait_federation::SiteFailure {
-        match &self.control {
-            Some(c) => tokio::select! {
-                f = self.site.failed() => f,
-                f = c.group.failed() => f,
-            },
-            None => self.site.failed().await,
-        }
+    pub async fn failed(&self) -> SiteFailure {
+        self.health.failed().await
     }
+}
 
-    /// Apply a bus, rule or source change: through the control group when there is
-    /// one (answering once this site runs it), else to this site.
-    pub async fn write_config(&self, cmd: Command) -> Result<CommandResponse, FederationError> {
-        match &self.control {
-            Some(c) => c.write(&self.site, cmd).await,
-            None => self.writer.write(cmd).await,
-        }
-    }
+/// The HTTP API of a started node.
+pub fn router(app: Arc<App>) -> axum::Router {
+    crate::http::router(app.http.clone())
 }
 
 /// Open storage and Raft, create configured buses, start the dispatcher,
@@ -86,6 +68,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
     // The recorder first: a counter registered before it exists counts
     // nowhere (the tasks spawned below register theirs as they start).
     let metrics = crate::telemetry::metrics_handle();
+    // Read the Alibaba push keys before anything is opened.
     let alibaba = AlibabaState::from_config(&cfg.alibaba)?;
     let crate::cluster::Opened {
         site,
@@ -116,13 +99,11 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
     if cfg.cluster.join.is_some() {
         tokio::spawn(crate::cluster::join(site.clone(), cfg.clone()));
     }
-    let cert_expiry = crate::cluster::cert_expiry(&cfg);
     let sinks = SinkContext {
         http: Default::default(),
         alibaba_credentials: Arc::new(cfg.alibaba.credentials.clone()),
         aws_credentials: Arc::new(cfg.aws.credentials.clone()),
     };
-    let aws = crate::config::keys::aws_ingress(&cfg.aws);
     let progress = Progress::default();
     let link_stats = crate::links::new_stats();
     let sources = Arc::new(SourceStatuses::default());
@@ -152,21 +133,83 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         ingest: ingest.clone(),
         statuses: sources.clone(),
     }));
+    let health = Health::new(site.clone(), control.as_ref().map(|c| c.group.clone()));
+    let gate = Gate {
+        ingest,
+        state: site.state.clone(),
+        limits: cfg.limits.clone(),
+    };
+    let http = HttpState {
+        health: health.clone(),
+        metrics,
+        auth: Auth {
+            tokens: (!cfg.dev).then(|| cfg.auth.tokens.clone().into()),
+        },
+        aws_ingress_path: cfg.aws.ingress_path.clone(),
+        ingress: Arc::new(ingresses(&cfg, gate, alibaba)),
+        resources: Arc::new(Resources {
+            state: site.state.clone(),
+            config: ConfigWriter::new(site.clone(), writer.clone(), control.clone()),
+            progress: progress.clone(),
+            sources,
+            max_request_bytes: cfg.limits.max_request_bytes,
+            site: cfg.site.clone(),
+            linked_sites: cfg.federation.links.keys().cloned().collect(),
+            known_sites: known_sites(&cfg),
+        }),
+        cluster: Arc::new(ClusterApi {
+            cfg: cfg.clone(),
+            site: site.clone(),
+            writer: writer.clone(),
+            cert_expiry: crate::cluster::cert_expiry(&cfg),
+            link_stats,
+            control,
+        }),
+    };
     Ok(Arc::new(App {
         cfg,
         site,
         committer,
-        ingest,
-        progress,
-        alibaba,
-        aws,
-        metrics,
         writer,
-        cert_expiry,
-        link_stats,
-        control,
-        sources,
+        progress,
+        health,
+        http,
     }))
+}
+
+/// The event ingresses' part of the HTTP state: the submit path and the
+/// vendor ingresses' configurations.
+fn ingresses(cfg: &NodeConfig, gate: Gate, alibaba: AlibabaState) -> Ingresses {
+    let limits = gate.event_limits();
+    Ingresses {
+        aws: crate::config::keys::aws_ingress(&cfg.aws),
+        alibaba: AlibabaIngress::new(AlibabaIngressConfig {
+            keys: alibaba.ingress_keys,
+            account_id: cfg.alibaba.account_id.clone(),
+            max_clock_skew_secs: cfg.alibaba.max_clock_skew_secs,
+            limits,
+        }),
+        alibaba_push: PushConfig {
+            require_signature: cfg.alibaba.push.require_signature,
+            public_url: cfg.alibaba.push.public_url.clone(),
+            keys: alibaba.push_keys,
+            max_age_secs: cfg.alibaba.push.max_age_secs,
+            limits,
+        },
+        gate,
+    }
+}
+
+/// Sites a shared source may name: this one, the linked ones and those of
+/// the control group's members.
+fn known_sites(cfg: &NodeConfig) -> Vec<String> {
+    let mut sites: Vec<String> = std::iter::once(cfg.site.clone())
+        .chain(cfg.federation.links.keys().cloned())
+        .chain(cfg.control.members.iter().map(|m| m.site.clone()))
+        .collect();
+    sites.sort();
+    sites.dedup();
+    sites
 }
 
 /// The duties of the site's leader, until the process stops: the

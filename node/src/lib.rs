@@ -20,10 +20,9 @@ mod telemetry;
 mod trace;
 mod util;
 
-pub use app::{App, start};
+pub use app::{App, router, start};
 pub use cli::{Cli, local, run};
 pub use config::rule::RuleSpec;
 pub use dispatch::{TargetStats, stats as target_stats};
-pub use http::router;
 pub use ingest::parse_request;
 pub use trace::TraceParent;

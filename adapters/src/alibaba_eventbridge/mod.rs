@@ -1,7 +1,8 @@
 //! Alibaba Cloud EventBridge: the `alibaba_eventbridge` target (PutEvents,
-//! signed as the official SDK signs, batched up to Alibaba's limits) and the
-//! signing core shared with the node's Alibaba-compatible ingress and HTTP
-//! push source ([`sign`]).
+//! signed as the official SDK signs, batched up to Alibaba's limits), the
+//! Alibaba-compatible PutEvents ingress ([`ingress`]), the endpoint an
+//! Alibaba HTTP target pushes to ([`push`]) and the signing they share
+//! ([`sign`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{ConfigError, DeliveryError, DeliveryFuture, Sink};
 
+pub mod ingress;
+pub mod push;
 pub mod sign;
 
 /// Most events in one PutEvents request (Alibaba's limit).

@@ -174,7 +174,7 @@ pub async fn put_events(
     }
     let outcomes = match ingest.submit(offers).await {
         Ok(o) => o,
-        Err(m) => return error_response(503, "ServiceUnavailable", m),
+        Err(e) => return error_response(503, "ServiceUnavailable", e.to_string()),
     };
     for (slot, outcome) in out.iter_mut().zip(outcomes) {
         match outcome {
@@ -199,52 +199,8 @@ pub async fn put_events(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
-    use crate::IngestFuture;
-
-    /// An ingest with the buses `default` and `gone`: an event of `gone`
-    /// meets a deleted bus, one whose source is `bad` is invalid.
-    #[derive(Default)]
-    struct Fake {
-        offered: Mutex<Vec<String>>,
-        down: bool,
-    }
-
-    impl Ingest for Fake {
-        fn bus_exists(&self, bus: &str) -> bool {
-            bus == "default" || bus == "gone"
-        }
-
-        fn submit(&self, offers: Vec<Offer>) -> IngestFuture<'_> {
-            Box::pin(async move {
-                if self.down {
-                    return Err("no leader".to_string());
-                }
-                let mut seen = self.offered.lock().map_err(|e| e.to_string())?;
-                Ok(offers
-                    .into_iter()
-                    .map(|o| match o {
-                        Offer::Refused { bus } => {
-                            seen.push(format!("refused:{bus}"));
-                            IngestOutcome::Refused
-                        }
-                        Offer::Event { bus, event } => {
-                            seen.push(format!("event:{bus}"));
-                            if bus == "gone" {
-                                IngestOutcome::NoSuchBus
-                            } else if event["source"] == "bad" {
-                                IngestOutcome::Invalid("not storable".into())
-                            } else {
-                                IngestOutcome::Accepted
-                            }
-                        }
-                    })
-                    .collect())
-            })
-        }
-    }
+    use crate::ingest::fake::Fake;
 
     fn cfg() -> IngressConfig {
         IngressConfig {

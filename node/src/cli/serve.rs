@@ -70,7 +70,7 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             "try:\n  curl -X POST http://{addr}/v1/buses/default/events \\\n    -H 'content-type: application/cloudevents+json' \\\n    -d '{{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/demo\",\"type\":\"demo.hello\",\"data\":{{\"hello\":\"world\"}}}}'"
         );
     }
-    let router = crate::http::router(app.clone());
+    let router = crate::app::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let watch = tokio::spawn(watch_failure(
         app.clone(),

@@ -141,6 +141,41 @@ async fn add_learners(group: Site, members: Vec<ControlMember>) {
     }
 }
 
+/// Where bus, rule and source changes are written: through the control
+/// group when there is one (answering once this site runs the change),
+/// else to this site.
+#[derive(Clone)]
+pub struct ConfigWriter {
+    site: Site,
+    writer: Writer,
+    control: Option<Control>,
+}
+
+impl ConfigWriter {
+    /// Changes to `site` through `writer`, or through `control`.
+    pub fn new(site: Site, writer: Writer, control: Option<Control>) -> ConfigWriter {
+        ConfigWriter {
+            site,
+            writer,
+            control,
+        }
+    }
+
+    /// Apply a change.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResponse, FederationError> {
+        match &self.control {
+            Some(c) => c.write(&self.site, cmd).await,
+            None => self.writer.write(cmd).await,
+        }
+    }
+
+    /// The shared configuration (this node's replica of the control
+    /// group's state), when there is a control group.
+    pub fn shared(&self) -> Option<&SiteState> {
+        self.control.as_ref().map(|c| &*c.group.state)
+    }
+}
+
 impl Control {
     /// Write a configuration change to the control group, then wait until
     /// `site` runs the version that contains it.

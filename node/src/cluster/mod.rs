@@ -19,10 +19,51 @@ use strait_federation::network_quic::{
 };
 use strait_federation::transport::{AcceptPolicy, Endpoint, TransportConfig};
 use strait_federation::{
-    Bootstrap, Command, CommandResponse, FederationError, NodeId, NodeInfo, Site, SiteOptions,
+    Bootstrap, Command, CommandResponse, FederationError, NodeId, NodeInfo, Site, SiteFailure,
+    SiteOptions,
 };
 
 use crate::config::NodeConfig;
+
+/// Whether this node's Raft groups still run: its site group and its
+/// replica of the control group, if any. What the failure guard of the
+/// HTTP API, the probes and `strait serve` watch.
+#[derive(Clone)]
+pub struct Health {
+    site: Site,
+    control: Option<Site>,
+}
+
+impl Health {
+    /// The health of `site` and of the control group replica `control`.
+    pub fn new(site: Site, control: Option<Site>) -> Health {
+        Health { site, control }
+    }
+
+    /// Why the site group (or the control group replica) stopped on its
+    /// own, e.g. after a storage error; `None` while both run.
+    pub fn failure(&self) -> Option<SiteFailure> {
+        self.site
+            .failure()
+            .or_else(|| self.control.as_ref().and_then(Site::failure))
+    }
+
+    /// Wait until [`Health::failure`] has something to say.
+    pub async fn failed(&self) -> SiteFailure {
+        match &self.control {
+            Some(c) => tokio::select! {
+                f = self.site.failed() => f,
+                f = c.failed() => f,
+            },
+            None => self.site.failed().await,
+        }
+    }
+
+    /// The site's leader, as this node knows it.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.site.raft.metrics().borrow().current_leader
+    }
+}
 
 /// Writes through the site's leader: locally when this node leads,
 /// forwarded over QUIC otherwise, retried across elections until the

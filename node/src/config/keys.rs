@@ -1,9 +1,7 @@
 //! Ingress keys loaded from the configuration: the AWS SigV4 keys, the
-//! Alibaba ingress keys and push public keys (read from disk), and the
-//! Alibaba signature-nonce cache that goes with them.
+//! Alibaba ingress keys and push public keys (read from disk).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use strait_adapters::alibaba_eventbridge::sign::{IngressKey, RsaPublicKey};
 use strait_adapters::aws_eventbridge::ingress::IngressConfig;
@@ -11,18 +9,13 @@ use strait_adapters::aws_eventbridge::sigv4::VerifyKey;
 
 use super::{Alibaba, Aws};
 
-/// Most remembered signature nonces before expired ones are pruned.
-const NONCE_PRUNE_AT: usize = 10_000;
-
-/// Keys and replay state of the Alibaba endpoints.
+/// Keys of the Alibaba endpoints.
 #[derive(Debug)]
 pub struct AlibabaState {
     /// Keys of `POST /openapi/putEvents`.
     pub ingress_keys: Vec<IngressKey>,
     /// Trusted push signing keys by their URL.
     pub push_keys: BTreeMap<String, RsaPublicKey>,
-    /// `x-acs-signature-nonce` → Unix seconds until which it is remembered.
-    nonces: Mutex<HashMap<String, i64>>,
 }
 
 impl AlibabaState {
@@ -55,24 +48,7 @@ impl AlibabaState {
                 })
                 .collect(),
             push_keys,
-            nonces: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Remember a nonce until `until`; false if it was already used.
-    pub fn fresh_nonce(&self, nonce: &str, now: i64, until: i64) -> bool {
-        let mut map = match self.nonces.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if map.get(nonce).is_some_and(|t| *t >= now) {
-            return false;
-        }
-        if map.len() >= NONCE_PRUNE_AT {
-            map.retain(|_, t| *t >= now);
-        }
-        map.insert(nonce.to_string(), until);
-        true
     }
 }
 
@@ -89,19 +65,5 @@ pub fn aws_ingress(cfg: &Aws) -> IngressConfig {
             .collect(),
         account_id: cfg.account_id.clone(),
         max_clock_skew_secs: cfg.max_clock_skew_secs,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nonces_are_single_use_within_their_window() {
-        let s = AlibabaState::from_config(&Alibaba::default()).expect("state");
-        assert!(s.fresh_nonce("n1", 100, 200));
-        assert!(!s.fresh_nonce("n1", 150, 250));
-        assert!(s.fresh_nonce("n1", 201, 300));
-        assert!(s.fresh_nonce("n2", 150, 250));
     }
 }

@@ -160,7 +160,7 @@ impl Sink for BusSink {
                 .reingest(entry)
                 .await
                 .map_err(|e| DeliveryError::Retryable(e.to_string()))?;
-            if outcome.stored() {
+            if matches!(outcome, Outcome::Accepted | Outcome::Duplicate) {
                 span.ok().end();
             }
             match outcome {

@@ -2,7 +2,7 @@
 //! {aws.ingress_path}` (default `/`) routed to
 //! [`strait_adapters::aws_eventbridge::ingress::put_events`], which speaks
 //! EventBridge's JSON 1.1 `AWSEvents.PutEvents`; its events go through the
-//! node's [`Gate`]. SQS sources are in `crate::sources`.
+//! node's [`crate::ingest::Gate`]. SQS sources are in `crate::sources`.
 
 use std::sync::Arc;
 
@@ -12,13 +12,12 @@ use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use strait_adapters::aws_eventbridge::ingress::{self, MAX_BODY_BYTES};
 
-use crate::app::App;
-use crate::http::read_body;
-use crate::ingest::Gate;
+use super::Ingresses;
+use super::body::read_body;
 
 /// `POST {aws.ingress_path}`: EventBridge `PutEvents`.
 pub async fn put_events(
-    State(app): State<Arc<App>>,
+    State(state): State<Arc<Ingresses>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -28,12 +27,7 @@ pub async fn put_events(
         Ok(b) => b,
         Err(_) => return ingress::too_large().into_response(),
     };
-    let gate = Gate {
-        ingest: app.ingest.clone(),
-        state: app.site.state.clone(),
-        limits: app.cfg.limits.clone(),
-    };
-    ingress::put_events(&app.aws, &method, &uri, &headers, &bytes, &gate)
+    ingress::put_events(&state.aws, &method, &uri, &headers, &bytes, &state.gate)
         .await
         .into_response()
 }

@@ -8,24 +8,23 @@ use axum::extract::{Path, State};
 use serde_json::{Value, json};
 use strait_federation::Command;
 
-use crate::app::App;
 use crate::config::bus::bus_json;
+use crate::http::Resources;
 use crate::http::body::read_json;
 use crate::http::error::{ApiError, ApiResult, command_result};
 use crate::http::shared::{bus_must_exist, check_name};
 
-pub(super) async fn list(State(app): State<Arc<App>>) -> Json<Value> {
-    let buses: Vec<Value> = app.site.state.view().buses.values().cloned().collect();
+pub(super) async fn list(State(res): State<Arc<Resources>>) -> Json<Value> {
+    let buses: Vec<Value> = res.state.view().buses.values().cloned().collect();
     Json(json!({"buses": buses}))
 }
 
 pub(super) async fn get(
-    State(app): State<Arc<App>>,
+    State(res): State<Arc<Resources>>,
     Path(bus): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    bus_must_exist(&app, &bus)?;
-    let v = app
-        .site
+    bus_must_exist(&res.state, &bus)?;
+    let v = res
         .state
         .view()
         .buses
@@ -36,12 +35,12 @@ pub(super) async fn get(
 }
 
 pub(super) async fn put(
-    State(app): State<Arc<App>>,
+    State(res): State<Arc<Resources>>,
     Path(bus): Path<String>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
     check_name("bus", &bus)?;
-    let v = read_json(body, app.cfg.limits.max_request_bytes).await?;
+    let v = read_json(body, res.max_request_bytes).await?;
     let description = match &v {
         Value::Null => String::new(),
         Value::Object(m) => {
@@ -69,8 +68,7 @@ pub(super) async fn put(
             ));
         }
     };
-    let created = app
-        .site
+    let created = res
         .state
         .view()
         .buses
@@ -80,19 +78,20 @@ pub(super) async fn put(
         .map(str::to_string);
     let spec = bus_json(&bus, &description, created.as_deref());
     command_result(
-        app.write_config(Command::PutBus {
-            name: bus,
-            spec: spec.clone(),
-        })
-        .await?,
+        res.config
+            .write(Command::PutBus {
+                name: bus,
+                spec: spec.clone(),
+            })
+            .await?,
     )?;
     Ok(Json(spec))
 }
 
 pub(super) async fn delete(
-    State(app): State<Arc<App>>,
+    State(res): State<Arc<Resources>>,
     Path(bus): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    command_result(app.write_config(Command::DeleteBus { name: bus }).await?)?;
+    command_result(res.config.write(Command::DeleteBus { name: bus }).await?)?;
     Ok(Json(json!({"deleted": true})))
 }

@@ -13,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use strait_federation::{FederationError, NodeInfo};
 
+use super::ClusterApi;
 use super::body::read_body;
 use super::error::{ApiError, ApiResult};
-use crate::app::App;
 use crate::cluster::leader_http;
 
 /// Longest a membership change may take (a learner catching up first).
@@ -57,13 +57,13 @@ fn parse_member(v: &Value) -> ApiResult<(u64, NodeInfo)> {
 
 /// Pass a membership request on to the leader's HTTP API.
 async fn to_leader(
-    app: &App,
+    api: &ClusterApi,
     method: Method,
     path: &str,
     headers: &HeaderMap,
     body: Option<Value>,
 ) -> ApiResult<Response> {
-    let Some((leader, base)) = leader_http(&app.site) else {
+    let Some((leader, base)) = leader_http(&api.site) else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "NotReady",
@@ -110,8 +110,8 @@ async fn to_leader(
         .into_response())
 }
 
-fn membership_answer(app: &App) -> Value {
-    let m = app.site.raft.metrics().borrow().clone();
+fn membership_answer(api: &ClusterApi) -> Value {
+    let m = api.site.raft.metrics().borrow().clone();
     let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
     let nodes: Vec<u64> = m
         .membership_config
@@ -125,7 +125,7 @@ fn membership_answer(app: &App) -> Value {
 /// `POST /v1/cluster/members` `{"id", "raftAddr", "httpAddr"}`: add a node
 /// as a voter (it catches up as a learner first).
 pub async fn add_member(
-    State(app): State<Arc<App>>,
+    State(api): State<Arc<ClusterApi>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -133,14 +133,14 @@ pub async fn add_member(
     let v: Value =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
     let (id, info) = parse_member(&v)?;
-    if !app.site.is_leader() {
-        return to_leader(&app, Method::POST, "/v1/cluster/members", &headers, Some(v)).await;
+    if !api.site.is_leader() {
+        return to_leader(&api, Method::POST, "/v1/cluster/members", &headers, Some(v)).await;
     }
     tracing::info!(id, node = %info, "adding a member");
-    match tokio::time::timeout(CHANGE_TIMEOUT, app.site.add_member(id, info)).await {
-        Ok(Ok(())) => Ok(Json(membership_answer(&app)).into_response()),
+    match tokio::time::timeout(CHANGE_TIMEOUT, api.site.add_member(id, info)).await {
+        Ok(Ok(())) => Ok(Json(membership_answer(&api)).into_response()),
         Ok(Err(FederationError::NotLeader { .. })) => {
-            to_leader(&app, Method::POST, "/v1/cluster/members", &headers, Some(v)).await
+            to_leader(&api, Method::POST, "/v1/cluster/members", &headers, Some(v)).await
         }
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(ApiError::new(
@@ -155,30 +155,30 @@ pub async fn add_member(
 
 /// `DELETE /v1/cluster/members/{id}`: remove a node from the site.
 pub async fn remove_member(
-    State(app): State<Arc<App>>,
+    State(api): State<Arc<ClusterApi>>,
     Path(id): Path<u64>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let path = format!("/v1/cluster/members/{id}");
-    if !app.site.is_leader() {
-        return to_leader(&app, Method::DELETE, &path, &headers, None).await;
+    if !api.site.is_leader() {
+        return to_leader(&api, Method::DELETE, &path, &headers, None).await;
     }
     tracing::info!(id, "removing a member");
-    match app.site.remove_member(id).await {
-        Ok(()) => Ok(Json(membership_answer(&app)).into_response()),
+    match api.site.remove_member(id).await {
+        Ok(()) => Ok(Json(membership_answer(&api)).into_response()),
         Err(FederationError::NotLeader { .. }) => {
-            to_leader(&app, Method::DELETE, &path, &headers, None).await
+            to_leader(&api, Method::DELETE, &path, &headers, None).await
         }
         Err(e) => Err(e.into()),
     }
 }
 
 /// `GET /v1/cluster`.
-pub(super) async fn status(State(app): State<Arc<App>>) -> Json<Value> {
-    let mut v = crate::cluster::status(&app.cfg, &app.site, app.writer.endpoint(), app.cert_expiry);
-    v["links"] = crate::links::status(&app.cfg, &app.site.state, &app.link_stats);
-    if let Some(c) = &app.control {
-        v["control"] = c.status(&app.site);
+pub(super) async fn status(State(api): State<Arc<ClusterApi>>) -> Json<Value> {
+    let mut v = crate::cluster::status(&api.cfg, &api.site, api.writer.endpoint(), api.cert_expiry);
+    v["links"] = crate::links::status(&api.cfg, &api.site.state, &api.link_stats);
+    if let Some(c) = &api.control {
+        v["control"] = c.status(&api.site);
     }
     Json(v)
 }

@@ -1,4 +1,6 @@
-//! `POST /v1/buses/{bus}/events`: the CloudEvents HTTP binding.
+//! `POST /v1/buses/{bus}/events`: the CloudEvents HTTP binding, read by the
+//! node's [`Gate`] and posted with [`strait_adapters::post_to_bus`], whose
+//! answer the Alibaba push endpoint gives too ([`bus_answer`]).
 
 use std::sync::Arc;
 
@@ -7,25 +9,25 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use strait_adapters::{Binding, BindingError, BusAnswer, IngestError, post_to_bus};
 
-use crate::app::App;
+use crate::http::Ingresses;
 use crate::http::body::read_body;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::shared::bus_must_exist;
-use crate::ingest::{CommitError, Entries, Entry, Outcome, RequestError, parse_request_in};
 use crate::telemetry::EventSpan;
 use crate::trace::TraceParent;
 use opentelemetry::trace::SpanKind;
 
 pub(super) async fn post(
-    State(app): State<Arc<App>>,
+    State(ingress): State<Arc<Ingresses>>,
     Path(bus): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    bus_must_exist(&app, &bus)?;
-    let bytes = read_body(body, app.cfg.limits.max_request_bytes).await?;
+    let gate = &ingress.gate;
+    bus_must_exist(&gate.state, &bus)?;
+    let bytes = read_body(body, gate.limits.max_request_bytes).await?;
     // The request's span (SERVER): a child of the HTTP `traceparent`;
     // the events without their own trace continue it, the others are
     // linked from it.
@@ -41,14 +43,22 @@ pub(super) async fn post(
         header.map(|h| h.span_id),
     );
     let request_trace = if span.recording() { Some(me) } else { header };
-    let parsed = parse_request_in(&headers, &bytes, &app.cfg.limits, request_trace).map_err(|e| {
-        let status = match e {
-            RequestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RequestError::TooManyEvents(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            RequestError::Malformed(_) => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, e.code(), e.to_string())
-    });
+    let entries = gate
+        .read_in(
+            Binding::Request,
+            &headers,
+            &bytes,
+            &gate.limits,
+            request_trace,
+        )
+        .map_err(|e| {
+            let status = match e {
+                BindingError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                BindingError::TooManyEvents(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                BindingError::Malformed(_) => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, e.code(), e.to_string())
+        });
     if span.recording() {
         span.attr("http.request.method", "POST")
             .attr("http.route", "/v1/buses/{bus}/events")
@@ -56,11 +66,14 @@ pub(super) async fn post(
             .attr("messaging.operation.type", "receive")
             .attr("messaging.destination.name", bus.clone())
             .attr("http.request.body.size", bytes.len() as i64);
-        if let Ok(parsed) = &parsed {
-            span.attr("messaging.batch.message_count", parsed.len() as i64);
-            for (_, p) in parsed {
-                if let Ok(p) = p
-                    && let Some(tp) = p.event.str_attr("traceparent").and_then(TraceParent::parse)
+        if let Ok(entries) = &entries {
+            span.attr("messaging.batch.message_count", entries.len() as i64);
+            for e in entries {
+                if let Ok(checked) = &e.event
+                    && let Some(tp) = checked
+                        .event
+                        .str_attr("traceparent")
+                        .and_then(TraceParent::parse)
                     && tp.trace_id != me.trace_id
                 {
                     span.link(&tp);
@@ -68,8 +81,8 @@ pub(super) async fn post(
             }
         }
     }
-    let answer = match parsed {
-        Ok(parsed) => commit_parsed(&app, &bus, parsed).await,
+    let answer = match entries {
+        Ok(entries) => bus_answer(post_to_bus(gate, &bus, entries).await),
         Err(e) => Err(e),
     };
     if span.recording() {
@@ -86,76 +99,40 @@ pub(super) async fn post(
     answer
 }
 
-/// Submit parsed entries to `bus` and answer with per-entry results (the
-/// commit path of `POST /v1/buses/{bus}/events`, shared with the Alibaba
-/// push source).
-pub(crate) async fn commit_parsed(app: &App, bus: &str, parsed: Entries) -> ApiResult<Response> {
-    let total = parsed.len();
-    let mut results: Vec<Value> = Vec::with_capacity(total);
-    let mut entries = Vec::with_capacity(total);
-    let mut first_error: Option<(StatusCode, &'static str, String)> = None;
-    for (id, r) in parsed {
-        match r {
-            Ok(p) => {
-                entries.push(p.into_entry(bus.to_string()));
-                results.push(json!({"id": id, "status": "pending"}));
-            }
-            Err(e) => {
-                let status = if e.code() == "EventTooLarge" {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                if first_error.is_none() {
-                    first_error = Some((status, e.code(), e.to_string()));
-                }
-                entries.push(Entry::Refused {
-                    bus: bus.to_string(),
-                });
-                results.push(json!({"id": id, "status": "error", "error": {"code": e.code(), "message": e.to_string()}}));
-            }
+/// The API's rendering of [`post_to_bus`]'s answer: the per-entry results
+/// (`200` when all were stored, `207` when some were), the first entry's
+/// error with the results when none was, `503` or `507` when nothing could
+/// be stored.
+pub(crate) fn bus_answer(answer: Result<BusAnswer, IngestError>) -> ApiResult<Response> {
+    match answer {
+        Ok(BusAnswer::Stored { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            Ok((status, Json(body)).into_response())
+        }
+        Ok(BusAnswer::NoneStored {
+            status,
+            code,
+            message,
+            results,
+        }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            Err(ApiError::new(status, code, message).with_extra("results", results))
+        }
+        Err(IngestError::NotReady(m)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NotReady",
+            m,
+        )),
+        Err(IngestError::Failed(m)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CommitFailed",
+            m,
+        )),
+        Err(IngestError::StateFull { limit, stored, .. }) => {
+            Err(super::error::state_full(&strait_federation::StateFull {
+                limit,
+                stored,
+            }))
         }
     }
-    let outcomes = app.ingest.submit(entries).await.map_err(|e| match e {
-        CommitError::NotReady(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", m),
-        CommitError::Failed(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "CommitFailed", m),
-        CommitError::StateFull(full) => super::error::state_full(&full),
-    })?;
-    let (mut accepted, mut duplicates) = (0u64, 0u64);
-    for (result, outcome) in results.iter_mut().zip(outcomes) {
-        let status = match outcome {
-            Outcome::Accepted => {
-                accepted += 1;
-                "accepted"
-            }
-            Outcome::Duplicate => {
-                duplicates += 1;
-                "duplicate"
-            }
-            Outcome::NoSuchBus => {
-                let message = format!("bus `{bus}` was deleted");
-                result["error"] = json!({"code": "BusNotFound", "message": message});
-                if first_error.is_none() {
-                    first_error = Some((StatusCode::NOT_FOUND, "BusNotFound", message));
-                }
-                "error"
-            }
-            Outcome::Refused => continue,
-        };
-        result["status"] = json!(status);
-    }
-    let failed = total as u64 - accepted - duplicates;
-    let body = json!({"accepted": accepted, "duplicates": duplicates, "failed": failed, "results": results});
-    if failed == 0 {
-        return Ok((StatusCode::OK, Json(body)).into_response());
-    }
-    if accepted + duplicates > 0 {
-        return Ok((StatusCode::MULTI_STATUS, Json(body)).into_response());
-    }
-    let (status, code, message) = first_error.unwrap_or((
-        StatusCode::BAD_REQUEST,
-        "InvalidEvent",
-        "no event accepted".into(),
-    ));
-    Err(ApiError::new(status, code, message).with_extra("results", body["results"].clone()))
 }

@@ -1,8 +1,8 @@
 //! The HTTP API (see docs/api.md): the router, its middleware (failure
 //! guard, bearer tokens) and one file per resource.
 
-pub(crate) mod alibaba;
-pub(crate) mod aws;
+mod alibaba;
+mod aws;
 mod body;
 mod buses;
 mod cluster;
@@ -12,9 +12,8 @@ mod probes;
 mod rules;
 mod shared;
 mod sources;
+mod state;
 mod tools;
-
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -23,23 +22,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
-use crate::app::App;
-pub(crate) use body::read_body;
-pub(crate) use error::ApiError;
-use error::failure_error;
-pub(crate) use events::commit_parsed;
-pub(crate) use shared::bus_must_exist;
+use crate::cluster::Health;
+use error::{ApiError, failure_error};
+pub(crate) use state::{Auth, ClusterApi, HttpState, Ingresses, Resources};
 
-/// Build the router.
-pub fn router(app: Arc<App>) -> Router {
-    let aws_path = app.cfg.aws.ingress_path.clone();
-    let v1 = Router::new()
+/// Build the router: each group of routes with its part of `state`.
+pub fn router(state: HttpState) -> Router {
+    let resources = Router::new()
         .route("/v1/buses", get(buses::list))
         .route(
             "/v1/buses/{bus}",
             put(buses::put).get(buses::get).delete(buses::delete),
         )
-        .route("/v1/buses/{bus}/events", post(events::post))
         .route("/v1/buses/{bus}/rules", get(rules::list))
         .route(
             "/v1/buses/{bus}/rules/{rule}",
@@ -52,24 +46,39 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/patterns:test", post(tools::test_pattern))
         .route("/v1/transforms:test", post(tools::test_transform))
+        .with_state(state.resources);
+    let cluster = Router::new()
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/cluster/members", post(cluster::add_member))
         .route(
             "/v1/cluster/members/{id}",
             axum::routing::delete(cluster::remove_member),
         )
-        .layer(middleware::from_fn_with_state(app.clone(), auth));
-    Router::new()
-        .merge(v1)
-        .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::readyz))
-        .route("/metrics", get(probes::metrics))
+        .with_state(state.cluster);
+    let events = Router::new()
+        .route("/v1/buses/{bus}/events", post(events::post))
+        .with_state(state.ingress.clone());
+    let v1 = resources
+        .merge(events)
+        .merge(cluster)
+        .layer(middleware::from_fn_with_state(state.auth, auth));
+    let vendors = Router::new()
         .route(
             strait_adapters::alibaba_eventbridge::PUT_EVENTS_PATH,
             post(alibaba::put_events),
         )
         .route("/alibaba/push/{bus}", post(alibaba::push))
-        .route(&aws_path, post(aws::put_events))
+        .route(&state.aws_ingress_path, post(aws::put_events))
+        .with_state(state.ingress);
+    let probes = Router::new()
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .with_state(state.health.clone())
+        .route("/metrics", get(probes::metrics).with_state(state.metrics));
+    Router::new()
+        .merge(v1)
+        .merge(probes)
+        .merge(vendors)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -85,16 +94,15 @@ pub fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(
-            app.clone(),
+            state.health,
             refuse_when_failed,
         ))
-        .with_state(app)
 }
 
 /// Writes to a node whose Raft stopped are refused with [`failure_error`]
 /// (reads still work); a write that failed because Raft stopped while it
 /// was under way gets the same answer instead of a generic 5xx.
-async fn refuse_when_failed(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+async fn refuse_when_failed(State(health): State<Health>, req: Request, next: Next) -> Response {
     let reads = matches!(
         *req.method(),
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
@@ -102,29 +110,29 @@ async fn refuse_when_failed(State(app): State<Arc<App>>, req: Request, next: Nex
     if reads {
         return next.run(req).await;
     }
-    if let Some(f) = app.failure() {
+    if let Some(f) = health.failure() {
         return failure_error(&f).into_response();
     }
     let response = next.run(req).await;
     if response.status().is_server_error()
-        && let Some(f) = app.failure()
+        && let Some(f) = health.failure()
     {
         return failure_error(&f).into_response();
     }
     response
 }
 
-async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    if app.cfg.dev {
+async fn auth(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+    let Some(tokens) = &auth.tokens else {
         return next.run(req).await;
-    }
+    };
     let token = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match token {
-        Some(t) if app.cfg.auth.tokens.iter().any(|k| k == t) => next.run(req).await,
+        Some(t) if tokens.iter().any(|k| k == t) => next.run(req).await,
         Some(_) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",

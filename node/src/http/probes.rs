@@ -1,21 +1,20 @@
 //! `/healthz`, `/readyz` and `/metrics`.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use strait_federation::SiteFailure;
 
-use crate::app::App;
+use crate::cluster::Health;
 use crate::http::error::{ApiError, failure_error};
 
 /// Liveness: 503 once the node's Raft stopped on its own (a restart is
 /// what it needs).
-pub(super) async fn healthz(State(app): State<Arc<App>>) -> Response {
-    match app.failure() {
+pub(super) async fn healthz(State(health): State<Health>) -> Response {
+    match health.failure() {
         Some(f) => not_serving(&f),
         None => Json(json!({"status": "ok"})).into_response(),
     }
@@ -28,12 +27,11 @@ fn not_serving(f: &SiteFailure) -> Response {
         .into_response()
 }
 
-pub(super) async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if let Some(f) = app.failure() {
+pub(super) async fn readyz(State(health): State<Health>) -> Response {
+    if let Some(f) = health.failure() {
         return not_serving(&f);
     }
-    let leader = app.site.raft.metrics().borrow().current_leader;
-    match leader {
+    match health.leader() {
         Some(l) => (
             StatusCode::OK,
             Json(json!({"status": "ready", "leader": l})),
@@ -48,10 +46,10 @@ pub(super) async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-pub(super) async fn metrics(State(app): State<Arc<App>>) -> Response {
+pub(super) async fn metrics(State(metrics): State<PrometheusHandle>) -> Response {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
+        metrics.render(),
     )
         .into_response()
 }

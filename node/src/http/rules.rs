@@ -10,13 +10,13 @@ use serde_json::{Value, json};
 use strait_federation::Command;
 use strait_federation::store::state::{dead_letter_buses, target_key};
 
-use crate::app::App;
 use crate::config::rule::RuleSpec;
+use crate::http::Resources;
 use crate::http::body::read_json;
 use crate::http::error::{ApiError, ApiResult, command_result};
 use crate::http::shared::{bus_must_exist, check_name, share_bus};
 
-fn rule_view(app: &App, bus: &str, name: &str, spec: &Value, with_status: bool) -> Value {
+fn rule_view(res: &Resources, bus: &str, name: &str, spec: &Value, with_status: bool) -> Value {
     let mut v = spec.clone();
     v["name"] = json!(name);
     v["bus"] = json!(bus);
@@ -28,18 +28,10 @@ fn rule_view(app: &App, bus: &str, name: &str, spec: &Value, with_status: bool) 
                     continue;
                 };
                 let key = target_key(bus, name, id);
-                let replicated = app
-                    .site
-                    .state
-                    .view()
-                    .cursors
-                    .get(&key)
-                    .copied()
-                    .unwrap_or(0);
-                let live = crate::dispatch::stats(&app.progress, &key).unwrap_or_default();
+                let replicated = res.state.view().cursors.get(&key).copied().unwrap_or(0);
+                let live = crate::dispatch::stats(&res.progress, &key).unwrap_or_default();
                 let cursor = live.cursor.max(replicated);
-                let lag = app
-                    .site
+                let lag = res
                     .state
                     .count_events_from(bus, cursor, 1_000_000)
                     .unwrap_or(0);
@@ -66,12 +58,11 @@ fn rule_view(app: &App, bus: &str, name: &str, spec: &Value, with_status: bool) 
 }
 
 pub(super) async fn list(
-    State(app): State<Arc<App>>,
+    State(res): State<Arc<Resources>>,
     Path(bus): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    bus_must_exist(&app, &bus)?;
-    let rules: Vec<(String, Value)> = app
-        .site
+    bus_must_exist(&res.state, &bus)?;
+    let rules: Vec<(String, Value)> = res
         .state
         .view()
         .rules
@@ -81,25 +72,24 @@ pub(super) async fn list(
         .collect();
     let out: Vec<Value> = rules
         .iter()
-        .map(|(r, v)| rule_view(&app, &bus, r, v, false))
+        .map(|(r, v)| rule_view(&res, &bus, r, v, false))
         .collect();
     Ok(Json(json!({"rules": out})))
 }
 
 pub(super) async fn get(
-    State(app): State<Arc<App>>,
+    State(res): State<Arc<Resources>>,
     Path((bus, rule)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    bus_must_exist(&app, &bus)?;
-    let spec = app
-        .site
+    bus_must_exist(&res.state, &bus)?;
+    let spec = res
         .state
         .view()
         .rules
         .get(&(bus.clone(), rule.clone()))
         .cloned();
     match spec {
-        Some(s) => Ok(Json(rule_view(&app, &bus, &rule, &s, true))),
+        Some(s) => Ok(Json(rule_view(&res, &bus, &rule, &s, true))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "RuleNotFound",
@@ -109,13 +99,13 @@ pub(super) async fn get(
 }
 
 pub(super) async fn put(
-    State(app): State<Arc<App>>,
+    State(res): State<Arc<Resources>>,
     Path((bus, rule)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
     check_name("rule", &rule)?;
-    bus_must_exist(&app, &bus)?;
-    let mut v = read_json(body, app.cfg.limits.max_request_bytes).await?;
+    bus_must_exist(&res.state, &bus)?;
+    let mut v = read_json(body, res.max_request_bytes).await?;
     if let Some(m) = v.as_object_mut() {
         // Echoed fields from a GET are fine to send back.
         m.remove("name");
@@ -124,23 +114,23 @@ pub(super) async fn put(
     }
     let mut spec = RuleSpec::from_json(&v)?;
     for (i, t) in spec.targets.iter_mut().enumerate() {
-        if app.control.is_some() && t.site.is_none() {
+        if res.config.shared().is_some() && t.site.is_none() {
             // Shared rules run everywhere: a target without a site is
             // delivered by the site it was created at.
-            t.site = Some(app.cfg.site.clone());
+            t.site = Some(res.site.clone());
         }
         if let Some(site) = &t.site
-            && *site != app.cfg.site
-            && !app.cfg.federation.links.contains_key(site)
+            && *site != res.site
+            && !res.linked_sites.contains(site)
         {
-            let known: Vec<&String> = std::iter::once(&app.cfg.site)
-                .chain(app.cfg.federation.links.keys())
+            let known: Vec<&String> = std::iter::once(&res.site)
+                .chain(res.linked_sites.iter())
                 .collect();
             return Err(ApiError::bad_request(
                 "UnknownSite",
                 format!(
                     "targets[{i}].site: no link from site {:?} to site {site:?} (known sites: {known:?})",
-                    app.cfg.site
+                    res.site
                 ),
             ));
         }
@@ -153,31 +143,33 @@ pub(super) async fn put(
         )
     })?;
     let targets = spec.targets.iter().map(|t| t.id.clone()).collect();
-    share_bus(&app, &bus).await?;
+    share_bus(&res, &bus).await?;
     // A dead-letter bus this site has from its configuration is shared
     // too, so that every site can store dead letters on it. (Whether it
     // exists is checked when the rule is committed.)
     for (_, dl_bus) in dead_letter_buses(&stored) {
-        share_bus(&app, dl_bus).await?;
+        share_bus(&res, dl_bus).await?;
     }
     command_result(
-        app.write_config(Command::PutRule {
-            bus: bus.clone(),
-            name: rule.clone(),
-            spec: stored.clone(),
-            targets,
-        })
-        .await?,
+        res.config
+            .write(Command::PutRule {
+                bus: bus.clone(),
+                name: rule.clone(),
+                spec: stored.clone(),
+                targets,
+            })
+            .await?,
     )?;
-    Ok(Json(rule_view(&app, &bus, &rule, &stored, false)))
+    Ok(Json(rule_view(&res, &bus, &rule, &stored, false)))
 }
 
 pub(super) async fn delete(
-    State(app): State<Arc<App>>,
+    State(res): State<Arc<Resources>>,
     Path((bus, rule)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     command_result(
-        app.write_config(Command::DeleteRule { bus, name: rule })
+        res.config
+            .write(Command::DeleteRule { bus, name: rule })
             .await?,
     )?;
     Ok(Json(json!({"deleted": true})))

@@ -9,27 +9,26 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use strait_federation::Command;
 
-use crate::app::App;
+use crate::http::Resources;
 use crate::http::body::read_json;
 use crate::http::error::{ApiError, ApiResult, command_result};
-use crate::http::shared::{check_name, known_sites, share_bus};
+use crate::http::shared::{check_name, share_bus};
 
-fn source_view(app: &App, name: &str, spec: &Value, with_status: bool) -> Value {
+fn source_view(res: &Resources, name: &str, spec: &Value, with_status: bool) -> Value {
     let mut v = spec.clone();
     v["name"] = json!(name);
     if with_status {
-        v["status"] = app.sources.get(name).to_json();
+        v["status"] = res.sources.get(name).to_json();
     }
     v
 }
 
-pub(super) async fn list(State(app): State<Arc<App>>) -> Json<Value> {
-    let out: Vec<Value> = app
-        .site
+pub(super) async fn list(State(res): State<Arc<Resources>>) -> Json<Value> {
+    let out: Vec<Value> = res
         .state
         .sources()
         .iter()
-        .map(|(n, v)| source_view(&app, n, v, false))
+        .map(|(n, v)| source_view(&res, n, v, false))
         .collect();
     Json(json!({"sources": out}))
 }
@@ -43,41 +42,38 @@ fn source_not_found(name: &str) -> ApiError {
 }
 
 pub(super) async fn get(
-    State(app): State<Arc<App>>,
+    State(res): State<Arc<Resources>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let spec = app.site.state.view().sources.get(&name).cloned();
+    let spec = res.state.view().sources.get(&name).cloned();
     match spec {
-        Some(s) => Ok(Json(source_view(&app, &name, &s, true))),
+        Some(s) => Ok(Json(source_view(&res, &name, &s, true))),
         None => Err(source_not_found(&name)),
     }
 }
 
 pub(super) async fn put(
-    State(app): State<Arc<App>>,
+    State(res): State<Arc<Resources>>,
     Path(name): Path<String>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
     check_name("source", &name)?;
-    let mut v = read_json(body, app.cfg.limits.max_request_bytes).await?;
+    let mut v = read_json(body, res.max_request_bytes).await?;
     if let Some(m) = v.as_object_mut() {
         // Echoed fields from a GET are fine to send back.
         m.remove("name");
         m.remove("status");
     }
     let mut spec = crate::config::source::SourceSpec::from_json(&v)?;
-    let site = spec
-        .site
-        .get_or_insert_with(|| app.cfg.site.clone())
-        .clone();
-    let known = known_sites(&app);
+    let site = spec.site.get_or_insert_with(|| res.site.clone()).clone();
+    let known = &res.known_sites;
     if !known.contains(&site) {
         return Err(ApiError::bad_request(
             "UnknownSite",
             format!("site: {site:?} is not a site of this federation (known sites: {known:?})"),
         ));
     }
-    if !app.site.state.view().buses.contains_key(&spec.bus) {
+    if !res.state.view().buses.contains_key(&spec.bus) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "BusNotFound",
@@ -94,21 +90,22 @@ pub(super) async fn put(
             e.to_string(),
         )
     })?;
-    share_bus(&app, &spec.bus).await?;
+    share_bus(&res, &spec.bus).await?;
     command_result(
-        app.write_config(Command::PutSource {
-            name: name.clone(),
-            spec: stored.clone(),
-        })
-        .await?,
+        res.config
+            .write(Command::PutSource {
+                name: name.clone(),
+                spec: stored.clone(),
+            })
+            .await?,
     )?;
-    Ok(Json(source_view(&app, &name, &stored, false)))
+    Ok(Json(source_view(&res, &name, &stored, false)))
 }
 
 pub(super) async fn delete(
-    State(app): State<Arc<App>>,
+    State(res): State<Arc<Resources>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    command_result(app.write_config(Command::DeleteSource { name }).await?)?;
+    command_result(res.config.write(Command::DeleteSource { name }).await?)?;
     Ok(Json(json!({"deleted": true})))
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use strait_routing::pattern::Pattern;
 use strait_routing::transform::{Transform, TransformContext, TransformOutput};
 
-use crate::app::App;
+use crate::http::Resources;
 use crate::http::body::read_json;
 use crate::http::error::{ApiError, ApiResult};
 
@@ -38,10 +38,10 @@ fn event_field(v: &Value) -> ApiResult<&Value> {
 }
 
 pub(super) async fn test_pattern(
-    State(app): State<Arc<App>>,
+    State(res): State<Arc<Resources>>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let v = read_json(body, app.cfg.limits.max_request_bytes).await?;
+    let v = read_json(body, res.max_request_bytes).await?;
     let pattern = Pattern::parse(field(&v, "pattern")?)
         .map_err(|e| ApiError::bad_request("InvalidPattern", format!("pattern: {e}")))?;
     let event = event_field(&v)?;
@@ -49,10 +49,10 @@ pub(super) async fn test_pattern(
 }
 
 pub(super) async fn test_transform(
-    State(app): State<Arc<App>>,
+    State(res): State<Arc<Resources>>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let v = read_json(body, app.cfg.limits.max_request_bytes).await?;
+    let v = read_json(body, res.max_request_bytes).await?;
     let transform = Transform::parse(field(&v, "transform")?)
         .map_err(|e| ApiError::bad_request("InvalidTransform", format!("transform: {e}")))?;
     let event = event_field(&v)?;

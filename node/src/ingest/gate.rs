@@ -1,18 +1,27 @@
-//! The node's side of the vendor ingresses and sources in
-//! `strait_adapters`: a [`Gate`] is the [`strait_adapters::Ingest`] they
-//! hand their events to,
-//! which checks each event as the CloudEvents binding does and submits them
-//! through [`Ingest::submit`].
+//! The node's side of the ingresses in `strait_adapters`: a [`Gate`] is
+//! the [`strait_adapters::Ingest`] they hand their events to. It reads
+//! request bodies with the CloudEvents binding ([`super::parse`]), checks
+//! the events an ingress built itself as that binding checks a batch's
+//! members, and submits them through [`Ingest::submit`].
 
 use std::sync::Arc;
 
-use strait_adapters::{IngestFuture, IngestOutcome, Offer};
+use http::HeaderMap;
+use strait_adapters::{
+    Binding, BindingError, CheckedEvent, EntryRefusal, EventLimits, IngestError, IngestFuture,
+    IngestOutcome, Offer, ReadEntry,
+};
 use strait_federation::SiteState;
 
-use super::{Entry, Ingest, Outcome, parse_items};
+use super::{
+    CommitError, Entries, Entry, Ingest, Outcome, parse_batch, parse_items, parse_request_in,
+    parse_structured,
+};
 use crate::config::Limits;
+use crate::trace::TraceParent;
 
 /// The submit path as an ingress adapter sees it.
+#[derive(Clone)]
 pub struct Gate {
     /// Where the events go.
     pub ingest: Ingest,
@@ -31,11 +40,91 @@ impl Gate {
             limits,
         }
     }
+
+    /// Read a request body's events as `binding` says; those without a
+    /// `traceparent` continue `request_trace` (the HTTP `traceparent`, or
+    /// the request span of an ingress that exports one).
+    pub fn read_in(
+        &self,
+        binding: Binding,
+        headers: &HeaderMap,
+        body: &[u8],
+        limits: &Limits,
+        request_trace: Option<TraceParent>,
+    ) -> Result<Vec<ReadEntry>, BindingError> {
+        let parsed = match binding {
+            Binding::Request => parse_request_in(headers, body, limits, request_trace),
+            Binding::Structured => parse_structured(body, request_trace, limits),
+            Binding::Batch => parse_batch(body, request_trace, limits),
+        }?;
+        Ok(read_entries(parsed))
+    }
+
+    /// The node's limits, as the ingresses in `strait_adapters` take them.
+    pub fn event_limits(&self) -> EventLimits {
+        EventLimits {
+            max_event_bytes: self.limits.max_event_bytes,
+            max_request_bytes: self.limits.max_request_bytes,
+            max_batch_events: self.limits.max_batch_events,
+        }
+    }
+}
+
+/// Entries of the CloudEvents binding as an ingress reads them.
+pub fn read_entries(parsed: Entries) -> Vec<ReadEntry> {
+    parsed
+        .into_iter()
+        .map(|(id, r)| ReadEntry {
+            id,
+            event: r
+                .map(|p| CheckedEvent {
+                    event: p.event,
+                    json: p.json,
+                })
+                .map_err(|e| EntryRefusal {
+                    code: e.code(),
+                    message: e.to_string(),
+                }),
+        })
+        .collect()
+}
+
+impl From<CommitError> for IngestError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::NotReady(m) => IngestError::NotReady(m),
+            CommitError::Failed(m) => IngestError::Failed(m),
+            CommitError::StateFull(full) => IngestError::StateFull {
+                message: full.to_string(),
+                limit: full.limit,
+                stored: full.stored,
+            },
+        }
+    }
 }
 
 impl strait_adapters::Ingest for Gate {
     fn bus_exists(&self, bus: &str) -> bool {
         self.state.view().buses.contains_key(bus)
+    }
+
+    fn read(
+        &self,
+        binding: Binding,
+        headers: &HeaderMap,
+        body: &[u8],
+        limits: &EventLimits,
+    ) -> Result<Vec<ReadEntry>, BindingError> {
+        let limits = Limits {
+            max_event_bytes: limits.max_event_bytes,
+            max_request_bytes: limits.max_request_bytes,
+            max_batch_events: limits.max_batch_events,
+        };
+        let traceparent = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse);
+        self.read_in(binding, headers, body, &limits, traceparent)
     }
 
     fn submit(&self, offers: Vec<Offer>) -> IngestFuture<'_> {
@@ -58,6 +147,10 @@ impl strait_adapters::Ingest for Gate {
                         entries.push(Entry::Refused { bus: bus.clone() });
                         buses.push(bus);
                     }
+                    Offer::Checked { bus, event } => {
+                        entries.push(super::append_entry(&event.event, event.json, bus));
+                        buses.push(String::new());
+                    }
                     Offer::Refused { bus } => {
                         entries.push(Entry::Refused { bus });
                         buses.push(String::new());
@@ -75,10 +168,7 @@ impl strait_adapters::Ingest for Gate {
                     Err(e) => invalid[slot] = Some(e.to_string()),
                 }
             }
-            let outcomes = self.ingest.submit(entries).await.map_err(|e| match e {
-                super::CommitError::NotReady(m) | super::CommitError::Failed(m) => m,
-                e @ super::CommitError::StateFull(_) => e.to_string(),
-            })?;
+            let outcomes = self.ingest.submit(entries).await?;
             Ok(outcomes
                 .into_iter()
                 .zip(invalid)

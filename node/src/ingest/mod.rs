@@ -22,7 +22,7 @@ use crate::telemetry::EventSpan;
 pub use commit::{CommitError, Committer};
 pub use gate::Gate;
 pub use parse::{
-    Entries, RequestError, STRUCTURED, parse_batch, parse_items, parse_request, parse_request_in,
+    Entries, STRUCTURED, parse_batch, parse_items, parse_request, parse_request_in,
     parse_structured,
 };
 
@@ -42,6 +42,41 @@ pub enum Entry {
     },
 }
 
+/// The entry that appends `event` (its stored form `json`) to `bus`, with
+/// its `publish` span started: the span's id and parent follow from the
+/// event's `traceparent` ([`crate::telemetry::publish_span_of`]), so it is
+/// the same whichever ingress or source read the event.
+pub fn append_entry(
+    event: &strait_routing::event::Event,
+    json: Box<serde_json::value::RawValue>,
+    bus: String,
+) -> Entry {
+    let mut span = EventSpan::none();
+    if crate::telemetry::export::on()
+        && let Some(tp) = event
+            .str_attr("traceparent")
+            .and_then(crate::trace::TraceParent::parse)
+    {
+        let (me, parent) = crate::telemetry::publish_span_of(&tp, event.source(), event.id());
+        span = EventSpan::start(
+            "publish",
+            opentelemetry::trace::SpanKind::Producer,
+            &me,
+            parent,
+        );
+        span.event(event, &bus);
+    }
+    Entry::Append(
+        AppendEntry {
+            source: event.source().to_string(),
+            id: event.id().to_string(),
+            bus,
+            event: json,
+        },
+        span,
+    )
+}
+
 /// What became of one [`Entry`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -53,13 +88,6 @@ pub enum Outcome {
     NoSuchBus,
     /// Refused by the ingress ([`Entry::Refused`]).
     Refused,
-}
-
-impl Outcome {
-    /// Stored now or before: the sender may forget it.
-    pub fn stored(self) -> bool {
-        matches!(self, Outcome::Accepted | Outcome::Duplicate)
-    }
 }
 
 /// The submit handle: group commit plus the ingest figures.

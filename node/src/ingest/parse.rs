@@ -4,45 +4,17 @@
 use http::HeaderMap;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use strait_adapters::BindingError;
 use strait_routing::event::{Event, EventError, percent_decode_header};
 use strait_routing::json::{JsonError, check_event_json};
 
-use opentelemetry::trace::SpanKind;
-use strait_federation::AppendEntry;
-
 use crate::config::Limits;
-use crate::telemetry::EventSpan;
 use crate::trace::TraceParent;
 
 /// Media type of one structured event.
 pub const STRUCTURED: &str = "application/cloudevents+json";
 /// Media type of a batch.
 pub const BATCH: &str = "application/cloudevents-batch+json";
-
-/// Why a whole request is rejected.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RequestError {
-    /// Neither a CloudEvents media type nor binary-mode headers.
-    #[error("{0}")]
-    UnsupportedMediaType(String),
-    /// The body does not parse.
-    #[error("{0}")]
-    Malformed(String),
-    /// Too many events in one batch.
-    #[error("{0}")]
-    TooManyEvents(String),
-}
-
-impl RequestError {
-    /// Machine-readable code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            RequestError::UnsupportedMediaType(_) => "UnsupportedMediaType",
-            RequestError::Malformed(_) => "MalformedRequest",
-            RequestError::TooManyEvents(_) => "TooManyEvents",
-        }
-    }
-}
 
 /// Why one entry is rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -84,25 +56,12 @@ pub struct ParsedEvent {
     pub event: Event,
     /// Its JSON structured form (serialized once, never re-parsed).
     pub json: Box<serde_json::value::RawValue>,
-    /// Its `publish` span (recording only when traces are exported and the
-    /// trace is sampled): its id is the event's `traceparent`, it ends when
-    /// the commit answers ([`super::Ingest::submit`]).
-    pub span: EventSpan,
 }
 
 impl ParsedEvent {
     /// The entry that appends this event to `bus`.
-    pub fn into_entry(mut self, bus: String) -> super::Entry {
-        self.span.event(&self.event, &bus);
-        super::Entry::Append(
-            AppendEntry {
-                source: self.event.source().to_string(),
-                id: self.event.id().to_string(),
-                bus,
-                event: self.json,
-            },
-            self.span,
-        )
+    pub fn into_entry(self, bus: String) -> super::Entry {
+        super::append_entry(&self.event, self.json, bus)
     }
 }
 
@@ -123,7 +82,7 @@ pub fn parse_request(
     headers: &HeaderMap,
     body: &[u8],
     limits: &Limits,
-) -> Result<Entries, RequestError> {
+) -> Result<Entries, BindingError> {
     let http_traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -138,12 +97,12 @@ pub fn parse_request_in(
     body: &[u8],
     limits: &Limits,
     request_trace: Option<TraceParent>,
-) -> Result<Entries, RequestError> {
+) -> Result<Entries, BindingError> {
     let http_traceparent = request_trace;
     let content_type = match headers.get(http::header::CONTENT_TYPE) {
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| RequestError::Malformed("Content-Type header is not ASCII".into()))?
+                .map_err(|_| BindingError::Malformed("Content-Type header is not ASCII".into()))?
                 .to_string(),
         ),
         None => None,
@@ -163,13 +122,13 @@ pub fn parse_request_in(
         Some(STRUCTURED) => parse_structured(body, http_traceparent, limits),
         Some(BATCH) => parse_batch(body, http_traceparent, limits),
         Some(ct) if ct.starts_with("application/cloudevents") => {
-            Err(RequestError::UnsupportedMediaType(format!(
+            Err(BindingError::UnsupportedMediaType(format!(
                 "content type {ct:?} is not supported (use {STRUCTURED}, {BATCH} or binary mode)"
             )))
         }
         _ => {
             if !headers.contains_key("ce-specversion") {
-                return Err(RequestError::UnsupportedMediaType(format!(
+                return Err(BindingError::UnsupportedMediaType(format!(
                     "content type {:?} is not a CloudEvents mode: send {STRUCTURED}, {BATCH}, or binary mode with ce-specversion, ce-id, ce-source and ce-type headers",
                     content_type.unwrap_or_default()
                 )));
@@ -179,7 +138,7 @@ pub fn parse_request_in(
                 let n = name.as_str();
                 if let Some(attr) = n.strip_prefix("ce-") {
                     let v = percent_decode_header(value.as_bytes())
-                        .map_err(|e| RequestError::Malformed(format!("header {n}: {e}")))?;
+                        .map_err(|e| BindingError::Malformed(format!("header {n}: {e}")))?;
                     attrs.push((attr.to_string(), v));
                 }
             }
@@ -198,9 +157,9 @@ pub fn parse_structured(
     body: &[u8],
     http_traceparent: Option<TraceParent>,
     limits: &Limits,
-) -> Result<Entries, RequestError> {
+) -> Result<Entries, BindingError> {
     let raw: Box<RawValue> = serde_json::from_slice(body)
-        .map_err(|e| RequestError::Malformed(format!("body is not valid JSON: {e}")))?;
+        .map_err(|e| BindingError::Malformed(format!("body is not valid JSON: {e}")))?;
     let (id, r) = split_data(&raw);
     Ok(vec![(
         id,
@@ -215,12 +174,12 @@ pub fn parse_batch(
     body: &[u8],
     http_traceparent: Option<TraceParent>,
     limits: &Limits,
-) -> Result<Entries, RequestError> {
+) -> Result<Entries, BindingError> {
     let items: Vec<Box<RawValue>> = match serde_json::from_slice(body) {
         Ok(items) => items,
         Err(e) => {
             // Valid JSON that is not an array, or not JSON at all?
-            return Err(RequestError::Malformed(
+            return Err(BindingError::Malformed(
                 match serde_json::from_slice::<Value>(body) {
                     Ok(_) => "a batch must be a JSON array of events".into(),
                     Err(_) => format!("body is not valid JSON: {e}"),
@@ -229,10 +188,10 @@ pub fn parse_batch(
         }
     };
     if items.is_empty() {
-        return Err(RequestError::Malformed("the batch is empty".into()));
+        return Err(BindingError::Malformed("the batch is empty".into()));
     }
     if items.len() > limits.max_batch_events {
-        return Err(RequestError::TooManyEvents(format!(
+        return Err(BindingError::TooManyEvents(format!(
             "the batch has {} events, above the limit of {}",
             items.len(),
             limits.max_batch_events
@@ -397,17 +356,11 @@ fn finish_event(
     };
     // Kept as the producer sent it; set from the request's context (its
     // HTTP `traceparent`, or the ingress's own span) or to a new trace.
-    let event_tp = match producer {
-        Some(tp) => tp,
-        None => {
-            let tp = http_traceparent
-                .unwrap_or_else(|| crate::telemetry::root_for(event.source(), event.id()));
-            event.set_attr("traceparent", Value::String(tp.to_string()));
-            tp
-        }
-    };
-    let (me, parent) = crate::telemetry::publish_span_of(&event_tp, event.source(), event.id());
-    let span = EventSpan::start("publish", SpanKind::Producer, &me, parent);
+    if producer.is_none() {
+        let tp = http_traceparent
+            .unwrap_or_else(|| crate::telemetry::root_for(event.source(), event.id()));
+        event.set_attr("traceparent", Value::String(tp.to_string()));
+    }
     if event.get("time").is_none() {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         event.set_attr("time", Value::String(now));
@@ -423,7 +376,7 @@ fn finish_event(
     // What is stored must be readable by routing, or it would be
     // acknowledged and never delivered.
     check_event_json(json.get().as_bytes())?;
-    Ok(ParsedEvent { event, json, span })
+    Ok(ParsedEvent { event, json })
 }
 
 #[cfg(test)]
