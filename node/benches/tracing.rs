@@ -61,11 +61,14 @@ impl Node {
         let dir = tempfile::Builder::new()
             .prefix("strait-trace-bench-")
             .tempdir()?;
+        // `--extra` reads a file (YAML, so JSON too).
+        let extra_file = dir.path().join("extra.json");
+        std::fs::write(&extra_file, extra.to_string())?;
         let out = Command::new(bin)
             .args(["local", "up", "--dir"])
-            .arg(dir.path())
+            .arg(dir.path().join("cluster"))
             .args(["--site", "idc:1", "--extra"])
-            .arg(extra.to_string())
+            .arg(&extra_file)
             .output()
             .context("cannot run strait local up")?;
         if !out.status.success() {
@@ -75,7 +78,7 @@ impl Node {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let cluster = local::read_cluster(dir.path())?;
+        let cluster = local::read_cluster(&dir.path().join("cluster"))?;
         let n = cluster.nodes.first().context("no node")?;
         let node = Node {
             bin: bin.to_path_buf(),
@@ -105,7 +108,7 @@ impl Node {
         text.lines()
             .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
 }
 
@@ -113,7 +116,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = Command::new(&self.bin)
             .args(["local", "down", "--dir"])
-            .arg(self.dir.path())
+            .arg(self.dir.path().join("cluster"))
             .output();
     }
 }
