@@ -120,6 +120,10 @@ pub struct SinkContext {
 pub struct TargetKind {
     /// The `type` of a rule target.
     pub name: &'static str,
+    /// Whether a delivery hands the event to a messaging system (a PRODUCER
+    /// span in traces) rather than sending a request its receiver answers
+    /// (a CLIENT span).
+    pub messaging: bool,
     /// The settings in normal form (defaults filled in), as they are stored.
     normalize: Normalize,
     /// The running target.
@@ -135,11 +139,13 @@ type Build = fn(&Map<String, Value>, Duration, &SinkContext) -> Result<Arc<dyn S
 pub const TARGET_KINDS: &[TargetKind] = &[
     TargetKind {
         name: "http",
+        messaging: false,
         normalize: |m| Ok(serde_json::to_value(http::HttpSettings::from_settings(m)?)),
         build: build_http,
     },
     TargetKind {
         name: "alibaba_eventbridge",
+        messaging: true,
         normalize: |m| {
             Ok(serde_json::to_value(
                 alibaba_eventbridge::AlibabaSettings::from_settings(m)?,
@@ -149,6 +155,7 @@ pub const TARGET_KINDS: &[TargetKind] = &[
     },
     TargetKind {
         name: "aws_eventbridge",
+        messaging: true,
         normalize: |m| {
             Ok(serde_json::to_value(
                 aws_eventbridge::AwsEventBridgeSettings::from_settings(m)?,
@@ -158,6 +165,7 @@ pub const TARGET_KINDS: &[TargetKind] = &[
     },
     TargetKind {
         name: "aws_sqs",
+        messaging: true,
         normalize: |m| {
             Ok(serde_json::to_value(
                 aws_sqs::AwsSqsSettings::from_settings(m)?,

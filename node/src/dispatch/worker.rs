@@ -382,7 +382,10 @@ impl TargetWorker {
             attempt += 1;
             let (name, kind) = if self.via_link {
                 ("link send", SpanKind::Producer)
-            } else if target.kind == "http" {
+            } else if matches!(
+                TargetKind::of(&target.kind),
+                Ok(TargetKind::Adapter(k)) if !k.messaging
+            ) {
                 ("deliver", SpanKind::Client)
             } else {
                 ("deliver", SpanKind::Producer)

@@ -97,17 +97,36 @@ impl EventSpan {
 
     /// The CloudEvents and messaging attributes of `event` on `bus`.
     pub fn event(&mut self, event: &strait_routing::event::Event, bus: &str) -> &mut Self {
+        self.event_fields(
+            event.id(),
+            event.source(),
+            event.event_type(),
+            event.str_attr("subject"),
+            bus,
+        )
+    }
+
+    /// [`EventSpan::event`] from the attributes themselves (an event not
+    /// parsed into an [`strait_routing::event::Event`]).
+    pub fn event_fields(
+        &mut self,
+        id: &str,
+        source: &str,
+        event_type: &str,
+        subject: Option<&str>,
+        bus: &str,
+    ) -> &mut Self {
         if let Some(d) = &mut self.0 {
             d.attributes.extend([
-                KeyValue::new("cloudevents.event_id", event.id().to_string()),
-                KeyValue::new("cloudevents.event_source", event.source().to_string()),
-                KeyValue::new("cloudevents.event_type", event.event_type().to_string()),
+                KeyValue::new("cloudevents.event_id", id.to_string()),
+                KeyValue::new("cloudevents.event_source", source.to_string()),
+                KeyValue::new("cloudevents.event_type", event_type.to_string()),
                 KeyValue::new("cloudevents.event_spec_version", "1.0"),
                 KeyValue::new("messaging.system", "strait"),
                 KeyValue::new("messaging.destination.name", bus.to_string()),
-                KeyValue::new("messaging.message.id", event.id().to_string()),
+                KeyValue::new("messaging.message.id", id.to_string()),
             ]);
-            if let Some(subject) = event.str_attr("subject") {
+            if let Some(subject) = subject {
                 d.attributes.push(KeyValue::new(
                     "cloudevents.event_subject",
                     subject.to_string(),
