@@ -407,6 +407,8 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
                     retention_ms,
                     dedup_window_ms,
                     cursors: Vec::new(),
+                    journal: Vec::new(),
+                    counts: Vec::new(),
                 },
             );
             log.append_durable(vec![e.clone()])?;

@@ -96,6 +96,15 @@ pub enum Command {
         dedup_window_ms: u64,
         /// (target key, next sequence to process) pairs.
         cursors: Vec<(String, u64)>,
+        /// Delivery histories written since the last checkpoint (see
+        /// [`crate::journal`]); a later entry for the same event, rule and
+        /// target replaces the earlier one.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        journal: Vec<crate::journal::JournalEntry>,
+        /// Cumulative counters of the targets this site delivers (target
+        /// key, or inbox key for deliveries made for another site).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        counts: Vec<(String, crate::journal::TargetCounts)>,
     },
     /// The site now runs the federation's shared configuration as of this
     /// control-group version (written after the buses and rules of that

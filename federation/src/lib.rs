@@ -26,6 +26,7 @@ pub mod certs;
 pub mod command;
 pub mod control;
 pub mod error;
+pub mod journal;
 pub mod link;
 mod network;
 pub mod network_quic;

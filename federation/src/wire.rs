@@ -608,6 +608,8 @@ mod tests {
                         retention_ms,
                         dedup_window_ms,
                         cursors,
+                        journal: Vec::new(),
+                        counts: Vec::new(),
                     }
                 }),
             ".{0,8}".prop_map(|name| Command::DeleteBus { name }),

@@ -82,6 +82,8 @@ async fn checkpoint(
         retention_ms,
         dedup_window_ms,
         cursors,
+        journal: Vec::new(),
+        counts: Vec::new(),
     })
     .await
     .expect("checkpoint");

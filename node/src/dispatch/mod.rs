@@ -297,6 +297,8 @@ async fn checkpointer(ctx: Arc<Context>) {
                 retention_ms: ctx.cfg.retention_secs.saturating_mul(1000),
                 dedup_window_ms: ctx.cfg.dedup_window_secs.saturating_mul(1000),
                 cursors: changed.clone(),
+                journal: Vec::new(),
+                counts: Vec::new(),
             };
             match ctx.writer.write(cmd).await {
                 Ok(_) => {

@@ -457,6 +457,7 @@ fn apply_command(
             retention_ms,
             dedup_window_ms,
             cursors: updates,
+            ..
         } => {
             if dedup_window_ms > 0 {
                 let swept = sweep_dedup(txn, now_ms.saturating_sub(dedup_window_ms))?;
