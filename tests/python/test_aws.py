@@ -136,9 +136,33 @@ def eb_rule(strait: StraitServer, bus: str, endpoint: str, aws_bus: str,
     return name
 
 
-def http_rule(strait: StraitServer, bus: str, url: str) -> None:
-    strait.put_rule(bus, unique("rule"), {"pattern": {}, "targets": [
+def http_rule(strait: StraitServer, bus: str, url: str) -> str:
+    name = unique("rule")
+    strait.put_rule(bus, name, {"pattern": {}, "targets": [
         {"id": "t", "type": "http", "endpoint": url, "mode": "structured"}]})
+    return name
+
+
+def provisioned(events: Any, bus: str) -> bool:
+    """True once every rule on `bus` has a target."""
+    rules = events.list_rules(EventBusName=bus)["Rules"]
+    return bool(rules) and all(
+        events.list_targets_by_rule(Rule=r["Name"], EventBusName=bus)["Targets"]
+        for r in rules)
+
+
+def wait_checkpointed(strait: StraitServer, bus: str, rule: str, target: str = "t") -> None:
+    """Wait until the target has nothing left to deliver and its cursor is
+    replicated (a checkpoint wrote it): a restart then resumes past it."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        resp = strait.request("GET", f"/v1/buses/{bus}/rules/{rule}")
+        assert resp.status_code == 200, resp.text
+        st = resp.json()["status"]["targets"][target]
+        if st["lag"] == 0 and st["checkpoint"] == st["cursor"]:
+            return
+        assert time.monotonic() < deadline, f"target not checkpointed: {st}\n{strait.logs()}"
+        time.sleep(0.1)
 
 
 def metrics_text(strait: StraitServer) -> str:
@@ -336,11 +360,13 @@ def test_sqs_source_survives_sigkill_between_commit_and_delete(
     monkeypatch.delenv("STRAIT_TEST_AWS_SOURCE_DELETE_DELAY_MS")
     try:
         url, path = receiver.endpoint(unique("aws-src"))
-        http_rule(strait, "awsin", url)
+        rule = http_rule(strait, "awsin", url)
         events = moto.client("events")
-        # provisioning is asynchronous: wait for the rule Strait creates
+        # provisioning is asynchronous: wait for the rule Strait creates AND its
+        # target (PutRule comes before PutTargets: an event put in between
+        # matches a rule with no target and is dropped by EventBridge)
         deadline = time.monotonic() + WAIT_S
-        while not events.list_rules(EventBusName=aws_bus)["Rules"]:
+        while not provisioned(events, aws_bus):
             assert time.monotonic() < deadline, f"rule not provisioned\n{strait.logs()}"
             time.sleep(0.2)
         entries = [{"Source": source_name, "DetailType": "thing.happened",
@@ -362,7 +388,9 @@ def test_sqs_source_survives_sigkill_between_commit_and_delete(
         # committed and delivered, not yet deleted
         visible, in_flight = queue_counts(moto, queue_url)
         assert visible + in_flight == 5, (visible, in_flight)
-        time.sleep(1.0)  # let the dispatcher checkpoint its progress
+        # the dispatcher's progress must be replicated before the kill, or the
+        # restarted node delivers the events again (at least once, by design)
+        wait_checkpointed(strait, "awsin", rule)
         assert strait.proc is not None
         strait.proc.send_signal(signal.SIGKILL)
         strait.proc.wait(timeout=10)
