@@ -1,5 +1,6 @@
-//! The span export pipeline: a bounded queue and one thread that sends
-//! batches over OTLP/HTTP.
+//! The span export pipeline: a bounded queue and one thread that encodes
+//! spans as they arrive ([`super::otlp::Encoder`]) and sends batches over
+//! OTLP/HTTP ([`super::otlp::Sender`]).
 //!
 //! Exporting never blocks or slows the event path: [`submit`] only tries to
 //! queue a span; when the queue is full (a slow or absent collector) the
@@ -10,7 +11,9 @@ use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SpanData;
+
+use super::otlp::{Encoder, Sender};
 
 /// Spans queued for export at most; more are dropped and counted.
 const QUEUE: usize = 16_384;
@@ -33,8 +36,9 @@ pub fn on() -> bool {
     QUEUE_TX.get().is_some()
 }
 
-/// Start exporting through `exporter` (once per process).
-pub(super) fn start<E: SpanExporter + 'static>(exporter: E) -> anyhow::Result<()> {
+/// Start encoding spans with `encoder` and sending them with `sender`
+/// (once per process).
+pub(super) fn start(encoder: Encoder, sender: Sender) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     let delay = std::env::var("OTEL_BSP_SCHEDULE_DELAY")
         .ok()
@@ -42,7 +46,7 @@ pub(super) fn start<E: SpanExporter + 'static>(exporter: E) -> anyhow::Result<()
         .map_or(DELAY, Duration::from_millis);
     std::thread::Builder::new()
         .name("otlp-export".into())
-        .spawn(move || run(exporter, rx, delay))?;
+        .spawn(move || run(encoder, sender, rx, delay))?;
     QUEUE_TX
         .set(tx)
         .map_err(|_| anyhow::anyhow!("span export started twice"))
@@ -73,8 +77,8 @@ pub(super) fn flush(timeout: Duration) {
     }
 }
 
-fn run<E: SpanExporter>(exporter: E, rx: Receiver<Msg>, delay: Duration) {
-    let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH);
+fn run(mut encoder: Encoder, sender: Sender, rx: Receiver<Msg>, delay: Duration) {
+    let mut batched = 0usize;
     let mut deadline: Option<Instant> = None;
     loop {
         let wait = deadline.map_or(Duration::from_secs(3600), |d| {
@@ -82,42 +86,43 @@ fn run<E: SpanExporter>(exporter: E, rx: Receiver<Msg>, delay: Duration) {
         });
         match rx.recv_timeout(wait) {
             Ok(Msg::Span(s)) => {
-                batch.push(*s);
+                encoder.push(&s);
+                batched += 1;
                 deadline.get_or_insert_with(|| Instant::now() + delay);
-                if batch.len() >= BATCH {
-                    export(&exporter, &mut batch);
+                if batched >= BATCH {
+                    export(&mut encoder, &sender, &mut batched);
                     deadline = None;
                 }
             }
             Ok(Msg::Flush(ack)) => {
-                // Everything queued before the flush request is in `batch`
-                // or still in the channel ahead of nothing: drain it.
+                // Everything queued before the flush request is in the
+                // batch or still in the channel ahead of nothing: drain it.
                 while let Ok(Msg::Span(s)) = rx.try_recv() {
-                    batch.push(*s);
+                    encoder.push(&s);
+                    batched += 1;
                 }
-                export(&exporter, &mut batch);
+                export(&mut encoder, &sender, &mut batched);
                 deadline = None;
                 let _ = ack.send(());
             }
             Err(RecvTimeoutError::Timeout) => {
-                export(&exporter, &mut batch);
+                export(&mut encoder, &sender, &mut batched);
                 deadline = None;
             }
             Err(RecvTimeoutError::Disconnected) => {
-                export(&exporter, &mut batch);
+                export(&mut encoder, &sender, &mut batched);
                 return;
             }
         }
     }
 }
 
-fn export<E: SpanExporter>(exporter: &E, batch: &mut Vec<SpanData>) {
-    if batch.is_empty() {
+fn export(encoder: &mut Encoder, sender: &Sender, batched: &mut usize) {
+    if encoder.is_empty() {
         return;
     }
-    let spans = std::mem::replace(batch, Vec::with_capacity(BATCH));
-    let n = spans.len() as u64;
-    match futures::executor::block_on(exporter.export(spans)) {
+    let n = std::mem::take(batched) as u64;
+    match sender.send(encoder.finish()) {
         Ok(()) => metrics::counter!("strait_trace_spans_exported_total").increment(n),
         Err(e) => {
             metrics::counter!("strait_trace_spans_dropped_total", "reason" => "export_failed")

@@ -4,6 +4,7 @@
 //! [`export`]; logs: `tracing` to stderr (never exported as spans).
 
 pub mod export;
+pub mod otlp;
 pub mod span;
 
 use std::sync::OnceLock;
@@ -11,7 +12,6 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::trace::SpanExporter as _;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -54,24 +54,16 @@ pub fn init(cfg: &Telemetry, site: &str, node_id: u64) -> anyhow::Result<Telemet
     let Some(endpoint) = cfg.otlp_endpoint.as_deref() else {
         return Ok(TelemetryGuard { exporting: false });
     };
-    use opentelemetry_otlp::WithExportConfig;
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_endpoint(endpoint)
-        .with_timeout(Duration::from_secs(5))
-        .build()?;
-    exporter.set_resource(
-        &opentelemetry_sdk::Resource::builder()
-            .with_service_name("strait")
-            .with_attributes([
-                KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-                KeyValue::new("service.instance.id", format!("{site}/{node_id}")),
-                KeyValue::new("strait.site", site.to_string()),
-                KeyValue::new("strait.node", node_id as i64),
-            ])
-            .build(),
-    );
-    export::start(exporter)?;
+    let resource = [
+        KeyValue::new("service.name", "strait"),
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("service.instance.id", format!("{site}/{node_id}")),
+        KeyValue::new("strait.site", site.to_string()),
+        KeyValue::new("strait.node", node_id as i64),
+    ];
+    let encoder = otlp::Encoder::new(&resource, &span::scope());
+    let sender = otlp::Sender::new(endpoint, Duration::from_secs(5))?;
+    export::start(encoder, sender)?;
     Ok(TelemetryGuard { exporting: true })
 }
 

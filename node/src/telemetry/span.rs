@@ -180,7 +180,8 @@ impl EventSpan {
     }
 }
 
-fn scope() -> InstrumentationScope {
+/// The instrumentation scope of every span Strait exports.
+pub(super) fn scope() -> InstrumentationScope {
     static SCOPE: std::sync::OnceLock<InstrumentationScope> = std::sync::OnceLock::new();
     SCOPE
         .get_or_init(|| {
