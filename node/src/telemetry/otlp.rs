@@ -379,7 +379,7 @@ mod tests {
 
     fn span(n: u8, parent: Option<u8>, status: Status, kind: SpanKind) -> SpanData {
         let mut links = SpanLinks::default();
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             links.links.push(Link::with_context(SpanContext::new(
                 TraceId::from_bytes([9; 16]),
                 SpanId::from_bytes([n; 8]),
@@ -406,7 +406,7 @@ mod tests {
                 KeyValue::new("cloudevents.event_id", format!("id-{n}")),
                 KeyValue::new("strait.delivery.attempt", i64::from(n)),
                 KeyValue::new("negative", -5_i64),
-                KeyValue::new("flag", n % 3 == 0),
+                KeyValue::new("flag", n.is_multiple_of(3)),
                 KeyValue::new("ratio", 0.25),
                 KeyValue::new("empty", ""),
                 KeyValue::new(
