@@ -493,6 +493,19 @@ mod tests {
                 anyhow::bail!("table 10 is specs_out")
             };
             txn.open_table(specs)?.insert(("aws", "h"), &b"{}"[..])?;
+            let (_, Table::U64StrBytes(journal)) = TABLES[12] else {
+                anyhow::bail!("table 12 is the journal")
+            };
+            txn.open_table(journal)?
+                .insert((10, "bus\u{0}s\u{0}a"), &b"[]"[..])?;
+            let (_, Table::StrU64U64(marks)) = TABLES[13] else {
+                anyhow::bail!("table 13 is the marks")
+            };
+            txn.open_table(marks)?.insert(("bus/r/t", 2), 12)?;
+            let (_, Table::StrBytes(counts)) = TABLES[14] else {
+                anyhow::bail!("table 14 is the counts")
+            };
+            txn.open_table(counts)?.insert("bus/r/t", &b"{}"[..])?;
         }
         txn.commit()?;
         Ok(())
@@ -514,7 +527,7 @@ mod tests {
         let mut r = &bytes[..];
         read_header(&mut r)?;
         let counts = load(&mut r, &b)?;
-        assert_eq!(counts.rows, 4);
+        assert_eq!(counts.rows, 7);
         assert_eq!(counts.bytes, bytes.len() as u64);
         assert_eq!(image(&b)?, bytes, "the copy writes the same snapshot");
 

@@ -497,8 +497,13 @@ fn apply_command(
             }
             journal::merge(txn, entries, horizon, &mut view.stored_bytes)?;
             journal::put_counts(txn, counts, &mut view.stored_bytes)?;
-            let gone = journal::collect_journal(txn, horizon)?
-                + journal::collect_marks(txn, view.cursors.keys(), horizon)?;
+            let gone = journal::collect_journal(txn, horizon, journal::JOURNAL_GC_BATCH)?
+                + journal::collect_marks(
+                    txn,
+                    view.cursors.keys(),
+                    horizon,
+                    journal::MARKS_GC_BATCH,
+                )?;
             view.stored_bytes = view.stored_bytes.saturating_sub(gone);
             // Garbage-collect events every target of their bus is done with
             // and that are older than the retention.

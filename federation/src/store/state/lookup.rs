@@ -266,14 +266,28 @@ impl SiteState {
     /// every event of the bus with that id (a search of the bus's dedup
     /// entries, at most [`SCAN_LIMIT`] of them). Usually one event; more
     /// when the same id was posted again after its dedup window, or by
-    /// several sources. Events whose dedup entry is gone are searched for
-    /// among the events older than the dedup horizon (at most
-    /// [`SCAN_LIMIT`] of them) when nothing else is found.
+    /// several sources (an event posted again after its dedup window is
+    /// found in its latest post only). When no dedup entry names the
+    /// event, it is searched for among the events older than the dedup
+    /// sweep's horizon (whose entries may be gone), at most [`SCAN_LIMIT`]
+    /// of them; [`LookupError::TooManyToScan`] when there were more and
+    /// none matched.
     pub fn find_event(
         &self,
         bus: &str,
         source: Option<&str>,
         id: &str,
+    ) -> Result<Vec<FoundEvent>, LookupError> {
+        self.find_event_within(bus, source, id, SCAN_LIMIT)
+    }
+
+    /// [`SiteState::find_event`] reading at most `limit` rows per search.
+    fn find_event_within(
+        &self,
+        bus: &str,
+        source: Option<&str>,
+        id: &str,
+        limit: u64,
     ) -> Result<Vec<FoundEvent>, LookupError> {
         let db = self.db();
         let txn = db.begin_read().map_err(rerr)?;
@@ -293,7 +307,7 @@ impl SiteState {
                 for item in dedup.range(prefix.as_str()..end.as_str()).map_err(rerr)? {
                     let (k, v) = item.map_err(rerr)?;
                     scanned += 1;
-                    if scanned > SCAN_LIMIT {
+                    if scanned > limit {
                         return Err(LookupError::TooManyToScan { scanned });
                     }
                     let key = k.value();
@@ -315,7 +329,7 @@ impl SiteState {
             walk_blocks(&events, bus, from, *ms, |first, block| {
                 scanned += block.len() as u64;
                 let Some(at) = (0..block.len()).find(|i| block.meta(*i).1 == *ms) else {
-                    return Ok(scanned <= SCAN_LIMIT);
+                    return Ok(scanned <= limit);
                 };
                 matching(
                     bus,
@@ -331,7 +345,7 @@ impl SiteState {
                     },
                     &mut found,
                 )?;
-                Ok(scanned <= SCAN_LIMIT)
+                Ok(scanned <= limit)
             })?;
         }
         if !found.is_empty() {
@@ -340,16 +354,17 @@ impl SiteState {
             return Ok(found);
         }
         // The dedup entries younger than the sweep's horizon are all there:
-        // only older events can have lost theirs.
+        // only older events can have lost theirs. An entry that is there
+        // names the latest event of its key: no search for an older one.
         let horizon = dedup_horizon(&txn)?;
-        if horizon == 0 {
+        if horizon == 0 || !candidates.is_empty() {
             return Ok(found);
         }
         let mut scanned = 0u64;
         let mut over = false;
         walk_blocks(&events, bus, 0, horizon, |first, block| {
             scanned += block.len() as u64;
-            if scanned > SCAN_LIMIT {
+            if scanned > limit {
                 over = true;
                 return Ok(false);
             }
@@ -519,4 +534,128 @@ fn dedup_horizon(txn: &redb::ReadTransaction) -> SResult<u64> {
             .unwrap_or(0),
         None => 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::command::{AppendEntry, Command};
+
+    struct Site {
+        state: Arc<SiteState>,
+        index: u64,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Site {
+        fn new() -> anyhow::Result<Site> {
+            let dir = tempfile::tempdir()?;
+            let state = SiteState::open(&dir.path().join("state.redb"))?;
+            let mut site = Site {
+                state,
+                index: 1,
+                _dir: dir,
+            };
+            site.apply(Command::PutBus {
+                name: "b".into(),
+                spec: serde_json::json!({}),
+            })?;
+            Ok(site)
+        }
+
+        fn apply(&mut self, cmd: Command) -> anyhow::Result<()> {
+            let e = Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
+                payload: EntryPayload::Normal(cmd),
+            };
+            self.index += 1;
+            self.state.apply(vec![e], true)?;
+            Ok(())
+        }
+
+        /// `n` events of source `/s{i % sources}` and id `{prefix}{i}`.
+        fn append(
+            &mut self,
+            ms: u64,
+            prefix: &str,
+            n: usize,
+            sources: usize,
+        ) -> anyhow::Result<()> {
+            let mut entries = Vec::new();
+            for i in 0..n {
+                let (source, id) = (format!("/s{}", i % sources), format!("{prefix}{i}"));
+                let json = serde_json::json!({"id": id, "source": source, "type": "t"});
+                entries.push(AppendEntry {
+                    bus: "b".into(),
+                    source,
+                    id,
+                    event: RawValue::from_string(json.to_string())?,
+                });
+            }
+            self.apply(Command::Append {
+                ingest_ms: ms,
+                dedup_window_ms: 60_000,
+                entries: Arc::new(entries),
+            })
+        }
+    }
+
+    #[test]
+    fn a_search_by_id_alone_is_bounded() -> anyhow::Result<()> {
+        let mut site = Site::new()?;
+        site.append(1_000, "e", 50, 50)?;
+        // 50 dedup entries of the bus: within 100, found; not within 10.
+        let found = site.state.find_event_within("b", None, "e7", 100)?;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].source, "/s7");
+        match site.state.find_event_within("b", None, "e7", 10) {
+            Err(LookupError::TooManyToScan { scanned }) => assert_eq!(scanned, 11),
+            other => panic!("{other:?}"),
+        }
+        // With the source: one dedup read, whatever the bound.
+        assert_eq!(
+            site.state.find_event_within("b", Some("/s7"), "e7", 1)?,
+            found
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_fallback_scan_is_bounded() -> anyhow::Result<()> {
+        let mut site = Site::new()?;
+        site.append(1_000, "old", 30, 1)?;
+        site.append(500_000, "new", 1, 1)?;
+        // Sweep the dedup entries older than 100 s.
+        site.apply(Command::Checkpoint {
+            now_ms: 600_000,
+            retention_ms: 3_600_000,
+            dedup_window_ms: 100_000,
+            cursors: vec![],
+            journal: vec![],
+            counts: vec![],
+        })?;
+        assert_eq!(site.state.dedup_entries()?, 1);
+        let found = site
+            .state
+            .find_event_within("b", Some("/s0"), "old29", 100)?;
+        assert_eq!(found.len(), 1);
+        match site
+            .state
+            .find_event_within("b", Some("/s0"), "nothing", 10)
+        {
+            Err(LookupError::TooManyToScan { scanned }) => assert_eq!(scanned, 30),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            site.state
+                .find_event_within("b", Some("/s0"), "nothing", 100)?
+                .is_empty()
+        );
+        Ok(())
+    }
 }

@@ -33,7 +33,9 @@ use openraft::{ErrorSubject, ErrorVerb, LogId, StorageError, StoredMembership};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 
-pub use self::lookup::{EventFilter, EventPage, FoundEvent, LookupError};
+pub use self::lookup::{
+    CLOCK_SLACK_MS, EventFilter, EventPage, FoundEvent, LookupError, SCAN_LIMIT,
+};
 pub use self::snapshot::{Applied, SnapshotImage, SnapshotInfo, StateRead};
 use crate::error::FederationError;
 use crate::store::tables::{BUSES, CURSORS, DEDUP, EVENTS, META, RULES, SOURCES};
