@@ -55,6 +55,21 @@ impl DeliveryError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, DeliveryError::Retryable(_))
     }
+
+    /// The HTTP status the target answered, when the failure was an
+    /// answer: every adapter names it in its message as `HTTP <status>`
+    /// (`HTTP 503 from http://...`, `PutEvents: HTTP 400 Code: ...`).
+    pub fn http_status(&self) -> Option<u16> {
+        let (DeliveryError::Retryable(m) | DeliveryError::Permanent(m)) = self;
+        m.match_indices("HTTP ").find_map(|(at, _)| {
+            let rest = &m[at + 5..];
+            let digits: &str = rest.get(..3)?;
+            let after = rest[3..].chars().next();
+            let is_status = digits.bytes().all(|b| b.is_ascii_digit())
+                && after.is_none_or(|c| !c.is_ascii_alphanumeric());
+            is_status.then(|| digits.parse().ok()).flatten()
+        })
+    }
 }
 
 /// A target definition problem, naming the field.
@@ -101,6 +116,20 @@ pub type DeliveryFuture<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryErr
 pub trait Sink: Send + Sync + 'static {
     /// Deliver `event`; `traceparent` is the W3C context of this attempt.
     fn deliver<'a>(&'a self, event: &'a Event, traceparent: &'a str) -> DeliveryFuture<'a>;
+
+    /// Deliver `event`, which was first ingested at `ingest_ms` (ms since
+    /// the epoch, at the site it entered): a sink that passes the event on
+    /// to another site carries that time along. The others just
+    /// [`Sink::deliver`].
+    fn deliver_ingested<'a>(
+        &'a self,
+        event: &'a Event,
+        traceparent: &'a str,
+        ingest_ms: u64,
+    ) -> DeliveryFuture<'a> {
+        let _ = ingest_ms;
+        self.deliver(event, traceparent)
+    }
 }
 
 /// Shared resources for building targets: clients and node-local secrets.
@@ -359,6 +388,20 @@ impl SourceKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_http_status_is_read_from_the_message() {
+        let e = DeliveryError::Retryable("HTTP 503 from http://x: busy".into());
+        assert_eq!(e.http_status(), Some(503));
+        let e = DeliveryError::Permanent("PutEvents: HTTP 400 Bad: no".into());
+        assert_eq!(e.http_status(), Some(400));
+        let e = DeliveryError::Retryable("connection failed: refused (HTTP 5000x)".into());
+        assert_eq!(e.http_status(), None);
+        let e = DeliveryError::Retryable("timed out".into());
+        assert_eq!(e.http_status(), None);
+        let e = DeliveryError::Retryable("ends with HTTP 429".into());
+        assert_eq!(e.http_status(), Some(429));
+    }
 
     #[test]
     fn kinds_are_found_by_name() {

@@ -116,6 +116,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         progress: progress.clone(),
         sinks,
         early,
+        journal: Arc::new(crate::dispatch::JournalBuffer::new(
+            crate::dispatch::JOURNAL_BUFFER_ENTRIES,
+        )),
     });
     if let Some(endpoint) = writer.endpoint() {
         crate::links::start_senders(&cfg, &site, endpoint, &link_stats);

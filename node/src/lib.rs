@@ -15,6 +15,7 @@ mod dispatch;
 mod http;
 mod ingest;
 mod links;
+pub mod lookup;
 mod sources;
 mod telemetry;
 mod trace;

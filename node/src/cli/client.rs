@@ -73,21 +73,21 @@ pub(super) async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client(s: &ServerArgs) -> (reqwest::Client, String) {
+pub(super) fn client(s: &ServerArgs) -> (reqwest::Client, String) {
     (
         reqwest::Client::new(),
         s.server.trim_end_matches('/').to_string(),
     )
 }
 
-fn with_auth(req: reqwest::RequestBuilder, s: &ServerArgs) -> reqwest::RequestBuilder {
+pub(super) fn with_auth(req: reqwest::RequestBuilder, s: &ServerArgs) -> reqwest::RequestBuilder {
     match &s.token {
         Some(t) => req.bearer_auth(t),
         None => req,
     }
 }
 
-async fn send(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<(u16, Value)> {
+pub(super) async fn send(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<(u16, Value)> {
     let resp = req
         .send()
         .await
@@ -98,7 +98,7 @@ async fn send(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<(u16, 
 }
 
 /// GET `url`: the body of a 200 answer, else an error saying `what` failed.
-async fn get_json(
+pub(super) async fn get_json(
     c: &reqwest::Client,
     server: &ServerArgs,
     url: String,
@@ -111,7 +111,7 @@ async fn get_json(
     Ok(body)
 }
 
-fn api_error(what: &str, status: u16, body: &Value) -> anyhow::Error {
+pub(super) fn api_error(what: &str, status: u16, body: &Value) -> anyhow::Error {
     let msg = body
         .pointer("/error/message")
         .and_then(Value::as_str)

@@ -1,5 +1,6 @@
 //! Command line: `serve` ([`serve`]), the API client commands `put`,
-//! `apply`, `get` and `cluster` ([`client`]), `local` ([`local`]),
+//! `apply`, `get` and `cluster` ([`client`]), `events` ([`events`]),
+//! `local` ([`local`]),
 //! `test-pattern` and `cert`.
 
 pub mod local;
@@ -27,6 +28,7 @@ macro_rules! out {
 }
 
 mod client;
+mod events;
 mod serve;
 
 /// Write command output to stdout. A reader that closed the pipe ends the
@@ -73,6 +75,9 @@ pub enum Commands {
     /// Inspect and change a site's membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Find an event and what became of its deliveries; list a bus's events.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Start or stop a cluster of local processes on loopback.
     #[command(subcommand)]
     Local(LocalCommand),
@@ -114,6 +119,59 @@ pub enum ClusterCommand {
         /// The node's id.
         #[arg(long)]
         node_id: u64,
+    },
+}
+
+/// `strait events ...`.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// One event and its deliveries, as a timeline: site, stage, time
+    /// since the event was committed, outcome.
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Bus.
+        #[arg(long, default_value = "default")]
+        bus: String,
+        /// The event's CloudEvents `source` (needed when several sources
+        /// used the id).
+        #[arg(long)]
+        source: Option<String>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        /// The event's CloudEvents `id`.
+        id: String,
+    },
+    /// A bus's events, oldest first, one page at a time.
+    Ls {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Bus.
+        #[arg(long, default_value = "default")]
+        bus: String,
+        /// Only events of this CloudEvents `source`.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only events of this CloudEvents `type`.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only events committed at or after this time (RFC 3339, or ms
+        /// since the epoch).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events committed before this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Most events to print (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Where to start: the cursor a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -305,6 +363,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::TestPattern(a) => Ok(test_pattern(a)),
         Commands::Cert(c) => cert(c).map(|_| ExitCode::SUCCESS),
         Commands::Cluster(c) => client::cluster(c).await.map(|_| ExitCode::SUCCESS),
+        Commands::Events(c) => events::run(c).await.map(|_| ExitCode::SUCCESS),
         Commands::Local(c) => local(c).await.map(|_| ExitCode::SUCCESS),
     }
 }

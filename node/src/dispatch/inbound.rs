@@ -119,7 +119,9 @@ async fn inbound_worker(ctx: Arc<Context>, origin: String) {
                         Some((remote, ingest_ms, Ok((value, parent)))) => {
                             remote.deliver_value(ingest_ms, value, parent).await
                         }
-                        Some((remote, _, Err(u))) => remote.deliver_unroutable(u).await,
+                        Some((remote, ingest_ms, Err(u))) => {
+                            remote.deliver_unroutable(ingest_ms, u).await
+                        }
                         None => {}
                     }
                     seq

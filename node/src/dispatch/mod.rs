@@ -10,16 +10,18 @@
 pub(crate) mod bus_target;
 pub(crate) mod feed;
 pub(crate) mod inbound;
+pub mod journal;
 mod progress;
 mod worker;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strait_adapters::{Sink, SinkContext};
 use strait_federation::link::uncommitted::EarlyInbox;
+use strait_federation::journal::TargetCounts;
 use strait_federation::store::state::target_key;
 use strait_federation::{Command, SiteState};
 use strait_routing::pattern::RuleSet;
@@ -32,6 +34,7 @@ use crate::dispatch::feed::BusFeed;
 use crate::ingest::Ingest;
 use crate::links::Outbox;
 use crate::util::{AbortOnDrop, now_ms};
+pub use journal::{JOURNAL_BUFFER_ENTRIES, JournalBuffer, inbound_target_key};
 pub use progress::{Progress, TargetStats, set_cursor, stats};
 pub use worker::Remote;
 use worker::{TargetWorker, WorkerMetrics, build_sink};
@@ -54,6 +57,8 @@ pub struct Context {
     pub sinks: SinkContext,
     /// Batches from other sites proposed but not yet committed here.
     pub early: Arc<EarlyInbox>,
+    /// Delivery journal entries waiting for the next checkpoint.
+    pub journal: Arc<JournalBuffer>,
 }
 
 struct Worker {
@@ -75,7 +80,15 @@ pub async fn lead(ctx: Arc<Context>) {
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut feeds: HashMap<String, Feed> = HashMap::new();
     let mut version = 0u64;
-    let _checkpointer = AbortOnDrop(tokio::spawn(checkpointer(ctx.clone())));
+    let replicated = match state.target_counts() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the replicated target counters; counting from zero");
+            BTreeMap::new()
+        }
+    };
+    let counts_sent = seed_counts(&ctx.progress, &replicated);
+    let _checkpointer = AbortOnDrop(tokio::spawn(checkpointer(ctx.clone(), counts_sent)));
     loop {
         config_rx.borrow_and_update();
         version += 1;
@@ -254,6 +267,7 @@ fn reconcile(
             version,
             prematched: false,
             via_link: remote_site.is_some(),
+            origin: None,
         };
         let handle = tokio::spawn(worker.run());
         workers.insert(
@@ -266,9 +280,75 @@ fn reconcile(
     }
 }
 
-/// Periodically write target cursors through Raft (which also collects
-/// delivered events past retention) and publish lag gauges.
-async fn checkpointer(ctx: Arc<Context>) {
+/// The replicated form of a target's live counters.
+fn counts_of(s: &TargetStats) -> TargetCounts {
+    TargetCounts {
+        delivered: s.delivered,
+        dead_lettered: s.dead_lettered,
+        dropped: s.dropped,
+        dead_letter_failed: s.dead_letter_failed,
+        failed_attempts: s.failed_attempts,
+        last_error: s.last_error.clone(),
+        last_dead_letter_error: s.last_dead_letter_error.clone(),
+    }
+}
+
+/// Counters that differ from what was last sent (`sent`), for the keys
+/// that counted something.
+fn changed_counts(
+    progress: &Progress,
+    sent: &HashMap<String, TargetCounts>,
+) -> Vec<(String, TargetCounts)> {
+    let map = match progress.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    map.iter()
+        .map(|(k, s)| (k, counts_of(s)))
+        .filter(|(k, c)| match sent.get(*k) {
+            Some(old) => old != c,
+            None => *c != TargetCounts::default(),
+        })
+        .map(|(k, c)| (k.clone(), c))
+        .collect()
+}
+
+/// Start this term's live counters from the replicated ones (added to
+/// whatever the workers counted already this term), so that a leader
+/// change does not set them back to zero; returns what is replicated.
+pub fn seed_counts(
+    progress: &Progress,
+    replicated: &BTreeMap<String, TargetCounts>,
+) -> HashMap<String, TargetCounts> {
+    let mut map = match progress.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    for (k, c) in replicated {
+        let s = map.entry(k.clone()).or_default();
+        s.delivered += c.delivered;
+        s.dead_lettered += c.dead_lettered;
+        s.dropped += c.dropped;
+        s.dead_letter_failed += c.dead_letter_failed;
+        s.failed_attempts += c.failed_attempts;
+        if s.last_error.is_none() {
+            s.last_error = c.last_error.clone();
+        }
+        if s.last_dead_letter_error.is_none() {
+            s.last_dead_letter_error = c.last_dead_letter_error.clone();
+        }
+    }
+    replicated
+        .iter()
+        .map(|(k, c)| (k.clone(), c.clone()))
+        .collect()
+}
+
+/// Periodically write target cursors, the delivery journal and the
+/// targets' counters through Raft (which also collects delivered events
+/// past retention) and publish lag gauges. `counts_sent`: the counters
+/// replicated already.
+async fn checkpointer(ctx: Arc<Context>, mut counts_sent: HashMap<String, TargetCounts>) {
     let interval = Duration::from_millis(ctx.cfg.dispatch.checkpoint_interval_ms);
     let mut last_sent: HashMap<String, u64> = HashMap::new();
     let mut last_gc = Instant::now();
@@ -291,25 +371,32 @@ async fn checkpointer(ctx: Arc<Context>) {
             .filter(|(k, c)| last_sent.get(k) != Some(c))
             .collect();
         let gc_due = last_gc.elapsed() >= Duration::from_secs(10);
-        if !changed.is_empty() || gc_due {
+        let journal = ctx.journal.drain();
+        let counts = changed_counts(&ctx.progress, &counts_sent);
+        if !changed.is_empty() || gc_due || !journal.is_empty() || !counts.is_empty() {
             let cmd = Command::Checkpoint {
                 now_ms: now_ms(),
                 retention_ms: ctx.cfg.retention_secs.saturating_mul(1000),
                 dedup_window_ms: ctx.cfg.dedup_window_secs.saturating_mul(1000),
                 cursors: changed.clone(),
-                journal: Vec::new(),
-                counts: Vec::new(),
+                journal: journal.clone(),
+                counts: counts.clone(),
             };
             match ctx.writer.write(cmd).await {
                 Ok(_) => {
                     for (k, c) in changed {
                         last_sent.insert(k, c);
                     }
+                    counts_sent.extend(counts);
                     if gc_due {
                         last_gc = Instant::now();
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "checkpoint not written"),
+                Err(e) => {
+                    // Written with the next checkpoint, unless newer.
+                    ctx.journal.restore(journal);
+                    tracing::debug!(error = %e, "checkpoint not written");
+                }
             }
         }
         if last_lag.elapsed() >= Duration::from_secs(1) {
@@ -328,6 +415,9 @@ fn publish_lag(ctx: &Context) {
         map.iter().map(|(k, s)| (k.clone(), s.cursor)).collect()
     };
     for (key, cursor) in keys {
+        if key.starts_with("link-in/") {
+            continue;
+        }
         let mut parts = key.splitn(3, '/');
         let (Some(bus), Some(rule), Some(target)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -341,5 +431,38 @@ fn publish_lag(ctx: &Context) {
     }
     if let Ok(n) = ctx.state.stored_events() {
         metrics::gauge!("strait_events_stored").set(n as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_term_goes_on_from_the_replicated_counters() {
+        let progress = Progress::default();
+        // A worker of the new term counted one failure already.
+        progress::with_stats(&progress, "b/r/t", |s| s.failed_attempts = 1);
+        let mut replicated = BTreeMap::new();
+        replicated.insert(
+            "b/r/t".to_string(),
+            TargetCounts {
+                delivered: 7,
+                failed_attempts: 2,
+                last_error: Some("HTTP 503".into()),
+                ..TargetCounts::default()
+            },
+        );
+        let mut sent = seed_counts(&progress, &replicated);
+        let s = stats(&progress, "b/r/t").unwrap_or_default();
+        assert_eq!((s.delivered, s.failed_attempts), (7, 3));
+        assert_eq!(s.last_error.as_deref(), Some("HTTP 503"));
+        // Only what changed since is sent; an untouched key is not.
+        progress::with_stats(&progress, "link-in/idc", |s| s.cursor = 4);
+        let changed = changed_counts(&progress, &sent);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].1.failed_attempts, 3);
+        sent.extend(changed);
+        assert!(changed_counts(&progress, &sent).is_empty());
     }
 }

@@ -11,6 +11,7 @@ use opentelemetry::trace::SpanKind;
 use serde_json::Value;
 use strait_adapters::http::HttpTarget;
 use strait_adapters::{DeliveryError, Sink};
+use strait_federation::journal::{Attempt, AttemptOutcome, DeliveryStatus, JournalEntry};
 use strait_federation::{AppendEntry, StoredEvent};
 use strait_routing::event::Event;
 use strait_routing::pattern::RuleSet;
@@ -106,6 +107,9 @@ pub(super) struct TargetWorker {
     /// The target lives in another site: hand the untransformed event to
     /// the link (the remote site transforms and delivers).
     pub(super) via_link: bool,
+    /// The site the events come from, for deliveries made here for another
+    /// site (they are always journaled).
+    pub(super) origin: Option<String>,
     pub(super) metrics: WorkerMetrics,
 }
 
@@ -143,7 +147,7 @@ impl Remote {
         Ok(Remote {
             worker: Arc::new(TargetWorker {
                 ctx: ctx.clone(),
-                key: strait_federation::store::links::inbox_cursor_key(origin),
+                key: super::inbound_target_key(origin, &d.bus, &d.rule, &d.target),
                 metrics: WorkerMetrics::new(&d.bus, &d.rule, &d.target),
                 bus: d.bus.clone(),
                 rule_name: d.rule.clone(),
@@ -154,14 +158,19 @@ impl Remote {
                 version: 0,
                 prematched: true,
                 via_link: false,
+                origin: Some(origin.to_string()),
             }),
         })
     }
 
     /// Dead-letter a delivery from another site whose event routing
-    /// cannot read (the caller reported it).
-    pub async fn deliver_unroutable(&self, u: Unroutable) {
-        self.worker.clone().process(Pending::Unroutable(0, u)).await;
+    /// cannot read (the caller reported it); `ingest_ms`: its ingest time
+    /// at the origin.
+    pub async fn deliver_unroutable(&self, ingest_ms: u64, u: Unroutable) {
+        self.worker
+            .clone()
+            .process(Pending::Unroutable(0, ingest_ms, u))
+            .await;
     }
 
     /// Deliver an event another site routed here; its delivery spans are
@@ -193,8 +202,9 @@ enum Pending {
         value: Value,
         parent: Option<TraceParent>,
     },
-    /// A delivery from another site that routing cannot read.
-    Unroutable(u64, Unroutable),
+    /// A delivery from another site that routing cannot read (sequence,
+    /// ingest time at the origin).
+    Unroutable(u64, u64, Unroutable),
 }
 
 impl TargetWorker {
@@ -288,7 +298,7 @@ impl TargetWorker {
                 let v = match &item.value {
                     Ok(v) => v,
                     // Counted and logged by the feed.
-                    Err(u) => return self.unroutable(item.seq, u).await,
+                    Err(u) => return self.unroutable(item.seq, item.ingest_ms, u).await,
                 };
                 // The feed's verdict holds unless it used an older rule set
                 // than the one this worker's rule entered with.
@@ -298,7 +308,9 @@ impl TargetWorker {
                 }
                 (item.seq, item.ingest_ms, v.clone(), current)
             }
-            Pending::Unroutable(seq, u) => return self.unroutable(seq, &u).await,
+            Pending::Unroutable(seq, ingest_ms, u) => {
+                return self.unroutable(seq, ingest_ms, &u).await;
+            }
             Pending::Parsed {
                 seq,
                 ingest_ms,
@@ -312,7 +324,7 @@ impl TargetWorker {
             Pending::Stored(stored) => match Unroutable::check(&self.bus, stored.seq, &stored.json)
             {
                 Ok(v) => (stored.seq, stored.ingest_ms, v, false),
-                Err(u) => return self.unroutable(stored.seq, &u).await,
+                Err(u) => return self.unroutable(stored.seq, stored.ingest_ms, &u).await,
             },
         };
         if !self.prematched
@@ -350,7 +362,7 @@ impl TargetWorker {
                 let why = format!("not a valid CloudEvent: {e}");
                 let u = Unroutable::new(&self.bus, seq, &json, why);
                 u.report(&self.bus, seq);
-                return self.unroutable(seq, &u).await;
+                return self.unroutable(seq, ingest_ms, &u).await;
             }
         };
         self.metrics.matched.increment(1);
@@ -367,8 +379,8 @@ impl TargetWorker {
                 Some(e)
             }
             Some(Err(e)) => {
-                self.dead_letter(original, format!("transform failed: {e}"), 0)
-                    .await;
+                let why = format!("transform failed: {e}");
+                self.dead_letter(original, why, 0, ingest_ms, None).await;
                 return seq;
             }
         };
@@ -377,6 +389,12 @@ impl TargetWorker {
         // site's `receive` span for a delivery from another site.
         let parent = link_parent.unwrap_or_else(|| crate::telemetry::delivery_parent(&original));
         let policy: &RetryPolicy = &target.retry;
+        // The journal entry of this delivery: from the first failure on, or
+        // from the start for a delivery made here for another site.
+        let mut journal = self
+            .origin
+            .is_some()
+            .then(|| self.journal_entry(&original, ingest_ms));
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -403,13 +421,31 @@ impl TargetWorker {
                 }
             }
             let started = Instant::now();
-            let result = self.sink.deliver(event, &tp.to_string()).await;
+            let result = self
+                .sink
+                .deliver_ingested(event, &tp.to_string(), ingest_ms)
+                .await;
             self.metrics.latency.record(started.elapsed().as_secs_f64());
             let err = match result {
                 Ok(_) => {
                     span.ok().end();
                     self.metrics.delivered.increment(1);
                     with_stats(&self.ctx.progress, &self.key, |s| s.delivered += 1);
+                    if let Some(mut entry) = journal {
+                        entry.push_attempt(Attempt {
+                            time_ms: now_ms(),
+                            outcome: AttemptOutcome::Delivered,
+                            http_status: None,
+                            error: None,
+                        });
+                        // Handed to the link: the remote site delivers it.
+                        entry.status = if self.via_link {
+                            DeliveryStatus::InTransit
+                        } else {
+                            DeliveryStatus::Delivered
+                        };
+                        self.ctx.journal.record(entry);
+                    }
                     return seq;
                 }
                 Err(e) => e,
@@ -437,6 +473,14 @@ impl TargetWorker {
                 s.failed_attempts += 1;
                 s.last_error = Some(err.to_string());
             });
+            let entry = journal.get_or_insert_with(|| self.journal_entry(&original, ingest_ms));
+            entry.push_attempt(Attempt {
+                time_ms: now_ms(),
+                outcome: AttemptOutcome::Failed,
+                http_status: err.http_status(),
+                error: Some(err.to_string()),
+            });
+            entry.status = DeliveryStatus::Retrying;
             let age_ms = now_ms().saturating_sub(ingest_ms);
             let too_old = age_ms >= policy.max_event_age_seconds.saturating_mul(1000);
             if !err.is_retryable() || attempt >= policy.max_attempts || too_old {
@@ -447,9 +491,11 @@ impl TargetWorker {
                     }
                     DeliveryError::Retryable(m) => format!("retries exhausted; last error: {m}"),
                 };
-                self.dead_letter(original, why, attempt).await;
+                self.dead_letter(original, why, attempt, ingest_ms, journal)
+                    .await;
                 return seq;
             }
+            self.ctx.journal.record(entry.clone());
             self.metrics.retries.increment(1);
             tokio::time::sleep(policy.backoff(attempt)).await;
         }
@@ -469,16 +515,44 @@ impl TargetWorker {
 
     /// A stored event routing cannot read: it cannot be matched, so rather
     /// than skip it every enabled rule's targets dead-letter it.
-    async fn unroutable(&self, seq: u64, u: &Unroutable) -> u64 {
+    async fn unroutable(&self, seq: u64, ingest_ms: u64, u: &Unroutable) -> u64 {
         if self.prematched || self.rule.spec.enabled {
-            self.dead_letter(u.envelope.clone(), u.reason(), 0).await;
+            self.dead_letter(u.envelope.clone(), u.reason(), 0, ingest_ms, None)
+                .await;
         }
         seq
     }
 
+    /// A journal entry for delivering `event` (ingested at the origin at
+    /// `ingest_ms`) to this worker's target, with no attempt yet.
+    fn journal_entry(&self, event: &Event, ingest_ms: u64) -> JournalEntry {
+        JournalEntry {
+            bus: self.bus.clone(),
+            source: event.source().to_string(),
+            id: event.id().to_string(),
+            ingest_ms,
+            rule: self.rule_name.clone(),
+            target: self.rule.spec.targets[self.idx].id.clone(),
+            origin: self.origin.clone(),
+            status: DeliveryStatus::Pending,
+            attempts: Vec::new(),
+            omitted_attempts: 0,
+            reason: None,
+        }
+    }
+
     /// Give up on an event: dead-letter it (or drop it when there is no
-    /// dead letter) and count the outcome.
-    async fn dead_letter(&self, event: Event, reason: String, attempts: u32) {
+    /// dead letter), count the outcome and journal it (`journal`: the
+    /// delivery's entry so far, with its attempts).
+    async fn dead_letter(
+        &self,
+        event: Event,
+        reason: String,
+        attempts: u32,
+        ingest_ms: u64,
+        journal: Option<JournalEntry>,
+    ) {
+        let mut entry = journal.unwrap_or_else(|| self.journal_entry(&event, ingest_ms));
         let target = &self.rule.spec.targets[self.idx];
         let labels = |outcome: &'static str| {
             [
@@ -509,6 +583,24 @@ impl TargetWorker {
             },
         )
         .end();
+        (entry.status, entry.reason) = match &outcome {
+            DeadLetterOutcome::Stored(_) => (DeliveryStatus::DeadLettered, Some(reason.clone())),
+            DeadLetterOutcome::NoDestination => (
+                DeliveryStatus::Dropped,
+                Some(format!("{reason} (no dead-letter destination)")),
+            ),
+            DeadLetterOutcome::Failed(error) => (
+                DeliveryStatus::Dropped,
+                Some(format!("{reason}; the dead letter failed: {error}")),
+            ),
+        };
+        if let Some(r) = entry.reason.as_mut() {
+            strait_federation::journal::truncate_at_char(
+                r,
+                strait_federation::journal::MAX_ERROR_BYTES,
+            );
+        }
+        self.ctx.journal.record(entry);
         match outcome {
             DeadLetterOutcome::Stored(kind) => {
                 with_stats(&self.ctx.progress, &self.key, |s| s.dead_lettered += 1);

@@ -8,6 +8,7 @@ mod buses;
 mod cluster;
 mod error;
 mod events;
+mod lookup;
 mod probes;
 mod rules;
 mod shared;
@@ -46,6 +47,8 @@ pub fn router(state: HttpState) -> Router {
         )
         .route("/v1/patterns:test", post(tools::test_pattern))
         .route("/v1/transforms:test", post(tools::test_transform))
+        .route("/v1/buses/{bus}/events", get(lookup::list))
+        .route("/v1/buses/{bus}/events/{id}", get(lookup::get))
         .with_state(state.resources);
     let cluster = Router::new()
         .route("/v1/cluster", get(cluster::status))

@@ -240,7 +240,21 @@ pub struct LinkSink {
 }
 
 impl Sink for LinkSink {
+    /// Without the event's ingest time the delivery carries the time it
+    /// is enqueued (the dispatcher always gives it, see
+    /// [`Sink::deliver_ingested`]).
     fn deliver<'a>(&'a self, event: &'a Event, traceparent: &'a str) -> DeliveryFuture<'a> {
+        self.deliver_ingested(event, traceparent, now_ms())
+    }
+
+    /// The delivery carries `ingest_ms`, the event's ingest time at this
+    /// (the origin) site: the remote site keys its delivery journal by it.
+    fn deliver_ingested<'a>(
+        &'a self,
+        event: &'a Event,
+        traceparent: &'a str,
+        ingest_ms: u64,
+    ) -> DeliveryFuture<'a> {
         Box::pin(async move {
             let hops = hops_of(event);
             if hops >= MAX_HOPS {
@@ -269,7 +283,7 @@ impl Sink for LinkSink {
                 bus: &self.bus,
                 rule: &self.rule,
                 target: &self.target,
-                ingest_ms: now,
+                ingest_ms,
                 enqueued_ms: now,
                 hops: hops + 1,
                 traceparent,
@@ -424,6 +438,25 @@ mod tests {
             Err(DeliveryError::Retryable(m)) => assert!(m.contains("outbox"), "{m}"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_carries_the_ingest_time_at_the_origin() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = sink(dir.path());
+        let (tx, mut rx) = mpsc::channel(1);
+        s.outbox = Outbox {
+            tx,
+            admitted: Arc::default(),
+        };
+        let ev = event(None);
+        let sent = tokio::spawn(async move { s.deliver_ingested(&ev, "", 1234).await });
+        let p = rx.recv().await.expect("queued");
+        let d: Delivery = serde_json::from_str(p.item.get()).expect("delivery");
+        assert_eq!(d.ingest_ms, 1234);
+        assert!(d.enqueued_ms > 1234, "enqueued now");
+        p.reply.send(Ok(())).expect("reply");
+        sent.await.expect("join").expect("delivered");
     }
 
     #[test]
