@@ -161,6 +161,22 @@ impl Sites {
         }
     }
 
+    /// [`lookup_local`], off the async threads (it may scan).
+    async fn lookup_here(
+        &self,
+        bus: &str,
+        source: Option<&str>,
+        id: &str,
+    ) -> Result<Lookup, LookupFailure> {
+        let (state, site) = (self.state.clone(), self.site.clone());
+        let (bus, source, id) = (bus.to_string(), source.map(str::to_string), id.to_string());
+        tokio::task::spawn_blocking(move || {
+            lookup_local(&state, &site, &bus, source.as_deref(), &id)
+        })
+        .await
+        .map_err(|e| LookupFailure::Storage(format!("the lookup task failed: {e}")))?
+    }
+
     fn linked(&self) -> Vec<String> {
         self.client
             .as_ref()
@@ -176,7 +192,7 @@ impl Sites {
         source: Option<&str>,
         id: &str,
     ) -> Result<Lookup, LookupFailure> {
-        match lookup_local(&self.state, &self.site, bus, source, id) {
+        match self.lookup_here(bus, source, id).await {
             Ok(mut l) => {
                 self.complete(&mut l).await;
                 Ok(l)
@@ -325,6 +341,13 @@ impl Sites {
         for (id, site) in &targets {
             if let Some(t) = view.pointer_mut(&format!("/status/targets/{}", pointer_token(id))) {
                 t["site"] = json!(site);
+                if *site != self.site {
+                    // What this site counted is the hand-over to the link;
+                    // the delivering site's counters replace the rest below
+                    // (null if it does not answer).
+                    t["handedOver"] = t.get("delivered").cloned().unwrap_or(json!(0));
+                    put_counts(t, None);
+                }
             }
         }
         let remote: BTreeSet<String> = targets
@@ -354,7 +377,7 @@ impl Sites {
                                 continue;
                             };
                             let c = got.get(id).map(|s| s.counts.clone()).unwrap_or_default();
-                            put_counts(t, &c);
+                            put_counts(t, Some(&c));
                             t["inboxBacklog"] = json!(inbox_backlog);
                         }
                     }
@@ -381,7 +404,7 @@ impl Sites {
         })?;
         let answer = match q {
             SiteQuestion::Lookup { bus, source, id } => {
-                match lookup_local(&self.state, &self.site, &bus, source.as_deref(), &id) {
+                match self.lookup_here(&bus, source.as_deref(), &id).await {
                     Ok(mut l) => {
                         self.complete(&mut l).await;
                         SiteAnswer::Found {
@@ -452,15 +475,15 @@ impl Sites {
 }
 
 /// Write `c` into a target's status document (the fields
-/// `GET /v1/buses/{bus}/rules/{rule}` shows).
-pub fn put_counts(t: &mut Value, c: &TargetCounts) {
-    t["delivered"] = json!(c.delivered);
-    t["deadLettered"] = json!(c.dead_lettered);
-    t["dropped"] = json!(c.dropped);
-    t["deadLetterFailed"] = json!(c.dead_letter_failed);
-    t["failedAttempts"] = json!(c.failed_attempts);
-    t["lastError"] = json!(c.last_error);
-    t["lastDeadLetterError"] = json!(c.last_dead_letter_error);
+/// `GET /v1/buses/{bus}/rules/{rule}` shows); `None`: unknown (null).
+pub fn put_counts(t: &mut Value, c: Option<&TargetCounts>) {
+    t["delivered"] = json!(c.map(|c| c.delivered));
+    t["deadLettered"] = json!(c.map(|c| c.dead_lettered));
+    t["dropped"] = json!(c.map(|c| c.dropped));
+    t["deadLetterFailed"] = json!(c.map(|c| c.dead_letter_failed));
+    t["failedAttempts"] = json!(c.map(|c| c.failed_attempts));
+    t["lastError"] = json!(c.and_then(|c| c.last_error.clone()));
+    t["lastDeadLetterError"] = json!(c.and_then(|c| c.last_dead_letter_error.clone()));
 }
 
 /// `s` as one JSON pointer token.
@@ -603,6 +626,11 @@ mod tests {
         futures::executor::block_on(sites.rule_status("b", "r", &mut v));
         assert_eq!(v["status"]["targets"]["here"]["site"], json!("idc"));
         assert_eq!(v["status"]["targets"]["far/away"]["site"], json!("aws"));
+        // Without an answer from aws its counters are unknown; what idc
+        // counted is the hand-over.
+        assert_eq!(v["status"]["targets"]["far/away"]["delivered"], Value::Null);
+        assert_eq!(v["status"]["targets"]["far/away"]["handedOver"], json!(0));
+        assert_eq!(v["status"]["targets"]["here"]["delivered"], json!(1));
         assert_eq!(v["status"]["unreachableSites"], json!([]));
     }
 }
