@@ -41,7 +41,9 @@ pub use command::{
 };
 pub use error::FederationError;
 pub use site::{Bootstrap, RaftTiming, Site, SiteFailure, SiteOptions};
-pub use store::state::{SiteState, StateFull, StoredEvent};
+pub use store::state::{
+    EventFilter, EventPage, FoundEvent, LookupError, SiteState, StateFull, StoredEvent,
+};
 
 /// Node ids inside a Raft group.
 pub type NodeId = u64;

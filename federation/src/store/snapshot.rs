@@ -14,8 +14,9 @@
 //! A record's tag names the table its row belongs to (`tables::TABLES`); its
 //! payload is the key then the value: a string key as a u32 length and its
 //! bytes, a `(string, u64)` key as the string then the u64, a
-//! `(string, string)` key as two strings; a u64 value as 8 bytes, a bytes
-//! value as the rest of the payload. Rows are copied as stored, so event
+//! `(string, string)` key as two strings, a `(u64, string)` key as the u64
+//! then the string; a u64 value as 8 bytes, a bytes value as the rest of
+//! the payload. Rows are copied as stored, so event
 //! and link blocks (see [`super::blocks`]) are not decoded and re-encoded;
 //! they are checked on load. The last record has tag [`END`] and holds the
 //! number of rows before it (u64): a truncated file is refused.
@@ -34,7 +35,17 @@ use super::tables::{TABLES, Table};
 pub const MAGIC: [u8; 8] = *b"STRAITSN";
 
 /// The format version this node writes.
-pub const VERSION: u32 = 2;
+///
+/// Version 3 adds the delivery journal's tables (tags 13 to 15: journal,
+/// cursor marks, target counts); its other records are those of version 2.
+/// A node that reads versions up to 2 refuses a version 3 snapshot with
+/// [`SnapshotError::UnsupportedVersion`] (it would otherwise stop at the
+/// first record of an unknown tag), so in a site whose nodes run mixed
+/// versions a follower of the older version cannot install a snapshot
+/// from a leader of this one: upgrade every node of the site before
+/// snapshots need to be sent (a follower that keeps up from the log
+/// needs none). A version 2 snapshot installs here with an empty journal.
+pub const VERSION: u32 = 3;
 
 /// The oldest format version this node reads. Version 1 differs from 2
 /// only in holding event and link blocks uncompressed: a node writing
@@ -191,6 +202,36 @@ pub(crate) fn write(txn: &ReadTransaction, w: &mut impl Write) -> Result<Counts>
                     )?;
                 }
             }
+            Table::U64StrBytes(d) => {
+                for item in txn.open_table(d).map_err(db)?.iter().map_err(db)? {
+                    let (k, v) = item.map_err(db)?;
+                    let (n, name) = k.value();
+                    out.record(
+                        tag,
+                        &[
+                            &n.to_be_bytes(),
+                            &str_len(name)?,
+                            name.as_bytes(),
+                            v.value(),
+                        ],
+                    )?;
+                }
+            }
+            Table::StrU64U64(d) => {
+                for item in txn.open_table(d).map_err(db)?.iter().map_err(db)? {
+                    let (k, v) = item.map_err(db)?;
+                    let (name, n) = k.value();
+                    out.record(
+                        tag,
+                        &[
+                            &str_len(name)?,
+                            name.as_bytes(),
+                            &n.to_be_bytes(),
+                            &v.value().to_be_bytes(),
+                        ],
+                    )?;
+                }
+            }
         }
     }
     let rows = out.counts.rows;
@@ -292,6 +333,8 @@ enum Open<'t> {
     StrU64(redb::Table<'t, &'static str, u64>),
     Blocks(redb::Table<'t, (&'static str, u64), &'static [u8]>),
     PairBytes(redb::Table<'t, (&'static str, &'static str), &'static [u8]>),
+    U64StrBytes(redb::Table<'t, (u64, &'static str), &'static [u8]>),
+    StrU64U64(redb::Table<'t, (&'static str, u64), u64>),
 }
 
 fn open_all(txn: &WriteTransaction) -> Result<Vec<(u8, Open<'_>)>> {
@@ -304,6 +347,8 @@ fn open_all(txn: &WriteTransaction) -> Result<Vec<(u8, Open<'_>)>> {
                 Table::StrU64(d) => Open::StrU64(txn.open_table(d).map_err(db)?),
                 Table::Blocks(d) => Open::Blocks(txn.open_table(d).map_err(db)?),
                 Table::PairBytes(d) => Open::PairBytes(txn.open_table(d).map_err(db)?),
+                Table::U64StrBytes(d) => Open::U64StrBytes(txn.open_table(d).map_err(db)?),
+                Table::StrU64U64(d) => Open::StrU64U64(txn.open_table(d).map_err(db)?),
             },
         ));
     }
@@ -334,6 +379,18 @@ fn insert(open: &mut Open<'_>, payload: &[u8]) -> Result<()> {
             let a = f.str()?;
             let b = f.str()?;
             t.insert((a, b), f.rest()).map_err(db)?;
+        }
+        Open::U64StrBytes(t) => {
+            let n = f.u64()?;
+            let name = f.str()?;
+            t.insert((n, name), f.rest()).map_err(db)?;
+        }
+        Open::StrU64U64(t) => {
+            let name = f.str()?;
+            let n = f.u64()?;
+            let v = f.u64()?;
+            f.end()?;
+            t.insert((name, n), v).map_err(db)?;
         }
     }
     Ok(())
@@ -436,6 +493,19 @@ mod tests {
                 anyhow::bail!("table 10 is specs_out")
             };
             txn.open_table(specs)?.insert(("aws", "h"), &b"{}"[..])?;
+            let (_, Table::U64StrBytes(journal)) = TABLES[12] else {
+                anyhow::bail!("table 12 is the journal")
+            };
+            txn.open_table(journal)?
+                .insert((10, "bus\u{0}s\u{0}a"), &b"[]"[..])?;
+            let (_, Table::StrU64U64(marks)) = TABLES[13] else {
+                anyhow::bail!("table 13 is the marks")
+            };
+            txn.open_table(marks)?.insert(("bus/r/t", 2), 12)?;
+            let (_, Table::StrBytes(counts)) = TABLES[14] else {
+                anyhow::bail!("table 14 is the counts")
+            };
+            txn.open_table(counts)?.insert("bus/r/t", &b"{}"[..])?;
         }
         txn.commit()?;
         Ok(())
@@ -457,7 +527,7 @@ mod tests {
         let mut r = &bytes[..];
         read_header(&mut r)?;
         let counts = load(&mut r, &b)?;
-        assert_eq!(counts.rows, 4);
+        assert_eq!(counts.rows, 7);
         assert_eq!(counts.bytes, bytes.len() as u64);
         assert_eq!(image(&b)?, bytes, "the copy writes the same snapshot");
 
@@ -470,18 +540,20 @@ mod tests {
             assert!(err.to_string().contains("truncated"), "{err}");
         }
         // Another version, or no snapshot at all: a clear error.
-        let mut v3 = bytes.clone();
-        v3[8..12].copy_from_slice(&3u32.to_be_bytes());
-        let err = read_header(&mut &v3[..]).expect_err("version 3");
+        let mut v4 = bytes.clone();
+        v4[8..12].copy_from_slice(&4u32.to_be_bytes());
+        let err = read_header(&mut &v4[..]).expect_err("version 4");
         assert!(
             err.to_string()
-                .contains("snapshot format version 3 is not supported"),
+                .contains("snapshot format version 4 is not supported"),
             "{err}"
         );
-        // Version 1 (uncompressed blocks) is still read.
-        let mut v1 = bytes.clone();
-        v1[8..12].copy_from_slice(&1u32.to_be_bytes());
-        read_header(&mut &v1[..])?;
+        // Versions 1 (uncompressed blocks) and 2 (no journal) are still read.
+        for old in [1u32, 2] {
+            let mut v = bytes.clone();
+            v[8..12].copy_from_slice(&old.to_be_bytes());
+            read_header(&mut &v[..])?;
+        }
         let err = read_header(&mut &b"hello"[..]).expect_err("garbage");
         assert!(err.to_string().contains("not a Strait snapshot"), "{err}");
         // A malformed block is refused.

@@ -18,6 +18,17 @@ pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::
 pub(crate) const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
 /// Key: target key "bus/rule/target". Value: next sequence to process.
 pub(crate) const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+/// The delivery journal ([`crate::journal`]). Key: (the event's ingest ms
+/// at its origin, "bus\u{0}source\u{0}id"). Value: JSON array of
+/// [`crate::journal::JournalEntry`], one per (rule, target, origin).
+pub(crate) const JOURNAL: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("journal");
+/// Cursor marks. Key: (cursor key, the cursor's value after a checkpoint
+/// moved it). Value: the checkpoint's time, ms since the epoch.
+pub(crate) const MARKS: TableDefinition<(&str, u64), u64> = TableDefinition::new("cursor_marks");
+/// Replicated target counters. Key: target key (or the key a delivery
+/// made for another site counts under). Value: JSON
+/// [`crate::journal::TargetCounts`].
+pub(crate) const COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("target_counts");
 
 pub(crate) const OUTBOX: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("link_out_blocks");
@@ -42,10 +53,14 @@ pub(crate) enum Table {
     Blocks(TableDefinition<'static, (&'static str, u64), &'static [u8]>),
     /// `(name, name)` key, bytes value.
     PairBytes(TableDefinition<'static, (&'static str, &'static str), &'static [u8]>),
+    /// `(u64, name)` key, bytes value.
+    U64StrBytes(TableDefinition<'static, (u64, &'static str), &'static [u8]>),
+    /// `(name, u64)` key, u64 value.
+    StrU64U64(TableDefinition<'static, (&'static str, u64), u64>),
 }
 
 /// Every table of the state, with its record tag (fixed for a version).
-pub(crate) const TABLES: [(u8, Table); 12] = [
+pub(crate) const TABLES: [(u8, Table); 15] = [
     (1, Table::StrBytes(META)),
     (2, Table::StrBytes(BUSES)),
     (3, Table::StrBytes(RULES)),
@@ -58,6 +73,9 @@ pub(crate) const TABLES: [(u8, Table); 12] = [
     (10, Table::StrBytes(LINK_META)),
     (11, Table::PairBytes(SPECS_OUT)),
     (12, Table::PairBytes(SPECS_IN)),
+    (13, Table::U64StrBytes(JOURNAL)),
+    (14, Table::StrU64U64(MARKS)),
+    (15, Table::StrBytes(COUNTS)),
 ];
 
 /// Create every table of the state in `db` (readers open them all).
@@ -68,6 +86,8 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> std::result::Result<(), r
             Table::StrU64(d) => drop(txn.open_table(d)?),
             Table::Blocks(d) => drop(txn.open_table(d)?),
             Table::PairBytes(d) => drop(txn.open_table(d)?),
+            Table::U64StrBytes(d) => drop(txn.open_table(d)?),
+            Table::StrU64U64(d) => drop(txn.open_table(d)?),
         }
     }
     Ok(())

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use openraft::{EntryPayload, StoredMembership};
 use redb::{Durability, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{SResult, SiteState, View, dead_letter_buses, dedup_bytes, rule_key, source_bus, werr};
+use super::{
+    SResult, SiteState, View, dead_letter_buses, dedup_bytes, journal, rule_key, source_bus, werr,
+};
 use crate::TypeConfig;
 use crate::command::{AppendOutcome, Command, CommandResponse, Conflict, NotFound, Refusal};
 use crate::store::block_table;
@@ -191,6 +193,19 @@ fn sweep_dedup(txn: &WriteTransaction, horizon: u64) -> SResult<u64> {
         _ => String::new(),
     };
     meta.insert("dedup_sweep", next.as_bytes()).map_err(werr)?;
+    // Every entry at or after the latest horizon is kept: a lookup reads
+    // this to know which events may have lost theirs.
+    let kept_from = match meta.get("dedup_horizon").map_err(werr)? {
+        Some(v) => std::str::from_utf8(v.value())
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0),
+        None => 0,
+    };
+    if horizon > kept_from {
+        meta.insert("dedup_horizon", horizon.to_string().as_bytes())
+            .map_err(werr)?;
+    }
     Ok(gone)
 }
 
@@ -343,6 +358,8 @@ fn apply_command(
             for k in stale {
                 cursors.remove(k.as_str()).map_err(werr)?;
                 view.cursors.remove(&k);
+                let gone = journal::drop_target(txn, &k)?;
+                view.stored_bytes = view.stored_bytes.saturating_sub(gone);
             }
             // New targets start at the head: a new rule sees new events only.
             for t in &targets {
@@ -375,6 +392,8 @@ fn apply_command(
             for k in stale {
                 cursors.remove(k.as_str()).map_err(werr)?;
                 view.cursors.remove(&k);
+                let gone = journal::drop_target(txn, &k)?;
+                view.stored_bytes = view.stored_bytes.saturating_sub(gone);
             }
             CommandResponse::Ok
         }
@@ -457,12 +476,14 @@ fn apply_command(
             retention_ms,
             dedup_window_ms,
             cursors: updates,
-            ..
+            journal: entries,
+            counts,
         } => {
             if dedup_window_ms > 0 {
                 let swept = sweep_dedup(txn, now_ms.saturating_sub(dedup_window_ms))?;
                 view.stored_bytes = view.stored_bytes.saturating_sub(swept);
             }
+            let horizon = now_ms.saturating_sub(retention_ms);
             let mut cursors = txn.open_table(CURSORS).map_err(werr)?;
             for (key, seq) in updates {
                 // Only known targets, and cursors never move backwards.
@@ -471,11 +492,21 @@ fn apply_command(
                 {
                     *cur = seq;
                     cursors.insert(key.as_str(), seq).map_err(werr)?;
+                    view.stored_bytes += journal::put_mark(txn, &key, seq, now_ms)?;
                 }
             }
+            journal::merge(txn, entries, horizon, &mut view.stored_bytes)?;
+            journal::put_counts(txn, counts, &mut view.stored_bytes)?;
+            let gone = journal::collect_journal(txn, horizon, journal::JOURNAL_GC_BATCH)?
+                + journal::collect_marks(
+                    txn,
+                    view.cursors.keys(),
+                    horizon,
+                    journal::MARKS_GC_BATCH,
+                )?;
+            view.stored_bytes = view.stored_bytes.saturating_sub(gone);
             // Garbage-collect events every target of their bus is done with
             // and that are older than the retention.
-            let horizon = now_ms.saturating_sub(retention_ms);
             let mut events = txn.open_table(EVENTS).map_err(werr)?;
             for bus in view.buses.keys() {
                 let prefix = format!("{bus}/");

@@ -13,9 +13,14 @@
 //! - `snapshot`: taking and installing snapshots
 //!   ([`SiteState::write_snapshot`], [`SiteState::install_snapshot_from`]);
 //! - `reads`: what the node reads (events, link outboxes and inboxes,
-//!   counts).
+//!   counts);
+//! - `journal`: the delivery journal's part of a checkpoint (marks,
+//!   entries, counters, their collection);
+//! - `lookup`: finding and listing events, and the journal's reads.
 
 mod apply;
+mod journal;
+mod lookup;
 mod reads;
 mod snapshot;
 
@@ -28,6 +33,9 @@ use openraft::{ErrorSubject, ErrorVerb, LogId, StorageError, StoredMembership};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 
+pub use self::lookup::{
+    CLOCK_SLACK_MS, EventFilter, EventPage, FoundEvent, LookupError, SCAN_LIMIT,
+};
 pub use self::snapshot::{Applied, SnapshotImage, SnapshotInfo, StateRead};
 use crate::error::FederationError;
 use crate::store::tables::{BUSES, CURSORS, DEDUP, EVENTS, META, RULES, SOURCES};
@@ -118,8 +126,9 @@ pub struct View {
     /// runs ([`Command::ConfigVersion`](crate::Command::ConfigVersion); 0: none imported).
     pub config_version: u64,
     /// Bytes the state holds in its growing tables: event blocks, link
-    /// outboxes and inboxes (key and value of every row) and the dedup
-    /// index (key and value of every entry). Kept as entries are applied
+    /// outboxes and inboxes, the delivery journal, cursor marks and target
+    /// counters (key and value of every row) and the dedup index (key and
+    /// value of every entry). Kept as entries are applied
     /// and collected; what `max_state_bytes` limits (see
     /// [`SiteState::set_max_bytes`]).
     pub stored_bytes: u64,
@@ -307,6 +316,23 @@ fn count_stored(txn: &redb::ReadTransaction) -> SResult<u64> {
     for item in txn.open_table(DEDUP).map_err(rerr)?.iter().map_err(rerr)? {
         let (k, _) = item.map_err(rerr)?;
         bytes += dedup_bytes(k.value());
+    }
+    let table = txn
+        .open_table(crate::store::tables::JOURNAL)
+        .map_err(rerr)?;
+    for item in table.iter().map_err(rerr)? {
+        let (k, v) = item.map_err(rerr)?;
+        bytes += journal::journal_row_bytes(k.value().1, v.value().len());
+    }
+    let table = txn.open_table(crate::store::tables::MARKS).map_err(rerr)?;
+    for item in table.iter().map_err(rerr)? {
+        let (k, _) = item.map_err(rerr)?;
+        bytes += journal::mark_bytes(k.value().0);
+    }
+    let table = txn.open_table(crate::store::tables::COUNTS).map_err(rerr)?;
+    for item in table.iter().map_err(rerr)? {
+        let (k, v) = item.map_err(rerr)?;
+        bytes += journal::counts_bytes(k.value(), v.value().len());
     }
     Ok(bytes)
 }
