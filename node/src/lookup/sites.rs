@@ -106,6 +106,7 @@ pub enum SiteAnswer {
         deliveries: Vec<DeliveryView>,
     },
     /// Its progress on the asking site's rule, by target id.
+    #[serde(rename_all = "camelCase")]
     RuleStatus {
         /// Per target it delivers.
         targets: BTreeMap<String, RemoteTargetStatus>,
