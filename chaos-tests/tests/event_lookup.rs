@@ -225,6 +225,9 @@ async fn lookups_and_rule_status_span_the_sites() -> anyhow::Result<()> {
                 },
             )
             .await?;
+            if id.ends_with("-0") {
+                eprintln!("{id} at an idc follower: {done:#}");
+            }
             anyhow::ensure!(
                 done["site"] == json!(origin),
                 "{id} entered at {origin}: {done}"
@@ -299,6 +302,7 @@ async fn lookups_and_rule_status_span_the_sites() -> anyhow::Result<()> {
             },
         )
         .await?;
+        eprintln!("rule status at an idc follower: {:#}", rule["status"]);
         let t = &rule["status"]["targets"];
         for (id, site) in [
             ("at-idc", "idc"),
