@@ -900,3 +900,74 @@ fn output_into_a_closed_pipe_ends_quietly() {
     assert!(!err.contains("panicked"), "stderr: {err}");
     assert_eq!(o.status.code(), Some(141), "stderr: {err}");
 }
+
+/// `strait events get` prints an event's deliveries as a timeline (a target
+/// nobody listens on: failed attempts, then dropped); `strait events ls`
+/// lists the bus's events and names a bad flag value.
+#[test]
+fn events_get_and_ls_against_a_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(&dir.path().join("data"));
+    let file = dir.path().join("apply.yaml");
+    std::fs::write(
+        &file,
+        "buses:\n  - name: evs\nrules:\n  - bus: evs\n    name: gone\n    pattern: {type: [t.gone]}\n    targets: [{id: hook, type: http, endpoint: \"http://127.0.0.1:9/\", retry: {maxAttempts: 2, initialBackoffMs: 10, maxBackoffMs: 10}}]\n",
+    )
+    .expect("write");
+    let o = run(&["apply", "-f", file.to_str().expect("utf8"), "--server", &node.url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (id, ty) in [("ev-1", "t.gone"), ("ev-2", "t.other")] {
+        let o = run(&[
+            "put", "--server", &node.url, "--bus", "evs", "--type", ty, "--id", id,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let o = run(&["events", "get", "--server", &node.url, "--bus", "evs", "ev-1"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = stdout(&o);
+        if text.contains("dropped") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "never dropped: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        text.starts_with("event ev-1 (source strait-cli, type t.gone) on bus evs"),
+        "{text}"
+    );
+    assert!(text.contains("SITE") && text.contains("OFFSET"), "{text}");
+    assert!(text.contains("committed") && text.contains("+0ms"), "{text}");
+    let attempts: Vec<&str> = text.lines().filter(|l| l.contains("gone -> hook attempt")).collect();
+    assert_eq!(attempts.len(), 2, "{text}");
+    assert!(attempts.iter().all(|l| l.contains("failed")), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("dropped: retries exhausted")),
+        "{text}"
+    );
+    let o = run(&["events", "get", "--server", &node.url, "--bus", "evs", "ev-2"]);
+    assert!(stdout(&o).contains("no enabled rule of the bus matches it"), "{}", stdout(&o));
+    let o = run(&["events", "get", "--server", &node.url, "--bus", "evs", "ev-9"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("HTTP 404") && stderr(&o).contains("`ev-9`"), "{}", stderr(&o));
+
+    let o = run(&["events", "ls", "--server", &node.url, "--bus", "evs", "--limit", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("ev-1") && !text.contains("ev-2"), "{text}");
+    let cursor = text
+        .lines()
+        .find_map(|l| l.strip_prefix("more: --cursor "))
+        .expect("a next page")
+        .to_string();
+    let o = run(&[
+        "events", "ls", "--server", &node.url, "--bus", "evs", "--cursor", &cursor,
+    ]);
+    assert!(stdout(&o).contains("ev-2") && !stdout(&o).contains("ev-1"), "{}", stdout(&o));
+    let o = run(&["events", "ls", "--server", &node.url, "--bus", "evs", "--type", "t.other"]);
+    assert!(stdout(&o).contains("ev-2") && !stdout(&o).contains("ev-1"), "{}", stdout(&o));
+    let o = run(&["events", "ls", "--server", &node.url, "--bus", "evs", "--limit", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("`limit`"), "{}", stderr(&o));
+}

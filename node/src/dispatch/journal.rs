@@ -122,16 +122,6 @@ impl JournalBuffer {
             }
         }
     }
-
-    /// Entries waiting.
-    pub fn len(&self) -> usize {
-        self.lock().entries.len()
-    }
-
-    /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -166,7 +156,7 @@ mod tests {
         b.record(entry("1", DeliveryStatus::Retrying));
         b.record(entry("2", DeliveryStatus::Retrying));
         b.record(entry("1", DeliveryStatus::Delivered));
-        assert_eq!(b.len(), 2, "updated in place");
+        assert_eq!(b.lock().entries.len(), 2, "updated in place");
         b.record(entry("3", DeliveryStatus::Retrying));
         let got: Vec<(String, DeliveryStatus)> =
             b.drain().into_iter().map(|e| (e.id, e.status)).collect();
@@ -178,7 +168,7 @@ mod tests {
             ],
             "1 was the oldest"
         );
-        assert!(b.is_empty());
+        assert!(b.drain().is_empty());
     }
 
     #[test]

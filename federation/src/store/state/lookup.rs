@@ -144,11 +144,12 @@ fn block_max_ms(table: &Events<'_>, bus: &str, first: u64) -> SResult<u64> {
 }
 
 /// The first block of `bus` that may hold an event ingested at `ms` or
-/// later: every block before it is older than `ms - CLOCK_SLACK_MS`
-/// (given that times never go back by more than [`CLOCK_SLACK_MS`]).
-/// `None` when every block is.
-fn first_block_from(table: &Events<'_>, bus: &str, ms: u64) -> SResult<Option<u64>> {
-    let want = ms.saturating_sub(CLOCK_SLACK_MS);
+/// later: every block before it is older than `ms - slack` (given that
+/// times never go back by more than `slack`; [`CLOCK_SLACK_MS`]). `None`
+/// when every block is. A binary search over the sequences: a few dozen
+/// block reads.
+fn first_block_from(table: &Events<'_>, bus: &str, ms: u64, slack: u64) -> SResult<Option<u64>> {
+    let want = ms.saturating_sub(slack);
     let mut range = table.range((bus, 0)..=(bus, u64::MAX)).map_err(rerr)?;
     let first = match range.next() {
         Some(item) => item.map_err(rerr)?.0.value().1,
@@ -192,15 +193,16 @@ fn first_block_from(table: &Events<'_>, bus: &str, ms: u64) -> SResult<Option<u6
 
 /// Visit the blocks of `bus` from the one starting at `from` on, while
 /// `visit` returns true; stops (without visiting) at the first block whose
-/// every event is later than `until_ms + CLOCK_SLACK_MS`.
+/// every event is later than `until_ms + slack`.
 fn walk_blocks(
     table: &Events<'_>,
     bus: &str,
     from: u64,
     until_ms: u64,
+    slack: u64,
     mut visit: impl FnMut(u64, &Block<'_>) -> SResult<bool>,
 ) -> SResult<()> {
-    let stop = until_ms.saturating_add(CLOCK_SLACK_MS);
+    let stop = until_ms.saturating_add(slack);
     for item in table.range((bus, from)..=(bus, u64::MAX)).map_err(rerr)? {
         let (k, v) = item.map_err(rerr)?;
         let first = k.value().1;
@@ -246,6 +248,40 @@ fn matching(
             })
         })?;
     Ok(())
+}
+
+/// The first event of `block` (from the one at `from` on) for which `want`
+/// says yes.
+fn find_in(
+    bus: &str,
+    first: u64,
+    block: &Block<'_>,
+    from: usize,
+    mut want: impl FnMut(u64, u64, &[u8]) -> Option<String>,
+) -> SResult<Option<FoundEvent>> {
+    let mut buf = Vec::new();
+    let mut hit = None;
+    block
+        .for_each_from(from, &mut buf, |seq, ms, json| {
+            if let Some(source) = want(seq, ms, json) {
+                hit = Some(FoundEvent {
+                    seq,
+                    ingest_ms: ms,
+                    source,
+                    json: json.to_vec(),
+                });
+                return false;
+            }
+            true
+        })
+        .map_err(|source| {
+            malformed(block_table::BlockTableError::Malformed {
+                name: bus.to_string(),
+                first,
+                source,
+            })
+        })?;
+    Ok(hit)
 }
 
 /// Whether `json` is the event (`source`, `id`); its source when it is.
@@ -323,30 +359,33 @@ impl SiteState {
         let mut found = Vec::new();
         let mut scanned = 0u64;
         for (src, ms) in &candidates {
-            let Some(from) = first_block_from(&events, bus, *ms)? else {
-                continue;
-            };
-            walk_blocks(&events, bus, from, *ms, |first, block| {
-                scanned += block.len() as u64;
-                let Some(at) = (0..block.len()).find(|i| block.meta(*i).1 == *ms) else {
-                    return Ok(scanned <= limit);
+            // The event of a dedup entry is the one of its source and id
+            // ingested at its time: the first match is the only one. Look
+            // where the times are in order first (a block or two), then
+            // within the clock slack.
+            let mut hit = None;
+            for slack in [0, CLOCK_SLACK_MS] {
+                let Some(from) = first_block_from(&events, bus, *ms, slack)? else {
+                    continue;
                 };
-                matching(
-                    bus,
-                    first,
-                    block,
-                    at,
-                    |_, t, json| {
-                        if t == *ms {
-                            is_event(json, Some(src), id)
-                        } else {
-                            None
-                        }
-                    },
-                    &mut found,
-                )?;
-                Ok(scanned <= limit)
-            })?;
+                walk_blocks(&events, bus, from, *ms, slack, |first, block| {
+                    scanned += block.len() as u64;
+                    if let Some(at) = (0..block.len()).find(|i| block.meta(*i).1 == *ms) {
+                        hit = find_in(bus, first, block, at, |_, t, json| {
+                            if t == *ms {
+                                is_event(json, Some(src), id)
+                            } else {
+                                None
+                            }
+                        })?;
+                    }
+                    Ok(hit.is_none() && scanned <= limit)
+                })?;
+                if hit.is_some() {
+                    break;
+                }
+            }
+            found.extend(hit);
         }
         if !found.is_empty() {
             found.sort_by_key(|f| f.seq);
@@ -362,7 +401,7 @@ impl SiteState {
         }
         let mut scanned = 0u64;
         let mut over = false;
-        walk_blocks(&events, bus, 0, horizon, |first, block| {
+        walk_blocks(&events, bus, 0, horizon, CLOCK_SLACK_MS, |first, block| {
             scanned += block.len() as u64;
             if scanned > limit {
                 over = true;
@@ -463,7 +502,7 @@ impl SiteState {
         let table = txn.open_table(EVENTS).map_err(rerr)?;
         let mut from = from_seq;
         if let Some(since) = filter.since_ms {
-            match first_block_from(&table, bus, since)? {
+            match first_block_from(&table, bus, since, CLOCK_SLACK_MS)? {
                 Some(b) => from = from.max(b),
                 None => return Ok(EventPage::default()),
             }
