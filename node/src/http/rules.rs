@@ -35,11 +35,12 @@ fn rule_view(res: &Resources, bus: &str, name: &str, spec: &Value, with_status: 
                 let live = crate::dispatch::stats(&res.progress, &key);
                 let counts = replicated_counts.get(&key).cloned().unwrap_or_default();
                 let live = match live {
-                    Some(l) if l.delivered + l.dead_lettered + l.dropped + l.failed_attempts
-                        >= counts.delivered
-                            + counts.dead_lettered
-                            + counts.dropped
-                            + counts.failed_attempts =>
+                    Some(l)
+                        if l.delivered + l.dead_lettered + l.dropped + l.failed_attempts
+                            >= counts.delivered
+                                + counts.dead_lettered
+                                + counts.dropped
+                                + counts.failed_attempts =>
                     {
                         l
                     }

@@ -198,12 +198,12 @@ impl Sites {
                 self.complete(&mut l).await;
                 Ok(l)
             }
-            Err(
-                e @ (LookupFailure::EventNotFound { .. } | LookupFailure::BusNotFound { .. }),
-            ) => match self.lookup_elsewhere(bus, source, id).await {
-                Some(r) => r,
-                None => Err(e),
-            },
+            Err(e @ (LookupFailure::EventNotFound { .. } | LookupFailure::BusNotFound { .. })) => {
+                match self.lookup_elsewhere(bus, source, id).await {
+                    Some(r) => r,
+                    None => Err(e),
+                }
+            }
             Err(e) => Err(e),
         }
     }
@@ -412,9 +412,9 @@ impl Sites {
                             lookup: Box::new(l),
                         }
                     }
-                    Err(LookupFailure::EventNotFound { .. } | LookupFailure::BusNotFound { .. }) => {
-                        SiteAnswer::NotFound
-                    }
+                    Err(
+                        LookupFailure::EventNotFound { .. } | LookupFailure::BusNotFound { .. },
+                    ) => SiteAnswer::NotFound,
                     Err(LookupFailure::Ambiguous { sources, .. }) => {
                         SiteAnswer::Ambiguous { sources }
                     }
@@ -427,9 +427,16 @@ impl Sites {
                 id,
                 ingest_ms,
             } => {
-                let deliveries =
-                    deliveries_here(&self.state, &self.site, &from, &bus, &source, &id, ingest_ms)
-                        .map_err(|e| RemoteError::new(codes::INTERNAL, e.to_string()))?;
+                let deliveries = deliveries_here(
+                    &self.state,
+                    &self.site,
+                    &from,
+                    &bus,
+                    &source,
+                    &id,
+                    ingest_ms,
+                )
+                .map_err(|e| RemoteError::new(codes::INTERNAL, e.to_string()))?;
                 SiteAnswer::Deliveries { deliveries }
             }
             SiteQuestion::RuleStatus { bus, rule } => self
@@ -443,12 +450,7 @@ impl Sites {
 
     /// This site's counters of the deliveries it makes for `origin`'s rule
     /// `bus/rule`, and the backlog of its inbox from `origin`.
-    fn rule_status_here(
-        &self,
-        origin: &str,
-        bus: &str,
-        rule: &str,
-    ) -> Result<SiteAnswer, String> {
+    fn rule_status_here(&self, origin: &str, bus: &str, rule: &str) -> Result<SiteAnswer, String> {
         let counts = self
             .state
             .target_counts()
@@ -554,7 +556,14 @@ mod tests {
         );
         let got: Vec<(&str, &str, DeliveryStatus, usize)> = into
             .iter()
-            .map(|d| (d.site.as_str(), d.target.as_str(), d.status, d.attempts.len()))
+            .map(|d| {
+                (
+                    d.site.as_str(),
+                    d.target.as_str(),
+                    d.status,
+                    d.attempts.len(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -582,8 +591,8 @@ mod tests {
             s,
             r#"{"query":"deliveries","bus":"b","source":"s","id":"i","ingestMs":7}"#
         );
-        let q2: SiteQuestion = serde_json::from_str(r#"{"query":"lookup","bus":"b","id":"i"}"#)
-            .expect("decode");
+        let q2: SiteQuestion =
+            serde_json::from_str(r#"{"query":"lookup","bus":"b","id":"i"}"#).expect("decode");
         assert_eq!(
             q2,
             SiteQuestion::Lookup {
