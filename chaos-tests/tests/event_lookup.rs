@@ -321,6 +321,11 @@ async fn lookups_and_rule_status_span_the_sites() -> anyhow::Result<()> {
             t["at-aliyun"]["delivered"].as_u64() >= Some(idc_events.len() as u64),
             "{rule}"
         );
+        // What idc counted for a remote target is its hand-over to the link.
+        anyhow::ensure!(
+            t["at-aws"]["handedOver"].as_u64() >= Some(idc_events.len() as u64),
+            "{rule}"
+        );
 
         // aws stops: the lookup still answers, with the rest, naming aws.
         c.kill_9_at(aws)?;
@@ -355,6 +360,11 @@ async fn lookups_and_rule_status_span_the_sites() -> anyhow::Result<()> {
                 eprintln!("{id} at {name} with aws down: {took:?}");
             }
         }
+        // An event found at no site that answered: 404, naming the site
+        // that did not answer.
+        let (status, v) = lookup(&at_idc, "no-such-event", "lookup.idc").await?;
+        anyhow::ensure!(status == 404, "unknown event with aws down: {status} {v}");
+        anyhow::ensure!(v.to_string().contains("aws"), "must name aws: {v}");
         // Rule status with aws down: still answers, aws's targets say so.
         let r = at_idc.get_rule(BUS, "from-idc").await?;
         r.expect_status(200, "rule status with aws down")?;
@@ -368,6 +378,12 @@ async fn lookups_and_rule_status_span_the_sites() -> anyhow::Result<()> {
                 .as_array()
                 .is_some_and(|u| u.contains(&json!("aws"))),
             "{v}"
+        );
+        anyhow::ensure!(
+            v["status"]["targets"]["at-aws"]["delivered"].is_null()
+                && v["status"]["targets"]["at-aliyun"]["delivered"].as_u64()
+                    >= Some(idc_events.len() as u64),
+            "aws's figures are unknown, aliyun's are there: {v}"
         );
         c.ensure_no_panic()
     })
