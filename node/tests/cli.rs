@@ -914,7 +914,13 @@ fn events_get_and_ls_against_a_node() {
         "buses:\n  - name: evs\nrules:\n  - bus: evs\n    name: gone\n    pattern: {type: [t.gone]}\n    targets: [{id: hook, type: http, endpoint: \"http://127.0.0.1:9/\", retry: {maxAttempts: 2, initialBackoffMs: 10, maxBackoffMs: 10}}]\n",
     )
     .expect("write");
-    let o = run(&["apply", "-f", file.to_str().expect("utf8"), "--server", &node.url]);
+    let o = run(&[
+        "apply",
+        "-f",
+        file.to_str().expect("utf8"),
+        "--server",
+        &node.url,
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for (id, ty) in [("ev-1", "t.gone"), ("ev-2", "t.other")] {
         let o = run(&[
@@ -924,7 +930,9 @@ fn events_get_and_ls_against_a_node() {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {
-        let o = run(&["events", "get", "--server", &node.url, "--bus", "evs", "ev-1"]);
+        let o = run(&[
+            "events", "get", "--server", &node.url, "--bus", "evs", "ev-1",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let text = stdout(&o);
         if text.contains("dropped") {
@@ -938,21 +946,42 @@ fn events_get_and_ls_against_a_node() {
         "{text}"
     );
     assert!(text.contains("SITE") && text.contains("OFFSET"), "{text}");
-    assert!(text.contains("committed") && text.contains("+0ms"), "{text}");
-    let attempts: Vec<&str> = text.lines().filter(|l| l.contains("gone -> hook attempt")).collect();
+    assert!(
+        text.contains("committed") && text.contains("+0ms"),
+        "{text}"
+    );
+    let attempts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("gone -> hook attempt"))
+        .collect();
     assert_eq!(attempts.len(), 2, "{text}");
     assert!(attempts.iter().all(|l| l.contains("failed")), "{text}");
     assert!(
-        text.lines().any(|l| l.contains("dropped: retries exhausted")),
+        text.lines()
+            .any(|l| l.contains("dropped: retries exhausted")),
         "{text}"
     );
-    let o = run(&["events", "get", "--server", &node.url, "--bus", "evs", "ev-2"]);
-    assert!(stdout(&o).contains("no enabled rule of the bus matches it"), "{}", stdout(&o));
-    let o = run(&["events", "get", "--server", &node.url, "--bus", "evs", "ev-9"]);
+    let o = run(&[
+        "events", "get", "--server", &node.url, "--bus", "evs", "ev-2",
+    ]);
+    assert!(
+        stdout(&o).contains("no enabled rule of the bus matches it"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&[
+        "events", "get", "--server", &node.url, "--bus", "evs", "ev-9",
+    ]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("HTTP 404") && stderr(&o).contains("`ev-9`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("HTTP 404") && stderr(&o).contains("`ev-9`"),
+        "{}",
+        stderr(&o)
+    );
 
-    let o = run(&["events", "ls", "--server", &node.url, "--bus", "evs", "--limit", "1"]);
+    let o = run(&[
+        "events", "ls", "--server", &node.url, "--bus", "evs", "--limit", "1",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.contains("ev-1") && !text.contains("ev-2"), "{text}");
@@ -964,10 +993,22 @@ fn events_get_and_ls_against_a_node() {
     let o = run(&[
         "events", "ls", "--server", &node.url, "--bus", "evs", "--cursor", &cursor,
     ]);
-    assert!(stdout(&o).contains("ev-2") && !stdout(&o).contains("ev-1"), "{}", stdout(&o));
-    let o = run(&["events", "ls", "--server", &node.url, "--bus", "evs", "--type", "t.other"]);
-    assert!(stdout(&o).contains("ev-2") && !stdout(&o).contains("ev-1"), "{}", stdout(&o));
-    let o = run(&["events", "ls", "--server", &node.url, "--bus", "evs", "--limit", "0"]);
+    assert!(
+        stdout(&o).contains("ev-2") && !stdout(&o).contains("ev-1"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&[
+        "events", "ls", "--server", &node.url, "--bus", "evs", "--type", "t.other",
+    ]);
+    assert!(
+        stdout(&o).contains("ev-2") && !stdout(&o).contains("ev-1"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&[
+        "events", "ls", "--server", &node.url, "--bus", "evs", "--limit", "0",
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("`limit`"), "{}", stderr(&o));
 }

@@ -156,10 +156,14 @@ async fn a_lookup_shows_what_became_of_each_delivery() {
     assert_eq!(v["traceId"].as_str().map(str::len), Some(32), "{v}");
     assert_eq!(v["deliveries"].as_array().map(Vec::len), Some(1), "{v}");
     let d = delivery(&v, "ok");
-    assert_eq!((d["site"].as_str(), d["target"].as_str()), (Some(site.as_str()), Some("web")));
+    assert_eq!(
+        (d["site"].as_str(), d["target"].as_str()),
+        (Some(site.as_str()), Some("web"))
+    );
     let time = d["attempts"][0]["time"].as_str().unwrap_or_default();
     assert!(
-        chrono::DateTime::parse_from_rfc3339(time).is_ok() && d["attempts"][0]["outcome"] == "delivered",
+        chrono::DateTime::parse_from_rfc3339(time).is_ok()
+            && d["attempts"][0]["outcome"] == "delivered",
         "{v}"
     );
 
@@ -171,7 +175,10 @@ async fn a_lookup_shows_what_became_of_each_delivery() {
     let a = &delivery(&v, "bad")["attempts"][0];
     assert_eq!(a["outcome"], "failed", "{v}");
     assert_eq!(a["httpStatus"], 503, "{v}");
-    assert!(a["error"].as_str().is_some_and(|e| e.contains("busy")), "{v}");
+    assert!(
+        a["error"].as_str().is_some_and(|e| e.contains("busy")),
+        "{v}"
+    );
     let v = wait_for(&app, "/v1/buses/lk/events/e-bad", |s, v| {
         s == 200 && delivery(v, "bad")["status"] == "dead-lettered"
     })
@@ -179,7 +186,9 @@ async fn a_lookup_shows_what_became_of_each_delivery() {
     let d = delivery(&v, "bad");
     assert_eq!(d["attempts"].as_array().map(Vec::len), Some(4), "{v}");
     assert!(
-        d["reason"].as_str().is_some_and(|r| r.contains("retries exhausted")),
+        d["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("retries exhausted")),
         "{v}"
     );
 
@@ -192,32 +201,66 @@ async fn a_lookup_shows_what_became_of_each_delivery() {
     let (s, v) = call(&app, "GET", "/v1/buses/lk/events/nope", None).await;
     assert_eq!(s, 404, "{v}");
     assert_eq!(v["error"]["code"], "EventNotFound", "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("`nope`")), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`nope`")),
+        "{v}"
+    );
     let (s, v) = call(&app, "GET", "/v1/buses/nobus/events/e-ok", None).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("BusNotFound")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("BusNotFound")),
+        "{v}"
+    );
     let (s, v) = call(&app, "GET", "/v1/buses/lk/events/e-ok?sorce=x", None).await;
     assert_eq!(s, 400, "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("`sorce`")), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`sorce`")),
+        "{v}"
+    );
     for bad in ["limit=lots", "limit=0", "limit=1001"] {
         let (s, v) = call(&app, "GET", &format!("/v1/buses/lk/events?{bad}"), None).await;
         assert_eq!(s, 400, "{bad}: {v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("`limit`")), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("`limit`")),
+            "{v}"
+        );
     }
     let (s, v) = call(&app, "GET", "/v1/buses/lk/events?since=yesterday", None).await;
     assert_eq!(s, 400, "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("`since`")), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`since`")),
+        "{v}"
+    );
 
     // Paging: two pages of 2 and 1.
     let (s, page) = call(&app, "GET", "/v1/buses/lk/events?limit=2", None).await;
     assert_eq!(s, 200, "{page}");
     let mut ids: Vec<String> = page["events"]
         .as_array()
-        .map(|es| es.iter().filter_map(|e| e["id"].as_str().map(str::to_string)).collect())
+        .map(|es| {
+            es.iter()
+                .filter_map(|e| e["id"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     assert_eq!(ids.len(), 2, "{page}");
     let mut cursor = page["nextCursor"].as_str().map(str::to_string);
     while let Some(c) = cursor.take() {
-        let (s, page) = call(&app, "GET", &format!("/v1/buses/lk/events?limit=2&cursor={c}"), None).await;
+        let (s, page) = call(
+            &app,
+            "GET",
+            &format!("/v1/buses/lk/events?limit=2&cursor={c}"),
+            None,
+        )
+        .await;
         assert_eq!(s, 200, "{page}");
         ids.extend(
             page["events"]
@@ -229,7 +272,13 @@ async fn a_lookup_shows_what_became_of_each_delivery() {
         cursor = page["nextCursor"].as_str().map(str::to_string);
     }
     assert_eq!(ids, ["e-ok", "e-bad", "e-none"]);
-    let (s, page) = call(&app, "GET", "/v1/buses/lk/events?type=bad&source=/lookup", None).await;
+    let (s, page) = call(
+        &app,
+        "GET",
+        "/v1/buses/lk/events?type=bad&source=/lookup",
+        None,
+    )
+    .await;
     assert_eq!(s, 200, "{page}");
     assert_eq!(page["events"].as_array().map(Vec::len), Some(1), "{page}");
     assert_eq!(page["events"][0]["type"], "bad", "{page}");
@@ -239,7 +288,9 @@ async fn a_lookup_shows_what_became_of_each_delivery() {
     loop {
         let counts = app.site.state.target_counts().expect("counts");
         let ok = counts.get("lk/ok/web").map(|c| c.delivered);
-        let bad = counts.get("lk/bad/flaky").map(|c| (c.failed_attempts, c.dead_lettered));
+        let bad = counts
+            .get("lk/bad/flaky")
+            .map(|c| (c.failed_attempts, c.dead_lettered));
         if ok == Some(1) && bad == Some((4, 1)) {
             break;
         }

@@ -155,9 +155,10 @@ pub(crate) fn waterfall(l: &Lookup) -> String {
         let settled = matches!(
             d.status,
             strait_federation::journal::DeliveryStatus::Delivered
-        ) && d.attempts.last().is_some_and(|a| {
-            a.outcome == strait_federation::journal::AttemptOutcome::Delivered
-        });
+        ) && d
+            .attempts
+            .last()
+            .is_some_and(|a| a.outcome == strait_federation::journal::AttemptOutcome::Delivered);
         if !settled {
             rows.push(Row {
                 site: d.site.clone(),
@@ -308,14 +309,19 @@ mod tests {
             unreachable_sites: vec!["aws".into()],
         };
         let text = waterfall(&l);
-        assert!(text.contains("event e1 (source /s, type t) on bus b"), "{text}");
+        assert!(
+            text.contains("event e1 (source /s, type t) on bus b"),
+            "{text}"
+        );
         assert!(text.contains("sites that did not answer: aws"), "{text}");
         let attempt = text
             .lines()
             .find(|l| l.contains("r -> web attempt 1"))
             .unwrap_or_default();
         assert!(
-            attempt.starts_with("idc") && attempt.contains("+1.5s") && attempt.contains("failed (HTTP 503): busy"),
+            attempt.starts_with("idc")
+                && attempt.contains("+1.5s")
+                && attempt.contains("failed (HTTP 503): busy"),
             "{text}"
         );
         assert!(

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strait_adapters::{Sink, SinkContext};
-use strait_federation::link::uncommitted::EarlyInbox;
 use strait_federation::journal::TargetCounts;
+use strait_federation::link::uncommitted::EarlyInbox;
 use strait_federation::store::state::target_key;
 use strait_federation::{Command, SiteState};
 use strait_routing::pattern::RuleSet;

@@ -28,13 +28,15 @@ fn bad(param: &str, message: impl std::fmt::Display) -> ApiError {
 /// The API error of a lookup failure.
 pub(crate) fn failure(state: &strait_federation::SiteState, f: LookupFailure) -> ApiError {
     match f {
-        LookupFailure::BusNotFound { bus } => bus_must_exist(state, &bus).err().unwrap_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "BusNotFound",
-                format!("bus `{bus}` does not exist"),
-            )
-        }),
+        LookupFailure::BusNotFound { bus } => {
+            bus_must_exist(state, &bus).err().unwrap_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "BusNotFound",
+                    format!("bus `{bus}` does not exist"),
+                )
+            })
+        }
         e @ (LookupFailure::EventNotFound { .. } | LookupFailure::NotFoundAt { .. }) => {
             ApiError::new(StatusCode::NOT_FOUND, "EventNotFound", e.to_string())
         }
@@ -94,7 +96,9 @@ fn time_param(name: &str, v: &str) -> ApiResult<u64> {
         .ok_or_else(|| {
             bad(
                 name,
-                format!("{v:?} is not an RFC 3339 time (2026-01-02T15:04:05Z) or ms since the epoch"),
+                format!(
+                    "{v:?} is not an RFC 3339 time (2026-01-02T15:04:05Z) or ms since the epoch"
+                ),
             )
         })
 }
