@@ -327,6 +327,59 @@ async fn lookups_and_rule_status_span_the_sites() -> anyhow::Result<()> {
             "{rule}"
         );
 
+        // Every node of every site shows a target's figures as the site
+        // that delivers it counts them: the rules are shared (control
+        // group), so the aws node answers for idc's rule too, and the idc
+        // follower for aliyun's rule, whose idc target idc delivers for
+        // aliyun's events.
+        let counters = |v: &Value, id: &str| {
+            let t = &v["status"]["targets"][id];
+            (
+                t["site"].clone(),
+                t["delivered"].clone(),
+                t["deadLettered"].clone(),
+                t["failedAttempts"].clone(),
+            )
+        };
+        let at_aws = c.client_at(aws)?;
+        let same = wait_for(
+            "the same rule status at aws as at an idc follower",
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || async {
+                let a = at_idc.get_rule(BUS, "from-idc").await.ok()?.json()?;
+                let b = at_aws.get_rule(BUS, "from-idc").await.ok()?.json()?;
+                ["at-idc", "at-aliyun", "at-aws", "flaky"]
+                    .iter()
+                    .all(|id| counters(&a, id) == counters(&b, id))
+                    .then_some(b)
+            },
+        )
+        .await?;
+        anyhow::ensure!(
+            same["status"]["targets"]["at-aws"]["delivered"].as_u64()
+                >= Some(idc_events.len() as u64),
+            "{same}"
+        );
+        let from_aliyun = wait_for(
+            "aliyun's rule status at an idc follower",
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || async {
+                let v = at_idc.get_rule(BUS, "from-aliyun").await.ok()?.json()?;
+                let t = &v["status"]["targets"];
+                (t["at-idc"]["delivered"].as_u64() >= Some(aliyun_events.len() as u64)
+                    && t["at-aws"]["delivered"].as_u64() >= Some(aliyun_events.len() as u64)
+                    && t["at-aliyun"]["delivered"].as_u64() >= Some(aliyun_events.len() as u64))
+                .then_some(v)
+            },
+        )
+        .await?;
+        anyhow::ensure!(
+            from_aliyun["status"]["targets"]["at-idc"]["site"] == json!("idc"),
+            "{from_aliyun}"
+        );
+
         // aws stops: the lookup still answers, with the rest, naming aws.
         c.kill_9_at(aws)?;
         for (idx, name) in [(idc_follower, "idc follower"), (aliyun, "aliyun")] {

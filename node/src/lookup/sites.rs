@@ -15,8 +15,10 @@
 //!   entered at asks each site whose targets show `in-transit` here, and
 //!   puts their answers over those placeholders.
 //! - `ruleStatus {bus, rule}`: the asked site's replicated counters of the
-//!   deliveries it makes for the asking site's rule, per target, with the
-//!   backlog of its inbox from the asking site.
+//!   rule's targets it delivers, per target (the events that entered there
+//!   and those it delivers for other sites, summed), with the backlog of
+//!   its inboxes. Every node of every site thus shows the same figures for
+//!   a target: the delivering site's.
 //!
 //! Every question is answered by any node of the asked site from its
 //! replica of the site's state; a site none of whose nodes answers within
@@ -34,6 +36,7 @@ use strait_federation::SiteState;
 use strait_federation::journal::{DeliveryStatus, TargetCounts};
 use strait_federation::link::query::{QueryError, SiteQueryClient};
 use strait_federation::store::links::inbox_cursor_key;
+use strait_federation::store::state::target_key;
 use strait_federation::transport::RemoteError;
 use strait_federation::transport::codec::codes;
 
@@ -110,8 +113,8 @@ pub enum SiteAnswer {
     RuleStatus {
         /// Per target it delivers.
         targets: BTreeMap<String, RemoteTargetStatus>,
-        /// Deliveries from the asking site in its inbox not yet delivered
-        /// (all rules).
+        /// Deliveries in its inboxes not yet delivered (all origins, all
+        /// rules).
         inbox_backlog: u64,
     },
 }
@@ -342,7 +345,13 @@ impl Sites {
         for (id, site) in &targets {
             if let Some(t) = view.pointer_mut(&format!("/status/targets/{}", pointer_token(id))) {
                 t["site"] = json!(site);
-                if *site != self.site {
+                if *site == self.site {
+                    // Delivered here: this site's own events (counted by
+                    // the caller) and those it delivers for other sites.
+                    let mut c = counts_in(t);
+                    add_counts(&mut c, &self.inbound_here(bus, rule, id));
+                    put_counts(t, Some(&c));
+                } else {
                     // What this site counted is the hand-over to the link;
                     // the delivering site's counters replace the rest below
                     // (null if it does not answer).
@@ -440,7 +449,7 @@ impl Sites {
                 SiteAnswer::Deliveries { deliveries }
             }
             SiteQuestion::RuleStatus { bus, rule } => self
-                .rule_status_here(&from, &bus, &rule)
+                .rule_status_here(&bus, &rule)
                 .map_err(|e| RemoteError::new(codes::INTERNAL, e))?,
         };
         serde_json::to_vec(&answer)
@@ -448,32 +457,89 @@ impl Sites {
             .map_err(|e| RemoteError::new(codes::INTERNAL, e.to_string()))
     }
 
-    /// This site's counters of the deliveries it makes for `origin`'s rule
-    /// `bus/rule`, and the backlog of its inbox from `origin`.
-    fn rule_status_here(&self, origin: &str, bus: &str, rule: &str) -> Result<SiteAnswer, String> {
+    /// This site's counters of rule `bus/rule`'s targets it delivers, by
+    /// target id: for each, the events that entered here (its cursor key,
+    /// when the target is delivered here) plus the deliveries made here for
+    /// every other site (their inbound keys); and the backlog of its
+    /// inboxes.
+    fn rule_status_here(&self, bus: &str, rule: &str) -> Result<SiteAnswer, String> {
         let counts = self
             .state
             .target_counts()
             .map_err(|e| format!("state read failed: {e}"))?;
-        let prefix = inbound_target_key(origin, bus, rule, "");
-        let targets = counts
-            .into_iter()
-            .filter_map(|(k, c)| {
-                let id = k.strip_prefix(&prefix)?;
-                Some((id.to_string(), RemoteTargetStatus { counts: c }))
-            })
-            .collect();
         let view = self.state.view();
-        let received = view.links.inbound.get(origin).copied().unwrap_or(0);
-        let cursor = view
-            .cursors
-            .get(&inbox_cursor_key(origin))
-            .copied()
-            .unwrap_or(1);
+        let mut targets: BTreeMap<String, RemoteTargetStatus> = BTreeMap::new();
+        // Targets of the rule as this site has it (a shared rule) that it
+        // delivers itself.
+        if let Some(ts) = view
+            .rules
+            .get(&(bus.to_string(), rule.to_string()))
+            .and_then(|spec| spec.get("targets"))
+            .and_then(Value::as_array)
+        {
+            for t in ts {
+                let Some(id) = t.get("id").and_then(Value::as_str) else {
+                    continue;
+                };
+                let site = t.get("site").and_then(Value::as_str);
+                if site.is_none_or(|s| s == self.site) {
+                    let own = counts
+                        .get(&target_key(bus, rule, id))
+                        .cloned()
+                        .unwrap_or_default();
+                    targets.insert(id.to_string(), RemoteTargetStatus { counts: own });
+                }
+            }
+        }
+        let mut backlog = 0u64;
+        for (origin, received) in &view.links.inbound {
+            let cursor = view
+                .cursors
+                .get(&inbox_cursor_key(origin))
+                .copied()
+                .unwrap_or(1);
+            backlog += (received + 1).saturating_sub(cursor);
+            let prefix = inbound_target_key(origin, bus, rule, "");
+            for (k, c) in counts.range(prefix.clone()..) {
+                let Some(id) = k.strip_prefix(&prefix) else {
+                    break;
+                };
+                add_counts(&mut targets.entry(id.to_string()).or_default().counts, c);
+            }
+        }
         Ok(SiteAnswer::RuleStatus {
             targets,
-            inbox_backlog: (received + 1).saturating_sub(cursor),
+            inbox_backlog: backlog,
         })
+    }
+
+    /// What this site delivered of `bus/rule`'s target `id` for the other
+    /// sites (their inbound keys), summed.
+    fn inbound_here(&self, bus: &str, rule: &str, id: &str) -> TargetCounts {
+        let counts = self.state.target_counts().unwrap_or_default();
+        let mut sum = TargetCounts::default();
+        for origin in self.state.view().links.inbound.keys() {
+            if let Some(c) = counts.get(&inbound_target_key(origin, bus, rule, id)) {
+                add_counts(&mut sum, c);
+            }
+        }
+        sum
+    }
+}
+
+/// Add `c` to `into` (the last errors: `into`'s if it has one).
+fn add_counts(into: &mut TargetCounts, c: &TargetCounts) {
+    into.delivered += c.delivered;
+    into.dead_lettered += c.dead_lettered;
+    into.dropped += c.dropped;
+    into.dead_letter_failed += c.dead_letter_failed;
+    into.failed_attempts += c.failed_attempts;
+    if into.last_error.is_none() {
+        into.last_error.clone_from(&c.last_error);
+    }
+    if into.last_dead_letter_error.is_none() {
+        into.last_dead_letter_error
+            .clone_from(&c.last_dead_letter_error);
     }
 }
 
@@ -487,6 +553,21 @@ pub fn put_counts(t: &mut Value, c: Option<&TargetCounts>) {
     t["failedAttempts"] = json!(c.map(|c| c.failed_attempts));
     t["lastError"] = json!(c.and_then(|c| c.last_error.clone()));
     t["lastDeadLetterError"] = json!(c.and_then(|c| c.last_dead_letter_error.clone()));
+}
+
+/// The counters in a target's status document (see [`put_counts`]).
+fn counts_in(t: &Value) -> TargetCounts {
+    let n = |k: &str| t.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let text = |k: &str| t.get(k).and_then(Value::as_str).map(str::to_string);
+    TargetCounts {
+        delivered: n("delivered"),
+        dead_lettered: n("deadLettered"),
+        dropped: n("dropped"),
+        dead_letter_failed: n("deadLetterFailed"),
+        failed_attempts: n("failedAttempts"),
+        last_error: text("lastError"),
+        last_dead_letter_error: text("lastDeadLetterError"),
+    }
 }
 
 /// `s` as one JSON pointer token.
