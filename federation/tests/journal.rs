@@ -516,6 +516,10 @@ fn list_events_filters_and_pages() -> anyhow::Result<()> {
         .collect();
     assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
     assert_eq!(page.next, None);
+    // Blocks wholly before `since` do not count in the scan cap.
+    let page = site.state.list_events("b", &filter, 0, 1_000, want.len())?;
+    assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
+    assert_eq!(page.next, Some(all[80].0));
 
     // The scan cap: a page may be short, `next` goes on.
     let filter = EventFilter {

@@ -488,7 +488,8 @@ impl SiteState {
     /// of the bus, or of `until_ms`). Only `source`, `type` and the ingest
     /// time are read for the filter (the JSON is parsed only with a
     /// `source` or `type` filter). With `since_ms`, the scan starts at the
-    /// first block that may hold events that recent.
+    /// first block that may hold events that recent, and blocks wholly
+    /// before it are skipped unread (not counted in `scan_cap`).
     pub fn list_events(
         &self,
         bus: &str,
@@ -516,47 +517,74 @@ impl SiteState {
         let parse = filter.source.is_some() || filter.event_type.is_some();
         let mut scanned = 0usize;
         let mut next = None;
-        block_table::scan_from(&table, bus, from, |seq, ms, json| {
-            if scanned >= scan_cap {
-                next = Some(seq);
-                return false;
+        let mut buf = Vec::new();
+        let start = floor_block(&table, bus, from)?.unwrap_or(from);
+        for item in table.range((bus, start)..=(bus, u64::MAX)).map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            let first = k.value().1;
+            let block = block_table::parse(bus, first, v.value()).map_err(malformed)?;
+            if stop.is_some_and(|s| min_ingest_ms(&block) > s) {
+                break;
             }
-            scanned += 1;
-            if stop.is_some_and(|s| ms > s) {
-                return false;
+            // A block wholly before `since` (the search starts up to the
+            // clock slack before it) is skipped without being read.
+            if filter.since_ms.is_some_and(|s| block.max_ingest_ms() < s) {
+                continue;
             }
-            if filter.since_ms.is_some_and(|s| ms < s) || filter.until_ms.is_some_and(|u| ms >= u) {
-                return true;
+            let mut more = true;
+            block
+                .for_each_from(block.position_from(from), &mut buf, |seq, ms, json| {
+                    if scanned >= scan_cap {
+                        next = Some(seq);
+                        more = false;
+                        return false;
+                    }
+                    scanned += 1;
+                    if filter.since_ms.is_some_and(|s| ms < s)
+                        || filter.until_ms.is_some_and(|u| ms >= u)
+                    {
+                        return true;
+                    }
+                    if parse {
+                        let Some(h) = head(json) else {
+                            return true;
+                        };
+                        if filter
+                            .source
+                            .as_deref()
+                            .is_some_and(|s| h.source.as_deref() != Some(s))
+                            || filter
+                                .event_type
+                                .as_deref()
+                                .is_some_and(|t| h.event_type.as_deref() != Some(t))
+                        {
+                            return true;
+                        }
+                    }
+                    page.events.push(StoredEvent {
+                        bus: bus.to_string(),
+                        seq,
+                        ingest_ms: ms,
+                        json: json.to_vec(),
+                    });
+                    if page.events.len() >= limit {
+                        next = Some(seq + 1);
+                        more = false;
+                        return false;
+                    }
+                    true
+                })
+                .map_err(|source| {
+                    malformed(block_table::BlockTableError::Malformed {
+                        name: bus.to_string(),
+                        first,
+                        source,
+                    })
+                })?;
+            if !more {
+                break;
             }
-            if parse {
-                let Some(h) = head(json) else {
-                    return true;
-                };
-                if filter
-                    .source
-                    .as_deref()
-                    .is_some_and(|s| h.source.as_deref() != Some(s))
-                    || filter
-                        .event_type
-                        .as_deref()
-                        .is_some_and(|t| h.event_type.as_deref() != Some(t))
-                {
-                    return true;
-                }
-            }
-            page.events.push(StoredEvent {
-                bus: bus.to_string(),
-                seq,
-                ingest_ms: ms,
-                json: json.to_vec(),
-            });
-            if page.events.len() >= limit {
-                next = Some(seq + 1);
-                return false;
-            }
-            true
-        })
-        .map_err(malformed)?;
+        }
         page.next = next;
         Ok(page)
     }
