@@ -75,6 +75,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         endpoint,
         control,
         early,
+        query,
     } = crate::cluster::open_site(&cfg).await?;
     site.state.set_max_bytes(cfg.max_state_bytes);
     let clustered = endpoint.is_some();
@@ -136,6 +137,20 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         ingest: ingest.clone(),
         statuses: sources.clone(),
     }));
+    let sites = Arc::new(crate::lookup::sites::Sites::new(
+        site.state.clone(),
+        cfg.site.clone(),
+        writer
+            .endpoint()
+            .map(|e| crate::links::query_client(&cfg, e)),
+    ));
+    if let Some(query) = query {
+        let answerer = sites.clone();
+        query.serve(Arc::new(move |from: String, body: bytes::Bytes| {
+            let answerer = answerer.clone();
+            async move { answerer.answer(from, body).await }
+        }));
+    }
     let health = Health::new(site.clone(), control.as_ref().map(|c| c.group.clone()));
     let gate = Gate {
         ingest,
@@ -159,6 +174,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
             site: cfg.site.clone(),
             linked_sites: cfg.federation.links.keys().cloned().collect(),
             known_sites: known_sites(&cfg),
+            sites,
         }),
         cluster: Arc::new(ClusterApi {
             cfg: cfg.clone(),

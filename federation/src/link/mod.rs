@@ -6,8 +6,10 @@
 //! exactly-once-per-sequence admission; [`service`] runs it over the QUIC
 //! endpoints of the sites (receiving side and per-remote sender); [`uncommitted`]
 //! hands proposed batches to the receiving leader's delivery before they
-//! commit.
+//! commit; [`query`] carries read-only questions between linked sites
+//! (event lookups, target progress).
 
 pub mod proto;
+pub mod query;
 pub mod service;
 pub mod uncommitted;

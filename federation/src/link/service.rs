@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Mutex, Notify};
 
 use super::proto::{Batch, Sender, SenderConfig, decode_batch, encode_batch};
+use super::query::{METHOD_SITE_QUERY, QueryService};
 use super::uncommitted::{EarlyBatch, EarlyInbox};
 use crate::NodeId;
 use crate::certs::NodeIdentity;
@@ -254,16 +255,36 @@ impl LinkService {
     }
 }
 
-/// Routes requests to the Raft service or the link service by method.
+/// Routes requests to the Raft service, the link service or the site
+/// query service by method.
 pub struct Methods {
     raft: Arc<dyn Handler>,
     link: Arc<LinkService>,
+    query: Option<Arc<QueryService>>,
 }
 
 impl Methods {
-    /// One handler for both.
+    /// One handler for both (site queries are answered "unknown method").
     pub fn handler(raft: Arc<dyn Handler>, link: Arc<LinkService>) -> Arc<dyn Handler> {
-        Arc::new(Methods { raft, link })
+        Arc::new(Methods {
+            raft,
+            link,
+            query: None,
+        })
+    }
+
+    /// One handler for the three: Raft, link batches and
+    /// [`METHOD_SITE_QUERY`] questions from linked sites.
+    pub fn with_query(
+        raft: Arc<dyn Handler>,
+        link: Arc<LinkService>,
+        query: Arc<QueryService>,
+    ) -> Arc<dyn Handler> {
+        Arc::new(Methods {
+            raft,
+            link,
+            query: Some(query),
+        })
     }
 }
 
@@ -272,6 +293,9 @@ impl Handler for Methods {
         if req.method == METHOD_LINK_BATCH {
             let link = self.link.clone();
             Box::pin(async move { link.receive(req).await })
+        } else if let (METHOD_SITE_QUERY, Some(query)) = (req.method, &self.query) {
+            let query = query.clone();
+            Box::pin(async move { query.receive(req).await })
         } else {
             self.raft.handle(req)
         }

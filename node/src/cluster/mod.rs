@@ -12,6 +12,7 @@ use anyhow::Context;
 use openraft::ServerState;
 use serde_json::{Value, json};
 use strait_federation::certs::{self, NodeCredentials};
+use strait_federation::link::query::QueryService;
 use strait_federation::link::service::{LinkService, Methods};
 use strait_federation::link::uncommitted::EarlyInbox;
 use strait_federation::network_quic::{
@@ -199,6 +200,9 @@ pub struct Opened {
     /// Batches from other sites proposed here but not yet committed (only
     /// offered with `federation.deliver_before_commit`).
     pub early: Arc<EarlyInbox>,
+    /// Questions from linked sites (cluster mode): answered once the node
+    /// sets its answerer ([`QueryService::serve`]).
+    pub query: Option<Arc<QueryService>>,
 }
 
 /// Open the site's Raft group (and the control group's replica when
@@ -223,6 +227,7 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
             endpoint: None,
             control: None,
             early: EarlyInbox::new(),
+            query: None,
         });
     };
     let addr: std::net::SocketAddr = listen
@@ -232,6 +237,7 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
     let service = RaftService::new(cfg.site.clone());
     let remotes: Vec<String> = cfg.federation.links.keys().cloned().collect();
     let link = LinkService::new(cfg.site.clone(), remotes.clone());
+    let query = QueryService::new(cfg.site.clone(), remotes.clone());
     let early = EarlyInbox::new();
     if cfg.federation.deliver_before_commit {
         link.deliver_before_commit(early.clone());
@@ -266,7 +272,7 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
         initial_rtt: Duration::from_millis(20),
         ..TransportConfig::default()
     };
-    let handler = Methods::handler(service.handler(), link.clone());
+    let handler = Methods::with_query(service.handler(), link.clone(), query.clone());
     let endpoint = Endpoint::bind(addr, &creds, transport, Some(handler))
         .with_context(|| format!("cannot listen for QUIC on {addr}"))?;
     let bootstrap = bootstrap(cfg);
@@ -285,6 +291,7 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
         endpoint: Some(endpoint),
         control,
         early,
+        query: Some(query),
     })
 }
 

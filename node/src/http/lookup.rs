@@ -1,6 +1,8 @@
 //! `GET /v1/buses/{bus}/events/{id}` (one event and what became of its
 //! deliveries) and `GET /v1/buses/{bus}/events` (a bus's events, paged),
-//! answered from this site's replicated state ([`crate::lookup`]).
+//! answered from this site's replicated state ([`crate::lookup`]); an event
+//! that entered at another site, and deliveries other sites make, are asked
+//! of them ([`crate::lookup::sites`]).
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use strait_federation::EventFilter;
 use crate::http::Resources;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::shared::bus_must_exist;
-use crate::lookup::{EventList, Lookup, LookupFailure, list_local, lookup_local};
+use crate::lookup::{EventList, Lookup, LookupFailure, list_local};
 
 /// Events a page holds when `limit` is not given.
 const DEFAULT_LIMIT: usize = 100;
@@ -35,7 +37,7 @@ pub(crate) fn failure(state: &strait_federation::SiteState, f: LookupFailure) ->
                 )
             })
         }
-        e @ LookupFailure::EventNotFound { .. } => {
+        e @ (LookupFailure::EventNotFound { .. } | LookupFailure::NotFoundAt { .. }) => {
             ApiError::new(StatusCode::NOT_FOUND, "EventNotFound", e.to_string())
         }
         e @ LookupFailure::Ambiguous { .. } => {
@@ -75,9 +77,9 @@ pub(super) async fn get(
             other => return Err(bad(other, "unknown parameter (this route takes `source`)")),
         }
     }
-    let state = res.state.clone();
-    let site = res.site.clone();
-    blocking(move || lookup_local(&state, &site, &bus, source.as_deref(), &id))
+    // This site first; then the linked sites (see crate::lookup::sites).
+    res.sites
+        .lookup(&bus, source.as_deref(), &id)
         .await
         .map(Json)
         .map_err(|f| failure(&res.state, f))

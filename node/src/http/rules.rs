@@ -21,6 +21,9 @@ fn rule_view(res: &Resources, bus: &str, name: &str, spec: &Value, with_status: 
     v["name"] = json!(name);
     v["bus"] = json!(bus);
     if with_status {
+        // The replicated counters (a follower has no live figures; a new
+        // leader's start from them).
+        let replicated_counts = res.state.target_counts().unwrap_or_default();
         let mut targets = serde_json::Map::new();
         if let Some(ts) = spec.get("targets").and_then(Value::as_array) {
             for t in ts {
@@ -29,7 +32,29 @@ fn rule_view(res: &Resources, bus: &str, name: &str, spec: &Value, with_status: 
                 };
                 let key = target_key(bus, name, id);
                 let replicated = res.state.view().cursors.get(&key).copied().unwrap_or(0);
-                let live = crate::dispatch::stats(&res.progress, &key).unwrap_or_default();
+                let live = crate::dispatch::stats(&res.progress, &key);
+                let counts = replicated_counts.get(&key).cloned().unwrap_or_default();
+                let live = match live {
+                    Some(l)
+                        if l.delivered + l.dead_lettered + l.dropped + l.failed_attempts
+                            >= counts.delivered
+                                + counts.dead_lettered
+                                + counts.dropped
+                                + counts.failed_attempts =>
+                    {
+                        l
+                    }
+                    l => crate::dispatch::TargetStats {
+                        cursor: l.map(|l| l.cursor).unwrap_or(0),
+                        delivered: counts.delivered,
+                        dead_lettered: counts.dead_lettered,
+                        dropped: counts.dropped,
+                        dead_letter_failed: counts.dead_letter_failed,
+                        last_dead_letter_error: counts.last_dead_letter_error,
+                        failed_attempts: counts.failed_attempts,
+                        last_error: counts.last_error,
+                    },
+                };
                 let cursor = live.cursor.max(replicated);
                 let lag = res
                     .state
@@ -89,7 +114,12 @@ pub(super) async fn get(
         .get(&(bus.clone(), rule.clone()))
         .cloned();
     match spec {
-        Some(s) => Ok(Json(rule_view(&res, &bus, &rule, &s, true))),
+        Some(s) => {
+            let mut v = rule_view(&res, &bus, &rule, &s, true);
+            // Targets at other sites: their progress from those sites.
+            res.sites.rule_status(&bus, &rule, &mut v).await;
+            Ok(Json(v))
+        }
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "RuleNotFound",

@@ -77,6 +77,8 @@ pub struct Resources {
     /// The sites a shared source may name: this one, the linked ones and
     /// those of the control group's members (sorted).
     pub known_sites: Vec<String>,
+    /// Event lookups and rule status across the linked sites.
+    pub sites: Arc<crate::lookup::sites::Sites>,
 }
 
 /// What `/v1/cluster` and its members use.

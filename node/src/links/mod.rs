@@ -21,6 +21,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use strait_adapters::{DeliveryError, DeliveryFuture, Sink};
 use strait_federation::link::proto::SenderConfig;
+use strait_federation::link::query::SiteQueryClient;
 use strait_federation::link::service::{LinkStatsMap, RemoteSite, run_sender};
 use strait_federation::store::links::inbox_cursor_key;
 use strait_federation::transport::Endpoint;
@@ -306,11 +307,7 @@ impl Sink for LinkSink {
 /// Start one sender per linked remote site (each is active only while
 /// this node leads its site).
 pub fn start_senders(cfg: &NodeConfig, site: &Site, endpoint: &Endpoint, stats: &LinkStatsMap) {
-    for (remote_site, nodes) in &cfg.federation.links {
-        let remote = RemoteSite {
-            site: remote_site.clone(),
-            nodes: nodes.iter().map(|m| (m.id, m.raft_addr.clone())).collect(),
-        };
+    for remote in remote_sites(cfg) {
         let sender = SenderConfig {
             max_batch_items: cfg.federation.max_batch,
             window: cfg.federation.window,
@@ -325,6 +322,24 @@ pub fn start_senders(cfg: &NodeConfig, site: &Site, endpoint: &Endpoint, stats: 
             stats.clone(),
         ));
     }
+}
+
+/// The linked sites' nodes (as configured in `federation.links`).
+fn remote_sites(cfg: &NodeConfig) -> Vec<RemoteSite> {
+    cfg.federation
+        .links
+        .iter()
+        .map(|(site, nodes)| RemoteSite {
+            site: site.clone(),
+            nodes: nodes.iter().map(|m| (m.id, m.raft_addr.clone())).collect(),
+        })
+        .collect()
+}
+
+/// A client asking the linked sites questions (event lookups, rule
+/// status) over `endpoint`.
+pub fn query_client(cfg: &NodeConfig, endpoint: &Endpoint) -> SiteQueryClient {
+    SiteQueryClient::new(endpoint.clone(), remote_sites(cfg))
 }
 
 /// The `links` part of `GET /v1/cluster` (and the link gauges).

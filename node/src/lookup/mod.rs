@@ -16,6 +16,7 @@
 //! site-to-site query answer from the same functions.
 
 pub mod model;
+pub mod sites;
 
 use std::collections::HashMap;
 
@@ -49,6 +50,19 @@ pub enum LookupFailure {
         event_source: Option<String>,
         /// The id.
         id: String,
+    },
+    /// Not at this site nor at any linked site that answered; the others
+    /// did not answer (see [`sites`]).
+    #[error("no event with id `{id}`{} on bus `{bus}` at this site or the linked sites that answered; no answer from {}", event_source.as_ref().map(|s| format!(" and source `{s}`")).unwrap_or_default(), unreachable_sites.join(", "))]
+    NotFoundAt {
+        /// The bus.
+        bus: String,
+        /// The source asked for.
+        event_source: Option<String>,
+        /// The id.
+        id: String,
+        /// The linked sites that did not answer.
+        unreachable_sites: Vec<String>,
     },
     /// Several sources posted an event with this id: the source must be
     /// named.
