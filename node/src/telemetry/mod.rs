@@ -4,6 +4,7 @@
 //! [`export`]; logs: `tracing` to stderr (never exported as spans).
 
 pub mod export;
+pub mod ingress;
 pub mod span;
 
 use std::sync::OnceLock;
