@@ -8,7 +8,9 @@ use std::sync::Mutex;
 
 use http::HeaderMap;
 use opentelemetry::trace::SpanKind;
-use strait_adapters::{Binding, BindingError, EventLimits, IngestFuture, Offer, ReadEntry};
+use strait_adapters::{
+    Binding, BindingError, EventLimits, IngestFuture, IngestOutcome, Offer, ReadEntry,
+};
 
 use super::EventSpan;
 use crate::config::Limits;
@@ -180,3 +182,126 @@ impl strait_adapters::Ingest for TracedGate<'_> {
     }
 }
 
+
+/// The node's [`Gate`] as a source sees it: each event the source offers
+/// gets a CONSUMER `receive` span that continues the trace of the message
+/// (the `traceparent` the source mapped, e.g. from SQS's `AWSTraceHeader`,
+/// or a new trace), and the event continues that span; the span ends with
+/// the outcome of the commit.
+pub struct SourceGate {
+    gate: Gate,
+    /// The source's name (`strait.source`).
+    name: String,
+    /// `messaging.system` of what it reads (`aws_sqs`).
+    system: &'static str,
+    /// What it reads from (`messaging.destination.name`: the queue).
+    from: String,
+}
+
+impl SourceGate {
+    /// The gate of source `name`, reading from `from` of `system`.
+    pub fn new(gate: Gate, name: &str, system: &'static str, from: &str) -> SourceGate {
+        SourceGate {
+            gate,
+            name: name.to_string(),
+            system,
+            from: from.to_string(),
+        }
+    }
+
+    /// The `receive` span of `event` (offered for `bus`), its
+    /// `traceparent` set to the span's when the span records.
+    fn receive_span(&self, event: &mut serde_json::Value, bus: &str) -> EventSpan {
+        if !super::export::on() {
+            return EventSpan::none();
+        }
+        let message = event
+            .get("traceparent")
+            .and_then(serde_json::Value::as_str)
+            .and_then(TraceParent::parse);
+        let me = message.map_or_else(super::new_trace, |m| m.child());
+        let mut span = EventSpan::start(
+            "receive",
+            SpanKind::Consumer,
+            &me,
+            message.map(|m| m.span_id),
+        );
+        if !span.recording() {
+            return span;
+        }
+        let attr = |k: &str| event.get(k).and_then(serde_json::Value::as_str);
+        span.attr("messaging.system", self.system)
+            .attr("messaging.operation.type", "receive")
+            .attr("messaging.destination.name", self.from.clone())
+            .attr("strait.source", self.name.clone())
+            .attr("strait.bus", bus.to_string())
+            .attr("cloudevents.event_id", attr("id").unwrap_or("").to_string())
+            .attr(
+                "cloudevents.event_source",
+                attr("source").unwrap_or("").to_string(),
+            );
+        if let Some(t) = attr("type") {
+            span.attr("cloudevents.event_type", t.to_string());
+        }
+        if let Some(m) = event.as_object_mut() {
+            m.insert(
+                "traceparent".into(),
+                serde_json::Value::String(me.to_string()),
+            );
+        }
+        span
+    }
+}
+
+impl strait_adapters::Ingest for SourceGate {
+    fn bus_exists(&self, bus: &str) -> bool {
+        strait_adapters::Ingest::bus_exists(&self.gate, bus)
+    }
+
+    fn read(
+        &self,
+        binding: Binding,
+        headers: &HeaderMap,
+        body: &[u8],
+        limits: &EventLimits,
+    ) -> Result<Vec<ReadEntry>, BindingError> {
+        strait_adapters::Ingest::read(&self.gate, binding, headers, body, limits)
+    }
+
+    fn submit(&self, mut offers: Vec<Offer>) -> IngestFuture<'_> {
+        let spans: Vec<EventSpan> = offers
+            .iter_mut()
+            .map(|o| match o {
+                Offer::Event { bus, event } => self.receive_span(event, bus),
+                _ => EventSpan::none(),
+            })
+            .collect();
+        Box::pin(async move {
+            let r = strait_adapters::Ingest::submit(&self.gate, offers).await;
+            for (i, mut span) in spans.into_iter().enumerate() {
+                if !span.recording() {
+                    continue;
+                }
+                match r.as_ref().map(|o| o.get(i)) {
+                    Ok(Some(IngestOutcome::Accepted)) => {
+                        span.ok();
+                    }
+                    Ok(Some(IngestOutcome::Duplicate)) => {
+                        span.attr("strait.duplicate", true).ok();
+                    }
+                    Ok(Some(IngestOutcome::Invalid(m))) => {
+                        span.fail("invalid_event", m.clone());
+                    }
+                    Ok(Some(IngestOutcome::NoSuchBus | IngestOutcome::Refused) | None) => {
+                        span.fail("no_such_bus", "the source's bus does not exist");
+                    }
+                    Err(e) => {
+                        span.fail("commit_failed", e.to_string());
+                    }
+                }
+                span.end();
+            }
+            r
+        })
+    }
+}
