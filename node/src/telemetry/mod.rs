@@ -5,6 +5,7 @@
 
 pub mod export;
 pub mod ingress;
+pub mod link;
 pub mod span;
 
 use std::sync::OnceLock;
