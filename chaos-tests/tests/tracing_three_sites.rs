@@ -1,7 +1,7 @@
 //! One trace per event across three sites (`idc:3 + aliyun:1 + aws:1`),
 //! decoded from the OTLP/HTTP protobuf the nodes export: events entering at
 //! idc (the CloudEvents API, at a follower) and at aliyun (the Alibaba push
-//! endpoint), a rule with a target at each site, and a second rule whose
+//! endpoint) and at aws (an SQS source, with an `AWSTraceHeader`), a rule with a target at each site, and a second rule whose
 //! target at aws refuses (dead letter).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -10,15 +10,18 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use strait_chaos_tests::{Behavior, LocalCluster, Receiver, http_target, retry};
 
+/// Event A's producer span.
+const PRODUCER_TRACE: &str = "6bf92f3577b34da6a3ce929d0e0e4736";
+const PRODUCER_SPAN: &str = "20f067aa0ba902b7";
+/// The X-Ray context SQS hands with event E (`AWSTraceHeader`).
+const XRAY_TRACE: &str = "5759e988bd862e3fe1be46a994272793";
+const XRAY_PARENT: &str = "53995c3f42cd8ad8";
+
+/// The sites of the cluster.
+const ALL: &[&str] = &["idc", "aliyun", "aws"];
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn hex_bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len())
-        .step_by(2)
-        .filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-        .collect()
 }
 
 /// One exported span, decoded from OTLP protobuf.
@@ -115,6 +118,14 @@ fn traces_of<'a>(spans: &'a [Span], id: &str) -> BTreeSet<&'a [u8]> {
         .collect()
 }
 
+/// The first span of `t` named `name` from `site`.
+fn one_span<'a>(t: &[&'a Span], id: &str, name: &str, site: &str) -> anyhow::Result<&'a Span> {
+    t.iter()
+        .copied()
+        .find(|s| s.name == name && s.site == site)
+        .ok_or_else(|| anyhow::anyhow!("event {id}: no {name} span at {site}: {t:#?}"))
+}
+
 /// What one event's trace must hold once complete.
 struct Expect {
     id: &'static str,
@@ -123,6 +134,8 @@ struct Expect {
     delivered_at: &'static [&'static str],
     dead_letter_at: Option<&'static str>,
     rules_matched: usize,
+    /// The span outside Strait the trace continues (trace id, span id).
+    external_parent: Option<(&'static str, &'static str)>,
 }
 
 impl Expect {
@@ -181,12 +194,15 @@ async fn events_entering_at_idc_and_aliyun_are_one_trace_across_three_sites()
         .into_iter()
         .collect();
         let refusing = Receiver::start(Behavior::Status(400)).await?;
+        let moto = strait_chaos_tests::Moto::start().await?;
+        let queue = moto.create_queue("three-sites").await?;
         let c = LocalCluster::up(
             &[("idc", 3), ("aliyun", 1), ("aws", 1)],
             Some(json!({
                 "telemetry": {"otlp_endpoint": collector.url("/v1/traces")},
                 "dispatch": {"checkpoint_interval_ms": 50},
                 "alibaba": {"push": {"require_signature": false}},
+                "aws": {"credentials": {"main": {"access_key_id": "testing", "secret_access_key": "testing"}}},
             })),
         )
         .await?;
@@ -226,6 +242,15 @@ async fn events_entering_at_idc_and_aliyun_are_one_trace_across_three_sites()
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
+        // E arrives through an SQS source at aws.
+        let source = json!({
+            "type": "aws_sqs", "site": "aws", "bus": "default", "queueUrl": queue,
+            "credential": "main", "region": "us-east-1", "endpoint": moto.url(),
+            "waitTimeSecs": 1, "visibilityTimeoutSecs": 30, "maxMessages": 10
+        });
+        idc.send_json(reqwest::Method::PUT, "/v1/sources/three-q", &source)
+            .await?
+            .expect_status(200, "PUT source")?;
         // Both rules at every node of every site before the events.
         for i in 0..c.nodes.len() {
             let n = c.client_at(i)?;
@@ -244,14 +269,12 @@ async fn events_entering_at_idc_and_aliyun_are_one_trace_across_three_sites()
 
         // A: at an idc node (any; a follower forwards the commit) with the
         // producer's trace.
-        let producer_trace = "6bf92f3577b34da6a3ce929d0e0e4736";
-        let producer_span = "20f067aa0ba902b7";
         c.client_at(idc_nodes[idc_nodes.len() - 1])?
             .post_structured(
                 "default",
                 &json!({
                     "specversion": "1.0", "id": "three-a", "source": "/three/idc", "type": "t",
-                    "traceparent": format!("00-{producer_trace}-{producer_span}-01"),
+                    "traceparent": format!("00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01"),
                     "data": {"x": 1},
                 }),
             )
@@ -275,36 +298,58 @@ async fn events_entering_at_idc_and_aliyun_are_one_trace_across_three_sites()
         )
         .await?
         .expect_status(200, "POST event D at idc")?;
+        moto.sqs(
+            "SendMessage",
+            json!({
+                "QueueUrl": queue,
+                "MessageBody": json!({"specversion": "1.0", "id": "three-e", "source": "/three/sqs", "type": "t"}).to_string(),
+                "MessageSystemAttributes": {"AWSTraceHeader": {
+                    "DataType": "String",
+                    "StringValue": format!("Root=1-{}-{};Parent={XRAY_PARENT};Sampled=1", &XRAY_TRACE[..8], &XRAY_TRACE[8..]),
+                }},
+            }),
+        )
+        .await?;
 
-        let all = ["idc", "aliyun", "aws"];
         let expects = [
             Expect {
                 id: "three-a",
                 origin: "idc",
-                delivered_at: &all,
+                delivered_at: ALL,
                 dead_letter_at: None,
                 rules_matched: 1,
+                external_parent: Some((PRODUCER_TRACE, PRODUCER_SPAN)),
             },
             Expect {
                 id: "three-b",
                 origin: "aliyun",
-                delivered_at: &all,
+                delivered_at: ALL,
                 dead_letter_at: None,
                 rules_matched: 1,
+                external_parent: None,
             },
             Expect {
                 id: "three-d",
                 origin: "idc",
-                delivered_at: &all,
+                delivered_at: ALL,
                 dead_letter_at: Some("aws"),
                 rules_matched: 2,
+                external_parent: None,
+            },
+            Expect {
+                id: "three-e",
+                origin: "aws",
+                delivered_at: ALL,
+                dead_letter_at: None,
+                rules_matched: 1,
+                external_parent: Some((XRAY_TRACE, XRAY_PARENT)),
             },
         ];
         for (site, r) in &targets {
             r.wait_until(
-                &format!("the three events delivered at {site}"),
+                &format!("the four events delivered at {site}"),
                 Duration::from_secs(60),
-                |reqs| reqs.len() >= 3,
+                |reqs| reqs.len() >= 4,
             )
             .await?;
         }
@@ -329,7 +374,6 @@ async fn events_entering_at_idc_and_aliyun_are_one_trace_across_three_sites()
         };
 
         let ids: HashSet<&[u8]> = spans.iter().map(|s| s.id.as_slice()).collect();
-        let producer = hex_bytes(producer_span);
         for e in &expects {
             let traces = traces_of(&spans, e.id);
             anyhow::ensure!(
@@ -351,34 +395,25 @@ async fn events_entering_at_idc_and_aliyun_are_one_trace_across_three_sites()
                 anyhow::ensure!(
                     s.parent.is_empty()
                         || parent_in_trace
-                        || (s.parent == producer && hex(&trace) == producer_trace),
+                        || e.external_parent.is_some_and(|(trace_id, span)| {
+                            hex(trace) == trace_id && hex(&s.parent) == span
+                        }),
                     "event {}: span {s:?} has a parent no exported span of its trace has (exported anywhere: {}): {t:#?}",
                     e.id,
                     ids.contains(s.parent.as_slice())
                 );
                 anyhow::ensure!(
-                    all.contains(&s.site.as_str()),
+                    ALL.contains(&s.site.as_str()),
                     "span {s:?} carries no site of the cluster"
                 );
             }
             let sites: BTreeSet<&str> = t.iter().map(|s| s.site.as_str()).collect();
             anyhow::ensure!(
-                sites == all.iter().copied().collect(),
+                sites == ALL.iter().copied().collect::<BTreeSet<_>>(),
                 "event {}: spans from sites {sites:?}, not all three: {t:#?}",
                 e.id
             );
-            let one = |name: &str, site: &str| -> anyhow::Result<&Span> {
-                let found: Vec<&&Span> = t
-                    .iter()
-                    .filter(|s| s.name == name && s.site == site)
-                    .collect();
-                anyhow::ensure!(
-                    !found.is_empty(),
-                    "event {}: no {name} span at {site}: {t:#?}",
-                    e.id
-                );
-                Ok(found[0])
-            };
+            let one = |name: &str, site: &str| one_span(&t, e.id, name, site);
             let publish = one("publish", e.origin)?;
             anyhow::ensure!(publish.kind == 4, "publish is a PRODUCER span");
             let route = one("route", e.origin)?;
@@ -462,7 +497,7 @@ async fn events_entering_at_idc_and_aliyun_are_one_trace_across_three_sites()
         // A continues the producer's trace.
         let a = traces_of(&spans, "three-a");
         anyhow::ensure!(
-            a.iter().all(|t| hex(t) == producer_trace),
+            a.iter().all(|t| hex(t) == PRODUCER_TRACE),
             "event A left the producer's trace"
         );
         // B's trace starts at aliyun's push request (SERVER), and B's
@@ -487,6 +522,31 @@ async fn events_entering_at_idc_and_aliyun_are_one_trace_across_three_sites()
                 && s.name == "publish"
                 && s.parent == push.id),
             "event B's publish is a child of the push request"
+        );
+        // E continues the message's X-Ray trace through the source's
+        // CONSUMER span at aws, which its publish span is a child of.
+        let e_trace = traces_of(&spans, "three-e")
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        anyhow::ensure!(hex(e_trace) == XRAY_TRACE, "event E left the X-Ray trace");
+        let consumed = spans
+            .iter()
+            .find(|s| s.trace == e_trace && s.name == "receive" && s.attr("strait.source").is_some())
+            .ok_or_else(|| anyhow::anyhow!("no source receive span for event E"))?;
+        anyhow::ensure!(
+            consumed.kind == 5
+                && consumed.site == "aws"
+                && hex(&consumed.parent) == XRAY_PARENT
+                && consumed.attr("messaging.system") == Some("aws_sqs")
+                && consumed.attr("strait.source") == Some("three-q"),
+            "the source's receive span: {consumed:?}"
+        );
+        anyhow::ensure!(
+            spans.iter().any(|s| s.trace == e_trace
+                && s.name == "publish"
+                && s.parent == consumed.id),
+            "event E's publish is a child of the source's receive"
         );
         c.ensure_no_panic()?;
         Ok(())
