@@ -182,8 +182,8 @@ impl Expect {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn events_entering_at_idc_and_aliyun_are_one_trace_across_three_sites()
--> anyhow::Result<()> {
+async fn events_entering_at_idc_and_aliyun_are_one_trace_across_three_sites() -> anyhow::Result<()>
+{
     strait_chaos_tests::bounded(Duration::from_secs(240), async {
         let collector = Receiver::start(Behavior::Ok).await?;
         let targets: BTreeMap<&str, Receiver> = [

@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use opentelemetry::trace::SpanKind;
 use serde_json::Value;
 use strait_federation::{SiteState, StoredEvent};
 use strait_routing::Event;
@@ -20,7 +21,6 @@ use strait_routing::Event;
 use strait_routing::json::JsonError;
 use strait_routing::json::{parse_event_json, unroutable_envelope};
 use strait_routing::pattern::RuleSet;
-use opentelemetry::trace::SpanKind;
 use tokio::sync::watch;
 
 use crate::telemetry::EventSpan;
@@ -264,14 +264,8 @@ fn route_span(v: &Value, bus: &str) -> EventSpan {
     let (id, source) = (attr("id").unwrap_or(""), attr("source").unwrap_or(""));
     let (publish, _) = crate::telemetry::publish_span_of(&tp, source, id);
     let (mut span, _) = EventSpan::child("route", SpanKind::Internal, &publish);
-    span.event_fields(
-        id,
-        source,
-        attr("type").unwrap_or(""),
-        attr("subject"),
-        bus,
-    )
-    .attr("messaging.operation.type", "process");
+    span.event_fields(id, source, attr("type").unwrap_or(""), attr("subject"), bus)
+        .attr("messaging.operation.type", "process");
     span
 }
 

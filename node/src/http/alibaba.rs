@@ -19,11 +19,11 @@ use strait_adapters::alibaba_eventbridge::ingress;
 use strait_adapters::alibaba_eventbridge::push::{self, PushRefusal};
 
 use super::Ingresses;
-use crate::telemetry::ingress::{RequestSpan, TracedGate};
 use super::body::read_body;
 use super::error::ApiError;
 use super::events::bus_answer;
 use super::shared::bus_must_exist;
+use crate::telemetry::ingress::{RequestSpan, TracedGate};
 
 /// `POST /openapi/putEvents`.
 pub async fn put_events(

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use strait_adapters::aws_eventbridge::ingress::{self, MAX_BODY_BYTES};
 
 use super::Ingresses;
-use crate::telemetry::ingress::{RequestSpan, TracedGate};
 use super::body::read_body;
+use crate::telemetry::ingress::{RequestSpan, TracedGate};
 
 /// `POST {aws.ingress_path}`: EventBridge `PutEvents`.
 pub async fn put_events(

@@ -171,9 +171,10 @@ impl Gate {
                     }
                 }
             }
-            for (slot, (_, r)) in slots
-                .into_iter()
-                .zip(parse_items(&events, request_trace, &self.limits))
+            for (slot, (_, r)) in
+                slots
+                    .into_iter()
+                    .zip(parse_items(&events, request_trace, &self.limits))
             {
                 match r {
                     Ok(p) => {

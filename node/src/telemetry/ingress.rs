@@ -182,7 +182,6 @@ impl strait_adapters::Ingest for TracedGate<'_> {
     }
 }
 
-
 /// The node's [`Gate`] as a source sees it: each event the source offers
 /// gets a CONSUMER `receive` span that continues the trace of the message
 /// (the `traceparent` the source mapped, e.g. from SQS's `AWSTraceHeader`,

@@ -48,7 +48,10 @@ fn inbox_commit(c: InboxCommit<'_>) {
         .attr("strait.link.origin", c.origin.to_string())
         .attr("strait.rule", d.rule.clone())
         .attr("strait.target", d.target.clone())
-        .attr("strait.link.inbox_sequence", (c.first_seq + i as u64) as i64)
+        .attr(
+            "strait.link.inbox_sequence",
+            (c.first_seq + i as u64) as i64,
+        )
         .attr("strait.link.batch.size", c.items.len() as i64)
         .ok()
         .end();
