@@ -8,6 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -25,6 +26,8 @@ use strait_federation::{Bootstrap, Command, NodeInfo, Site, SiteOptions};
 struct SiteNode {
     site: Site,
     endpoint: Endpoint,
+    /// The inbox sequences the commit hook was told of, in call order.
+    committed: Arc<Mutex<Vec<u64>>>,
 }
 
 fn transport() -> TransportConfig {
@@ -48,6 +51,15 @@ async fn start_site(
     let deadline = Instant::now() + Duration::from_secs(10);
     let raft = RaftService::new(name);
     let link = LinkService::new(name, origins.iter().map(|s| s.to_string()).collect());
+    let committed: Arc<Mutex<Vec<u64>>> = Default::default();
+    let seen = committed.clone();
+    link.on_commit(Arc::new(move |c| {
+        assert_eq!(c.origin, "idc");
+        assert!(c.received <= std::time::SystemTime::now());
+        seen.lock()
+            .expect("lock")
+            .extend((0..c.items.len() as u64).map(|i| c.first_seq + i));
+    }));
     let endpoint = loop {
         match Endpoint::bind(
             addr,
@@ -88,7 +100,26 @@ async fn start_site(
         .await
         .expect("leader");
     link.start(site.clone(), endpoint.clone());
-    SiteNode { site, endpoint }
+    SiteNode {
+        site,
+        endpoint,
+        committed,
+    }
+}
+
+/// The commit hook of `node` was told of exactly the sequences `want`, each
+/// once (it runs just after the commit: wait for it).
+async fn wait_hook(node: &SiteNode, want: std::ops::RangeInclusive<u64>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut got = node.committed.lock().expect("lock").clone();
+        got.sort_unstable();
+        if got.len() >= want.clone().count() || Instant::now() >= deadline {
+            assert_eq!(got, want.collect::<Vec<_>>(), "inbox commits reported");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The rule definition every test delivery names.
@@ -167,6 +198,7 @@ async fn a_link_carries_the_outbox_in_order_across_an_outage() {
         enqueue(&idc.site, chunk * 100 + 1..chunk * 100 + 101).await;
     }
     wait_inbound(&aws.site, 3000, "before the outage").await;
+    wait_hook(&aws, 1..=3000).await;
 
     // The receiving site goes away; the sender keeps its outbox.
     aws.site.shutdown().await.expect("shutdown");
@@ -189,6 +221,8 @@ async fn a_link_carries_the_outbox_in_order_across_an_outage() {
     )
     .await;
     wait_inbound(&aws.site, 4000, "after the outage").await;
+    // Only what the new process committed, each once.
+    wait_hook(&aws, 3001..=4000).await;
     let inbox = aws.site.state.read_inbox("idc", 0, 10_000).expect("inbox");
     assert_eq!(inbox.len(), 4000);
     for (i, e) in inbox.iter().enumerate() {

@@ -318,7 +318,8 @@ pub fn put_entry_size(entry: &Value) -> usize {
 
 /// An SQS message body → a CloudEvent: an EventBridge envelope (what an
 /// EventBridge rule's SQS target sends) via [`envelope_to_cloudevent`]; a
-/// CloudEvent in JSON structured form as is; anything else wrapped (`id` =
+/// CloudEvent in JSON structured form as is (with the message's
+/// `AWSTraceHeader` as its `traceparent` when it has none); anything else wrapped (`id` =
 /// SQS message id, `source` = the queue, `type` = `aws.sqs.message`).
 pub fn sqs_body_to_cloudevent(
     body: &str,
@@ -329,7 +330,14 @@ pub fn sqs_body_to_cloudevent(
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     if let Some(v @ Value::Object(_)) = &parsed {
         if v.get("specversion").is_some() {
-            return Ok(v.clone());
+            // Its own trace context wins; else the message's.
+            let mut ce = v.clone();
+            if ce.get("traceparent").is_none()
+                && let Some(tp) = trace_header.and_then(xray_to_traceparent)
+            {
+                ce["traceparent"] = json!(tp);
+            }
+            return Ok(ce);
         }
         if v.get("detail-type").is_some() && v.get("source").is_some() {
             return envelope_to_cloudevent(v, trace_header);
@@ -528,5 +536,19 @@ mod tests {
         assert_eq!(ce["type"], "t");
         let ce = sqs_body_to_cloudevent(r#"{"k":1}"#, "m2", "q", None).expect("ce");
         assert_eq!(ce["data"]["k"], 1);
+    }
+
+    #[test]
+    fn a_cloudevent_from_sqs_continues_the_message_trace_unless_it_has_its_own() {
+        let xray = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+        let bare = r#"{"specversion":"1.0","id":"x","source":"s","type":"t"}"#;
+        let ce = sqs_body_to_cloudevent(bare, "m1", "q", Some(xray)).expect("ce");
+        assert_eq!(ce["traceparent"], TP);
+        let own = r#"{"specversion":"1.0","id":"x","source":"s","type":"t","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#;
+        let ce = sqs_body_to_cloudevent(own, "m1", "q", Some(xray)).expect("ce");
+        assert_eq!(
+            ce["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
     }
 }

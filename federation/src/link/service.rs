@@ -47,7 +47,26 @@ pub struct LinkService {
     running: OnceLock<(Site, Endpoint)>,
     per_origin: std::sync::Mutex<HashMap<String, Arc<Lane>>>,
     early: OnceLock<Arc<EarlyInbox>>,
+    on_commit: OnceLock<CommitHook>,
 }
+
+/// Deliveries this site committed into its inbox from one batch (those it
+/// had not committed before), as a [`CommitHook`] sees them.
+#[derive(Debug)]
+pub struct InboxCommit<'a> {
+    /// The origin site.
+    pub origin: &'a str,
+    /// The inbox sequence of the first of `items`.
+    pub first_seq: u64,
+    /// The deliveries (JSON), in order.
+    pub items: &'a [Bytes],
+    /// When this node received the batch.
+    pub received: std::time::SystemTime,
+}
+
+/// Called after each inbox commit of a batch (on the node that received
+/// it), e.g. to export a span per delivery.
+pub type CommitHook = Arc<dyn Fn(InboxCommit<'_>) + Send + Sync>;
 
 /// The receiving side of one origin: proposals are made one at a time, in
 /// sequence order, but several may be in Raft at once (pipelined).
@@ -80,7 +99,13 @@ impl LinkService {
             running: OnceLock::new(),
             per_origin: std::sync::Mutex::new(HashMap::new()),
             early: OnceLock::new(),
+            on_commit: OnceLock::new(),
         })
+    }
+
+    /// Call `hook` after every inbox commit of a batch (once per service).
+    pub fn on_commit(&self, hook: CommitHook) {
+        let _ = self.on_commit.set(hook);
     }
 
     /// Offer every batch this node proposes as leader to `early` (see
@@ -104,6 +129,7 @@ impl LinkService {
 
     /// Handle one [`METHOD_LINK_BATCH`] request.
     pub async fn receive(&self, req: Request) -> Result<Bytes, RemoteError> {
+        let received = std::time::SystemTime::now();
         let Some((site, endpoint)) = self.running.get().cloned() else {
             return Err(RemoteError::new(
                 codes::UNAVAILABLE,
@@ -208,6 +234,17 @@ impl LinkService {
             specs,
         };
         let serial = lane.order.lock().await;
+        // What was committed or proposed before this batch: only what is
+        // past it is new (a resent batch repeats deliveries).
+        let before = site
+            .state
+            .view()
+            .links
+            .inbound
+            .get(&batch.origin)
+            .copied()
+            .unwrap_or(0)
+            .max(lane.proposed.load(Ordering::Acquire));
         let result = if site.is_leader() {
             // Propose in order under the lock, wait for the commit outside
             // it: the next batch is proposed while this one commits.
@@ -249,6 +286,20 @@ impl LinkService {
             }
             Err(e) => return Err(RemoteError::new(codes::INTERNAL, e.to_string())),
         };
+        if let (Some(hook), LinkAnswer::Ack { upto }) = (self.on_commit.get(), answer) {
+            let from = before.max(batch.first_seq.saturating_sub(1)) + 1;
+            let skip = (from - batch.first_seq) as usize;
+            let upto = upto.min(last);
+            if upto >= from && skip < batch.items.len() {
+                let n = ((upto - from) as usize + 1).min(batch.items.len() - skip);
+                hook(InboxCommit {
+                    origin: &batch.origin,
+                    first_seq: from,
+                    items: &batch.items[skip..skip + n],
+                    received,
+                });
+            }
+        }
         serde_json::to_vec(&answer)
             .map(Bytes::from)
             .map_err(|e| RemoteError::new(codes::INTERNAL, e.to_string()))

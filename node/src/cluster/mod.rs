@@ -238,6 +238,7 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
     let remotes: Vec<String> = cfg.federation.links.keys().cloned().collect();
     let link = LinkService::new(cfg.site.clone(), remotes.clone());
     let query = QueryService::new(cfg.site.clone(), remotes.clone());
+    link.on_commit(crate::telemetry::link::inbox_commit_hook());
     let early = EarlyInbox::new();
     if cfg.federation.deliver_before_commit {
         link.deliver_before_commit(early.clone());

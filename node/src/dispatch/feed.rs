@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use opentelemetry::trace::SpanKind;
 use serde_json::Value;
 use strait_federation::{SiteState, StoredEvent};
 use strait_routing::Event;
@@ -21,6 +22,9 @@ use strait_routing::json::JsonError;
 use strait_routing::json::{parse_event_json, unroutable_envelope};
 use strait_routing::pattern::RuleSet;
 use tokio::sync::watch;
+
+use crate::telemetry::EventSpan;
+use crate::trace::TraceParent;
 
 /// Results kept per bus.
 const WINDOW: usize = 8192;
@@ -212,7 +216,14 @@ pub async fn run(state: Arc<SiteState>, bus: String, feed: Arc<BusFeed>) {
             .map(|ev| {
                 let value = Unroutable::check(&bus, ev.seq, &ev.json).map_err(Arc::new);
                 let matched = match &value {
-                    Ok(v) => rules.matches(v),
+                    Ok(v) => {
+                        let span = route_span(v, &bus);
+                        let matched = rules.matches(v);
+                        if span.recording() {
+                            end_route_span(span, &matched);
+                        }
+                        matched
+                    }
                     Err(u) => {
                         u.report(&bus, ev.seq);
                         Vec::new()
@@ -233,6 +244,44 @@ pub async fn run(state: Arc<SiteState>, bus: String, feed: Arc<BusFeed>) {
         feed.push(items, last + 1);
         tokio::task::yield_now().await;
     }
+}
+
+/// The `route` span of event `v` of `bus` (the rule matching at the
+/// origin, a child of the event's `publish` span), started now; nothing
+/// (not even the `traceparent` parsed) while traces are not exported, and
+/// a span that records nothing when the event's trace is not sampled.
+fn route_span(v: &Value, bus: &str) -> EventSpan {
+    if !crate::telemetry::export::on() {
+        return EventSpan::none();
+    }
+    let attr = |k: &str| v.get(k).and_then(Value::as_str);
+    let Some(tp) = attr("traceparent").and_then(TraceParent::parse) else {
+        return EventSpan::none();
+    };
+    if tp.flags & 1 == 0 {
+        return EventSpan::none();
+    }
+    let (id, source) = (attr("id").unwrap_or(""), attr("source").unwrap_or(""));
+    let (publish, _) = crate::telemetry::publish_span_of(&tp, source, id);
+    let (mut span, _) = EventSpan::child("route", SpanKind::Internal, &publish);
+    span.event_fields(id, source, attr("type").unwrap_or(""), attr("subject"), bus)
+        .attr("messaging.operation.type", "process");
+    span
+}
+
+/// End a `route` span: the names (`strait.rules`) and number
+/// (`strait.rules.matched`) of the rules the event matched.
+fn end_route_span(mut span: EventSpan, matched: &[String]) {
+    span.attr("strait.rules.matched", matched.len() as i64);
+    if !matched.is_empty() {
+        let names: Vec<opentelemetry::StringValue> =
+            matched.iter().map(|r| r.clone().into()).collect();
+        span.attr(
+            "strait.rules",
+            opentelemetry::Value::Array(opentelemetry::Array::String(names)),
+        );
+    }
+    span.end();
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use super::body::read_body;
 use super::error::ApiError;
 use super::events::bus_answer;
 use super::shared::bus_must_exist;
+use crate::telemetry::ingress::{RequestSpan, TracedGate};
 
 /// `POST /openapi/putEvents`.
 pub async fn put_events(
@@ -32,16 +33,22 @@ pub async fn put_events(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    ingress::put_events(
+    let mut span = RequestSpan::post("/openapi/putEvents", &headers);
+    let gate = TracedGate::new(&state.gate, &span);
+    let resp = ingress::put_events(
         &state.alibaba,
         &method,
         &uri,
         &headers,
         |limit| read_body(body, limit),
-        &state.gate,
+        &gate,
     )
-    .await
-    .into_response()
+    .await;
+    if span.recording() {
+        gate.report(&mut span);
+        span.end(resp.status().as_u16());
+    }
+    resp.into_response()
 }
 
 /// `POST /alibaba/push/{bus}`: what an Alibaba EventBridge HTTP target
@@ -53,10 +60,36 @@ pub async fn push(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let mut span = RequestSpan::post("/alibaba/push/{bus}", &headers);
+    if span.recording() {
+        span.attr("messaging.destination.name", bus.clone());
+    }
+    let answer = push_in(&state, &bus, uri, &headers, body, &mut span).await;
+    if span.recording() {
+        let status = match &answer {
+            Ok(r) => r.status(),
+            Err(e) => e.status(),
+        };
+        span.end(status.as_u16());
+    }
+    answer
+}
+
+async fn push_in(
+    state: &Ingresses,
+    bus: &str,
+    uri: Uri,
+    headers: &HeaderMap,
+    body: Body,
+    span: &mut RequestSpan,
+) -> Result<Response, ApiError> {
     let gate = &state.gate;
-    bus_must_exist(&gate.state, &bus)?;
+    bus_must_exist(&gate.state, bus)?;
     let bytes = read_body(body, gate.limits.max_request_bytes).await?;
-    match push::push(&state.alibaba_push, &bus, &uri, &headers, &bytes, gate).await {
+    let traced = TracedGate::new(gate, span);
+    let pushed = push::push(&state.alibaba_push, bus, &uri, headers, &bytes, &traced).await;
+    traced.report(span);
+    match pushed {
         Ok(answer) => Ok(bus_answer(Ok(answer))?),
         Err(PushRefusal::Ingest(e)) => bus_answer(Err(e)),
         Err(PushRefusal::Unauthorized { code, message }) => {

@@ -14,6 +14,7 @@ use strait_adapters::aws_eventbridge::ingress::{self, MAX_BODY_BYTES};
 
 use super::Ingresses;
 use super::body::read_body;
+use crate::telemetry::ingress::{RequestSpan, TracedGate};
 
 /// `POST {aws.ingress_path}`: EventBridge `PutEvents`.
 pub async fn put_events(
@@ -23,13 +24,29 @@ pub async fn put_events(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // The request's span (SERVER): the entries without a `TraceHeader`
+    // continue it, the others are linked from it.
+    let mut span = RequestSpan::post(uri.path(), &headers);
+    if span.recording() {
+        span.attr("rpc.system", "aws-api");
+        span.attr("rpc.service", "AWSEvents");
+        span.attr("rpc.method", "PutEvents");
+    }
     let bytes = match read_body(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
-        Err(_) => return ingress::too_large().into_response(),
+        Err(_) => {
+            let resp = ingress::too_large();
+            span.end(resp.status().as_u16());
+            return resp.into_response();
+        }
     };
-    ingress::put_events(&state.aws, &method, &uri, &headers, &bytes, &state.gate)
-        .await
-        .into_response()
+    let gate = TracedGate::new(&state.gate, &span);
+    let resp = ingress::put_events(&state.aws, &method, &uri, &headers, &bytes, &gate).await;
+    if span.recording() {
+        gate.report(&mut span);
+        span.end(resp.status().as_u16());
+    }
+    resp.into_response()
 }
 
 #[cfg(test)]

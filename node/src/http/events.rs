@@ -15,9 +15,7 @@ use crate::http::Ingresses;
 use crate::http::body::read_body;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::shared::bus_must_exist;
-use crate::telemetry::EventSpan;
-use crate::trace::TraceParent;
-use opentelemetry::trace::SpanKind;
+use crate::telemetry::ingress::RequestSpan;
 
 pub(super) async fn post(
     State(ingress): State<Arc<Ingresses>>,
@@ -31,25 +29,14 @@ pub(super) async fn post(
     // The request's span (SERVER): a child of the HTTP `traceparent`;
     // the events without their own trace continue it, the others are
     // linked from it.
-    let header = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
-    let me = header.map_or_else(crate::telemetry::new_trace, |h| h.child());
-    let mut span = EventSpan::start(
-        "POST /v1/buses/{bus}/events",
-        SpanKind::Server,
-        &me,
-        header.map(|h| h.span_id),
-    );
-    let request_trace = if span.recording() { Some(me) } else { header };
+    let mut span = RequestSpan::post("/v1/buses/{bus}/events", &headers);
     let entries = gate
         .read_in(
             Binding::Request,
             &headers,
             &bytes,
             &gate.limits,
-            request_trace,
+            span.request_trace(),
         )
         .map_err(|e| {
             let status = match e {
@@ -60,23 +47,12 @@ pub(super) async fn post(
             ApiError::new(status, e.code(), e.to_string())
         });
     if span.recording() {
-        span.attr("http.request.method", "POST")
-            .attr("http.route", "/v1/buses/{bus}/events")
-            .attr("messaging.system", "strait")
-            .attr("messaging.operation.type", "receive")
-            .attr("messaging.destination.name", bus.clone())
-            .attr("http.request.body.size", bytes.len() as i64);
+        span.attr("messaging.destination.name", bus.clone());
+        span.attr("http.request.body.size", bytes.len() as i64);
         if let Ok(entries) = &entries {
-            span.attr("messaging.batch.message_count", entries.len() as i64);
             for e in entries {
-                if let Ok(checked) = &e.event
-                    && let Some(tp) = checked
-                        .event
-                        .str_attr("traceparent")
-                        .and_then(TraceParent::parse)
-                    && tp.trace_id != me.trace_id
-                {
-                    span.link(&tp);
+                if let Ok(checked) = &e.event {
+                    span.event(checked.event.str_attr("traceparent"));
                 }
             }
         }
@@ -90,11 +66,7 @@ pub(super) async fn post(
             Ok(r) => r.status(),
             Err(e) => e.status(),
         };
-        span.attr("http.response.status_code", i64::from(status.as_u16()));
-        if status.is_server_error() {
-            span.fail("http_status", status.to_string());
-        }
-        span.end();
+        span.end(status.as_u16());
     }
     answer
 }

@@ -128,6 +128,20 @@ impl strait_adapters::Ingest for Gate {
     }
 
     fn submit(&self, offers: Vec<Offer>) -> IngestFuture<'_> {
+        self.submit_in(offers, None)
+    }
+}
+
+impl Gate {
+    /// [`strait_adapters::Ingest::submit`], with the events an ingress
+    /// built itself ([`Offer::Event`]) that carry no `traceparent`
+    /// continuing `request_trace` (the request span of an ingress that
+    /// exports one) instead of starting a trace each.
+    pub fn submit_in(
+        &self,
+        offers: Vec<Offer>,
+        request_trace: Option<TraceParent>,
+    ) -> IngestFuture<'_> {
         Box::pin(async move {
             let mut entries = Vec::with_capacity(offers.len());
             let mut invalid: Vec<Option<String>> = vec![None; offers.len()];
@@ -157,9 +171,10 @@ impl strait_adapters::Ingest for Gate {
                     }
                 }
             }
-            for (slot, (_, r)) in slots
-                .into_iter()
-                .zip(parse_items(&events, None, &self.limits))
+            for (slot, (_, r)) in
+                slots
+                    .into_iter()
+                    .zip(parse_items(&events, request_trace, &self.limits))
             {
                 match r {
                     Ok(p) => {

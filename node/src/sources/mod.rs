@@ -24,6 +24,7 @@ use strait_federation::Site;
 use crate::config::NodeConfig;
 use crate::config::source::SourceSpec;
 use crate::ingest::{Gate, Ingest};
+use crate::telemetry::ingress::SourceGate;
 use crate::util::AbortOnDrop;
 pub use strait_adapters::SourceStatus;
 
@@ -72,9 +73,14 @@ impl SourceStatuses {
 /// Start one task per node-local SQS source (`aws.sources`; their status
 /// is not reported by the API, which shows shared sources).
 pub fn spawn_local(cfg: &NodeConfig, ingest: &Ingest) {
-    let gate: Arc<dyn strait_adapters::Ingest> =
-        Arc::new(Gate::new(ingest.clone(), cfg.limits.clone()));
+    let gate = Gate::new(ingest.clone(), cfg.limits.clone());
     for src in &cfg.aws.sources {
+        let gate: Arc<dyn strait_adapters::Ingest> = Arc::new(SourceGate::new(
+            gate.clone(),
+            &src.name,
+            strait_adapters::aws_sqs::source::KIND,
+            &src.sqs.queue_url,
+        ));
         let credential = src
             .sqs
             .credential
@@ -85,7 +91,7 @@ pub fn spawn_local(cfg: &NodeConfig, ingest: &Ingest) {
             src.bus.clone(),
             src.sqs.clone(),
             credential,
-            gate.clone(),
+            gate,
             StatusCell::default(),
         ));
     }
@@ -107,8 +113,9 @@ impl Drop for Running {
 /// Run the shared sources of this site while this node leads it, until the
 /// process stops.
 pub async fn run(ctx: Context) {
+    let gate = Gate::new(ctx.ingest.clone(), ctx.cfg.limits.clone());
     let sources = SourceContext {
-        ingest: Arc::new(Gate::new(ctx.ingest.clone(), ctx.cfg.limits.clone())),
+        ingest: Arc::new(gate.clone()),
         aws_credentials: Arc::new(ctx.cfg.aws.credentials.clone()),
         node: format!("node {} at site {}", ctx.cfg.node_id, ctx.cfg.site),
     };
@@ -117,7 +124,7 @@ pub async fn run(ctx: Context) {
     loop {
         config_rx.borrow_and_update();
         let leading = ctx.site.is_leader();
-        reconcile(&ctx, &sources, leading, &mut running);
+        reconcile(&ctx, &gate, &sources, leading, &mut running);
         tokio::select! {
             changed = config_rx.changed() => if changed.is_err() { return },
             alive = ctx.site.wait_leading(!leading) => if !alive { return },
@@ -129,6 +136,7 @@ pub async fn run(ctx: Context) {
 /// while `leading`, none otherwise.
 fn reconcile(
     ctx: &Context,
+    gate: &Gate,
     sources: &SourceContext,
     leading: bool,
     running: &mut HashMap<String, Running>,
@@ -155,8 +163,21 @@ fn reconcile(
         // next, and a credential missing here shows in the status); only
         // the leader runs it.
         let cell = ctx.statuses.cell(&name);
-        let built = SourceKind::find(&spec.kind)
-            .and_then(|kind| kind.build(&name, &spec.bus, &spec.settings, sources, cell.clone()));
+        let built = SourceKind::find(&spec.kind).and_then(|kind| {
+            // Its events get a `receive` span each (continuing the
+            // message's trace).
+            let from = spec
+                .settings
+                .get("queueUrl")
+                .and_then(Value::as_str)
+                .unwrap_or(&name);
+            let sources = SourceContext {
+                ingest: Arc::new(SourceGate::new(gate.clone(), &name, kind.name, from)),
+                aws_credentials: sources.aws_credentials.clone(),
+                node: sources.node.clone(),
+            };
+            kind.build(&name, &spec.bus, &spec.settings, &sources, cell.clone())
+        });
         match built {
             Ok(source) if leading => {
                 wanted.insert(name, (json, source));

@@ -5,6 +5,8 @@
 
 pub mod export;
 pub mod otlp;
+pub mod ingress;
+pub mod link;
 pub mod span;
 
 use std::sync::OnceLock;

@@ -82,6 +82,15 @@ impl EventSpan {
         (EventSpan::start(name, kind, &me, Some(parent.span_id)), me)
     }
 
+    /// Set the span's start time (a span about something that began
+    /// before it was created: a link batch's arrival).
+    pub fn set_start(&mut self, at: SystemTime) -> &mut Self {
+        if let Some(d) = &mut self.0 {
+            d.start_time = at;
+        }
+        self
+    }
+
     /// Whether this span records (and will be exported when ended).
     pub fn recording(&self) -> bool {
         self.0.is_some()
