@@ -4,9 +4,9 @@
 //! [`export`]; logs: `tracing` to stderr (never exported as spans).
 
 pub mod export;
-pub mod otlp;
 pub mod ingress;
 pub mod link;
+pub mod otlp;
 pub mod span;
 
 use std::sync::OnceLock;
