@@ -584,3 +584,47 @@ proptest::proptest! {
         proptest::prop_assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
     }
 }
+
+#[test]
+fn a_target_created_after_an_event_has_a_start_mark_before_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut site = Site::open(dir.path())?;
+    site.setup()?;
+    let early = site.append(T0, &[("/s", "a", "x")])?;
+    // A rule made after event `a`: its target starts past it.
+    site.apply(Command::PutRule {
+        bus: "b".into(),
+        name: "late".into(),
+        spec: serde_json::json!({}),
+        targets: vec!["t".into()],
+    })?;
+    let later = site.append(T0 + 10, &[("/s", "b", "x")])?;
+    site.checkpoint(
+        T0 + 1_000,
+        vec![("b/late/t".into(), later[0] + 1)],
+        vec![],
+        vec![],
+    )?;
+    assert_eq!(
+        site.state.mark_after("b/late/t", early[0])?,
+        Some(strait_federation::store::state::START_MARK),
+        "the event came before the target"
+    );
+    assert_eq!(
+        site.state.mark_after("b/late/t", later[0])?,
+        Some(T0 + 1_000)
+    );
+    // Collection keeps the start mark whatever its age.
+    site.checkpoint(
+        T0 + 10 * HOUR,
+        vec![("b/late/t".into(), later[0] + 2)],
+        vec![],
+        vec![],
+    )?;
+    assert_eq!(
+        site.state.mark_after("b/late/t", early[0])?,
+        Some(strait_federation::store::state::START_MARK)
+    );
+    site.check_bytes()?;
+    Ok(())
+}

@@ -135,6 +135,12 @@ pub fn lookup_local(
             let here = t_site == site;
             let entry = journal.get(&(rule.clone(), t.id.clone()));
             let key = target_key(bus, &rule, &t.id);
+            if state.mark_after(&key, found.seq).map_err(storage)?
+                == Some(strait_federation::store::state::START_MARK)
+            {
+                // The target was created after the event: not its to deliver.
+                continue;
+            }
             let passed = state
                 .view()
                 .cursors

@@ -366,6 +366,10 @@ fn apply_command(
                 let key = format!("{prefix}{t}");
                 if !view.cursors.contains_key(&key) {
                     cursors.insert(key.as_str(), view.next_seq).map_err(werr)?;
+                    // Its start mark: events before it were never its to
+                    // deliver (a lookup must not call them delivered).
+                    view.stored_bytes +=
+                        journal::put_mark(txn, &key, view.next_seq, journal::START_MARK)?;
                     view.cursors.insert(key, view.next_seq);
                 }
             }

@@ -41,6 +41,11 @@ pub(crate) fn event_key(bus: &str, source: &str, id: &str) -> String {
 
 /// Record that a checkpoint at `now_ms` moved the cursor `key` to `cursor`;
 /// the bytes added.
+/// The time a target's *start mark* holds: the mark written when the
+/// target is created, at the cursor it starts from (the head of its bus).
+/// Events before it were never the target's; collection keeps it.
+pub const START_MARK: u64 = 0;
+
 pub(crate) fn put_mark(
     txn: &WriteTransaction,
     key: &str,
@@ -179,6 +184,9 @@ pub(crate) fn collect_marks<'k>(
             .map_err(werr)?
         {
             let (k, v) = item.map_err(werr)?;
+            if v.value() == START_MARK {
+                continue;
+            }
             if v.value() >= horizon || doomed.len() > budget {
                 newer_follows = true;
                 break;

@@ -425,7 +425,8 @@ impl SiteState {
 
     /// The time of the first checkpoint that moved the cursor `cursor_key`
     /// past `seq` (to a value above it), from its marks; `None` when it has
-    /// not (or its marks are collected).
+    /// not (or its marks are collected); `Some(START_MARK)` when the target
+    /// was created after `seq` (the event was never its to deliver).
     pub fn mark_after(&self, cursor_key: &str, seq: u64) -> SResult<Option<u64>> {
         let db = self.db();
         let txn = db.begin_read().map_err(rerr)?;

@@ -33,6 +33,7 @@ use openraft::{ErrorSubject, ErrorVerb, LogId, StorageError, StoredMembership};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 
+pub use self::journal::START_MARK;
 pub use self::lookup::{
     CLOCK_SLACK_MS, EventFilter, EventPage, FoundEvent, LookupError, SCAN_LIMIT,
 };
