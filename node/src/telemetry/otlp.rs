@@ -309,7 +309,11 @@ fn any_value(b: &mut Vec<u8>, v: &Value) {
 
 /// Sends encoded requests to an OTLP/HTTP endpoint.
 pub struct Sender {
-    client: reqwest::blocking::Client,
+    /// Built on the first send, on the export thread: a blocking client
+    /// runs a runtime of its own, which must not be made or dropped inside
+    /// the node's async context.
+    client: std::cell::OnceCell<reqwest::blocking::Client>,
+    timeout: Duration,
     endpoint: String,
     headers: reqwest::header::HeaderMap,
 }
@@ -339,11 +343,9 @@ impl Sender {
                 .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_HEADERS: value of {k:?}: {e}"))?;
             headers.insert(name, value);
         }
-        let client = reqwest::blocking::Client::builder()
-            .timeout(timeout)
-            .build()?;
         Ok(Sender {
-            client,
+            client: std::cell::OnceCell::new(),
+            timeout,
             endpoint: endpoint.to_string(),
             headers,
         })
@@ -351,8 +353,17 @@ impl Sender {
 
     /// POST one encoded request; an error names the endpoint and why.
     pub fn send(&self, body: Vec<u8>) -> Result<(), String> {
-        let resp = self
-            .client
+        let client = match self.client.get() {
+            Some(c) => c,
+            None => {
+                let c = reqwest::blocking::Client::builder()
+                    .timeout(self.timeout)
+                    .build()
+                    .map_err(|e| format!("OTLP client: {e}"))?;
+                self.client.get_or_init(|| c)
+            }
+        };
+        let resp = client
             .post(&self.endpoint)
             .headers(self.headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
