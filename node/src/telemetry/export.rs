@@ -80,7 +80,19 @@ pub(super) fn flush(timeout: Duration) {
 fn run(mut encoder: Encoder, sender: Sender, rx: Receiver<Msg>, delay: Duration) {
     let mut batched = 0usize;
     let mut deadline: Option<Instant> = None;
+    let mut backoff = Backoff::default();
     loop {
+        // After a failed export, wait before taking spans again: meanwhile
+        // the queue fills and new spans are dropped where they are made,
+        // for the price of a failed `try_send`, instead of being encoded
+        // for a collector that is down.
+        if let Some(until) = backoff.until {
+            let now = Instant::now();
+            if until > now {
+                std::thread::sleep(until - now);
+            }
+            backoff.until = None;
+        }
         let wait = deadline.map_or(Duration::from_secs(3600), |d| {
             d.saturating_duration_since(Instant::now())
         });
@@ -90,7 +102,7 @@ fn run(mut encoder: Encoder, sender: Sender, rx: Receiver<Msg>, delay: Duration)
                 batched += 1;
                 deadline.get_or_insert_with(|| Instant::now() + delay);
                 if batched >= BATCH {
-                    export(&mut encoder, &sender, &mut batched);
+                    export(&mut encoder, &sender, &mut batched, &mut backoff);
                     deadline = None;
                 }
             }
@@ -101,33 +113,90 @@ fn run(mut encoder: Encoder, sender: Sender, rx: Receiver<Msg>, delay: Duration)
                     encoder.push(&s);
                     batched += 1;
                 }
-                export(&mut encoder, &sender, &mut batched);
+                export(&mut encoder, &sender, &mut batched, &mut backoff);
                 deadline = None;
                 let _ = ack.send(());
             }
             Err(RecvTimeoutError::Timeout) => {
-                export(&mut encoder, &sender, &mut batched);
+                export(&mut encoder, &sender, &mut batched, &mut backoff);
                 deadline = None;
             }
             Err(RecvTimeoutError::Disconnected) => {
-                export(&mut encoder, &sender, &mut batched);
+                export(&mut encoder, &sender, &mut batched, &mut backoff);
                 return;
             }
         }
     }
 }
 
-fn export(encoder: &mut Encoder, sender: &Sender, batched: &mut usize) {
+/// How long the export thread pauses after failed exports: doubling from
+/// 100 ms to 5 s while they fail, reset by a success.
+#[derive(Default)]
+struct Backoff {
+    next: Option<Duration>,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn failed(&mut self) {
+        let wait = self.next.unwrap_or(Self::MIN);
+        self.until = Some(Instant::now() + wait);
+        self.next = Some((wait * 2).min(Self::MAX));
+    }
+
+    fn succeeded(&mut self) {
+        self.next = None;
+    }
+}
+
+fn export(encoder: &mut Encoder, sender: &Sender, batched: &mut usize, backoff: &mut Backoff) {
     if encoder.is_empty() {
         return;
     }
     let n = std::mem::take(batched) as u64;
     match sender.send(encoder.finish()) {
-        Ok(()) => metrics::counter!("strait_trace_spans_exported_total").increment(n),
+        Ok(()) => {
+            backoff.succeeded();
+            metrics::counter!("strait_trace_spans_exported_total").increment(n);
+        }
         Err(e) => {
+            backoff.failed();
             metrics::counter!("strait_trace_spans_dropped_total", "reason" => "export_failed")
                 .increment(n);
             tracing::debug!(error = %e, spans = n, "span export failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets_on_success() {
+        let mut b = Backoff::default();
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let before = Instant::now();
+            b.failed();
+            let until = b.until.take().expect("a pause after a failure");
+            waits.push(until.saturating_duration_since(before));
+        }
+        assert!(waits[0] >= Backoff::MIN && waits[0] < Backoff::MIN * 2);
+        assert!(waits[1] >= Backoff::MIN * 2);
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w <= Backoff::MAX + Duration::from_millis(50))
+        );
+        assert!(waits[7] >= Backoff::MAX - Duration::from_millis(50));
+        b.succeeded();
+        let before = Instant::now();
+        b.failed();
+        let until = b.until.expect("a pause");
+        assert!(until.saturating_duration_since(before) < Backoff::MIN * 2);
     }
 }

@@ -169,20 +169,37 @@ impl Encoder {
     /// The `ExportTraceServiceRequest` of the spans pushed since the last
     /// call, and an empty batch.
     pub fn finish(&mut self) -> Vec<u8> {
-        // ScopeSpans { scope = 1, spans = 2 }
-        let mut scope_spans = Vec::with_capacity(self.spans.len() + self.scope.len() + 16);
-        message(&mut scope_spans, 1, &self.scope);
-        scope_spans.extend_from_slice(&self.spans);
+        // ExportTraceServiceRequest { resource_spans = 1: ResourceSpans {
+        //   resource = 1, scope_spans = 2: ScopeSpans { scope = 1, spans = 2 } } },
+        // with every length known up front: the spans are copied once.
+        let scope_spans_len = field_len(self.scope.len()) + self.spans.len();
+        let resource_spans_len = field_len(self.resource.len()) + field_len(scope_spans_len);
+        let mut out = Vec::with_capacity(field_len(resource_spans_len));
+        tag(&mut out, 1, WIRE_LEN);
+        varint(&mut out, resource_spans_len as u64);
+        message(&mut out, 1, &self.resource);
+        tag(&mut out, 2, WIRE_LEN);
+        varint(&mut out, scope_spans_len as u64);
+        message(&mut out, 1, &self.scope);
+        out.extend_from_slice(&self.spans);
         self.spans.clear();
-        // ResourceSpans { resource = 1, scope_spans = 2 }
-        let mut resource_spans = Vec::with_capacity(scope_spans.len() + self.resource.len() + 16);
-        message(&mut resource_spans, 1, &self.resource);
-        message(&mut resource_spans, 2, &scope_spans);
-        // ExportTraceServiceRequest { resource_spans = 1 }
-        let mut out = Vec::with_capacity(resource_spans.len() + 8);
-        message(&mut out, 1, &resource_spans);
         out
     }
+}
+
+/// Bytes of a length-delimited field (tag below 16) whose body is `len`
+/// bytes.
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
 }
 
 fn flags(parent_is_remote: bool, trace_flags: u8) -> u32 {
