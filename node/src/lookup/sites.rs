@@ -342,6 +342,10 @@ impl Sites {
                     .collect()
             })
             .unwrap_or_default();
+        // What the origin's hand-over to the link gave up on (a hop limit,
+        // a full outbox): dead letters of the target too, added to the
+        // delivering site's figures.
+        let mut hand_over: BTreeMap<String, TargetCounts> = BTreeMap::new();
         for (id, site) in &targets {
             if let Some(t) = view.pointer_mut(&format!("/status/targets/{}", pointer_token(id))) {
                 t["site"] = json!(site);
@@ -356,6 +360,16 @@ impl Sites {
                     // the delivering site's counters replace the rest below
                     // (null if it does not answer).
                     t["handedOver"] = t.get("delivered").cloned().unwrap_or(json!(0));
+                    let mut failed = counts_in(t);
+                    failed.delivered = 0;
+                    t["handOver"] = json!({
+                        "deadLettered": failed.dead_lettered,
+                        "dropped": failed.dropped,
+                        "deadLetterFailed": failed.dead_letter_failed,
+                        "failedAttempts": failed.failed_attempts,
+                        "lastError": failed.last_error,
+                    });
+                    hand_over.insert(id.clone(), failed);
                     put_counts(t, None);
                 }
             }
@@ -386,7 +400,10 @@ impl Sites {
                             let Some(t) = view.pointer_mut(&ptr) else {
                                 continue;
                             };
-                            let c = got.get(id).map(|s| s.counts.clone()).unwrap_or_default();
+                            let mut c = got.get(id).map(|s| s.counts.clone()).unwrap_or_default();
+                            if let Some(failed) = hand_over.get(id) {
+                                add_counts(&mut c, failed);
+                            }
                             put_counts(t, Some(&c));
                             t["inboxBacklog"] = json!(inbox_backlog);
                         }
