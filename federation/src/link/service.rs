@@ -17,7 +17,6 @@ use super::proto::{Batch, Sender, SenderConfig, decode_batch, encode_batch};
 use super::query::{METHOD_SITE_QUERY, QueryService};
 pub use super::remote::RemoteSite;
 use super::uncommitted::{EarlyBatch, EarlyInbox};
-use crate::NodeId;
 use crate::certs::NodeIdentity;
 use crate::command::{Command, CommandResponse, LinkAnswer, LinkSpec};
 use crate::error::FederationError;
