@@ -76,7 +76,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         control,
         early,
         query,
-    } = crate::cluster::open_site(&cfg).await?;
+    } = crate::cluster::open_site(&cfg, crate::telemetry::link::inbox_commit_hook()).await?;
     site.state.set_max_bytes(cfg.max_state_bytes);
     let clustered = endpoint.is_some();
     let writer = Writer::new(

@@ -11,5 +11,6 @@
 
 pub mod proto;
 pub mod query;
+pub mod remote;
 pub mod service;
 pub mod uncommitted;

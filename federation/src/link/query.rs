@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use super::service::RemoteSite;
+use super::remote::RemoteSite;
 use crate::certs::NodeIdentity;
 use crate::transport::codec::codes;
 use crate::transport::{Endpoint, HandlerFuture, RemoteError, Request, RequestError};

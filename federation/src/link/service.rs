@@ -15,8 +15,8 @@ use tokio::sync::{Mutex, Notify};
 
 use super::proto::{Batch, Sender, SenderConfig, decode_batch, encode_batch};
 use super::query::{METHOD_SITE_QUERY, QueryService};
+pub use super::remote::RemoteSite;
 use super::uncommitted::{EarlyBatch, EarlyInbox};
-use crate::NodeId;
 use crate::certs::NodeIdentity;
 use crate::command::{Command, CommandResponse, LinkAnswer, LinkSpec};
 use crate::error::FederationError;
@@ -351,15 +351,6 @@ impl Handler for Methods {
             self.raft.handle(req)
         }
     }
-}
-
-/// Where a remote site can be reached: its nodes.
-#[derive(Debug, Clone)]
-pub struct RemoteSite {
-    /// Site name.
-    pub site: String,
-    /// (node id, QUIC address) of its nodes; any of them accepts batches.
-    pub nodes: Vec<(NodeId, String)>,
 }
 
 /// Live figures of one outgoing link (shared with the API).

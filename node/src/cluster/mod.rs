@@ -207,8 +207,12 @@ pub struct Opened {
 
 /// Open the site's Raft group (and the control group's replica when
 /// configured): a one-node group without transport when `cluster.listen`
-/// is unset, else over QUIC with mutual TLS.
-pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
+/// is unset, else over QUIC with mutual TLS; `on_inbox_commit` is told of
+/// every batch from another site this node commits.
+pub async fn open_site(
+    cfg: &NodeConfig,
+    on_inbox_commit: strait_federation::link::service::CommitHook,
+) -> anyhow::Result<Opened> {
     let opts = SiteOptions {
         data_dir: cfg.data_dir.clone(),
         node_id: cfg.node_id,
@@ -238,7 +242,7 @@ pub async fn open_site(cfg: &NodeConfig) -> anyhow::Result<Opened> {
     let remotes: Vec<String> = cfg.federation.links.keys().cloned().collect();
     let link = LinkService::new(cfg.site.clone(), remotes.clone());
     let query = QueryService::new(cfg.site.clone(), remotes.clone());
-    link.on_commit(crate::telemetry::link::inbox_commit_hook());
+    link.on_commit(on_inbox_commit);
     let early = EarlyInbox::new();
     if cfg.federation.deliver_before_commit {
         link.deliver_before_commit(early.clone());
