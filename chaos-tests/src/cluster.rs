@@ -337,10 +337,7 @@ impl LocalCluster {
             .context("strait cert issue")?;
         anyhow::ensure!(status.success(), "strait cert issue failed");
         let http = format!("127.0.0.1:{}", free_port()?);
-        let quic = {
-            let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-            s.local_addr()?.to_string()
-        };
+        let quic = format!("127.0.0.1:{}", free_port()?);
         // Same settings as the others, but joining instead of bootstrapping.
         let template = &self.nodes.first().context("no nodes")?.config;
         let mut cfg: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(template)?)?;

@@ -82,10 +82,10 @@ where
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, below the ephemeral range
+/// (see [`strait_federation::transport::free_loopback_port`]).
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(strait_federation::transport::free_loopback_port()?)
 }
 
 /// Run a whole test body with a hard time limit, so a hang fails instead of

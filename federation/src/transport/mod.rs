@@ -17,6 +17,7 @@
 
 pub mod codec;
 pub mod endpoint;
+mod ports;
 pub mod tls;
 
 pub use codec::{CodecError, Frame, FrameDecoder};
@@ -24,3 +25,4 @@ pub use endpoint::{
     AcceptPolicy, Endpoint, Handler, HandlerFuture, PeerClient, RemoteError, Request, RequestError,
     TransportConfig, TransportError,
 };
+pub use ports::free_loopback_port;

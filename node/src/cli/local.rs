@@ -21,6 +21,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use strait_federation::certs;
+use strait_federation::transport::free_loopback_port;
 
 use crate::config::{ControlMember, Member, NodeConfig};
 
@@ -107,18 +108,6 @@ pub fn site_warnings(sites: &[(String, usize)]) -> Vec<String> {
             _ => None,
         })
         .collect()
-}
-
-fn free_tcp() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn free_udp() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Options of `strait local up`.
@@ -352,8 +341,8 @@ fn new_layout(dir: &Path, opts: &UpOptions) -> anyhow::Result<LocalCluster> {
                 id,
                 site: site.clone(),
                 pid: 0,
-                http: format!("127.0.0.1:{}", free_tcp()?),
-                quic: format!("127.0.0.1:{}", free_udp()?),
+                http: format!("127.0.0.1:{}", free_loopback_port()?),
+                quic: format!("127.0.0.1:{}", free_loopback_port()?),
                 data_dir: node_dir.join("data"),
                 config: node_dir.join("config.yaml"),
                 log: node_dir.join("node.log"),
