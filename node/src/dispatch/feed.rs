@@ -264,7 +264,7 @@ fn route_span(v: &Value, bus: &str) -> EventSpan {
     let (id, source) = (attr("id").unwrap_or(""), attr("source").unwrap_or(""));
     let (publish, _) = crate::telemetry::publish_span_of(&tp, source, id);
     let (mut span, _) = EventSpan::child("route", SpanKind::Internal, &publish);
-    span.event_fields(id, source, attr("type").unwrap_or(""), attr("subject"), bus)
+    span.event_json(v, bus)
         .attr("messaging.operation.type", "process");
     span
 }

@@ -246,20 +246,13 @@ fn prepare(
     if let Some(sent) = TraceParent::parse(&d.traceparent) {
         let (mut span, me) = EventSpan::child("receive", SpanKind::Consumer, &sent);
         if span.recording() {
-            let attr = |k: &str| event.get(k).and_then(Value::as_str);
-            span.event_fields(
-                attr("id").unwrap_or(""),
-                attr("source").unwrap_or(""),
-                attr("type").unwrap_or(""),
-                attr("subject"),
-                &d.bus,
-            )
-            .attr("messaging.operation.type", "receive")
-            .attr("strait.link.origin", origin.to_string())
-            .attr("strait.rule", d.rule.clone())
-            .attr("strait.target", d.target.clone())
-            .attr("strait.link.inbox_sequence", inbox_seq as i64)
-            .end();
+            span.event_json(&event, &d.bus)
+                .attr("messaging.operation.type", "receive")
+                .attr("strait.link.origin", origin.to_string())
+                .attr("strait.rule", d.rule.clone())
+                .attr("strait.target", d.target.clone())
+                .attr("strait.link.inbox_sequence", inbox_seq as i64)
+                .end();
         }
         parent = Some(me);
     }

@@ -36,24 +36,17 @@ fn inbox_commit(c: InboxCommit<'_>) {
         }
         span.set_start(c.received);
         let event: Value = serde_json::from_str(d.event.get()).unwrap_or(Value::Null);
-        let attr = |k: &str| event.get(k).and_then(Value::as_str);
-        span.event_fields(
-            attr("id").unwrap_or(""),
-            attr("source").unwrap_or(""),
-            attr("type").unwrap_or(""),
-            attr("subject"),
-            &d.bus,
-        )
-        .attr("messaging.operation.type", "receive")
-        .attr("strait.link.origin", c.origin.to_string())
-        .attr("strait.rule", d.rule.clone())
-        .attr("strait.target", d.target.clone())
-        .attr(
-            "strait.link.inbox_sequence",
-            (c.first_seq + i as u64) as i64,
-        )
-        .attr("strait.link.batch.size", c.items.len() as i64)
-        .ok()
-        .end();
+        span.event_json(&event, &d.bus)
+            .attr("messaging.operation.type", "receive")
+            .attr("strait.link.origin", c.origin.to_string())
+            .attr("strait.rule", d.rule.clone())
+            .attr("strait.target", d.target.clone())
+            .attr(
+                "strait.link.inbox_sequence",
+                (c.first_seq + i as u64) as i64,
+            )
+            .attr("strait.link.batch.size", c.items.len() as i64)
+            .ok()
+            .end();
     }
 }

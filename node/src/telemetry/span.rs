@@ -145,6 +145,22 @@ impl EventSpan {
         self
     }
 
+    /// [`EventSpan::event`] from an event's structured JSON (read where the
+    /// event is not parsed into an [`strait_routing::event::Event`]).
+    pub fn event_json(&mut self, event: &serde_json::Value, bus: &str) -> &mut Self {
+        if self.0.is_none() {
+            return self;
+        }
+        let attr = |k: &str| event.get(k).and_then(serde_json::Value::as_str);
+        self.event_fields(
+            attr("id").unwrap_or(""),
+            attr("source").unwrap_or(""),
+            attr("type").unwrap_or(""),
+            attr("subject"),
+            bus,
+        )
+    }
+
     /// Link this span to another trace's span (a batch request to the
     /// events it carried).
     pub fn link(&mut self, to: &TraceParent) -> &mut Self {

@@ -22,7 +22,7 @@ use super::{SResult, SiteState, StoredEvent, rerr};
 use crate::NodeId;
 use crate::journal::{JournalEntry, TargetCounts};
 use crate::store::block_table;
-use crate::store::blocks::Block;
+use crate::store::blocks::{Block, BlockError};
 use crate::store::tables::{COUNTS, DEDUP, EVENTS, JOURNAL, MARKS, META};
 
 /// How far back an ingest time may go from one committed event to a
@@ -110,6 +110,17 @@ fn head(json: &[u8]) -> Option<Head<'_>> {
 
 fn malformed(e: block_table::BlockTableError) -> StorageError<NodeId> {
     rerr(e)
+}
+
+/// The read error of block `first` of `bus`, whose contents are malformed.
+fn malformed_block(bus: &str, first: u64) -> impl FnOnce(BlockError) -> StorageError<NodeId> {
+    move |source| {
+        rerr(block_table::BlockTableError::Malformed {
+            name: bus.to_string(),
+            first,
+            source,
+        })
+    }
 }
 
 type Events<'t> = redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>;
@@ -240,13 +251,7 @@ fn matching(
             }
             true
         })
-        .map_err(|source| {
-            malformed(block_table::BlockTableError::Malformed {
-                name: bus.to_string(),
-                first,
-                source,
-            })
-        })?;
+        .map_err(malformed_block(bus, first))?;
     Ok(())
 }
 
@@ -274,13 +279,7 @@ fn find_in(
             }
             true
         })
-        .map_err(|source| {
-            malformed(block_table::BlockTableError::Malformed {
-                name: bus.to_string(),
-                first,
-                source,
-            })
-        })?;
+        .map_err(malformed_block(bus, first))?;
     Ok(hit)
 }
 
@@ -575,13 +574,7 @@ impl SiteState {
                     }
                     true
                 })
-                .map_err(|source| {
-                    malformed(block_table::BlockTableError::Malformed {
-                        name: bus.to_string(),
-                        first,
-                        source,
-                    })
-                })?;
+                .map_err(malformed_block(bus, first))?;
             if !more {
                 break;
             }
