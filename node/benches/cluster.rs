@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use common::{
-    EVENT_DATA_BYTES, Stats, Summary, closed_loop, env_or, event, fsync_rate, open_loop, pct,
-    report,
+    EVENT_DATA_BYTES, Stats, Summary, closed_loop, cpu_secs, env_or, event, fsync_rate, open_loop,
+    pct, report,
 };
 use serde_json::Value;
 use strait_node::local::{self, LocalCluster, LocalNode};
@@ -281,22 +281,6 @@ impl Row {
         self.cpu_us = cpu;
         self
     }
-}
-
-/// User + system CPU seconds used so far by the processes `pids` (from
-/// `/proc/<pid>/stat`, clock ticks of 10 ms).
-fn cpu_secs(pids: &[u32]) -> f64 {
-    pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|st| {
-            // Fields after the parenthesised command name: state is the 3rd
-            // field, utime and stime the 14th and 15th.
-            let rest = st.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            Some(ticks as f64 / 100.0)
-        })
-        .sum()
 }
 
 /// Where a phase's CPU went.

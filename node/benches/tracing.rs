@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use common::{closed_loop, env_or, report};
+use common::{closed_loop, cpu_secs, env_or, report};
 use serde_json::json;
 use strait_node::local;
 use tokio::sync::Mutex;
@@ -51,6 +51,7 @@ fn strait_bin() -> anyhow::Result<PathBuf> {
 /// One node with `extra` merged into its config; stopped when dropped.
 struct Node {
     bin: PathBuf,
+    pid: u32,
     dir: tempfile::TempDir,
     url: String,
     metrics: String,
@@ -82,6 +83,7 @@ impl Node {
         let n = cluster.nodes.first().context("no node")?;
         let node = Node {
             bin: bin.to_path_buf(),
+            pid: n.pid,
             url: format!("http://{}/v1/buses/default/events", n.http),
             metrics: format!("http://{}/metrics", n.http),
             dir,
@@ -168,15 +170,23 @@ fn main() -> anyhow::Result<()> {
             ("on, collector down", json!({"telemetry": {"otlp_endpoint": down}})),
         ];
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
+        let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
         for run in 1..=runs {
             for (i, (name, extra)) in phases.iter().enumerate() {
                 let node = Node::up(&bin, extra.clone()).await?;
                 let before = sink_bytes.load(Ordering::Relaxed);
                 let counter = Arc::new(Mutex::new(0u64));
+                let cpu_before = cpu_secs(&[node.pid]);
                 let (stats, elapsed) =
                     closed_loop(std::slice::from_ref(&node.url), clients, batch, secs, counter).await;
                 let s = report(&format!("run {run}, tracing {name}"), stats, elapsed);
                 rates[i].push(s.rate);
+                // The node's CPU per acknowledged event (user + system): what
+                // tracing costs the node itself, whatever else the machine runs.
+                let events = (s.rate * elapsed.as_secs_f64()).max(1.0);
+                let cpu_us = (cpu_secs(&[node.pid]) - cpu_before) * 1e6 / events;
+                cpus[i].push(cpu_us);
+                println!("    node CPU {cpu_us:.1} µs per event");
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 let exported = node.metric("strait_trace_spans_exported_total").await;
                 let dropped = node.metric("strait_trace_spans_dropped_total").await;
@@ -187,12 +197,15 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let off = median(rates[0].clone());
-        println!("\nmedians of {runs} runs (events/s, batched {batch}, {clients} clients):");
+        let off_cpu = median(cpus[0].clone());
+        println!("\nmedians of {runs} runs (events/s, batched {batch}, {clients} clients; node CPU per event):");
         for (i, (name, _)) in phases.iter().enumerate() {
             let m = median(rates[i].clone());
+            let c = median(cpus[i].clone());
             println!(
-                "  tracing {name:<20} {m:>10.0}   {:+.1} % against off",
-                (m / off - 1.0) * 100.0
+                "  tracing {name:<20} {m:>10.0}   {:+.1} % against off   {c:>6.1} µs/event  {:+.1} % against off",
+                (m / off - 1.0) * 100.0,
+                (c / off_cpu - 1.0) * 100.0
             );
         }
         anyhow::Ok(())

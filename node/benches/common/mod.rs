@@ -255,3 +255,19 @@ pub async fn open_loop(
     }
     (st, start.elapsed())
 }
+
+/// User + system CPU seconds used so far by the processes `pids` (from
+/// `/proc/<pid>/stat`, clock ticks of 10 ms).
+pub fn cpu_secs(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|st| {
+            // Fields after the parenthesised command name: state is the 3rd
+            // field, utime and stime the 14th and 15th.
+            let rest = st.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .sum()
+}

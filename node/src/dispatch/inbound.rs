@@ -248,9 +248,9 @@ fn prepare(
         if span.recording() {
             span.event_json(&event, &d.bus)
                 .attr("messaging.operation.type", "receive")
-                .attr("strait.link.origin", origin.to_string())
-                .attr("strait.rule", d.rule.clone())
-                .attr("strait.target", d.target.clone())
+                .attr_str("strait.link.origin", origin)
+                .attr_str("strait.rule", &d.rule)
+                .attr_str("strait.target", &d.target)
                 .attr("strait.link.inbox_sequence", inbox_seq as i64)
                 .end();
         }

@@ -412,12 +412,12 @@ impl TargetWorker {
             if span.recording() {
                 span.event(event, &self.bus)
                     .attr("messaging.operation.type", "send")
-                    .attr("strait.rule", self.rule_name.clone())
-                    .attr("strait.target", target.id.clone())
-                    .attr("strait.target.type", target.kind.clone())
+                    .attr_str("strait.rule", &self.rule_name)
+                    .attr_str("strait.target", &target.id)
+                    .attr_str("strait.target.type", &target.kind)
                     .attr("strait.delivery.attempt", i64::from(attempt));
                 if let Some(site) = &target.site {
-                    span.attr("strait.target.site", site.clone());
+                    span.attr_str("strait.target.site", &site);
                 }
             }
             let started = Instant::now();
@@ -568,8 +568,8 @@ impl TargetWorker {
         if span.recording() {
             span.event(&event, &self.bus)
                 .attr("messaging.operation.type", "send")
-                .attr("strait.rule", self.rule_name.clone())
-                .attr("strait.target", target.id.clone())
+                .attr_str("strait.rule", &self.rule_name)
+                .attr_str("strait.target", &target.id)
                 .attr("strait.delivery.attempts", i64::from(attempts))
                 .fail("dead_lettered", reason.clone());
         }

@@ -62,7 +62,7 @@ pub async fn push(
 ) -> Result<Response, ApiError> {
     let mut span = RequestSpan::post("/alibaba/push/{bus}", &headers);
     if span.recording() {
-        span.attr("messaging.destination.name", bus.clone());
+        span.attr_str("messaging.destination.name", &bus);
     }
     let answer = push_in(&state, &bus, uri, &headers, body, &mut span).await;
     if span.recording() {

@@ -47,7 +47,7 @@ pub(super) async fn post(
             ApiError::new(status, e.code(), e.to_string())
         });
     if span.recording() {
-        span.attr("messaging.destination.name", bus.clone());
+        span.attr_str("messaging.destination.name", &bus);
         span.attr("http.request.body.size", bytes.len() as i64);
         if let Ok(entries) = &entries {
             for e in entries {

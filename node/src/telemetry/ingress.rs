@@ -43,7 +43,7 @@ impl RequestSpan {
         );
         if span.recording() {
             span.attr("http.request.method", "POST")
-                .attr("http.route", route.to_string())
+                .attr_str("http.route", route)
                 .attr("messaging.system", "strait")
                 .attr("messaging.operation.type", "receive");
         }
@@ -73,6 +73,11 @@ impl RequestSpan {
     /// Set an attribute.
     pub fn attr(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
         self.span.attr(key, value);
+    }
+
+    /// Set a string attribute from a borrowed string.
+    pub fn attr_str(&mut self, key: &'static str, value: &str) {
+        self.span.attr_str(key, value);
     }
 
     /// One event of the request, whose `traceparent` is `tp`: counted, and
@@ -231,16 +236,16 @@ impl SourceGate {
         let attr = |k: &str| event.get(k).and_then(serde_json::Value::as_str);
         span.attr("messaging.system", self.system)
             .attr("messaging.operation.type", "receive")
-            .attr("messaging.destination.name", self.from.clone())
-            .attr("strait.source", self.name.clone())
-            .attr("strait.bus", bus.to_string())
+            .attr_str("messaging.destination.name", &self.from)
+            .attr_str("strait.source", &self.name)
+            .attr_str("strait.bus", bus)
             .attr("cloudevents.event_id", attr("id").unwrap_or("").to_string())
             .attr(
                 "cloudevents.event_source",
                 attr("source").unwrap_or("").to_string(),
             );
         if let Some(t) = attr("type") {
-            span.attr("cloudevents.event_type", t.to_string());
+            span.attr_str("cloudevents.event_type", t);
         }
         if let Some(m) = event.as_object_mut() {
             m.insert(

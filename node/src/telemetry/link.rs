@@ -38,9 +38,9 @@ fn inbox_commit(c: InboxCommit<'_>) {
         let event: Value = serde_json::from_str(d.event.get()).unwrap_or(Value::Null);
         span.event_json(&event, &d.bus)
             .attr("messaging.operation.type", "receive")
-            .attr("strait.link.origin", c.origin.to_string())
-            .attr("strait.rule", d.rule.clone())
-            .attr("strait.target", d.target.clone())
+            .attr_str("strait.link.origin", c.origin)
+            .attr_str("strait.rule", &d.rule)
+            .attr_str("strait.target", &d.target)
             .attr(
                 "strait.link.inbox_sequence",
                 (c.first_seq + i as u64) as i64,

@@ -6,19 +6,21 @@
 //! hash maps to group spans by scope) and then encodes those. At 100 %
 //! sampling that conversion was most of the cost of tracing on a busy
 //! node, on the same cores as the event path. Here each span is encoded
-//! once, field by field, into a reused buffer: the bytes are the same
-//! `ExportTraceServiceRequest` (a test decodes them with the
-//! `opentelemetry-proto` crate and compares them with the SDK's
-//! conversion).
+//! once, field by field, as it is built ([`super::span::EventSpan`]), and
+//! the export thread copies finished spans into the request: the bytes
+//! are the same `ExportTraceServiceRequest` (a test in `span.rs` decodes
+//! them with the `opentelemetry-proto` crate and compares them, byte for
+//! byte, with prost's encoding of the SDK's conversion).
 //!
 //! Field numbers are those of `opentelemetry/proto/trace/v1/trace.proto`,
 //! `common/v1/common.proto` and `resource/v1/resource.proto`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::trace::SpanKind;
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
-use opentelemetry_sdk::trace::SpanData;
+
+use crate::trace::TraceParent;
 
 /// `SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`.
 const HAS_IS_REMOTE: u32 = 0x100;
@@ -38,10 +40,6 @@ pub struct Encoder {
     scope: Vec<u8>,
     /// The spans of the batch being built (each a `ScopeSpans.spans` field).
     spans: Vec<u8>,
-    /// One span's body, reused.
-    scratch: Vec<u8>,
-    /// A nested message's body, reused (attribute values, links, status).
-    inner: Vec<u8>,
 }
 
 impl Encoder {
@@ -49,9 +47,8 @@ impl Encoder {
     /// instrumentation scope `scope`.
     pub fn new(attributes: &[KeyValue], scope: &InstrumentationScope) -> Encoder {
         let mut resource = Vec::new();
-        let mut inner = Vec::new();
         for kv in attributes {
-            key_value(&mut resource, &mut inner, 1, kv);
+            key_value(&mut resource, 1, kv);
         }
         let mut s = Vec::new();
         string(&mut s, 1, scope.name());
@@ -59,106 +56,19 @@ impl Encoder {
             string(&mut s, 2, v);
         }
         for kv in scope.attributes() {
-            key_value(&mut s, &mut inner, 3, kv);
+            key_value(&mut s, 3, kv);
         }
         Encoder {
             resource,
             scope: s,
             spans: Vec::with_capacity(1 << 20),
-            scratch: Vec::with_capacity(1024),
-            inner: Vec::with_capacity(256),
         }
     }
 
-    /// Add one span to the batch.
-    pub fn push(&mut self, span: &SpanData) {
-        let b = &mut self.scratch;
-        b.clear();
-        bytes(b, 1, &span.span_context.trace_id().to_bytes());
-        bytes(b, 2, &span.span_context.span_id().to_bytes());
-        let state = span.span_context.trace_state().header();
-        if !state.is_empty() {
-            string(b, 3, &state);
-        }
-        if span.parent_span_id != opentelemetry::trace::SpanId::INVALID {
-            bytes(b, 4, &span.parent_span_id.to_bytes());
-        }
-        string(b, 5, &span.name);
-        let kind: u64 = match span.span_kind {
-            SpanKind::Internal => 1,
-            SpanKind::Server => 2,
-            SpanKind::Client => 3,
-            SpanKind::Producer => 4,
-            SpanKind::Consumer => 5,
-        };
-        varint_field(b, 6, kind);
-        fixed64(b, 7, nanos(span.start_time));
-        fixed64(b, 8, nanos(span.end_time));
-        for kv in &span.attributes {
-            key_value(b, &mut self.inner, 9, kv);
-        }
-        varint_field(b, 10, u64::from(span.dropped_attributes_count));
-        for event in span.events.iter() {
-            let mut e = Vec::new();
-            fixed64(&mut e, 1, nanos(event.timestamp));
-            string(&mut e, 2, &event.name);
-            let mut inner = Vec::new();
-            for kv in &event.attributes {
-                key_value(&mut e, &mut inner, 3, kv);
-            }
-            varint_field(&mut e, 4, u64::from(event.dropped_attributes_count));
-            message(b, 11, &e);
-        }
-        varint_field(b, 12, u64::from(span.events.dropped_count));
-        for link in span.links.iter() {
-            let l = &mut self.inner;
-            l.clear();
-            bytes(l, 1, &link.span_context.trace_id().to_bytes());
-            bytes(l, 2, &link.span_context.span_id().to_bytes());
-            let state = link.span_context.trace_state().header();
-            if !state.is_empty() {
-                string(l, 3, &state);
-            }
-            let mut attrs = Vec::new();
-            for kv in &link.attributes {
-                key_value(l, &mut attrs, 4, kv);
-            }
-            varint_field(l, 5, u64::from(link.dropped_attributes_count));
-            fixed32(
-                l,
-                6,
-                flags(
-                    link.span_context.is_remote(),
-                    link.span_context.trace_flags().to_u8(),
-                ),
-            );
-            message(b, 13, l);
-        }
-        varint_field(b, 14, u64::from(span.links.dropped_count));
-        {
-            let s = &mut self.inner;
-            s.clear();
-            let code = match &span.status {
-                Status::Unset => 0,
-                Status::Ok => 1,
-                Status::Error { description } => {
-                    string(s, 2, description);
-                    2
-                }
-            };
-            varint_field(s, 3, code);
-            // Always present, as the SDK's conversion writes it.
-            message(b, 15, s);
-        }
-        fixed32(
-            b,
-            16,
-            flags(
-                span.parent_span_is_remote,
-                span.span_context.trace_flags().to_u8(),
-            ),
-        );
-        message(&mut self.spans, 2, &self.scratch);
+    /// Add one span, a finished `Span` message (see
+    /// [`super::span::EventSpan`]), to the batch.
+    pub fn push(&mut self, span: &[u8]) {
+        message(&mut self.spans, 2, span);
     }
 
     /// Whether the batch has no span.
@@ -202,7 +112,7 @@ fn varint_len(mut v: u64) -> usize {
     n
 }
 
-fn flags(parent_is_remote: bool, trace_flags: u8) -> u32 {
+pub(super) fn flags(parent_is_remote: bool, trace_flags: u8) -> u32 {
     let mut f = u32::from(trace_flags) | HAS_IS_REMOTE;
     if parent_is_remote {
         f |= IS_REMOTE;
@@ -210,7 +120,7 @@ fn flags(parent_is_remote: bool, trace_flags: u8) -> u32 {
     f
 }
 
-fn nanos(t: SystemTime) -> u64 {
+pub(super) fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
@@ -228,23 +138,15 @@ fn tag(b: &mut Vec<u8>, field: u32, wire: u32) {
 }
 
 /// A varint field, left out when 0 (proto3).
-fn varint_field(b: &mut Vec<u8>, field: u32, v: u64) {
+pub(super) fn varint_field(b: &mut Vec<u8>, field: u32, v: u64) {
     if v != 0 {
         tag(b, field, WIRE_VARINT);
         varint(b, v);
     }
 }
 
-/// A fixed64 field, left out when 0 (proto3).
-fn fixed64(b: &mut Vec<u8>, field: u32, v: u64) {
-    if v != 0 {
-        tag(b, field, WIRE_FIXED64);
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-}
-
 /// A fixed32 field, left out when 0 (proto3).
-fn fixed32(b: &mut Vec<u8>, field: u32, v: u32) {
+pub(super) fn fixed32(b: &mut Vec<u8>, field: u32, v: u32) {
     if v != 0 {
         tag(b, field, WIRE_FIXED32);
         b.extend_from_slice(&v.to_le_bytes());
@@ -252,14 +154,14 @@ fn fixed32(b: &mut Vec<u8>, field: u32, v: u32) {
 }
 
 /// A bytes field, left out when empty (proto3).
-fn bytes(b: &mut Vec<u8>, field: u32, v: &[u8]) {
+pub(super) fn bytes(b: &mut Vec<u8>, field: u32, v: &[u8]) {
     if !v.is_empty() {
         message(b, field, v);
     }
 }
 
 /// A string field, left out when empty (proto3).
-fn string(b: &mut Vec<u8>, field: u32, v: &str) {
+pub(super) fn string(b: &mut Vec<u8>, field: u32, v: &str) {
     bytes(b, field, v.as_bytes());
 }
 
@@ -270,14 +172,9 @@ fn message(b: &mut Vec<u8>, field: u32, body: &[u8]) {
     b.extend_from_slice(body);
 }
 
-/// A `KeyValue` message as field `field` of `b`; `scratch` is reused.
-fn key_value(b: &mut Vec<u8>, scratch: &mut Vec<u8>, field: u32, kv: &KeyValue) {
-    scratch.clear();
-    string(scratch, 1, kv.key.as_str());
-    let mut value = Vec::new();
-    any_value(&mut value, &kv.value);
-    message(scratch, 2, &value);
-    message(b, field, scratch);
+/// A `KeyValue` message as field `field` of `b`.
+fn key_value(b: &mut Vec<u8>, field: u32, kv: &KeyValue) {
+    attribute(b, field, kv.key.as_str(), &kv.value);
 }
 
 /// The body of an `AnyValue` for `v`.
@@ -322,6 +219,82 @@ fn any_value(b: &mut Vec<u8>, v: &Value) {
         // Likewise for value kinds added later.
         other => message(b, 1, other.as_str().as_bytes()),
     }
+}
+
+/// `Span.SpanKind`'s number for `kind`.
+pub(super) fn kind(kind: SpanKind) -> u64 {
+    match kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
+/// A fixed64 field that is always written (a time set later): where its
+/// 8 bytes are.
+pub(super) fn fixed64_slot(b: &mut Vec<u8>, field: u32, v: u64) -> usize {
+    tag(b, field, WIRE_FIXED64);
+    let at = b.len();
+    b.extend_from_slice(&v.to_le_bytes());
+    at
+}
+
+/// A `Span.Link` to the (remote) span `to`, as field `field`.
+pub(super) fn link(b: &mut Vec<u8>, field: u32, to: &TraceParent) {
+    // trace_id (1), span_id (2), flags (6: fixed32, never 0 here).
+    let len = field_len(to.trace_id.len()) + field_len(to.span_id.len()) + 5;
+    tag(b, field, WIRE_LEN);
+    varint(b, len as u64);
+    bytes(b, 1, &to.trace_id);
+    bytes(b, 2, &to.span_id);
+    fixed32(b, 6, flags(true, to.flags));
+}
+
+/// A `Status` message (always present, as the SDK's conversion writes
+/// it) with `code` and, for errors, `message`.
+pub(super) fn status(b: &mut Vec<u8>, field: u32, code: u64, message: Option<&str>) {
+    let msg_len = message
+        .filter(|m| !m.is_empty())
+        .map_or(0, |m| field_len(m.len()));
+    let code_len = if code == 0 { 0 } else { 1 + varint_len(code) };
+    tag(b, field, WIRE_LEN);
+    varint(b, (msg_len + code_len) as u64);
+    if let Some(m) = message {
+        string(b, 2, m);
+    }
+    varint_field(b, 3, code);
+}
+
+/// A `KeyValue` with a string value as field `field`, written in place.
+pub(super) fn string_attribute(b: &mut Vec<u8>, field: u32, key: &str, value: &str) {
+    // AnyValue { string_value = 1 } is written even when empty (a oneof).
+    let any_len = field_len(value.len());
+    let key_len = if key.is_empty() {
+        0
+    } else {
+        field_len(key.len())
+    };
+    tag(b, field, WIRE_LEN);
+    varint(b, (key_len + field_len(any_len)) as u64);
+    string(b, 1, key);
+    tag(b, 2, WIRE_LEN);
+    varint(b, any_len as u64);
+    message(b, 1, value.as_bytes());
+}
+
+/// A `KeyValue` of any value as field `field`.
+pub(super) fn attribute(b: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+    if let Value::String(s) = value {
+        return string_attribute(b, field, key, s.as_str());
+    }
+    let mut kv = Vec::new();
+    string(&mut kv, 1, key);
+    let mut any = Vec::new();
+    any_value(&mut any, value);
+    message(&mut kv, 2, &any);
+    message(b, field, &kv);
 }
 
 /// Sends encoded requests to an OTLP/HTTP endpoint.
@@ -398,115 +371,23 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{Link, SpanContext, SpanId, TraceFlags, TraceId, TraceState};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
     use prost::Message;
 
-    fn span(n: u8, parent: Option<u8>, status: Status, kind: SpanKind) -> SpanData {
-        let mut links = SpanLinks::default();
-        if n.is_multiple_of(2) {
-            links.links.push(Link::with_context(SpanContext::new(
-                TraceId::from_bytes([9; 16]),
-                SpanId::from_bytes([n; 8]),
-                TraceFlags::SAMPLED,
-                true,
-                TraceState::default(),
-            )));
-        }
-        SpanData {
-            span_context: SpanContext::new(
-                TraceId::from_bytes([n; 16]),
-                SpanId::from_bytes([n.wrapping_add(1); 8]),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: parent.map_or(SpanId::INVALID, |p| SpanId::from_bytes([p; 8])),
-            parent_span_is_remote: parent.is_some(),
-            span_kind: kind,
-            name: format!("span {n}").into(),
-            start_time: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_000 + u64::from(n)),
-            end_time: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_500_000 + u64::from(n)),
-            attributes: vec![
-                KeyValue::new("cloudevents.event_id", format!("id-{n}")),
-                KeyValue::new("strait.delivery.attempt", i64::from(n)),
-                KeyValue::new("negative", -5_i64),
-                KeyValue::new("flag", n.is_multiple_of(3)),
-                KeyValue::new("ratio", 0.25),
-                KeyValue::new("empty", ""),
-                KeyValue::new(
-                    "list",
-                    Value::Array(Array::String(vec!["a".into(), "é".into()])),
-                ),
-            ],
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links,
-            status,
-            instrumentation_scope: InstrumentationScope::builder("strait")
-                .with_version("1.2.3")
-                .build(),
-        }
-    }
-
-    #[test]
-    fn the_bytes_decode_to_what_the_sdk_would_send() {
-        let resource_attrs = [
-            KeyValue::new("service.name", "strait"),
-            KeyValue::new("strait.site", "idc"),
-            KeyValue::new("strait.node", 3_i64),
-        ];
-        let spans = vec![
-            span(1, None, Status::Unset, SpanKind::Server),
-            span(2, Some(1), Status::Ok, SpanKind::Producer),
-            span(
-                3,
-                Some(2),
-                Status::error("retries exhausted; last error: HTTP 503"),
-                SpanKind::Client,
-            ),
-            span(200, Some(3), Status::Unset, SpanKind::Consumer),
-            span(5, Some(3), Status::Unset, SpanKind::Internal),
-        ];
-        let resource = opentelemetry_sdk::Resource::builder_empty()
-            .with_attributes(resource_attrs)
-            .build();
-        // In the resource's own order (it keeps them in a map).
-        let attrs: Vec<KeyValue> = resource
-            .iter()
-            .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-            .collect();
-        let scope = spans[0].instrumentation_scope.clone();
-        let mut enc = Encoder::new(&attrs, &scope);
-        for s in &spans {
-            enc.push(s);
-        }
-        assert!(!enc.is_empty());
-        let body = enc.finish();
-        assert!(enc.is_empty(), "finish empties the batch");
-        let ours = ExportTraceServiceRequest::decode(body.as_slice()).expect("decodes");
-
-        let theirs = ExportTraceServiceRequest {
-            resource_spans: group_spans_by_resource_and_scope(
-                spans,
-                &ResourceAttributesWithSchema::from(&resource),
-            ),
-        };
-        assert_eq!(ours, theirs);
-        // And byte for byte, as prost encodes the SDK's conversion.
-        assert_eq!(body, theirs.encode_to_vec());
+    /// A span message with only a name.
+    fn named(name: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        string(&mut b, 5, name);
+        b
     }
 
     #[test]
     fn a_second_batch_holds_only_its_own_spans() {
         let scope = InstrumentationScope::builder("strait").build();
         let mut enc = Encoder::new(&[], &scope);
-        enc.push(&span(1, None, Status::Unset, SpanKind::Server));
+        enc.push(&named("span 1"));
         let _ = enc.finish();
-        enc.push(&span(2, None, Status::Unset, SpanKind::Server));
+        enc.push(&named("span 2"));
         let req = ExportTraceServiceRequest::decode(enc.finish().as_slice()).expect("decodes");
         let spans = &req.resource_spans[0].scope_spans[0].spans;
         assert_eq!(spans.len(), 1);
