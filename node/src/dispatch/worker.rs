@@ -417,7 +417,7 @@ impl TargetWorker {
                     .attr_str("strait.target.type", &target.kind)
                     .attr("strait.delivery.attempt", i64::from(attempt));
                 if let Some(site) = &target.site {
-                    span.attr_str("strait.target.site", &site);
+                    span.attr_str("strait.target.site", site);
                 }
             }
             let started = Instant::now();
