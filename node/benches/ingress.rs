@@ -10,6 +10,8 @@
 //! Knobs (env): `BENCH_SECS` (per phase, default 8), `BENCH_CLIENTS`
 //! (default 64), `BENCH_BATCH` (default 100), `BENCH_DIR` (data dir parent).
 
+// Shared with the other benches; this one uses only part of it.
+#[allow(dead_code)]
 mod common;
 
 use std::sync::Arc;
