@@ -391,9 +391,14 @@ fn open_archive(dir: &Path) -> AResult<Archive> {
     let holes = dir.join("holes.json");
     if let Ok(bytes) = std::fs::read(&holes) {
         a.holes = serde_json::from_slice(&bytes).unwrap_or_default();
-        // A fill renamed before its hole was shrunk.
-        let firsts: Vec<u64> = a.segments.keys().copied().collect();
-        a.holes.retain(|(lo, _)| !firsts.contains(lo));
+        // A fill renamed before its hole was shrunk: go on after it (what
+        // it held is read once: reads skip records already returned).
+        for hole in a.holes.iter_mut() {
+            if let Some(seg) = a.segments.get(&hole.0) {
+                hole.0 = seg.last_index + 1;
+            }
+        }
+        a.holes.retain(|(lo, hi)| lo <= hi);
     }
     Ok(a)
 }
@@ -633,19 +638,29 @@ impl ArchiveStore {
             .unwrap_or_default()
     }
 
-    /// Fill the hole starting at `lo` with `events` (read from a peer): they
-    /// become a segment of their own, written and fsynced under a temporary
-    /// name and renamed, then the hole is removed.
-    pub fn fill(&self, bus: &str, name: &str, lo: u64, events: &[ArchivedEvent]) -> AResult<()> {
+    /// Fill the start of a hole: `events` (read from a peer) are the
+    /// archived events of the entries `from..=upto`, where `from` is the
+    /// first index of a hole. They become a segment of their own (named
+    /// `from`), written and fsynced under a temporary name and renamed;
+    /// then the hole shrinks to what is left above `upto`.
+    pub fn fill(
+        &self,
+        bus: &str,
+        name: &str,
+        from: u64,
+        upto: u64,
+        events: &[ArchivedEvent],
+    ) -> AResult<()> {
         let mut map = self.lock();
         let a = self.archive(&mut map, bus, name)?;
-        let Some(pos) = a.holes.iter().position(|(l, _)| *l == lo) else {
+        let Some(pos) = a.holes.iter().position(|(l, _)| *l == from) else {
             return Ok(());
         };
         let (_, hi) = a.holes[pos];
+        let upto = upto.min(hi);
         let inside: Vec<&ArchivedEvent> = events
             .iter()
-            .filter(|e| e.index >= lo && e.index <= hi)
+            .filter(|e| e.index >= from && e.index <= upto)
             .collect();
         if !inside.is_empty() {
             let mut buf = Vec::new();
@@ -653,8 +668,8 @@ impl ArchiveStore {
                 let last = inside.get(i + 1).is_none_or(|n| n.index != e.index);
                 encode_record(&mut buf, e, last);
             }
-            let path = a.seg_path(lo);
-            let tmp = a.dir.join(format!("{lo:020}.seg.tmp"));
+            let path = a.seg_path(from);
+            let tmp = a.dir.join(format!("{from:020}.seg.tmp"));
             {
                 let mut f = File::create(&tmp).map_err(io(&tmp))?;
                 f.write_all(&buf).map_err(io(&tmp))?;
@@ -663,7 +678,7 @@ impl ArchiveStore {
             std::fs::rename(&tmp, &path).map_err(io(&path))?;
             sync_dir(&a.dir)?;
             a.segments.insert(
-                lo,
+                from,
                 Segment {
                     bytes: buf.len() as u64,
                     events: inside.len() as u64,
@@ -673,7 +688,11 @@ impl ArchiveStore {
                 },
             );
         }
-        a.holes.remove(pos);
+        if upto >= hi {
+            a.holes.remove(pos);
+        } else {
+            a.holes[pos].0 = upto + 1;
+        }
         a.save_holes()
     }
 
@@ -866,7 +885,9 @@ mod tests {
         assert_eq!(upto, 7);
         let got = decode_records(&bytes).expect("decode");
         assert_eq!(got.len(), 6);
-        s.fill("b", "a", 2, &got).expect("fill");
+        s.fill("b", "a", 2, 4, &got).expect("fill");
+        assert_eq!(s.holes("b", "a"), vec![(5, 7)]);
+        s.fill("b", "a", 5, 7, &got).expect("fill");
         assert!(s.holes("b", "a").is_empty());
         let all = s.read("b", "a", (0, 0), true, 100).expect("read");
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 7, 8]);
