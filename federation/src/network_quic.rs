@@ -59,7 +59,7 @@ pub const CONTROL_METHOD_BIT: u16 = 0x0080;
 /// Read archived events of a range of log entries from a peer of the site
 /// (to fill the hole a snapshot install left; see
 /// [`crate::store::archive`]).
-pub const METHOD_ARCHIVE_FETCH: u16 = 0x0301;
+pub const METHOD_ARCHIVE_FETCH: u16 = 0x0401;
 
 /// What [`fetch_archive`] asks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,7 +139,7 @@ impl Group {
 
     /// The identity the certificate of member `id` (described by `node`)
     /// must carry; `own_site` for site groups.
-    fn identity(self, id: NodeId, node: &NodeInfo, own_site: &str) -> NodeIdentity {
+    pub fn identity(self, id: NodeId, node: &NodeInfo, own_site: &str) -> NodeIdentity {
         match self {
             Group::Site => NodeIdentity {
                 node_id: id,

@@ -403,6 +403,21 @@ fn open_archive(dir: &Path) -> AResult<Archive> {
     Ok(a)
 }
 
+/// The directory name of a bus or archive name: names may start with `.`
+/// (`..` is a valid name), so those get a `%` first (never in a name).
+fn component(name: &str) -> String {
+    if name.starts_with('.') || name.is_empty() {
+        format!("%{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// The name a directory holds ([`component`] undone).
+fn from_component(dir: &str) -> String {
+    dir.strip_prefix('%').unwrap_or(dir).to_string()
+}
+
 /// The archives of one node (see the module documentation).
 #[derive(Debug)]
 pub struct ArchiveStore {
@@ -420,7 +435,7 @@ impl ArchiveStore {
             if !bus.path().is_dir() {
                 continue;
             }
-            let bus_name = bus.file_name().to_string_lossy().into_owned();
+            let bus_name = from_component(&bus.file_name().to_string_lossy());
             for name in std::fs::read_dir(bus.path()).map_err(io(&bus.path()))? {
                 let name = name.map_err(io(&bus.path()))?;
                 if !name.path().is_dir() {
@@ -428,7 +443,10 @@ impl ArchiveStore {
                 }
                 let a = open_archive(&name.path())?;
                 archives.insert(
-                    (bus_name.clone(), name.file_name().to_string_lossy().into_owned()),
+                    (
+                        bus_name.clone(),
+                        from_component(&name.file_name().to_string_lossy()),
+                    ),
                     a,
                 );
             }
@@ -454,7 +472,7 @@ impl ArchiveStore {
     ) -> AResult<&'a mut Archive> {
         let key = (bus.to_string(), name.to_string());
         if !map.contains_key(&key) {
-            let dir = self.root.join(bus).join(name);
+            let dir = self.root.join(component(bus)).join(component(name));
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
             map.insert(
                 key.clone(),
@@ -552,7 +570,7 @@ impl ArchiveStore {
     pub fn remove(&self, bus: &str, name: &str) -> AResult<()> {
         let mut map = self.lock();
         map.remove(&(bus.to_string(), name.to_string()));
-        let dir = self.root.join(bus).join(name);
+        let dir = self.root.join(component(bus)).join(component(name));
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -745,6 +763,21 @@ impl ArchiveStore {
         inclusive: bool,
         limit: usize,
     ) -> AResult<Vec<ArchivedEvent>> {
+        self.read_since(bus, name, after, inclusive, 0, limit)
+    }
+
+    /// [`ArchiveStore::read`], skipping the segments whose every event was
+    /// ingested before `since_ms` without reading them (their events may
+    /// still be returned from segments that are read: the caller filters).
+    pub fn read_since(
+        &self,
+        bus: &str,
+        name: &str,
+        after: (u64, u64),
+        inclusive: bool,
+        since_ms: u64,
+        limit: usize,
+    ) -> AResult<Vec<ArchivedEvent>> {
         // Take what is needed under the lock, read the files without it.
         let (dir, segs) = {
             let map = self.lock();
@@ -754,7 +787,7 @@ impl ArchiveStore {
             let segs: Vec<(u64, Segment)> = a
                 .segments
                 .iter()
-                .filter(|(_, s)| s.last_index >= after.0)
+                .filter(|(_, s)| s.last_index >= after.0 && s.last_ms >= since_ms)
                 .map(|(f, s)| (*f, s.clone()))
                 .collect();
             (a.dir.clone(), segs)
@@ -902,6 +935,12 @@ mod tests {
         let left = s.read("b", "a", (0, 0), true, 100).expect("read");
         assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), [8]);
         s.remove("b", "a").expect("remove");
+        // Names that are not plain directory names stay inside the store.
+        s.append("..", "..", &[ev(1, 1, 1)], false).expect("append");
+        assert!(dir.path().join("%../%..").is_dir());
+        drop(s);
+        let s = ArchiveStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.names(), vec![("..".to_string(), "..".to_string())]);
         assert_eq!(s.stats("b", "a"), ArchiveStats::default());
     }
 
