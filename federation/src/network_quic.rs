@@ -83,9 +83,8 @@ pub async fn fetch_archive(
     peer: &PeerClient,
     req: &ArchiveFetch,
 ) -> Result<(Vec<crate::store::archive::ArchivedEvent>, u64), FederationError> {
-    let body = Bytes::from(
-        serde_json::to_vec(req).map_err(|e| FederationError::Write(e.to_string()))?,
-    );
+    let body =
+        Bytes::from(serde_json::to_vec(req).map_err(|e| FederationError::Write(e.to_string()))?);
     let reply = peer
         .request(METHOD_ARCHIVE_FETCH, body)
         .await

@@ -89,12 +89,18 @@ fn ids(state: &SiteState) -> anyhow::Result<Vec<String>> {
 fn matching_events_are_archived_once_even_when_reapplied() -> anyhow::Result<()> {
     let mut n = Node::new()?;
     setup(&mut n)?;
-    n.apply(append(1_000, &[("a", "order"), ("b", "other"), ("c", "order")])?)?;
+    n.apply(append(
+        1_000,
+        &[("a", "order"), ("b", "other"), ("c", "order")],
+    )?)?;
     assert_eq!(ids(&n.state)?, ["a", "c"]);
     // After a crash the state may be behind the log: the same entry is
     // applied again (same index) and archives nothing twice.
     n.index -= 1;
-    n.apply(append(1_000, &[("a", "order"), ("b", "other"), ("c", "order")])?)?;
+    n.apply(append(
+        1_000,
+        &[("a", "order"), ("b", "other"), ("c", "order")],
+    )?)?;
     assert_eq!(ids(&n.state)?, ["a", "c"]);
     // A duplicate (same source and id) is not archived.
     n.apply(append(2_000, &[("a", "order"), ("d", "order")])?)?;
@@ -129,8 +135,7 @@ fn matching_events_are_archived_once_even_when_reapplied() -> anyhow::Result<()>
 }
 
 #[test]
-fn a_snapshot_does_not_carry_the_archive_and_an_install_records_a_hole() -> anyhow::Result<()>
-{
+fn a_snapshot_does_not_carry_the_archive_and_an_install_records_a_hole() -> anyhow::Result<()> {
     let mut leader = Node::new()?;
     setup(&mut leader)?;
     let empty = leader.state.snapshot_bytes()?.data.len();
@@ -168,10 +173,11 @@ fn a_snapshot_does_not_carry_the_archive_and_an_install_records_a_hole() -> anyh
     assert_eq!(holes[0].1, upto);
     let (mut from, hi) = holes[0];
     while from <= hi {
-        let (bytes, got_upto) = leader
-            .state
-            .archive()
-            .read_range("b", "orders", from, hi, 256 << 10)?;
+        let (bytes, got_upto) =
+            leader
+                .state
+                .archive()
+                .read_range("b", "orders", from, hi, 256 << 10)?;
         let events = decode_records(&bytes)?;
         follower
             .state

@@ -47,7 +47,10 @@ async fn call(app: &Arc<App>, method: &str, path: &str, body: Option<Value>) -> 
     let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
         .await
         .expect("body");
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn post_events(app: &Arc<App>, bus: &str, events: &[Value]) {
@@ -146,7 +149,10 @@ async fn wait_state(app: &Arc<App>, name: &str, state: &str) -> Value {
         if v["state"] == state {
             return v;
         }
-        assert!(Instant::now() < deadline, "replay {name} never {state}: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "replay {name} never {state}: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -181,8 +187,18 @@ async fn a_replay_sends_one_windows_archived_events_again_to_the_named_rule_only
         assert_eq!(s, 400, "{v}");
         assert!(error_message(&v).starts_with(field), "{v}");
     }
-    let (s, v) = call(&app, "PUT", "/v1/buses/nope/archives/orders", Some(json!({}))).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("BusNotFound")), "{v}");
+    let (s, v) = call(
+        &app,
+        "PUT",
+        "/v1/buses/nope/archives/orders",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("BusNotFound")),
+        "{v}"
+    );
     let (s, v) = call(
         &app,
         "PUT",
@@ -225,11 +241,19 @@ async fn a_replay_sends_one_windows_archived_events_again_to_the_named_rule_only
     let mut unknown = window(t0, t1);
     unknown["archive"] = json!("nope");
     let (s, v) = call(&app, "POST", "/v1/replays/rp", Some(unknown)).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("ArchiveNotFound")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("ArchiveNotFound")),
+        "{v}"
+    );
     let mut no_rule = window(t0, t1);
     no_rule["rules"] = json!(["r1", "r9"]);
     let (s, v) = call(&app, "POST", "/v1/replays/rp", Some(no_rule)).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("RuleNotFound")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("RuleNotFound")),
+        "{v}"
+    );
     assert!(error_message(&v).starts_with("rules[1]"), "{v}");
 
     // The first batch's window, to r1 only.
@@ -248,14 +272,28 @@ async fn a_replay_sends_one_windows_archived_events_again_to_the_named_rule_only
     assert_eq!(got(&received, "b", None).len(), 8);
     // Name in use; a finished replay cannot be cancelled.
     let (s, v) = call(&app, "POST", "/v1/replays/rp", Some(window(t0, t1))).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("ReplayExists")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("ReplayExists")),
+        "{v}"
+    );
     let (s, v) = call(&app, "POST", "/v1/replays/rp/cancel", None).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("ReplayFinished")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("ReplayFinished")),
+        "{v}"
+    );
     let (s, v) = call(&app, "GET", "/v1/replays/nope", None).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("ReplayNotFound")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("ReplayNotFound")),
+        "{v}"
+    );
 
     // A long replay (every rule) cancelled mid-way.
-    let many: Vec<Value> = (0..600).map(|i| event(&format!("bulk-{i}"), "order")).collect();
+    let many: Vec<Value> = (0..600)
+        .map(|i| event(&format!("bulk-{i}"), "order"))
+        .collect();
     post_events(&app, "default", &many).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     let end = now_ms();
@@ -275,7 +313,11 @@ async fn a_replay_sends_one_windows_archived_events_again_to_the_named_rule_only
     let n = cancelled["eventsReplayed"].as_u64().unwrap_or(0);
     assert!(n > 0 && n < 608, "{cancelled}");
     let (s, v) = call(&app, "GET", "/v1/replays?state=CANCELLED", None).await;
-    assert_eq!((s, v["replays"].as_array().map(Vec::len)), (200, Some(1)), "{v}");
+    assert_eq!(
+        (s, v["replays"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{v}"
+    );
 
     // Deleting the archive deletes its events.
     let (s, _) = call(&app, "DELETE", "/v1/buses/default/archives/orders", None).await;

@@ -265,9 +265,7 @@ impl Archive {
 }
 
 fn sync_dir(dir: &Path) -> AResult<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 /// Scan a segment: its figures and the byte length of its valid prefix.
@@ -349,7 +347,10 @@ fn open_archive(dir: &Path) -> AResult<Archive> {
         let entry = entry.map_err(io(dir))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if let Some(first) = name.strip_suffix(".seg").and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(first) = name
+            .strip_suffix(".seg")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             firsts.push(first);
         } else if name.ends_with(".tmp") {
             let _ = std::fs::remove_file(entry.path());
@@ -549,7 +550,10 @@ impl ArchiveStore {
             seg.bytes += buf.len() as u64;
             seg.events += fresh.len() as u64;
             seg.last_index = fresh[fresh.len() - 1].index;
-            seg.last_ms = fresh.iter().map(|e| e.ingest_ms).fold(seg.last_ms, u64::max);
+            seg.last_ms = fresh
+                .iter()
+                .map(|e| e.ingest_ms)
+                .fold(seg.last_ms, u64::max);
         }
         a.last_index = fresh[fresh.len() - 1].index;
         Ok(())
@@ -624,7 +628,8 @@ impl ArchiveStore {
         if gone > 0 {
             let oldest = a.segments.keys().next().copied().unwrap_or(u64::MAX);
             let before = a.holes.len();
-            a.holes.retain(|(_, hi)| *hi >= oldest && oldest != u64::MAX);
+            a.holes
+                .retain(|(_, hi)| *hi >= oldest && oldest != u64::MAX);
             if a.holes.len() != before {
                 a.save_holes()?;
             }
@@ -861,10 +866,12 @@ mod tests {
     fn appends_read_back_in_order_and_reapplies_are_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = ArchiveStore::open(dir.path()).expect("open");
-        s.append("b", "a", &[ev(3, 1, 10), ev(3, 2, 10)], true).expect("append");
+        s.append("b", "a", &[ev(3, 1, 10), ev(3, 2, 10)], true)
+            .expect("append");
         s.append("b", "a", &[ev(5, 3, 20)], false).expect("append");
         // Re-applied after a crash: skipped.
-        s.append("b", "a", &[ev(3, 1, 10), ev(3, 2, 10)], true).expect("append");
+        s.append("b", "a", &[ev(3, 1, 10), ev(3, 2, 10)], true)
+            .expect("append");
         let all = s.read("b", "a", (0, 0), true, 100).expect("read");
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
         let after = s.read("b", "a", (3, 2), false, 100).expect("read");
@@ -888,7 +895,10 @@ mod tests {
         let mut buf = Vec::new();
         encode_record(&mut buf, &ev(4, 2, 11), false);
         buf.extend_from_slice(b"SARC\x01");
-        let mut f = OpenOptions::new().append(true).open(&seg).expect("open seg");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .expect("open seg");
         f.write_all(&buf).expect("write");
         drop(f);
         let s = ArchiveStore::open(dir.path()).expect("reopen");
@@ -896,7 +906,8 @@ mod tests {
         let all = s.read("b", "a", (0, 0), true, 100).expect("read");
         assert_eq!(all.len(), 1);
         // Entry 4 is applied again, whole.
-        s.append("b", "a", &[ev(4, 2, 11), ev(4, 3, 11)], true).expect("append");
+        s.append("b", "a", &[ev(4, 2, 11), ev(4, 3, 11)], true)
+            .expect("append");
         assert_eq!(s.read("b", "a", (0, 0), true, 100).expect("read").len(), 3);
     }
 
@@ -906,7 +917,8 @@ mod tests {
         let peer_dir = tempfile::tempdir().expect("tempdir");
         let peer = ArchiveStore::open(peer_dir.path()).expect("open");
         for i in 1..=10u64 {
-            peer.append("b", "a", &[ev(i, i, i * 100)], false).expect("append");
+            peer.append("b", "a", &[ev(i, i, i * 100)], false)
+                .expect("append");
         }
         let s = ArchiveStore::open(dir.path()).expect("open");
         s.append("b", "a", &[ev(1, 1, 100)], false).expect("append");
@@ -923,7 +935,10 @@ mod tests {
         s.fill("b", "a", 5, 7, &got).expect("fill");
         assert!(s.holes("b", "a").is_empty());
         let all = s.read("b", "a", (0, 0), true, 100).expect("read");
-        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 6, 7, 8]
+        );
         drop(s);
         let s = ArchiveStore::open(dir.path()).expect("reopen");
         assert_eq!(s.read("b", "a", (0, 0), true, 100).expect("read").len(), 8);

@@ -311,17 +311,33 @@ mod tests {
 
     #[test]
     fn settings_are_read_and_bad_ones_named() {
-        let ok = parse_archive(&json!({"pattern": {"type": ["a"]}, "retentionDays": 3, "description": "d"}))
-            .expect("valid");
+        let ok = parse_archive(
+            &json!({"pattern": {"type": ["a"]}, "retentionDays": 3, "description": "d"}),
+        )
+        .expect("valid");
         assert_eq!(ok.retention_days, 3);
         assert!(ok.pattern.is_some());
-        assert_eq!(parse_archive(&Value::Null).expect("empty").retention_days, 0);
-        assert_eq!(field(parse_archive(&json!({"retentionDays": -1}))), "retentionDays");
-        assert_eq!(field(parse_archive(&json!({"retentionDays": "x"}))), "retentionDays");
-        assert_eq!(field(parse_archive(&json!({"description": 3}))), "description");
+        assert_eq!(
+            parse_archive(&Value::Null).expect("empty").retention_days,
+            0
+        );
+        assert_eq!(
+            field(parse_archive(&json!({"retentionDays": -1}))),
+            "retentionDays"
+        );
+        assert_eq!(
+            field(parse_archive(&json!({"retentionDays": "x"}))),
+            "retentionDays"
+        );
+        assert_eq!(
+            field(parse_archive(&json!({"description": 3}))),
+            "description"
+        );
         assert_eq!(field(parse_archive(&json!({"colour": 3}))), "colour");
         assert_eq!(field(parse_archive(&json!([1]))), "body");
-        let f = field(parse_archive(&json!({"pattern": {"source": [{"prefix": 3}]}})));
+        let f = field(parse_archive(
+            &json!({"pattern": {"source": [{"prefix": 3}]}}),
+        ));
         assert!(f.starts_with("pattern"), "{f}");
     }
 }

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use strait_federation::Site;
 use strait_federation::network_quic::{ArchiveFetch, Group, fetch_archive};
 use strait_federation::transport::Endpoint;
-use strait_federation::Site;
 
 /// How often holes are looked for.
 const EVERY: Duration = Duration::from_secs(1);
@@ -77,7 +77,14 @@ async fn fill_once(
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-                tracing::info!(archive = name, from, upto = got, events = n, peer = id, "filled a range of the archive from a peer");
+                tracing::info!(
+                    archive = name,
+                    from,
+                    upto = got,
+                    events = n,
+                    peer = id,
+                    "filled a range of the archive from a peer"
+                );
                 return Ok(true);
             }
             Err(e) => last_err = format!("node {id}: {e}"),

@@ -211,7 +211,13 @@ pub(super) async fn archive(c: ArchiveCommand) -> anyhow::Result<()> {
                 "archive ls",
             )
             .await?;
-            outln!("{:<24} {:>12} {:>14} {:>9}", "NAME", "EVENTS", "BYTES", "RETENTION");
+            outln!(
+                "{:<24} {:>12} {:>14} {:>9}",
+                "NAME",
+                "EVENTS",
+                "BYTES",
+                "RETENTION"
+            );
             for a in v["archives"].as_array().into_iter().flatten() {
                 let days = a["retentionDays"].as_u64().unwrap_or(0);
                 outln!(
@@ -219,7 +225,11 @@ pub(super) async fn archive(c: ArchiveCommand) -> anyhow::Result<()> {
                     a["name"].as_str().unwrap_or(""),
                     a["eventCount"].as_u64().unwrap_or(0),
                     a["sizeBytes"].as_u64().unwrap_or(0),
-                    if days == 0 { "forever".to_string() } else { format!("{days}d") }
+                    if days == 0 {
+                        "forever".to_string()
+                    } else {
+                        format!("{days}d")
+                    }
                 );
             }
             Ok(())
@@ -251,7 +261,8 @@ pub(super) async fn replay(c: ReplayCommand) -> anyhow::Result<()> {
             description,
             name,
         } => {
-            let mut body = json!({"bus": bus, "archive": archive, "start": time(&start), "end": time(&end)});
+            let mut body =
+                json!({"bus": bus, "archive": archive, "start": time(&start), "end": time(&end)});
             if !rules.is_empty() {
                 body["rules"] = json!(rules);
             }
@@ -280,8 +291,21 @@ pub(super) async fn replay(c: ReplayCommand) -> anyhow::Result<()> {
             print(&v)
         }
         ReplayCommand::Ls { server } => {
-            let v = call(&server, reqwest::Method::GET, &["v1", "replays"], None, "replay ls").await?;
-            outln!("{:<24} {:<11} {:>10} {:<24}", "NAME", "STATE", "REPLAYED", "LAST REPLAYED");
+            let v = call(
+                &server,
+                reqwest::Method::GET,
+                &["v1", "replays"],
+                None,
+                "replay ls",
+            )
+            .await?;
+            outln!(
+                "{:<24} {:<11} {:>10} {:<24}",
+                "NAME",
+                "STATE",
+                "REPLAYED",
+                "LAST REPLAYED"
+            );
             for r in v["replays"].as_array().into_iter().flatten() {
                 outln!(
                     "{:<24} {:<11} {:>10} {:<24}",

@@ -134,7 +134,8 @@ pub fn parse_replay(body: &Value, now_ms: u64) -> Result<ReplayInput, OpError> {
                         "must be a rule name",
                     ));
                 };
-                validate_name("rule", s).map_err(|e| OpError::invalid(e.code, &field, e.message))?;
+                validate_name("rule", s)
+                    .map_err(|e| OpError::invalid(e.code, &field, e.message))?;
                 names.push(s.to_string());
             }
             if names.is_empty() {
@@ -204,7 +205,10 @@ pub async fn start_replay(
             if !view.rules.contains_key(&(input.bus.clone(), r.clone())) {
                 return Err(OpError::NotFound {
                     code: "RuleNotFound",
-                    message: format!("rules[{i}]: rule `{r}` does not exist on bus `{}`", input.bus),
+                    message: format!(
+                        "rules[{i}]: rule `{r}` does not exist on bus `{}`",
+                        input.bus
+                    ),
                 });
             }
         }
@@ -309,7 +313,11 @@ pub fn list_replays(
 /// Ask a replay to stop: it becomes `CANCELLING`, and `CANCELLED` once the
 /// leader stops it (events already sent stay sent). Refused once it is
 /// over. AWS adapter: `CancelReplay`.
-pub async fn cancel_replay(state: &SiteState, writer: &Writer, name: &str) -> Result<Value, OpError> {
+pub async fn cancel_replay(
+    state: &SiteState,
+    writer: &Writer,
+    name: &str,
+) -> Result<Value, OpError> {
     describe_replay(state, name)?;
     let mut update = Map::new();
     update.insert("state".into(), CANCELLING.into());
@@ -351,13 +359,25 @@ mod tests {
             b[k] = v;
             b
         };
-        assert_eq!(field(parse_replay(&with("start", json!("yesterday")), now)), "start");
+        assert_eq!(
+            field(parse_replay(&with("start", json!("yesterday")), now)),
+            "start"
+        );
         assert_eq!(field(parse_replay(&with("end", json!(1)), now)), "end");
-        assert_eq!(field(parse_replay(&with("end", json!(now + 60_000)), now)), "end");
-        assert_eq!(field(parse_replay(&with("rules", json!([3])), now)), "rules[0]");
+        assert_eq!(
+            field(parse_replay(&with("end", json!(now + 60_000)), now)),
+            "end"
+        );
+        assert_eq!(
+            field(parse_replay(&with("rules", json!([3])), now)),
+            "rules[0]"
+        );
         assert_eq!(field(parse_replay(&with("rules", json!([])), now)), "rules");
         assert_eq!(field(parse_replay(&with("bus", json!(null)), now)), "bus");
-        assert_eq!(field(parse_replay(&with("archive", json!("../x")), now)), "archive");
+        assert_eq!(
+            field(parse_replay(&with("archive", json!("../x")), now)),
+            "archive"
+        );
         assert_eq!(field(parse_replay(&with("speed", json!(1)), now)), "speed");
         assert_eq!(field(parse_replay(&json!("x"), now)), "body");
     }

@@ -82,11 +82,21 @@ fn job(name: &str, r: &Value) -> Job {
     let u = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
     Job {
         name: name.to_string(),
-        bus: r.get("bus").and_then(Value::as_str).unwrap_or("").to_string(),
-        archive: r.get("archive").and_then(Value::as_str).unwrap_or("").to_string(),
+        bus: r
+            .get("bus")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        archive: r
+            .get("archive")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
         start_ms: u("startMs"),
         end_ms: u("endMs"),
-        rules: r.get("rules").and_then(|v| serde_json::from_value(v.clone()).ok()),
+        rules: r
+            .get("rules")
+            .and_then(|v| serde_json::from_value(v.clone()).ok()),
         position: r
             .get("position")
             .and_then(|p| serde_json::from_value::<(u64, u64)>(p.clone()).ok()),

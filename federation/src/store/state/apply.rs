@@ -398,9 +398,15 @@ fn archive_command(
                     .and_then(serde_json::Value::as_str)
                     .unwrap_or("")
                     .to_string();
-                return Ok(CommandResponse::Refused(Refusal::ReplayExists { name, state }));
+                return Ok(CommandResponse::Refused(Refusal::ReplayExists {
+                    name,
+                    state,
+                }));
             }
-            let bus = spec.get("bus").and_then(serde_json::Value::as_str).unwrap_or("");
+            let bus = spec
+                .get("bus")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
             let archive = spec
                 .get("archive")
                 .and_then(serde_json::Value::as_str)
@@ -432,7 +438,10 @@ fn archive_command(
                 .unwrap_or("")
                 .to_string();
             if REPLAY_FINAL_STATES.contains(&state.as_str()) {
-                return Ok(CommandResponse::Refused(Refusal::ReplayFinished { name, state }));
+                return Ok(CommandResponse::Refused(Refusal::ReplayFinished {
+                    name,
+                    state,
+                }));
             }
             if let (serde_json::Value::Object(m), serde_json::Value::Object(u)) = (old, update) {
                 for (k, v) in u {

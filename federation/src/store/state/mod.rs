@@ -223,7 +223,9 @@ impl SiteState {
         // finished deleting them) lose their files.
         for (bus, name) in archive.names() {
             if !view.archives.contains_key(&(bus.clone(), name.clone())) {
-                archive.remove(&bus, &name).map_err(|e| fail(e.to_string()))?;
+                archive
+                    .remove(&bus, &name)
+                    .map_err(|e| fail(e.to_string()))?;
             }
         }
         let state = SiteState {

@@ -244,9 +244,7 @@ impl SiteState {
                 .and_then(serde_json::Value::as_u64)
                 .unwrap_or(0);
             let lo = (self.archive.last_index(bus, name) + 1).max(created + 1);
-            self.archive
-                .mark_hole(bus, name, lo, upto)
-                .map_err(werr)?;
+            self.archive.mark_hole(bus, name, lo, upto).map_err(werr)?;
         }
         Ok(())
     }
