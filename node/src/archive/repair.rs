@@ -19,11 +19,8 @@ pub async fn run(site: Site, endpoint: Endpoint) {
         tokio::time::sleep(EVERY).await;
         let archives: Vec<(String, String)> = site.state.view().archives.keys().cloned().collect();
         for (bus, name) in archives {
-            loop {
-                let Some((from, upto)) = site.state.archive().holes(&bus, &name).first().copied()
-                else {
-                    break;
-                };
+            while let Some((from, upto)) = site.state.archive().holes(&bus, &name).first().copied()
+            {
                 match fill_once(&site, &endpoint, &bus, &name, from, upto).await {
                     Ok(true) => continue,
                     Ok(false) => break,

@@ -52,9 +52,9 @@ pub async fn lead(ctx: Arc<Context>) {
             .collect();
         running.retain(|n, h| active.contains(n) && !h.0.is_finished());
         for name in active {
-            if !running.contains_key(&name) {
-                let task = tokio::spawn(run_one(ctx.clone(), name.clone()));
-                running.insert(name, AbortOnDrop(task));
+            if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(name) {
+                let task = tokio::spawn(run_one(ctx.clone(), slot.key().clone()));
+                slot.insert(AbortOnDrop(task));
             }
         }
         tokio::select! {
