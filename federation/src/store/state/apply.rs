@@ -113,12 +113,10 @@ impl SiteState {
                             | Command::LinkEnqueue { .. }
                             | Command::LinkAcked { .. }
                             | Command::LinkReceive { .. }
+                            // Progress, not configuration: nothing to reconcile.
+                            | Command::UpdateReplay { .. }
                     ) {
                         config_changed = true;
-                    }
-                    if matches!(cmd, Command::UpdateReplay { .. }) {
-                        // Progress, not configuration: nothing to reconcile.
-                        config_changed = false;
                     }
                     let kind = cmd.kind();
                     let t = std::time::Instant::now();
@@ -144,6 +142,14 @@ impl SiteState {
                         )?,
                         cmd => apply_command(&txn, &mut next, cmd)?,
                     };
+                    // A deleted archive loses its files at once (the delete
+                    // is committed: a crash before the state commits applies
+                    // it again), so one re-created later in this batch
+                    // starts empty.
+                    for key in archives_removed.drain(..) {
+                        archived.remove(&key);
+                        self.archive.remove(&key.0, &key.1).map_err(werr)?;
+                    }
                     if let (Some((ms, entries)), CommandResponse::Appended(outcomes)) =
                         (archive_input, &resp)
                     {
@@ -191,13 +197,6 @@ impl SiteState {
             }
         }
         txn.commit().map_err(werr)?;
-        for (bus, name) in &archives_removed {
-            if !next.archives.contains_key(&(bus.clone(), name.clone()))
-                && let Err(e) = self.archive.remove(bus, name)
-            {
-                tracing::warn!(bus, archive = name, error = %e, "cannot delete an archive's files");
-            }
-        }
         if let Some(now) = expire_at {
             self.expire_archives(&next, now);
         }

@@ -98,6 +98,10 @@ impl SiteState {
     pub fn flush_for_snapshot(&self) -> SResult<StateRead> {
         let db = self.db();
         let txn = db.begin_read().map_err(rerr)?;
+        // The archives first: their records of the entries the read sees
+        // were written before those entries' state commits, and the log
+        // before this point may be purged once this returns.
+        self.archive.sync().map_err(werr)?;
         let mut flush = db.begin_write().map_err(werr)?;
         flush.set_durability(Durability::Immediate).map_err(werr)?;
         flush.commit().map_err(werr)?;
