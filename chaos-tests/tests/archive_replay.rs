@@ -10,7 +10,8 @@
 //!   killed with SIGKILL while it runs: the replay completes under the new
 //!   leader, every archived event of the window reached the receiver at
 //!   least once with `replayname` set, in order per source, and no event
-//!   outside the window was replayed.
+//!   outside the window was replayed;
+//! - the killed leader, restarted, ends with the same archive as the others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -258,6 +259,20 @@ async fn a_replay_survives_a_leader_kill_and_a_rebuilt_follower_keeps_the_archiv
             .find(|i| *i != follower)
             .context("a third node")?;
         let odata = c.node_by_id(other)?.data_dir()?;
+        let ldata = c.node_by_id(leader)?.data_dir()?;
+        // The old leader (killed with SIGKILL, restarted) catches up.
+        let new_leader = c.leader(Duration::from_secs(20)).await?;
+        wait_for(
+            "the restarted old leader to apply everything",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || async {
+                let want = index(&c.status(new_leader).await.ok()?, "appliedIndex");
+                let got = index(&c.status(leader).await.ok()?, "appliedIndex");
+                (got >= want).then_some(())
+            },
+        )
+        .await?;
         for id in c.ids() {
             c.kill_9(id)?;
         }
@@ -272,6 +287,13 @@ async fn a_replay_survives_a_leader_kill_and_a_rebuilt_follower_keeps_the_archiv
             got == want,
             "the rebuilt follower's archive differs: {} events, the others {}",
             got.len(),
+            want.len()
+        );
+        let killed: Vec<(u64, Vec<u8>)> = archived(&ldata)?.into_iter().map(|(_, s, j)| (s, j)).collect();
+        anyhow::ensure!(
+            killed == want,
+            "the archive of the leader killed with SIGKILL differs: {} events, the others {}",
+            killed.len(),
             want.len()
         );
         Ok(())
