@@ -496,7 +496,7 @@ fn publish_lag(ctx: &Context) {
         map.iter().map(|(k, s)| (k.clone(), s.cursor)).collect()
     };
     for (key, cursor) in keys {
-        if key.starts_with("link-in/") {
+        if key.starts_with("link-in/") || key.starts_with("replay:") {
             continue;
         }
         let mut parts = key.splitn(3, '/');
