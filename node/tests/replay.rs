@@ -326,3 +326,129 @@ async fn a_replay_sends_one_windows_archived_events_again_to_the_named_rule_only
     assert_eq!(s, 404);
     assert!(!dir.path().join("data/archive/default/orders").exists());
 }
+
+/// `strait archive ...` and `strait replay ...` against a real node process.
+#[test]
+fn the_command_line_manages_archives_and_replays() {
+    use std::process::{Command, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_strait");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--dev",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn node");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut child);
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", url.as_str()]);
+        Command::new(BIN).args(&all).output().expect("run strait")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run(&["archive", "ls"]).status.success() {
+        assert!(Instant::now() < deadline, "node never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run(&[
+        "archive",
+        "put",
+        "orders",
+        "--pattern",
+        r#"{"type": ["order"]}"#,
+        "--retention-days",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["archive", "ls"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("orders") && text.contains("3d"), "{text}");
+    let out = run(&["archive", "put", "bad", "--pattern", r#"{"type": "order"}"#]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HTTP 400") && err.contains("pattern"), "{err}");
+    let out = run(&[
+        "replay",
+        "start",
+        "rp",
+        "--archive",
+        "orders",
+        "--start",
+        "2026-01-01T00:00:00Z",
+        "--end",
+        "2025-01-01T00:00:00Z",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("end: must be later than start"), "{err}");
+    let out = run(&[
+        "replay",
+        "start",
+        "rp",
+        "--archive",
+        "orders",
+        "--start",
+        "2026-01-01T00:00:00Z",
+        "--end",
+        "1000",
+    ]);
+    assert!(!out.status.success());
+    let out = run(&[
+        "replay",
+        "start",
+        "rp",
+        "--archive",
+        "orders",
+        "--start",
+        "0",
+        "--end",
+        "1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run(&["replay", "status", "rp"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if v["state"] == "COMPLETED" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replay never completed: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run(&["replay", "ls"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("COMPLETED"));
+    let out = run(&["replay", "cancel", "rp"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("HTTP 409"), "{err}");
+    let out = run(&["archive", "rm", "orders"]);
+    assert!(out.status.success());
+    let out = run(&["archive", "get", "orders"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 404"));
+}
