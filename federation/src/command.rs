@@ -144,6 +144,44 @@ pub enum Command {
         #[serde(default)]
         specs: Vec<LinkSpec>,
     },
+    /// Create or update an archive of a bus (see
+    /// [`crate::store::archive`]): `spec` holds `pattern` (optional),
+    /// `retentionDays` (0: forever) and `description`. Events appended
+    /// after it is applied that match are archived at every node of the
+    /// site.
+    PutArchive {
+        /// The bus.
+        bus: String,
+        /// Archive name.
+        name: String,
+        /// The validated definition (JSON).
+        spec: serde_json::Value,
+    },
+    /// Delete an archive and its archived events.
+    DeleteArchive {
+        /// The bus.
+        bus: String,
+        /// Archive name.
+        name: String,
+    },
+    /// Start a replay (refused when a replay of that name exists): `spec`
+    /// names the archive (`bus`, `archive`), the window (`startMs`,
+    /// `endMs`) and optionally `rules`.
+    StartReplay {
+        /// Replay name.
+        name: String,
+        /// The validated definition (JSON).
+        spec: serde_json::Value,
+    },
+    /// Update a replay's state and progress: the fields of `update`
+    /// replace the replay's (refused once the replay is `COMPLETED`,
+    /// `CANCELLED` or `FAILED`).
+    UpdateReplay {
+        /// Replay name.
+        name: String,
+        /// Fields to set (JSON object).
+        update: serde_json::Value,
+    },
 }
 
 impl Command {
@@ -163,6 +201,10 @@ impl Command {
             Command::LinkEnqueue { .. } => "link_enqueue",
             Command::LinkAcked { .. } => "link_acked",
             Command::LinkReceive { .. } => "link_receive",
+            Command::PutArchive { .. } => "put_archive",
+            Command::DeleteArchive { .. } => "delete_archive",
+            Command::StartReplay { .. } => "start_replay",
+            Command::UpdateReplay { .. } => "update_replay",
         }
     }
 }
@@ -236,6 +278,22 @@ pub enum Refusal {
         /// The missing bus.
         bus: String,
     },
+    /// A replay of this name exists already.
+    #[error("replay `{name}` exists already (its state: {state}); pick another name")]
+    ReplayExists {
+        /// The replay.
+        name: String,
+        /// Its state.
+        state: String,
+    },
+    /// The replay is over and cannot change any more.
+    #[error("replay `{name}` is {state} and cannot change any more")]
+    ReplayFinished {
+        /// The replay.
+        name: String,
+        /// Its state.
+        state: String,
+    },
     /// The bus is the dead-letter bus of rules (`bus/rule` each).
     #[error(
         "bus `{bus}` is the dead-letter bus of rules: {} (change or delete them first)", rules.join(", ")
@@ -272,6 +330,20 @@ pub enum NotFound {
     #[error("source `{name}` does not exist")]
     Source {
         /// The source.
+        name: String,
+    },
+    /// No archive of this name on the bus.
+    #[error("archive `{name}` does not exist on bus `{bus}`")]
+    Archive {
+        /// The bus.
+        bus: String,
+        /// The archive.
+        name: String,
+    },
+    /// No replay of this name.
+    #[error("replay `{name}` does not exist")]
+    Replay {
+        /// The replay.
         name: String,
     },
     /// No outbox to this site (a link acknowledgement from a site this one

@@ -56,6 +56,48 @@ pub const METHOD_INSTALL_SNAPSHOT: u16 = 0x0103;
 pub const METHOD_CLIENT_WRITE: u16 = 0x0201;
 /// Added to a site-group method to address the control group instead.
 pub const CONTROL_METHOD_BIT: u16 = 0x0080;
+/// Read archived events of a range of log entries from a peer of the site
+/// (to fill the hole a snapshot install left; see
+/// [`crate::store::archive`]).
+pub const METHOD_ARCHIVE_FETCH: u16 = 0x0401;
+
+/// What [`fetch_archive`] asks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchiveFetch {
+    /// The bus.
+    pub bus: String,
+    /// The archive.
+    pub name: String,
+    /// First log index wanted.
+    pub from: u64,
+    /// Last log index wanted.
+    pub upto: u64,
+}
+
+/// Ask `peer` (a node of this site) for the archived events of the entries
+/// `req.from..=req.upto`: the records (see
+/// [`crate::store::archive::decode_records`]) and the last index they
+/// cover (whole entries, at most about 4 MiB per answer). Refused when
+/// the peer lacks part of the range itself.
+pub async fn fetch_archive(
+    peer: &PeerClient,
+    req: &ArchiveFetch,
+) -> Result<(Vec<crate::store::archive::ArchivedEvent>, u64), FederationError> {
+    let body =
+        Bytes::from(serde_json::to_vec(req).map_err(|e| FederationError::Write(e.to_string()))?);
+    let reply = peer
+        .request(METHOD_ARCHIVE_FETCH, body)
+        .await
+        .map_err(|e| FederationError::Unreachable(format!("{}: {e}", peer.peer())))?;
+    if reply.len() < 8 {
+        return Err(FederationError::Write("archive fetch: short answer".into()));
+    }
+    let mut upto = [0u8; 8];
+    upto.copy_from_slice(&reply[..8]);
+    let events = crate::store::archive::decode_records(&reply[8..])
+        .map_err(|e| FederationError::Write(format!("archive fetch: {e}")))?;
+    Ok((events, u64::from_le_bytes(upto)))
+}
 
 /// Which of a node's two Raft groups an RPC is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +138,7 @@ impl Group {
 
     /// The identity the certificate of member `id` (described by `node`)
     /// must carry; `own_site` for site groups.
-    fn identity(self, id: NodeId, node: &NodeInfo, own_site: &str) -> NodeIdentity {
+    pub fn identity(self, id: NodeId, node: &NodeInfo, own_site: &str) -> NodeIdentity {
         match self {
             Group::Site => NodeIdentity {
                 node_id: id,
@@ -452,6 +494,7 @@ pub struct RaftService {
     site: String,
     raft: OnceLock<Raft>,
     control: OnceLock<Raft>,
+    state: OnceLock<Arc<crate::SiteState>>,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -471,7 +514,13 @@ impl RaftService {
             site: site.into(),
             raft: OnceLock::new(),
             control: OnceLock::new(),
+            state: OnceLock::new(),
         })
+    }
+
+    /// Serve archive fetches from `state` (only the first call counts).
+    pub fn set_state(&self, state: Arc<crate::SiteState>) {
+        let _ = self.state.set(state);
     }
 
     /// Start serving `raft` (only the first call counts).
@@ -546,6 +595,7 @@ impl Handler for RaftService {
         // membership decides); a site group only takes its own site's.
         let site_ok = group == Group::Control || req.peer.site == self.site;
         let site = self.site.clone();
+        let state = self.state.get().cloned();
         Box::pin(async move {
             if !site_ok {
                 return Err(WireError::new(
@@ -602,6 +652,37 @@ impl Handler for RaftService {
                         Err(e) => ForwardReply::Failed(e.to_string()),
                     };
                     reply(&answer)
+                }
+                METHOD_ARCHIVE_FETCH if group == Group::Site => {
+                    check(None, true)?;
+                    let ask: ArchiveFetch = serde_json::from_slice(&req.body)
+                        .map_err(|e| bad_request("archive-fetch", e))?;
+                    let Some(state) = state else {
+                        return Err(WireError::new(codes::UNAVAILABLE, "no archive here (yet)"));
+                    };
+                    let lacks = state
+                        .archive()
+                        .holes(&ask.bus, &ask.name)
+                        .iter()
+                        .any(|(lo, hi)| *lo <= ask.upto && *hi >= ask.from);
+                    if lacks {
+                        return Err(WireError::new(
+                            codes::UNAVAILABLE,
+                            "this node lacks part of that range too",
+                        ));
+                    }
+                    let (records, upto) = tokio::task::spawn_blocking(move || {
+                        state
+                            .archive()
+                            .read_range(&ask.bus, &ask.name, ask.from, ask.upto, 4 << 20)
+                    })
+                    .await
+                    .map_err(|e| WireError::new(codes::INTERNAL, e.to_string()))?
+                    .map_err(|e| WireError::new(codes::INTERNAL, e.to_string()))?;
+                    let mut out = Vec::with_capacity(8 + records.len());
+                    out.extend_from_slice(&upto.to_le_bytes());
+                    out.extend_from_slice(&records);
+                    Ok(Bytes::from(out))
                 }
                 m => Err(WireError::new(
                     codes::UNKNOWN_METHOD,

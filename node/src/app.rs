@@ -262,6 +262,7 @@ async fn lead(site: Site, writer: Writer, dispatch: Arc<Context>, control: Optio
                     dispatch.cfg.buses.clone(),
                 )))
             });
+            let _replays = AbortOnDrop(tokio::spawn(crate::replay::runner::lead(dispatch.clone())));
             crate::dispatch::lead(dispatch.clone()).await
         };
         tokio::select! {

@@ -10,6 +10,7 @@
 //! lost. Events and link deliveries are stored in blocks, one row per bus
 //! (or remote site) and log entry ([`blocks`]).
 
+pub mod archive;
 mod block_table;
 pub mod blocks;
 pub mod fault;

@@ -29,6 +29,7 @@ macro_rules! out {
 
 mod client;
 mod events;
+mod replay;
 mod serve;
 
 /// Write command output to stdout. A reader that closed the pipe ends the
@@ -81,6 +82,12 @@ pub enum Commands {
     /// Start or stop a cluster of local processes on loopback.
     #[command(subcommand)]
     Local(LocalCommand),
+    /// Archives of a bus: create, show, list, delete.
+    #[command(subcommand)]
+    Archive(replay::ArchiveCommand),
+    /// Replays of an archive: start, status, list, cancel.
+    #[command(subcommand)]
+    Replay(replay::ReplayCommand),
 }
 
 /// `strait cluster ...`.
@@ -365,6 +372,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Cluster(c) => client::cluster(c).await.map(|_| ExitCode::SUCCESS),
         Commands::Events(c) => events::run(c).await.map(|_| ExitCode::SUCCESS),
         Commands::Local(c) => local(c).await.map(|_| ExitCode::SUCCESS),
+        Commands::Archive(c) => replay::archive(c).await.map(|_| ExitCode::SUCCESS),
+        Commands::Replay(c) => replay::replay(c).await.map(|_| ExitCode::SUCCESS),
     }
 }
 

@@ -169,6 +169,12 @@ impl ConfigWriter {
         }
     }
 
+    /// Writes to this site's own log (archives and replays are the site's,
+    /// not the federation's shared configuration).
+    pub fn site_writer(&self) -> &Writer {
+        &self.writer
+    }
+
     /// The shared configuration (this node's replica of the control
     /// group's state), when there is a control group.
     pub fn shared(&self) -> Option<&SiteState> {

@@ -283,6 +283,8 @@ pub async fn open_site(
     let bootstrap = bootstrap(cfg);
     let site = Site::open_with_network(opts, QuicNetwork::new(endpoint.clone()), bootstrap).await?;
     service.set_raft(site.raft.clone());
+    service.set_state(site.state.clone());
+    tokio::spawn(crate::archive::repair::run(site.clone(), endpoint.clone()));
     link.start(site.clone(), endpoint.clone());
     let control = if cfg.control.enabled() {
         let control = crate::cluster::control::open(cfg, &endpoint).await?;

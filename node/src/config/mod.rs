@@ -52,6 +52,10 @@ pub struct Dispatch {
     pub checkpoint_interval_ms: u64,
     /// Events read from storage per batch.
     pub read_batch: usize,
+    /// Most events a replay sends per second (each replay on its own), so
+    /// that replays leave the targets room for live traffic (see
+    /// docs/replay.md).
+    pub replay_max_events_per_sec: u64,
 }
 
 impl Default for Dispatch {
@@ -59,6 +63,7 @@ impl Default for Dispatch {
         Dispatch {
             checkpoint_interval_ms: 200,
             read_batch: 256,
+            replay_max_events_per_sec: 1000,
         }
     }
 }

@@ -216,39 +216,11 @@ fn reconcile(
         }
         let t = &compiled.spec.targets[idx];
         let remote_site = t.site.clone().filter(|s| *s != ctx.cfg.site);
-        let sink: Arc<dyn Sink> = if let Some(remote) = &remote_site {
-            Arc::new(crate::links::LinkSink {
-                remote: remote.clone(),
-                bus: bus.clone(),
-                rule: rule_name.clone(),
-                spec: match serde_json::value::to_raw_value(&json) {
-                    Ok(spec) => Arc::new(strait_federation::LinkSpec {
-                        hash: strait_federation::link::proto::spec_hash(spec.get().as_bytes()),
-                        spec,
-                    }),
-                    Err(e) => {
-                        tracing::error!(target_key = key, error = %e, "rule cannot be encoded; not dispatching to it");
-                        continue;
-                    }
-                },
-                target: t.id.clone(),
-                outbox: ctx.outbox.clone(),
-                state: ctx.state.clone(),
-                limit: ctx.cfg.federation.max_outbox,
-            })
-        } else {
-            let from = crate::dispatch::bus_target::Provenance {
-                site: ctx.cfg.site.clone(),
-                bus: bus.clone(),
-                rule: rule_name.clone(),
-                target: t.id.clone(),
-            };
-            match build_sink(ctx, t, from, true) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(target_key = key, error = %e, "target cannot be built; not dispatching to it");
-                    continue;
-                }
+        let sink = match target_sink(ctx, &bus, &rule_name, &json, t) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(target_key = key, error = %e, "target cannot be built; not dispatching to it");
+                continue;
             }
         };
         let Some(feed) = feeds.get(&bus).map(|f| f.feed.clone()) else {
@@ -278,6 +250,115 @@ fn reconcile(
             },
         );
     }
+}
+
+/// The running sink of target `t` of rule `rule_name` (definition `json`)
+/// of `bus`: the link to the target's site, or the target itself.
+fn target_sink(
+    ctx: &Arc<Context>,
+    bus: &str,
+    rule_name: &str,
+    json: &Value,
+    t: &crate::config::rule::TargetSpec,
+) -> Result<Arc<dyn Sink>, String> {
+    let remote_site = t.site.clone().filter(|s| *s != ctx.cfg.site);
+    if let Some(remote) = &remote_site {
+        let spec = serde_json::value::to_raw_value(json)
+            .map_err(|e| format!("rule cannot be encoded: {e}"))?;
+        return Ok(Arc::new(crate::links::LinkSink {
+            remote: remote.clone(),
+            bus: bus.to_string(),
+            rule: rule_name.to_string(),
+            spec: Arc::new(strait_federation::LinkSpec {
+                hash: strait_federation::link::proto::spec_hash(spec.get().as_bytes()),
+                spec,
+            }),
+            target: t.id.clone(),
+            outbox: ctx.outbox.clone(),
+            state: ctx.state.clone(),
+            limit: ctx.cfg.federation.max_outbox,
+        }));
+    }
+    let from = crate::dispatch::bus_target::Provenance {
+        site: ctx.cfg.site.clone(),
+        bus: bus.to_string(),
+        rule: rule_name.to_string(),
+        target: t.id.clone(),
+    };
+    build_sink(ctx, t, from, true)
+}
+
+/// One target a replay sends to: a target of one of the bus's rules, built
+/// as the dispatcher builds it (a target at another site is reached
+/// through the link), with its own progress key.
+pub struct ReplayTarget {
+    worker: Arc<TargetWorker>,
+}
+
+impl ReplayTarget {
+    /// Match the event (`value`, marked as replayed) against the target's
+    /// rule, transform and deliver it with the target's retries and dead
+    /// letter; returns once it is delivered, dead-lettered or not matched.
+    pub async fn deliver(&self, ingest_ms: u64, value: Value) {
+        self.worker.clone().deliver_parsed(ingest_ms, value).await;
+    }
+}
+
+/// The key of a replay's figures for one target.
+pub fn replay_key(replay: &str, bus: &str, rule: &str, target: &str) -> String {
+    format!("replay:{replay}/{bus}/{rule}/{target}")
+}
+
+/// The targets of `rules` of `bus` (every rule when `None`) as they are
+/// now, for the replay `replay`; rules that do not exist are skipped (the
+/// caller checks names).
+pub fn replay_targets(
+    ctx: &Arc<Context>,
+    bus: &str,
+    rules: Option<&[String]>,
+    replay: &str,
+) -> Result<Vec<ReplayTarget>, String> {
+    let defs: Vec<(String, Value)> = {
+        let view = ctx.state.view();
+        view.rules
+            .iter()
+            .filter(|((b, r), _)| b == bus && rules.is_none_or(|names| names.contains(r)))
+            .map(|((_, r), v)| (r.clone(), v.clone()))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (rule_name, json) in defs {
+        let spec = serde_json::from_value::<RuleSpec>(json.clone())
+            .map_err(|e| format!("rule {rule_name}: {e}"))?;
+        let compiled = Arc::new(
+            spec.compile()
+                .map_err(|e| format!("rule {rule_name}: {e}"))?,
+        );
+        for (idx, t) in compiled.spec.targets.iter().enumerate() {
+            let sink = target_sink(ctx, bus, &rule_name, &json, t)
+                .map_err(|e| format!("rule {rule_name}, target {}: {e}", t.id))?;
+            let key = replay_key(replay, bus, &rule_name, &t.id);
+            let remote = t.site.as_ref().is_some_and(|s| *s != ctx.cfg.site);
+            out.push(ReplayTarget {
+                worker: Arc::new(TargetWorker {
+                    ctx: ctx.clone(),
+                    key,
+                    metrics: WorkerMetrics::new(bus, &rule_name, &t.id),
+                    bus: bus.to_string(),
+                    rule_name: rule_name.clone(),
+                    rule: compiled.clone(),
+                    idx,
+                    sink,
+                    feed: BusFeed::new(0, 0, RuleSet::default()),
+                    version: 0,
+                    prematched: false,
+                    via_link: remote,
+                    origin: None,
+                }),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The replicated form of a target's live counters.
@@ -415,7 +496,7 @@ fn publish_lag(ctx: &Context) {
         map.iter().map(|(k, s)| (k.clone(), s.cursor)).collect()
     };
     for (key, cursor) in keys {
-        if key.starts_with("link-in/") {
+        if key.starts_with("link-in/") || key.starts_with("replay:") {
             continue;
         }
         let mut parts = key.splitn(3, '/');

@@ -288,6 +288,18 @@ impl TargetWorker {
         }
     }
 
+    /// Match (unless prematched), transform and deliver an event read
+    /// elsewhere (a replay's); returns once it is finished.
+    pub(super) async fn deliver_parsed(self: Arc<Self>, ingest_ms: u64, value: Value) {
+        self.process(Pending::Parsed {
+            seq: 0,
+            ingest_ms,
+            value,
+            parent: None,
+        })
+        .await;
+    }
+
     /// Match, transform, deliver with retries; returns the event's seq once
     /// it is finished (delivered, dead-lettered or not matched).
     async fn process(self: Arc<Self>, pending: Pending) -> u64 {

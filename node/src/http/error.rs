@@ -158,6 +158,8 @@ pub(super) fn command_result(resp: CommandResponse) -> ApiResult<()> {
                 NotFound::Bus { .. } => "BusNotFound",
                 NotFound::Source { .. } => "SourceNotFound",
                 NotFound::Rule { .. } => "RuleNotFound",
+                NotFound::Archive { .. } => "ArchiveNotFound",
+                NotFound::Replay { .. } => "ReplayNotFound",
                 // Only a link acknowledgement answers this, never the API.
                 NotFound::Link { .. } => "NotFound",
             };
@@ -176,6 +178,12 @@ pub(super) fn command_result(resp: CommandResponse) -> ApiResult<()> {
             }
             Refusal::BusIsDeadLetter { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "BusIsDeadLetter", r.to_string())
+            }
+            Refusal::ReplayExists { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "ReplayExists", r.to_string())
+            }
+            Refusal::ReplayFinished { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "ReplayFinished", r.to_string())
             }
         }),
     }

@@ -2,6 +2,7 @@
 //! guard, bearer tokens) and one file per resource.
 
 mod alibaba;
+mod archives;
 mod aws;
 mod body;
 mod buses;
@@ -47,6 +48,19 @@ pub fn router(state: HttpState) -> Router {
         )
         .route("/v1/patterns:test", post(tools::test_pattern))
         .route("/v1/transforms:test", post(tools::test_transform))
+        .route("/v1/buses/{bus}/archives", get(archives::list))
+        .route(
+            "/v1/buses/{bus}/archives/{name}",
+            put(archives::put)
+                .get(archives::get)
+                .delete(archives::delete),
+        )
+        .route("/v1/replays", get(archives::list_replays))
+        .route(
+            "/v1/replays/{name}",
+            post(archives::start_replay).get(archives::get_replay),
+        )
+        .route("/v1/replays/{name}/cancel", post(archives::cancel_replay))
         .route("/v1/buses/{bus}/events", get(lookup::list))
         .route("/v1/buses/{bus}/events/{id}", get(lookup::get))
         .with_state(state.resources);

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::TypeConfig;
 use crate::command::{AppendOutcome, Command, CommandResponse, Conflict, NotFound, Refusal};
+use crate::store::archive::ArchivedEvent;
 use crate::store::block_table;
 use crate::store::blocks::BlockBuilder;
 use crate::store::tables::{BUSES, CURSORS, DEDUP, EVENTS, META, RULES, SOURCES};
@@ -30,8 +31,31 @@ fn dedup_key(bus: &str, source: &str, id: &str) -> String {
     format!("{bus}\u{0}{source}\u{0}{id}")
 }
 impl SiteState {
+    /// Delete archived events past their archive's retention (whole
+    /// segments; node-local, from the checkpoint's time).
+    fn expire_archives(&self, view: &View, now_ms: u64) {
+        for ((bus, name), spec) in &view.archives {
+            let days = spec
+                .get("retentionDays")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            if days == 0 {
+                continue;
+            }
+            let before = now_ms.saturating_sub(days.saturating_mul(86_400_000));
+            match self.archive.expire(bus, name, before) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(bus, archive = name, events = n, "archive retention"),
+                Err(e) => {
+                    tracing::warn!(bus, archive = name, error = %e, "archive retention failed")
+                }
+            }
+        }
+    }
+
     /// Make every earlier `Durability::None` commit durable.
     pub fn flush(&self) -> SResult<()> {
+        self.archive.sync().map_err(werr)?;
         let db = self.db();
         let mut txn = db.begin_write().map_err(werr)?;
         txn.set_durability(Durability::Immediate).map_err(werr)?;
@@ -60,6 +84,11 @@ impl SiteState {
         let started = std::time::Instant::now();
         let count = entries.len();
         let mut slowest: (&'static str, std::time::Duration) = ("", std::time::Duration::ZERO);
+        // Archive side effects: events to archive (in log order), archives
+        // deleted, the newest checkpoint time (retention).
+        let mut archived: BTreeMap<(String, String), Vec<ArchivedEvent>> = BTreeMap::new();
+        let mut archives_removed: Vec<(String, String)> = Vec::new();
+        let mut expire_at: Option<u64> = None;
         for entry in entries {
             next.last_applied = Some(entry.log_id);
             let resp = match entry.payload {
@@ -84,12 +113,55 @@ impl SiteState {
                             | Command::LinkEnqueue { .. }
                             | Command::LinkAcked { .. }
                             | Command::LinkReceive { .. }
+                            // Progress, not configuration: nothing to reconcile.
+                            | Command::UpdateReplay { .. }
                     ) {
                         config_changed = true;
                     }
                     let kind = cmd.kind();
                     let t = std::time::Instant::now();
-                    let resp = apply_command(&txn, &mut next, cmd)?;
+                    let archive_input = match &cmd {
+                        Command::Append {
+                            ingest_ms, entries, ..
+                        } if !next.archives.is_empty() => Some((*ingest_ms, entries.clone())),
+                        _ => None,
+                    };
+                    if let Command::Checkpoint { now_ms, .. } = &cmd {
+                        expire_at = Some(*now_ms);
+                    }
+                    let resp = match cmd {
+                        cmd @ (Command::PutArchive { .. }
+                        | Command::DeleteArchive { .. }
+                        | Command::StartReplay { .. }
+                        | Command::UpdateReplay { .. }) => archive_command(
+                            &txn,
+                            &mut next,
+                            entry.log_id.index,
+                            cmd,
+                            &mut archives_removed,
+                        )?,
+                        cmd => apply_command(&txn, &mut next, cmd)?,
+                    };
+                    // A deleted archive loses its files at once (the delete
+                    // is committed: a crash before the state commits applies
+                    // it again), so one re-created later in this batch
+                    // starts empty.
+                    for key in archives_removed.drain(..) {
+                        archived.remove(&key);
+                        self.archive.remove(&key.0, &key.1).map_err(werr)?;
+                    }
+                    if let (Some((ms, entries)), CommandResponse::Appended(outcomes)) =
+                        (archive_input, &resp)
+                    {
+                        collect_archived(
+                            &next,
+                            entry.log_id.index,
+                            ms,
+                            &entries,
+                            outcomes,
+                            &mut archived,
+                        );
+                    }
                     let took = t.elapsed();
                     if took > slowest.1 {
                         slowest = (kind, took);
@@ -115,7 +187,19 @@ impl SiteState {
             meta.insert("stored_events", next.stored_events.to_string().as_bytes())
                 .map_err(werr)?;
         }
+        // The archive is written before the state commits, so it is never
+        // behind it (a re-applied entry is skipped by its log index).
+        for ((bus, name), events) in &archived {
+            if next.archives.contains_key(&(bus.clone(), name.clone())) {
+                self.archive
+                    .append(bus, name, events, durable)
+                    .map_err(werr)?;
+            }
+        }
         txn.commit().map_err(werr)?;
+        if let Some(now) = expire_at {
+            self.expire_archives(&next, now);
+        }
         let took = started.elapsed();
         macro_rules! slow_apply {
             ($level:ident) => {
@@ -207,6 +291,168 @@ fn sweep_dedup(txn: &WriteTransaction, horizon: u64) -> SResult<u64> {
             .map_err(werr)?;
     }
     Ok(gone)
+}
+
+/// The accepted events of an append that match each archive of their bus,
+/// added to `out` in log order.
+fn collect_archived(
+    view: &View,
+    index: u64,
+    ingest_ms: u64,
+    entries: &[crate::command::AppendEntry],
+    outcomes: &[AppendOutcome],
+    out: &mut BTreeMap<(String, String), Vec<ArchivedEvent>>,
+) {
+    // Patterns compiled once per apply of an entry.
+    let mut compiled: BTreeMap<(String, String), Option<strait_routing::pattern::Pattern>> =
+        BTreeMap::new();
+    for (e, outcome) in entries.iter().zip(outcomes) {
+        let AppendOutcome::Accepted(seq) = outcome else {
+            continue;
+        };
+        let mut parsed: Option<Option<serde_json::Value>> = None;
+        for ((bus, name), spec) in view.archives.range((e.bus.clone(), String::new())..) {
+            if *bus != e.bus {
+                break;
+            }
+            let key = (bus.clone(), name.clone());
+            let pattern = compiled.entry(key.clone()).or_insert_with(|| {
+                spec.get("pattern")
+                    .filter(|p| !p.is_null())
+                    .and_then(|p| strait_routing::pattern::Pattern::parse(p).ok())
+            });
+            if let Some(p) = pattern {
+                let value = parsed.get_or_insert_with(|| serde_json::from_str(e.event.get()).ok());
+                match value {
+                    Some(v) if p.matches(v) => {}
+                    _ => continue,
+                }
+            }
+            out.entry(key).or_default().push(ArchivedEvent {
+                index,
+                seq: *seq,
+                ingest_ms,
+                json: e.event.get().as_bytes().to_vec(),
+            });
+        }
+    }
+}
+
+/// Terminal replay states.
+pub const REPLAY_FINAL_STATES: [&str; 3] = ["COMPLETED", "CANCELLED", "FAILED"];
+
+fn save_archive_meta(txn: &WriteTransaction, view: &View) -> SResult<()> {
+    let mut meta = txn.open_table(META).map_err(werr)?;
+    let list: Vec<(&(String, String), &serde_json::Value)> = view.archives.iter().collect();
+    let a = serde_json::to_vec(&list).map_err(werr)?;
+    meta.insert("archives", a.as_slice()).map_err(werr)?;
+    let r = serde_json::to_vec(&view.replays).map_err(werr)?;
+    meta.insert("replays", r.as_slice()).map_err(werr)?;
+    Ok(())
+}
+
+/// Archive and replay commands (`index`: the entry's log index).
+fn archive_command(
+    txn: &WriteTransaction,
+    view: &mut View,
+    index: u64,
+    cmd: Command,
+    removed: &mut Vec<(String, String)>,
+) -> SResult<CommandResponse> {
+    let resp = match cmd {
+        Command::PutArchive { bus, name, spec } => {
+            if !view.buses.contains_key(&bus) {
+                return Ok(CommandResponse::NotFound(NotFound::Bus { name: bus }));
+            }
+            let mut spec = spec;
+            let key = (bus, name);
+            if let serde_json::Value::Object(m) = &mut spec {
+                // An update keeps when and where the archive began.
+                let old = view.archives.get(&key);
+                for k in ["createdIndex", "createdAt"] {
+                    if let Some(v) = old.and_then(|o| o.get(k)) {
+                        m.insert(k.to_string(), v.clone());
+                    }
+                }
+                m.entry("createdIndex").or_insert(index.into());
+            }
+            view.archives.insert(key, spec);
+            CommandResponse::Ok
+        }
+        Command::DeleteArchive { bus, name } => {
+            let key = (bus, name);
+            if view.archives.remove(&key).is_none() {
+                return Ok(CommandResponse::NotFound(NotFound::Archive {
+                    bus: key.0,
+                    name: key.1,
+                }));
+            }
+            removed.push(key);
+            CommandResponse::Ok
+        }
+        Command::StartReplay { name, spec } => {
+            if let Some(old) = view.replays.get(&name) {
+                let state = old
+                    .get("state")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                return Ok(CommandResponse::Refused(Refusal::ReplayExists {
+                    name,
+                    state,
+                }));
+            }
+            let bus = spec
+                .get("bus")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            let archive = spec
+                .get("archive")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            if !view
+                .archives
+                .contains_key(&(bus.to_string(), archive.to_string()))
+            {
+                return Ok(CommandResponse::NotFound(NotFound::Archive {
+                    bus: bus.to_string(),
+                    name: archive.to_string(),
+                }));
+            }
+            let mut spec = spec;
+            if let serde_json::Value::Object(m) = &mut spec {
+                m.insert("state".into(), "STARTING".into());
+                m.insert("startedIndex".into(), index.into());
+            }
+            view.replays.insert(name, spec);
+            CommandResponse::Ok
+        }
+        Command::UpdateReplay { name, update } => {
+            let Some(old) = view.replays.get_mut(&name) else {
+                return Ok(CommandResponse::NotFound(NotFound::Replay { name }));
+            };
+            let state = old
+                .get("state")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if REPLAY_FINAL_STATES.contains(&state.as_str()) {
+                return Ok(CommandResponse::Refused(Refusal::ReplayFinished {
+                    name,
+                    state,
+                }));
+            }
+            if let (serde_json::Value::Object(m), serde_json::Value::Object(u)) = (old, update) {
+                for (k, v) in u {
+                    m.insert(k, v);
+                }
+            }
+            CommandResponse::Ok
+        }
+        _ => CommandResponse::Ok,
+    };
+    save_archive_meta(txn, view)?;
+    Ok(resp)
 }
 
 /// A table of JSON rows by name (buses, rules, sources).
@@ -578,5 +824,10 @@ fn apply_command(
                 specs: &specs,
             },
         )?,
+        // Applied by `archive_command` (which knows the log index).
+        Command::PutArchive { .. }
+        | Command::DeleteArchive { .. }
+        | Command::StartReplay { .. }
+        | Command::UpdateReplay { .. } => CommandResponse::Ok,
     })
 }

@@ -138,6 +138,12 @@ pub struct View {
     /// walking every block (a walk reads the whole state through the page
     /// cache, every second, on the leader).
     pub stored_events: u64,
+    /// (bus, archive name) → archive definition (see
+    /// [`crate::store::archive`]), kept in the meta table (`archives`).
+    pub archives: BTreeMap<(String, String), serde_json::Value>,
+    /// Replay name → replay definition, state and progress, kept in the
+    /// meta table (`replays`).
+    pub replays: BTreeMap<String, serde_json::Value>,
 }
 /// The state of a site, shared by the Raft state machine (the only writer)
 /// and the node's readers (API, dispatcher).
@@ -158,6 +164,8 @@ pub struct SiteState {
     links_version: watch::Sender<u64>,
     /// [`SiteState::set_max_bytes`] (0: no limit).
     max_bytes: AtomicU64,
+    /// The archives' events on this node (outside the database).
+    archive: crate::store::archive::ArchiveStore,
 }
 
 /// The state holds as many bytes as the node allows (`max_state_bytes`):
@@ -205,6 +213,21 @@ impl SiteState {
             .map_err(|e| fail(e.to_string()))?;
         init_tables(&db).map_err(|e| fail(e.to_string()))?;
         let view = load_view(&db).map_err(|e| fail(e.to_string()))?;
+        let archive_dir = path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("archive");
+        let archive = crate::store::archive::ArchiveStore::open(&archive_dir)
+            .map_err(|e| fail(e.to_string()))?;
+        // Archives deleted while this node was down (or before a crash
+        // finished deleting them) lose their files.
+        for (bus, name) in archive.names() {
+            if !view.archives.contains_key(&(bus.clone(), name.clone())) {
+                archive
+                    .remove(&bus, &name)
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+        }
         let state = SiteState {
             db: RwLock::new(Arc::new(db)),
             cache_bytes,
@@ -215,6 +238,7 @@ impl SiteState {
             head: watch::Sender::new(0),
             links_version: watch::Sender::new(0),
             max_bytes: AtomicU64::new(0),
+            archive,
         };
         state.head.send_replace(view.next_seq);
         *state
@@ -238,6 +262,11 @@ impl SiteState {
         let limit = self.max_bytes.load(Ordering::Relaxed);
         let stored = self.view().stored_bytes;
         (limit > 0 && stored >= limit).then_some(StateFull { limit, stored })
+    }
+
+    /// The archives' events held by this node.
+    pub fn archive(&self) -> &crate::store::archive::ArchiveStore {
+        &self.archive
     }
 
     /// The current database.
@@ -409,6 +438,14 @@ fn load_view(db: &Database) -> SResult<View> {
     {
         let (k, v) = item.map_err(rerr)?;
         view.cursors.insert(k.value().to_string(), v.value());
+    }
+    if let Some(b) = get_meta("archives")? {
+        let list: Vec<((String, String), serde_json::Value)> =
+            serde_json::from_slice(&b).map_err(rerr)?;
+        view.archives = list.into_iter().collect();
+    }
+    if let Some(b) = get_meta("replays")? {
+        view.replays = serde_json::from_slice(&b).map_err(rerr)?;
     }
     let link_meta = txn
         .open_table(crate::store::tables::LINK_META)

@@ -98,6 +98,10 @@ impl SiteState {
     pub fn flush_for_snapshot(&self) -> SResult<StateRead> {
         let db = self.db();
         let txn = db.begin_read().map_err(rerr)?;
+        // The archives first: their records of the entries the read sees
+        // were written before those entries' state commits, and the log
+        // before this point may be purged once this returns.
+        self.archive.sync().map_err(werr)?;
         let mut flush = db.begin_write().map_err(werr)?;
         flush.set_durability(Durability::Immediate).map_err(werr)?;
         flush.commit().map_err(werr)?;
@@ -186,6 +190,10 @@ impl SiteState {
             }
         };
         let _writer = self.lock_writer();
+        // Before the switch: the entries the snapshot covers are a hole in
+        // this node's archives (filled from a peer later). Marked first, so
+        // a crash after the switch cannot leave the hole unrecorded.
+        self.mark_archive_holes(&view)?;
         let old_link = self.path.with_file_name(format!(
             "{name}.{REPLACED}{}",
             crate::store::paced_io::unique()
@@ -210,12 +218,38 @@ impl SiteState {
             std::mem::replace(&mut *slot, Arc::new(db))
         };
         let head = view.next_seq;
+        for (bus, name) in self.archive.names() {
+            if !view.archives.contains_key(&(bus.clone(), name.clone()))
+                && let Err(e) = self.archive.remove(&bus, &name)
+            {
+                tracing::warn!(bus, archive = name, error = %e, "cannot delete a deleted archive's files");
+            }
+        }
         *self.view_mut() = view;
         self.config_version.send_modify(|v| *v += 1);
         self.links_version.send_modify(|v| *v += 1);
         self.head.send_replace(head);
         drop(_writer);
         retire(old, &old_link);
+        Ok(())
+    }
+}
+
+impl SiteState {
+    /// Record, for every archive of the installed `view`, the log entries
+    /// this node will not apply (those the snapshot covers) as a hole.
+    fn mark_archive_holes(&self, view: &View) -> SResult<()> {
+        let Some(upto) = view.last_applied.map(|l| l.index) else {
+            return Ok(());
+        };
+        for ((bus, name), spec) in &view.archives {
+            let created = spec
+                .get("createdIndex")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            let lo = (self.archive.last_index(bus, name) + 1).max(created + 1);
+            self.archive.mark_hole(bus, name, lo, upto).map_err(werr)?;
+        }
         Ok(())
     }
 }
