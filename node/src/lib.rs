@@ -16,6 +16,7 @@ mod http;
 mod ingest;
 mod links;
 pub mod lookup;
+mod redrive;
 mod sources;
 mod telemetry;
 mod trace;

@@ -306,6 +306,7 @@ mod tests {
                     reason: None,
                 },
             ],
+            redrives: Vec::new(),
             unreachable_sites: vec!["aws".into()],
         };
         let text = waterfall(&l);

@@ -169,6 +169,12 @@ impl ConfigWriter {
         }
     }
 
+    /// Writes to this site's own log (through its leader), whatever
+    /// the control group: dispatch commands such as redrives and seeks.
+    pub fn site_writer(&self) -> &Writer {
+        &self.writer
+    }
+
     /// The shared configuration (this node's replica of the control
     /// group's state), when there is a control group.
     pub fn shared(&self) -> Option<&SiteState> {

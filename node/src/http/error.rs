@@ -158,6 +158,7 @@ pub(super) fn command_result(resp: CommandResponse) -> ApiResult<()> {
                 NotFound::Bus { .. } => "BusNotFound",
                 NotFound::Source { .. } => "SourceNotFound",
                 NotFound::Rule { .. } => "RuleNotFound",
+                NotFound::Target { .. } => "TargetNotFound",
                 // Only a link acknowledgement answers this, never the API.
                 NotFound::Link { .. } => "NotFound",
             };
