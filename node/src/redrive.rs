@@ -256,7 +256,10 @@ impl RedriveRequest {
                 "must be a JSON object: {\"ids\": [...]} or {\"all\": true}, optionally with \"to\"",
             ));
         };
-        if let Some(k) = m.keys().find(|k| !matches!(k.as_str(), "ids" | "all" | "to")) {
+        if let Some(k) = m
+            .keys()
+            .find(|k| !matches!(k.as_str(), "ids" | "all" | "to"))
+        {
             return Err(invalid(k, "unknown field (allowed: ids, all, to)"));
         }
         let all = match m.get("all") {
@@ -477,7 +480,11 @@ pub async fn redrive(
         let found = state
             .find_event(bus, Some(&e.source), &e.id)
             .map_err(|x| RedriveError::Unavailable(format!("state read failed: {x}")))?;
-        let Some(ev) = found.iter().find(|f| f.ingest_ms == e.ingest_ms).or(found.first()) else {
+        let Some(ev) = found
+            .iter()
+            .find(|f| f.ingest_ms == e.ingest_ms)
+            .or(found.first())
+        else {
             result.gone.push(e.id.clone());
             continue;
         };
@@ -531,15 +538,23 @@ impl SeekRequest {
     /// Check a request body.
     pub fn parse(body: &Value) -> Result<SeekRequest, RedriveError> {
         let Some(m) = body.as_object() else {
-            return Err(invalid("body", "must be a JSON object: {\"time\": RFC 3339}"));
+            return Err(invalid(
+                "body",
+                "must be a JSON object: {\"time\": RFC 3339}",
+            ));
         };
-        if let Some(k) = m.keys().find(|k| !matches!(k.as_str(), "time" | "allowPartial")) {
+        if let Some(k) = m
+            .keys()
+            .find(|k| !matches!(k.as_str(), "time" | "allowPartial"))
+        {
             return Err(invalid(k, "unknown field (allowed: time, allowPartial)"));
         }
-        let time = m
-            .get("time")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid("time", "required: an RFC 3339 time, e.g. 2026-01-02T03:04:05Z"))?;
+        let time = m.get("time").and_then(Value::as_str).ok_or_else(|| {
+            invalid(
+                "time",
+                "required: an RFC 3339 time, e.g. 2026-01-02T03:04:05Z",
+            )
+        })?;
         let t = chrono::DateTime::parse_from_rfc3339(time)
             .map_err(|e| invalid("time", format!("{time:?} is not an RFC 3339 time: {e}")))?;
         let time_ms = u64::try_from(t.timestamp_millis())
@@ -671,7 +686,10 @@ mod tests {
     #[test]
     fn redrive_requests_name_the_bad_field() {
         let ok = RedriveRequest::parse(&json!({"ids": ["a", "b"], "to": "t2"})).expect("ok");
-        assert_eq!(ok.ids.as_deref(), Some(&["a".to_string(), "b".to_string()][..]));
+        assert_eq!(
+            ok.ids.as_deref(),
+            Some(&["a".to_string(), "b".to_string()][..])
+        );
         assert_eq!(ok.to.as_deref(), Some("t2"));
         let all = RedriveRequest::parse(&json!({"all": true})).expect("all");
         assert!(all.ids.is_none());
@@ -701,7 +719,10 @@ mod tests {
         assert_eq!(field(json!({})), "time");
         assert_eq!(field(json!({"time": "yesterday"})), "time");
         assert_eq!(field(json!({"time": "1960-01-01T00:00:00Z"})), "time");
-        assert_eq!(field(json!({"time": "2026-01-02T03:04:05Z", "allowPartial": 1})), "allowPartial");
+        assert_eq!(
+            field(json!({"time": "2026-01-02T03:04:05Z", "allowPartial": 1})),
+            "allowPartial"
+        );
     }
 
     #[test]
@@ -711,7 +732,10 @@ mod tests {
             "traceparent": tp});
         let raw = delivery("b", "r", "t", "h", 42, ev.to_string().as_bytes()).expect("ok");
         let d: Delivery = serde_json::from_str(raw.get()).expect("a delivery");
-        assert_eq!((d.bus.as_str(), d.rule.as_str(), d.target.as_str()), ("b", "r", "t"));
+        assert_eq!(
+            (d.bus.as_str(), d.rule.as_str(), d.target.as_str()),
+            ("b", "r", "t")
+        );
         assert_eq!(d.ingest_ms, 42);
         assert_eq!(d.rule_hash.as_deref(), Some("h"));
         let back: Value = serde_json::from_str(d.event.get()).expect("json");

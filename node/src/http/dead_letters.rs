@@ -38,9 +38,11 @@ fn api_error(e: RedriveError) -> ApiError {
         e @ RedriveError::BeforeRetention { .. } => {
             ApiError::bad_request("BeforeRetention", format!("time: {e}"))
         }
-        e @ RedriveError::Unavailable(_) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", e.to_string())
-        }
+        e @ RedriveError::Unavailable(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            e.to_string(),
+        ),
     }
 }
 
@@ -93,7 +95,11 @@ async fn list_of(
         )
     })
     .await
-    .map_err(|e| api_error(RedriveError::Unavailable(format!("the listing failed: {e}"))))?;
+    .map_err(|e| {
+        api_error(RedriveError::Unavailable(format!(
+            "the listing failed: {e}"
+        )))
+    })?;
     r.map(Json).map_err(api_error)
 }
 

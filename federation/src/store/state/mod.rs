@@ -36,8 +36,7 @@ use tokio::sync::watch;
 pub use self::journal::START_MARK;
 pub use self::lookup::{
     CLOCK_SLACK_MS, DeadLetter, DeadLetterCursor, DeadLetterPage, DeadLetterQuery, EventFilter,
-    EventPage,
-    FoundEvent, LookupError, SCAN_LIMIT,
+    EventPage, FoundEvent, LookupError, SCAN_LIMIT,
 };
 pub use self::snapshot::{Applied, SnapshotImage, SnapshotInfo, StateRead};
 use crate::error::FederationError;
