@@ -80,7 +80,8 @@ pub(super) async fn dlq(c: DlqCommand) -> anyhow::Result<()> {
             segs.extend(["dead-letters", "redrive"]);
             let u = url(&server, &segs, &[])?;
             let v = post(&server, u, body, "redrive").await?;
-            let r: RedriveResult = serde_json::from_value(v).context("redrive: unexpected answer")?;
+            let r: RedriveResult =
+                serde_json::from_value(v).context("redrive: unexpected answer")?;
             outln!("redriven to {}: {} event(s)", r.to, r.redriven.len());
             if !r.not_found.is_empty() {
                 outln!("not dead letters of {target}: {}", r.not_found.join(", "));
@@ -158,7 +159,11 @@ pub(crate) fn table(l: &DeadLetterList) -> String {
             })
             .collect::<Vec<_>>()
             .join(",");
-        let redrive = if redrive.is_empty() { "-".into() } else { redrive };
+        let redrive = if redrive.is_empty() {
+            "-".into()
+        } else {
+            redrive
+        };
         let _ = writeln!(
             s,
             "{:<24} {:<10} {:<14} {:>8}  {:<24} {:<10} {}",
@@ -193,7 +198,10 @@ mod tests {
             "next": "12.ab"}))
         .expect("list");
         let t = table(&l);
-        assert!(t.contains("e1") && t.contains("dead-lettered") && t.contains("HTTP 503"), "{t}");
+        assert!(
+            t.contains("e1") && t.contains("dead-lettered") && t.contains("HTTP 503"),
+            "{t}"
+        );
         assert!(t.contains("delivered"), "{t}");
         assert!(t.contains("--next 12.ab"), "{t}");
     }
