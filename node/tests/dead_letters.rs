@@ -192,6 +192,24 @@ async fn dead_letters_are_listed_redriven_and_targets_seek() {
     assert_eq!(v["deadLetters"].as_array().map_or(0, Vec::len), 5, "{v}");
     let (_, v) = call(&app, "GET", &format!("{T}/b/dead-letters"), None).await;
     assert_eq!(v["deadLetters"], json!([]), "{v}");
+    // The dead-letter bus holds the events with their extensions.
+    let (s, v) = call(&app, "GET", "/v1/buses/orders-dlq/dead-letters", None).await;
+    assert_eq!(s, 200, "{v}");
+    let on_bus = v["deadLetters"].as_array().cloned().unwrap_or_default();
+    assert_eq!(on_bus.len(), 5, "{v}");
+    assert_eq!(
+        (on_bus[0]["rule"].clone(), on_bus[0]["target"].clone()),
+        (json!("orders/r"), json!("a"))
+    );
+    assert_eq!(on_bus[0]["attempts"], 2, "{v}");
+    let (s, v) = call(
+        &app,
+        "GET",
+        "/v1/buses/orders-dlq/dead-letters?cursor=x",
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
     // Paging: two, two, one.
     let mut ids = Vec::new();
     let mut next: Option<String> = None;

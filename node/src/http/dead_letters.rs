@@ -16,7 +16,8 @@ use crate::http::Resources;
 use crate::http::body::read_json;
 use crate::http::error::{ApiError, ApiResult};
 use crate::redrive::{
-    self, DeadLetterList, RedriveError, RedriveRequest, RedriveResult, SeekRequest, SeekResult,
+    self, BusDeadLetterList, DeadLetterList, RedriveError, RedriveRequest, RedriveResult,
+    SeekRequest, SeekResult,
 };
 
 /// Dead letters a page holds when `limit` is not given.
@@ -164,4 +165,53 @@ pub(super) async fn seek(
     .await
     .map(Json)
     .map_err(api_error)
+}
+
+/// `GET /v1/buses/{bus}/dead-letters?limit=&cursor=`: the dead letters a
+/// dead-letter bus holds (its events with `deadletter*` extensions).
+pub(super) async fn list_bus(
+    State(res): State<Arc<Resources>>,
+    Path(bus): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<BusDeadLetterList>> {
+    let mut limit = DEFAULT_LIMIT;
+    let mut cursor = None;
+    for (k, v) in params {
+        match k.as_str() {
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "InvalidParameter",
+                            format!("`limit`: {v:?} is not a number from 1 to {MAX_LIMIT}"),
+                        )
+                    })?
+            }
+            "cursor" => {
+                cursor = Some(v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(
+                        "InvalidParameter",
+                        format!("`cursor`: {v:?} is not a cursor (give a page's `nextCursor`)"),
+                    )
+                })?)
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "InvalidParameter",
+                    format!("`{other}`: unknown parameter (this route takes `limit` and `cursor`)"),
+                ));
+            }
+        }
+    }
+    let r = tokio::task::spawn_blocking(move || redrive::list_bus(&res.state, &bus, cursor, limit))
+        .await
+        .map_err(|e| {
+            api_error(RedriveError::Unavailable(format!(
+                "the listing failed: {e}"
+            )))
+        })?;
+    r.map(Json).map_err(api_error)
 }

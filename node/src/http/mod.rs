@@ -41,6 +41,7 @@ pub fn router(state: HttpState) -> Router {
             "/v1/buses/{bus}/rules/{rule}",
             put(rules::put).get(rules::get).delete(rules::delete),
         )
+        .route("/v1/buses/{bus}/dead-letters", get(dead_letters::list_bus))
         .route(
             "/v1/buses/{bus}/rules/{rule}/dead-letters",
             get(dead_letters::list_rule),
