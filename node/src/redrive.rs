@@ -621,9 +621,10 @@ pub async fn seek(
         state
             .list_events(bus, &filter, 0, 1, 1_000_000)
             .map(|p| p.events.into_iter().next())
+            .map_err(read)
     };
-    let oldest = first(None).map_err(read)?;
-    let to = match first(Some(req.time_ms)).map_err(read)? {
+    let oldest = first(None)?;
+    let to = match first(Some(req.time_ms))? {
         Some(e) => e.seq,
         None => next_seq,
     };

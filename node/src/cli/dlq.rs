@@ -65,7 +65,7 @@ pub(super) async fn dlq(c: DlqCommand) -> anyhow::Result<()> {
             to,
             ids,
         } => {
-            if all == !ids.is_empty() {
+            if all != ids.is_empty() {
                 anyhow::bail!("name the event ids to redrive, or give --all (not both)");
             }
             let mut body = if all {
