@@ -218,6 +218,85 @@ async fn redrive_survives_a_leader_kill() -> anyhow::Result<()> {
             },
         )
         .await?;
+
+        // The CLI lists them with their redrive; a seek back at the new
+        // leader's site re-delivers every event the bus still holds.
+        let strait = |args: Vec<String>| async move {
+            let out = tokio::process::Command::new(strait_bin()?)
+                .args(&args)
+                .output()
+                .await?;
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            anyhow::ensure!(
+                out.status.success(),
+                "strait {}: {stdout} {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(stdout)
+        };
+        let server = c.nodes[new_leader].base_url();
+        let ls = strait(
+            ["dlq", "ls", "--server", &server, "--rule", "r", "--target", "t", "--limit", "2"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .await?;
+        anyhow::ensure!(
+            ls.contains("ev-0") && ls.contains("delivered") && ls.contains("--next"),
+            "strait dlq ls: {ls}"
+        );
+        target.set_behavior(Behavior::Ok);
+        let before_seek = target.count();
+        // Before anything the bus holds: refused without --allow-partial.
+        let refused = tokio::process::Command::new(strait_bin()?)
+            .args([
+                "target", "seek", "--server", &server, "--rule", "r", "--target", "t", "--time",
+                "2001-01-01T00:00:00Z",
+            ])
+            .output()
+            .await?;
+        let err = String::from_utf8_lossy(&refused.stderr);
+        anyhow::ensure!(
+            !refused.status.success() && err.contains("retention_secs"),
+            "strait target seek before retention: {err}"
+        );
+        let out = strait(
+            [
+                "target",
+                "seek",
+                "--server",
+                &server,
+                "--rule",
+                "r",
+                "--target",
+                "t",
+                "--time",
+                "2001-01-01T00:00:00Z",
+                "--allow-partial",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await?;
+        anyhow::ensure!(
+            out.contains(&format!("re-delivers {N} event(s)")),
+            "strait target seek: {out}"
+        );
+        wait_for(
+            "every event again after the seek",
+            Duration::from_secs(120),
+            Duration::from_millis(200),
+            || async {
+                let again: BTreeSet<String> = target.requests()[before_seek..]
+                    .iter()
+                    .filter(|r| r.succeeded())
+                    .filter_map(|r| r.event().map(|e| e.id))
+                    .collect();
+                want.is_subset(&again).then_some(())
+            },
+        )
+        .await?;
         Ok(())
     })
     .await
