@@ -346,16 +346,13 @@ pub fn delivery(
     let text = std::str::from_utf8(json).map_err(|e| format!("the stored event: {e}"))?;
     let event =
         RawValue::from_string(text.to_string()).map_err(|e| format!("the stored event: {e}"))?;
-    // The hop's context: a child of the event's own trace, so the
-    // delivery's spans stay in the event's trace.
-    let traceparent = serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|v| {
-            v.get("traceparent")
-                .and_then(Value::as_str)
-                .and_then(TraceParent::parse)
-        })
-        .map(|t| t.child())
+    // The hop's context: the event's `publish` span (derived from the
+    // event, as every delivery's parent is), so the `receive` span and the
+    // delivery attempts hang in the event's trace.
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let attr = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
+    let traceparent = TraceParent::parse(attr("traceparent"))
+        .map(|tp| crate::telemetry::publish_span_of(&tp, attr("source"), attr("id")).0)
         .unwrap_or_else(TraceParent::new_root);
     let d = Delivery {
         rule_hash: Some(rule_hash.to_string()),
