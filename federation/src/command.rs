@@ -182,6 +182,41 @@ pub enum Command {
         /// Fields to set (JSON object).
         update: serde_json::Value,
     },
+    /// Deliveries to make again at this site (dead letters redriven):
+    /// appended to the inbox of the pseudo-origin
+    /// [`crate::store::links::REDRIVE_ORIGIN`], which the leader delivers
+    /// in order like a link's inbox (its cursor is checkpointed, so a new
+    /// leader goes on where the old one stopped). Sequences are given by
+    /// the apply, so concurrent redrives never collide.
+    Redrive {
+        /// The deliveries (the link's delivery JSON each: bus, rule,
+        /// target, the event's ingest ms, its trace context, the event).
+        items: std::sync::Arc<Vec<Box<RawValue>>>,
+        /// Rule definitions the deliveries refer to by hash.
+        #[serde(default)]
+        specs: Vec<LinkSpec>,
+    },
+    /// Ask for a target's cursor to be moved to `seq` (back or forward):
+    /// recorded as pending; the leader's dispatcher restarts the target
+    /// there and confirms with [`Command::SeekDone`].
+    Seek {
+        /// The target key (`bus/rule/target`).
+        key: String,
+        /// The sequence to go on from.
+        seq: u64,
+        /// The request's id (a later seek of the same target replaces it).
+        id: String,
+    },
+    /// The leader's dispatcher restarted the target at `seq`: the cursor is
+    /// set there (even backwards) and the pending seek `id` is done.
+    SeekDone {
+        /// The target key.
+        key: String,
+        /// The cursor.
+        seq: u64,
+        /// The pending seek's id.
+        id: String,
+    },
 }
 
 impl Command {
@@ -205,6 +240,9 @@ impl Command {
             Command::DeleteArchive { .. } => "delete_archive",
             Command::StartReplay { .. } => "start_replay",
             Command::UpdateReplay { .. } => "update_replay",
+            Command::Redrive { .. } => "redrive",
+            Command::Seek { .. } => "seek",
+            Command::SeekDone { .. } => "seek_done",
         }
     }
 }
@@ -345,6 +383,12 @@ pub enum NotFound {
     Replay {
         /// The replay.
         name: String,
+    },
+    /// No target with this key (`bus/rule/target`).
+    #[error("target `{key}` does not exist")]
+    Target {
+        /// The target key.
+        key: String,
     },
     /// No outbox to this site (a link acknowledgement from a site this one
     /// never sent to).

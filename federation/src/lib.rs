@@ -42,7 +42,8 @@ pub use command::{
 pub use error::FederationError;
 pub use site::{Bootstrap, RaftTiming, Site, SiteFailure, SiteOptions};
 pub use store::state::{
-    EventFilter, EventPage, FoundEvent, LookupError, SiteState, StateFull, StoredEvent,
+    DeadLetter, DeadLetterCursor, DeadLetterPage, DeadLetterQuery, EventFilter, EventPage,
+    FoundEvent, LookupError, SiteState, StateFull, StoredEvent,
 };
 
 /// Node ids inside a Raft group.

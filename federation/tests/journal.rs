@@ -628,3 +628,149 @@ fn a_target_created_after_an_event_has_a_start_mark_before_it() -> anyhow::Resul
     site.check_bytes()?;
     Ok(())
 }
+
+/// Dead letters are read back from the journal per target, paged, with the
+/// event's redrives; a redrive appends to the `~redrive` inbox with
+/// sequences the apply gives; a seek is pending until the leader confirms
+/// it (also across a restart), then sets the cursor back and drops the
+/// marks above it.
+#[test]
+fn dead_letters_redrives_and_seeks() -> anyhow::Result<()> {
+    use strait_federation::store::links::REDRIVE_ORIGIN;
+    use strait_federation::{DeadLetterQuery, LinkSpec, NotFound};
+    let dir = tempfile::tempdir()?;
+    let mut site = Site::open(dir.path())?;
+    site.setup()?;
+    let t = T0;
+    let seqs = site.append(
+        t,
+        &[("/s", "e1", "x"), ("/s", "e2", "x"), ("/s", "e3", "x")],
+    )?;
+    site.append(t + 5, &[("/s", "e4", "x"), ("/s", "e5", "x")])?;
+    let mut redriven = entry(
+        "e1",
+        t,
+        "t1",
+        Some(REDRIVE_ORIGIN),
+        DeliveryStatus::Delivered,
+    );
+    redriven.attempts[0].outcome = AttemptOutcome::Delivered;
+    site.checkpoint(
+        t + 10,
+        vec![("b/r/t1".into(), seqs[2] + 3)],
+        vec![
+            entry("e1", t, "t1", None, DeliveryStatus::DeadLettered),
+            entry("e2", t, "t1", None, DeliveryStatus::Dropped),
+            entry("e3", t, "t1", None, DeliveryStatus::Delivered),
+            entry("e4", t + 5, "t1", None, DeliveryStatus::DeadLettered),
+            entry("e5", t + 5, "t2", None, DeliveryStatus::DeadLettered),
+            entry("e4", t + 5, "t1", Some("aws"), DeliveryStatus::DeadLettered),
+            redriven,
+        ],
+        vec![],
+    )?;
+    let q = DeadLetterQuery {
+        bus: "b",
+        rule: "r",
+        target: Some("t1"),
+    };
+    let p1 = site.state.dead_letters(&q, None, 2, 1000)?;
+    let ids: Vec<&str> = p1.entries.iter().map(|d| d.entry.id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2"]);
+    assert_eq!(p1.entries[0].redrives.len(), 1, "e1's redrive");
+    assert_eq!(p1.entries[0].redrives[0].status, DeliveryStatus::Delivered);
+    let next = p1.next.clone().expect("a next page");
+    let token = next.token();
+    let back = strait_federation::DeadLetterCursor::parse(&token).expect("token");
+    assert_eq!(back, next);
+    let p2 = site.state.dead_letters(&q, Some(&back), 2, 1000)?;
+    let ids: Vec<&str> = p2.entries.iter().map(|d| d.entry.id.as_str()).collect();
+    assert_eq!(ids, ["e4"], "this site's own only");
+    assert!(p2.next.is_none());
+    let all = DeadLetterQuery { target: None, ..q };
+    assert_eq!(
+        site.state
+            .dead_letters(&all, None, 100, 1000)?
+            .entries
+            .len(),
+        4
+    );
+    // A small scan cap still ends with a page to go on from.
+    let capped = site.state.dead_letters(&q, None, 100, 1)?;
+    assert_eq!(capped.scanned, 1);
+    assert!(capped.next.is_some());
+
+    // Redrives: sequences follow each other whoever proposes.
+    let item = |id: &str| RawValue::from_string(format!("{{\"id\":\"{id}\"}}"));
+    let spec = LinkSpec {
+        hash: "h".into(),
+        spec: RawValue::from_string("{}".into())?,
+    };
+    let r = site.apply(Command::Redrive {
+        items: Arc::new(vec![item("a")?, item("b")?]),
+        specs: vec![spec.clone()],
+    })?;
+    assert_eq!(
+        r,
+        CommandResponse::Link(strait_federation::LinkAnswer::Ack { upto: 2 })
+    );
+    site.apply(Command::Redrive {
+        items: Arc::new(vec![item("c")?]),
+        specs: vec![spec],
+    })?;
+    assert_eq!(
+        site.state.view().links.inbound.get(REDRIVE_ORIGIN),
+        Some(&3)
+    );
+    let inbox = site.state.read_inbox(REDRIVE_ORIGIN, 1, 10)?;
+    assert_eq!(inbox.len(), 3);
+    assert_eq!(inbox[2].body, b"{\"id\":\"c\"}");
+
+    // Seeks.
+    let key = "b/r/t1".to_string();
+    let r = site.apply(Command::Seek {
+        key: "b/r/zz".into(),
+        seq: 1,
+        id: "x".into(),
+    })?;
+    assert_eq!(
+        r,
+        CommandResponse::NotFound(NotFound::Target {
+            key: "b/r/zz".into()
+        })
+    );
+    let before = site.state.view().cursors[&key];
+    site.apply(Command::Seek {
+        key: key.clone(),
+        seq: seqs[0],
+        id: "s1".into(),
+    })?;
+    assert_eq!(site.state.view().cursors[&key], before, "pending only");
+    drop(site);
+    let mut site = Site::open(dir.path())?;
+    assert_eq!(
+        site.state.view().pending_seeks.get(&key),
+        Some(&(seqs[0], "s1".to_string())),
+        "kept across a restart"
+    );
+    site.apply(Command::SeekDone {
+        key: key.clone(),
+        seq: seqs[0],
+        id: "other".into(),
+    })?;
+    assert_eq!(site.state.view().cursors[&key], before, "another seek's id");
+    site.apply(Command::SeekDone {
+        key: key.clone(),
+        seq: seqs[0],
+        id: "s1".into(),
+    })?;
+    assert_eq!(site.state.view().cursors[&key], seqs[0]);
+    assert!(site.state.view().pending_seeks.is_empty());
+    assert_eq!(
+        site.state.mark_after(&key, seqs[0])?,
+        None,
+        "the marks above the cursor are gone"
+    );
+    site.check_bytes()?;
+    Ok(())
+}

@@ -120,6 +120,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         journal: Arc::new(crate::dispatch::JournalBuffer::new(
             crate::dispatch::JOURNAL_BUFFER_ENTRIES,
         )),
+        seeks: Default::default(),
     });
     if let Some(endpoint) = writer.endpoint() {
         crate::links::start_senders(&cfg, &site, endpoint, &link_stats);
@@ -171,6 +172,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
             progress: progress.clone(),
             sources,
             max_request_bytes: cfg.limits.max_request_bytes,
+            retention_secs: cfg.retention_secs,
             site: cfg.site.clone(),
             linked_sites: cfg.federation.links.keys().cloned().collect(),
             known_sites: known_sites(&cfg),

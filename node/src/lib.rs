@@ -18,6 +18,7 @@ mod ingest;
 mod links;
 pub mod lookup;
 pub mod replay;
+mod redrive;
 mod sources;
 mod telemetry;
 mod trace;

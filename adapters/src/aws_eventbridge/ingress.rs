@@ -7,6 +7,7 @@
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use serde_json::{Value, json};
 
+use super::control;
 use super::mapping::{self, MAX_ENTRIES, MAX_REQUEST_BYTES};
 use super::sigv4::{self, VerifyKey};
 use crate::{Ingest, IngestOutcome, Offer};
@@ -67,7 +68,8 @@ fn validation(message: impl Into<String>) -> Response<String> {
 }
 
 /// `PutEvents`: verify, map each entry to a CloudEvent, hand them to
-/// `ingest` and answer with one result per entry, in order.
+/// `ingest` and answer with one result per entry, in order (the other
+/// operations are refused as unknown: see [`handle`]).
 pub async fn put_events(
     cfg: &IngressConfig,
     method: &Method,
@@ -75,6 +77,22 @@ pub async fn put_events(
     headers: &HeaderMap,
     body: &[u8],
     ingest: &dyn Ingest,
+) -> Response<String> {
+    handle(cfg, method, uri, headers, body, ingest, &control::NoControl).await
+}
+
+/// The SigV4 endpoint: verify the request, then run the operation its
+/// `X-Amz-Target` names: `PutEvents` into `ingest`, the control
+/// operations of [`control::OPERATIONS`] on `view`; any other is an
+/// `UnknownOperationException`.
+pub async fn handle(
+    cfg: &IngressConfig,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    ingest: &dyn Ingest,
+    view: &dyn control::ControlView,
 ) -> Response<String> {
     if cfg.keys.is_empty() {
         return error_response(
@@ -110,11 +128,19 @@ pub async fn put_events(
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if target != PUT_EVENTS_TARGET {
+    let op = target.strip_prefix("AWSEvents.").unwrap_or("");
+    let control = control::operation(op);
+    if target != PUT_EVENTS_TARGET && control.is_none() {
+        let known: Vec<&str> = std::iter::once("PutEvents")
+            .chain(control::OPERATIONS.iter().map(|(n, _)| *n))
+            .collect();
         return error_response(
             400,
             "UnknownOperationException",
-            format!("operation {target:?} is not supported (only {PUT_EVENTS_TARGET})"),
+            format!(
+                "operation {target:?} is not supported (supported: {})",
+                known.join(", ")
+            ),
         );
     }
     let request: Value = match serde_json::from_slice(body) {
@@ -127,6 +153,16 @@ pub async fn put_events(
             );
         }
     };
+    if let Some(run) = control {
+        let scope = control::Scope {
+            region: verified.region.clone(),
+            account: cfg.account_id.clone(),
+        };
+        return match run(&scope, view, &request) {
+            Ok(v) => json_response(&v),
+            Err(e) => error_response(e.status, e.code, e.message),
+        };
+    }
     let Some(entries) = request.get("Entries").and_then(Value::as_array) else {
         return validation(
             "1 validation error detected: Value null at 'entries' failed to satisfy constraint: Member must not be null",
@@ -188,7 +224,11 @@ pub async fn put_events(
         }
     }
     let failed = out.iter().filter(|e| e.get("ErrorCode").is_some()).count();
-    let body = json!({"FailedEntryCount": failed, "Entries": out});
+    json_response(&json!({"FailedEntryCount": failed, "Entries": out}))
+}
+
+/// A 200 answer with a JSON 1.1 body.
+fn json_response(body: &Value) -> Response<String> {
     let mut resp = Response::new(body.to_string());
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

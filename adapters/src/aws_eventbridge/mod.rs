@@ -15,6 +15,7 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 use crate::aws_common::{self, AwsCredential, BatchLimits, Connection, Item, SendFn};
 use crate::{ConfigError, DeliveryError, DeliveryFuture, Sink};
 
+pub mod control;
 pub mod ingress;
 pub mod mapping;
 pub mod sigv4;

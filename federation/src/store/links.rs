@@ -43,6 +43,11 @@ fn werr<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     )
 }
 
+/// The pseudo-origin of redriven deliveries ([`crate::Command::Redrive`]):
+/// its inbox is delivered like a link's. `~` is not allowed in a site
+/// name, so no real site has this inbox.
+pub const REDRIVE_ORIGIN: &str = "~redrive";
+
 /// The cursor key of the inbox reader for `origin`.
 pub fn inbox_cursor_key(origin: &str) -> String {
     format!("link-in/{origin}")

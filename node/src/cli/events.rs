@@ -68,7 +68,11 @@ pub(super) async fn run(c: EventsCommand) -> anyhow::Result<()> {
 }
 
 /// The API URL of `segments` (each percent-encoded) with `query`.
-fn url(server: &ServerArgs, segments: &[&str], query: &[(&str, String)]) -> anyhow::Result<String> {
+pub(super) fn url(
+    server: &ServerArgs,
+    segments: &[&str],
+    query: &[(&str, String)],
+) -> anyhow::Result<String> {
     let (_, base) = client(server);
     let mut u = reqwest::Url::parse(&base).with_context(|| format!("--server {base:?}"))?;
     u.path_segments_mut()
@@ -306,6 +310,7 @@ mod tests {
                     reason: None,
                 },
             ],
+            redrives: Vec::new(),
             unreachable_sites: vec!["aws".into()],
         };
         let text = waterfall(&l);

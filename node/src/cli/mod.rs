@@ -28,6 +28,7 @@ macro_rules! out {
 }
 
 mod client;
+mod dlq;
 mod events;
 mod replay;
 mod serve;
@@ -88,6 +89,90 @@ pub enum Commands {
     /// Replays of an archive: start, status, list, cancel.
     #[command(subcommand)]
     Replay(replay::ReplayCommand),
+    /// A target's dead letters: list them, send them again.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Move a target's cursor.
+    #[command(subcommand)]
+    Target(TargetCommand),
+}
+
+/// `strait dlq ...` (docs/replay.md).
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Dead letters of a rule (or one target of it), oldest first: time,
+    /// target, status, attempts, id, redrive, reason.
+    Ls {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Bus of the rule.
+        #[arg(long, default_value = "default")]
+        bus: String,
+        /// The rule.
+        #[arg(long)]
+        rule: String,
+        /// One target of the rule (default: all).
+        #[arg(long)]
+        target: Option<String>,
+        /// Most dead letters to print (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Where to start: the token a previous page printed.
+        #[arg(long)]
+        next: Option<String>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters of a target again (same ids and trace), to it or
+    /// to another target of the rule.
+    Redrive {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Bus of the rule.
+        #[arg(long, default_value = "default")]
+        bus: String,
+        /// The rule.
+        #[arg(long)]
+        rule: String,
+        /// The target whose dead letters to send.
+        #[arg(long)]
+        target: String,
+        /// Every dead letter not yet redriven.
+        #[arg(long)]
+        all: bool,
+        /// Another target of the rule to send them to.
+        #[arg(long)]
+        to: Option<String>,
+        /// Event ids.
+        ids: Vec<String>,
+    },
+}
+
+/// `strait target ...` (docs/replay.md).
+#[derive(Debug, Subcommand)]
+pub enum TargetCommand {
+    /// Move a target's cursor to the first event committed at or after a
+    /// time: back to re-deliver, forward to skip.
+    Seek {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Bus of the rule.
+        #[arg(long, default_value = "default")]
+        bus: String,
+        /// The rule.
+        #[arg(long)]
+        rule: String,
+        /// The target.
+        #[arg(long)]
+        target: String,
+        /// RFC 3339 time.
+        #[arg(long)]
+        time: String,
+        /// Seek even if events after the time are past retention.
+        #[arg(long)]
+        allow_partial: bool,
+    },
 }
 
 /// `strait cluster ...`.
@@ -371,6 +456,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Cert(c) => cert(c).map(|_| ExitCode::SUCCESS),
         Commands::Cluster(c) => client::cluster(c).await.map(|_| ExitCode::SUCCESS),
         Commands::Events(c) => events::run(c).await.map(|_| ExitCode::SUCCESS),
+        Commands::Dlq(c) => dlq::dlq(c).await.map(|_| ExitCode::SUCCESS),
+        Commands::Target(c) => dlq::target(c).await.map(|_| ExitCode::SUCCESS),
         Commands::Local(c) => local(c).await.map(|_| ExitCode::SUCCESS),
         Commands::Archive(c) => replay::archive(c).await.map(|_| ExitCode::SUCCESS),
         Commands::Replay(c) => replay::replay(c).await.map(|_| ExitCode::SUCCESS),

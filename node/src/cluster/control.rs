@@ -169,8 +169,10 @@ impl ConfigWriter {
         }
     }
 
-    /// Writes to this site's own log (archives and replays are the site's,
-    /// not the federation's shared configuration).
+    /// Writes to this site's own log (through its leader), whatever the
+    /// control group: archives and replays (the site's, not the
+    /// federation's shared configuration) and dispatch commands such as
+    /// redrives and seeks.
     pub fn site_writer(&self) -> &Writer {
         &self.writer
     }

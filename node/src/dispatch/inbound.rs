@@ -236,7 +236,11 @@ fn prepare(
             return Some((remote, d.ingest_ms, Err(u)));
         }
     };
-    if let Some(m) = event.as_object_mut() {
+    // A redrive sends the event as stored; a link's delivery says how many
+    // sites it passed.
+    if origin != strait_federation::store::links::REDRIVE_ORIGIN
+        && let Some(m) = event.as_object_mut()
+    {
         m.insert("straithops".into(), Value::from(d.hops));
     }
     // This site's `receive` span, a child of the origin's `link send`

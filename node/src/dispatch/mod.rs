@@ -14,7 +14,7 @@ pub mod journal;
 mod progress;
 mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,9 @@ pub struct Context {
     pub early: Arc<EarlyInbox>,
     /// Delivery journal entries waiting for the next checkpoint.
     pub journal: Arc<JournalBuffer>,
+    /// Seeks the dispatcher carried out, for the checkpointer to confirm
+    /// ([`Command::SeekDone`]): (target key, cursor, seek id).
+    pub seeks: std::sync::Mutex<Vec<(String, u64, String)>>,
 }
 
 struct Worker {
@@ -89,10 +92,12 @@ pub async fn lead(ctx: Arc<Context>) {
     };
     let counts_sent = seed_counts(&ctx.progress, &replicated);
     let _checkpointer = AbortOnDrop(tokio::spawn(checkpointer(ctx.clone(), counts_sent)));
+    let mut seeks_handled: HashSet<(String, String)> = HashSet::new();
     loop {
         config_rx.borrow_and_update();
         version += 1;
-        reconcile(&ctx, &mut workers, &mut feeds, version);
+        let starts = carry_out_seeks(&ctx, &mut workers, &mut seeks_handled);
+        reconcile(&ctx, &mut workers, &mut feeds, version, starts);
         if config_rx.changed().await.is_err() {
             break;
         }
@@ -122,11 +127,44 @@ fn rule_sets(rules: &[(String, String, Arc<CompiledRule>)]) -> HashMap<String, R
     sets
 }
 
+/// Carry out the pending seeks ([`Command::Seek`]) not handled yet this
+/// term: stop the target's worker, set its live cursor to the seek's and
+/// queue the confirmation for the checkpointer (which writes it before
+/// any later cursor of that target). Returns where the restarted workers
+/// start.
+fn carry_out_seeks(
+    ctx: &Arc<Context>,
+    workers: &mut HashMap<String, Worker>,
+    handled: &mut HashSet<(String, String)>,
+) -> HashMap<String, u64> {
+    let pending = ctx.state.view().pending_seeks.clone();
+    handled.retain(|(k, id)| pending.get(k).is_some_and(|(_, i)| i == id));
+    let mut starts = HashMap::new();
+    for (key, (seq, id)) in pending {
+        if !handled.insert((key.clone(), id.clone())) {
+            continue;
+        }
+        if let Some(w) = workers.remove(&key) {
+            w.handle.abort();
+        }
+        set_cursor(&ctx.progress, &key, seq);
+        tracing::info!(target_key = key, cursor = seq, "seek: target restarted");
+        starts.insert(key.clone(), seq);
+        let mut q = match ctx.seeks.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        q.push((key, seq, id));
+    }
+    starts
+}
+
 fn reconcile(
     ctx: &Arc<Context>,
     workers: &mut HashMap<String, Worker>,
     feeds: &mut HashMap<String, Feed>,
     version: u64,
+    mut starts: HashMap<String, u64>,
 ) {
     let rules: Vec<((String, String), Value)> = {
         let view = ctx.state.view();
@@ -240,6 +278,7 @@ fn reconcile(
             prematched: false,
             via_link: remote_site.is_some(),
             origin: None,
+            start_at: starts.remove(&key),
         };
         let handle = tokio::spawn(worker.run());
         workers.insert(
@@ -354,6 +393,9 @@ pub fn replay_targets(
                     prematched: false,
                     via_link: remote,
                     origin: None,
+                    // A replay's worker is driven by the replay runner, not
+                    // from a cursor.
+                    start_at: None,
                 }),
             });
         }
@@ -436,6 +478,32 @@ async fn checkpointer(ctx: Arc<Context>, mut counts_sent: HashMap<String, Target
     let mut last_lag = Instant::now();
     loop {
         tokio::time::sleep(interval).await;
+        // Seeks first: a cursor read below is then read after its seek.
+        let seeks: Vec<(String, u64, String)> = match ctx.seeks.lock() {
+            Ok(mut g) => std::mem::take(&mut *g),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        for (i, (key, seq, id)) in seeks.iter().enumerate() {
+            let cmd = Command::SeekDone {
+                key: key.clone(),
+                seq: *seq,
+                id: id.clone(),
+            };
+            match ctx.writer.write(cmd).await {
+                Ok(_) => {
+                    last_sent.remove(key);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, target_key = key, "seek not confirmed; retrying");
+                    let mut q = match ctx.seeks.lock() {
+                        Ok(g) => g,
+                        Err(p) => p.into_inner(),
+                    };
+                    q.extend(seeks[i..].iter().cloned());
+                    break;
+                }
+            }
+        }
         let cursors: Vec<(String, u64)> = {
             let view = ctx.state.view();
             let map = match ctx.progress.lock() {

@@ -111,6 +111,8 @@ pub(super) struct TargetWorker {
     /// site (they are always journaled).
     pub(super) origin: Option<String>,
     pub(super) metrics: WorkerMetrics,
+    /// Start here rather than at the cursor (a seek moved it).
+    pub(super) start_at: Option<u64>,
 }
 
 /// Delivers events another site routed to a target of this site.
@@ -159,6 +161,7 @@ impl Remote {
                 prematched: true,
                 via_link: false,
                 origin: Some(origin.to_string()),
+                start_at: None,
             }),
         })
     }
@@ -217,9 +220,12 @@ impl TargetWorker {
         let Some(replicated) = replicated else {
             return;
         };
-        let start = stats(&this.ctx.progress, &this.key)
-            .map(|s| s.cursor.max(replicated))
-            .unwrap_or(replicated);
+        let start = match this.start_at {
+            Some(s) => s,
+            None => stats(&this.ctx.progress, &this.key)
+                .map(|s| s.cursor.max(replicated))
+                .unwrap_or(replicated),
+        };
         with_stats(&this.ctx.progress, &this.key, |s| s.cursor = start);
         let mut concurrency = this.rule.spec.targets[this.idx].concurrency;
         if this.via_link {

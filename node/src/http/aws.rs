@@ -10,13 +10,17 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use strait_adapters::aws_eventbridge::control::{BusInfo, ControlView, RuleInfo};
 use strait_adapters::aws_eventbridge::ingress::{self, MAX_BODY_BYTES};
 
 use super::Ingresses;
 use super::body::read_body;
 use crate::telemetry::ingress::{RequestSpan, TracedGate};
 
-/// `POST {aws.ingress_path}`: EventBridge `PutEvents`.
+/// `POST {aws.ingress_path}`: EventBridge `PutEvents` and the control
+/// operations (`DescribeEventBus`, `ListEventBuses`, `ListRules`,
+/// `DescribeRule`).
 pub async fn put_events(
     State(state): State<Arc<Ingresses>>,
     method: Method,
@@ -30,7 +34,13 @@ pub async fn put_events(
     if span.recording() {
         span.attr("rpc.system", "aws-api");
         span.attr("rpc.service", "AWSEvents");
-        span.attr("rpc.method", "PutEvents");
+        let op = headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.strip_prefix("AWSEvents."))
+            .unwrap_or("PutEvents")
+            .to_string();
+        span.attr("rpc.method", op);
     }
     let bytes = match read_body(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
@@ -41,12 +51,57 @@ pub async fn put_events(
         }
     };
     let gate = TracedGate::new(&state.gate, &span);
-    let resp = ingress::put_events(&state.aws, &method, &uri, &headers, &bytes, &gate).await;
+    let view = StateView(&state.gate.state);
+    let resp = ingress::handle(&state.aws, &method, &uri, &headers, &bytes, &gate, &view).await;
     if span.recording() {
         gate.report(&mut span);
         span.end(resp.status().as_u16());
     }
     resp.into_response()
+}
+
+/// The site's buses and rules as the AWS control operations read them.
+struct StateView<'a>(&'a strait_federation::SiteState);
+
+impl ControlView for StateView<'_> {
+    fn buses(&self) -> Vec<BusInfo> {
+        self.0
+            .view()
+            .buses
+            .iter()
+            .map(|(name, spec)| BusInfo {
+                name: name.clone(),
+                description: text(spec, "description"),
+            })
+            .collect()
+    }
+
+    fn rules(&self, bus: &str) -> Option<Vec<RuleInfo>> {
+        let view = self.0.view();
+        if !view.buses.contains_key(bus) {
+            return None;
+        }
+        Some(
+            view.rules
+                .iter()
+                .filter(|((b, _), _)| b == bus)
+                .map(|((b, name), spec)| RuleInfo {
+                    bus: b.clone(),
+                    name: name.clone(),
+                    pattern: spec.get("pattern").cloned().unwrap_or(Value::Null),
+                    enabled: spec.get("enabled").and_then(Value::as_bool).unwrap_or(true),
+                    description: text(spec, "description"),
+                })
+                .collect(),
+        )
+    }
+}
+
+fn text(spec: &Value, field: &str) -> String {
+    spec.get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[cfg(test)]

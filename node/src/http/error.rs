@@ -160,6 +160,7 @@ pub(super) fn command_result(resp: CommandResponse) -> ApiResult<()> {
                 NotFound::Rule { .. } => "RuleNotFound",
                 NotFound::Archive { .. } => "ArchiveNotFound",
                 NotFound::Replay { .. } => "ReplayNotFound",
+                NotFound::Target { .. } => "TargetNotFound",
                 // Only a link acknowledgement answers this, never the API.
                 NotFound::Link { .. } => "NotFound",
             };

@@ -7,6 +7,7 @@ mod aws;
 mod body;
 mod buses;
 mod cluster;
+mod dead_letters;
 mod error;
 mod events;
 mod lookup;
@@ -40,6 +41,23 @@ pub fn router(state: HttpState) -> Router {
         .route(
             "/v1/buses/{bus}/rules/{rule}",
             put(rules::put).get(rules::get).delete(rules::delete),
+        )
+        .route("/v1/buses/{bus}/dead-letters", get(dead_letters::list_bus))
+        .route(
+            "/v1/buses/{bus}/rules/{rule}/dead-letters",
+            get(dead_letters::list_rule),
+        )
+        .route(
+            "/v1/buses/{bus}/rules/{rule}/targets/{target}/dead-letters",
+            get(dead_letters::list),
+        )
+        .route(
+            "/v1/buses/{bus}/rules/{rule}/targets/{target}/dead-letters/redrive",
+            post(dead_letters::redrive),
+        )
+        .route(
+            "/v1/buses/{bus}/rules/{rule}/targets/{target}/seek",
+            post(dead_letters::seek),
         )
         .route("/v1/sources", get(sources::list))
         .route(

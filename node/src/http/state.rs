@@ -70,6 +70,8 @@ pub struct Resources {
     pub sources: Arc<SourceStatuses>,
     /// Largest request body, bytes.
     pub max_request_bytes: usize,
+    /// How long events are kept (`retention_secs`; seeks check it).
+    pub retention_secs: u64,
     /// This site's name.
     pub site: String,
     /// The sites this one has links to.

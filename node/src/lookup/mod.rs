@@ -121,9 +121,13 @@ pub fn lookup_local(
     let event: Value = serde_json::from_slice(&found.json)
         .map_err(|e| LookupFailure::Storage(format!("the stored event is not JSON: {e}")))?;
     let trace_id = trace_id(&event);
-    let journal: HashMap<(String, String), JournalEntry> = state
+    let entries = state
         .journal_of(bus, &found.source, id, found.ingest_ms)
-        .map_err(storage)?
+        .map_err(storage)?;
+    let redrives = crate::redrive::redrive_entries(&entries)
+        .map(|e| DeliveryView::from_entry(site, e))
+        .collect();
+    let journal: HashMap<(String, String), JournalEntry> = entries
         .into_iter()
         .filter(|e| e.origin.is_none())
         .map(|e| ((e.rule.clone(), e.target.clone()), e))
@@ -195,6 +199,7 @@ pub fn lookup_local(
         ingest_time: rfc3339(found.ingest_ms),
         ingest_ms: found.ingest_ms,
         deliveries,
+        redrives,
         unreachable_sites: Vec::new(),
     })
 }

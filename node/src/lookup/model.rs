@@ -36,6 +36,10 @@ pub struct Lookup {
     /// One per target of every enabled rule of the bus that matches the
     /// event, ordered by rule and target.
     pub deliveries: Vec<DeliveryView>,
+    /// Its redrives at this site (dead letters sent again, see
+    /// docs/replay.md): the latest per rule and target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redrives: Vec<DeliveryView>,
     /// Sites that hold deliveries of the event and did not answer.
     pub unreachable_sites: Vec<String>,
 }

@@ -103,6 +103,7 @@ impl SiteState {
                         Command::LinkEnqueue { .. }
                             | Command::LinkAcked { .. }
                             | Command::LinkReceive { .. }
+                            | Command::Redrive { .. }
                     ) {
                         links_changed = true;
                     }
@@ -115,6 +116,7 @@ impl SiteState {
                             | Command::LinkReceive { .. }
                             // Progress, not configuration: nothing to reconcile.
                             | Command::UpdateReplay { .. }
+                            | Command::Redrive { .. }
                     ) {
                         config_changed = true;
                     }
@@ -829,5 +831,62 @@ fn apply_command(
         | Command::DeleteArchive { .. }
         | Command::StartReplay { .. }
         | Command::UpdateReplay { .. } => CommandResponse::Ok,
+        Command::Redrive { items, specs } => {
+            let origin = crate::store::links::REDRIVE_ORIGIN;
+            let first_seq = view.links.inbound.get(origin).copied().unwrap_or(0) + 1;
+            crate::store::links::receive(
+                txn,
+                &mut view.links,
+                &mut view.cursors,
+                &mut view.stored_bytes,
+                crate::store::links::Batch {
+                    origin,
+                    first_seq,
+                    items: &items,
+                    specs: &specs,
+                },
+            )?
+        }
+        Command::Seek { key, seq, id } => {
+            if !view.cursors.contains_key(&key) {
+                return Ok(CommandResponse::NotFound(NotFound::Target { key }));
+            }
+            view.pending_seeks.insert(key, (seq, id));
+            save_pending_seeks(txn, &view.pending_seeks)?;
+            CommandResponse::Ok
+        }
+        Command::SeekDone { key, seq, id } => {
+            if view.pending_seeks.get(&key).is_some_and(|(_, i)| *i == id) {
+                view.pending_seeks.remove(&key);
+                save_pending_seeks(txn, &view.pending_seeks)?;
+                if let Some(cur) = view.cursors.get_mut(&key) {
+                    *cur = seq;
+                    txn.open_table(CURSORS)
+                        .map_err(werr)?
+                        .insert(key.as_str(), seq)
+                        .map_err(werr)?;
+                    let gone = journal::drop_marks_from(txn, &key, seq.saturating_add(1))?;
+                    view.stored_bytes = view.stored_bytes.saturating_sub(gone);
+                }
+            }
+            CommandResponse::Ok
+        }
     })
+}
+
+/// The META key of the pending seeks (JSON map target key → [seq, id]).
+pub(super) const PENDING_SEEKS: &str = "pending_seeks";
+
+fn save_pending_seeks(
+    txn: &WriteTransaction,
+    pending: &std::collections::BTreeMap<String, (u64, String)>,
+) -> SResult<()> {
+    let mut meta = txn.open_table(META).map_err(werr)?;
+    if pending.is_empty() {
+        meta.remove(PENDING_SEEKS).map_err(werr)?;
+    } else {
+        let v = serde_json::to_vec(pending).map_err(werr)?;
+        meta.insert(PENDING_SEEKS, v.as_slice()).map_err(werr)?;
+    }
+    Ok(())
 }

@@ -61,6 +61,21 @@ pub(crate) fn put_mark(
     Ok(if prev { 0 } else { mark_bytes(key) })
 }
 
+/// Delete the marks of cursor `key` at `from` and above (a seek moved
+/// the cursor back below them); the bytes freed.
+pub(crate) fn drop_marks_from(txn: &WriteTransaction, key: &str, from: u64) -> SResult<u64> {
+    let mut table = txn.open_table(MARKS).map_err(werr)?;
+    let mut gone = Vec::new();
+    for item in table.range((key, from)..=(key, u64::MAX)).map_err(werr)? {
+        let (k, _) = item.map_err(werr)?;
+        gone.push(k.value().1);
+    }
+    for c in &gone {
+        table.remove((key, *c)).map_err(werr)?;
+    }
+    Ok(gone.len() as u64 * mark_bytes(key))
+}
+
 /// Merge `entries` into the journal: each replaces the entry of the same
 /// (rule, target, origin) in its event's row, or joins it. Entries older
 /// than `horizon` (ingest time at the origin) are not written: the next

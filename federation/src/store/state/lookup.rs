@@ -93,6 +93,74 @@ pub struct EventPage {
     pub next: Option<u64>,
 }
 
+/// Which dead letters [`SiteState::dead_letters`] lists.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetterQuery<'a> {
+    /// The bus of the rule.
+    pub bus: &'a str,
+    /// The rule.
+    pub rule: &'a str,
+    /// One target of the rule, or all of them.
+    pub target: Option<&'a str>,
+}
+
+/// Where a page of dead letters ends (a journal key: the event's ingest
+/// ms and `bus\0source\0id`); the next page starts after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterCursor {
+    /// Ingest ms of the last journal row read.
+    pub ingest_ms: u64,
+    /// Its `bus\0source\0id`.
+    pub key: String,
+}
+
+impl DeadLetterCursor {
+    /// The cursor as an opaque token (`ms.hex(key)`).
+    pub fn token(&self) -> String {
+        let hex: String = self.key.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}.{hex}", self.ingest_ms)
+    }
+
+    /// A token written by [`DeadLetterCursor::token`].
+    pub fn parse(token: &str) -> Option<DeadLetterCursor> {
+        let (ms, hex) = token.split_once('.')?;
+        let ms = ms.parse().ok()?;
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        Some(DeadLetterCursor {
+            ingest_ms: ms,
+            key: String::from_utf8(bytes).ok()?,
+        })
+    }
+}
+
+/// One dead letter of [`SiteState::dead_letters`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Its journal entry (reason, attempts, status `dead-lettered` or
+    /// `dropped`).
+    pub entry: JournalEntry,
+    /// The entries of the event's redrives to targets of the same rule
+    /// (origin [`crate::store::links::REDRIVE_ORIGIN`]; the latest per target).
+    pub redrives: Vec<JournalEntry>,
+}
+
+/// A page of [`SiteState::dead_letters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterPage {
+    /// The dead letters, oldest event first.
+    pub entries: Vec<DeadLetter>,
+    /// Where to go on from, when there may be more.
+    pub next: Option<DeadLetterCursor>,
+    /// Journal rows read.
+    pub scanned: u64,
+}
+
 /// The attributes a lookup reads of an event (the rest is skipped).
 #[derive(Deserialize)]
 struct Head<'a> {
@@ -443,6 +511,83 @@ impl SiteState {
                 None => None,
             },
         )
+    }
+
+    /// The dead letters of one target in the delivery journal (entries
+    /// of this site's own deliveries, `origin` none, whose status is
+    /// `dead-lettered` or `dropped`), oldest first: at most `limit`
+    /// entries, reading at most `scan_cap` journal rows, starting after
+    /// `after` (the [`DeadLetterPage::next`] of an earlier page). The
+    /// journal keeps them as long as the retention (`retention_secs`).
+    pub fn dead_letters(
+        &self,
+        q: &DeadLetterQuery<'_>,
+        after: Option<&DeadLetterCursor>,
+        limit: usize,
+        scan_cap: usize,
+    ) -> SResult<DeadLetterPage> {
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
+        let table = txn.open_table(JOURNAL).map_err(rerr)?;
+        let bus_prefix = format!("{}\u{0}", q.bus);
+        let start = after.map(|c| (c.ingest_ms, c.key.clone()));
+        let range = match &start {
+            Some((ms, key)) => table.range((*ms, key.as_str())..).map_err(rerr)?,
+            None => table.range::<(u64, &str)>(..).map_err(rerr)?,
+        };
+        let mut page = DeadLetterPage::default();
+        let mut last: Option<DeadLetterCursor> = None;
+        for item in range {
+            let (k, v) = item.map_err(rerr)?;
+            let (ms, key) = k.value();
+            if start
+                .as_ref()
+                .is_some_and(|(sm, sk)| *sm == ms && sk.as_str() == key)
+            {
+                continue;
+            }
+            if page.scanned >= scan_cap as u64 || page.entries.len() >= limit {
+                // `after` is exclusive: go on after the last row read.
+                page.next = last.or_else(|| after.cloned());
+                break;
+            }
+            page.scanned += 1;
+            last = Some(DeadLetterCursor {
+                ingest_ms: ms,
+                key: key.to_string(),
+            });
+            if !key.starts_with(&bus_prefix) {
+                continue;
+            }
+            let entries: Vec<JournalEntry> = serde_json::from_slice(v.value()).map_err(rerr)?;
+            let redrives: Vec<JournalEntry> = entries
+                .iter()
+                .filter(|e| {
+                    e.rule == q.rule
+                        && e.origin.as_deref() == Some(crate::store::links::REDRIVE_ORIGIN)
+                })
+                .cloned()
+                .collect();
+            page.entries.extend(
+                entries
+                    .into_iter()
+                    .filter(|e| {
+                        e.origin.is_none()
+                            && e.rule == q.rule
+                            && q.target.is_none_or(|t| t == e.target)
+                            && matches!(
+                                e.status,
+                                crate::journal::DeliveryStatus::DeadLettered
+                                    | crate::journal::DeliveryStatus::Dropped
+                            )
+                    })
+                    .map(|entry| DeadLetter {
+                        entry,
+                        redrives: redrives.clone(),
+                    }),
+            );
+        }
+        Ok(page)
     }
 
     /// This site's journal entries for one event, keyed by its ingest

@@ -35,7 +35,8 @@ use tokio::sync::watch;
 
 pub use self::journal::START_MARK;
 pub use self::lookup::{
-    CLOCK_SLACK_MS, EventFilter, EventPage, FoundEvent, LookupError, SCAN_LIMIT,
+    CLOCK_SLACK_MS, DeadLetter, DeadLetterCursor, DeadLetterPage, DeadLetterQuery, EventFilter,
+    EventPage, FoundEvent, LookupError, SCAN_LIMIT,
 };
 pub use self::snapshot::{Applied, SnapshotImage, SnapshotInfo, StateRead};
 use crate::error::FederationError;
@@ -144,6 +145,9 @@ pub struct View {
     /// Replay name → replay definition, state and progress, kept in the
     /// meta table (`replays`).
     pub replays: BTreeMap<String, serde_json::Value>,
+    /// Seeks asked for and not yet done by the leader's dispatcher:
+    /// target key → (sequence, request id) ([`Command::Seek`](crate::Command::Seek)).
+    pub pending_seeks: BTreeMap<String, (u64, String)>,
 }
 /// The state of a site, shared by the Raft state machine (the only writer)
 /// and the node's readers (API, dispatcher).
@@ -391,6 +395,9 @@ fn load_view(db: &Database) -> SResult<View> {
     }
     if let Some(b) = get_meta("config_version")? {
         view.config_version = serde_json::from_slice(&b).map_err(rerr)?;
+    }
+    if let Some(b) = get_meta(apply::PENDING_SEEKS)? {
+        view.pending_seeks = serde_json::from_slice(&b).map_err(rerr)?;
     }
     view.stored_bytes = match get_meta("stored_bytes")? {
         Some(b) => serde_json::from_slice(&b).map_err(rerr)?,
