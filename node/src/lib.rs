@@ -8,6 +8,7 @@
 //! folders.
 
 mod app;
+pub mod auth;
 mod cli;
 mod cluster;
 pub mod config;
@@ -16,6 +17,7 @@ mod http;
 mod ingest;
 mod links;
 pub mod lookup;
+pub mod server;
 mod sources;
 mod telemetry;
 mod trace;
