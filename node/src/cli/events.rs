@@ -69,7 +69,7 @@ pub(super) async fn run(c: EventsCommand) -> anyhow::Result<()> {
 
 /// The API URL of `segments` (each percent-encoded) with `query`.
 fn url(server: &ServerArgs, segments: &[&str], query: &[(&str, String)]) -> anyhow::Result<String> {
-    let (_, base) = client(server);
+    let base = server.server.trim_end_matches('/').to_string();
     let mut u = reqwest::Url::parse(&base).with_context(|| format!("--server {base:?}"))?;
     u.path_segments_mut()
         .map_err(|()| anyhow::anyhow!("--server {base:?} cannot be a base URL"))?
@@ -82,7 +82,7 @@ fn url(server: &ServerArgs, segments: &[&str], query: &[(&str, String)]) -> anyh
 }
 
 async fn fetch(server: &ServerArgs, url: String, what: &str) -> anyhow::Result<serde_json::Value> {
-    let (c, _) = client(server);
+    let (c, _) = client(server)?;
     get_json(&c, server, url, what).await
 }
 
