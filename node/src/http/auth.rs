@@ -38,7 +38,7 @@ enum Caller<'a> {
 }
 
 /// A refusal, and the known token refused (for the audit log).
-type Refused<'a> = (Response, Option<&'a Token>);
+type Refused<'a> = (ApiError, Option<&'a Token>);
 
 /// Check the request's token against what `need` asks: 401 without a
 /// known token, 403 naming the missing scope.
@@ -52,8 +52,7 @@ fn authorize<'a>(auth: &'a Auth, req: &Request, need: &Need) -> Result<Caller<'a
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",
                 "missing `Authorization: Bearer <token>` header",
-            )
-            .into_response(),
+            ),
             None,
         ));
     };
@@ -63,8 +62,7 @@ fn authorize<'a>(auth: &'a Auth, req: &Request, need: &Need) -> Result<Caller<'a
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",
                 "the bearer token is not valid",
-            )
-            .into_response(),
+            ),
             None,
         ));
     };
@@ -86,7 +84,7 @@ fn authorize<'a>(auth: &'a Auth, req: &Request, need: &Need) -> Result<Caller<'a
             ),
         )
         .with_extra("missingScope", json!(scope));
-        return Err((refusal.into_response(), Some(token)));
+        return Err((refusal, Some(token)));
     }
     Ok(Caller::Token(token))
 }
@@ -111,7 +109,7 @@ pub(super) async fn v1(State(auth): State<Auth>, req: Request, next: Next) -> Re
     };
     let response = match caller {
         Ok(_) => next.run(req).await,
-        Err((r, _)) => r,
+        Err((r, _)) => r.into_response(),
     };
     if let Some((method, path, peer)) = audit {
         let status = response.status().as_u16();
@@ -139,6 +137,6 @@ pub(super) async fn v1(State(auth): State<Auth>, req: Request, next: Next) -> Re
 pub(super) async fn metrics(State(auth): State<Auth>, req: Request, next: Next) -> Response {
     match authorize(&auth, &req, &Need::Read) {
         Ok(_) => next.run(req).await,
-        Err((r, _)) => r,
+        Err((r, _)) => r.into_response(),
     }
 }

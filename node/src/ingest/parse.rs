@@ -518,7 +518,7 @@ mod tests {
         for bad in [
             format!("[{ev}"),
             format!("[{ev}] x"),
-            format!("{ev}"),
+            ev.to_string(),
             "[".into(),
         ] {
             let e = parse_request(&h, bad.as_bytes(), &limits).expect_err("malformed");
