@@ -730,3 +730,62 @@ async fn connections_over_the_cap_are_refused() {
     }
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_idle_connections_are_closed_and_requests_go_on_meanwhile() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start(dir, |c| {
+        c.http_server = HttpServer {
+            idle_timeout_ms: 1_500,
+            max_connections_per_ip: 1_000,
+            max_connections: 1_000,
+            ..limits()
+        }
+    })
+    .await;
+    let addr = node.addr;
+    let mut idle = Vec::new();
+    for _ in 0..500 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    let t0 = Instant::now();
+    // Requests succeed while they are open.
+    let c = reqwest::Client::new();
+    for i in 0..5 {
+        let r = c
+            .post(format!("http://{addr}/v1/buses/default/events"))
+            .bearer_auth("admin-token")
+            .header("content-type", "application/cloudevents+json")
+            .body(
+                json!({"specversion": "1.0", "id": format!("m{i}"), "source": "/t", "type": "t"})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .expect("request while 500 connections idle");
+        assert_eq!(r.status(), 200);
+    }
+    // Every idle connection is closed by the server soon after 1.5 s.
+    let closed = futures::future::join_all(idle.iter_mut().map(|s| async move {
+        let mut b = [0u8; 16];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }))
+    .await;
+    let n = closed.iter().filter(|c| **c).count();
+    assert_eq!(n, 500, "only {n} of 500 idle connections were closed");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_400) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    let r = c
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .expect("after");
+    assert_eq!(r.status(), 200);
+    node.stop().await;
+}
