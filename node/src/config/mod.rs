@@ -71,13 +71,36 @@ impl Auth {
 }
 
 /// One entry of `auth.tokens`.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum TokenSpec {
     /// A token with the `admin` scope.
     Plain(String),
     /// A named token with scopes.
     Scoped(ScopedToken),
+}
+
+impl<'de> Deserialize<'de> for TokenSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TokenSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a token (string) or {name, token | token_sha256, scopes}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TokenSpec, E> {
+                Ok(TokenSpec::Plain(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<TokenSpec, A::Error> {
+                ScopedToken::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(TokenSpec::Scoped)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl std::fmt::Debug for TokenSpec {

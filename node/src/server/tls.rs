@@ -16,12 +16,12 @@ use crate::config::HttpTls;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A certificate or key file is unreadable or not PEM.
-    #[error("{field}: {source}")]
+    #[error("{field}: {error}")]
     File {
         /// The config field naming the file.
         field: &'static str,
         /// Why.
-        source: certs::CertError,
+        error: certs::CertError,
     },
     /// The files do not make a usable configuration.
     #[error("{field}: {message}")]
@@ -35,13 +35,13 @@ pub enum TlsError {
 
 /// Build the server configuration from the files named by `t`.
 pub fn load(t: &HttpTls) -> Result<ServerConfig, TlsError> {
-    let chain = certs::read_certs(&t.cert).map_err(|source| TlsError::File {
+    let chain = certs::read_certs(&t.cert).map_err(|error| TlsError::File {
         field: "http_tls.cert",
-        source,
+        error,
     })?;
-    let key = certs::read_private_key(&t.key).map_err(|source| TlsError::File {
+    let key = certs::read_private_key(&t.key).map_err(|error| TlsError::File {
         field: "http_tls.key",
-        source,
+        error,
     })?;
     let provider = certs::provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -52,9 +52,9 @@ pub fn load(t: &HttpTls) -> Result<ServerConfig, TlsError> {
         })?;
     let builder = match &t.client_ca {
         Some(ca_path) => {
-            let ca = certs::read_certs(ca_path).map_err(|source| TlsError::File {
+            let ca = certs::read_certs(ca_path).map_err(|error| TlsError::File {
                 field: "http_tls.client_ca",
-                source,
+                error,
             })?;
             let roots = certs::root_store(&ca).map_err(|e| TlsError::Invalid {
                 field: "http_tls.client_ca",
