@@ -9,7 +9,9 @@
 //!   `metrics_public: false`; an audit line for every change;
 //! * timeouts and caps: a slowloris client is cut off after the header
 //!   timeout, an idle connection after the idle timeout, a slow body gets
-//!   408, connections over the per-address cap are closed at once.
+//!   408, connections over the per-address cap are closed at once, 500
+//!   idle connections are closed while requests go on, and shutdown waits
+//!   for requests in progress only up to its deadline.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -788,4 +790,57 @@ async fn five_hundred_idle_connections_are_closed_and_requests_go_on_meanwhile()
         .expect("after");
     assert_eq!(r.status(), 200);
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_requests_up_to_its_deadline() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut node = start(dir, |c| {
+        c.http_server = HttpServer {
+            body_timeout_ms: 60_000,
+            shutdown_timeout_ms: 1_000,
+            ..limits()
+        }
+    })
+    .await;
+    let addr = node.addr;
+    // A request whose body never finishes: in progress until cut off.
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"POST /v1/buses/default/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token\r\n\
+          Content-Type: application/cloudevents+json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .expect("write");
+    // An idle keep-alive connection: closed at once on shutdown.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.expect("answer");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let t0 = Instant::now();
+    if let Some(stop) = node.stop.take() {
+        let _ = stop.send(());
+    }
+    let (took, _) = until_closed(&mut idle, Duration::from_secs(3)).await;
+    assert!(
+        took < Duration::from_millis(500),
+        "idle connection closed after {took:?}"
+    );
+    let served = tokio::time::timeout(Duration::from_secs(5), &mut node.served)
+        .await
+        .expect("serve returned within its deadline");
+    assert!(matches!(served, Ok(Ok(()))), "{served:?}");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2_500),
+        "serve returned after {took:?}"
+    );
+    // The unfinished request's connection is gone with it.
+    let (took, _) = until_closed(&mut s, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }

@@ -49,6 +49,12 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    if tls.is_none() && !cfg.dev && (!addr.ip().is_loopback() || cfg.cluster.listen.is_some()) {
+        tracing::warn!(
+            http = %addr,
+            "the HTTP API is plain HTTP: bearer tokens (also those one node passes to another) cross the network in clear; set http_tls (docs/security.md)"
+        );
+    }
     let serve_opts = crate::server::ServeOptions {
         limits: cfg.http_server.clone(),
         tls,
