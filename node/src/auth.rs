@@ -360,6 +360,20 @@ mod tests {
     }
 
     #[test]
+    fn the_hardened_example_config_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/config/node-hardened.yaml");
+        let cfg = crate::config::NodeConfig::load(&path).expect("parses");
+        cfg.validate().expect("valid");
+        let t = Tokens::from_config(&cfg.auth.tokens).expect("tokens");
+        let p = t
+            .find("replace-with-the-orders-producer-token")
+            .expect("the documented placeholder");
+        assert!(p.allows(&Need::PutEvents("orders".into())) && !p.allows(&Need::Read));
+        assert!(!cfg.auth.metrics_public && cfg.http_tls.is_some());
+    }
+
+    #[test]
     fn plain_and_scoped_entries_parse_from_yaml() {
         let a: crate::config::Auth = serde_yaml::from_str(
             "tokens:\n  - plain\n  - {name: p, token: x, scopes: ['events:put:orders']}\nmetrics_public: false\n",
