@@ -6,7 +6,6 @@
 //! certificate.
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -17,11 +16,10 @@ fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run strait")
 }
 
+/// A loopback port free for TCP and UDP, below the ephemeral range (a
+/// node's outgoing connections cannot take it before the node listens).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    strait_federation::transport::free_loopback_port().expect("free port")
 }
 
 struct Proc(Child, PathBuf);

@@ -129,7 +129,7 @@ pub async fn serve(
         .as_ref()
         .map(|t| crate::util::AbortOnDrop(tokio::spawn(t.clone().watch())));
     tokio::pin!(shutdown);
-    let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
+    let mut refused_logged: Option<std::time::Instant> = None;
     loop {
         while conns.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
@@ -149,8 +149,8 @@ pub async fn serve(
             Err(cap) => {
                 metrics::counter!("strait_http_connections_refused_total", "cap" => cap)
                     .increment(1);
-                if refused_logged.elapsed() > Duration::from_secs(10) {
-                    refused_logged = std::time::Instant::now();
+                if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    refused_logged = Some(std::time::Instant::now());
                     tracing::warn!(%peer, cap, "HTTP connection refused: http_server.{cap} reached");
                 }
                 drop(stream);
