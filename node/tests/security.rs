@@ -11,7 +11,8 @@
 //!   timeout, an idle connection after the idle timeout, a slow body gets
 //!   408, connections over the per-address cap are closed at once, 500
 //!   idle connections are closed while requests go on, and shutdown waits
-//!   for requests in progress only up to its deadline.
+//!   for requests in progress only up to its deadline; a client that stops
+//!   reading an 8 MB answer is cut off after the idle timeout.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -843,4 +844,65 @@ async fn shutdown_waits_for_requests_up_to_its_deadline() {
     // The unfinished request's connection is gone with it.
     let (took, _) = until_closed(&mut s, Duration::from_secs(3)).await;
     assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answer_is_cut_off() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start(dir, |c| {
+        c.http_server = limits();
+        c.limits.max_event_bytes = 12 << 20;
+        c.limits.max_request_bytes = 16 << 20;
+    })
+    .await;
+    // An 8 MB answer (the event, transformed as it is) to a client with a
+    // small receive buffer that reads nothing.
+    let big = "x".repeat(8 << 20);
+    let body = json!({
+        "transform": {"form": "ORIGINAL"},
+        "event": {"specversion": "1.0", "id": "1", "source": "/t", "type": "t", "data": big}
+    })
+    .to_string();
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut s = sock.connect(node.addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/transforms:test HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    s.write_all(body.as_bytes()).await.expect("body");
+    // Idle timeout 2 s: give it that and a margin, then read what is left.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let mut got = 0usize;
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if head.len() < 64 {
+                        head.extend_from_slice(&buf[..n.min(64)]);
+                    }
+                    got += n;
+                }
+            }
+        }
+    })
+    .await;
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(ended.is_ok(), "the connection stayed open");
+    assert!(
+        got < 8 << 20,
+        "the whole answer ({got} bytes) was kept for a client that did not read"
+    );
+    // Others are served meanwhile and after.
+    let r = reqwest::get(format!("http://{}/healthz", node.addr))
+        .await
+        .expect("after");
+    assert_eq!(r.status(), 200);
+    node.stop().await;
 }

@@ -26,19 +26,29 @@ pub enum Verdict {
     HeaderTimeout,
     /// Close it: idle for too long.
     IdleTimeout,
+    /// Close it: the peer has not taken what it was sent for the idle
+    /// timeout (it stopped reading an answer).
+    WriteStalled,
 }
 
 /// The decision, from the connection's figures (all in ms since it
 /// opened): `in_flight` requests being handled, `idle_since` when the last
 /// one ended (or the connection opened), `first_byte` when the first byte
-/// after that arrived, if any.
+/// after that arrived, if any, `write_blocked` since when a write to the
+/// peer has been waiting for room, if one is.
 pub fn verdict(
     in_flight: u32,
     idle_since_ms: u64,
     first_byte_ms: Option<u64>,
+    write_blocked_ms: Option<u64>,
     now_ms: u64,
     t: Timeouts,
 ) -> Verdict {
+    if let Some(wb) = write_blocked_ms
+        && Duration::from_millis(now_ms.saturating_sub(wb)) >= t.idle
+    {
+        return Verdict::WriteStalled;
+    }
     // While a request runs, its body deadline and the handler govern it;
     // look again soon after it might have ended.
     if in_flight > 0 {
@@ -65,6 +75,7 @@ pub struct Activity {
     in_flight: AtomicU32,
     idle_since_ms: AtomicU64,
     first_byte_ms: AtomicU64,
+    write_blocked_ms: AtomicU64,
 }
 
 impl Default for Activity {
@@ -74,6 +85,7 @@ impl Default for Activity {
             in_flight: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
             first_byte_ms: AtomicU64::new(NONE),
+            write_blocked_ms: AtomicU64::new(NONE),
         }
     }
 }
@@ -89,6 +101,18 @@ impl Activity {
             && self.first_byte_ms.load(Ordering::Relaxed) == NONE
         {
             self.first_byte_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// A write to the peer could not proceed (`true`) or did (`false`).
+    pub fn on_write(&self, blocked: bool) {
+        if blocked {
+            if self.write_blocked_ms.load(Ordering::Relaxed) == NONE {
+                self.write_blocked_ms
+                    .store(self.now_ms(), Ordering::Relaxed);
+            }
+        } else if self.write_blocked_ms.load(Ordering::Relaxed) != NONE {
+            self.write_blocked_ms.store(NONE, Ordering::Relaxed);
         }
     }
 
@@ -109,10 +133,12 @@ impl Activity {
     /// [`verdict`] now.
     pub fn verdict(&self, t: Timeouts) -> Verdict {
         let fb = self.first_byte_ms.load(Ordering::Relaxed);
+        let wb = self.write_blocked_ms.load(Ordering::Relaxed);
         verdict(
             self.in_flight.load(Ordering::Acquire),
             self.idle_since_ms.load(Ordering::Relaxed),
             (fb != NONE).then_some(fb),
+            (wb != NONE).then_some(wb),
             self.now_ms(),
             t,
         )
@@ -130,42 +156,71 @@ mod tests {
 
     #[test]
     fn a_silent_connection_is_closed_after_the_idle_timeout() {
-        assert!(matches!(verdict(0, 0, None, 4_999, T), Verdict::Keep(_)));
-        assert_eq!(verdict(0, 0, None, 5_000, T), Verdict::IdleTimeout);
-        // Idle since the last answer, not since it opened.
         assert!(matches!(
-            verdict(0, 3_000, None, 7_000, T),
+            verdict(0, 0, None, None, 4_999, T),
             Verdict::Keep(_)
         ));
-        assert_eq!(verdict(0, 3_000, None, 8_000, T), Verdict::IdleTimeout);
+        assert_eq!(verdict(0, 0, None, None, 5_000, T), Verdict::IdleTimeout);
+        // Idle since the last answer, not since it opened.
+        assert!(matches!(
+            verdict(0, 3_000, None, None, 7_000, T),
+            Verdict::Keep(_)
+        ));
+        assert_eq!(
+            verdict(0, 3_000, None, None, 8_000, T),
+            Verdict::IdleTimeout
+        );
     }
 
     #[test]
     fn a_started_request_must_complete_its_headers_in_time() {
         assert!(matches!(
-            verdict(0, 0, Some(4_500), 5_400, T),
+            verdict(0, 0, Some(4_500), None, 5_400, T),
             Verdict::Keep(_)
         ));
-        assert_eq!(verdict(0, 0, Some(4_500), 5_500, T), Verdict::HeaderTimeout);
+        assert_eq!(
+            verdict(0, 0, Some(4_500), None, 5_500, T),
+            Verdict::HeaderTimeout
+        );
         // The header deadline holds even when the idle one is further away.
-        assert_eq!(verdict(0, 0, Some(100), 1_100, T), Verdict::HeaderTimeout);
+        assert_eq!(
+            verdict(0, 0, Some(100), None, 1_100, T),
+            Verdict::HeaderTimeout
+        );
     }
 
     #[test]
     fn a_running_request_is_never_cut_by_these_timeouts() {
         assert!(matches!(
-            verdict(1, 0, None, 1_000_000, T),
+            verdict(1, 0, None, None, 1_000_000, T),
             Verdict::Keep(_)
         ));
         assert!(matches!(
-            verdict(3, 0, Some(0), 1_000_000, T),
+            verdict(3, 0, Some(0), None, 1_000_000, T),
             Verdict::Keep(_)
         ));
     }
 
     #[test]
+    fn a_peer_that_stops_reading_is_cut_off_after_the_idle_timeout() {
+        assert!(matches!(
+            verdict(1, 0, None, Some(1_000), 5_999, T),
+            Verdict::Keep(_)
+        ));
+        assert_eq!(
+            verdict(1, 0, None, Some(1_000), 6_000, T),
+            Verdict::WriteStalled
+        );
+        let a = Activity::default();
+        a.on_write(true);
+        assert!(a.write_blocked_ms.load(Ordering::Relaxed) != NONE);
+        a.on_write(false);
+        assert_eq!(a.write_blocked_ms.load(Ordering::Relaxed), NONE);
+    }
+
+    #[test]
     fn the_next_look_is_never_after_a_header_deadline() {
-        let Verdict::Keep(d) = verdict(0, 0, None, 0, T) else {
+        let Verdict::Keep(d) = verdict(0, 0, None, None, 0, T) else {
             panic!("keep")
         };
         assert!(d <= T.header, "{d:?}");

@@ -275,6 +275,11 @@ async fn http<I>(
                 tracing::debug!(%peer, "closing an idle connection (http_server.idle_timeout_ms)");
                 return;
             }
+            Verdict::WriteStalled => {
+                metrics::counter!("strait_http_timeouts_total", "kind" => "write").increment(1);
+                tracing::debug!(%peer, "closing a connection whose peer stopped reading (http_server.idle_timeout_ms)");
+                return;
+            }
         };
         tokio::select! {
             r = conn.as_mut() => {
@@ -321,7 +326,9 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.on_write(r.is_pending());
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -337,7 +344,9 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.on_write(r.is_pending());
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
