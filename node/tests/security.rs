@@ -12,7 +12,8 @@
 //!   408, connections over the per-address cap are closed at once, 500
 //!   idle connections are closed while requests go on, and shutdown waits
 //!   for requests in progress only up to its deadline; a client that stops
-//!   reading an 8 MB answer is cut off after the idle timeout.
+//!   reading an 8 MB answer is cut off after the idle timeout, one that
+//!   reads a 12 MB answer slowly is not.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -904,5 +905,55 @@ async fn a_client_that_stops_reading_its_answer_is_cut_off() {
         .await
         .expect("after");
     assert_eq!(r.status(), 200);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start(dir, |c| {
+        c.http_server = limits();
+        c.limits.max_event_bytes = 16 << 20;
+        c.limits.max_request_bytes = 20 << 20;
+    })
+    .await;
+    let big = "y".repeat(12 << 20);
+    let body = json!({
+        "transform": {"form": "ORIGINAL"},
+        "event": {"specversion": "1.0", "id": "1", "source": "/t", "type": "t", "data": big}
+    })
+    .to_string();
+    let mut s = tokio::net::TcpStream::connect(node.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/transforms:test HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token\r\n\
+         Content-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    s.write_all(body.as_bytes()).await.expect("body");
+    // A 12 MB answer, more than the socket buffers hold: a read every
+    // 100 ms for 3.5 s (more than the 2 s idle timeout, the server's
+    // writes waiting most of the time), then the rest at once.
+    let t0 = Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("stalled after {got} bytes"),
+        }
+        if t0.elapsed() < Duration::from_millis(3_500) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(
+        got > 12 << 20,
+        "cut off after {got} bytes and {:?}",
+        t0.elapsed()
+    );
+    assert!(t0.elapsed() > Duration::from_secs(3), "{:?}", t0.elapsed());
     node.stop().await;
 }

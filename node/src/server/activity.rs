@@ -76,6 +76,7 @@ pub struct Activity {
     idle_since_ms: AtomicU64,
     first_byte_ms: AtomicU64,
     write_blocked_ms: AtomicU64,
+    last_write_ms: AtomicU64,
 }
 
 impl Default for Activity {
@@ -86,6 +87,7 @@ impl Default for Activity {
             idle_since_ms: AtomicU64::new(0),
             first_byte_ms: AtomicU64::new(NONE),
             write_blocked_ms: AtomicU64::new(NONE),
+            last_write_ms: AtomicU64::new(0),
         }
     }
 }
@@ -111,8 +113,13 @@ impl Activity {
                 self.write_blocked_ms
                     .store(self.now_ms(), Ordering::Relaxed);
             }
-        } else if self.write_blocked_ms.load(Ordering::Relaxed) != NONE {
-            self.write_blocked_ms.store(NONE, Ordering::Relaxed);
+        } else {
+            // Still sending an answer (hyper may hold one after its
+            // request ended): not idle.
+            self.last_write_ms.store(self.now_ms(), Ordering::Relaxed);
+            if self.write_blocked_ms.load(Ordering::Relaxed) != NONE {
+                self.write_blocked_ms.store(NONE, Ordering::Relaxed);
+            }
         }
     }
 
@@ -136,7 +143,9 @@ impl Activity {
         let wb = self.write_blocked_ms.load(Ordering::Relaxed);
         verdict(
             self.in_flight.load(Ordering::Acquire),
-            self.idle_since_ms.load(Ordering::Relaxed),
+            self.idle_since_ms
+                .load(Ordering::Relaxed)
+                .max(self.last_write_ms.load(Ordering::Relaxed)),
             (fb != NONE).then_some(fb),
             (wb != NONE).then_some(wb),
             self.now_ms(),
@@ -216,6 +225,14 @@ mod tests {
         assert!(a.write_blocked_ms.load(Ordering::Relaxed) != NONE);
         a.on_write(false);
         assert_eq!(a.write_blocked_ms.load(Ordering::Relaxed), NONE);
+        // Writing counts as activity for the idle timeout.
+        std::thread::sleep(Duration::from_millis(20));
+        a.on_write(false);
+        let t = Timeouts {
+            header: Duration::from_millis(1_000),
+            idle: Duration::from_millis(15),
+        };
+        assert!(matches!(a.verdict(t), Verdict::Keep(_)));
     }
 
     #[test]
