@@ -162,7 +162,14 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         health: health.clone(),
         metrics,
         auth: Auth {
-            tokens: (!cfg.dev).then(|| cfg.auth.tokens.clone().into()),
+            tokens: if cfg.dev {
+                None
+            } else {
+                Some(Arc::new(crate::auth::Tokens::from_config(
+                    &cfg.auth.tokens,
+                )?))
+            },
+            metrics_public: cfg.dev || cfg.auth.metrics_public,
         },
         aws_ingress_path: cfg.aws.ingress_path.clone(),
         ingress: Arc::new(ingresses(&cfg, gate, alibaba)),

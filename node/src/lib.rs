@@ -9,6 +9,7 @@
 
 mod app;
 pub mod archive;
+pub mod auth;
 mod cli;
 mod cluster;
 pub mod config;
@@ -17,8 +18,9 @@ mod http;
 mod ingest;
 mod links;
 pub mod lookup;
-pub mod replay;
 mod redrive;
+pub mod replay;
+pub mod server;
 mod sources;
 mod telemetry;
 mod trace;

@@ -143,7 +143,18 @@ pub async fn closed_loop(
     secs: u64,
     counter: Arc<Mutex<u64>>,
 ) -> (Stats, Duration) {
-    let client = http_client();
+    closed_loop_with(http_client(), urls, clients, batch, secs, counter).await
+}
+
+/// [`closed_loop`] with a given client (e.g. one trusting a test CA).
+pub async fn closed_loop_with(
+    client: reqwest::Client,
+    urls: &[String],
+    clients: u64,
+    batch: u64,
+    secs: u64,
+    counter: Arc<Mutex<u64>>,
+) -> (Stats, Duration) {
     let payload: String = "x".repeat(EVENT_DATA_BYTES);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();

@@ -30,7 +30,7 @@ pub(super) async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
             dir: None,
             json,
         } => {
-            let (client, base) = client(&server);
+            let (client, base) = client(&server)?;
             let body = get_json(
                 &client,
                 &server,
@@ -50,7 +50,7 @@ pub(super) async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
             raft_addr,
             http_addr,
         } => {
-            let (client, base) = client(&server);
+            let (client, base) = client(&server)?;
             let req = client
                 .post(format!("{base}/v1/cluster/members"))
                 .json(&json!({"id": node_id, "raftAddr": raft_addr, "httpAddr": http_addr}));
@@ -61,7 +61,7 @@ pub(super) async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
             outln!("node {node_id} is a voter; voters now {}", body["voters"]);
         }
         ClusterCommand::Leave { server, node_id } => {
-            let (client, base) = client(&server);
+            let (client, base) = client(&server)?;
             let req = client.delete(format!("{base}/v1/cluster/members/{node_id}"));
             let (status, body) = send(with_auth(req, &server), "cluster leave").await?;
             if status != 200 {
@@ -73,11 +73,55 @@ pub(super) async fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) fn client(s: &ServerArgs) -> (reqwest::Client, String) {
-    (
-        reqwest::Client::new(),
-        s.server.trim_end_matches('/').to_string(),
-    )
+/// The HTTP client for `--server`: trusting `--ca` (else the system's
+/// roots) and presenting `--client-cert` when given.
+pub(super) fn client(s: &ServerArgs) -> anyhow::Result<(reqwest::Client, String)> {
+    let mut b = reqwest::Client::builder();
+    if let Some(ca) = &s.ca {
+        let pem = std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca {}: not a PEM certificate file", ca.display()))?;
+        if certs.is_empty() {
+            bail!(
+                "--ca {}: no PEM certificate (BEGIN CERTIFICATE) in it",
+                ca.display()
+            );
+        }
+        b = b.tls_certs_only(certs);
+    }
+    if let (Some(cert), Some(key)) = (&s.client_cert, &s.client_key) {
+        let mut pem =
+            std::fs::read(cert).with_context(|| format!("--client-cert {}", cert.display()))?;
+        pem.push(b'\n');
+        pem.extend(std::fs::read(key).with_context(|| format!("--client-key {}", key.display()))?);
+        let id = reqwest::Identity::from_pem(&pem).with_context(|| {
+            format!(
+                "--client-cert {} / --client-key {}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        b = b.identity(id);
+    }
+    let server = s.server.trim_end_matches('/').to_string();
+    if s.token.is_some() && server.starts_with("http://") && !is_loopback(&server) {
+        eprintln!(
+            "warning: sending the bearer token over plain HTTP to {server}; use https:// (the node's http_tls)"
+        );
+    }
+    Ok((b.build().context("HTTP client")?, server))
+}
+
+fn is_loopback(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .is_some_and(|h| {
+            h == "localhost"
+                || h.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
 }
 
 pub(super) fn with_auth(req: reqwest::RequestBuilder, s: &ServerArgs) -> reqwest::RequestBuilder {
@@ -120,7 +164,7 @@ pub(super) fn api_error(what: &str, status: u16, body: &Value) -> anyhow::Error 
 }
 
 pub(super) async fn put(a: PutArgs) -> anyhow::Result<ExitCode> {
-    let (c, base) = client(&a.server);
+    let (c, base) = client(&a.server)?;
     let mut ev = json!({
         "specversion": "1.0",
         "id": a.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
@@ -201,7 +245,7 @@ pub(super) async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
         SourceSpec::from_json(&Value::Object(s.spec.clone()))
             .map_err(|e| anyhow!("{}: sources[{i}] ({}): {e}", a.file.display(), s.name))?;
     }
-    let (c, base) = client(&a.server);
+    let (c, base) = client(&a.server)?;
     // PUT `body` at `path`; `what` names the resource in the output.
     let put = async |path: String, body: &Value, what: String| -> anyhow::Result<()> {
         let req = c.put(format!("{base}{path}")).json(body);
@@ -240,7 +284,7 @@ pub(super) async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
 }
 
 pub(super) async fn get(a: GetArgs) -> anyhow::Result<()> {
-    let (c, base) = client(&a.server);
+    let (c, base) = client(&a.server)?;
     let body = get_json(&c, &a.server, format!("{base}/v1/buses"), "get buses").await?;
     let buses: Vec<String> = body["buses"]
         .as_array()

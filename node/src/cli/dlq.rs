@@ -20,7 +20,7 @@ fn segments<'a>(bus: &'a str, rule: &'a str, target: Option<&'a str>) -> Vec<&'a
 }
 
 async fn post(server: &ServerArgs, url: String, body: Value, what: &str) -> anyhow::Result<Value> {
-    let (c, _) = client(server);
+    let (c, _) = client(server)?;
     let (status, body) = send(with_auth(c.post(url).json(&body), server), what).await?;
     if status != 200 {
         return Err(api_error(what, status, &body));
@@ -46,7 +46,7 @@ pub(super) async fn dlq(c: DlqCommand) -> anyhow::Result<()> {
                 query.push(("next", n));
             }
             let u = url(&server, &segs, &query)?;
-            let (c, _) = client(&server);
+            let (c, _) = client(&server)?;
             let body = get_json(&c, &server, u, "dead letters").await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&body)?);

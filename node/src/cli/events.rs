@@ -73,7 +73,7 @@ pub(super) fn url(
     segments: &[&str],
     query: &[(&str, String)],
 ) -> anyhow::Result<String> {
-    let (_, base) = client(server);
+    let base = server.server.trim_end_matches('/').to_string();
     let mut u = reqwest::Url::parse(&base).with_context(|| format!("--server {base:?}"))?;
     u.path_segments_mut()
         .map_err(|()| anyhow::anyhow!("--server {base:?} cannot be a base URL"))?
@@ -86,7 +86,7 @@ pub(super) fn url(
 }
 
 async fn fetch(server: &ServerArgs, url: String, what: &str) -> anyhow::Result<serde_json::Value> {
-    let (c, _) = client(server);
+    let (c, _) = client(server)?;
     get_json(&c, server, url, what).await
 }
 

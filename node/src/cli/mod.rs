@@ -384,6 +384,17 @@ pub struct ServerArgs {
     /// Bearer token (not needed in dev mode).
     #[arg(long, env = "STRAIT_TOKEN")]
     pub token: Option<String>,
+    /// CA certificate(s), PEM, to trust for an `https://` server (instead
+    /// of the system's roots).
+    #[arg(long, env = "STRAIT_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate, PEM, for a node that asks for one
+    /// (`http_tls.client_ca`); with `--client-key`.
+    #[arg(long, env = "STRAIT_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    #[arg(long, env = "STRAIT_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// `strait put`.

@@ -116,7 +116,7 @@ pub enum ReplayCommand {
 }
 
 fn url(server: &ServerArgs, segments: &[&str]) -> anyhow::Result<String> {
-    let (_, base) = client(server);
+    let (_, base) = client(server)?;
     let mut u = reqwest::Url::parse(&base).with_context(|| format!("--server {base:?}"))?;
     u.path_segments_mut()
         .map_err(|()| anyhow::anyhow!("--server {base:?} cannot be a base URL"))?
@@ -133,7 +133,7 @@ async fn call(
     body: Option<Value>,
     what: &str,
 ) -> anyhow::Result<Value> {
-    let (c, _) = client(server);
+    let (c, _) = client(server)?;
     let mut req = c.request(method, url(server, segments)?);
     if let Some(b) = body {
         req = req.json(&b);

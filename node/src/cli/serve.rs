@@ -44,6 +44,21 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", cfg.http)),
     };
     let addr = listener.local_addr()?;
+    let tls = match &cfg.http_tls {
+        Some(t) => Some(crate::server::ReloadingTls::new(t.clone()).context("config: http_tls")?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if tls.is_none() && !cfg.dev && (!addr.ip().is_loopback() || cfg.cluster.listen.is_some()) {
+        tracing::warn!(
+            http = %addr,
+            "the HTTP API is plain HTTP: bearer tokens (also those one node passes to another) cross the network in clear; set http_tls (docs/security.md)"
+        );
+    }
+    let serve_opts = crate::server::ServeOptions {
+        limits: cfg.http_server.clone(),
+        tls,
+    };
     let data_dir = cfg.data_dir.clone();
     let dev = cfg.dev;
     let app = match crate::app::start(cfg).await {
@@ -60,14 +75,14 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     eprintln!(
-        "strait {} listening on http://{addr} (data in {}{})",
+        "strait {} listening on {scheme}://{addr} (data in {}{})",
         env!("CARGO_PKG_VERSION"),
         data_dir.display(),
         if dev { ", dev mode: no auth" } else { "" }
     );
     if dev {
         eprintln!(
-            "try:\n  curl -X POST http://{addr}/v1/buses/default/events \\\n    -H 'content-type: application/cloudevents+json' \\\n    -d '{{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/demo\",\"type\":\"demo.hello\",\"data\":{{\"hello\":\"world\"}}}}'"
+            "try:\n  curl -X POST {scheme}://{addr}/v1/buses/default/events \\\n    -H 'content-type: application/cloudevents+json' \\\n    -d '{{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/demo\",\"type\":\"demo.hello\",\"data\":{{\"hello\":\"world\"}}}}'"
         );
     }
     let router = crate::app::router(app.clone());
@@ -77,14 +92,13 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         std::time::Duration::from_secs(app.cfg.storage_failure_exit_secs),
         stop_tx,
     ));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = stop_rx => {}
-            }
-        })
-        .await?;
+    crate::server::serve(listener, router, serve_opts, async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = stop_rx => {}
+        }
+    })
+    .await?;
     watch.abort();
     if let Some(f) = app.failure() {
         // Best effort: Raft has stopped, and the disk may refuse the flush.

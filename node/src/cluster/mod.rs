@@ -337,9 +337,9 @@ pub async fn join(site: Site, cfg: NodeConfig) {
     let Some(base) = cfg.cluster.join.clone() else {
         return;
     };
-    let base = normalize_url(&base);
+    let tls = cfg.http_tls.is_some();
+    let base = normalize_url(&base, tls);
     let info = node_info(&cfg);
-    let client = reqwest::Client::new();
     let mut delay = Duration::from_millis(200);
     loop {
         let is_voter = site
@@ -354,6 +354,14 @@ pub async fn join(site: Site, cfg: NodeConfig) {
             tracing::info!(node = cfg.node_id, "this node is a voter of the site");
             return;
         }
+        let client = match peer_client(&cfg) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot join: no HTTPS client for the other nodes");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
         let mut req = client
             .post(format!("{base}/v1/cluster/members"))
             .timeout(Duration::from_secs(120))
@@ -362,7 +370,7 @@ pub async fn join(site: Site, cfg: NodeConfig) {
                 "raftAddr": info.raft_addr,
                 "httpAddr": info.http_addr,
             }));
-        if let Some(t) = cfg.auth.tokens.first() {
+        if let Some(t) = cfg.auth.join_token() {
             req = req.bearer_auth(t);
         }
         match req.send().await {
@@ -387,25 +395,85 @@ pub async fn join(site: Site, cfg: NodeConfig) {
     }
 }
 
-/// `host:port` or a URL → a URL without a trailing slash.
-pub fn normalize_url(addr: &str) -> String {
+/// `host:port` or a URL → a URL without a trailing slash; `https://` for a
+/// bare address when the nodes serve TLS (`http_tls`).
+pub fn normalize_url(addr: &str, tls: bool) -> String {
     let a = addr.trim_end_matches('/');
     if a.starts_with("http://") || a.starts_with("https://") {
         a.to_string()
+    } else if tls {
+        format!("https://{a}")
     } else {
         format!("http://{a}")
     }
 }
 
-/// The HTTP base URL of the site's current leader, when known and not this node.
-pub fn leader_http(site: &Site) -> Option<(NodeId, String)> {
+/// The client for requests one node of a site makes to another's HTTP API
+/// (passing a membership change to the leader, `cluster.join`). They carry
+/// the caller's bearer token, so with `http_tls` set they go over HTTPS:
+/// the other node's certificate must chain to `http_tls.peer_ca`, else to
+/// the cluster CA (`cluster.certs_dir/ca.pem`), else to the system's roots;
+/// when the nodes ask for client certificates (`http_tls.client_ca`) this
+/// node presents its cluster certificate (`node-<id>.pem`), else its
+/// `http_tls` certificate. The files are read on every call (these
+/// requests are rare), so rotated files are used at once. Without
+/// `http_tls` it is plain HTTP (see docs/security.md).
+pub fn peer_client(cfg: &NodeConfig) -> anyhow::Result<reqwest::Client> {
+    let Some(t) = &cfg.http_tls else {
+        return Ok(reqwest::Client::new());
+    };
+    let cluster_dir = cfg.cluster.certs_dir.as_ref();
+    let ca_file = t
+        .peer_ca
+        .clone()
+        .or_else(|| cluster_dir.map(|d| d.join(certs::CA_CERT_FILE)));
+    let provider = certs::provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?;
+    let builder = match ca_file {
+        Some(f) => {
+            let ca = certs::read_certs(&f).context("http_tls.peer_ca")?;
+            builder.with_root_certificates(certs::root_store(&ca).context("http_tls.peer_ca")?)
+        }
+        None => {
+            return reqwest::Client::builder()
+                .build()
+                .context("the HTTPS client for other nodes");
+        }
+    };
+    let tls = if t.client_ca.is_some() {
+        let (cert, key) = match cluster_dir {
+            Some(d) => (
+                d.join(certs::node_cert_file(cfg.node_id)),
+                d.join(certs::node_key_file(cfg.node_id)),
+            ),
+            None => (t.cert.clone(), t.key.clone()),
+        };
+        let chain = certs::read_certs(&cert).context("client certificate for other nodes")?;
+        let key = certs::read_private_key(&key).context("client key for other nodes")?;
+        builder
+            .with_client_auth_cert(chain, key)
+            .context("client certificate for other nodes")?
+    } else {
+        builder.with_no_client_auth()
+    };
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .context("the HTTPS client for other nodes")
+}
+
+/// The HTTP base URL of the site's current leader, when known and not this
+/// node (`https://` when `tls`).
+pub fn leader_http(site: &Site, tls: bool) -> Option<(NodeId, String)> {
     let m = site.raft.metrics().borrow().clone();
     let leader = m.current_leader?;
     if leader == site.node_id {
         return None;
     }
     let node = m.membership_config.membership().get_node(&leader)?.clone();
-    Some((leader, normalize_url(&node.http_addr)))
+    Some((leader, normalize_url(&node.http_addr, tls)))
 }
 
 /// Role name as shown in the API.

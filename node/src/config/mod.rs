@@ -37,11 +37,170 @@ impl Default for Limits {
 }
 
 /// Credentials for the HTTP API outside dev mode.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Auth {
-    /// Accepted bearer tokens.
-    pub tokens: Vec<String>,
+    /// Accepted bearer tokens: a plain string is a token with the `admin`
+    /// scope; an entry names a token (or its SHA-256) and its scopes.
+    pub tokens: Vec<TokenSpec>,
+    /// `GET /metrics` without a token (default true); `false`: it needs
+    /// a token with the `read` scope.
+    pub metrics_public: bool,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            tokens: Vec::new(),
+            metrics_public: true,
+        }
+    }
+}
+
+impl Auth {
+    /// The token this node sends when it asks a site to add it
+    /// (`cluster.join`): the first one given in clear with the `admin`
+    /// scope.
+    pub fn join_token(&self) -> Option<&str> {
+        self.tokens.iter().find_map(|t| match t {
+            TokenSpec::Plain(s) => Some(s.as_str()),
+            TokenSpec::Scoped(e) if e.scopes.iter().any(|s| s == "admin") => e.token.as_deref(),
+            TokenSpec::Scoped(_) => None,
+        })
+    }
+}
+
+/// One entry of `auth.tokens`.
+#[derive(Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum TokenSpec {
+    /// A token with the `admin` scope.
+    Plain(String),
+    /// A named token with scopes.
+    Scoped(ScopedToken),
+}
+
+impl<'de> Deserialize<'de> for TokenSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TokenSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a token (string) or {name, token | token_sha256, scopes}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TokenSpec, E> {
+                Ok(TokenSpec::Plain(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<TokenSpec, A::Error> {
+                ScopedToken::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(TokenSpec::Scoped)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl std::fmt::Debug for TokenSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSpec::Plain(_) => f.write_str("Plain(<redacted>)"),
+            TokenSpec::Scoped(s) => s.fmt(f),
+        }
+    }
+}
+
+/// A named token and what it may do.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedToken {
+    /// Its name, in the audit log.
+    pub name: String,
+    /// The token itself...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// ... or the SHA-256 of it, 64 hex digits
+    /// (`printf %s "$TOKEN" | sha256sum`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+    /// `admin`, `read`, `events:put:<bus>`, `events:put:*`.
+    pub scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for ScopedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopedToken")
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_sha256", &self.token_sha256)
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// TLS on the HTTP listener (`http_tls:`): PEM files, reloaded without a
+/// restart when they change on disk (see docs/operations.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    /// The server certificate chain (leaf first), PEM.
+    pub cert: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM bundle) that client certificates must chain
+    /// to. Set: every client must present a valid certificate (mutual
+    /// TLS). Unset: no client certificates are asked for.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// CA certificates (PEM bundle) that the HTTPS certificates of the other
+    /// nodes of this site chain to, for requests one node passes to another
+    /// (membership changes, `cluster.join`). Default: the cluster CA
+    /// (`cluster.certs_dir/ca.pem`); without either, the system's roots.
+    #[serde(default)]
+    pub peer_ca: Option<PathBuf>,
+    /// How often the files are checked for changes, ms.
+    #[serde(default = "default_tls_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_tls_reload_ms() -> u64 {
+    2_000
+}
+
+/// Timeouts and connection caps of the HTTP listener (`http_server:`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpServer {
+    /// A connection that has sent part of a request (or of a TLS
+    /// handshake) must complete the request's headers within this, ms.
+    pub header_timeout_ms: u64,
+    /// A request's body must be read completely within this of its
+    /// headers, ms (else 408).
+    pub body_timeout_ms: u64,
+    /// A connection with no request in progress and nothing sent is
+    /// closed after this, ms.
+    pub idle_timeout_ms: u64,
+    /// Most open connections; further ones are closed at once.
+    pub max_connections: usize,
+    /// Most open connections from one peer IP address.
+    pub max_connections_per_ip: usize,
+    /// On shutdown, requests in progress get this long to finish, ms.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for HttpServer {
+    fn default() -> Self {
+        HttpServer {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 60_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// Dispatcher tuning.
@@ -265,6 +424,11 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// HTTP listen address.
     pub http: String,
+    /// TLS on the HTTP listener (plain HTTP when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_tls: Option<HttpTls>,
+    /// Timeouts and connection caps of the HTTP listener.
+    pub http_server: HttpServer,
     /// Dev mode: no auth.
     pub dev: bool,
     /// API credentials.
@@ -330,6 +494,8 @@ impl Default for NodeConfig {
             site: "local".into(),
             data_dir: PathBuf::from("strait-data"),
             http: "127.0.0.1:8080".into(),
+            http_tls: None,
+            http_server: HttpServer::default(),
             dev: false,
             auth: Auth::default(),
             limits: Limits::default(),
@@ -582,6 +748,12 @@ impl NodeConfig {
                 "at least one token is required outside dev mode (or run with --dev)",
             );
         }
+        crate::auth::Tokens::from_config(&self.auth.tokens).map_err(|e| {
+            ConfigError::InvalidAt {
+                field: e.field,
+                message: e.message,
+            }
+        })?;
         if self.limits.max_event_bytes < 1024 {
             return invalid("limits.max_event_bytes", "must be at least 1024");
         }
@@ -617,11 +789,57 @@ impl NodeConfig {
                 return invalid("buses", &format!("{b:?} is not a valid bus name"));
             }
         }
+        self.validate_http_server()?;
         self.validate_alibaba()?;
         self.validate_cluster()?;
         self.validate_federation()?;
         self.validate_control()?;
         self.validate_aws()
+    }
+
+    fn validate_http_server(&self) -> Result<(), ConfigError> {
+        let at = |field: &str, message: &str| {
+            Err(ConfigError::InvalidAt {
+                field: field.to_string(),
+                message: message.to_string(),
+            })
+        };
+        if let Some(t) = &self.http_tls {
+            for (field, p) in [("http_tls.cert", &t.cert), ("http_tls.key", &t.key)] {
+                if p.as_os_str().is_empty() {
+                    return at(field, "a PEM file path is required");
+                }
+            }
+            if t.reload_interval_ms < 100 {
+                return at("http_tls.reload_interval_ms", "must be at least 100");
+            }
+            if let Some(j) = &self.cluster.join
+                && j.starts_with("http://")
+            {
+                return at(
+                    "cluster.join",
+                    "with http_tls set, join through https:// (or host:port): the join request carries a bearer token",
+                );
+            }
+        }
+        let s = &self.http_server;
+        for (field, v) in [
+            ("http_server.header_timeout_ms", s.header_timeout_ms),
+            ("http_server.body_timeout_ms", s.body_timeout_ms),
+            ("http_server.idle_timeout_ms", s.idle_timeout_ms),
+            ("http_server.shutdown_timeout_ms", s.shutdown_timeout_ms),
+        ] {
+            if v < 100 {
+                return at(field, "must be at least 100 (ms)");
+            }
+        }
+        if s.max_connections == 0 {
+            return at("http_server.max_connections", "must be at least 1");
+        }
+        if s.max_connections_per_ip == 0 {
+            return at("http_server.max_connections_per_ip", "must be at least 1");
+        }
+        Ok(())
     }
 
     fn validate_control(&self) -> Result<(), ConfigError> {

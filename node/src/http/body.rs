@@ -13,6 +13,9 @@ pub async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
     let mut total = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
+            if crate::server::is_body_timeout(&e) {
+                return ApiError::new(StatusCode::REQUEST_TIMEOUT, "RequestTimeout", e.to_string());
+            }
             ApiError::bad_request(
                 "MalformedRequest",
                 format!("cannot read the request body: {e}"),

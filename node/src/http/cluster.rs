@@ -1,6 +1,7 @@
 //! Membership endpoints: `POST /v1/cluster/members` and
 //! `DELETE /v1/cluster/members/{id}`. They run on the leader; any other
-//! node passes the request on to the leader over HTTP.
+//! node passes the request on to the leader over HTTP (HTTPS when
+//! `http_tls` is set: the request carries the caller's bearer token).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,14 +64,20 @@ async fn to_leader(
     headers: &HeaderMap,
     body: Option<Value>,
 ) -> ApiResult<Response> {
-    let Some((leader, base)) = leader_http(&api.site) else {
+    let Some((leader, base)) = leader_http(&api.site, api.cfg.http_tls.is_some()) else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "NotReady",
             "no leader known yet; retry",
         ));
     };
-    let client = reqwest::Client::new();
+    let client = crate::cluster::peer_client(&api.cfg).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "TlsConfig",
+            format!("cannot build the HTTPS client for the leader: {e:#}"),
+        )
+    })?;
     let mut req = client
         .request(method, format!("{base}{path}"))
         .timeout(CHANGE_TIMEOUT);

@@ -1,8 +1,10 @@
 //! The HTTP API (see docs/api.md): the router, its middleware (failure
-//! guard, bearer tokens) and one file per resource.
+//! guard, bearer tokens and their scopes in `auth`) and one file per
+//! resource.
 
 mod alibaba;
 mod archives;
+mod auth;
 mod aws;
 mod body;
 mod buses;
@@ -96,7 +98,7 @@ pub fn router(state: HttpState) -> Router {
     let v1 = resources
         .merge(events)
         .merge(cluster)
-        .layer(middleware::from_fn_with_state(state.auth, auth));
+        .layer(middleware::from_fn_with_state(state.auth.clone(), auth::v1));
     let vendors = Router::new()
         .route(
             strait_adapters::alibaba_eventbridge::PUT_EVENTS_PATH,
@@ -105,11 +107,16 @@ pub fn router(state: HttpState) -> Router {
         .route("/alibaba/push/{bus}", post(alibaba::push))
         .route(&state.aws_ingress_path, post(aws::put_events))
         .with_state(state.ingress);
+    let mut metrics =
+        Router::new().route("/metrics", get(probes::metrics).with_state(state.metrics));
+    if !state.auth.metrics_public {
+        metrics = metrics.layer(middleware::from_fn_with_state(state.auth, auth::metrics));
+    }
     let probes = Router::new()
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
         .with_state(state.health.clone())
-        .route("/metrics", get(probes::metrics).with_state(state.metrics));
+        .merge(metrics);
     Router::new()
         .merge(v1)
         .merge(probes)
@@ -155,30 +162,4 @@ async fn refuse_when_failed(State(health): State<Health>, req: Request, next: Ne
         return failure_error(&f).into_response();
     }
     response
-}
-
-async fn auth(State(auth): State<Auth>, req: Request, next: Next) -> Response {
-    let Some(tokens) = &auth.tokens else {
-        return next.run(req).await;
-    };
-    let token = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match token {
-        Some(t) if tokens.iter().any(|k| k == t) => next.run(req).await,
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "the bearer token is not valid",
-        )
-        .into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "missing `Authorization: Bearer <token>` header",
-        )
-        .into_response(),
-    }
 }

@@ -37,12 +37,13 @@ pub struct HttpState {
     pub cluster: Arc<ClusterApi>,
 }
 
-/// The bearer tokens that may call the `/v1` routes; `None` in dev mode
-/// (no authentication).
+/// The bearer tokens that may call the `/v1` routes, with their scopes.
 #[derive(Clone)]
 pub struct Auth {
-    /// The tokens.
-    pub tokens: Option<Arc<[String]>>,
+    /// The tokens; `None` in dev mode (no authentication).
+    pub tokens: Option<Arc<crate::auth::Tokens>>,
+    /// `/metrics` without a token.
+    pub metrics_public: bool,
 }
 
 /// What the event ingresses use: `POST /v1/buses/{bus}/events` and the

@@ -175,12 +175,25 @@ pub fn parse_batch(
     http_traceparent: Option<TraceParent>,
     limits: &Limits,
 ) -> Result<Entries, BindingError> {
-    let items: Vec<Box<RawValue>> = match serde_json::from_slice(body) {
+    // Stop at the first member over the limit: a body within the size
+    // limit may still hold millions of tiny members, and a boxed raw value
+    // for each would take many times the body's size.
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let capped =
+        serde::de::DeserializeSeed::deserialize(CappedItems(limits.max_batch_events), &mut de)
+            .and_then(|items| de.end().map(|()| items));
+    let items = match capped {
         Ok(items) => items,
+        Err(e) if e.to_string().starts_with(TOO_MANY) => {
+            return Err(BindingError::TooManyEvents(format!(
+                "the batch has more than {} events, the limit",
+                limits.max_batch_events
+            )));
+        }
         Err(e) => {
             // Valid JSON that is not an array, or not JSON at all?
             return Err(BindingError::Malformed(
-                match serde_json::from_slice::<Value>(body) {
+                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
                     Ok(_) => "a batch must be a JSON array of events".into(),
                     Err(_) => format!("body is not valid JSON: {e}"),
                 },
@@ -190,14 +203,40 @@ pub fn parse_batch(
     if items.is_empty() {
         return Err(BindingError::Malformed("the batch is empty".into()));
     }
-    if items.len() > limits.max_batch_events {
-        return Err(BindingError::TooManyEvents(format!(
-            "the batch has {} events, above the limit of {}",
-            items.len(),
-            limits.max_batch_events
-        )));
-    }
     Ok(parse_items(&items, http_traceparent, limits))
+}
+
+/// The start of the error [`CappedItems`] gives for one member too many.
+const TOO_MANY: &str = "strait: too many batch members";
+
+/// A JSON array of at most `.0` raw members.
+struct CappedItems(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for CappedItems {
+    type Value = Vec<Box<RawValue>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for CappedItems {
+    type Value = Vec<Box<RawValue>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.0));
+        while let Some(item) = seq.next_element::<Box<RawValue>>()? {
+            if items.len() == self.0 {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
 }
 
 /// Events in structured JSON form that an ingress has already split into
@@ -431,6 +470,62 @@ mod tests {
         assert!(r[0].1.is_ok());
         let err = r[1].1.as_ref().expect_err("missing id");
         assert_eq!(err.code(), "MissingAttribute");
+    }
+
+    #[test]
+    fn a_batch_over_the_member_limit_is_refused_before_it_is_read_whole() {
+        let h = headers(&[("content-type", BATCH)]);
+        // 2 million tiny members in 4 MB: refused at member 1001.
+        let mut body = String::with_capacity(4 << 20);
+        body.push('[');
+        for i in 0..2_000_000 {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push('1');
+        }
+        body.push(']');
+        let t0 = std::time::Instant::now();
+        let e = parse_request(&h, body.as_bytes(), &Limits::default()).expect_err("too many");
+        assert_eq!(e.code(), "TooManyEvents");
+        assert!(e.to_string().contains("more than 1000"), "{e}");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
+        // Exactly the limit is read; an unfinished array and trailing
+        // bytes are malformed, not "too many".
+        let ev = r#"{"specversion":"1.0","id":"a","source":"/s","type":"t"}"#;
+        let limits = Limits {
+            max_batch_events: 3,
+            ..Limits::default()
+        };
+        let at_limit = format!("[{ev},{ev},{ev}]");
+        assert_eq!(
+            parse_request(&h, at_limit.as_bytes(), &limits)
+                .expect("3")
+                .len(),
+            3
+        );
+        let over = format!("[{ev},{ev},{ev},{ev}]");
+        assert_eq!(
+            parse_request(&h, over.as_bytes(), &limits)
+                .expect_err("4")
+                .code(),
+            "TooManyEvents"
+        );
+        for bad in [
+            format!("[{ev}"),
+            format!("[{ev}] x"),
+            ev.to_string(),
+            "[".into(),
+        ] {
+            let e = parse_request(&h, bad.as_bytes(), &limits).expect_err("malformed");
+            assert_eq!(e.code(), "MalformedRequest", "{bad}: {e}");
+        }
+        let e = parse_request(&h, ev.as_bytes(), &limits).expect_err("object");
+        assert!(e.to_string().contains("must be a JSON array"), "{e}");
     }
 
     #[test]
