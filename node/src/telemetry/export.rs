@@ -66,7 +66,14 @@ pub(super) fn submit(span: Vec<u8>) {
     match tx.try_send(Msg::Span(span)) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
-            metrics::counter!("strait_trace_spans_dropped_total", "reason" => "queue_full")
+            // With the collector down every span ends here: the counter is
+            // looked up once, not per span (a registry lookup hashes its
+            // labels).
+            static QUEUE_FULL: OnceLock<metrics::Counter> = OnceLock::new();
+            QUEUE_FULL
+                .get_or_init(|| {
+                    metrics::counter!("strait_trace_spans_dropped_total", "reason" => "queue_full")
+                })
                 .increment(1);
         }
         Err(TrySendError::Disconnected(_)) => {
