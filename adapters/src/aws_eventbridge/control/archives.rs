@@ -548,3 +548,323 @@ pub fn cancel_replay(
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::super::{BusInfo, ChangeError, ChangeFuture, Operation, RuleInfo, operation, run};
+    use super::*;
+
+    /// Buses `default` and `orders`; archive `a1` on `orders`; replays
+    /// `done` (COMPLETED, rules r1) and `live` (RUNNING). `apply` records
+    /// the change and answers `answer`.
+    struct View {
+        seen: Mutex<Vec<Change>>,
+        answer: Result<Value, ChangeError>,
+    }
+
+    impl View {
+        fn new(answer: Result<Value, ChangeError>) -> View {
+            View {
+                seen: Mutex::new(Vec::new()),
+                answer,
+            }
+        }
+    }
+
+    impl ControlView for View {
+        fn buses(&self) -> Vec<BusInfo> {
+            ["default", "orders"]
+                .iter()
+                .map(|n| BusInfo {
+                    name: n.to_string(),
+                    description: String::new(),
+                })
+                .collect()
+        }
+        fn rules(&self, _bus: &str) -> Option<Vec<RuleInfo>> {
+            Some(Vec::new())
+        }
+        fn archives(&self) -> Vec<Value> {
+            vec![
+                json!({"name": "a1", "bus": "orders", "pattern": {"source": ["app"]},
+                       "retentionDays": 7, "description": "d", "createdAt": "2026-12-07T10:00:00.500Z",
+                       "state": "ENABLED", "eventCount": 12, "sizeBytes": 3456}),
+                json!({"name": "b0", "bus": "default", "retentionDays": 0, "description": "",
+                       "createdAt": "2026-12-07T10:00:00Z", "state": "ENABLED", "eventCount": 0, "sizeBytes": 0}),
+            ]
+        }
+        fn replays(&self) -> Vec<Value> {
+            vec![
+                json!({"name": "live", "bus": "orders", "archive": "a1", "startMs": 1_000, "endMs": 2_000,
+                       "description": "", "state": "RUNNING", "createdAt": "2026-12-07T10:00:00Z",
+                       "startedAt": "2026-12-07T10:00:01Z"}),
+                json!({"name": "done", "bus": "orders", "archive": "a1", "startMs": 1_500, "endMs": 2_500,
+                       "rules": ["r1"], "description": "again", "state": "COMPLETED",
+                       "lastReplayedMs": 2_400, "createdAt": "2026-12-07T10:00:00Z",
+                       "startedAt": "2026-12-07T10:00:01Z", "endedAt": "2026-12-07T10:00:02Z"}),
+            ]
+        }
+        fn apply(&self, change: Change) -> ChangeFuture<'_> {
+            if let Ok(mut s) = self.seen.lock() {
+                s.push(change);
+            }
+            let answer = self.answer.clone();
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn scope() -> Scope {
+        Scope {
+            region: "eu-west-1".into(),
+            account: "111122223333".into(),
+        }
+    }
+
+    const BUS_ARN: &str = "arn:aws:events:eu-west-1:111122223333:event-bus/orders";
+    const ARCHIVE_ARN: &str = "arn:aws:events:eu-west-1:111122223333:archive/a1";
+
+    async fn call(view: &View, op: &str, req: Value) -> Result<Value, AwsError> {
+        let op = operation(op).expect("known operation");
+        run(op, &scope(), view, &req).await
+    }
+
+    fn change_of(op: &str, req: Value) -> Result<Change, AwsError> {
+        match operation(op).expect("known operation") {
+            Operation::Change(h) => h(&scope(), &View::new(Ok(Value::Null)), &req).map(|(c, _)| c),
+            Operation::Read(_) => panic!("{op} is a read"),
+        }
+    }
+
+    #[tokio::test]
+    async fn archives_map_to_native_changes_and_back() {
+        let native = View::new(Ok(json!({"name": "new", "bus": "orders", "state": "ENABLED",
+            "createdAt": "2026-12-07T11:00:00Z", "retentionDays": 3})));
+        let v = call(
+            &native,
+            "CreateArchive",
+            json!({"ArchiveName": "new", "EventSourceArn": BUS_ARN,
+                   "EventPattern": "{\"source\":[\"x\"]}", "RetentionDays": 3, "Description": "hi"}),
+        )
+        .await
+        .expect("created");
+        assert_eq!(
+            v,
+            json!({"ArchiveArn": "arn:aws:events:eu-west-1:111122223333:archive/new",
+                   "State": "ENABLED", "CreationTime": 1_796_641_200.0})
+        );
+        assert_eq!(
+            native.seen.lock().expect("lock")[0],
+            Change::PutArchive {
+                bus: "orders".into(),
+                name: "new".into(),
+                body: json!({"pattern": {"source": ["x"]}, "retentionDays": 3, "description": "hi"}),
+                must_be_new: true,
+            }
+        );
+        // A name is global: taken on another bus is refused.
+        let e = change_of(
+            "CreateArchive",
+            json!({"ArchiveName": "b0", "EventSourceArn": BUS_ARN}),
+        )
+        .expect_err("exists");
+        assert_eq!(e.code, "ResourceAlreadyExistsException");
+        let e = change_of(
+            "CreateArchive",
+            json!({"ArchiveName": "n", "EventSourceArn": "arn:aws:events:eu-west-1:1:event-bus/nope"}),
+        )
+        .expect_err("no bus");
+        assert_eq!(e.code, "ResourceNotFoundException");
+        let e = change_of(
+            "CreateArchive",
+            json!({"ArchiveName": "n", "EventSourceArn": BUS_ARN, "EventPattern": "{"}),
+        )
+        .expect_err("bad pattern");
+        assert_eq!(e.code, "InvalidEventPatternException");
+        for bad in [
+            json!({"EventSourceArn": BUS_ARN}),
+            json!({"ArchiveName": "a/b", "EventSourceArn": BUS_ARN}),
+            json!({"ArchiveName": "n", "EventSourceArn": "orders"}),
+            json!({"ArchiveName": "n", "EventSourceArn": BUS_ARN, "RetentionDays": -1}),
+        ] {
+            let e = change_of("CreateArchive", bad.clone()).expect_err("invalid");
+            assert_eq!(e.code, "ValidationException", "{bad}: {e}");
+        }
+
+        // Update keeps what it does not name.
+        let c = change_of(
+            "UpdateArchive",
+            json!({"ArchiveName": "a1", "RetentionDays": 9}),
+        )
+        .expect("update");
+        assert_eq!(
+            c,
+            Change::PutArchive {
+                bus: "orders".into(),
+                name: "a1".into(),
+                body: json!({"pattern": {"source": ["app"]}, "retentionDays": 9, "description": "d"}),
+                must_be_new: false,
+            }
+        );
+        let e = change_of("UpdateArchive", json!({"ArchiveName": "zz"})).expect_err("missing");
+        assert_eq!(e.code, "ResourceNotFoundException");
+        assert_eq!(
+            change_of("DeleteArchive", json!({"ArchiveName": "a1"})).expect("delete"),
+            Change::DeleteArchive {
+                bus: "orders".into(),
+                name: "a1".into()
+            }
+        );
+        let v = call(&View::new(Ok(Value::Null)), "DeleteArchive", json!({"ArchiveName": "a1"}))
+            .await
+            .expect("deleted");
+        assert_eq!(v, json!({}));
+
+        let d = call(&native, "DescribeArchive", json!({"ArchiveName": "a1"}))
+            .await
+            .expect("describe");
+        assert_eq!(
+            d,
+            json!({"ArchiveArn": ARCHIVE_ARN, "ArchiveName": "a1", "EventSourceArn": BUS_ARN,
+                   "Description": "d", "EventPattern": "{\"source\":[\"app\"]}", "State": "ENABLED",
+                   "RetentionDays": 7, "SizeBytes": 3456, "EventCount": 12,
+                   "CreationTime": 1_796_637_600.5})
+        );
+        let l = call(&native, "ListArchives", json!({})).await.expect("list");
+        let names: Vec<&str> = l["Archives"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|a| a["ArchiveName"].as_str())
+            .collect();
+        assert_eq!(names, ["a1", "b0"]);
+        let l = call(&native, "ListArchives", json!({"EventSourceArn": BUS_ARN}))
+            .await
+            .expect("by bus");
+        assert_eq!(l["Archives"].as_array().map(Vec::len), Some(1));
+        let l = call(&native, "ListArchives", json!({"NamePrefix": "b", "State": "ENABLED"}))
+            .await
+            .expect("by prefix");
+        assert_eq!(l["Archives"][0]["ArchiveName"], "b0");
+        let l = call(&native, "ListArchives", json!({"Limit": 1})).await.expect("page");
+        assert_eq!(l["NextToken"], "o1");
+        let e = call(&native, "ListArchives", json!({"State": "ON"}))
+            .await
+            .expect_err("bad state");
+        assert_eq!(e.code, "ValidationException");
+        let e = call(&native, "DescribeArchive", json!({"ArchiveName": "zz"}))
+            .await
+            .expect_err("missing");
+        assert_eq!(e.code, "ResourceNotFoundException");
+    }
+
+    #[tokio::test]
+    async fn replays_map_to_native_changes_and_back() {
+        let c = change_of(
+            "StartReplay",
+            json!({"ReplayName": "r", "EventSourceArn": ARCHIVE_ARN, "Description": "x",
+                   "EventStartTime": 1_700_000_000, "EventEndTime": 1_700_000_060.5,
+                   "Destination": {"Arn": BUS_ARN, "FilterArns": [
+                       "arn:aws:events:eu-west-1:111122223333:rule/orders/r1"]}}),
+        )
+        .expect("start");
+        assert_eq!(
+            c,
+            Change::StartReplay {
+                name: "r".into(),
+                body: json!({"bus": "orders", "archive": "a1", "start": 1_700_000_000_000u64,
+                             "end": 1_700_000_060_500u64, "rules": ["r1"], "description": "x"}),
+            }
+        );
+        let base = json!({"ReplayName": "r", "EventSourceArn": ARCHIVE_ARN,
+                          "EventStartTime": 1, "EventEndTime": 2, "Destination": {"Arn": BUS_ARN}});
+        let with = |k: &str, v: Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            b
+        };
+        for (req, code) in [
+            (
+                with("Destination", json!({"Arn": "arn:aws:events:eu-west-1:1:event-bus/default"})),
+                "ValidationException",
+            ),
+            (
+                with("Destination", json!({"Arn": BUS_ARN, "FilterArns": ["arn:aws:events:eu-west-1:1:rule/r1"]})),
+                "ValidationException",
+            ),
+            (with("Destination", json!(null)), "ValidationException"),
+            (with("EventStartTime", json!("soon")), "ValidationException"),
+            (
+                with("EventSourceArn", json!("arn:aws:events:eu-west-1:1:archive/zz")),
+                "ResourceNotFoundException",
+            ),
+            (with("EventSourceArn", json!(BUS_ARN)), "ValidationException"),
+        ] {
+            let e = change_of("StartReplay", req.clone()).expect_err("refused");
+            assert_eq!(e.code, code, "{req}: {e}");
+        }
+
+        let native = View::new(Ok(json!({"name": "r", "state": "STARTING",
+                                          "createdAt": "2026-12-07T10:00:00Z"})));
+        let v = call(&native, "StartReplay", base.clone()).await.expect("started");
+        assert_eq!(
+            v,
+            json!({"ReplayArn": "arn:aws:events:eu-west-1:111122223333:replay/r",
+                   "State": "STARTING", "ReplayStartTime": 1_796_637_600.0})
+        );
+
+        let d = call(&native, "DescribeReplay", json!({"ReplayName": "done"}))
+            .await
+            .expect("describe");
+        assert_eq!(
+            d,
+            json!({"ReplayName": "done", "ReplayArn": "arn:aws:events:eu-west-1:111122223333:replay/done",
+                   "EventSourceArn": ARCHIVE_ARN, "State": "COMPLETED", "Description": "again",
+                   "EventStartTime": 1.5, "EventEndTime": 2.5, "EventLastReplayedTime": 2.4,
+                   "ReplayStartTime": 1_796_637_601.0, "ReplayEndTime": 1_796_637_602.0,
+                   "Destination": {"Arn": BUS_ARN, "FilterArns": [
+                       "arn:aws:events:eu-west-1:111122223333:rule/orders/r1"]}})
+        );
+        let l = call(&native, "ListReplays", json!({"EventSourceArn": ARCHIVE_ARN}))
+            .await
+            .expect("list");
+        let names: Vec<&str> = l["Replays"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|r| r["ReplayName"].as_str())
+            .collect();
+        assert_eq!(names, ["done", "live"]);
+        let l = call(&native, "ListReplays", json!({"State": "RUNNING"}))
+            .await
+            .expect("by state");
+        assert_eq!(l["Replays"][0]["ReplayName"], "live");
+        assert!(l["Replays"][0].get("Destination").is_none());
+
+        // The node's refusals become AWS's codes.
+        for (err, code) in [
+            (ChangeError::IllegalState("over".into()), "IllegalStatusException"),
+            (ChangeError::Exists("taken".into()), "ResourceAlreadyExistsException"),
+            (ChangeError::NotFound("gone".into()), "ResourceNotFoundException"),
+            (
+                ChangeError::Invalid { code: "InvalidReplay".into(), message: "end: ...".into() },
+                "ValidationException",
+            ),
+            (
+                ChangeError::Invalid { code: "InvalidEventPattern".into(), message: "p".into() },
+                "InvalidEventPatternException",
+            ),
+            (ChangeError::Unavailable("no leader".into()), "InternalException"),
+        ] {
+            let e = call(&View::new(Err(err)), "CancelReplay", json!({"ReplayName": "done"}))
+                .await
+                .expect_err("refused");
+            assert_eq!(e.code, code);
+        }
+        let e = call(&native, "CancelReplay", json!({"ReplayName": "zz"}))
+            .await
+            .expect_err("missing");
+        assert_eq!(e.code, "ResourceNotFoundException");
+    }
+}
