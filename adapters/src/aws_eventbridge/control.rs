@@ -518,8 +518,8 @@ pub fn describe_rule(
 
 mod archives;
 pub use archives::{
-    cancel_replay, create_archive, delete_archive, describe_archive, describe_replay, list_archives,
-    list_replays, start_replay, update_archive,
+    cancel_replay, create_archive, delete_archive, describe_archive, describe_replay,
+    list_archives, list_replays, start_replay, update_archive,
 };
 
 #[cfg(test)]

@@ -17,11 +17,11 @@ use strait_adapters::aws_eventbridge::control::{
 use strait_adapters::aws_eventbridge::ingress::{self, MAX_BODY_BYTES};
 
 use super::Ingresses;
+use super::body::read_body;
 use crate::archive::{self, OpError};
 use crate::replay;
-use crate::util::now_ms;
-use super::body::read_body;
 use crate::telemetry::ingress::{RequestSpan, TracedGate};
+use crate::util::now_ms;
 
 /// `POST {aws.ingress_path}`: EventBridge `PutEvents` and the control
 /// operations (buses, rules, archives and replays: see

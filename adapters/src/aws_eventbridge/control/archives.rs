@@ -42,8 +42,7 @@ fn name_field<'a>(req: &'a Value, field: &str, max: usize) -> Result<&'a str, Aw
     let v = required(req, field)?;
     let ok = !v.is_empty()
         && v.len() <= max
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     if !ok {
         return Err(AwsError::validation(format!(
@@ -213,7 +212,9 @@ pub fn create_archive(
     let source = required(req, "EventSourceArn")?;
     let bus = arn_resource("EventSourceArn", source, "event-bus")?;
     if !view.buses().iter().any(|b| b.name == bus) {
-        return Err(AwsError::not_found(format!("Event bus {bus} does not exist.")));
+        return Err(AwsError::not_found(format!(
+            "Event bus {bus} does not exist."
+        )));
     }
     if view
         .archives()
@@ -406,9 +407,7 @@ pub fn start_replay(
             let mut rules = Vec::new();
             for (i, arn) in arns.iter().enumerate() {
                 let arn = arn.as_str().ok_or_else(|| {
-                    AwsError::validation(format!(
-                        "Destination.FilterArns[{i}]: must be a rule ARN"
-                    ))
+                    AwsError::validation(format!("Destination.FilterArns[{i}]: must be a rule ARN"))
                 })?;
                 rules.push(filter_rule(i, arn, &bus)?);
             }
@@ -431,7 +430,10 @@ pub fn start_replay(
         },
         |scope, r| {
             let mut m = Map::new();
-            m.insert("ReplayArn".into(), json!(scope.replay_arn(&text(r, "name"))));
+            m.insert(
+                "ReplayArn".into(),
+                json!(scope.replay_arn(&text(r, "name"))),
+            );
             m.insert("State".into(), json!(text(r, "state")));
             if let Some(t) = epoch(r, "startedAt").or_else(|| epoch(r, "createdAt")) {
                 m.insert("ReplayStartTime".into(), t);
@@ -501,11 +503,7 @@ pub fn describe_replay(
 
 /// `ListReplays` {NamePrefix?, State?, EventSourceArn? (an archive),
 /// Limit?, NextToken?}, by name.
-pub fn list_replays(
-    scope: &Scope,
-    view: &dyn ControlView,
-    req: &Value,
-) -> Result<Value, AwsError> {
+pub fn list_replays(scope: &Scope, view: &dyn ControlView, req: &Value) -> Result<Value, AwsError> {
     let prefix = opt_str(req, "NamePrefix")?.unwrap_or("");
     let archive = opt_str(req, "EventSourceArn")?
         .map(|a| arn_resource("EventSourceArn", a, "archive"))
@@ -542,7 +540,10 @@ pub fn cancel_replay(
         },
         |scope, r| {
             let mut m = Map::new();
-            m.insert("ReplayArn".into(), json!(scope.replay_arn(&text(r, "name"))));
+            m.insert(
+                "ReplayArn".into(),
+                json!(scope.replay_arn(&text(r, "name"))),
+            );
             m.insert("State".into(), json!(text(r, "state")));
             Ok(Value::Object(m))
         },
@@ -639,8 +640,10 @@ mod tests {
 
     #[tokio::test]
     async fn archives_map_to_native_changes_and_back() {
-        let native = View::new(Ok(json!({"name": "new", "bus": "orders", "state": "ENABLED",
-            "createdAt": "2026-12-07T11:00:00Z", "retentionDays": 3})));
+        let native = View::new(Ok(
+            json!({"name": "new", "bus": "orders", "state": "ENABLED",
+            "createdAt": "2026-12-07T11:00:00Z", "retentionDays": 3}),
+        ));
         let v = call(
             &native,
             "CreateArchive",
@@ -716,9 +719,13 @@ mod tests {
                 name: "a1".into()
             }
         );
-        let v = call(&View::new(Ok(Value::Null)), "DeleteArchive", json!({"ArchiveName": "a1"}))
-            .await
-            .expect("deleted");
+        let v = call(
+            &View::new(Ok(Value::Null)),
+            "DeleteArchive",
+            json!({"ArchiveName": "a1"}),
+        )
+        .await
+        .expect("deleted");
         assert_eq!(v, json!({}));
 
         let d = call(&native, "DescribeArchive", json!({"ArchiveName": "a1"}))
@@ -731,7 +738,9 @@ mod tests {
                    "RetentionDays": 7, "SizeBytes": 3456, "EventCount": 12,
                    "CreationTime": 1_796_637_600.5})
         );
-        let l = call(&native, "ListArchives", json!({})).await.expect("list");
+        let l = call(&native, "ListArchives", json!({}))
+            .await
+            .expect("list");
         let names: Vec<&str> = l["Archives"]
             .as_array()
             .expect("array")
@@ -743,11 +752,17 @@ mod tests {
             .await
             .expect("by bus");
         assert_eq!(l["Archives"].as_array().map(Vec::len), Some(1));
-        let l = call(&native, "ListArchives", json!({"NamePrefix": "b", "State": "ENABLED"}))
-            .await
-            .expect("by prefix");
+        let l = call(
+            &native,
+            "ListArchives",
+            json!({"NamePrefix": "b", "State": "ENABLED"}),
+        )
+        .await
+        .expect("by prefix");
         assert_eq!(l["Archives"][0]["ArchiveName"], "b0");
-        let l = call(&native, "ListArchives", json!({"Limit": 1})).await.expect("page");
+        let l = call(&native, "ListArchives", json!({"Limit": 1}))
+            .await
+            .expect("page");
         assert_eq!(l["NextToken"], "o1");
         let e = call(&native, "ListArchives", json!({"State": "ON"}))
             .await
@@ -786,20 +801,32 @@ mod tests {
         };
         for (req, code) in [
             (
-                with("Destination", json!({"Arn": "arn:aws:events:eu-west-1:1:event-bus/default"})),
+                with(
+                    "Destination",
+                    json!({"Arn": "arn:aws:events:eu-west-1:1:event-bus/default"}),
+                ),
                 "ValidationException",
             ),
             (
-                with("Destination", json!({"Arn": BUS_ARN, "FilterArns": ["arn:aws:events:eu-west-1:1:rule/r1"]})),
+                with(
+                    "Destination",
+                    json!({"Arn": BUS_ARN, "FilterArns": ["arn:aws:events:eu-west-1:1:rule/r1"]}),
+                ),
                 "ValidationException",
             ),
             (with("Destination", json!(null)), "ValidationException"),
             (with("EventStartTime", json!("soon")), "ValidationException"),
             (
-                with("EventSourceArn", json!("arn:aws:events:eu-west-1:1:archive/zz")),
+                with(
+                    "EventSourceArn",
+                    json!("arn:aws:events:eu-west-1:1:archive/zz"),
+                ),
                 "ResourceNotFoundException",
             ),
-            (with("EventSourceArn", json!(BUS_ARN)), "ValidationException"),
+            (
+                with("EventSourceArn", json!(BUS_ARN)),
+                "ValidationException",
+            ),
         ] {
             let e = change_of("StartReplay", req.clone()).expect_err("refused");
             assert_eq!(e.code, code, "{req}: {e}");
@@ -807,7 +834,9 @@ mod tests {
 
         let native = View::new(Ok(json!({"name": "r", "state": "STARTING",
                                           "createdAt": "2026-12-07T10:00:00Z"})));
-        let v = call(&native, "StartReplay", base.clone()).await.expect("started");
+        let v = call(&native, "StartReplay", base.clone())
+            .await
+            .expect("started");
         assert_eq!(
             v,
             json!({"ReplayArn": "arn:aws:events:eu-west-1:111122223333:replay/r",
@@ -826,9 +855,13 @@ mod tests {
                    "Destination": {"Arn": BUS_ARN, "FilterArns": [
                        "arn:aws:events:eu-west-1:111122223333:rule/orders/r1"]}})
         );
-        let l = call(&native, "ListReplays", json!({"EventSourceArn": ARCHIVE_ARN}))
-            .await
-            .expect("list");
+        let l = call(
+            &native,
+            "ListReplays",
+            json!({"EventSourceArn": ARCHIVE_ARN}),
+        )
+        .await
+        .expect("list");
         let names: Vec<&str> = l["Replays"]
             .as_array()
             .expect("array")
@@ -844,22 +877,44 @@ mod tests {
 
         // The node's refusals become AWS's codes.
         for (err, code) in [
-            (ChangeError::IllegalState("over".into()), "IllegalStatusException"),
-            (ChangeError::Exists("taken".into()), "ResourceAlreadyExistsException"),
-            (ChangeError::NotFound("gone".into()), "ResourceNotFoundException"),
             (
-                ChangeError::Invalid { code: "InvalidReplay".into(), message: "end: ...".into() },
+                ChangeError::IllegalState("over".into()),
+                "IllegalStatusException",
+            ),
+            (
+                ChangeError::Exists("taken".into()),
+                "ResourceAlreadyExistsException",
+            ),
+            (
+                ChangeError::NotFound("gone".into()),
+                "ResourceNotFoundException",
+            ),
+            (
+                ChangeError::Invalid {
+                    code: "InvalidReplay".into(),
+                    message: "end: ...".into(),
+                },
                 "ValidationException",
             ),
             (
-                ChangeError::Invalid { code: "InvalidEventPattern".into(), message: "p".into() },
+                ChangeError::Invalid {
+                    code: "InvalidEventPattern".into(),
+                    message: "p".into(),
+                },
                 "InvalidEventPatternException",
             ),
-            (ChangeError::Unavailable("no leader".into()), "InternalException"),
+            (
+                ChangeError::Unavailable("no leader".into()),
+                "InternalException",
+            ),
         ] {
-            let e = call(&View::new(Err(err)), "CancelReplay", json!({"ReplayName": "done"}))
-                .await
-                .expect_err("refused");
+            let e = call(
+                &View::new(Err(err)),
+                "CancelReplay",
+                json!({"ReplayName": "done"}),
+            )
+            .await
+            .expect_err("refused");
             assert_eq!(e.code, code);
         }
         let e = call(&native, "CancelReplay", json!({"ReplayName": "zz"}))
