@@ -172,7 +172,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
             metrics_public: cfg.dev || cfg.auth.metrics_public,
         },
         aws_ingress_path: cfg.aws.ingress_path.clone(),
-        ingress: Arc::new(ingresses(&cfg, gate, alibaba)),
+        ingress: Arc::new(ingresses(&cfg, gate, alibaba, writer.clone())),
         resources: Arc::new(Resources {
             state: site.state.clone(),
             config: ConfigWriter::new(site.clone(), writer.clone(), control.clone()),
@@ -207,7 +207,12 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
 
 /// The event ingresses' part of the HTTP state: the submit path and the
 /// vendor ingresses' configurations.
-fn ingresses(cfg: &NodeConfig, gate: Gate, alibaba: AlibabaState) -> Ingresses {
+fn ingresses(
+    cfg: &NodeConfig,
+    gate: Gate,
+    alibaba: AlibabaState,
+    writer: crate::cluster::Writer,
+) -> Ingresses {
     let limits = gate.event_limits();
     Ingresses {
         aws: crate::config::keys::aws_ingress(&cfg.aws),
@@ -225,6 +230,7 @@ fn ingresses(cfg: &NodeConfig, gate: Gate, alibaba: AlibabaState) -> Ingresses {
             limits,
         },
         gate,
+        writer,
     }
 }
 

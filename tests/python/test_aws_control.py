@@ -130,7 +130,7 @@ def test_list_and_describe_rules(strait: StraitServer) -> None:
 def test_unsupported_operation_and_bad_signature(strait: StraitServer) -> None:
     events = client(strait)
     with pytest.raises(ClientError) as exc:
-        events.list_archives()
+        events.list_connections()
     assert code(exc) == "UnknownOperationException"
     assert "ListRules" in exc.value.response["Error"]["Message"]
     bad = boto3.client("events", endpoint_url=strait.base_url, region_name=REGION,

@@ -1,12 +1,20 @@
-//! The AWS-compatible control API: EventBridge's JSON 1.1 operations that
-//! read buses and rules (`DescribeEventBus`, `ListEventBuses`, `ListRules`,
-//! `DescribeRule`), in AWS's request and response shapes, with AWS's ARNs
-//! and error codes. Pure: the node gives a [`ControlView`] of its buses and
-//! rules; the SigV4 check and the HTTP glue are [`super::ingress`]'s.
+//! The AWS-compatible control API: EventBridge's JSON 1.1 operations on
+//! buses and rules (`DescribeEventBus`, `ListEventBuses`, `ListRules`,
+//! `DescribeRule`) and on archives and replays (`CreateArchive`,
+//! `DescribeArchive`, `ListArchives`, `UpdateArchive`, `DeleteArchive`,
+//! `StartReplay`, `DescribeReplay`, `ListReplays`, `CancelReplay`), in AWS's
+//! request and response shapes, with AWS's ARNs and error codes. The
+//! mapping is pure: the node gives a [`ControlView`] of its buses, rules,
+//! archives and replays and makes the [`Change`]s a handler asks for
+//! (through its native archive and replay operations); the SigV4 check
+//! and the HTTP glue are [`super::ingress`]'s.
 //!
-//! Operations are looked up by name in [`OPERATIONS`]: another operation
-//! (`CreateArchive`, `StartReplay`, ...) is one more row there and a
-//! handler of the same shape.
+//! Operations are looked up by name in [`OPERATIONS`]: a read is a
+//! [`Handler`]; a change is a [`ChangeHandler`] that maps the request to a
+//! [`Change`] and the native answer back to AWS's response.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use serde_json::{Map, Value, json};
 
@@ -34,12 +42,126 @@ pub struct RuleInfo {
     pub description: String,
 }
 
-/// What the control API reads: the site's buses and rules.
+/// A change an archive or replay operation asks the node to make: the
+/// native operations of docs/api.md ("Archives and replays"), with the
+/// native request bodies.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Create (`must_be_new`) or replace the archive `name` of `bus`;
+    /// `body` is the native `{"pattern"?, "retentionDays", "description"}`.
+    /// Answers the native archive.
+    PutArchive {
+        /// The archive's bus.
+        bus: String,
+        /// Archive name.
+        name: String,
+        /// The native settings.
+        body: Value,
+        /// Refuse an archive that exists (`CreateArchive`).
+        must_be_new: bool,
+    },
+    /// Delete the archive `name` of `bus`. Answers anything.
+    DeleteArchive {
+        /// The archive's bus.
+        bus: String,
+        /// Archive name.
+        name: String,
+    },
+    /// Start the replay `name`; `body` is the native `{"bus", "archive",
+    /// "start", "end", "rules"?, "description"?}` (times in ms). Answers
+    /// the native replay.
+    StartReplay {
+        /// Replay name.
+        name: String,
+        /// The native request.
+        body: Value,
+    },
+    /// Cancel the replay `name`. Answers the native replay.
+    CancelReplay {
+        /// Replay name.
+        name: String,
+    },
+}
+
+/// Why the node refused a [`Change`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// A field is invalid; `code` is the native code (`InvalidEventPattern`
+    /// becomes `InvalidEventPatternException`, any other
+    /// `ValidationException`).
+    #[error("{message}")]
+    Invalid {
+        /// The native error code.
+        code: String,
+        /// Why (starting with the field).
+        message: String,
+    },
+    /// The bus, archive, rule or replay does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It exists already.
+    #[error("{0}")]
+    Exists(String),
+    /// Its state refuses the change (a finished replay cannot be cancelled).
+    #[error("{0}")]
+    IllegalState(String),
+    /// The change could not be written (no leader, timeout).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<ChangeError> for AwsError {
+    fn from(e: ChangeError) -> AwsError {
+        let (status, code, message) = match e {
+            ChangeError::Invalid { code, message } if code == "InvalidEventPattern" => {
+                (400, "InvalidEventPatternException", message)
+            }
+            ChangeError::Invalid { message, .. } => (400, "ValidationException", message),
+            ChangeError::NotFound(m) => (400, "ResourceNotFoundException", m),
+            ChangeError::Exists(m) => (400, "ResourceAlreadyExistsException", m),
+            ChangeError::IllegalState(m) => (400, "IllegalStatusException", m),
+            ChangeError::Unavailable(m) => (500, "InternalException", m),
+        };
+        AwsError {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+/// What [`ControlView::apply`] returns.
+pub type ChangeFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, ChangeError>> + Send + 'a>>;
+
+/// What the control API reads and changes: the site's buses, rules,
+/// archives and replays.
 pub trait ControlView: Send + Sync {
     /// Every bus, in name order.
     fn buses(&self) -> Vec<BusInfo>;
     /// The rules of `bus` in name order, `None` when the bus does not exist.
     fn rules(&self, bus: &str) -> Option<Vec<RuleInfo>>;
+    /// Every archive of every bus, as the native API describes them
+    /// (`{"name", "bus", "pattern"?, "retentionDays", "description",
+    /// "createdAt", "state", "eventCount", "sizeBytes"}`).
+    fn archives(&self) -> Vec<Value> {
+        Vec::new()
+    }
+    /// Every replay, as the native API describes them (`{"name", "bus",
+    /// "archive", "startMs", "endMs", "rules"?, "description", "state",
+    /// "stateReason"?, "lastReplayedMs"?, "createdAt", "startedAt"?,
+    /// "endedAt"?}`).
+    fn replays(&self) -> Vec<Value> {
+        Vec::new()
+    }
+    /// Make `change` (through the node's native operations).
+    fn apply(&self, change: Change) -> ChangeFuture<'_> {
+        drop(change);
+        Box::pin(async {
+            Err(ChangeError::Unavailable(
+                "archives and replays are not served by this endpoint".into(),
+            ))
+        })
+    }
 }
 
 /// A view with no buses (an ingress serving PutEvents only).
@@ -89,6 +211,24 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// `arn:aws:events:{region}:{account}:archive/{name}`.
+    pub fn archive_arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:events:{}:{}:archive/{name}",
+            self.region, self.account
+        )
+    }
+
+    /// `arn:aws:events:{region}:{account}:replay/{name}`.
+    pub fn replay_arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:events:{}:{}:replay/{name}",
+            self.region, self.account
+        )
+    }
+}
+
 /// An AWS error: HTTP status, `__type` code and message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -121,21 +261,64 @@ impl AwsError {
     }
 }
 
-/// A control operation: the request's JSON to the response's JSON.
+/// A read operation: the request's JSON to the response's JSON.
 pub type Handler = fn(&Scope, &dyn ControlView, &Value) -> Result<Value, AwsError>;
+
+/// Maps a change's native answer to AWS's response.
+pub type Finish = fn(&Scope, &Value) -> Result<Value, AwsError>;
+
+/// A change operation: the request's JSON to the [`Change`] to make and
+/// how to answer once it is made.
+pub type ChangeHandler = fn(&Scope, &dyn ControlView, &Value) -> Result<(Change, Finish), AwsError>;
+
+/// A control operation.
+#[derive(Clone, Copy)]
+pub enum Operation {
+    /// Reads the view.
+    Read(Handler),
+    /// Changes the node's state through [`ControlView::apply`].
+    Change(ChangeHandler),
+}
 
 /// The control operations, by their name in `X-Amz-Target`
 /// (`AWSEvents.<name>`).
-pub const OPERATIONS: &[(&str, Handler)] = &[
-    ("DescribeEventBus", describe_event_bus),
-    ("ListEventBuses", list_event_buses),
-    ("ListRules", list_rules),
-    ("DescribeRule", describe_rule),
+pub const OPERATIONS: &[(&str, Operation)] = &[
+    ("DescribeEventBus", Operation::Read(describe_event_bus)),
+    ("ListEventBuses", Operation::Read(list_event_buses)),
+    ("ListRules", Operation::Read(list_rules)),
+    ("DescribeRule", Operation::Read(describe_rule)),
+    ("CreateArchive", Operation::Change(create_archive)),
+    ("UpdateArchive", Operation::Change(update_archive)),
+    ("DescribeArchive", Operation::Read(describe_archive)),
+    ("ListArchives", Operation::Read(list_archives)),
+    ("DeleteArchive", Operation::Change(delete_archive)),
+    ("StartReplay", Operation::Change(start_replay)),
+    ("DescribeReplay", Operation::Read(describe_replay)),
+    ("ListReplays", Operation::Read(list_replays)),
+    ("CancelReplay", Operation::Change(cancel_replay)),
 ];
 
-/// The handler of operation `name` (without the `AWSEvents.` prefix).
-pub fn operation(name: &str) -> Option<Handler> {
+/// The operation `name` (without the `AWSEvents.` prefix).
+pub fn operation(name: &str) -> Option<Operation> {
     OPERATIONS.iter().find(|(n, _)| *n == name).map(|(_, h)| *h)
+}
+
+/// Run `op` on `view`: a read directly, a change through
+/// [`ControlView::apply`] and the operation's [`Finish`].
+pub async fn run(
+    op: Operation,
+    scope: &Scope,
+    view: &dyn ControlView,
+    req: &Value,
+) -> Result<Value, AwsError> {
+    match op {
+        Operation::Read(h) => h(scope, view, req),
+        Operation::Change(h) => {
+            let (change, finish) = h(scope, view, req)?;
+            let answer = view.apply(change).await?;
+            finish(scope, &answer)
+        }
+    }
 }
 
 /// Largest `Limit` of the list operations (AWS: 100).
@@ -333,6 +516,12 @@ pub fn describe_rule(
     Ok(out)
 }
 
+mod archives;
+pub use archives::{
+    cancel_replay, create_archive, delete_archive, describe_archive, describe_replay,
+    list_archives, list_replays, start_replay, update_archive,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,8 +567,10 @@ mod tests {
     }
 
     fn call(op: &str, req: Value) -> Result<Value, AwsError> {
-        let h = operation(op).expect("known operation");
-        h(&scope(), &View, &req)
+        match operation(op).expect("known operation") {
+            Operation::Read(h) => h(&scope(), &View, &req),
+            Operation::Change(_) => panic!("{op} is a change"),
+        }
     }
 
     #[test]
@@ -469,6 +660,6 @@ mod tests {
         assert_eq!(e.code, "ResourceNotFoundException");
         let e = call("DescribeRule", json!({})).expect_err("no name");
         assert_eq!(e.code, "ValidationException");
-        assert!(operation("CreateArchive").is_none());
+        assert!(operation("PutRule").is_none());
     }
 }

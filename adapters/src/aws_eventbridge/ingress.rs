@@ -158,7 +158,7 @@ pub async fn handle(
             region: verified.region.clone(),
             account: cfg.account_id.clone(),
         };
-        return match run(&scope, view, &request) {
+        return match control::run(run, &scope, view, &request).await {
             Ok(v) => json_response(&v),
             Err(e) => error_response(e.status, e.code, e.message),
         };

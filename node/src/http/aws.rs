@@ -11,16 +11,21 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use strait_adapters::aws_eventbridge::control::{BusInfo, ControlView, RuleInfo};
+use strait_adapters::aws_eventbridge::control::{
+    BusInfo, Change, ChangeError, ChangeFuture, ControlView, RuleInfo,
+};
 use strait_adapters::aws_eventbridge::ingress::{self, MAX_BODY_BYTES};
 
 use super::Ingresses;
 use super::body::read_body;
+use crate::archive::{self, OpError};
+use crate::replay;
 use crate::telemetry::ingress::{RequestSpan, TracedGate};
+use crate::util::now_ms;
 
 /// `POST {aws.ingress_path}`: EventBridge `PutEvents` and the control
-/// operations (`DescribeEventBus`, `ListEventBuses`, `ListRules`,
-/// `DescribeRule`).
+/// operations (buses, rules, archives and replays: see
+/// [`strait_adapters::aws_eventbridge::control::OPERATIONS`]).
 pub async fn put_events(
     State(state): State<Arc<Ingresses>>,
     method: Method,
@@ -51,7 +56,7 @@ pub async fn put_events(
         }
     };
     let gate = TracedGate::new(&state.gate, &span);
-    let view = StateView(&state.gate.state);
+    let view = StateView(&state.gate.state, &state.writer);
     let resp = ingress::handle(&state.aws, &method, &uri, &headers, &bytes, &gate, &view).await;
     if span.recording() {
         gate.report(&mut span);
@@ -60,8 +65,52 @@ pub async fn put_events(
     resp.into_response()
 }
 
-/// The site's buses and rules as the AWS control operations read them.
-struct StateView<'a>(&'a strait_federation::SiteState);
+/// The site's buses, rules, archives and replays as the AWS control
+/// operations read them, and the writer their changes go through.
+struct StateView<'a>(&'a strait_federation::SiteState, &'a crate::cluster::Writer);
+
+/// A native archive or replay refusal as the AWS adapter maps it.
+fn change_error(e: OpError) -> ChangeError {
+    match e {
+        OpError::Invalid { code, .. } => ChangeError::Invalid {
+            code: code.to_string(),
+            message: e.to_string(),
+        },
+        OpError::NotFound { message, .. } => ChangeError::NotFound(message),
+        OpError::Conflict { code, message } => match code {
+            "ArchiveExists" | "ReplayExists" => ChangeError::Exists(message),
+            "ReplayFinished" => ChangeError::IllegalState(message),
+            _ => ChangeError::Unavailable(message),
+        },
+        OpError::Write(w) => ChangeError::Unavailable(w.to_string()),
+    }
+}
+
+impl StateView<'_> {
+    async fn change(&self, change: Change) -> Result<Value, OpError> {
+        let (state, writer) = (self.0, self.1);
+        match change {
+            Change::PutArchive {
+                bus,
+                name,
+                body,
+                must_be_new,
+            } => {
+                let input = archive::parse_archive(&body)?;
+                archive::put_archive(state, writer, &bus, &name, input, must_be_new).await
+            }
+            Change::DeleteArchive { bus, name } => {
+                archive::delete_archive(writer, &bus, &name).await?;
+                Ok(Value::Null)
+            }
+            Change::StartReplay { name, body } => {
+                let input = replay::parse_replay(&body, now_ms())?;
+                replay::start_replay(state, writer, &name, input).await
+            }
+            Change::CancelReplay { name } => replay::cancel_replay(state, writer, &name).await,
+        }
+    }
+}
 
 impl ControlView for StateView<'_> {
     fn buses(&self) -> Vec<BusInfo> {
@@ -94,6 +143,18 @@ impl ControlView for StateView<'_> {
                 })
                 .collect(),
         )
+    }
+
+    fn archives(&self) -> Vec<Value> {
+        archive::list_archives(self.0, None)
+    }
+
+    fn replays(&self) -> Vec<Value> {
+        replay::list_replays(self.0, None, None)
+    }
+
+    fn apply(&self, change: Change) -> ChangeFuture<'_> {
+        Box::pin(async move { self.change(change).await.map_err(change_error) })
     }
 }
 

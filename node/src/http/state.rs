@@ -57,6 +57,8 @@ pub struct Ingresses {
     pub alibaba: AlibabaIngress,
     /// The Alibaba push endpoint.
     pub alibaba_push: PushConfig,
+    /// Where the AWS archive and replay operations write.
+    pub writer: crate::cluster::Writer,
 }
 
 /// What the configuration resources use: buses, rules, shared sources.
