@@ -218,7 +218,7 @@ fn got(m: &async_nats::Message) -> Got {
 async fn read_out(js: &jetstream::Context, from: u64, n: usize) -> Vec<Got> {
     wait_for(&format!("{n} messages in OUT from {from}"), Duration::from_secs(30), async || {
         let s = js.get_stream("OUT").await.ok()?;
-        let c: pull::Consumer<pull::Config> = s
+        let c: jetstream::consumer::PullConsumer = s
             .create_consumer(pull::Config {
                 deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: from,
@@ -495,7 +495,7 @@ async fn nats_sources_and_targets_against_a_real_server() {
     node_proc.kill_9();
     drop(node_proc);
     let (_node_proc, node) = start_node(dir.path(), &[]).await;
-    let consumer: pull::Consumer<pull::Config> = js
+    let consumer: jetstream::consumer::PullConsumer = js
         .get_stream("IN")
         .await
         .expect("IN")

@@ -331,7 +331,7 @@ async fn read(
                 .await
                 .map_err(|e| format!("JetStream stream {stream:?}: {e}"))?;
             let durable = config.durable_name(name);
-            let consumer: pull::Consumer<pull::Config> = s
+            let consumer: jetstream::consumer::PullConsumer = s
                 .get_or_create_consumer(
                     &durable,
                     pull::Config {
