@@ -200,10 +200,11 @@ struct Got {
 fn got(m: &async_nats::Message) -> Got {
     let mut attrs = serde_json::Map::new();
     for (k, vs) in m.headers.iter().flat_map(|h| h.iter()) {
-        if let (Some(a), Some(v)) = (k.as_ref().strip_prefix("ce-"), vs.first()) {
+        let k: &str = k.as_ref();
+        if let (Some(a), Some(v)) = (k.strip_prefix("ce-"), vs.first()) {
             attrs.insert(a.to_string(), json!(v.as_str()));
         }
-        if k.as_ref() == "Nats-Msg-Id" {
+        if k == "Nats-Msg-Id" {
             attrs.insert("natsmsgid".into(), json!(vs.first().map(|v| v.as_str())));
         }
     }
@@ -503,12 +504,19 @@ async fn nats_sources_and_targets_against_a_real_server() {
         .await
         .expect("the source's durable consumer");
     let mut consumer = consumer;
-    wait_for("the redelivered messages acked", Duration::from_secs(30), async || {
-        let info = consumer.info().await.ok()?;
-        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+    let info = wait_for("the redelivered messages acked", Duration::from_secs(30), async || {
+        let info = consumer.info().await.ok()?.clone();
+        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(info)
     })
     .await;
+    // The 20 were delivered twice: once to the killed node, again here.
+    assert!(
+        info.delivered.consumer_sequence >= info.delivered.stream_sequence + N,
+        "redelivered after the ack wait: {:?}",
+        info.delivered
+    );
     let st = source_status(&node, "js-in").await;
+    eprintln!("after the restart: {st}, consumer {:?}", info.delivered);
     assert_eq!(st["committed"], json!(0), "redelivered messages are duplicates: {st}");
     assert!(st["received"].as_u64().unwrap_or(0) >= N, "they were redelivered: {st}");
     // Each of the 20 went out once (the target's Nats-Msg-Id would hide a
