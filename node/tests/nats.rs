@@ -167,7 +167,11 @@ async fn put(node: &str, path: &str, body: Value) -> (u16, Value) {
 
 /// Poll `check` until it gives a value or `timeout` passes (panics, naming
 /// `what`).
-async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
@@ -217,29 +221,28 @@ fn got(m: &async_nats::Message) -> Got {
 /// Every message in stream `OUT` from sequence `from` (a fresh ephemeral
 /// consumer each time), until `n` are there.
 async fn read_out(js: &jetstream::Context, from: u64, n: usize) -> Vec<Got> {
-    wait_for(&format!("{n} messages in OUT from {from}"), Duration::from_secs(30), async || {
-        let s = js.get_stream("OUT").await.ok()?;
-        let c: jetstream::consumer::PullConsumer = s
-            .create_consumer(pull::Config {
-                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from,
-                },
-                ..Default::default()
-            })
-            .await
-            .ok()?;
-        let mut batch = c
-            .fetch()
-            .max_messages(1000)
-            .messages()
-            .await
-            .ok()?;
-        let mut out = Vec::new();
-        while let Some(Ok(m)) = batch.next().await {
-            out.push(got(&m));
-        }
-        (out.len() >= n).then_some(out)
-    })
+    wait_for(
+        &format!("{n} messages in OUT from {from}"),
+        Duration::from_secs(30),
+        async || {
+            let s = js.get_stream("OUT").await.ok()?;
+            let c: jetstream::consumer::PullConsumer = s
+                .create_consumer(pull::Config {
+                    deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: from,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            let mut batch = c.fetch().max_messages(1000).messages().await.ok()?;
+            let mut out = Vec::new();
+            while let Some(Ok(m)) = batch.next().await {
+                out.push(got(&m));
+            }
+            (out.len() >= n).then_some(out)
+        },
+    )
     .await
 }
 
@@ -331,18 +334,25 @@ async fn nats_sources_and_targets_against_a_real_server() {
                "eventType": "c.wrapped"}),
     )
     .await;
-    let mut core_out = client.subscribe("core-out.events").await.expect("subscribe");
+    let mut core_out = client
+        .subscribe("core-out.events")
+        .await
+        .expect("subscribe");
     let mut dlq_seen = client.subscribe("dlq.seen").await.expect("subscribe");
     client.flush().await.expect("flush");
-    wait_for("both sources running", Duration::from_secs(20), async || {
-        let a = source_status(&node, "js-in").await;
-        let b = source_status(&node, "core-in").await;
-        (a["running"] == json!(true)
-            && a["lastError"].is_null()
-            && b["running"] == json!(true)
-            && b["lastError"].is_null())
-        .then_some(())
-    })
+    wait_for(
+        "both sources running",
+        Duration::from_secs(20),
+        async || {
+            let a = source_status(&node, "js-in").await;
+            let b = source_status(&node, "core-in").await;
+            (a["running"] == json!(true)
+                && a["lastError"].is_null()
+                && b["running"] == json!(true)
+                && b["lastError"].is_null())
+            .then_some(())
+        },
+    )
     .await;
 
     // JetStream in, JetStream out: binary, structured, plain; one invalid.
@@ -412,10 +422,14 @@ async fn nats_sources_and_targets_against_a_real_server() {
         out.iter().all(|g| g.attrs.get("id") != Some(&json!("x1"))),
         "the invalid message {invalid} was not delivered"
     );
-    let st = wait_for("the source's counters", Duration::from_secs(10), async || {
-        let s = source_status(&node, "js-in").await;
-        (s["committed"] == json!(3) && s["rejected"] == json!(1)).then_some(s)
-    })
+    let st = wait_for(
+        "the source's counters",
+        Duration::from_secs(10),
+        async || {
+            let s = source_status(&node, "js-in").await;
+            (s["committed"] == json!(3) && s["rejected"] == json!(1)).then_some(s)
+        },
+    )
     .await;
     assert_eq!(st["received"], json!(4), "{st}");
 
@@ -433,7 +447,10 @@ async fn nats_sources_and_targets_against_a_real_server() {
         )
         .await
         .expect("publish");
-    client.publish("core.y", "{\"k\":true}".into()).await.expect("publish");
+    client
+        .publish("core.y", "{\"k\":true}".into())
+        .await
+        .expect("publish");
     client.flush().await.expect("flush");
     let mut core = Vec::new();
     while core.len() < 2 {
@@ -443,7 +460,10 @@ async fn nats_sources_and_targets_against_a_real_server() {
             .expect("subscription open");
         core.push(got(&m));
     }
-    assert!(core.iter().any(|g| g.attrs.get("id") == Some(&json!("c1"))), "{core:?}");
+    assert!(
+        core.iter().any(|g| g.attrs.get("id") == Some(&json!("c1"))),
+        "{core:?}"
+    );
     let plain_core = core
         .iter()
         .find(|g| g.attrs.get("type") == Some(&json!("c.wrapped")))
@@ -487,11 +507,18 @@ async fn nats_sources_and_targets_against_a_real_server() {
     let first = stream_last_seq(&js, "IN").await + 1;
     const N: u64 = 20;
     for i in 0..N {
-        publish("in.load", async_nats::HeaderMap::new(), format!("m{i}").as_bytes()).await;
+        publish(
+            "in.load",
+            async_nats::HeaderMap::new(),
+            format!("m{i}").as_bytes(),
+        )
+        .await;
     }
-    wait_for("20 events committed, not acked", Duration::from_secs(30), async || {
-        (source_status(&node, "js-in").await["committed"] == json!(N)).then_some(())
-    })
+    wait_for(
+        "20 events committed, not acked",
+        Duration::from_secs(30),
+        async || (source_status(&node, "js-in").await["committed"] == json!(N)).then_some(()),
+    )
     .await;
     node_proc.kill_9();
     drop(node_proc);
@@ -504,10 +531,14 @@ async fn nats_sources_and_targets_against_a_real_server() {
         .await
         .expect("the source's durable consumer");
     let mut consumer = consumer;
-    let info = wait_for("the redelivered messages acked", Duration::from_secs(30), async || {
-        let info = consumer.info().await.ok()?.clone();
-        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(info)
-    })
+    let info = wait_for(
+        "the redelivered messages acked",
+        Duration::from_secs(30),
+        async || {
+            let info = consumer.info().await.ok()?.clone();
+            (info.num_ack_pending == 0 && info.num_pending == 0).then_some(info)
+        },
+    )
     .await;
     // The 20 were delivered twice: once to the killed node, again here.
     assert!(
@@ -517,14 +548,26 @@ async fn nats_sources_and_targets_against_a_real_server() {
     );
     let st = source_status(&node, "js-in").await;
     eprintln!("after the restart: {st}, consumer {:?}", info.delivered);
-    assert_eq!(st["committed"], json!(0), "redelivered messages are duplicates: {st}");
-    assert!(st["received"].as_u64().unwrap_or(0) >= N, "they were redelivered: {st}");
+    assert_eq!(
+        st["committed"],
+        json!(0),
+        "redelivered messages are duplicates: {st}"
+    );
+    assert!(
+        st["received"].as_u64().unwrap_or(0) >= N,
+        "they were redelivered: {st}"
+    );
     // Each of the 20 went out once (the target's Nats-Msg-Id would hide a
     // repeat, so count what OUT holds from the load's messages).
     let out = read_out(&js, out_before_kill + 1, N as usize).await;
     let mut ids: Vec<String> = out
         .iter()
-        .filter_map(|g| g.attrs.get("id").and_then(Value::as_str).map(str::to_string))
+        .filter_map(|g| {
+            g.attrs
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .collect();
     ids.sort();
     let mut want: Vec<String> = (first..first + N).map(|s| format!("IN:{s}")).collect();

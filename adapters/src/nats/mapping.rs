@@ -99,8 +99,7 @@ fn is_structured(content_type: &str) -> bool {
 /// JSON object with `specversion`).
 fn looks_structured(payload: &[u8]) -> bool {
     payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-        && serde_json::from_slice::<Value>(payload)
-            .is_ok_and(|v| v.get("specversion").is_some())
+        && serde_json::from_slice::<Value>(payload).is_ok_and(|v| v.get("specversion").is_some())
 }
 
 /// The CloudEvent of a NATS message (structured JSON form), by the binding;
@@ -253,7 +252,8 @@ mod tests {
 
     #[test]
     fn structured_mode_by_content_type_or_shape() {
-        let ev = json!({"specversion": "1.0", "id": "s1", "source": "/s", "type": "t", "data": "hi"});
+        let ev =
+            json!({"specversion": "1.0", "id": "s1", "source": "/s", "type": "t", "data": "hi"});
         let payload = serde_json::to_vec(&ev).expect("json");
         let headers = h(&[(
             "content-type",

@@ -104,7 +104,8 @@ pub fn broker_uri(field: &str, url: &str) -> Result<String, ConfigError> {
 
 /// Check a NATS subject (`wildcards`: whether `*` and `>` may be used).
 pub fn validate_subject(field: &str, subject: &str, wildcards: bool) -> Result<(), ConfigError> {
-    let bad = |why: &str| ConfigError::new(field, format!("{subject:?} is not a valid subject: {why}"));
+    let bad =
+        |why: &str| ConfigError::new(field, format!("{subject:?} is not a valid subject: {why}"));
     if subject.is_empty() {
         return Err(bad("empty"));
     }
@@ -173,7 +174,10 @@ impl NatsSourceConfig {
             if self.stream.is_none() {
                 return Err(ConfigError::new(
                     field(DURABLE),
-                    format!("a durable consumer needs `{}` (a JetStream stream)", field(STREAM)),
+                    format!(
+                        "a durable consumer needs `{}` (a JetStream stream)",
+                        field(STREAM)
+                    ),
                 ));
             }
             if !is_nats_name(d) {
@@ -540,8 +544,10 @@ mod tests {
 
     #[test]
     fn settings_are_checked_naming_the_field() {
-        let c = parse(json!({"type": "nats", "bus": "b", "url": "nats://u:p@h:4222",
-            "subject": "orders.>", "stream": "ORDERS"}))
+        let c = parse(
+            json!({"type": "nats", "bus": "b", "url": "nats://u:p@h:4222",
+            "subject": "orders.>", "stream": "ORDERS"}),
+        )
         .expect("valid");
         assert_eq!(c.durable_name("a.b"), "strait-a_b");
         assert_eq!(
@@ -553,10 +559,22 @@ mod tests {
             (json!({"url": "http://h", "subject": "a"}), "url"),
             (json!({"url": "nats://h", "subject": "a b"}), "subject"),
             (json!({"url": "nats://h", "subject": "a.>.b"}), "subject"),
-            (json!({"url": "nats://h", "subject": "a", "durable": "d"}), "durable"),
-            (json!({"url": "nats://h", "subject": "a", "stream": "a.b"}), "stream"),
-            (json!({"url": "nats://h", "subject": "a", "maxMessages": 0}), "maxMessages"),
-            (json!({"url": "nats://h", "subject": "a", "queue": "x"}), "queue"),
+            (
+                json!({"url": "nats://h", "subject": "a", "durable": "d"}),
+                "durable",
+            ),
+            (
+                json!({"url": "nats://h", "subject": "a", "stream": "a.b"}),
+                "stream",
+            ),
+            (
+                json!({"url": "nats://h", "subject": "a", "maxMessages": 0}),
+                "maxMessages",
+            ),
+            (
+                json!({"url": "nats://h", "subject": "a", "queue": "x"}),
+                "queue",
+            ),
             (json!({"url": "nats://h"}), "subject"),
         ] {
             assert_eq!(parse(v.clone()).expect_err("bad").field, field, "{v}");
