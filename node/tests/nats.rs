@@ -14,7 +14,9 @@
 //!   dead-lettered with its reason;
 //! - the node killed (-9) between commit and ack: the messages come back
 //!   after the ack wait, are found duplicates (none committed twice, none
-//!   lost) and acknowledged.
+//!   lost) and acknowledged;
+//! - the broker killed (-9) and restarted: the source and the target
+//!   reconnect and go on.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -68,8 +70,7 @@ fn nats_server_binary() -> PathBuf {
 }
 
 /// `nats-server -js` on a free loopback port, and a client of it.
-async fn start_nats(dir: &Path) -> (Proc, String, async_nats::Client) {
-    let port = port();
+async fn start_nats(dir: &Path, port: u16) -> (Proc, String, async_nats::Client) {
     let log = dir.join("nats.log");
     let out = std::fs::File::create(&log).expect("nats log");
     let err = out.try_clone().expect("nats log");
@@ -254,7 +255,8 @@ async fn stream_last_seq(js: &jetstream::Context, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_sources_and_targets_against_a_real_server() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_nats, nats_url, client) = start_nats(dir.path()).await;
+    let nats_port = port();
+    let (nats_proc, nats_url, client) = start_nats(dir.path(), nats_port).await;
     let js = jetstream::new(client.clone());
     for (name, subject) in [("IN", "in.>"), ("OUT", "out.>")] {
         js.create_stream(stream::Config {
@@ -573,4 +575,26 @@ async fn nats_sources_and_targets_against_a_real_server() {
     let mut want: Vec<String> = (first..first + N).map(|s| format!("IN:{s}")).collect();
     want.sort();
     assert_eq!(ids, want);
+
+    // The broker killed (-9) and restarted on its data: source and target
+    // reconnect and go on.
+    let out_before = stream_last_seq(&js, "OUT").await;
+    drop(nats_proc);
+    let (_nats_proc, _, client) = start_nats(dir.path(), nats_port).await;
+    let js = jetstream::new(client);
+    let first = stream_last_seq(&js, "IN").await + 1;
+    for i in 0..5 {
+        js.publish("in.after", format!("after {i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stream ack");
+    }
+    let out = read_out(&js, out_before + 1, 5).await;
+    let ids: Vec<&str> = out
+        .iter()
+        .filter_map(|g| g.attrs.get("id").and_then(Value::as_str))
+        .collect();
+    let want: Vec<String> = (first..first + 5).map(|s| format!("IN:{s}")).collect();
+    assert_eq!(ids, want, "in order, each once");
 }
