@@ -51,7 +51,7 @@ pub struct NatsTarget {
     settings: NatsSettings,
     broker: String,
     timeout: Duration,
-    client: OnceCell<async_nats::Client>,
+    client: OnceCell<(async_nats::Client, async_nats::jetstream::Context)>,
 }
 
 impl NatsTarget {
@@ -66,10 +66,14 @@ impl NatsTarget {
         })
     }
 
-    async fn client(&self) -> Result<&async_nats::Client, DeliveryError> {
+    /// The connection and its JetStream context (made on first use; the
+    /// client reconnects by itself afterwards).
+    async fn client(
+        &self,
+    ) -> Result<&(async_nats::Client, async_nats::jetstream::Context), DeliveryError> {
         self.client
             .get_or_try_init(|| async {
-                async_nats::ConnectOptions::new()
+                let client = async_nats::ConnectOptions::new()
                     .connection_timeout(self.timeout)
                     .connect(self.settings.url.as_str())
                     .await
@@ -78,7 +82,9 @@ impl NatsTarget {
                             "connecting to {} failed: {e}",
                             self.broker
                         ))
-                    })
+                    })?;
+                let js = async_nats::jetstream::new(client.clone());
+                Ok((client, js))
             })
             .await
     }
@@ -92,14 +98,13 @@ impl NatsTarget {
             })?;
             headers.insert(name, v);
         }
-        let client = self.client().await?.clone();
+        let (client, js) = self.client().await?;
         let subject = self.settings.subject.clone();
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             DeliveryError::Retryable(format!("{what} {subject} at {}: {e}", self.broker))
         };
         if self.settings.jetstream {
             headers.insert("Nats-Msg-Id", event.id());
-            let js = async_nats::jetstream::new(client);
             let ack = js
                 .publish_with_headers(subject.clone(), headers, out.payload.into())
                 .await
