@@ -357,6 +357,33 @@ async fn nats_sources_and_targets_against_a_real_server() {
     )
     .await;
 
+    // A durable consumer that filters another subject is not read.
+    put(
+        &node,
+        "/v1/sources/js-other",
+        json!({"type": "nats", "bus": "default", "url": nats_url, "subject": "in.plain",
+               "stream": "IN", "durable": "strait-js-in"}),
+    )
+    .await;
+    let err = wait_for(
+        "the filter mismatch reported",
+        Duration::from_secs(20),
+        async || {
+            source_status(&node, "js-other").await["lastError"]
+                .as_str()
+                .map(str::to_string)
+        },
+    )
+    .await;
+    assert!(err.contains("filters \"in.>\""), "{err}");
+    let (s, v) = call(
+        reqwest::Method::DELETE,
+        format!("{node}/v1/sources/js-other"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
     // JetStream in, JetStream out: binary, structured, plain; one invalid.
     let publish = async |subject: &str, h: async_nats::HeaderMap, body: &[u8]| {
         js.publish_with_headers(subject.to_string(), h, body.to_vec().into())

@@ -335,7 +335,7 @@ async fn read(
                 .await
                 .map_err(|e| format!("JetStream stream {stream:?}: {e}"))?;
             let durable = config.durable_name(name);
-            let consumer: jetstream::consumer::PullConsumer = s
+            let mut consumer: jetstream::consumer::PullConsumer = s
                 .get_or_create_consumer(
                     &durable,
                     pull::Config {
@@ -348,6 +348,19 @@ async fn read(
                 )
                 .await
                 .map_err(|e| format!("JetStream consumer {durable:?}: {e}"))?;
+            // An existing durable keeps its own filter: reading it would
+            // read another subject than the definition says.
+            let info = consumer
+                .info()
+                .await
+                .map_err(|e| format!("JetStream consumer {durable:?}: {e}"))?;
+            if info.config.filter_subject != config.subject {
+                return Err(format!(
+                    "the durable consumer {durable:?} of stream {stream:?} filters {:?}, not {:?}: \
+                     name another `durable` or delete that consumer",
+                    info.config.filter_subject, config.subject
+                ));
+            }
             // Pulls at most `max` at a time: the server holds the rest.
             let mut messages = consumer
                 .stream()
