@@ -9,7 +9,8 @@
 //! [`http`], the webhook / CloudEvents HTTP sink; [`alibaba_eventbridge`],
 //! Alibaba Cloud EventBridge PutEvents, its ingress and push endpoint;
 //! [`aws_eventbridge`], AWS EventBridge PutEvents and its ingress;
-//! [`aws_sqs`], the SQS target and source ([`sources`]: what source kinds share).
+//! [`aws_sqs`], the SQS target and source; [`nats`], the NATS source and
+//! target ([`sources`]: what source kinds share).
 //!
 //! The ingresses are functions from an HTTP request to a response (no HTTP
 //! server here); they hand their events to an [`Ingest`] ([`ingest`]), the
@@ -29,6 +30,7 @@ pub mod aws_eventbridge;
 pub mod aws_sqs;
 pub mod http;
 pub mod ingest;
+pub mod nats;
 pub mod peer;
 pub mod sources;
 
@@ -202,6 +204,17 @@ pub const TARGET_KINDS: &[TargetKind] = &[
         },
         build: build_aws_sqs,
     },
+    TargetKind {
+        name: "nats",
+        messaging: true,
+        normalize: |m| Ok(serde_json::to_value(nats::NatsSettings::from_settings(m)?)),
+        build: |m, timeout, _| {
+            Ok(Arc::new(nats::NatsTarget::new(
+                nats::NatsSettings::from_settings(m)?,
+                timeout,
+            )?))
+        },
+    },
 ];
 
 impl TargetKind {
@@ -334,11 +347,18 @@ pub struct SourceKind {
 }
 
 /// Every source kind of this build.
-pub const SOURCE_KINDS: &[SourceKind] = &[SourceKind {
-    name: aws_sqs::source::KIND,
-    normalize: aws_sqs::source::normalize,
-    build: aws_sqs::source::build,
-}];
+pub const SOURCE_KINDS: &[SourceKind] = &[
+    SourceKind {
+        name: aws_sqs::source::KIND,
+        normalize: aws_sqs::source::normalize,
+        build: aws_sqs::source::build,
+    },
+    SourceKind {
+        name: nats::source::KIND,
+        normalize: nats::source::normalize,
+        build: nats::source::build,
+    },
+];
 
 impl SourceKind {
     /// The kind named `name`, or a `type` error that lists the known ones.
@@ -406,12 +426,13 @@ mod tests {
     #[test]
     fn kinds_are_found_by_name() {
         assert_eq!(SourceKind::find("aws_sqs").map(|k| k.name), Ok("aws_sqs"));
-        let e = SourceKind::find("nats")
+        assert_eq!(SourceKind::find("nats").map(|k| k.name), Ok("nats"));
+        let e = SourceKind::find("kafka")
             .map(|k| k.name)
             .expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "type: \"nats\" is not a source type (known: aws_sqs)"
+            "type: \"kafka\" is not a source type (known: aws_sqs, nats)"
         );
     }
 }

@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(field_of(with("queueUrl", json!("queue"))), "queueUrl");
         assert_eq!(field_of(with("queueUrl", json!(7))), "queueUrl");
         assert_eq!(field_of(without("type")), "type");
-        assert_eq!(field_of(with("type", json!("nats"))), "type");
+        assert_eq!(field_of(with("type", json!("no_such_kind"))), "type");
         assert_eq!(field_of(without("bus")), "bus");
         assert_eq!(field_of(with("bus", json!("no spaces"))), "bus");
         assert_eq!(field_of(with("site", json!("a b"))), "site");

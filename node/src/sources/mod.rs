@@ -169,6 +169,7 @@ fn reconcile(
             let from = spec
                 .settings
                 .get("queueUrl")
+                .or_else(|| spec.settings.get("subject"))
                 .and_then(Value::as_str)
                 .unwrap_or(&name);
             let sources = SourceContext {
