@@ -12,7 +12,7 @@
 use http::Method;
 use subtle::ConstantTimeEq;
 
-use crate::config::TokenSpec;
+use crate::config::tokens::TokenSpec;
 
 /// A scope a token holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,7 +249,7 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ScopedToken;
+    use crate::config::tokens::ScopedToken;
 
     fn scoped(name: &str, token: &str, scopes: &[&str]) -> TokenSpec {
         TokenSpec::Scoped(ScopedToken {
