@@ -73,7 +73,13 @@ impl ClusterNode {
         Ok(PathBuf::from(dir))
     }
 
-    fn kill_9(&mut self) {
+    /// SIGKILL the node and wait until it is gone. A killed process can
+    /// take seconds to die (a SIGKILL waits for an `fsync` under way on a
+    /// busy disk) and holds its ports and its state database's lock until
+    /// then: a restart or a read of its data before that fails (CI: "address
+    /// in use" for the restarted node, "Database already open" for a test
+    /// reading a killed node's state). Errors if it outlives [`KILL_WAIT`].
+    fn kill_9(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -84,13 +90,51 @@ impl ClusterNode {
                 .arg(pid.to_string())
                 .stderr(Stdio::null())
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while pid_alive(pid) && Instant::now() < deadline {
+            let start = Instant::now();
+            while pid_alive(pid) {
+                anyhow::ensure!(
+                    start.elapsed() < KILL_WAIT,
+                    "node {}-{} (pid {pid}) still alive {KILL_WAIT:?} after SIGKILL",
+                    self.site,
+                    self.id
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
+            if start.elapsed() > Duration::from_secs(1) {
+                eprintln!(
+                    "chaos harness: node {}-{} (pid {pid}) took {:?} to die after SIGKILL",
+                    self.site,
+                    self.id,
+                    start.elapsed()
+                );
+            }
         }
+        Ok(())
     }
 }
+
+/// The TCP sockets on `addr`'s port, as `ss -tanp` shows them (for the
+/// evidence of a port taken at restart).
+fn sockets_on(addr: &str) -> String {
+    let port = addr.rsplit(':').next().unwrap_or("");
+    let out = Command::new("ss")
+        .args(["-tanp"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(&format!(":{port} ")))
+        .collect();
+    if lines.is_empty() {
+        "none left".into()
+    } else {
+        lines.join(" | ")
+    }
+}
+
+/// How long a SIGKILLed node may take to die.
+const KILL_WAIT: Duration = Duration::from_secs(60);
 
 fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -147,12 +191,12 @@ impl LocalCluster {
                         dir.display()
                     );
                     for n in &mut nodes {
-                        n.kill_9();
+                        let _ = n.kill_9();
                     }
                 }
                 Err(e) => {
                     for n in &mut nodes {
-                        n.kill_9();
+                        let _ = n.kill_9();
                     }
                     return Err(e.context(format!(
                         "local cluster in {} (tried {attempt} times)",
@@ -280,19 +324,56 @@ impl LocalCluster {
         self.nodes
             .get_mut(idx)
             .context("no such node index")?
-            .kill_9();
-        Ok(())
+            .kill_9()
     }
 
     /// Start the node at `idx` again on its data; waits for `/healthz`.
     pub async fn restart_at(&mut self, idx: usize) -> anyhow::Result<()> {
         let bin = self.bin.clone();
         let node = self.nodes.get_mut(idx).context("no such node index")?;
-        node.kill_9();
-        node.child = Some(spawn(&bin, &node.config, &node.log, &[])?);
-        node.starts += 1;
+        node.kill_9()?;
         let url = node.base_url();
-        wait_healthy(&url, Duration::from_secs(30)).await
+        // A restarted node binds the port it had. Now and then (about one
+        // run in four of `archive_replay` here) that port is still taken
+        // when it starts, though the killed process is gone and nothing
+        // listens there a moment later: the node exits with "address in
+        // use". Who held it is recorded (`ss`) and the start is tried again,
+        // at most three times.
+        for attempt in 1..=3 {
+            node.child = Some(spawn(&bin, &node.config, &node.log, &[])?);
+            node.starts += 1;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if wait_healthy(&url, Duration::from_millis(500)).await.is_ok() {
+                    return Ok(());
+                }
+                if !node.is_running() {
+                    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+                    let in_use = log
+                        .lines()
+                        .last()
+                        .is_some_and(|l| l.contains("address is in use"));
+                    anyhow::ensure!(
+                        in_use && attempt < 3,
+                        "node {}-{} exited at restart (attempt {attempt}); see {}",
+                        node.site,
+                        node.id,
+                        node.log.display()
+                    );
+                    eprintln!(
+                        "chaos harness: node {}-{}: {} was in use at restart (attempt {attempt}); sockets on it: {}",
+                        node.site,
+                        node.id,
+                        node.http,
+                        sockets_on(&node.http)
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "{url} not healthy after 30s");
+            }
+        }
+        anyhow::bail!("{url} not healthy after three starts")
     }
 
     fn index(&self, id: u64) -> anyhow::Result<usize> {
@@ -469,7 +550,7 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.keep_evidence();
         for n in &mut self.nodes {
-            n.kill_9();
+            let _ = n.kill_9();
         }
     }
 }

@@ -35,7 +35,7 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.validate()?;
     let _telemetry = crate::telemetry::init(&cfg.telemetry, &cfg.site, cfg.node_id)?;
-    let listener = match tokio::net::TcpListener::bind(&cfg.http).await {
+    let listener = match bind_http(&cfg.http).await {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
             "cannot listen on {}: the address is in use (another Strait node or another program listens there); give this node another address with --http 127.0.0.1:PORT (or `http:` in its config)",
@@ -166,5 +166,30 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+/// Bind the HTTP listener at `addr`. A node started again right after it
+/// was killed can find its port still taken for a moment by the dead
+/// process's connections (seen in the chaos tests: refused once, free half
+/// a second later); "address in use" is retried for up to 3 s before it is
+/// reported.
+async fn bind_http(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut warned = false;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    tracing::warn!(http = %addr, "the HTTP address is in use; trying again for up to 3 s");
+                    warned = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
     }
 }
