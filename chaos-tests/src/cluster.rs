@@ -137,12 +137,19 @@ fn sockets_on(addr: &str) -> String {
 const KILL_WAIT: Duration = Duration::from_secs(60);
 
 fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    // Every thread, not only the main one: after SIGKILL the main thread
+    // can be a zombie while others are still finishing a system call (an
+    // `fsync`), and the process's files (its state database's lock) and
+    // sockets stay open until the last thread is gone.
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    })
 }
 
 /// A local cluster of node processes.
