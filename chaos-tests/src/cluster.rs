@@ -326,6 +326,29 @@ impl LocalCluster {
             .collect()
     }
 
+    /// The index (in `nodes`) of the node of `site` that answers as its
+    /// leader, waiting up to 20 s for one.
+    pub async fn site_leader(&self, site: &str) -> anyhow::Result<usize> {
+        crate::wait_for(
+            &format!("a leader at {site}"),
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || async {
+                for i in self.site_nodes(site) {
+                    let client =
+                        NodeClient::new(&self.nodes[i].base_url(), Duration::from_secs(2)).ok()?;
+                    if let Ok(r) = client.get_json("/v1/cluster").await
+                        && r.json().is_some_and(|v| v["role"] == json!("leader"))
+                    {
+                        return Some(i);
+                    }
+                }
+                None
+            },
+        )
+        .await
+    }
+
     /// SIGKILL the node at `idx`.
     pub fn kill_9_at(&mut self, idx: usize) -> anyhow::Result<()> {
         self.nodes

@@ -26,28 +26,6 @@ const BUS: &str = "default";
 /// Attempts of the failing target before its events are dead-lettered.
 const FLAKY_ATTEMPTS: usize = 3;
 
-/// The index (in `c.nodes`) of the leader of `site`.
-async fn site_leader(c: &LocalCluster, site: &str) -> anyhow::Result<usize> {
-    wait_for(
-        &format!("a leader at {site}"),
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || async {
-            for i in c.site_nodes(site) {
-                let client =
-                    NodeClient::new(&c.nodes[i].base_url(), Duration::from_secs(2)).ok()?;
-                if let Ok(r) = client.get_json("/v1/cluster").await
-                    && r.json().is_some_and(|v| v["role"] == json!("leader"))
-                {
-                    return Some(i);
-                }
-            }
-            None
-        },
-    )
-    .await
-}
-
 fn target(id: &str, site: &str, url: &str) -> Value {
     let mut t = http_target(id, url, retry(100, 50, 200));
     t["site"] = json!(site);
@@ -119,9 +97,9 @@ async fn lookups_and_rule_status_span_the_sites() -> anyhow::Result<()> {
         let recv = Receiver::start(Behavior::Ok).await?;
         let broken = Receiver::start(Behavior::AlwaysFail).await?;
         let dlq = Receiver::start(Behavior::Ok).await?;
-        let idc_leader = site_leader(&c, "idc").await?;
-        let aliyun = site_leader(&c, "aliyun").await?;
-        let aws = site_leader(&c, "aws").await?;
+        let idc_leader = c.site_leader("idc").await?;
+        let aliyun = c.site_leader("aliyun").await?;
+        let aws = c.site_leader("aws").await?;
         let idc_follower = *c
             .site_nodes("idc")
             .iter()

@@ -62,29 +62,6 @@ async fn start_nats(dir: &std::path::Path) -> anyhow::Result<(Proc, String)> {
     Ok((proc, url))
 }
 
-/// The index (in `c.nodes`) of the leader of `site`.
-async fn site_leader(c: &LocalCluster, site: &str) -> anyhow::Result<usize> {
-    wait_for(
-        &format!("a leader at {site}"),
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || async {
-            for i in c.site_nodes(site) {
-                if !c.nodes[i].base_url().is_empty()
-                    && let Ok(client) =
-                        NodeClient::new(&c.nodes[i].base_url(), Duration::from_secs(2))
-                    && let Ok(r) = client.get_json("/v1/cluster").await
-                    && r.json().is_some_and(|v| v["role"] == json!("leader"))
-                {
-                    return Some(i);
-                }
-            }
-            None
-        },
-    )
-    .await
-}
-
 /// Every stored event id with `source`, in order, read at `client`.
 async fn stored_ids(client: &NodeClient, source: &str) -> anyhow::Result<Vec<String>> {
     let q: String = source
@@ -128,7 +105,7 @@ async fn nats_source_survives_a_leader_kill() -> anyhow::Result<()> {
     .await?;
 
     let mut c = LocalCluster::up(&[("idc", 3)], None).await?;
-    let leader = site_leader(&c, "idc").await?;
+    let leader = c.site_leader("idc").await?;
     let api = NodeClient::new(&c.nodes[leader].base_url(), Duration::from_secs(10))?;
     api.send_json(reqwest::Method::PUT, "/v1/buses/default", &json!({}))
         .await?
@@ -177,7 +154,7 @@ async fn nats_source_survives_a_leader_kill() -> anyhow::Result<()> {
         .into_iter()
         .find(|i| *i != leader)
         .context("a survivor")?;
-    let _ = site_leader(&c, "idc").await?;
+    let _ = c.site_leader("idc").await?;
     let reader = NodeClient::new(&c.nodes[survivor].base_url(), Duration::from_secs(5))?;
     let want: Vec<String> = (1..=N).map(|s| format!("LOAD:{s}")).collect();
     let ids = wait_for(

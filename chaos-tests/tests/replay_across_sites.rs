@@ -9,9 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use strait_chaos_tests::{
-    Behavior, LocalCluster, NodeClient, Receiver, bounded, http_target, retry, wait_for,
-};
+use strait_chaos_tests::{Behavior, LocalCluster, Receiver, bounded, http_target, retry, wait_for};
 
 const BUS: &str = "default";
 const EVENTS: usize = 40;
@@ -21,28 +19,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// The index (in `c.nodes`) of the only node of `site`, once it leads.
-async fn site_node(c: &LocalCluster, site: &str) -> anyhow::Result<usize> {
-    wait_for(
-        &format!("a leader at {site}"),
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || async {
-            for i in c.site_nodes(site) {
-                let client =
-                    NodeClient::new(&c.nodes[i].base_url(), Duration::from_secs(2)).ok()?;
-                if let Ok(r) = client.get_json("/v1/cluster").await
-                    && r.json().is_some_and(|v| v["role"] == json!("leader"))
-                {
-                    return Some(i);
-                }
-            }
-            None
-        },
-    )
-    .await
 }
 
 fn event(id: &str) -> Value {
@@ -55,8 +31,8 @@ async fn a_replay_at_idc_is_delivered_at_aws_through_the_link() -> anyhow::Resul
         let extra = json!({"dispatch": {"checkpoint_interval_ms": 50}});
         let c = LocalCluster::up(&[("idc", 1), ("aws", 1)], Some(extra)).await?;
         let receiver = Receiver::start(Behavior::Ok).await?;
-        let idc = site_node(&c, "idc").await?;
-        let aws = site_node(&c, "aws").await?;
+        let idc = c.site_leader("idc").await?;
+        let aws = c.site_leader("aws").await?;
         let idc_client = c.client_at(idc)?;
 
         let mut at_aws = http_target("at-aws", &receiver.url("/aws"), retry(50, 20, 200));
