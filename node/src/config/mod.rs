@@ -414,6 +414,13 @@ pub struct NodeConfig {
     pub control: Control,
     /// AWS secrets, PutEvents ingress and SQS sources.
     pub aws: Aws,
+    /// Secrets of HTTP targets and HTTP dead letters by name (API key,
+    /// basic, OAuth client credentials); targets name one with
+    /// `"connection"`. Never replicated nor shown.
+    pub connections: std::collections::BTreeMap<String, strait_adapters::http::ConnectionSpec>,
+    /// Which hosts and addresses targets and dead letters may reach
+    /// (cloud metadata addresses are denied unless allowed explicitly).
+    pub egress: strait_adapters::egress::EgressSpec,
 }
 
 /// [`NodeConfig::max_state_bytes`] by default: 64 GiB.
@@ -447,6 +454,8 @@ impl Default for NodeConfig {
             federation: Federation::default(),
             control: Control::default(),
             aws: Aws::default(),
+            connections: Default::default(),
+            egress: Default::default(),
         }
     }
 }
@@ -726,7 +735,47 @@ impl NodeConfig {
         self.validate_cluster()?;
         self.validate_federation()?;
         self.validate_control()?;
+        self.validate_egress()?;
         self.validate_aws()
+    }
+
+    /// The checked egress policy.
+    pub fn egress_policy(&self) -> Result<strait_adapters::egress::EgressPolicy, ConfigError> {
+        strait_adapters::egress::EgressPolicy::from_spec(&self.egress).map_err(|e| {
+            ConfigError::InvalidAt {
+                field: format!("egress.{}", e.field),
+                message: e.message,
+            }
+        })
+    }
+
+    fn validate_egress(&self) -> Result<(), ConfigError> {
+        let policy = self.egress_policy()?;
+        for (name, c) in &self.connections {
+            let field = |f: &str| format!("connections.{name}.{f}");
+            if crate::config::check::validate_name("connection", name).is_err() {
+                return Err(ConfigError::InvalidAt {
+                    field: format!("connections.{name}"),
+                    message: "connection names are 1-64 characters of A-Z a-z 0-9 . _ -".into(),
+                });
+            }
+            c.validate().map_err(|e| ConfigError::InvalidAt {
+                field: field(&e.field),
+                message: e.message,
+            })?;
+            if let strait_adapters::http::ConnectionSpec::OauthClientCredentials {
+                token_url, ..
+            } = c
+            {
+                policy
+                    .check_endpoint("oauth_client_credentials.token_url", token_url)
+                    .map_err(|e| ConfigError::InvalidAt {
+                        field: field(&e.field),
+                        message: e.message,
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     fn validate_http_server(&self) -> Result<(), ConfigError> {
@@ -1039,6 +1088,27 @@ impl NodeConfig {
             {
                 return at(f("credential"), format!("{c:?} is not in aws.credentials"));
             }
+            let creds = std::sync::Arc::new(a.credentials.clone());
+            match strait_adapters::aws_common::resolve_credential(
+                &creds,
+                s.sqs.credential.as_deref(),
+                self.dev,
+            ) {
+                Err(e) => return at(f("credential"), e.message),
+                Ok(Some(c)) => {
+                    if let Err(e) = c.check_use(
+                        s.sqs
+                            .credential
+                            .as_deref()
+                            .unwrap_or(strait_adapters::aws_common::DEFAULT_CREDENTIAL),
+                        s.sqs.endpoint.as_deref(),
+                        s.sqs.region.as_deref(),
+                    ) {
+                        return at(f(&e.field), e.message);
+                    }
+                }
+                Ok(None) => {}
+            }
         }
         Ok(())
     }
@@ -1069,6 +1139,14 @@ impl NodeConfig {
                     format!("alibaba.credentials.{name}.access_key_secret"),
                     "must not be empty",
                 );
+            }
+            for (i, e) in c.endpoints.iter().enumerate() {
+                if e.is_empty() || (!e.contains("://") && (e.contains('/') || e.contains('@'))) {
+                    return at(
+                        format!("alibaba.credentials.{name}.endpoints[{i}]"),
+                        "must be a URL or a host name",
+                    );
+                }
             }
         }
         for (i, k) in a.ingress_keys.iter().enumerate() {
