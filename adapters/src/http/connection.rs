@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ConfigError, DeliveryError};
 
-/// A connection's authorization, as written in the node config.
+/// A connection's authorization, as written in the node config: a map
+/// with exactly one of `api_key`, `basic`, `oauth_client_credentials`
+/// (a plain map rather than a YAML tag).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "RawConnection", into = "RawConnection")]
 pub enum ConnectionSpec {
     /// A header sent with every request (`{header, value}`).
     ApiKey {
@@ -46,6 +48,102 @@ pub enum ConnectionSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scope: Option<String>,
     },
+}
+
+/// [`ConnectionSpec`] as written: one key per kind.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    api_key: Option<RawApiKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    basic: Option<RawBasic>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oauth_client_credentials: Option<RawOauth>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    header: String,
+    value: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasic {
+    username: String,
+    password: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOauth {
+    token_url: String,
+    client_id: String,
+    client_secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+}
+
+impl TryFrom<RawConnection> for ConnectionSpec {
+    type Error = String;
+
+    fn try_from(r: RawConnection) -> Result<Self, String> {
+        match (r.api_key, r.basic, r.oauth_client_credentials) {
+            (Some(RawApiKey { header, value }), None, None) => {
+                Ok(ConnectionSpec::ApiKey { header, value })
+            }
+            (None, Some(RawBasic { username, password }), None) => {
+                Ok(ConnectionSpec::Basic { username, password })
+            }
+            (
+                None,
+                None,
+                Some(RawOauth {
+                    token_url,
+                    client_id,
+                    client_secret,
+                    scope,
+                }),
+            ) => Ok(ConnectionSpec::OauthClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            }),
+            _ => Err("give exactly one of api_key, basic, oauth_client_credentials".into()),
+        }
+    }
+}
+
+impl From<ConnectionSpec> for RawConnection {
+    fn from(c: ConnectionSpec) -> Self {
+        match c {
+            ConnectionSpec::ApiKey { header, value } => RawConnection {
+                api_key: Some(RawApiKey { header, value }),
+                ..Default::default()
+            },
+            ConnectionSpec::Basic { username, password } => RawConnection {
+                basic: Some(RawBasic { username, password }),
+                ..Default::default()
+            },
+            ConnectionSpec::OauthClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            } => RawConnection {
+                oauth_client_credentials: Some(RawOauth {
+                    token_url,
+                    client_id,
+                    client_secret,
+                    scope,
+                }),
+                ..Default::default()
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for ConnectionSpec {
@@ -386,6 +484,11 @@ mod tests {
             )
             .is_err()
         );
+        let two = serde_json::from_value::<ConnectionSpec>(json!({
+            "basic": {"username": "u", "password": "p"},
+            "api_key": {"header": "h", "value": "v"}}))
+        .expect_err("two kinds");
+        assert!(two.to_string().contains("exactly one"), "{two}");
     }
 
     /// A token endpoint answering `expires_in: life`, counting its calls.

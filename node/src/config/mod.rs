@@ -1198,3 +1198,72 @@ impl NodeConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(yaml: &str) -> String {
+        let cfg: NodeConfig = serde_yaml::from_str(yaml).expect("parses");
+        match cfg.validate().expect_err("invalid") {
+            ConfigError::Invalid { field, .. } => field.to_string(),
+            ConfigError::InvalidAt { field, .. } => field,
+            e => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn connections_and_egress_are_read_and_checked() {
+        let yaml = "dev: true
+connections:
+  k: {api_key: {header: x-api-key, value: v}}
+  b: {basic: {username: u, password: p}}
+  o:
+    oauth_client_credentials: {token_url: 'https://auth.example.com/t', client_id: c, client_secret: s}
+egress:
+  allow: [example.com, 10.0.0.0/8]
+  deny: [10.9.0.0/16]
+";
+        let cfg: NodeConfig = serde_yaml::from_str(yaml).expect("parses");
+        cfg.validate().expect("valid");
+        assert_eq!(cfg.connections.len(), 3);
+        assert!(!format!("{cfg:?}").contains("client_secret: \"s\""));
+        assert_eq!(
+            field("dev: true\negress: {deny: ['10.0.0.0/99']}\n"),
+            "egress.deny[0]"
+        );
+        assert_eq!(
+            field(
+                "dev: true\nconnections:\n  o: {oauth_client_credentials: {token_url: 'http://169.254.169.254/t', client_id: c, client_secret: s}}\n"
+            ),
+            "connections.o.oauth_client_credentials.token_url"
+        );
+        assert_eq!(
+            field("dev: true\nconnections:\n  k: {api_key: {header: 'bad header', value: v}}\n"),
+            "connections.k.api_key.header"
+        );
+        assert!(
+            serde_yaml::from_str::<NodeConfig>(
+                "connections:\n  k: {api_key: {header: h, value: v}, basic: {username: u, password: p}}\n"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn sources_without_credential_need_a_default_outside_dev() {
+        let src = "aws:\n  sources:\n    - {name: s, queue_url: 'http://127.0.0.1:9/1/q', bus: default}\n";
+        let tokens = "auth: {tokens: [t]}\n";
+        assert_eq!(
+            field(&format!("{tokens}{src}")),
+            "aws.sources[0].credential"
+        );
+        let cfg: NodeConfig = serde_yaml::from_str(&format!("dev: true\n{src}")).expect("parses");
+        cfg.validate().expect("dev falls back to the chain");
+        let with_default = format!(
+            "{tokens}aws:\n  credentials:\n    default: {{instance_role: true}}\n  sources:\n    - {{name: s, queue_url: 'http://127.0.0.1:9/1/q', bus: default}}\n"
+        );
+        let cfg: NodeConfig = serde_yaml::from_str(&with_default).expect("parses");
+        cfg.validate().expect("the default credential");
+    }
+}
