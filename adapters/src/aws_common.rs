@@ -158,6 +158,43 @@ pub struct Connection {
     pub timeout: Option<Duration>,
     /// SDK attempts per call (its own retries of throttling and 5xx).
     pub max_attempts: u32,
+    /// The node's egress policy, applied to the addresses the endpoint's
+    /// name resolves to (`None`: the SDK's own HTTP client).
+    pub egress: Option<Arc<crate::egress::EgressPolicy>>,
+}
+
+/// A DNS resolver for the AWS SDK's HTTP client that drops the addresses
+/// the egress policy denies (and fails when none is left).
+#[derive(Debug, Clone)]
+struct EgressDns(Arc<crate::egress::EgressPolicy>);
+
+impl aws_smithy_runtime_api::client::dns::ResolveDns for EgressDns {
+    fn resolve_dns<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> aws_smithy_runtime_api::client::dns::DnsFuture<'a> {
+        use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDnsError};
+        DnsFuture::new(async move {
+            let found = tokio::net::lookup_host((name, 0))
+                .await
+                .map_err(ResolveDnsError::new)?;
+            let mut denied = None;
+            let kept: Vec<std::net::IpAddr> = found
+                .map(|a| a.ip())
+                .filter(|ip| match self.0.decide(Some(name), Some(*ip)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        denied.get_or_insert(e);
+                        false
+                    }
+                })
+                .collect();
+            match denied {
+                Some(e) if kept.is_empty() => Err(ResolveDnsError::new(e)),
+                _ => Ok(kept),
+            }
+        })
+    }
 }
 
 /// Build an SDK config for `conn`.
@@ -190,6 +227,16 @@ pub async fn sdk_config(conn: &Connection) -> SdkConfig {
             ));
         }
         _ => {}
+    }
+    if let Some(policy) = &conn.egress {
+        use aws_smithy_http_client::tls;
+        loader = loader.http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .build_with_resolver(EgressDns(policy.clone())),
+        );
     }
     let mut timeouts =
         aws_config::timeout::TimeoutConfig::builder().connect_timeout(Duration::from_secs(3));
@@ -584,7 +631,15 @@ where
             "{what}: cannot build the request: {}",
             display_chain(err)
         )),
-        other => DeliveryError::Retryable(format!("{what}: {}", display_chain(other))),
+        other => {
+            let chain = display_chain(other);
+            if crate::egress::is_denial(&chain) {
+                // Retrying a refused destination will not help.
+                DeliveryError::Permanent(format!("{what}: {chain}"))
+            } else {
+                DeliveryError::Retryable(format!("{what}: {chain}"))
+            }
+        }
     }
 }
 

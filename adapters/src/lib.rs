@@ -373,7 +373,10 @@ fn build_aws_eventbridge(
         s.region.as_deref(),
     )?;
     Ok(Arc::new(aws_eventbridge::AwsEventBridgeTarget::start(
-        s, credential, timeout,
+        s,
+        credential,
+        timeout,
+        Some(ctx.http.policy_arc()),
     )?))
 }
 
@@ -390,7 +393,10 @@ fn build_aws_sqs(
         s.region.as_deref(),
     )?;
     Ok(Arc::new(aws_sqs::AwsSqsTarget::start(
-        s, credential, timeout,
+        s,
+        credential,
+        timeout,
+        Some(ctx.http.policy_arc()),
     )?))
 }
 

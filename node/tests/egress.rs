@@ -436,6 +436,9 @@ async fn a_name_resolving_to_a_denied_address_is_refused_at_delivery() {
     let dir = tempfile::tempdir().expect("tmp");
     let app = start(dir.path(), |c| {
         c.egress.deny = vec!["127.0.0.0/8".into(), "::1/128".into()];
+        c.aws.credentials = serde_json::from_value(json!({
+            "k": {"access_key_id": "AKID", "secret_access_key": "s"}}))
+        .expect("aws credentials");
     })
     .await;
     put(&app, "/v1/buses/b", json!({})).await;
@@ -489,6 +492,39 @@ async fn a_name_resolving_to_a_denied_address_is_refused_at_delivery() {
         "not retried: {listed}"
     );
     assert!(peer.got("hook").is_empty(), "the receiver was reached");
+
+    // The AWS SDK's client resolves through the policy too.
+    put(
+        &app,
+        "/v1/buses/b/rules/sqs",
+        json!({"pattern": {}, "targets": [{"id": "q", "type": "aws_sqs",
+            "queueUrl": format!("http://localhost:{port}/000000000000/q"),
+            "endpoint": format!("http://localhost:{port}"), "credential": "k",
+            "region": "us-east-1", "maxBatchDelayMs": 0,
+            "retry": {"maxAttempts": 3, "initialBackoffMs": 10, "maxBackoffMs": 20},
+            "deadLetter": {"type": "bus", "bus": "dlq"}}]}),
+    )
+    .await;
+    post_event(&app, "b", "e2").await;
+    wait_until("the SQS target's dead letter", async || {
+        let (_, v) = call(
+            &app,
+            "GET",
+            "/v1/buses/b/rules/sqs/targets/q/dead-letters",
+            None,
+        )
+        .await;
+        listed = v;
+        listed["deadLetters"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let reason = listed["deadLetters"][0]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("egress denied"), "{listed}");
+    assert_eq!(peer.got.lock().expect("lock").len(), 0, "SQS was reached");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -218,6 +218,7 @@ impl SqsSourceConfig {
             credential,
             timeout: Some(Duration::from_secs(self.wait_time_secs as u64 + 10)),
             max_attempts: 1,
+            egress: None,
         }
     }
 }

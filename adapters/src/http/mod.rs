@@ -259,6 +259,11 @@ impl HttpClient {
         &self.policy
     }
 
+    /// The egress policy, shared (for clients of other libraries).
+    pub fn policy_arc(&self) -> Arc<EgressPolicy> {
+        self.policy.clone()
+    }
+
     /// Build the request parts (headers and body) for an event. Pure, so
     /// the wire form is unit-tested.
     pub fn encode(event: &Event, mode: ContentMode) -> (Vec<(String, String)>, Vec<u8>) {
