@@ -216,7 +216,8 @@ fn header(h: &http::HeaderMap, name: &str) -> String {
 
 fn connections(url: &str) -> Value {
     json!({
-        "apikey": {"api_key": {"header": "x-api-key", "value": "CANARY-apikey-7f3a"}},
+        "apikey": {"api_key": {"header": "x-api-key", "value": "CANARY-apikey-7f3a"},
+            "endpoints": [url]},
         "basic": {"basic": {"username": "svc", "password": "CANARY-basic-7f3a"}},
         "oauth": {"oauth_client_credentials": {"token_url": format!("{url}/token"),
             "client_id": "strait", "client_secret": "CANARY-oauth-7f3a",
@@ -374,6 +375,18 @@ async fn connection_secrets_are_sent_and_never_shown() {
     let (s, v) = call(&app, "PUT", "/v1/buses/b/rules/r2", Some(bad)).await;
     assert_eq!(s, 400, "{v}");
     assert!(v.to_string().contains("targets[1].connection"), "{v}");
+    // A connection bound to endpoints is refused elsewhere; an API key
+    // does not follow redirects.
+    let mut bad = rule.clone();
+    bad["targets"][0]["endpoint"] = json!(url.replace("127.0.0.1", "localhost") + "/key");
+    let (s, v) = call(&app, "PUT", "/v1/buses/b/rules/r2", Some(bad)).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("targets[0].endpoint"), "{v}");
+    let mut bad = rule.clone();
+    bad["targets"][0]["followRedirects"] = json!(true);
+    let (s, v) = call(&app, "PUT", "/v1/buses/b/rules/r2", Some(bad)).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("targets[0].followRedirects"), "{v}");
     let mut bad = rule;
     bad["targets"][4]["deadLetter"]["connection"] = json!("nope");
     let (s, v) = call(&app, "PUT", "/v1/buses/b/rules/r2", Some(bad)).await;

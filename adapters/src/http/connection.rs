@@ -14,12 +14,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ConfigError, DeliveryError};
 
-/// A connection's authorization, as written in the node config: a map
-/// with exactly one of `api_key`, `basic`, `oauth_client_credentials`
-/// (a plain map rather than a YAML tag).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A connection as written in the node config: a map with exactly one of
+/// `api_key`, `basic`, `oauth_client_credentials` (a plain map rather than
+/// a YAML tag), and optionally the `endpoints` it may be sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawConnection", into = "RawConnection")]
-pub enum ConnectionSpec {
+pub struct ConnectionSpec {
+    /// How requests are authorized.
+    pub auth: ConnectionAuth,
+    /// Endpoints targets naming this connection may have (URLs: same
+    /// scheme, host and port; host names: that host). Empty: any.
+    pub endpoints: Vec<String>,
+}
+
+/// A connection's authorization.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ConnectionAuth {
     /// A header sent with every request (`{header, value}`).
     ApiKey {
         /// Header name, e.g. `x-api-key`.
@@ -45,12 +55,11 @@ pub enum ConnectionSpec {
         /// Client secret.
         client_secret: String,
         /// Requested scope.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         scope: Option<String>,
     },
 }
 
-/// [`ConnectionSpec`] as written: one key per kind.
+/// [`ConnectionAuth`] as written: one key per kind.
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConnection {
@@ -60,6 +69,8 @@ struct RawConnection {
     basic: Option<RawBasic>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     oauth_client_credentials: Option<RawOauth>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    endpoints: Vec<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -90,12 +101,13 @@ impl TryFrom<RawConnection> for ConnectionSpec {
     type Error = String;
 
     fn try_from(r: RawConnection) -> Result<Self, String> {
-        match (r.api_key, r.basic, r.oauth_client_credentials) {
+        let endpoints = r.endpoints;
+        let auth: ConnectionAuth = match (r.api_key, r.basic, r.oauth_client_credentials) {
             (Some(RawApiKey { header, value }), None, None) => {
-                Ok(ConnectionSpec::ApiKey { header, value })
+                Ok(ConnectionAuth::ApiKey { header, value })
             }
             (None, Some(RawBasic { username, password }), None) => {
-                Ok(ConnectionSpec::Basic { username, password })
+                Ok(ConnectionAuth::Basic { username, password })
             }
             (
                 None,
@@ -106,29 +118,32 @@ impl TryFrom<RawConnection> for ConnectionSpec {
                     client_secret,
                     scope,
                 }),
-            ) => Ok(ConnectionSpec::OauthClientCredentials {
+            ) => Ok(ConnectionAuth::OauthClientCredentials {
                 token_url,
                 client_id,
                 client_secret,
                 scope,
             }),
-            _ => Err("give exactly one of api_key, basic, oauth_client_credentials".into()),
-        }
+            _ => Err::<ConnectionAuth, String>(
+                "give exactly one of api_key, basic, oauth_client_credentials".into(),
+            ),
+        }?;
+        Ok(ConnectionSpec { auth, endpoints })
     }
 }
 
 impl From<ConnectionSpec> for RawConnection {
     fn from(c: ConnectionSpec) -> Self {
-        match c {
-            ConnectionSpec::ApiKey { header, value } => RawConnection {
+        let mut raw = match c.auth {
+            ConnectionAuth::ApiKey { header, value } => RawConnection {
                 api_key: Some(RawApiKey { header, value }),
                 ..Default::default()
             },
-            ConnectionSpec::Basic { username, password } => RawConnection {
+            ConnectionAuth::Basic { username, password } => RawConnection {
                 basic: Some(RawBasic { username, password }),
                 ..Default::default()
             },
-            ConnectionSpec::OauthClientCredentials {
+            ConnectionAuth::OauthClientCredentials {
                 token_url,
                 client_id,
                 client_secret,
@@ -142,24 +157,26 @@ impl From<ConnectionSpec> for RawConnection {
                 }),
                 ..Default::default()
             },
-        }
+        };
+        raw.endpoints = c.endpoints;
+        raw
     }
 }
 
-impl std::fmt::Debug for ConnectionSpec {
+impl std::fmt::Debug for ConnectionAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConnectionSpec::ApiKey { header, .. } => f
+            ConnectionAuth::ApiKey { header, .. } => f
                 .debug_struct("ApiKey")
                 .field("header", header)
                 .field("value", &"<redacted>")
                 .finish(),
-            ConnectionSpec::Basic { username, .. } => f
+            ConnectionAuth::Basic { username, .. } => f
                 .debug_struct("Basic")
                 .field("username", username)
                 .field("password", &"<redacted>")
                 .finish(),
-            ConnectionSpec::OauthClientCredentials {
+            ConnectionAuth::OauthClientCredentials {
                 token_url,
                 client_id,
                 scope,
@@ -177,10 +194,64 @@ impl std::fmt::Debug for ConnectionSpec {
 
 impl ConnectionSpec {
     /// Check the fields; the error names the field relative to the
+    /// connection (`api_key.header`, `endpoints[0]`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let field = format!("endpoints[{i}]");
+            if e.contains("://") {
+                crate::http_url(&field, e)?;
+            } else if e.is_empty() || e.contains('/') || e.contains('@') {
+                return Err(ConfigError::new(
+                    field,
+                    format!("{e:?} is neither a URL nor a host name"),
+                ));
+            }
+        }
+        self.auth.validate()
+    }
+
+    /// Check that a target at `endpoint` may use this connection (named
+    /// `name`) and, with `follow_redirects`, that no secret can follow a
+    /// redirect; the error names the target's field.
+    pub fn check_use(
+        &self,
+        name: &str,
+        endpoint: &str,
+        follow_redirects: bool,
+    ) -> Result<(), ConfigError> {
+        if !self.endpoints.is_empty()
+            && !crate::aws_common::endpoint_allowed(&self.endpoints, endpoint)
+        {
+            return Err(ConfigError::new(
+                "endpoint",
+                format!(
+                    "connection {name:?} may only be used with the endpoints {:?}, not {}",
+                    self.endpoints,
+                    crate::egress::redact_url(endpoint)
+                ),
+            ));
+        }
+        if follow_redirects && matches!(self.auth, ConnectionAuth::ApiKey { .. }) {
+            // Authorization is dropped on a redirect to another host; an
+            // API key header would go along.
+            return Err(ConfigError::new(
+                "followRedirects",
+                format!(
+                    "connection {name:?} sends an API key header, which a redirect would carry \
+                     to another host: do not follow redirects with it"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ConnectionAuth {
+    /// Check the fields; the error names the field relative to the
     /// connection (`api_key.header`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
-            ConnectionSpec::ApiKey { header, value } => {
+            ConnectionAuth::ApiKey { header, value } => {
                 if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                     return Err(ConfigError::new(
                         "api_key.header",
@@ -194,7 +265,7 @@ impl ConnectionSpec {
                     ));
                 }
             }
-            ConnectionSpec::Basic { username, password } => {
+            ConnectionAuth::Basic { username, password } => {
                 if username.is_empty() || username.contains(':') {
                     return Err(ConfigError::new(
                         "basic.username",
@@ -205,7 +276,7 @@ impl ConnectionSpec {
                     return Err(ConfigError::new("basic.password", "must not be empty"));
                 }
             }
-            ConnectionSpec::OauthClientCredentials {
+            ConnectionAuth::OauthClientCredentials {
                 token_url,
                 client_id,
                 client_secret,
@@ -303,9 +374,17 @@ impl Connection {
         &self.name
     }
 
+    /// The connection as configured.
+    pub fn spec(&self) -> &ConnectionSpec {
+        &self.spec
+    }
+
     /// Whether a 401 answer is worth one more try with a new token.
     pub fn refreshes(&self) -> bool {
-        matches!(self.spec, ConnectionSpec::OauthClientCredentials { .. })
+        matches!(
+            self.spec.auth,
+            ConnectionAuth::OauthClientCredentials { .. }
+        )
     }
 
     /// Add the authorization to `req`; `client` fetches OAuth tokens (a
@@ -317,12 +396,12 @@ impl Connection {
         timeout: Duration,
         fresh: bool,
     ) -> Result<reqwest::RequestBuilder, DeliveryError> {
-        Ok(match &self.spec {
-            ConnectionSpec::ApiKey { header, value } => req.header(header.as_str(), value.as_str()),
-            ConnectionSpec::Basic { username, password } => {
+        Ok(match &self.spec.auth {
+            ConnectionAuth::ApiKey { header, value } => req.header(header.as_str(), value.as_str()),
+            ConnectionAuth::Basic { username, password } => {
                 req.basic_auth(username, Some(password))
             }
-            ConnectionSpec::OauthClientCredentials { .. } => {
+            ConnectionAuth::OauthClientCredentials { .. } => {
                 let token = self.token(client, timeout, fresh).await?;
                 req.bearer_auth(token)
             }
@@ -354,12 +433,12 @@ impl Connection {
         client: &reqwest::Client,
         timeout: Duration,
     ) -> Result<Token, DeliveryError> {
-        let ConnectionSpec::OauthClientCredentials {
+        let ConnectionAuth::OauthClientCredentials {
             token_url,
             client_id,
             client_secret,
             scope,
-        } = &self.spec
+        } = &self.spec.auth
         else {
             return Err(DeliveryError::Permanent(format!(
                 "connection {:?} has no token endpoint",
@@ -489,6 +568,28 @@ mod tests {
             "api_key": {"header": "h", "value": "v"}}))
         .expect_err("two kinds");
         assert!(two.to_string().contains("exactly one"), "{two}");
+        // Bound to endpoints; an API key never follows a redirect.
+        let s: ConnectionSpec = serde_json::from_value(json!({
+            "api_key": {"header": "x-api-key", "value": "v"},
+            "endpoints": ["https://api.example.com", "hooks.example.com"]}))
+        .expect("bound");
+        s.validate().expect("valid");
+        s.check_use("k", "https://api.example.com/events", false)
+            .expect("bound endpoint");
+        s.check_use("k", "http://hooks.example.com:8080/x", false)
+            .expect("bound host");
+        assert_eq!(
+            s.check_use("k", "https://evil.example.net/", false)
+                .expect_err("elsewhere")
+                .field,
+            "endpoint"
+        );
+        assert_eq!(
+            s.check_use("k", "https://api.example.com/x", true)
+                .expect_err("redirects")
+                .field,
+            "followRedirects"
+        );
     }
 
     /// A token endpoint answering `expires_in: life`, counting its calls.
@@ -521,11 +622,14 @@ mod tests {
     fn oauth(url: &str) -> Connection {
         Connection::new(
             "c",
-            ConnectionSpec::OauthClientCredentials {
-                token_url: url.to_string(),
-                client_id: "id".into(),
-                client_secret: "secret".into(),
-                scope: None,
+            ConnectionSpec {
+                auth: ConnectionAuth::OauthClientCredentials {
+                    token_url: url.to_string(),
+                    client_id: "id".into(),
+                    client_secret: "secret".into(),
+                    scope: None,
+                },
+                endpoints: Vec::new(),
             },
         )
     }

@@ -24,7 +24,7 @@ pub enum ContentMode {
 
 pub mod connection;
 
-pub use connection::{Connection, ConnectionSpec, Connections};
+pub use connection::{Connection, ConnectionAuth, ConnectionSpec, Connections};
 
 /// Settings of an HTTP target (the fields next to `id` and `type`), also
 /// an HTTP dead letter.
@@ -108,15 +108,18 @@ impl HttpSettings {
         &self,
         connections: &Connections,
     ) -> Result<Option<Arc<Connection>>, ConfigError> {
-        match &self.connection {
-            None => Ok(None),
-            Some(n) => connections.get(n).cloned().map(Some).ok_or_else(|| {
-                ConfigError::new(
-                    "connection",
-                    format!("{n:?} is not in this node's connections"),
-                )
-            }),
-        }
+        let Some(n) = &self.connection else {
+            return Ok(None);
+        };
+        let c = connections.get(n).cloned().ok_or_else(|| {
+            ConfigError::new(
+                "connection",
+                format!("{n:?} is not in this node's connections"),
+            )
+        })?;
+        c.spec()
+            .check_use(n, &self.endpoint, self.follow_redirects)?;
+        Ok(Some(c))
     }
 }
 

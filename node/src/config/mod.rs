@@ -763,9 +763,9 @@ impl NodeConfig {
                 field: field(&e.field),
                 message: e.message,
             })?;
-            if let strait_adapters::http::ConnectionSpec::OauthClientCredentials {
+            if let strait_adapters::http::ConnectionAuth::OauthClientCredentials {
                 token_url, ..
-            } = c
+            } = &c.auth
             {
                 policy
                     .check_endpoint("oauth_client_credentials.token_url", token_url)
