@@ -376,6 +376,16 @@ mod tests {
         assert!(p.check_url(&u).is_err());
         let u = reqwest::Url::parse("http://[fd00:ec2::254]/").expect("url");
         assert!(p.check_url(&u).is_err());
+        // Other spellings of the same address.
+        for other in [
+            "http://2852039166/",
+            "http://0xa9.0xfe.0xa9.0xfe/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://METADATA.google.internal./computeMetadata/v1/",
+        ] {
+            let u = reqwest::Url::parse(other).expect("url");
+            assert!(p.check_url(&u).is_err(), "{other}");
+        }
         assert_eq!(
             redact_url("https://user:s3cret@example.com/x"),
             "https://***@example.com/x"
