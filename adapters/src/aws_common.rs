@@ -21,8 +21,11 @@ use crate::{ConfigError, DeliveryError};
 pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// A named AWS credential from the node-local config (`aws.credentials`):
-/// either a static key pair (optionally with a session token) or the name
-/// of a profile in the shared config/credentials files.
+/// a static key pair (optionally with a session token), the name of a
+/// profile in the shared config/credentials files, or `instance_role:
+/// true` (the standard AWS credential chain: environment, shared files,
+/// container or instance role). It may be bound to `endpoints` and
+/// `regions`: a target or source naming it elsewhere is refused.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsCredential {
@@ -38,6 +41,19 @@ pub struct AwsCredential {
     /// A profile of `~/.aws/config` / `~/.aws/credentials` instead of a key pair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// The standard AWS credential chain (it ends at the instance role)
+    /// instead of a key pair or profile: an explicit opt-in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub instance_role: bool,
+    /// Endpoint overrides this credential may be used with (URLs, or
+    /// host names for any scheme and port). Empty: any. AWS's own
+    /// endpoint (no override) is always allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Regions this credential may be used in. Empty: any; else a target
+    /// or source naming it must name one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
 }
 
 impl std::fmt::Debug for AwsCredential {
@@ -53,6 +69,9 @@ impl std::fmt::Debug for AwsCredential {
                 &self.session_token.as_ref().map(|_| "<redacted>"),
             )
             .field("profile", &self.profile)
+            .field("instance_role", &self.instance_role)
+            .field("endpoints", &self.endpoints)
+            .field("regions", &self.regions)
             .finish()
     }
 }
@@ -61,6 +80,33 @@ impl AwsCredential {
     /// Check the combination; the error names the field (relative to the
     /// credential).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if e.contains("://") {
+                crate::http_url(&format!("endpoints[{i}]"), e)?;
+            } else if e.is_empty() || e.contains('/') || e.contains('@') {
+                return Err(ConfigError::new(
+                    format!("endpoints[{i}]"),
+                    format!("{e:?} is neither a URL nor a host name"),
+                ));
+            }
+        }
+        for (i, r) in self.regions.iter().enumerate() {
+            validate_region(Some(r))
+                .map_err(|e| ConfigError::new(format!("regions[{i}]"), e.message))?;
+        }
+        if self.instance_role {
+            if self.profile.is_some()
+                || self.access_key_id.is_some()
+                || self.secret_access_key.is_some()
+                || self.session_token.is_some()
+            {
+                return Err(ConfigError::new(
+                    "instance_role",
+                    "give either instance_role: true or a key pair / profile, not both",
+                ));
+            }
+            return Ok(());
+        }
         match (&self.profile, &self.access_key_id, &self.secret_access_key) {
             (Some(p), None, None) => {
                 if p.trim().is_empty() {
@@ -89,7 +135,7 @@ impl AwsCredential {
             }
             (None, None, _) => Err(ConfigError::new(
                 "access_key_id",
-                "missing: give access_key_id + secret_access_key, or profile",
+                "missing: give access_key_id + secret_access_key, profile, or instance_role: true",
             )),
             (None, Some(_), None) => Err(ConfigError::new("secret_access_key", "missing")),
         }
@@ -112,6 +158,43 @@ pub struct Connection {
     pub timeout: Option<Duration>,
     /// SDK attempts per call (its own retries of throttling and 5xx).
     pub max_attempts: u32,
+    /// The node's egress policy, applied to the addresses the endpoint's
+    /// name resolves to (`None`: the SDK's own HTTP client).
+    pub egress: Option<Arc<crate::egress::EgressPolicy>>,
+}
+
+/// A DNS resolver for the AWS SDK's HTTP client that drops the addresses
+/// the egress policy denies (and fails when none is left).
+#[derive(Debug, Clone)]
+struct EgressDns(Arc<crate::egress::EgressPolicy>);
+
+impl aws_smithy_runtime_api::client::dns::ResolveDns for EgressDns {
+    fn resolve_dns<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> aws_smithy_runtime_api::client::dns::DnsFuture<'a> {
+        use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDnsError};
+        DnsFuture::new(async move {
+            let found = tokio::net::lookup_host((name, 0))
+                .await
+                .map_err(ResolveDnsError::new)?;
+            let mut denied = None;
+            let kept: Vec<std::net::IpAddr> = found
+                .map(|a| a.ip())
+                .filter(|ip| match self.0.decide(Some(name), Some(*ip)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        denied.get_or_insert(e);
+                        false
+                    }
+                })
+                .collect();
+            match denied {
+                Some(e) if kept.is_empty() => Err(ResolveDnsError::new(e)),
+                _ => Ok(kept),
+            }
+        })
+    }
 }
 
 /// Build an SDK config for `conn`.
@@ -144,6 +227,16 @@ pub async fn sdk_config(conn: &Connection) -> SdkConfig {
             ));
         }
         _ => {}
+    }
+    if let Some(policy) = &conn.egress {
+        use aws_smithy_http_client::tls;
+        loader = loader.http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .build_with_resolver(EgressDns(policy.clone())),
+        );
     }
     let mut timeouts =
         aws_config::timeout::TimeoutConfig::builder().connect_timeout(Duration::from_secs(3));
@@ -204,13 +297,29 @@ pub fn validate_credential_name(name: Option<&str>) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Resolve a credential name against the node's credentials.
+/// The credential a target or source without `credential` uses: the one
+/// named `default`, if the node has it.
+pub const DEFAULT_CREDENTIAL: &str = "default";
+
+/// Resolve a credential name against the node's credentials. Without a
+/// name: the credential named [`DEFAULT_CREDENTIAL`]; without that, the
+/// standard AWS chain only when `chain_fallback` (dev mode), else an error
+/// naming `credential` (no silent fall back to the instance role).
 pub fn resolve_credential(
     credentials: &AwsCredentials,
     name: Option<&str>,
+    chain_fallback: bool,
 ) -> Result<Option<AwsCredential>, ConfigError> {
     match name {
-        None => Ok(None),
+        None => match credentials.get(DEFAULT_CREDENTIAL) {
+            Some(c) => Ok(Some(c.clone())),
+            None if chain_fallback => Ok(None),
+            None => Err(ConfigError::new(
+                "credential",
+                "required: this node's aws.credentials has no `default` entry (name a credential, \
+                 or add `default: {instance_role: true}` to use the instance role)",
+            )),
+        },
         Some(n) => credentials.get(n).cloned().map(Some).ok_or_else(|| {
             ConfigError::new(
                 "credential",
@@ -218,6 +327,95 @@ pub fn resolve_credential(
             )
         }),
     }
+}
+
+/// Whether `endpoint` (a URL) is one of `allowed` (URLs: same scheme,
+/// host and port; bare names: same host).
+pub fn endpoint_allowed(allowed: &[String], endpoint: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(endpoint) else {
+        return false;
+    };
+    let host = u.host_str().unwrap_or_default().to_ascii_lowercase();
+    allowed.iter().any(|a| {
+        if a.contains("://") {
+            reqwest::Url::parse(a).is_ok_and(|b| {
+                b.scheme() == u.scheme()
+                    && b.host_str().unwrap_or_default().to_ascii_lowercase() == host
+                    && b.port_or_known_default() == u.port_or_known_default()
+            })
+        } else {
+            a.trim_end_matches('.').to_ascii_lowercase() == host
+        }
+    })
+}
+
+impl AwsCredential {
+    /// Check that this credential (named `name`) may be used with
+    /// `endpoint` (an override; `None`: AWS's own) in `region`. The error
+    /// names `endpoint` or `region`.
+    pub fn check_use(
+        &self,
+        name: &str,
+        endpoint: Option<&str>,
+        region: Option<&str>,
+    ) -> Result<(), ConfigError> {
+        if let Some(e) = endpoint
+            && !self.endpoints.is_empty()
+            && !endpoint_allowed(&self.endpoints, e)
+        {
+            return Err(ConfigError::new(
+                "endpoint",
+                format!(
+                    "credential {name:?} may only be used with the endpoints {:?}, not {}",
+                    self.endpoints,
+                    crate::egress::redact_url(e)
+                ),
+            ));
+        }
+        if !self.regions.is_empty() {
+            match region {
+                Some(r) if self.regions.iter().any(|x| x == r) => {}
+                Some(r) => {
+                    return Err(ConfigError::new(
+                        "region",
+                        format!(
+                            "credential {name:?} may only be used in the regions {:?}, not {r:?}",
+                            self.regions
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(ConfigError::new(
+                        "region",
+                        format!(
+                            "required: credential {name:?} is bound to the regions {:?}",
+                            self.regions
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolve the credential of an AWS target or source and check that it
+/// may be used with `endpoint` in `region`, and that `endpoint` is within
+/// the egress policy (as far as its URL tells).
+pub fn resolve_for(
+    ctx: &crate::SinkContext,
+    name: Option<&str>,
+    endpoint: Option<&str>,
+    region: Option<&str>,
+) -> Result<Option<AwsCredential>, ConfigError> {
+    let credential = resolve_credential(&ctx.aws_credentials, name, ctx.aws_chain_fallback)?;
+    if let Some(c) = &credential {
+        c.check_use(name.unwrap_or(DEFAULT_CREDENTIAL), endpoint, region)?;
+    }
+    if let Some(e) = endpoint {
+        ctx.http.policy().check_endpoint("endpoint", e)?;
+    }
+    Ok(credential)
 }
 
 /// W3C `traceparent` → X-Ray trace header
@@ -433,7 +631,15 @@ where
             "{what}: cannot build the request: {}",
             display_chain(err)
         )),
-        other => DeliveryError::Retryable(format!("{what}: {}", display_chain(other))),
+        other => {
+            let chain = display_chain(other);
+            if crate::egress::is_denial(&chain) {
+                // Retrying a refused destination will not help.
+                DeliveryError::Permanent(format!("{what}: {chain}"))
+            } else {
+                DeliveryError::Retryable(format!("{what}: {chain}"))
+            }
+        }
     }
 }
 

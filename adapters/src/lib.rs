@@ -28,6 +28,7 @@ pub mod alibaba_eventbridge;
 pub mod aws_common;
 pub mod aws_eventbridge;
 pub mod aws_sqs;
+pub mod egress;
 pub mod http;
 pub mod ingest;
 pub mod nats;
@@ -143,6 +144,11 @@ pub struct SinkContext {
     pub alibaba_credentials: alibaba_eventbridge::Credentials,
     /// AWS credentials by name (node config `aws.credentials`).
     pub aws_credentials: aws_common::AwsCredentials,
+    /// A target without `credential` and without a `default` credential
+    /// uses the standard AWS chain (dev mode only).
+    pub aws_chain_fallback: bool,
+    /// Connections of HTTP targets by name (node config `connections`).
+    pub connections: http::Connections,
 }
 
 /// One kind of target this build knows: the `type` a rule target names,
@@ -159,10 +165,15 @@ pub struct TargetKind {
     normalize: Normalize,
     /// The running target.
     build: Build,
+    /// The checks that depend on the delivering node (credentials,
+    /// connections, egress), without starting anything.
+    check: Check,
 }
 
 /// A kind's settings check: its settings struct as JSON.
 type Normalize = fn(&Map<String, Value>) -> Result<serde_json::Result<Value>, ConfigError>;
+/// A kind's check against the delivering node.
+type Check = fn(&Map<String, Value>, &SinkContext) -> Result<(), ConfigError>;
 /// A kind's constructor.
 type Build = fn(&Map<String, Value>, Duration, &SinkContext) -> Result<Arc<dyn Sink>, ConfigError>;
 
@@ -173,6 +184,7 @@ pub const TARGET_KINDS: &[TargetKind] = &[
         messaging: false,
         normalize: |m| Ok(serde_json::to_value(http::HttpSettings::from_settings(m)?)),
         build: build_http,
+        check: |m, ctx| http::HttpSettings::from_settings(m)?.check_here(ctx),
     },
     TargetKind {
         name: "alibaba_eventbridge",
@@ -183,6 +195,10 @@ pub const TARGET_KINDS: &[TargetKind] = &[
             ))
         },
         build: build_alibaba,
+        check: |m, ctx| {
+            let s = alibaba_eventbridge::AlibabaSettings::from_settings(m)?;
+            alibaba_credential(&s, ctx).map(|_| ())
+        },
     },
     TargetKind {
         name: "aws_eventbridge",
@@ -193,6 +209,16 @@ pub const TARGET_KINDS: &[TargetKind] = &[
             ))
         },
         build: build_aws_eventbridge,
+        check: |m, ctx| {
+            let s = aws_eventbridge::AwsEventBridgeSettings::from_settings(m)?;
+            aws_common::resolve_for(
+                ctx,
+                s.credential.as_deref(),
+                s.endpoint.as_deref(),
+                s.region.as_deref(),
+            )
+            .map(|_| ())
+        },
     },
     TargetKind {
         name: "aws_sqs",
@@ -203,6 +229,16 @@ pub const TARGET_KINDS: &[TargetKind] = &[
             ))
         },
         build: build_aws_sqs,
+        check: |m, ctx| {
+            let s = aws_sqs::AwsSqsSettings::from_settings(m)?;
+            aws_common::resolve_for(
+                ctx,
+                s.credential.as_deref(),
+                s.endpoint.as_deref(),
+                s.region.as_deref(),
+            )
+            .map(|_| ())
+        },
     },
     TargetKind {
         name: "nats",
@@ -214,6 +250,7 @@ pub const TARGET_KINDS: &[TargetKind] = &[
                 timeout,
             )?))
         },
+        check: |m, _| nats::NatsSettings::from_settings(m).map(|_| ()),
     },
 ];
 
@@ -248,6 +285,17 @@ impl TargetKind {
         }
     }
 
+    /// Check what depends on the delivering node `ctx` (its credentials,
+    /// connections and egress policy) without starting anything; the
+    /// error names the field.
+    pub fn check_here(
+        &self,
+        settings: &Map<String, Value>,
+        ctx: &SinkContext,
+    ) -> Result<(), ConfigError> {
+        (self.check)(settings, ctx)
+    }
+
     /// Build the running target.
     pub fn build(
         &self,
@@ -264,11 +312,11 @@ fn build_http(
     timeout: Duration,
     ctx: &SinkContext,
 ) -> Result<Arc<dyn Sink>, ConfigError> {
-    Ok(Arc::new(http::HttpTarget::new(
-        ctx.http.clone(),
+    Ok(Arc::new(http::HttpTarget::build(
+        ctx,
         http::HttpSettings::from_settings(settings)?,
         timeout,
-    )))
+    )?))
 }
 
 fn build_alibaba(
@@ -277,6 +325,21 @@ fn build_alibaba(
     ctx: &SinkContext,
 ) -> Result<Arc<dyn Sink>, ConfigError> {
     let s = alibaba_eventbridge::AlibabaSettings::from_settings(settings)?;
+    let credential = alibaba_credential(&s, ctx)?;
+    Ok(Arc::new(alibaba_eventbridge::AlibabaTarget::start(
+        ctx.http.client(),
+        s,
+        credential,
+        timeout,
+    )?))
+}
+
+/// The credential of an Alibaba target, checked against the endpoint and
+/// region it is bound to, and the endpoint against the egress policy.
+fn alibaba_credential(
+    s: &alibaba_eventbridge::AlibabaSettings,
+    ctx: &SinkContext,
+) -> Result<alibaba_eventbridge::Credential, ConfigError> {
     let credential = ctx
         .alibaba_credentials
         .get(&s.credential)
@@ -290,12 +353,11 @@ fn build_alibaba(
                 ),
             )
         })?;
-    Ok(Arc::new(alibaba_eventbridge::AlibabaTarget::start(
-        ctx.http.client(),
-        s,
-        credential,
-        timeout,
-    )?))
+    credential.check_use(&s.credential, s.endpoint.as_deref(), s.region_id.as_deref())?;
+    if let Some(e) = &s.endpoint {
+        ctx.http.policy().check_endpoint("endpoint", e)?;
+    }
+    Ok(credential)
 }
 
 fn build_aws_eventbridge(
@@ -304,9 +366,17 @@ fn build_aws_eventbridge(
     ctx: &SinkContext,
 ) -> Result<Arc<dyn Sink>, ConfigError> {
     let s = aws_eventbridge::AwsEventBridgeSettings::from_settings(settings)?;
-    let credential = aws_common::resolve_credential(&ctx.aws_credentials, s.credential.as_deref())?;
+    let credential = aws_common::resolve_for(
+        ctx,
+        s.credential.as_deref(),
+        s.endpoint.as_deref(),
+        s.region.as_deref(),
+    )?;
     Ok(Arc::new(aws_eventbridge::AwsEventBridgeTarget::start(
-        s, credential, timeout,
+        s,
+        credential,
+        timeout,
+        Some(ctx.http.policy_arc()),
     )?))
 }
 
@@ -316,9 +386,17 @@ fn build_aws_sqs(
     ctx: &SinkContext,
 ) -> Result<Arc<dyn Sink>, ConfigError> {
     let s = aws_sqs::AwsSqsSettings::from_settings(settings)?;
-    let credential = aws_common::resolve_credential(&ctx.aws_credentials, s.credential.as_deref())?;
+    let credential = aws_common::resolve_for(
+        ctx,
+        s.credential.as_deref(),
+        s.endpoint.as_deref(),
+        s.region.as_deref(),
+    )?;
     Ok(Arc::new(aws_sqs::AwsSqsTarget::start(
-        s, credential, timeout,
+        s,
+        credential,
+        timeout,
+        Some(ctx.http.policy_arc()),
     )?))
 }
 

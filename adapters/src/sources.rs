@@ -337,6 +337,9 @@ pub struct SourceContext {
     pub ingest: Arc<dyn Ingest>,
     /// AWS credentials by name (node config `aws.credentials`).
     pub aws_credentials: aws_common::AwsCredentials,
+    /// A source without `credential` and without a `default` credential
+    /// uses the standard AWS chain (dev mode only).
+    pub aws_chain_fallback: bool,
     /// This node in messages (`node 1 at site aws`).
     pub node: String,
 }

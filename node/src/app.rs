@@ -100,11 +100,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
     if cfg.cluster.join.is_some() {
         tokio::spawn(crate::cluster::join(site.clone(), cfg.clone()));
     }
-    let sinks = SinkContext {
-        http: Default::default(),
-        alibaba_credentials: Arc::new(cfg.alibaba.credentials.clone()),
-        aws_credentials: Arc::new(cfg.aws.credentials.clone()),
-    };
+    let sinks = sink_context(&cfg);
     let progress = Progress::default();
     let link_stats = crate::links::new_stats();
     let sources = Arc::new(SourceStatuses::default());
@@ -184,6 +180,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
             linked_sites: cfg.federation.links.keys().cloned().collect(),
             known_sites: known_sites(&cfg),
             sites,
+            sinks: sink_context(&cfg),
         }),
         cluster: Arc::new(ClusterApi {
             cfg: cfg.clone(),
@@ -310,4 +307,18 @@ pub async fn ensure_buses(writer: &Writer, site: &Site, buses: &[String]) -> any
         }
     }
     Ok(())
+}
+
+/// What targets of this node are built with: the HTTP client under the
+/// egress policy (validated with the config; an invalid one allows only
+/// what the default allows), credentials and connections.
+pub fn sink_context(cfg: &NodeConfig) -> SinkContext {
+    let policy = cfg.egress_policy().unwrap_or_default();
+    SinkContext {
+        http: strait_adapters::http::HttpClient::with_egress(Arc::new(policy)),
+        alibaba_credentials: Arc::new(cfg.alibaba.credentials.clone()),
+        aws_credentials: Arc::new(cfg.aws.credentials.clone()),
+        aws_chain_fallback: cfg.dev,
+        connections: strait_adapters::http::connection::connections(&cfg.connections),
+    }
 }

@@ -44,6 +44,52 @@ pub struct Credential {
     /// STS security token (for temporary credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_token: Option<String>,
+    /// Endpoint overrides this credential may be used with (URLs, or
+    /// host names). Empty: any. The default endpoint (built from the
+    /// account and region) is always allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Region ids this credential may be used in. Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+}
+
+impl Credential {
+    /// Check that this credential (named `name`) may be used with
+    /// `endpoint` (an override) in `region`; the error names `endpoint`
+    /// or `regionId`.
+    pub fn check_use(
+        &self,
+        name: &str,
+        endpoint: Option<&str>,
+        region: Option<&str>,
+    ) -> Result<(), ConfigError> {
+        if let Some(e) = endpoint
+            && !self.endpoints.is_empty()
+            && !crate::aws_common::endpoint_allowed(&self.endpoints, e)
+        {
+            return Err(ConfigError::new(
+                "endpoint",
+                format!(
+                    "credential {name:?} may only be used with the endpoints {:?}, not {}",
+                    self.endpoints,
+                    crate::egress::redact_url(e)
+                ),
+            ));
+        }
+        if !self.regions.is_empty() && !region.is_some_and(|r| self.regions.iter().any(|x| x == r))
+        {
+            return Err(ConfigError::new(
+                "regionId",
+                format!(
+                    "credential {name:?} may only be used in the regions {:?}, not {:?}",
+                    self.regions,
+                    region.unwrap_or("(none)")
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Credential {
@@ -55,6 +101,8 @@ impl std::fmt::Debug for Credential {
                 "security_token",
                 &self.security_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("endpoints", &self.endpoints)
+            .field("regions", &self.regions)
             .finish()
     }
 }
@@ -663,6 +711,8 @@ mod tests {
             access_key_id: "testid".into(),
             access_key_secret: "testsecret".into(),
             security_token: Some("tok".into()),
+            endpoints: Vec::new(),
+            regions: Vec::new(),
         };
         let h: BTreeMap<String, String> = signed_headers(
             &s,
@@ -745,6 +795,8 @@ mod tests {
                     access_key_id: "id".into(),
                     access_key_secret: "secret".into(),
                     security_token: None,
+                    endpoints: Vec::new(),
+                    regions: Vec::new(),
                 },
                 Duration::from_secs(60),
             )

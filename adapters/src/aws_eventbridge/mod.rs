@@ -156,6 +156,7 @@ impl AwsEventBridgeTarget {
         settings: AwsEventBridgeSettings,
         credential: Option<AwsCredential>,
         timeout: Duration,
+        egress: Option<Arc<crate::egress::EgressPolicy>>,
     ) -> Result<Self, ConfigError> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| ConfigError::new("type", "the AWS target needs a tokio runtime"))?;
@@ -165,6 +166,7 @@ impl AwsEventBridgeTarget {
             credential,
             timeout: Some(timeout),
             max_attempts: 2,
+            egress,
         };
         let client: Arc<OnceCell<aws_sdk_eventbridge::Client>> = Arc::new(OnceCell::new());
         let send: SendFn<AwsEntry> = Arc::new(move |entries| {
@@ -391,7 +393,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_entry_is_permanent_without_a_call() {
         let s = AwsEventBridgeSettings::from_settings(&settings()).expect("valid");
-        let t = AwsEventBridgeTarget::start(s, None, Duration::from_secs(1)).expect("start");
+        let t = AwsEventBridgeTarget::start(s, None, Duration::from_secs(1), None).expect("start");
         let big = Event::from_structured(json!({"specversion": "1.0", "id": "1", "source": "s",
             "type": "t", "data": {"x": "y".repeat(MAX_REQUEST_BYTES)}}))
         .expect("event");

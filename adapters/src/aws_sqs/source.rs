@@ -218,6 +218,7 @@ impl SqsSourceConfig {
             credential,
             timeout: Some(Duration::from_secs(self.wait_time_secs as u64 + 10)),
             max_attempts: 1,
+            egress: None,
         }
     }
 }
@@ -240,15 +241,22 @@ pub(crate) fn build(
     status: StatusCell,
 ) -> Result<SourceFuture, ConfigError> {
     let config = SqsSourceConfig::read(&Fields::new(settings, Naming::Api, &[], FIELDS)?)?;
-    let credential = match &config.credential {
-        None => None,
-        Some(c) => Some(ctx.aws_credentials.get(c).cloned().ok_or_else(|| {
-            ConfigError::new(
-                CREDENTIAL.api,
-                format!("{c:?} is not in aws.credentials of {}", ctx.node),
-            )
-        })?),
-    };
+    let credential = aws_common::resolve_credential(
+        &ctx.aws_credentials,
+        config.credential.as_deref(),
+        ctx.aws_chain_fallback,
+    )
+    .map_err(|e| ConfigError::new(CREDENTIAL.api, format!("{} (at {})", e.message, ctx.node)))?;
+    if let Some(c) = &credential {
+        c.check_use(
+            config
+                .credential
+                .as_deref()
+                .unwrap_or(aws_common::DEFAULT_CREDENTIAL),
+            config.endpoint.as_deref(),
+            config.region.as_deref(),
+        )?;
+    }
     Ok(Box::pin(run(
         name.to_string(),
         bus.to_string(),

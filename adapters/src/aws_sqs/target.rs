@@ -238,6 +238,7 @@ impl AwsSqsTarget {
         settings: AwsSqsSettings,
         credential: Option<AwsCredential>,
         timeout: Duration,
+        egress: Option<Arc<crate::egress::EgressPolicy>>,
     ) -> Result<Self, ConfigError> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| ConfigError::new("type", "the AWS target needs a tokio runtime"))?;
@@ -247,6 +248,7 @@ impl AwsSqsTarget {
             credential,
             timeout: Some(timeout),
             max_attempts: 2,
+            egress,
         };
         let client: Arc<OnceCell<aws_sdk_sqs::Client>> = Arc::new(OnceCell::new());
         let queue_url = settings.queue_url.clone();

@@ -1,12 +1,14 @@
 //! HTTP target: delivers CloudEvents in binary or structured content mode.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use strait_routing::event::{Event, percent_encode_header};
 
+use crate::egress::{EgressPolicy, EgressResolver};
 use crate::{ConfigError, DeliveryError, DeliveryFuture, Sink};
 
 /// CloudEvents HTTP content mode.
@@ -20,18 +22,36 @@ pub enum ContentMode {
     Structured,
 }
 
-/// Settings of an HTTP target (the fields next to `id` and `type`).
+pub mod connection;
+
+pub use connection::{Connection, ConnectionAuth, ConnectionSpec, Connections};
+
+/// Settings of an HTTP target (the fields next to `id` and `type`), also
+/// an HTTP dead letter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpSettings {
-    /// URL (http or https).
+    /// URL (http or https), without user info.
     pub endpoint: String,
     /// Content mode.
     #[serde(default)]
     pub mode: ContentMode,
-    /// Extra headers sent with every delivery.
+    /// Extra headers sent with every delivery (shown as `***` by the API:
+    /// secrets belong in a connection).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// A connection of the delivering node's config (`connections`) whose
+    /// authorization is added to every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+    /// Follow redirects (within the node's egress policy). Default: a
+    /// redirect is an error.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub follow_redirects: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl HttpSettings {
@@ -43,9 +63,10 @@ impl HttpSettings {
         Ok(s)
     }
 
-    /// Check the URL and header names.
+    /// Check the URL (no user info), header names and the connection name.
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::http_url("endpoint", &self.endpoint)?;
+        crate::egress::refuse_userinfo("endpoint", &self.endpoint)?;
         for (name, value) in &self.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(ConfigError::new(
@@ -60,14 +81,57 @@ impl HttpSettings {
                 ));
             }
         }
+        if let Some(c) = &self.connection
+            && (c.is_empty()
+                || c.len() > 64
+                || !c
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(ConfigError::new(
+                "connection",
+                format!("{c:?} is not a connection name of the node config's connections"),
+            ));
+        }
         Ok(())
+    }
+
+    /// Check what depends on the delivering node: the connection exists
+    /// and the endpoint is within the egress policy (as far as the URL
+    /// tells).
+    pub fn check_here(&self, ctx: &crate::SinkContext) -> Result<(), ConfigError> {
+        self.resolve_connection(&ctx.connections)?;
+        ctx.http.policy().check_endpoint("endpoint", &self.endpoint)
+    }
+
+    fn resolve_connection(
+        &self,
+        connections: &Connections,
+    ) -> Result<Option<Arc<Connection>>, ConfigError> {
+        let Some(n) = &self.connection else {
+            return Ok(None);
+        };
+        let c = connections.get(n).cloned().ok_or_else(|| {
+            ConfigError::new(
+                "connection",
+                format!("{n:?} is not in this node's connections"),
+            )
+        })?;
+        c.spec()
+            .check_use(n, &self.endpoint, self.follow_redirects)?;
+        Ok(Some(c))
     }
 }
 
-/// A shared, pooled HTTP client for all HTTP targets of a node.
+/// A shared, pooled HTTP client for all HTTP targets of a node, with the
+/// node's egress policy: checked on the URL before each request and on
+/// the resolved addresses at connect time. Redirects are not followed,
+/// except by targets that opt in (then each hop is checked too).
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     client: reqwest::Client,
+    follow: reqwest::Client,
+    policy: Arc<EgressPolicy>,
 }
 
 impl Default for HttpClient {
@@ -76,22 +140,50 @@ impl Default for HttpClient {
     }
 }
 
-/// An HTTP target: a client and its settings.
+/// An HTTP target: a client, its settings and its connection.
 #[derive(Debug, Clone)]
 pub struct HttpTarget {
     client: HttpClient,
     settings: HttpSettings,
     timeout: Duration,
+    connection: Option<Arc<Connection>>,
 }
 
 impl HttpTarget {
-    /// A target posting with `client`.
+    /// A target posting with `client` (without a connection; see
+    /// [`HttpTarget::build`]).
     pub fn new(client: HttpClient, settings: HttpSettings, timeout: Duration) -> HttpTarget {
         HttpTarget {
             client,
             settings,
             timeout,
+            connection: None,
         }
+    }
+
+    /// A target of the node `ctx`: its connection resolved (an unknown
+    /// one is an error naming `connection`) and its endpoint checked
+    /// against the egress policy.
+    pub fn build(
+        ctx: &crate::SinkContext,
+        settings: HttpSettings,
+        timeout: Duration,
+    ) -> Result<HttpTarget, ConfigError> {
+        ctx.http
+            .policy()
+            .check_endpoint("endpoint", &settings.endpoint)?;
+        let connection = settings.resolve_connection(&ctx.connections)?;
+        Ok(HttpTarget {
+            client: ctx.http.clone(),
+            settings,
+            timeout,
+            connection,
+        })
+    }
+
+    /// The endpoint as messages show it (without user info).
+    pub fn shown_endpoint(&self) -> String {
+        crate::egress::redact_url(&self.settings.endpoint)
     }
 }
 
@@ -99,27 +191,80 @@ impl Sink for HttpTarget {
     fn deliver<'a>(&'a self, event: &'a Event, traceparent: &'a str) -> DeliveryFuture<'a> {
         Box::pin(async move {
             self.client
-                .post(event, &self.settings, self.timeout, traceparent)
+                .send(
+                    event,
+                    &self.settings,
+                    self.connection.as_deref(),
+                    self.timeout,
+                    traceparent,
+                )
                 .await
                 .map(|_| ())
         })
     }
 }
 
+/// Redirects followed at most by a target that opts in.
+const MAX_REDIRECTS: usize = 10;
+
 impl HttpClient {
-    /// A client with connection pooling and no global timeout (each call sets one).
+    /// A client with connection pooling and no global timeout (each call
+    /// sets one), under the default egress policy (cloud metadata
+    /// addresses denied).
     pub fn new() -> HttpClient {
-        let client = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("strait/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        HttpClient { client }
+        Self::with_egress(Arc::new(EgressPolicy::default()))
     }
 
-    /// The underlying pooled client (shared with other HTTP-based targets).
+    /// A client under `policy`.
+    pub fn with_egress(policy: Arc<EgressPolicy>) -> HttpClient {
+        let build = |redirect: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(30))
+                .user_agent(concat!("strait/", env!("CARGO_PKG_VERSION")))
+                .dns_resolver(Arc::new(EgressResolver::new(policy.clone())))
+                .redirect(redirect)
+                .build()
+        };
+        let hops = policy.clone();
+        let follow = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > MAX_REDIRECTS {
+                let n = attempt.previous().len();
+                return attempt.error(format!("more than {n} redirects"));
+            }
+            match hops.check_url(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(e) => attempt.error(e),
+            }
+        });
+        // Building fails only when the TLS backend cannot start; the
+        // default client would fail the same way.
+        let client = build(reqwest::redirect::Policy::none()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "HTTP client without egress control");
+            reqwest::Client::new()
+        });
+        let follow = build(follow).unwrap_or_else(|_| client.clone());
+        HttpClient {
+            client,
+            follow,
+            policy,
+        }
+    }
+
+    /// The underlying pooled client (shared with other HTTP-based
+    /// targets): it does not follow redirects, and applies the egress
+    /// policy to the addresses names resolve to.
     pub fn client(&self) -> reqwest::Client {
         self.client.clone()
+    }
+
+    /// The egress policy.
+    pub fn policy(&self) -> &EgressPolicy {
+        &self.policy
+    }
+
+    /// The egress policy, shared (for clients of other libraries).
+    pub fn policy_arc(&self) -> Arc<EgressPolicy> {
+        self.policy.clone()
     }
 
     /// Build the request parts (headers and body) for an event. Pure, so
@@ -148,7 +293,8 @@ impl HttpClient {
         }
     }
 
-    /// POST one event. `traceparent` is the HTTP header for this attempt.
+    /// POST one event without a connection. `traceparent` is the HTTP
+    /// header for this attempt.
     pub async fn post(
         &self,
         event: &Event,
@@ -156,58 +302,117 @@ impl HttpClient {
         timeout: Duration,
         traceparent: &str,
     ) -> Result<u16, DeliveryError> {
+        self.send(event, target, None, timeout, traceparent).await
+    }
+
+    /// POST one event, authorized by `connection` (a 401 answer with an
+    /// OAuth connection is tried once more with a new token).
+    pub async fn send(
+        &self,
+        event: &Event,
+        target: &HttpSettings,
+        connection: Option<&Connection>,
+        timeout: Duration,
+        traceparent: &str,
+    ) -> Result<u16, DeliveryError> {
+        let shown = crate::egress::redact_url(&target.endpoint);
+        let url = reqwest::Url::parse(&target.endpoint)
+            .map_err(|e| DeliveryError::Permanent(format!("invalid endpoint {shown}: {e}")))?;
+        self.policy
+            .check_url(&url)
+            .map_err(|e| DeliveryError::Permanent(format!("{e} (endpoint {shown})")))?;
+        let client = if target.follow_redirects {
+            &self.follow
+        } else {
+            &self.client
+        };
         let (headers, body) = Self::encode(event, target.mode);
-        let mut req = self
-            .client
-            .post(&target.endpoint)
-            .timeout(timeout)
-            .header("traceparent", traceparent);
-        for (k, v) in &headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        for (k, v) in &target.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let resp = req.body(body).send().await.map_err(|e| {
-            let kind = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "connection failed"
-            } else if e.is_builder() {
-                return DeliveryError::Permanent(format!(
-                    "invalid request: {}",
-                    crate::peer::error_chain(&e)
-                ));
-            } else {
-                "request failed"
-            };
-            DeliveryError::Retryable(format!("{kind}: {}", crate::peer::error_chain(&e)))
-        })?;
+        let mut fresh = false;
+        let resp = loop {
+            let mut req = client
+                .post(url.clone())
+                .timeout(timeout)
+                .header("traceparent", traceparent);
+            for (k, v) in &headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            for (k, v) in &target.headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            if let Some(c) = connection {
+                req = c.authorize(client, req, timeout, fresh).await?;
+            }
+            let resp = req
+                .body(body.clone())
+                .send()
+                .await
+                .map_err(|e| request_error(e, &shown))?;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED
+                && !fresh
+                && connection.is_some_and(Connection::refreshes)
+            {
+                // The token may have been revoked: one more try with a new one.
+                fresh = true;
+                continue;
+            }
+            break resp;
+        };
         let status = resp.status();
         if status.is_success() {
             // The body is not needed: it is not read (dropping the
             // response closes a connection whose body is still coming).
             return Ok(status.as_u16());
         }
+        if status.is_redirection() {
+            let to = resp
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(crate::egress::redact_url)
+                .unwrap_or_default();
+            return Err(DeliveryError::Permanent(format!(
+                "HTTP {} from {shown}: redirect to {to:?} not followed (the target does not set followRedirects)",
+                status.as_u16()
+            )));
+        }
         // Only the first few KiB of an error answer are read.
         let snippet = match crate::peer::read_capped(resp, crate::peer::ERROR_BODY_BYTES).await {
             Ok(b) => b.snippet(200),
             Err(e) => format!(
                 "(reading the answer failed: {})",
-                crate::peer::error_chain(&e)
+                crate::peer::error_chain(&e.without_url())
             ),
         };
-        let msg = format!(
-            "HTTP {} from {}: {}",
-            status.as_u16(),
-            target.endpoint,
-            snippet
-        );
+        let msg = format!("HTTP {} from {shown}: {snippet}", status.as_u16());
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
             Err(DeliveryError::Retryable(msg))
         } else {
             Err(DeliveryError::Permanent(msg))
         }
+    }
+}
+
+/// A request that got no answer, as a delivery error (egress refusals
+/// and invalid requests are permanent); the URL is shown as `shown`.
+fn request_error(e: reqwest::Error, shown: &str) -> DeliveryError {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_redirect() {
+        "redirect failed"
+    } else if e.is_builder() {
+        "invalid request"
+    } else {
+        "request failed"
+    };
+    let builder = e.is_builder();
+    let chain = crate::peer::error_chain(&e.without_url());
+    let msg = format!("{kind}: {chain} (endpoint {shown})");
+    if builder || crate::egress::is_denial(&chain) {
+        DeliveryError::Permanent(msg)
+    } else {
+        DeliveryError::Retryable(msg)
     }
 }
 
@@ -240,6 +445,8 @@ mod tests {
             endpoint,
             mode: ContentMode::Structured,
             headers: BTreeMap::new(),
+            connection: None,
+            follow_redirects: false,
         }
     }
 

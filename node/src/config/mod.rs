@@ -415,6 +415,13 @@ pub struct NodeConfig {
     pub control: Control,
     /// AWS secrets, PutEvents ingress and SQS sources.
     pub aws: Aws,
+    /// Secrets of HTTP targets and HTTP dead letters by name (API key,
+    /// basic, OAuth client credentials); targets name one with
+    /// `"connection"`. Never replicated nor shown.
+    pub connections: std::collections::BTreeMap<String, strait_adapters::http::ConnectionSpec>,
+    /// Which hosts and addresses targets and dead letters may reach
+    /// (cloud metadata addresses are denied unless allowed explicitly).
+    pub egress: strait_adapters::egress::EgressSpec,
 }
 
 /// [`NodeConfig::max_state_bytes`] by default: 64 GiB.
@@ -448,6 +455,8 @@ impl Default for NodeConfig {
             federation: Federation::default(),
             control: Control::default(),
             aws: Aws::default(),
+            connections: Default::default(),
+            egress: Default::default(),
         }
     }
 }
@@ -727,7 +736,47 @@ impl NodeConfig {
         self.validate_cluster()?;
         self.validate_federation()?;
         self.validate_control()?;
+        self.validate_egress()?;
         self.validate_aws()
+    }
+
+    /// The checked egress policy.
+    pub fn egress_policy(&self) -> Result<strait_adapters::egress::EgressPolicy, ConfigError> {
+        strait_adapters::egress::EgressPolicy::from_spec(&self.egress).map_err(|e| {
+            ConfigError::InvalidAt {
+                field: format!("egress.{}", e.field),
+                message: e.message,
+            }
+        })
+    }
+
+    fn validate_egress(&self) -> Result<(), ConfigError> {
+        let policy = self.egress_policy()?;
+        for (name, c) in &self.connections {
+            let field = |f: &str| format!("connections.{name}.{f}");
+            if crate::config::check::validate_name("connection", name).is_err() {
+                return Err(ConfigError::InvalidAt {
+                    field: format!("connections.{name}"),
+                    message: "connection names are 1-64 characters of A-Z a-z 0-9 . _ -".into(),
+                });
+            }
+            c.validate().map_err(|e| ConfigError::InvalidAt {
+                field: field(&e.field),
+                message: e.message,
+            })?;
+            if let strait_adapters::http::ConnectionAuth::OauthClientCredentials {
+                token_url, ..
+            } = &c.auth
+            {
+                policy
+                    .check_endpoint("oauth_client_credentials.token_url", token_url)
+                    .map_err(|e| ConfigError::InvalidAt {
+                        field: field(&e.field),
+                        message: e.message,
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     fn validate_http_server(&self) -> Result<(), ConfigError> {
@@ -1040,6 +1089,27 @@ impl NodeConfig {
             {
                 return at(f("credential"), format!("{c:?} is not in aws.credentials"));
             }
+            let creds = std::sync::Arc::new(a.credentials.clone());
+            match strait_adapters::aws_common::resolve_credential(
+                &creds,
+                s.sqs.credential.as_deref(),
+                self.dev,
+            ) {
+                Err(e) => return at(f("credential"), e.message),
+                Ok(Some(c)) => {
+                    if let Err(e) = c.check_use(
+                        s.sqs
+                            .credential
+                            .as_deref()
+                            .unwrap_or(strait_adapters::aws_common::DEFAULT_CREDENTIAL),
+                        s.sqs.endpoint.as_deref(),
+                        s.sqs.region.as_deref(),
+                    ) {
+                        return at(f(&e.field), e.message);
+                    }
+                }
+                Ok(None) => {}
+            }
         }
         Ok(())
     }
@@ -1070,6 +1140,14 @@ impl NodeConfig {
                     format!("alibaba.credentials.{name}.access_key_secret"),
                     "must not be empty",
                 );
+            }
+            for (i, e) in c.endpoints.iter().enumerate() {
+                if e.is_empty() || (!e.contains("://") && (e.contains('/') || e.contains('@'))) {
+                    return at(
+                        format!("alibaba.credentials.{name}.endpoints[{i}]"),
+                        "must be a URL or a host name",
+                    );
+                }
             }
         }
         for (i, k) in a.ingress_keys.iter().enumerate() {
@@ -1119,5 +1197,74 @@ impl NodeConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(yaml: &str) -> String {
+        let cfg: NodeConfig = serde_yaml::from_str(yaml).expect("parses");
+        match cfg.validate().expect_err("invalid") {
+            ConfigError::Invalid { field, .. } => field.to_string(),
+            ConfigError::InvalidAt { field, .. } => field,
+            e => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn connections_and_egress_are_read_and_checked() {
+        let yaml = "dev: true
+connections:
+  k: {api_key: {header: x-api-key, value: v}}
+  b: {basic: {username: u, password: p}}
+  o:
+    oauth_client_credentials: {token_url: 'https://auth.example.com/t', client_id: c, client_secret: s}
+egress:
+  allow: [example.com, 10.0.0.0/8]
+  deny: [10.9.0.0/16]
+";
+        let cfg: NodeConfig = serde_yaml::from_str(yaml).expect("parses");
+        cfg.validate().expect("valid");
+        assert_eq!(cfg.connections.len(), 3);
+        assert!(!format!("{cfg:?}").contains("client_secret: \"s\""));
+        assert_eq!(
+            field("dev: true\negress: {deny: ['10.0.0.0/99']}\n"),
+            "egress.deny[0]"
+        );
+        assert_eq!(
+            field(
+                "dev: true\nconnections:\n  o: {oauth_client_credentials: {token_url: 'http://169.254.169.254/t', client_id: c, client_secret: s}}\n"
+            ),
+            "connections.o.oauth_client_credentials.token_url"
+        );
+        assert_eq!(
+            field("dev: true\nconnections:\n  k: {api_key: {header: 'bad header', value: v}}\n"),
+            "connections.k.api_key.header"
+        );
+        assert!(
+            serde_yaml::from_str::<NodeConfig>(
+                "connections:\n  k: {api_key: {header: h, value: v}, basic: {username: u, password: p}}\n"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn sources_without_credential_need_a_default_outside_dev() {
+        let src = "aws:\n  sources:\n    - {name: s, queue_url: 'http://127.0.0.1:9/1/q', bus: default}\n";
+        let tokens = "auth: {tokens: [t]}\n";
+        assert_eq!(
+            field(&format!("{tokens}{src}")),
+            "aws.sources[0].credential"
+        );
+        let cfg: NodeConfig = serde_yaml::from_str(&format!("dev: true\n{src}")).expect("parses");
+        cfg.validate().expect("dev falls back to the chain");
+        let with_default = format!(
+            "{tokens}aws:\n  credentials:\n    default: {{instance_role: true}}\n  sources:\n    - {{name: s, queue_url: 'http://127.0.0.1:9/1/q', bus: default}}\n"
+        );
+        let cfg: NodeConfig = serde_yaml::from_str(&with_default).expect("parses");
+        cfg.validate().expect("the default credential");
     }
 }

@@ -288,6 +288,161 @@ impl RuleSpec {
     }
 }
 
+/// What the API shows instead of a header value of an HTTP target or
+/// dead letter.
+pub const MASK: &str = "***";
+
+/// Whether a target or dead letter (as stored JSON) is HTTP.
+fn is_http(v: &Value) -> bool {
+    v.get("type").and_then(Value::as_str) == Some("http")
+}
+
+/// Apply `f` to every HTTP target and HTTP dead letter of a stored rule
+/// (with the path of its field: `targets[0]`, `targets[0].deadLetter`,
+/// `deadLetter`).
+fn each_http(spec: &mut Value, mut f: impl FnMut(&str, &mut Map<String, Value>)) {
+    if let Some(ts) = spec.get_mut("targets").and_then(Value::as_array_mut) {
+        for (i, t) in ts.iter_mut().enumerate() {
+            if is_http(t)
+                && let Some(m) = t.as_object_mut()
+            {
+                f(&format!("targets[{i}]"), m);
+            }
+            if let Some(dl) = t.get_mut("deadLetter")
+                && is_http(dl)
+                && let Some(m) = dl.as_object_mut()
+            {
+                f(&format!("targets[{i}].deadLetter"), m);
+            }
+        }
+    }
+    if let Some(dl) = spec.get_mut("deadLetter")
+        && is_http(dl)
+        && let Some(m) = dl.as_object_mut()
+    {
+        f("deadLetter", m);
+    }
+}
+
+/// A stored rule as the API shows it: the header values of HTTP targets
+/// and dead letters as [`MASK`] (secrets belong in connections), user info
+/// in their endpoints as `***`.
+pub fn masked(spec: &Value) -> Value {
+    let mut v = spec.clone();
+    each_http(&mut v, |_, m| {
+        if let Some(Value::Object(h)) = m.get_mut("headers") {
+            for value in h.values_mut() {
+                *value = Value::String(MASK.into());
+            }
+        }
+        if let Some(Value::String(e)) = m.get_mut("endpoint") {
+            *e = strait_adapters::egress::redact_url(e);
+        }
+    });
+    v
+}
+
+/// A rule sent back as a GET showed it: header values that are [`MASK`]
+/// take the value stored for the same target (or dead letter) and header
+/// in `old`, so that an exported rule can be put back. A [`MASK`] without
+/// a stored value is kept as it is (a literal `***`).
+pub fn unmask(spec: &mut Value, old: Option<&Value>) {
+    let Some(old) = old else { return };
+    let mut stored: std::collections::HashMap<String, Map<String, Value>> = Default::default();
+    let mut old = old.clone();
+    // Stored values by target id (positions may change).
+    let ids: Vec<Option<String>> = old
+        .get("targets")
+        .and_then(Value::as_array)
+        .map(|ts| {
+            ts.iter()
+                .map(|t| t.get("id").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    each_http(&mut old, |path, m| {
+        if let Some(Value::Object(h)) = m.get("headers") {
+            stored.insert(by_id(path, &ids), h.clone());
+        }
+    });
+    let ids: Vec<Option<String>> = spec
+        .get("targets")
+        .and_then(Value::as_array)
+        .map(|ts| {
+            ts.iter()
+                .map(|t| t.get("id").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    each_http(spec, |path, m| {
+        let Some(old) = stored.get(&by_id(path, &ids)) else {
+            return;
+        };
+        if let Some(Value::Object(h)) = m.get_mut("headers") {
+            for (name, value) in h.iter_mut() {
+                if value.as_str() == Some(MASK)
+                    && let Some(v) = old.get(name)
+                {
+                    *value = v.clone();
+                }
+            }
+        }
+    });
+}
+
+/// `targets[3].deadLetter` → `targets[id].deadLetter` with the target's id.
+fn by_id(path: &str, ids: &[Option<String>]) -> String {
+    let Some(rest) = path.strip_prefix("targets[") else {
+        return path.to_string();
+    };
+    let Some((n, tail)) = rest.split_once(']') else {
+        return path.to_string();
+    };
+    match n
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| ids.get(i).cloned().flatten())
+    {
+        Some(id) => format!("targets[{id:?}]{tail}"),
+        None => path.to_string(),
+    }
+}
+
+impl RuleSpec {
+    /// Check what depends on the node that delivers: for each target
+    /// delivered at `site` (and its dead letters, and the rule's), its
+    /// credential (and the endpoints and regions it is bound to), its
+    /// connection and the egress policy. The error names the field.
+    pub fn check_here(
+        &self,
+        site: &str,
+        ctx: &strait_adapters::SinkContext,
+    ) -> Result<(), SpecError> {
+        let mut any_here = false;
+        for (i, t) in self.targets.iter().enumerate() {
+            if t.site.as_deref().is_some_and(|s| s != site) {
+                continue;
+            }
+            any_here = true;
+            let f = format!("targets[{i}]");
+            if let Ok(TargetKind::Adapter(k)) = TargetKind::of(&t.kind) {
+                k.check_here(&t.settings, ctx)
+                    .map_err(|e| SpecError::new(format!("{f}.{}", e.field), e.message))?;
+            }
+            if let Some(DeadLetter::Http(s)) = &t.dead_letter {
+                s.check_here(ctx).map_err(|e| {
+                    SpecError::new(format!("{f}.deadLetter.{}", e.field), e.message)
+                })?;
+            }
+        }
+        if any_here && let Some(DeadLetter::Http(s)) = &self.dead_letter {
+            s.check_here(ctx)
+                .map_err(|e| SpecError::new(format!("deadLetter.{}", e.field), e.message))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

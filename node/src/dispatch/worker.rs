@@ -750,12 +750,16 @@ impl TargetWorker {
                     initial_backoff_ms: 200,
                     max_backoff_ms: 5_000,
                 };
-                let endpoint = settings.endpoint.clone();
-                let t = HttpTarget::new(
-                    self.ctx.sinks.http.clone(),
-                    settings,
-                    Duration::from_secs(10),
-                );
+                let endpoint = strait_adapters::egress::redact_url(&settings.endpoint);
+                let t = match HttpTarget::build(&self.ctx.sinks, settings, Duration::from_secs(10))
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return DeadLetterOutcome::Failed(format!(
+                            "dead-letter delivery to {endpoint} failed: {e}"
+                        ));
+                    }
+                };
                 let parent = event
                     .str_attr("traceparent")
                     .and_then(TraceParent::parse)

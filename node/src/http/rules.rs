@@ -17,7 +17,7 @@ use crate::http::error::{ApiError, ApiResult, command_result};
 use crate::http::shared::{bus_must_exist, check_name, share_bus};
 
 fn rule_view(res: &Resources, bus: &str, name: &str, spec: &Value, with_status: bool) -> Value {
-    let mut v = spec.clone();
+    let mut v = crate::config::rule::masked(spec);
     v["name"] = json!(name);
     v["bus"] = json!(bus);
     if with_status {
@@ -142,6 +142,14 @@ pub(super) async fn put(
         m.remove("bus");
         m.remove("status");
     }
+    // Header values a GET showed as `***` keep their stored values.
+    let old = res
+        .state
+        .view()
+        .rules
+        .get(&(bus.clone(), rule.clone()))
+        .cloned();
+    crate::config::rule::unmask(&mut v, old.as_ref());
     let mut spec = RuleSpec::from_json(&v)?;
     for (i, t) in spec.targets.iter_mut().enumerate() {
         if res.config.shared().is_some() && t.site.is_none() {
@@ -165,6 +173,8 @@ pub(super) async fn put(
             ));
         }
     }
+    // Credentials, connections and egress of this site's node.
+    spec.check_here(&res.site, &res.sinks)?;
     let stored = serde_json::to_value(&spec).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

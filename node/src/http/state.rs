@@ -84,6 +84,9 @@ pub struct Resources {
     pub known_sites: Vec<String>,
     /// Event lookups and rule status across the linked sites.
     pub sites: Arc<crate::lookup::sites::Sites>,
+    /// What this node builds targets with (rules are checked against its
+    /// credentials, connections and egress policy).
+    pub sinks: strait_adapters::SinkContext,
 }
 
 /// What `/v1/cluster` and its members use.

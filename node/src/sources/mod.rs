@@ -81,11 +81,15 @@ pub fn spawn_local(cfg: &NodeConfig, ingest: &Ingest) {
             strait_adapters::aws_sqs::source::KIND,
             &src.sqs.queue_url,
         ));
-        let credential = src
-            .sqs
-            .credential
-            .as_ref()
-            .and_then(|n| cfg.aws.credentials.get(n).cloned());
+        // Checked by the config's validation (a missing one runs with none
+        // and says so in its errors).
+        let credential = strait_adapters::aws_common::resolve_credential(
+            &Arc::new(cfg.aws.credentials.clone()),
+            src.sqs.credential.as_deref(),
+            cfg.dev,
+        )
+        .ok()
+        .flatten();
         tokio::spawn(strait_adapters::aws_sqs::source::run(
             src.name.clone(),
             src.bus.clone(),
@@ -117,6 +121,7 @@ pub async fn run(ctx: Context) {
     let sources = SourceContext {
         ingest: Arc::new(gate.clone()),
         aws_credentials: Arc::new(ctx.cfg.aws.credentials.clone()),
+        aws_chain_fallback: ctx.cfg.dev,
         node: format!("node {} at site {}", ctx.cfg.node_id, ctx.cfg.site),
     };
     let mut config_rx = ctx.site.state.subscribe_config();
@@ -175,6 +180,7 @@ fn reconcile(
             let sources = SourceContext {
                 ingest: Arc::new(SourceGate::new(gate.clone(), &name, kind.name, from)),
                 aws_credentials: sources.aws_credentials.clone(),
+                aws_chain_fallback: sources.aws_chain_fallback,
                 node: sources.node.clone(),
             };
             kind.build(&name, &spec.bus, &spec.settings, &sources, cell.clone())
