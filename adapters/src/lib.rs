@@ -31,6 +31,7 @@ pub mod aws_sqs;
 pub mod http;
 pub mod ingest;
 pub mod nats;
+pub mod nonces;
 pub mod peer;
 pub mod sources;
 

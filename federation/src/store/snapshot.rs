@@ -45,7 +45,11 @@ pub const MAGIC: [u8; 8] = *b"STRAITSN";
 /// from a leader of this one: upgrade every node of the site before
 /// snapshots need to be sent (a follower that keeps up from the log
 /// needs none). A version 2 snapshot installs here with an empty journal.
-pub const VERSION: u32 = 3;
+///
+/// Version 4 adds the signature nonces (tags 16 and 17: nonces, nonce
+/// expiry); a version 3 reader refuses it the same way, and a version 3
+/// snapshot installs here with no nonces remembered.
+pub const VERSION: u32 = 4;
 
 /// The oldest format version this node reads. Version 1 differs from 2
 /// only in holding event and link blocks uncompressed: a node writing

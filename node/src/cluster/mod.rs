@@ -3,6 +3,8 @@
 //! changes and the cluster status document.
 
 pub(crate) mod control;
+pub mod certs_watch;
+pub mod nonces;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -41,7 +41,7 @@ pub struct HttpState {
 #[derive(Clone)]
 pub struct Auth {
     /// The tokens; `None` in dev mode (no authentication).
-    pub tokens: Option<Arc<crate::auth::Tokens>>,
+    pub tokens: Option<Arc<crate::auth::LiveTokens>>,
     /// `/metrics` without a token.
     pub metrics_public: bool,
 }
