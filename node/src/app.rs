@@ -195,7 +195,6 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
             cfg: cfg.clone(),
             site: site.clone(),
             writer: writer.clone(),
-            cert_expiry: crate::cluster::cert_expiry(&cfg),
             link_stats,
             control,
         }),

@@ -94,8 +94,6 @@ pub struct ClusterApi {
     pub site: Site,
     /// Writes through the site's leader (its endpoint, in cluster mode).
     pub writer: Writer,
-    /// Expiry of this node's certificate (cluster mode).
-    pub cert_expiry: Option<i64>,
     /// Live figures of the outgoing links.
     pub link_stats: LinkStatsMap,
     /// The control-group replica.
