@@ -7,8 +7,11 @@ forwarding proxy and sent again, byte for byte:
 * to another node of the site: refused (the nonce is used site-wide);
 * to every node after the whole site restarted: still refused (the nonces are in
   the site's replicated state, not in a process's memory);
-* the event of the captured request was stored once; a new request signed by
-  the SDK is accepted at any node.
+* the event of the captured request is stored; a new request signed by the SDK
+  is accepted at any node.
+
+And certificates over time on the same site: node 2's cluster certificate
+re-issued on disk is loaded without a restart (expiry metric and status follow).
 """
 
 from __future__ import annotations
@@ -227,3 +230,40 @@ def test_replayed_signed_requests_are_refused_at_every_node_and_after_a_restart(
             "Source": "replay.test", "DetailType": "t", "Detail": "{}",
             "EventBusName": bus}])
         assert again["FailedEntryCount"] == 0, again
+
+
+def cert_metric(url: str) -> float:
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("strait_cert_not_after_seconds") and 'cert="node"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no strait_cert_not_after_seconds{cert=\"node\"} in /metrics")
+
+
+def test_a_node_certificate_rotated_on_disk_is_used_without_restart(site: Site) -> None:
+    """Node 2's cluster certificate is re-issued (100 days instead of 365) in place:
+    node 2 loads it into its QUIC endpoint without a restart, its expiry metric and
+    ``cluster status`` follow, and the site goes on committing through node 2."""
+    cluster = json.loads((site.dir / "cluster.json").read_text())
+    ca = Path(cluster["certsDir"])
+    node2 = site.nodes[1]
+    certs = Path(node2["config"]).parent / "certs"  # where `local up` put its certificate
+    assert (certs / "node-2.pem").exists(), sorted(certs.parent.iterdir())
+    before = cert_metric(site.urls[1])
+    out = subprocess.run(
+        [site.binary, "cert", "issue", "--ca", str(ca), "--node-id", "2", "--site", "idc",
+         "--ip", "127.0.0.1", "--dns", "localhost", "--days", "100", "--out", str(certs)],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    wait_until("node 2 to reload its certificate", lambda: "node certificate reloaded"
+               in tail(Path(node2["log"]), 200_000))
+    after = cert_metric(site.urls[1])
+    assert after < before - 200 * 86400, (before, after)
+    status = requests.get(f"{site.urls[1]}/v1/cluster", timeout=10).json()
+    assert status["certificate"]["expiresInDays"] in (99, 100), status["certificate"]
+    # Same process, and the site still commits through node 2.
+    assert node2["pid"] and Path(f"/proc/{node2['pid']}").exists()
+    bus = unique("rotated")
+    create_bus(site.urls, bus)
+    fresh = ali_client(site.urls[1]).put_events([sdk_event(bus, "/rotated")])
+    assert fresh.failed_entry_count == 0, fresh.to_map()
