@@ -620,11 +620,10 @@ impl Handler for RaftService {
                 ));
             };
             // The claimed sender is the vote's leader (or candidate).
-            let check = |claimed: Option<NodeId>,
-                         must_be_member: bool,
-                         named: &dyn Fn(NodeId) -> bool| {
-                check_sender(&raft, group, &req.peer, claimed, must_be_member, named)
-            };
+            let check =
+                |claimed: Option<NodeId>, must_be_member: bool, named: &dyn Fn(NodeId) -> bool| {
+                    check_sender(&raft, group, &req.peer, claimed, must_be_member, named)
+                };
             let nobody = |_: NodeId| false;
             match method {
                 METHOD_APPEND_ENTRIES => {

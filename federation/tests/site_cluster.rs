@@ -461,7 +461,11 @@ async fn raft_requests_must_match_the_certificate_and_the_membership() {
         match peer.request(method, body).await {
             Err(RequestError::Remote { error, .. }) => {
                 assert_eq!(error.code, codes::FORBIDDEN, "{what}: {error:?}");
-                assert!(error.message.contains("not a member"), "{what}: {}", error.message);
+                assert!(
+                    error.message.contains("not a member"),
+                    "{what}: {}",
+                    error.message
+                );
             }
             other => panic!("{what} from a non-member was not refused: {other:?}"),
         }

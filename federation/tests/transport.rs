@@ -590,7 +590,9 @@ async fn rotated_credentials_are_used_for_new_connections() {
     c.close().await;
 
     // Another node's credentials are refused and change nothing.
-    let e = srv.reload_credentials(&c_new).expect_err("another identity");
+    let e = srv
+        .reload_credentials(&c_new)
+        .expect_err("another identity");
     assert!(e.to_string().contains("node 3"), "{e}");
 
     srv.reload_credentials(&a_new).expect("reload");
@@ -604,7 +606,11 @@ async fn rotated_credentials_are_used_for_new_connections() {
 
     // Outgoing connections use the new certificate too: a server of the
     // new CA accepts the rotated endpoint as a client.
-    let d = server(&common::node(new_ca.path(), 4, "idc"), any_port(), fast_config());
+    let d = server(
+        &common::node(new_ca.path(), 4, "idc"),
+        any_port(),
+        fast_config(),
+    );
     let answer = srv
         .peer(NodeIdentity::new(4, "idc").expect("identity"), addr_of(&d))
         .request(METHOD_ECHO, Bytes::from_static(b"out"))

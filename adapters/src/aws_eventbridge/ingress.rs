@@ -426,7 +426,11 @@ mod tests {
         let (status, v) = send(cfg(), headers.clone()).await;
         assert_eq!(status, StatusCode::OK, "{v}");
         let (status, v) = send(cfg(), headers.clone()).await;
-        assert_eq!(status, StatusCode::OK, "without the cache a replay passes: {v}");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "without the cache a replay passes: {v}"
+        );
         let mut on = cfg();
         on.replays = Some(Arc::new(crate::nonces::MemoryNonces::default()));
         let (status, v) = send(on.clone(), headers.clone()).await;

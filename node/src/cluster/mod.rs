@@ -2,8 +2,8 @@
 //! site's Raft group over it, writes routed to the leader, membership
 //! changes and the cluster status document.
 
-pub(crate) mod control;
 pub mod certs_watch;
+pub(crate) mod control;
 pub mod nonces;
 
 use std::collections::BTreeMap;

@@ -50,9 +50,9 @@ impl NonceStore for SiteNonces {
                 Ok(other) => Err(IngestError::Failed(format!(
                     "unexpected answer to a nonce: {other:?}"
                 ))),
-                Err(
-                    e @ (FederationError::NotLeader { .. } | FederationError::Unreachable(_)),
-                ) => Err(IngestError::NotReady(e.to_string())),
+                Err(e @ (FederationError::NotLeader { .. } | FederationError::Unreachable(_))) => {
+                    Err(IngestError::NotReady(e.to_string()))
+                }
                 Err(e) => Err(IngestError::Failed(e.to_string())),
             }
         })

@@ -921,10 +921,12 @@ fn use_nonce(
             nonces.remove(n.as_str()).map_err(werr)?;
         }
     }
-    let prev = nonces
-        .get(key)
-        .map_err(werr)?
-        .map(|v| (nonce_until(v.value()), v.value().get(8..).unwrap_or(&[]).to_vec()));
+    let prev = nonces.get(key).map_err(werr)?.map(|v| {
+        (
+            nonce_until(v.value()),
+            v.value().get(8..).unwrap_or(&[]).to_vec(),
+        )
+    });
     if let Some((until, by)) = prev {
         if by == request.as_bytes() {
             return Ok(CommandResponse::Ok);
