@@ -13,7 +13,7 @@
 //! `http`), and a warning is logged when one expires within
 //! [`WARN_BEFORE_DAYS`] days (at start, on every reload, then daily).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use strait_federation::certs;
@@ -81,7 +81,7 @@ pub fn expiry(not_after: i64, now: i64) -> Expiry {
 
 /// Export `path`'s expiry as `strait_cert_not_after_seconds{cert=kind}`
 /// and warn when it is near or past.
-fn report(kind: &'static str, path: &PathBuf) {
+fn report(kind: &'static str, path: &Path) {
     let info = match certs::read_cert_info(path) {
         Ok(i) => i,
         Err(e) => {

@@ -38,7 +38,7 @@ enum Caller {
 }
 
 /// A refusal, and the known token refused (for the audit log).
-type Refused = (ApiError, Option<Token>);
+type Refused = (ApiError, Option<Box<Token>>);
 
 /// Check the request's token against what `need` asks: 401 without a
 /// known token, 403 naming the missing scope. The tokens are those in use
@@ -86,7 +86,7 @@ fn authorize(auth: &Auth, req: &Request, need: &Need) -> Result<Caller, Refused>
             ),
         )
         .with_extra("missingScope", json!(scope));
-        return Err((refusal, Some(token)));
+        return Err((refusal, Some(Box::new(token))));
     }
     Ok(Caller::Token(token))
 }

@@ -6,7 +6,7 @@
 //! that does not read, or whose tokens are invalid or empty, is reported
 //! once and the tokens in use are kept.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,13 +14,13 @@ use crate::auth::{LiveTokens, Tokens};
 use crate::config::NodeConfig;
 
 /// Modification time and length: what "changed" means.
-fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
 
 /// The tokens of the config file at `path`, checked as at start.
-pub fn read_tokens(path: &PathBuf) -> Result<Tokens, String> {
+pub fn read_tokens(path: &Path) -> Result<Tokens, String> {
     let cfg = NodeConfig::load(path).map_err(|e| e.to_string())?;
     if cfg.auth.tokens.is_empty() {
         return Err("auth.tokens is empty (at least one token is required)".into());
