@@ -24,6 +24,9 @@ use super::{BUS_EXTENSION, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_REQUEST_BYTES}
 use crate::nonces::{MemoryNonces, NonceStore};
 use crate::{Binding, BindingError, EventLimits, Ingest, IngestOutcome, Offer};
 
+/// Longest accepted `x-acs-signature-nonce` (the SDKs send 32 hex digits).
+pub const MAX_NONCE_LEN: usize = 128;
+
 /// What the ingress checks requests against.
 #[derive(Debug, Clone)]
 pub struct IngressConfig {
@@ -194,6 +197,14 @@ where
             );
         }
         None => {}
+        Some(nonce) if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN => {
+            return ali_error(
+                400,
+                "InvalidSignatureNonce",
+                format!("the x-acs-signature-nonce must be 1 to {MAX_NONCE_LEN} characters"),
+                &rid,
+            );
+        }
         Some(nonce) => {
             let now_ms = now_ms();
             let until = now_ms.saturating_add(2 * skew.saturating_mul(1000));
@@ -569,6 +580,20 @@ mod tests {
             (StatusCode::BAD_REQUEST, &json!("MissingSignatureNonce"))
         );
         assert!(!read.load(Ordering::SeqCst), "the body was not read");
+        let long = "n".repeat(MAX_NONCE_LEN + 1);
+        let (status, v) = call(
+            &required,
+            &signed_with(body, Some(&long), true),
+            body,
+            true,
+            &fake,
+            &read,
+        )
+        .await;
+        assert_eq!(
+            (status, &v["code"]),
+            (StatusCode::BAD_REQUEST, &json!("InvalidSignatureNonce"))
+        );
         let mut cfg = ingress(true).config;
         cfg.require_nonce = false;
         cfg.require_content_md5 = true;
