@@ -32,6 +32,7 @@ pub mod egress;
 pub mod http;
 pub mod ingest;
 pub mod nats;
+pub mod nonces;
 pub mod peer;
 pub mod sources;
 

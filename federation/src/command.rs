@@ -217,6 +217,24 @@ pub enum Command {
         /// The pending seek's id.
         id: String,
     },
+    /// Use a signature nonce (an Alibaba `x-acs-signature-nonce`, a SigV4
+    /// signature) once in the whole site: answered `Ok` the first time,
+    /// `Refused(NonceUsed)` when `key` is remembered from another request.
+    /// Remembered until `until_ms`; every apply forgets a bounded number
+    /// of nonces whose time passed `now_ms`.
+    UseNonce {
+        /// The nonce, prefixed by what it belongs to (`alibaba:<key id>:`,
+        /// `sigv4:<key id>:`).
+        key: String,
+        /// An id of the request: the same request retried (a forward to a
+        /// leader that applied it but whose answer was lost) is not a
+        /// replay of itself.
+        request: String,
+        /// The proposer's clock, ms since the epoch (expiry of others).
+        now_ms: u64,
+        /// Until when this nonce is remembered, ms since the epoch.
+        until_ms: u64,
+    },
 }
 
 impl Command {
@@ -243,6 +261,7 @@ impl Command {
             Command::Redrive { .. } => "redrive",
             Command::Seek { .. } => "seek",
             Command::SeekDone { .. } => "seek_done",
+            Command::UseNonce { .. } => "use_nonce",
         }
     }
 }
@@ -332,6 +351,9 @@ pub enum Refusal {
         /// Its state.
         state: String,
     },
+    /// A signature nonce was used before (a replayed request).
+    #[error("the signature nonce was already used (replayed request)")]
+    NonceUsed,
     /// The bus is the dead-letter bus of rules (`bus/rule` each).
     #[error(
         "bus `{bus}` is the dead-letter bus of rules: {} (change or delete them first)", rules.join(", ")

@@ -548,13 +548,22 @@ fn bad_request(what: &str, e: impl std::fmt::Display) -> WireError {
 }
 
 /// A Raft RPC must come from the node its certificate names, and (once
-/// this node knows its site's membership) from a member of the site.
+/// this node knows its group's membership) from a member of the group.
+///
+/// Votes, append-entries and snapshots are all checked against the
+/// membership this node knows, so a node that is not (or no longer) a
+/// member cannot move this node to its term or write its log. A node that
+/// was down while members were added does not know a new member that
+/// leads now: it takes that leader's entries (or snapshot) when they carry
+/// a membership naming the leader (`named_in_request`), which is how it
+/// learns of the change.
 fn check_sender(
     raft: &Raft,
     group: Group,
     peer: &NodeIdentity,
     claimed: Option<NodeId>,
     must_be_member: bool,
+    named_in_request: &dyn Fn(NodeId) -> bool,
 ) -> Result<(), WireError> {
     let id = group.member_id(peer);
     if let Some(claimed) = claimed
@@ -569,12 +578,13 @@ fn check_sender(
     if !must_be_member {
         return Ok(());
     }
-    // Only votes: a node that was down while members were added must still
-    // accept entries from a leader it does not know yet.
     let membership = raft.metrics().borrow().membership_config.clone();
     let m = membership.membership();
+    // A node that has not joined yet knows no membership: it takes the
+    // leader that adds it.
     let known = m.nodes().next().is_some();
-    if known && m.get_node(&id).is_none() {
+    if known && m.get_node(&id).is_none() && !named_in_request(id) {
+        metrics::counter!("strait_raft_refused_non_member_total").increment(1);
         tracing::warn!(%peer, ?group, "refused a Raft request: not a member of the group");
         return Err(WireError::new(
             codes::FORBIDDEN,
@@ -610,9 +620,11 @@ impl Handler for RaftService {
                 ));
             };
             // The claimed sender is the vote's leader (or candidate).
-            let check = |claimed: Option<NodeId>, must_be_member: bool| {
-                check_sender(&raft, group, &req.peer, claimed, must_be_member)
-            };
+            let check =
+                |claimed: Option<NodeId>, must_be_member: bool, named: &dyn Fn(NodeId) -> bool| {
+                    check_sender(&raft, group, &req.peer, claimed, must_be_member, named)
+                };
+            let nobody = |_: NodeId| false;
             match method {
                 METHOD_APPEND_ENTRIES => {
                     let started = std::time::Instant::now();
@@ -620,7 +632,12 @@ impl Handler for RaftService {
                         .map_err(|e| bad_request("append-entries", e))?;
                     metrics::histogram!("strait_raft_append_decode_seconds")
                         .record(started.elapsed().as_secs_f64());
-                    check(rpc.vote.leader_id().voted_for(), false)?;
+                    let named = |id: NodeId| {
+                        rpc.entries.iter().any(|e| {
+                            matches!(&e.payload, openraft::EntryPayload::Membership(m) if m.get_node(&id).is_some())
+                        })
+                    };
+                    check(rpc.vote.leader_id().voted_for(), true, &named)?;
                     let answer = raft.append_entries(rpc).await;
                     metrics::histogram!("strait_raft_append_handle_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -629,13 +646,20 @@ impl Handler for RaftService {
                 METHOD_VOTE => {
                     let rpc: VoteRequest<NodeId> =
                         serde_json::from_slice(&req.body).map_err(|e| bad_request("vote", e))?;
-                    check(rpc.vote.leader_id().voted_for(), true)?;
+                    check(rpc.vote.leader_id().voted_for(), true, &nobody)?;
                     reply(&raft.vote(rpc).await)
                 }
                 METHOD_INSTALL_SNAPSHOT => {
                     let rpc = decode_snapshot_chunk(&req.body)
                         .map_err(|e| bad_request("install-snapshot", e))?;
-                    check(rpc.vote.leader_id().voted_for(), false)?;
+                    let named = |id: NodeId| {
+                        rpc.meta
+                            .last_membership
+                            .membership()
+                            .get_node(&id)
+                            .is_some()
+                    };
+                    check(rpc.vote.leader_id().voted_for(), true, &named)?;
                     reply(&raft.install_snapshot(rpc).await)
                 }
                 METHOD_CLIENT_WRITE => {
@@ -654,7 +678,7 @@ impl Handler for RaftService {
                     reply(&answer)
                 }
                 METHOD_ARCHIVE_FETCH if group == Group::Site => {
-                    check(None, true)?;
+                    check(None, true, &nobody)?;
                     let ask: ArchiveFetch = serde_json::from_slice(&req.body)
                         .map_err(|e| bad_request("archive-fetch", e))?;
                     let Some(state) = state else {

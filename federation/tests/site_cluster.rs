@@ -393,7 +393,9 @@ async fn a_new_member_catches_up_by_snapshot() {
 async fn raft_requests_must_match_the_certificate_and_the_membership() {
     use openraft::{LogId, Vote};
     use strait_federation::certs::NodeIdentity;
-    use strait_federation::network_quic::METHOD_VOTE;
+    use strait_federation::network_quic::{
+        METHOD_APPEND_ENTRIES, METHOD_INSTALL_SNAPSHOT, METHOD_VOTE,
+    };
     use strait_federation::transport::RequestError;
     use strait_federation::transport::codec::codes;
 
@@ -424,9 +426,67 @@ async fn raft_requests_must_match_the_certificate_and_the_membership() {
             other => panic!("vote claiming node {claimed} was not refused: {other:?}"),
         }
     }
+    // Append-entries and snapshots from a non-member are refused too: it
+    // cannot move the node to its term nor write its log.
+    let append = {
+        let req = openraft::raft::AppendEntriesRequest::<strait_federation::TypeConfig> {
+            vote: Vote::new_committed(99, 8),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        bytes::Bytes::from(serde_json::to_vec(&req).expect("json"))
+    };
+    let snapshot = {
+        let req = openraft::raft::InstallSnapshotRequest::<strait_federation::TypeConfig> {
+            vote: Vote::new_committed(99, 8),
+            meta: openraft::SnapshotMeta {
+                last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(98, 8), 1_000)),
+                last_membership: openraft::StoredMembership::default(),
+                snapshot_id: "forged".into(),
+            },
+            offset: 0,
+            data: Vec::new(),
+            done: true,
+        };
+        let h = serde_json::to_vec(&req).expect("json");
+        let mut body = (h.len() as u32).to_be_bytes().to_vec();
+        body.extend_from_slice(&h);
+        bytes::Bytes::from(body)
+    };
+    for (method, body, what) in [
+        (METHOD_APPEND_ENTRIES, append, "append-entries"),
+        (METHOD_INSTALL_SNAPSHOT, snapshot, "install-snapshot"),
+    ] {
+        match peer.request(method, body).await {
+            Err(RequestError::Remote { error, .. }) => {
+                assert_eq!(error.code, codes::FORBIDDEN, "{what}: {error:?}");
+                assert!(
+                    error.message.contains("not a member"),
+                    "{what}: {}",
+                    error.message
+                );
+            }
+            other => panic!("{what} from a non-member was not refused: {other:?}"),
+        }
+    }
     // The site did not move to term 99.
     let m = target.site.raft.metrics().borrow().clone();
     assert!(m.current_term < 99, "term {}", m.current_term);
+    // ... and goes on replicating among its members.
+    let l = leader(&c.nodes).await;
+    let lead = &node(&c.nodes, l).site;
+    let r = lead
+        .write(Command::PutBus {
+            name: "b".into(),
+            spec: json!({}),
+        })
+        .await
+        .expect("bus");
+    assert!(matches!(r, CommandResponse::Ok));
+    let ids = ids(0..5);
+    write_batch(lead, &ids).await;
+    all_have(&c.nodes, &ids).await;
     ep.close().await;
     for n in c.nodes {
         n.stop().await;

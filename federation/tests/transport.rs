@@ -560,3 +560,63 @@ async fn an_endpoint_without_handler_answers_unavailable() {
     cli.close().await;
     srv.close().await;
 }
+
+/// Credentials rotated on a running endpoint (here: to a new CA, the most
+/// visible change) are used for every connection made or accepted after
+/// the reload: a peer of the new CA gets in, both ways, and one of the old
+/// CA no longer does; credentials for another node are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_credentials_are_used_for_new_connections() {
+    common::logs();
+    let old_ca = tempfile::tempdir().expect("tempdir");
+    let new_ca = tempfile::tempdir().expect("tempdir");
+    common::ca(old_ca.path());
+    common::ca(new_ca.path());
+    let a_old = common::node(old_ca.path(), 1, "idc");
+    let a_new = common::node(new_ca.path(), 1, "idc");
+    let b_old = common::node(old_ca.path(), 2, "idc");
+    let c_new = common::node(new_ca.path(), 3, "idc");
+    let srv = server(&a_old, any_port(), fast_config());
+
+    let ask = |cli: &Endpoint| {
+        let peer = cli.peer(a_old.identity.clone(), addr_of(&srv));
+        async move { peer.request(METHOD_ECHO, Bytes::from_static(b"hi")).await }
+    };
+    let b = client(&b_old);
+    assert!(ask(&b).await.is_ok(), "same CA before the rotation");
+    b.close().await;
+    let c = client(&c_new);
+    assert!(ask(&c).await.is_err(), "the new CA is not trusted yet");
+    c.close().await;
+
+    // Another node's credentials are refused and change nothing.
+    let e = srv
+        .reload_credentials(&c_new)
+        .expect_err("another identity");
+    assert!(e.to_string().contains("node 3"), "{e}");
+
+    srv.reload_credentials(&a_new).expect("reload");
+    let c = client(&c_new);
+    let answer = ask(&c).await.expect("a peer of the new CA gets in");
+    assert_eq!(&answer[..], b"strait://site/idc/node/3|hi");
+    c.close().await;
+    let b = client(&b_old);
+    assert!(ask(&b).await.is_err(), "the old CA is no longer trusted");
+    b.close().await;
+
+    // Outgoing connections use the new certificate too: a server of the
+    // new CA accepts the rotated endpoint as a client.
+    let d = server(
+        &common::node(new_ca.path(), 4, "idc"),
+        any_port(),
+        fast_config(),
+    );
+    let answer = srv
+        .peer(NodeIdentity::new(4, "idc").expect("identity"), addr_of(&d))
+        .request(METHOD_ECHO, Bytes::from_static(b"out"))
+        .await
+        .expect("outgoing with the new certificate");
+    assert_eq!(&answer[..], b"strait://site/idc/node/1|out");
+    d.close().await;
+    srv.close().await;
+}

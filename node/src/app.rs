@@ -55,6 +55,12 @@ impl App {
     pub async fn failed(&self) -> SiteFailure {
         self.health.failed().await
     }
+
+    /// The bearer tokens in use (`None` in dev mode), replaced when the
+    /// config is read again ([`crate::server::tokens`]).
+    pub fn tokens(&self) -> Option<Arc<crate::auth::LiveTokens>> {
+        self.http.auth.tokens.clone()
+    }
 }
 
 /// The HTTP API of a started node.
@@ -161,9 +167,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
             tokens: if cfg.dev {
                 None
             } else {
-                Some(Arc::new(crate::auth::Tokens::from_config(
-                    &cfg.auth.tokens,
-                )?))
+                Some(Arc::new(crate::auth::LiveTokens::new(
+                    crate::auth::Tokens::from_config(&cfg.auth.tokens)?,
+                )))
             },
             metrics_public: cfg.dev || cfg.auth.metrics_public,
         },
@@ -186,7 +192,6 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
             cfg: cfg.clone(),
             site: site.clone(),
             writer: writer.clone(),
-            cert_expiry: crate::cluster::cert_expiry(&cfg),
             link_stats,
             control,
         }),
@@ -211,14 +216,23 @@ fn ingresses(
     writer: crate::cluster::Writer,
 ) -> Ingresses {
     let limits = gate.event_limits();
+    // Nonces are used once in the whole site (its Raft log), also across
+    // restarts.
+    let nonces: Arc<dyn strait_adapters::nonces::NonceStore> =
+        Arc::new(crate::cluster::nonces::SiteNonces::new(writer.clone()));
     Ingresses {
-        aws: crate::config::keys::aws_ingress(&cfg.aws),
-        alibaba: AlibabaIngress::new(AlibabaIngressConfig {
-            keys: alibaba.ingress_keys,
-            account_id: cfg.alibaba.account_id.clone(),
-            max_clock_skew_secs: cfg.alibaba.max_clock_skew_secs,
-            limits,
-        }),
+        aws: crate::config::keys::aws_ingress(&cfg.aws, nonces.clone()),
+        alibaba: AlibabaIngress::with_nonces(
+            AlibabaIngressConfig {
+                keys: alibaba.ingress_keys,
+                account_id: cfg.alibaba.account_id.clone(),
+                max_clock_skew_secs: cfg.alibaba.max_clock_skew_secs,
+                require_nonce: cfg.alibaba.require_nonce.unwrap_or(!cfg.dev),
+                require_content_md5: cfg.alibaba.require_content_md5,
+                limits,
+            },
+            nonces,
+        ),
         alibaba_push: PushConfig {
             require_signature: cfg.alibaba.push.require_signature,
             public_url: cfg.alibaba.push.public_url.clone(),

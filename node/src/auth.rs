@@ -231,6 +231,11 @@ impl Tokens {
         self.0.is_empty()
     }
 
+    /// How many tokens are configured.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// The configured token `presented` is, if any. Its digest is compared
     /// with every configured one in constant time, without stopping at a
     /// match.
@@ -243,6 +248,36 @@ impl Tokens {
             }
         }
         found
+    }
+}
+
+/// The tokens in use: read for every request, replaced as a whole when
+/// the config file is read again (see [`crate::server::tokens`]), so a
+/// request sees either the old set or the new one.
+#[derive(Debug, Default)]
+pub struct LiveTokens(std::sync::RwLock<std::sync::Arc<Tokens>>);
+
+impl LiveTokens {
+    /// Start with `tokens`.
+    pub fn new(tokens: Tokens) -> LiveTokens {
+        LiveTokens(std::sync::RwLock::new(std::sync::Arc::new(tokens)))
+    }
+
+    /// The current set.
+    pub fn current(&self) -> std::sync::Arc<Tokens> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Use `tokens` from now on.
+    pub fn replace(&self, tokens: Tokens) {
+        let new = std::sync::Arc::new(tokens);
+        match self.0.write() {
+            Ok(mut g) => *g = new,
+            Err(p) => *p.into_inner() = new,
+        }
     }
 }
 

@@ -8,7 +8,11 @@ verifying the generated CA:
 * a ``read`` token reads and cannot write; an unknown token gets 401;
 * a client that does not trust the CA refuses the connection;
 * a certificate re-issued on disk is served to new connections without a
-  restart.
+  restart;
+* ``auth.tokens`` is read again when the config file changes, and on SIGHUP: a
+  new token works and a removed one gets 401, with the same process;
+* the certificate's expiry is a metric; ``strait cert show`` flags a certificate
+  close to expiry.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ class TlsNode:
                     {"name": "reader", "token": READER, "scopes": ["read"]},
                 ],
                 "metrics_public": False,
+                "reload_interval_ms": 200,
             },
         }
         self.config = workdir / "node.json"
@@ -224,3 +229,94 @@ def test_a_certificate_reissued_on_disk_is_served_without_restart(node: TlsNode)
     r = node.call("GET", "/v1/buses", READER)
     assert r.status_code == 200
     assert "HTTP TLS certificate reloaded" in tail(node.log, 200_000)
+
+
+def set_tokens(node: TlsNode, tokens: list, keep_stamp: bool = False) -> None:
+    """Write ``auth.tokens`` into the node's config file; with ``keep_stamp`` put
+    the file's modification time back (the new text must be as long as the old),
+    so that only SIGHUP makes the node read it."""
+    cfg = json.loads(node.config.read_text())
+    before = node.config.stat()
+    old_len = len(node.config.read_bytes())
+    cfg["auth"]["tokens"] = tokens
+    node.config.write_text(json.dumps(cfg))
+    if keep_stamp:
+        assert len(node.config.read_bytes()) == old_len
+        os.utime(node.config, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def wait_status(node: TlsNode, token: str, status: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = node.call("GET", "/v1/buses", token)
+        if r.status_code == status:
+            return
+        assert time.monotonic() < deadline, (
+            f"token still answered {r.status_code}, wanted {status}:\n{tail(node.log)}")
+        time.sleep(0.1)
+
+
+ORIGINAL_TOKENS = [
+    ADMIN,
+    {"name": "orders-producer", "token": PRODUCER, "scopes": ["events:put:orders"]},
+    {"name": "reader", "token": READER, "scopes": ["read"]},
+]
+
+
+def test_tokens_are_reloaded_when_the_config_file_changes(node: TlsNode) -> None:
+    pid = node.proc.pid if node.proc else None
+    added = "a-token-added-at-run-time"
+    set_tokens(node, [ADMIN, {"name": "late", "token": added, "scopes": ["read"]}])
+    wait_status(node, added, 200)
+    # The reader token was removed from the file: refused, without a restart.
+    wait_status(node, READER, 401)
+    assert node.call("GET", "/v1/buses", ADMIN).status_code == 200
+    # A file whose tokens are invalid is reported and the tokens in use stay.
+    set_tokens(node, [{"name": "broken", "token": "x", "scopes": ["no-such-scope"]}])
+    deadline = time.monotonic() + 15
+    while "cannot be used; still using the previous tokens" not in tail(node.log, 200_000):
+        assert time.monotonic() < deadline, tail(node.log)
+        time.sleep(0.1)
+    assert node.call("GET", "/v1/buses", added).status_code == 200
+    set_tokens(node, ORIGINAL_TOKENS)
+    wait_status(node, READER, 200)
+    wait_status(node, added, 401)
+    assert node.proc is not None and node.proc.pid == pid and node.proc.poll() is None
+
+
+def test_sighup_reloads_the_tokens(node: TlsNode) -> None:
+    first, second = "sighup-token-AAAA", "sighup-token-BBBB"
+    set_tokens(node, ORIGINAL_TOKENS + [{"name": "hup", "token": first, "scopes": ["read"]}])
+    wait_status(node, first, 200)
+    # Same length, modification time put back: the file looks unchanged.
+    set_tokens(node, ORIGINAL_TOKENS + [{"name": "hup", "token": second, "scopes": ["read"]}],
+               keep_stamp=True)
+    time.sleep(1.0)
+    assert node.call("GET", "/v1/buses", second).status_code == 401, (
+        "the node read the file without SIGHUP: this test cannot tell SIGHUP apart")
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGHUP)
+    wait_status(node, second, 200)
+    wait_status(node, first, 401)
+    assert node.proc.poll() is None
+    set_tokens(node, ORIGINAL_TOKENS)
+    wait_status(node, second, 401)
+
+
+def test_certificate_expiry_is_a_metric_and_cert_show_flags_it(node: TlsNode,
+                                                               tmp_path: Path) -> None:
+    r = node.call("GET", "/metrics", READER)
+    assert r.status_code == 200
+    lines = [ln for ln in r.text.splitlines()
+             if ln.startswith("strait_cert_not_after_seconds") and 'cert="http"' in ln]
+    assert lines, r.text[:3000]
+    not_after = float(lines[0].rsplit(" ", 1)[1])
+    assert not_after > time.time() + 300 * 86400, lines
+    # A certificate with 10 days left is flagged; a fresh one is not.
+    short = tmp_path / "short"
+    run(node.binary, "cert", "issue", "--ca", str(node.ca_dir), "--node-id", "7",
+        "--site", "idc", "--days", "10", "--out", str(short))
+    shown = run(node.binary, "cert", "show", str(short / "node-7.pem"))
+    assert "EXPIRES SOON" in shown, shown
+    shown = run(node.binary, "cert", "show", str(node.certs / "node-1.pem"))
+    assert "status:" in shown and "EXPIRES" not in shown and "EXPIRED" not in shown, shown

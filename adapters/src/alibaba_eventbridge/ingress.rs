@@ -2,7 +2,7 @@
 //! EventBridge's data-plane PutEvents, so the official
 //! `alibabacloud-eventbridge` SDKs work unchanged against Strait. Requests
 //! are verified against the configured AccessKeys ([`super::sign`]) and
-//! their `x-acs-signature-nonce` is single use ([`NonceCache`]); the body is
+//! their `x-acs-signature-nonce` is single use ([`NonceStore`]); the body is
 //! CloudEvents (structured or batch mode), each event naming its bus in the
 //! `aliyuneventbusname` extension. What exactly is verified is documented
 //! in docs/adapters/alibaba.md.
@@ -11,9 +11,9 @@
 //! body through the caller's reader only once the headers are verified, and
 //! hands the events to an [`Ingest`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
@@ -21,10 +21,11 @@ use serde_json::{Value, json};
 
 use super::sign::{self, IngressKey, SignedRequest};
 use super::{BUS_EXTENSION, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_REQUEST_BYTES};
+use crate::nonces::{MemoryNonces, NonceStore};
 use crate::{Binding, BindingError, EventLimits, Ingest, IngestOutcome, Offer};
 
-/// Most remembered signature nonces before expired ones are pruned.
-const NONCE_PRUNE_AT: usize = 10_000;
+/// Longest accepted `x-acs-signature-nonce` (the SDKs send 32 hex digits).
+pub const MAX_NONCE_LEN: usize = 128;
 
 /// What the ingress checks requests against.
 #[derive(Debug, Clone)]
@@ -36,52 +37,36 @@ pub struct IngressConfig {
     pub account_id: String,
     /// Largest accepted distance between the `Date` header and the clock.
     pub max_clock_skew_secs: u64,
+    /// Refuse a request without `x-acs-signature-nonce` (without one a
+    /// captured request can be sent again within the clock skew).
+    pub require_nonce: bool,
+    /// Refuse a request without `Content-MD5`: the signature covers the
+    /// body only through that header.
+    pub require_content_md5: bool,
     /// The node's limits (the ingress applies Alibaba's where they are
     /// lower).
     pub limits: EventLimits,
 }
 
-/// The `x-acs-signature-nonce` values seen, each remembered until its
-/// request could no longer pass the clock-skew check.
-#[derive(Debug, Default)]
-pub struct NonceCache {
-    /// Nonce → Unix seconds until which it is remembered.
-    nonces: Mutex<HashMap<String, i64>>,
-}
-
-impl NonceCache {
-    /// Remember a nonce until `until`; false if it was already used.
-    pub fn fresh(&self, nonce: &str, now: i64, until: i64) -> bool {
-        let mut map = match self.nonces.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if map.get(nonce).is_some_and(|t| *t >= now) {
-            return false;
-        }
-        if map.len() >= NONCE_PRUNE_AT {
-            map.retain(|_, t| *t >= now);
-        }
-        map.insert(nonce.to_string(), until);
-        true
-    }
-}
-
-/// The ingress: its configuration and the nonces it has seen.
+/// The ingress: its configuration and where it remembers the nonces it
+/// has accepted.
 #[derive(Debug)]
 pub struct Ingress {
     /// What requests are checked against.
     pub config: IngressConfig,
-    nonces: NonceCache,
+    nonces: Arc<dyn NonceStore>,
 }
 
 impl Ingress {
-    /// An ingress that has seen no nonce yet.
+    /// An ingress that remembers nonces in this process only.
     pub fn new(config: IngressConfig) -> Ingress {
-        Ingress {
-            config,
-            nonces: NonceCache::default(),
-        }
+        Ingress::with_nonces(config, Arc::new(MemoryNonces::default()))
+    }
+
+    /// An ingress that remembers nonces in `nonces` (the node passes one
+    /// shared by its site).
+    pub fn with_nonces(config: IngressConfig, nonces: Arc<dyn NonceStore>) -> Ingress {
+        Ingress { config, nonces }
     }
 }
 
@@ -183,21 +168,70 @@ where
     };
     let now = (now_ms() / 1000) as i64;
     let skew = cfg.max_clock_skew_secs;
-    if let Err(e) = sign::verify_request(&req, &cfg.keys, now, skew) {
-        metrics::counter!("strait_alibaba_auth_failures_total", "code" => e.code).increment(1);
-        return ali_error(e.status, e.code, e.message, &rid);
-    }
-    if let Some(nonce) = req.headers.get("x-acs-signature-nonce")
-        && !ingress
-            .nonces
-            .fresh(nonce, now, now.saturating_add(2 * skew as i64))
-    {
+    let key = match sign::verify_request(&req, &cfg.keys, now, skew) {
+        Ok(k) => k,
+        Err(e) => {
+            metrics::counter!("strait_alibaba_auth_failures_total", "code" => e.code).increment(1);
+            return ali_error(e.status, e.code, e.message, &rid);
+        }
+    };
+    if cfg.require_content_md5 && !req.headers.contains_key("content-md5") {
+        metrics::counter!("strait_alibaba_auth_failures_total", "code" => "MissingContentMD5")
+            .increment(1);
         return ali_error(
-            403,
-            "SignatureNonceUsed",
-            "the x-acs-signature-nonce was already used (replayed request)",
+            400,
+            "MissingContentMD5",
+            "the Content-MD5 header is required on this node (alibaba.require_content_md5): the signature covers the body only through it",
             &rid,
         );
+    }
+    match req.headers.get("x-acs-signature-nonce") {
+        None if cfg.require_nonce => {
+            metrics::counter!("strait_alibaba_auth_failures_total", "code" => "MissingSignatureNonce")
+                .increment(1);
+            return ali_error(
+                400,
+                "MissingSignatureNonce",
+                "the x-acs-signature-nonce header is required on this node (alibaba.require_nonce): without it a captured request could be sent again",
+                &rid,
+            );
+        }
+        None => {}
+        Some(nonce) if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN => {
+            return ali_error(
+                400,
+                "InvalidSignatureNonce",
+                format!("the x-acs-signature-nonce must be 1 to {MAX_NONCE_LEN} characters"),
+                &rid,
+            );
+        }
+        Some(nonce) => {
+            let now_ms = now_ms();
+            let until = now_ms.saturating_add(2 * skew.saturating_mul(1000));
+            let used = ingress
+                .nonces
+                .use_once(
+                    format!("alibaba:{}:{nonce}", key.access_key_id),
+                    rid.clone(),
+                    now_ms,
+                    until,
+                )
+                .await;
+            match used {
+                Ok(true) => {}
+                Ok(false) => {
+                    metrics::counter!("strait_alibaba_auth_failures_total", "code" => "SignatureNonceUsed")
+                        .increment(1);
+                    return ali_error(
+                        403,
+                        "SignatureNonceUsed",
+                        "the x-acs-signature-nonce was already used (replayed request)",
+                        &rid,
+                    );
+                }
+                Err(e) => return ali_error(503, "ServiceUnavailable", e.to_string(), &rid),
+            }
+        }
     }
     let limit = MAX_REQUEST_BYTES.min(cfg.limits.max_request_bytes);
     let Ok(bytes) = read_body(limit).await else {
@@ -320,15 +354,6 @@ mod tests {
         assert_eq!(q.get("c").map(String::as_str), Some(""));
     }
 
-    #[test]
-    fn nonces_are_single_use_within_their_window() {
-        let s = NonceCache::default();
-        assert!(s.fresh("n1", 100, 200));
-        assert!(!s.fresh("n1", 150, 250));
-        assert!(s.fresh("n1", 201, 300));
-        assert!(s.fresh("n2", 150, 250));
-    }
-
     fn ingress(keys: bool) -> Ingress {
         Ingress::new(IngressConfig {
             keys: if keys {
@@ -342,6 +367,8 @@ mod tests {
             },
             account_id: "acct".into(),
             max_clock_skew_secs: 900,
+            require_nonce: true,
+            require_content_md5: false,
             limits: EventLimits {
                 max_event_bytes: 1 << 20,
                 max_request_bytes: 4 << 20,
@@ -352,6 +379,11 @@ mod tests {
 
     /// A PutEvents request signed now with the test key, as the SDK signs.
     fn signed(body: &[u8], nonce: &str) -> HeaderMap {
+        signed_with(body, Some(nonce), true)
+    }
+
+    /// As [`signed`], with or without a nonce and `Content-MD5`.
+    fn signed_with(body: &[u8], nonce: Option<&str>, md5: bool) -> HeaderMap {
         let date = chrono::Utc::now()
             .format("%a, %d %b %Y %H:%M:%S GMT")
             .to_string();
@@ -360,12 +392,16 @@ mod tests {
             headers.insert(k, HeaderValue::from_str(v).expect("header"));
         };
         set("content-type", "application/cloudevents-batch+json");
-        set("content-md5", &sign::content_md5(body));
+        if md5 {
+            set("content-md5", &sign::content_md5(body));
+        }
         set("date", &date);
         set("host", "localhost");
         set("x-acs-signature-method", "HMAC-SHA1");
         set("x-acs-signature-version", "1.0");
-        set("x-acs-signature-nonce", nonce);
+        if let Some(nonce) = nonce {
+            set("x-acs-signature-nonce", nonce);
+        }
         let req = SignedRequest {
             method: "POST".into(),
             pathname: super::super::PUT_EVENTS_PATH.into(),
@@ -518,5 +554,84 @@ mod tests {
                 &json!("no leader")
             )
         );
+    }
+
+    /// A request without a nonce is refused where nonces are required and
+    /// accepted where they are not; one without `Content-MD5` is refused
+    /// where the body must be signed. Neither reads the body.
+    #[tokio::test]
+    async fn nonce_and_content_md5_can_be_required() {
+        let body = json!([event("a", Some("default"))]).to_string();
+        let body = body.as_bytes();
+        let fake = Fake::default();
+        let read = AtomicBool::new(false);
+        let required = ingress(true);
+        let (status, v) = call(
+            &required,
+            &signed_with(body, None, true),
+            body,
+            true,
+            &fake,
+            &read,
+        )
+        .await;
+        assert_eq!(
+            (status, &v["code"]),
+            (StatusCode::BAD_REQUEST, &json!("MissingSignatureNonce"))
+        );
+        assert!(!read.load(Ordering::SeqCst), "the body was not read");
+        let long = "n".repeat(MAX_NONCE_LEN + 1);
+        let (status, v) = call(
+            &required,
+            &signed_with(body, Some(&long), true),
+            body,
+            true,
+            &fake,
+            &read,
+        )
+        .await;
+        assert_eq!(
+            (status, &v["code"]),
+            (StatusCode::BAD_REQUEST, &json!("InvalidSignatureNonce"))
+        );
+        let mut cfg = ingress(true).config;
+        cfg.require_nonce = false;
+        cfg.require_content_md5 = true;
+        let relaxed = Ingress::new(cfg);
+        let (status, v) = call(
+            &relaxed,
+            &signed_with(body, None, false),
+            body,
+            true,
+            &fake,
+            &read,
+        )
+        .await;
+        assert_eq!(
+            (status, &v["code"]),
+            (StatusCode::BAD_REQUEST, &json!("MissingContentMD5"))
+        );
+        assert!(!read.load(Ordering::SeqCst), "the body was not read");
+        let (status, v) = call(
+            &relaxed,
+            &signed_with(body, None, true),
+            body,
+            true,
+            &fake,
+            &read,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        // The same request twice without a nonce: nothing to tell them apart.
+        let (status, v) = call(
+            &relaxed,
+            &signed_with(body, None, true),
+            body,
+            true,
+            &fake,
+            &read,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
     }
 }

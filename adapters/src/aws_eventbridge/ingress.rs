@@ -4,12 +4,15 @@
 //! (method, URI, headers, body) to a response; the events it maps go to an
 //! [`Ingest`]. The HTTP server and reading the body are the caller's.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use serde_json::{Value, json};
 
 use super::control;
 use super::mapping::{self, MAX_ENTRIES, MAX_REQUEST_BYTES};
 use super::sigv4::{self, VerifyKey};
+use crate::nonces::NonceStore;
 use crate::{Ingest, IngestOutcome, Offer};
 
 /// The JSON 1.1 media type.
@@ -30,6 +33,29 @@ pub struct IngressConfig {
     pub account_id: String,
     /// Largest accepted clock skew of a signed request.
     pub max_clock_skew_secs: u64,
+    /// Where accepted signatures are remembered for twice the clock skew,
+    /// so that a captured request cannot be sent again (`None`: no replay
+    /// cache, AWS's own behaviour).
+    pub replays: Option<Arc<dyn NonceStore>>,
+}
+
+/// The request's signature: `Signature=` of the `Authorization` header,
+/// else the `X-Amz-Signature` query parameter.
+fn signature_of(headers: &HeaderMap, query: &str) -> Option<String> {
+    let from_header = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| {
+            a.split(',')
+                .find_map(|p| p.trim().strip_prefix("Signature="))
+                .map(str::to_string)
+        });
+    from_header.or_else(|| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix("X-Amz-Signature="))
+            .map(str::to_string)
+    })
 }
 
 /// AWS's JSON error shape, `{"__type", "message"}`, with `x-amzn-ErrorType`.
@@ -124,6 +150,34 @@ pub async fn handle(
             return error_response(status, e.code, e.message);
         }
     };
+    if let Some(store) = &cfg.replays {
+        let Some(sig) = signature_of(headers, uri.query().unwrap_or("")) else {
+            return error_response(400, "IncompleteSignatureException", "no signature found");
+        };
+        let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+        let until = now_ms.saturating_add(2 * cfg.max_clock_skew_secs.saturating_mul(1000));
+        let used = store
+            .use_once(
+                format!("sigv4:{}:{sig}", verified.access_key_id),
+                uuid::Uuid::new_v4().to_string(),
+                now_ms,
+                until,
+            )
+            .await;
+        match used {
+            Ok(true) => {}
+            Ok(false) => {
+                metrics::counter!("strait_aws_auth_failures_total", "code" => "ReplayedRequest")
+                    .increment(1);
+                return error_response(
+                    400,
+                    "InvalidSignatureException",
+                    "this signature was already used: a request is accepted once (aws.replay_cache); sign it again",
+                );
+            }
+            Err(e) => return error_response(503, "ServiceUnavailable", e.to_string()),
+        }
+    }
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
@@ -250,6 +304,7 @@ mod tests {
             }],
             account_id: "123456789012".into(),
             max_clock_skew_secs: 300,
+            replays: None,
         }
     }
 
@@ -346,5 +401,55 @@ mod tests {
         let (status, v) = call(&disabled, &body, &Fake::default()).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
         assert_eq!(v["__type"], "AccessDeniedException", "{v}");
+    }
+
+    /// With the replay cache on, the same signed request is accepted once;
+    /// a request signed again is accepted. Without it both are.
+    #[tokio::test]
+    async fn the_replay_cache_accepts_a_signature_once() {
+        let body = json!({"Entries": [{"Source": "app", "DetailType": "t", "Detail": "{}"}]});
+        let bytes = body.to_string().into_bytes();
+        let headers = signed(&bytes);
+        let uri: Uri = "/".parse().expect("uri");
+        let fake = Fake::default();
+        let send = |cfg: IngressConfig, headers: HeaderMap| {
+            let bytes = bytes.clone();
+            let uri = uri.clone();
+            let fake = &fake;
+            async move {
+                let resp = put_events(&cfg, &Method::POST, &uri, &headers, &bytes, fake).await;
+                let status = resp.status();
+                let v: Value = serde_json::from_str(resp.body()).expect("json answer");
+                (status, v)
+            }
+        };
+        let (status, v) = send(cfg(), headers.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let (status, v) = send(cfg(), headers.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "without the cache a replay passes: {v}"
+        );
+        let mut on = cfg();
+        on.replays = Some(Arc::new(crate::nonces::MemoryNonces::default()));
+        let (status, v) = send(on.clone(), headers.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let (status, v) = send(on.clone(), headers.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["__type"], "InvalidSignatureException", "{v}");
+        assert!(
+            v["message"].as_str().unwrap_or("").contains("already used"),
+            "{v}"
+        );
+        // The signature is read from the Authorization header.
+        assert_eq!(
+            signature_of(&headers, ""),
+            headers
+                .get("authorization")
+                .and_then(|a| a.to_str().ok())
+                .and_then(|a| a.rsplit("Signature=").next())
+                .map(str::to_string)
+        );
     }
 }

@@ -45,7 +45,11 @@ pub const MAGIC: [u8; 8] = *b"STRAITSN";
 /// from a leader of this one: upgrade every node of the site before
 /// snapshots need to be sent (a follower that keeps up from the log
 /// needs none). A version 2 snapshot installs here with an empty journal.
-pub const VERSION: u32 = 3;
+///
+/// Version 4 adds the signature nonces (tags 16 and 17: nonces, nonce
+/// expiry); a version 3 reader refuses it the same way, and a version 3
+/// snapshot installs here with no nonces remembered.
+pub const VERSION: u32 = 4;
 
 /// The oldest format version this node reads. Version 1 differs from 2
 /// only in holding event and link blocks uncompressed: a node writing
@@ -540,16 +544,17 @@ mod tests {
             assert!(err.to_string().contains("truncated"), "{err}");
         }
         // Another version, or no snapshot at all: a clear error.
-        let mut v4 = bytes.clone();
-        v4[8..12].copy_from_slice(&4u32.to_be_bytes());
-        let err = read_header(&mut &v4[..]).expect_err("version 4");
+        let mut v5 = bytes.clone();
+        v5[8..12].copy_from_slice(&5u32.to_be_bytes());
+        let err = read_header(&mut &v5[..]).expect_err("version 5");
         assert!(
             err.to_string()
-                .contains("snapshot format version 4 is not supported"),
+                .contains("snapshot format version 5 is not supported"),
             "{err}"
         );
-        // Versions 1 (uncompressed blocks) and 2 (no journal) are still read.
-        for old in [1u32, 2] {
+        // Versions 1 (uncompressed blocks), 2 (no journal) and 3 (no
+        // nonces) are still read.
+        for old in [1u32, 2, 3] {
             let mut v = bytes.clone();
             v[8..12].copy_from_slice(&old.to_be_bytes());
             read_header(&mut &v[..])?;

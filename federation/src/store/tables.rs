@@ -30,6 +30,14 @@ pub(crate) const MARKS: TableDefinition<(&str, u64), u64> = TableDefinition::new
 /// [`crate::journal::TargetCounts`].
 pub(crate) const COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("target_counts");
 
+/// Signature nonces used once in the site ([`crate::command::Command::UseNonce`]).
+/// Key: the nonce key. Value: until when it is remembered (ms, 8 bytes big
+/// endian), then the id of the request that used it.
+pub(crate) const NONCES: TableDefinition<&str, &[u8]> = TableDefinition::new("nonces");
+/// The nonces by expiry: `(until ms, nonce key)`, empty value.
+pub(crate) const NONCE_EXPIRY: TableDefinition<(u64, &str), &[u8]> =
+    TableDefinition::new("nonce_expiry");
+
 pub(crate) const OUTBOX: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("link_out_blocks");
 pub(crate) const INBOX: TableDefinition<(&str, u64), &[u8]> =
@@ -60,7 +68,7 @@ pub(crate) enum Table {
 }
 
 /// Every table of the state, with its record tag (fixed for a version).
-pub(crate) const TABLES: [(u8, Table); 15] = [
+pub(crate) const TABLES: [(u8, Table); 17] = [
     (1, Table::StrBytes(META)),
     (2, Table::StrBytes(BUSES)),
     (3, Table::StrBytes(RULES)),
@@ -76,6 +84,8 @@ pub(crate) const TABLES: [(u8, Table); 15] = [
     (13, Table::U64StrBytes(JOURNAL)),
     (14, Table::StrU64U64(MARKS)),
     (15, Table::StrBytes(COUNTS)),
+    (16, Table::StrBytes(NONCES)),
+    (17, Table::U64StrBytes(NONCE_EXPIRY)),
 ];
 
 /// Create every table of the state in `db` (readers open them all).

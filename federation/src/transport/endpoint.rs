@@ -314,11 +314,22 @@ fn peer_identity(conn: &quinn::Connection) -> Result<NodeIdentity, String> {
     identity_from_cert_der(leaf)
 }
 
+/// The client configuration new connections use (replaced when the
+/// node's certificate is rotated, see [`Endpoint::reload_credentials`]).
+type SharedClientConfig = Arc<std::sync::RwLock<quinn::ClientConfig>>;
+
+fn current_client_config(c: &SharedClientConfig) -> quinn::ClientConfig {
+    match c.read() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    }
+}
+
 struct Inner {
     quinn: quinn::Endpoint,
     identity: NodeIdentity,
     config: TransportConfig,
-    client_config: quinn::ClientConfig,
+    client_config: SharedClientConfig,
     peers: StdMutex<HashMap<(NodeIdentity, String), Arc<PeerClient>>>,
     accept_task: StdMutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -381,7 +392,7 @@ impl Endpoint {
             quinn: endpoint.clone(),
             identity: creds.identity.clone(),
             config: config.clone(),
-            client_config,
+            client_config: Arc::new(std::sync::RwLock::new(client_config)),
             peers: StdMutex::new(HashMap::new()),
             accept_task: StdMutex::new(None),
         });
@@ -395,6 +406,35 @@ impl Endpoint {
             *slot = Some(task);
         }
         Ok(Endpoint { inner })
+    }
+
+    /// Use rotated credentials (a new certificate and key for the same
+    /// node, or a new CA bundle) from now on: connections accepted and
+    /// opened after this present the new certificate and check peers
+    /// against the new CA; open connections keep theirs until they close.
+    /// Refused when the certificate names another node.
+    pub fn reload_credentials(&self, creds: &NodeCredentials) -> Result<(), TransportError> {
+        if creds.identity != self.inner.identity {
+            return Err(TransportError::Config(format!(
+                "the new certificate is for {}, this endpoint is {}",
+                creds.identity, self.inner.identity
+            )));
+        }
+        let cfg_err = |e: tls::TlsConfigError| TransportError::Config(e.to_string());
+        let transport = quinn_transport(&self.inner.config);
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            tls::quic_server_crypto(creds).map_err(cfg_err)?,
+        ));
+        server.transport_config(transport.clone());
+        let mut client =
+            quinn::ClientConfig::new(Arc::new(tls::quic_client_crypto(creds).map_err(cfg_err)?));
+        client.transport_config(transport);
+        self.inner.quinn.set_server_config(Some(server));
+        match self.inner.client_config.write() {
+            Ok(mut g) => *g = client,
+            Err(p) => *p.into_inner() = client,
+        }
+        Ok(())
     }
 
     /// The bound address.
@@ -600,7 +640,7 @@ struct ConnState {
 /// What a [`PeerClient`] shares with its connection attempts.
 struct Link {
     endpoint: quinn::Endpoint,
-    client_config: quinn::ClientConfig,
+    client_config: SharedClientConfig,
     expected: NodeIdentity,
     addr: String,
     config: TransportConfig,
@@ -673,7 +713,7 @@ impl Link {
         );
         let connecting = self
             .endpoint
-            .connect_with(self.client_config.clone(), addr, &sni)
+            .connect_with(current_client_config(&self.client_config), addr, &sni)
             .map_err(|e| connect_err(e.to_string()))?;
         let conn = match tokio::time::timeout(self.config.connect_timeout, connecting).await {
             Ok(Ok(c)) => c,

@@ -891,7 +891,14 @@ pub fn status_table(v: &Value) -> String {
         }
     }
     if let Some(days) = v["certificate"]["expiresInDays"].as_i64() {
-        out.push_str(&format!("  certificate expires in {days} days\n"));
+        let flag = if days < 0 {
+            "  EXPIRED: issue a new one"
+        } else if days < crate::cluster::certs_watch::WARN_BEFORE_DAYS {
+            "  EXPIRES SOON: issue a new one"
+        } else {
+            ""
+        };
+        out.push_str(&format!("  certificate expires in {days} days{flag}\n"));
     }
     for l in v["links"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let remote = l["remote"].as_str().unwrap_or("?");

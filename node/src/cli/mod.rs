@@ -594,6 +594,15 @@ fn show_cert(info: &strait_federation::certs::CertInfo) {
         day(info.not_before),
         day(info.not_after)
     );
+    use crate::cluster::certs_watch::{Expiry, WARN_BEFORE_DAYS, expiry};
+    let status = match expiry(info.not_after_unix(), chrono::Utc::now().timestamp()) {
+        Expiry::Expired { days } => format!("EXPIRED {days} days ago: issue a new one"),
+        Expiry::Soon { days } => {
+            format!("EXPIRES SOON: {days} days left (under {WARN_BEFORE_DAYS}): issue a new one")
+        }
+        Expiry::Fine { days } => format!("ok, {days} days left"),
+    };
+    outln!("  status:    {status}");
 }
 
 fn cert(c: CertCommand) -> anyhow::Result<()> {

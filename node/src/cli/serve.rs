@@ -85,6 +85,21 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             "try:\n  curl -X POST {scheme}://{addr}/v1/buses/default/events \\\n    -H 'content-type: application/cloudevents+json' \\\n    -d '{{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/demo\",\"type\":\"demo.hello\",\"data\":{{\"hello\":\"world\"}}}}'"
         );
     }
+    // auth.tokens is read again when the config file changes or on SIGHUP.
+    let token_watch = match (&a.config, app.tokens()) {
+        (Some(path), Some(live)) => Some(tokio::spawn(crate::server::tokens::watch(
+            path.clone(),
+            live,
+            std::time::Duration::from_millis(app.cfg.auth.reload_interval_ms.max(50)),
+        ))),
+        _ => None,
+    };
+    // Certificates: the node's rotated on disk are used without a restart,
+    // expiry exported and warned about 30 days ahead.
+    let cert_watch = tokio::spawn(crate::cluster::certs_watch::watch(
+        app.cfg.clone(),
+        app.writer.endpoint().cloned(),
+    ));
     let router = crate::app::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let watch = tokio::spawn(watch_failure(
@@ -100,6 +115,10 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     watch.abort();
+    cert_watch.abort();
+    if let Some(t) = token_watch {
+        t.abort();
+    }
     if let Some(f) = app.failure() {
         // Best effort: Raft has stopped, and the disk may refuse the flush.
         if let Err(e) = app.site.shutdown().await {

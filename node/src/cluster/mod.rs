@@ -2,7 +2,9 @@
 //! site's Raft group over it, writes routed to the leader, membership
 //! changes and the cluster status document.
 
+pub mod certs_watch;
 pub(crate) mod control;
+pub mod nonces;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -52,8 +52,12 @@ impl AlibabaState {
     }
 }
 
-/// The AWS ingress's keys and account.
-pub fn aws_ingress(cfg: &Aws) -> IngressConfig {
+/// The AWS ingress's keys and account; `replays` remembers signatures
+/// when `aws.replay_cache` is on.
+pub fn aws_ingress(
+    cfg: &Aws,
+    replays: std::sync::Arc<dyn strait_adapters::nonces::NonceStore>,
+) -> IngressConfig {
     IngressConfig {
         keys: cfg
             .ingress_keys
@@ -65,5 +69,6 @@ pub fn aws_ingress(cfg: &Aws) -> IngressConfig {
             .collect(),
         account_id: cfg.account_id.clone(),
         max_clock_skew_secs: cfg.max_clock_skew_secs,
+        replays: cfg.replay_cache.then_some(replays),
     }
 }

@@ -48,6 +48,10 @@ pub struct Auth {
     /// `GET /metrics` without a token (default true); `false`: it needs
     /// a token with the `read` scope.
     pub metrics_public: bool,
+    /// How often the config file is checked for changed tokens, ms
+    /// (default 2000); `SIGHUP` reads it at once. Only `auth.tokens` is
+    /// taken from the file read again.
+    pub reload_interval_ms: u64,
 }
 
 impl Default for Auth {
@@ -55,6 +59,7 @@ impl Default for Auth {
         Auth {
             tokens: Vec::new(),
             metrics_public: true,
+            reload_interval_ms: 2000,
         }
     }
 }
@@ -274,6 +279,13 @@ pub struct Alibaba {
     pub account_id: String,
     /// HTTP push source.
     pub push: AlibabaPush,
+    /// Refuse PutEvents without `x-acs-signature-nonce` (default: yes,
+    /// except in dev mode). Nonces are single use in the whole site, also
+    /// across restarts (docs/security.md).
+    pub require_nonce: Option<bool>,
+    /// Refuse PutEvents without `Content-MD5`, so that the signature
+    /// covers the body (default: no; the official SDKs send it).
+    pub require_content_md5: bool,
 }
 
 impl Default for Alibaba {
@@ -284,6 +296,8 @@ impl Default for Alibaba {
             max_clock_skew_secs: 900,
             account_id: "strait".into(),
             push: AlibabaPush::default(),
+            require_nonce: None,
+            require_content_md5: false,
         }
     }
 }
@@ -330,6 +344,10 @@ pub struct Aws {
     pub account_id: String,
     /// SQS queues polled into buses.
     pub sources: Vec<AwsSource>,
+    /// Accept each SigV4 signature of the PutEvents ingress once: the
+    /// site remembers signatures for twice `max_clock_skew_secs`, so a
+    /// captured request cannot be sent again (default: off, as at AWS).
+    pub replay_cache: bool,
 }
 
 impl Default for Aws {
@@ -341,6 +359,7 @@ impl Default for Aws {
             max_clock_skew_secs: 300,
             account_id: "000000000000".into(),
             sources: Vec::new(),
+            replay_cache: false,
         }
     }
 }

@@ -30,20 +30,21 @@ fn peer(req: &Request) -> String {
 }
 
 /// Who a request comes from, as far as [`authorize`] is concerned.
-enum Caller<'a> {
+enum Caller {
     /// Dev mode: no authentication.
     Dev,
     /// A configured token that holds the scope.
-    Token(&'a Token),
+    Token(Token),
 }
 
 /// A refusal, and the known token refused (for the audit log).
-type Refused<'a> = (ApiError, Option<&'a Token>);
+type Refused = (ApiError, Option<Box<Token>>);
 
 /// Check the request's token against what `need` asks: 401 without a
-/// known token, 403 naming the missing scope.
-fn authorize<'a>(auth: &'a Auth, req: &Request, need: &Need) -> Result<Caller<'a>, Refused<'a>> {
-    let Some(tokens) = &auth.tokens else {
+/// known token, 403 naming the missing scope. The tokens are those in use
+/// now (they are replaced when the config is read again).
+fn authorize(auth: &Auth, req: &Request, need: &Need) -> Result<Caller, Refused> {
+    let Some(live) = &auth.tokens else {
         return Ok(Caller::Dev);
     };
     let Some(presented) = bearer(req) else {
@@ -56,7 +57,8 @@ fn authorize<'a>(auth: &'a Auth, req: &Request, need: &Need) -> Result<Caller<'a
             None,
         ));
     };
-    let Some(token) = tokens.find(presented) else {
+    let tokens = live.current();
+    let Some(token) = tokens.find(presented).cloned() else {
         return Err((
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -84,7 +86,7 @@ fn authorize<'a>(auth: &'a Auth, req: &Request, need: &Need) -> Result<Caller<'a
             ),
         )
         .with_extra("missingScope", json!(scope));
-        return Err((refusal, Some(token)));
+        return Err((refusal, Some(Box::new(token))));
     }
     Ok(Caller::Token(token))
 }

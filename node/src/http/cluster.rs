@@ -182,7 +182,9 @@ pub async fn remove_member(
 
 /// `GET /v1/cluster`.
 pub(super) async fn status(State(api): State<Arc<ClusterApi>>) -> Json<Value> {
-    let mut v = crate::cluster::status(&api.cfg, &api.site, api.writer.endpoint(), api.cert_expiry);
+    // Read now: the certificate may have been rotated since the start.
+    let cert_expiry = crate::cluster::cert_expiry(&api.cfg);
+    let mut v = crate::cluster::status(&api.cfg, &api.site, api.writer.endpoint(), cert_expiry);
     v["links"] = crate::links::status(&api.cfg, &api.site.state, &api.link_stats);
     if let Some(c) = &api.control {
         v["control"] = c.status(&api.site);

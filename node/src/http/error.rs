@@ -186,6 +186,7 @@ pub(super) fn command_result(resp: CommandResponse) -> ApiResult<()> {
             Refusal::ReplayFinished { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "ReplayFinished", r.to_string())
             }
+            Refusal::NonceUsed => ApiError::new(StatusCode::FORBIDDEN, "NonceUsed", r.to_string()),
         }),
     }
 }

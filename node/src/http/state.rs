@@ -41,7 +41,7 @@ pub struct HttpState {
 #[derive(Clone)]
 pub struct Auth {
     /// The tokens; `None` in dev mode (no authentication).
-    pub tokens: Option<Arc<crate::auth::Tokens>>,
+    pub tokens: Option<Arc<crate::auth::LiveTokens>>,
     /// `/metrics` without a token.
     pub metrics_public: bool,
 }
@@ -97,8 +97,6 @@ pub struct ClusterApi {
     pub site: Site,
     /// Writes through the site's leader (its endpoint, in cluster mode).
     pub writer: Writer,
-    /// Expiry of this node's certificate (cluster mode).
-    pub cert_expiry: Option<i64>,
     /// Live figures of the outgoing links.
     pub link_stats: LinkStatsMap,
     /// The control-group replica.

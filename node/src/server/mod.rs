@@ -5,6 +5,7 @@
 
 pub mod activity;
 pub mod tls;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -18,7 +18,13 @@ use crate::command::{AppendOutcome, Command, CommandResponse, Conflict, NotFound
 use crate::store::archive::ArchivedEvent;
 use crate::store::block_table;
 use crate::store::blocks::BlockBuilder;
-use crate::store::tables::{BUSES, CURSORS, DEDUP, EVENTS, META, RULES, SOURCES};
+use crate::store::tables::{
+    BUSES, CURSORS, DEDUP, EVENTS, META, NONCE_EXPIRY, NONCES, RULES, SOURCES,
+};
+
+/// Most expired nonces forgotten per apply of a [`Command::UseNonce`]
+/// (twice what one adds, so the table shrinks back after a burst).
+const NONCE_PRUNE_BATCH: usize = 64;
 
 /// Most dedup entries examined per checkpoint by the expiry sweep, so one
 /// apply stays short. The sweep walks the index in key order and wraps.
@@ -117,6 +123,7 @@ impl SiteState {
                             // Progress, not configuration: nothing to reconcile.
                             | Command::UpdateReplay { .. }
                             | Command::Redrive { .. }
+                            | Command::UseNonce { .. }
                     ) {
                         config_changed = true;
                     }
@@ -855,6 +862,12 @@ fn apply_command(
             save_pending_seeks(txn, &view.pending_seeks)?;
             CommandResponse::Ok
         }
+        Command::UseNonce {
+            key,
+            request,
+            now_ms,
+            until_ms,
+        } => use_nonce(txn, &key, &request, now_ms, until_ms)?,
         Command::SeekDone { key, seq, id } => {
             if view.pending_seeks.get(&key).is_some_and(|(_, i)| *i == id) {
                 view.pending_seeks.remove(&key);
@@ -872,6 +885,69 @@ fn apply_command(
             CommandResponse::Ok
         }
     })
+}
+
+/// Forget up to [`NONCE_PRUNE_BATCH`] nonces remembered until before
+/// `now_ms`, then use `key` for `request`: `Ok` when it is new (or was
+/// used by this same request, retried), `Refused(NonceUsed)` when another
+/// request used it and it is still remembered.
+fn use_nonce(
+    txn: &WriteTransaction,
+    key: &str,
+    request: &str,
+    now_ms: u64,
+    until_ms: u64,
+) -> SResult<CommandResponse> {
+    let mut nonces = txn.open_table(NONCES).map_err(werr)?;
+    let mut expiry = txn.open_table(NONCE_EXPIRY).map_err(werr)?;
+    let mut doomed: Vec<(u64, String)> = Vec::new();
+    for item in expiry.range((0, "")..(now_ms, "")).map_err(werr)? {
+        let (k, _) = item.map_err(werr)?;
+        let (t, n) = k.value();
+        doomed.push((t, n.to_string()));
+        if doomed.len() >= NONCE_PRUNE_BATCH {
+            break;
+        }
+    }
+    for (t, n) in &doomed {
+        expiry.remove((*t, n.as_str())).map_err(werr)?;
+        // The nonce row goes only if it is this expiry's (a nonce used
+        // again after it expired has a later one).
+        let same = nonces
+            .get(n.as_str())
+            .map_err(werr)?
+            .is_some_and(|v| nonce_until(v.value()) == *t);
+        if same {
+            nonces.remove(n.as_str()).map_err(werr)?;
+        }
+    }
+    let prev = nonces.get(key).map_err(werr)?.map(|v| {
+        (
+            nonce_until(v.value()),
+            v.value().get(8..).unwrap_or(&[]).to_vec(),
+        )
+    });
+    if let Some((until, by)) = prev {
+        if by == request.as_bytes() {
+            return Ok(CommandResponse::Ok);
+        }
+        if until >= now_ms {
+            return Ok(CommandResponse::Refused(Refusal::NonceUsed));
+        }
+        expiry.remove((until, key)).map_err(werr)?;
+    }
+    let mut row = until_ms.to_be_bytes().to_vec();
+    row.extend_from_slice(request.as_bytes());
+    nonces.insert(key, row.as_slice()).map_err(werr)?;
+    expiry.insert((until_ms, key), &[][..]).map_err(werr)?;
+    Ok(CommandResponse::Ok)
+}
+
+/// The expiry of a [`NONCES`] row.
+fn nonce_until(row: &[u8]) -> u64 {
+    row.get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 /// The META key of the pending seeks (JSON map target key → [seq, id]).

@@ -7,12 +7,21 @@ use redb::{ReadableDatabase, ReadableTableMetadata};
 use super::{SResult, SiteState, StoredEvent, count_events, count_stored, rerr};
 use crate::NodeId;
 use crate::store::block_table;
-use crate::store::tables::{DEDUP, EVENTS};
+use crate::store::tables::{DEDUP, EVENTS, NONCES};
 
 fn link_err(m: String) -> StorageError<NodeId> {
     rerr(std::io::Error::other(m))
 }
 impl SiteState {
+    /// How many signature nonces the site remembers
+    /// ([`crate::Command::UseNonce`]).
+    pub fn nonce_count(&self) -> SResult<u64> {
+        let db = self.db();
+        let txn = db.begin_read().map_err(rerr)?;
+        let table = txn.open_table(NONCES).map_err(rerr)?;
+        table.len().map_err(rerr)
+    }
+
     /// The source definitions (name, definition) in name order, copied
     /// out so that the view's lock is not held while they are used.
     pub fn sources(&self) -> Vec<(String, serde_json::Value)> {
