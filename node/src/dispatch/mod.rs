@@ -330,6 +330,7 @@ fn target_sink(
 /// One target a replay sends to: a target of one of the bus's rules, built
 /// as the dispatcher builds it (a target at another site is reached
 /// through the link), with its own progress key.
+#[derive(Clone)]
 pub struct ReplayTarget {
     worker: Arc<TargetWorker>,
 }

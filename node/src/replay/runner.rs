@@ -7,8 +7,10 @@
 //! retries and dead letter, or hands it to the link of the target's site).
 //! Each target takes the events in their original order with as many in
 //! flight as its `concurrency` allows, as its live worker does; the events
-//! are read and handed out in chunks of [`READ_BATCH`], and a chunk is
-//! finished at every target before the position moves past it. It paces
+//! are read and handed out in chunks of [`READ_BATCH`] (the next chunk is
+//! read while the targets deliver the last, and a target goes from one
+//! chunk to the next without waiting), and the position moves past a chunk
+//! once every target has finished it. It paces
 //! itself to `dispatch.replay_max_events_per_sec` (0: no cap) and
 //! writes its position through the site's log every
 //! [`PROGRESS_EVERY`]; a new leader goes on from there (the events since
@@ -213,9 +215,16 @@ async fn run_one(ctx: Arc<Context>, name: String) {
     };
     let mut next_at = Instant::now();
     let mut last_write = Instant::now();
+    let mut pipes = Pipes::start(&targets);
+    // Read positions of chunks handed out, not finished yet at every target.
+    let mut in_flight: std::collections::VecDeque<Pending> = Default::default();
+    // The position the next read starts after.
+    let mut read_pos = j.position;
+    let mut next_id = 0u64;
     loop {
         match current_state(&ctx, &name).as_deref() {
             Some(CANCELLING) => {
+                drop(pipes);
                 finish(&ctx, &j, CANCELLED, None).await;
                 return;
             }
@@ -226,12 +235,13 @@ async fn run_one(ctx: Arc<Context>, name: String) {
         let archive_key = (j.bus.clone(), j.archive.clone());
         if !ctx.state.view().archives.contains_key(&archive_key) {
             let why = format!("archive `{}` of bus `{}` was deleted", j.archive, j.bus);
+            drop(pipes);
             finish(&ctx, &j, FAILED, Some(why)).await;
             return;
         }
         // A range this node missed (it was brought up to date by a
         // snapshot) is filled from a peer first.
-        let from_index = j.position.map_or(0, |p| p.0);
+        let from_index = read_pos.map_or(0, |p| p.0);
         let missing = ctx
             .state
             .archive()
@@ -245,7 +255,7 @@ async fn run_one(ctx: Arc<Context>, name: String) {
         let read = {
             let state = ctx.state.clone();
             let (bus, archive) = archive_key.clone();
-            let (after, inclusive) = match j.position {
+            let (after, inclusive) = match read_pos {
                 Some(p) => (p, false),
                 None => ((0, 0), true),
             };
@@ -260,6 +270,7 @@ async fn run_one(ctx: Arc<Context>, name: String) {
         let events = match read {
             Ok(Ok(e)) => e,
             Ok(Err(e)) => {
+                drop(pipes);
                 finish(&ctx, &j, FAILED, Some(format!("reading the archive: {e}"))).await;
                 return;
             }
@@ -269,15 +280,10 @@ async fn run_one(ctx: Arc<Context>, name: String) {
                 continue;
             }
         };
-        if events.is_empty() {
-            finish(&ctx, &j, COMPLETED, None).await;
-            return;
-        }
         // The events of this read that are in the window, in log order;
-        // `done` once an event past the window is seen.
+        // `done` once an event past the window is seen (or nothing is left).
         let mut chunk: Vec<(u64, Value)> = Vec::with_capacity(events.len());
-        let mut done = false;
-        let mut last_position = j.position;
+        let mut done = events.is_empty();
         for e in events {
             if e.ingest_ms >= j.end_ms.saturating_add(CLOCK_SLACK_MS) {
                 // Past the window, allowing for a new leader's clock being
@@ -285,7 +291,7 @@ async fn run_one(ctx: Arc<Context>, name: String) {
                 done = true;
                 break;
             }
-            last_position = Some((e.index, e.seq));
+            read_pos = Some((e.index, e.seq));
             if e.ingest_ms < j.start_ms || e.ingest_ms >= j.end_ms {
                 continue;
             }
@@ -312,16 +318,25 @@ async fn run_one(ctx: Arc<Context>, name: String) {
             }
             next_at = next_at.max(now) + gap * chunk.len() as u32;
         }
-        deliver_chunk(&targets, &chunk).await;
-        j.position = last_position;
-        if let Some((ms, _)) = chunk.last() {
-            j.replayed += chunk.len() as u64;
-            j.last_ms = Some(*ms);
+        in_flight.push_back(Pending {
+            id: next_id,
+            position: read_pos,
+            count: chunk.len() as u64,
+            last_ms: chunk.last().map(|(ms, _)| *ms),
+            needed: if chunk.is_empty() { 0 } else { pipes.len() },
+        });
+        if !chunk.is_empty() {
+            pipes.send(next_id, Arc::new(chunk)).await;
         }
+        next_id += 1;
         if done {
+            // Every chunk finished at every target, then the end.
+            pipes.close().await;
+            pipes.settle(&mut in_flight, &mut j);
             finish(&ctx, &j, COMPLETED, None).await;
             return;
         }
+        pipes.settle(&mut in_flight, &mut j);
         if last_write.elapsed() >= PROGRESS_EVERY {
             last_write = Instant::now();
             if !update(&ctx, &name, Value::Object(progress(&j))).await {
@@ -331,17 +346,116 @@ async fn run_one(ctx: Arc<Context>, name: String) {
     }
 }
 
-/// Hand `chunk` to every target: each target takes the events in order,
-/// with as many in flight as its `concurrency` allows (as its live worker
-/// does), and the targets run side by side. Returns once every event is
-/// finished at every target (delivered, dead-lettered or not matched).
-async fn deliver_chunk(targets: &[ReplayTarget], chunk: &[(u64, Value)]) {
-    use futures::StreamExt as _;
-    futures::future::join_all(targets.iter().map(|t| {
-        futures::stream::iter(chunk.iter().cloned())
-            .map(|(ms, v)| t.deliver(ms, v))
-            .buffered(t.concurrency().max(1))
-            .for_each(|_| async {})
-    }))
-    .await;
+/// The events of a chunk: (ingest time, event marked as replayed).
+type Chunk = Arc<Vec<(u64, Value)>>;
+
+/// A chunk handed to the targets: where it ends in the archive and what
+/// it holds, and how many targets have still to finish it.
+struct Pending {
+    id: u64,
+    position: Option<(u64, u64)>,
+    count: u64,
+    last_ms: Option<u64>,
+    needed: usize,
+}
+
+/// One delivery pipeline per target: it takes the chunks in order and
+/// delivers their events in order with up to the target's `concurrency`
+/// in flight, without waiting between chunks, and reports each chunk it
+/// has finished. Dropped: the pipelines stop.
+struct Pipes {
+    senders: Vec<tokio::sync::mpsc::Sender<(u64, Chunk)>>,
+    finished: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    tasks: Vec<AbortOnDrop>,
+    /// Chunk id → targets that finished it.
+    counts: HashMap<u64, usize>,
+}
+
+impl Pipes {
+    fn start(targets: &[ReplayTarget]) -> Pipes {
+        use futures::StreamExt as _;
+        let (done_tx, finished) = tokio::sync::mpsc::unbounded_channel();
+        let mut senders = Vec::new();
+        let mut tasks = Vec::new();
+        for t in targets {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Chunk)>(2);
+            let t = t.clone();
+            let done_tx = done_tx.clone();
+            let concurrency = t.concurrency().max(1);
+            tasks.push(AbortOnDrop(tokio::spawn(async move {
+                let chunks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+                chunks
+                    .flat_map(|(id, chunk)| {
+                        let n = chunk.len();
+                        futures::stream::iter(
+                            (0..n).map(move |i| (id, chunk.clone(), i, i + 1 == n)),
+                        )
+                    })
+                    .map(|(id, chunk, i, last)| {
+                        let t = t.clone();
+                        async move {
+                            if let Some((ms, v)) = chunk.get(i) {
+                                t.deliver(*ms, v.clone()).await;
+                            }
+                            last.then_some(id)
+                        }
+                    })
+                    .buffered(concurrency)
+                    .for_each(|end| {
+                        if let Some(id) = end {
+                            let _ = done_tx.send(id);
+                        }
+                        async {}
+                    })
+                    .await;
+            })));
+            senders.push(tx);
+        }
+        Pipes {
+            senders,
+            finished,
+            tasks,
+            counts: HashMap::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Hand chunk `id` to every target (waits while a target is two chunks
+    /// behind: what the replay holds stays bounded).
+    async fn send(&mut self, id: u64, chunk: Chunk) {
+        for tx in &self.senders {
+            let _ = tx.send((id, chunk.clone())).await;
+        }
+    }
+
+    /// No more chunks: wait until every target has finished what it has.
+    async fn close(&mut self) {
+        self.senders.clear();
+        for mut t in self.tasks.drain(..) {
+            let _ = (&mut t.0).await;
+        }
+    }
+
+    /// Move `j` past the chunks every target has finished, in order.
+    fn settle(&mut self, in_flight: &mut std::collections::VecDeque<Pending>, j: &mut Job) {
+        while let Ok(id) = self.finished.try_recv() {
+            *self.counts.entry(id).or_default() += 1;
+        }
+        while let Some(front) = in_flight.front() {
+            let finished = self.counts.get(&front.id).copied().unwrap_or(0);
+            if finished < front.needed {
+                break;
+            }
+            self.counts.remove(&front.id);
+            j.position = front.position;
+            j.replayed += front.count;
+            if front.last_ms.is_some() {
+                j.last_ms = front.last_ms;
+            }
+            in_flight.pop_front();
+        }
+    }
 }
