@@ -220,6 +220,8 @@ async fn run_one(ctx: Arc<Context>, name: String) {
     let mut in_flight: std::collections::VecDeque<Pending> = Default::default();
     // The position the next read starts after.
     let mut read_pos = j.position;
+    // Where the last read stopped in the archive's files.
+    let mut read_hint = None;
     let mut next_id = 0u64;
     loop {
         match current_state(&ctx, &name).as_deref() {
@@ -260,15 +262,19 @@ async fn run_one(ctx: Arc<Context>, name: String) {
                 None => ((0, 0), true),
             };
             let since = j.start_ms;
+            let hint = read_hint;
             tokio::task::spawn_blocking(move || {
                 state
                     .archive()
-                    .read_since(&bus, &archive, after, inclusive, since, READ_BATCH)
+                    .read_since_from(&bus, &archive, after, inclusive, since, READ_BATCH, hint)
             })
             .await
         };
         let events = match read {
-            Ok(Ok(e)) => e,
+            Ok(Ok((e, hint))) => {
+                read_hint = hint;
+                e
+            }
             Ok(Err(e)) => {
                 drop(pipes);
                 finish(&ctx, &j, FAILED, Some(format!("reading the archive: {e}"))).await;
