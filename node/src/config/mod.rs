@@ -414,6 +414,17 @@ pub struct NodeConfig {
     pub control: Control,
     /// AWS secrets, PutEvents ingress and SQS sources.
     pub aws: Aws,
+    /// Kafka secrets (SASL credentials of `kafka` sources).
+    pub kafka: Kafka,
+}
+
+/// Kafka: node-local secrets. Never replicated; a `kafka` source's `sasl`
+/// names a credential.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kafka {
+    /// SASL user names and passwords, by name.
+    pub credentials: std::collections::BTreeMap<String, strait_adapters::kafka::KafkaCredential>,
 }
 
 /// [`NodeConfig::max_state_bytes`] by default: 64 GiB.
@@ -447,6 +458,7 @@ impl Default for NodeConfig {
             federation: Federation::default(),
             control: Control::default(),
             aws: Aws::default(),
+            kafka: Kafka::default(),
         }
     }
 }
