@@ -343,39 +343,6 @@ pub struct SourceContext {
     pub node: String,
 }
 
-/// The dead letter of a message a source cannot take (`payload`, read
-/// from `from`, the broker URI and topic or subject; `id` its
-/// deterministic id): an event of type `strait.source.rejected` from the
-/// Strait source `source`, with the extensions `deadletterreason` and
-/// `deadlettersource` and the raw payload as `data_base64`.
-pub fn rejected_event(
-    source: &str,
-    from: &str,
-    id: &str,
-    payload: &[u8],
-    reason: &str,
-) -> strait_routing::event::Event {
-    use base64::Engine as _;
-    let mut v = json!({
-        "specversion": "1.0",
-        "id": format!("rejected:{id}"),
-        "source": from,
-        "type": "strait.source.rejected",
-        "deadletterreason": reason,
-        "deadlettersource": source,
-    });
-    if !payload.is_empty() {
-        v["datacontenttype"] = json!("application/octet-stream");
-        v["data_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(payload));
-    }
-    strait_routing::event::Event::from_structured(v.clone()).unwrap_or_else(|_| {
-        // Only an empty `from` or `id` make it invalid.
-        v["source"] = json!("strait:source");
-        v["id"] = json!("rejected");
-        strait_routing::event::Event::from_structured(v).unwrap_or_else(|_| unreachable!())
-    })
-}
-
 /// A source, built and ready to run: it runs until the future is dropped.
 pub type SourceFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 

@@ -154,7 +154,10 @@ async fn until_count(brokers: &str, topic: &str, n: i64, start: Instant) -> anyh
         if count(brokers, topic) >= n {
             return Ok(start.elapsed().as_secs_f64());
         }
-        anyhow::ensure!(Instant::now() < deadline, "{topic}: not {n} records after 600 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{topic}: not {n} records after 600 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

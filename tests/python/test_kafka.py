@@ -13,7 +13,6 @@ dead-lettered to a bus with its reason, and the source moves on.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -199,9 +198,15 @@ def test_confluent_kafka_round_trip(strait: StraitServer, default_bus: str,
                          lambda s: s["committed"] == 4 and s["rejected"] == 1,
                          "the source's counters")
     assert status["received"] == 5, status
-    dead = strait.request("GET", f"/v1/buses/{dead_bus}/events").json()["events"]
+    resp = strait.request("GET", f"/v1/buses/{dead_bus}/dead-letters")
+    assert resp.status_code == 200, describe(resp)
+    dead = resp.json()["deadLetters"]
     assert len(dead) == 1, dead
-    assert dead[0]["type"] == "strait.source.rejected"
-    assert dead[0]["deadlettersource"] == source
-    assert "source" in dead[0]["deadletterreason"], dead[0]
-    assert json.dumps(dead[0]["data_base64"]) == '"cG9pc29u"'
+    poison_id = f"{topic_in}:0:{offsets[3]}"
+    assert dead[0]["id"] == poison_id, dead
+    assert dead[0]["source"] == f"kafka://{kafka_brokers}/{topic_in}", dead
+    assert "binary mode" in dead[0]["reason"], dead
+    ev = strait.request("GET", f"/v1/buses/{dead_bus}/events/{poison_id}").json()["event"]
+    assert ev["type"] == "strait.source.rejected", ev
+    assert ev["deadlettersource"] == source, ev
+    assert ev["data_base64"] == "cG9pc29u", ev

@@ -16,7 +16,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Map, Value, json};
 
 use crate::kafka::mapping::{self, Incoming, Wrap};
-use crate::sources::{Field, Fields, Naming, SourceContext, SourceFuture, StatusCell};
+use crate::sources::{
+    DEAD_LETTER_BUS, Field, Fields, NON_CLOUD_EVENTS, Naming, NonCloudEvents, SourceContext,
+    SourceFuture, StatusCell, read_dead_letter_bus, rejected_event,
+};
 use crate::{ConfigError, Ingest, IngestOutcome, Offer};
 
 /// The `type` of a Kafka source.
@@ -33,8 +36,6 @@ const TOPICS: Field = Field::new("topics", "topics");
 const GROUP: Field = Field::new("group", "group");
 const START_FROM: Field = Field::new("start_from", "startFrom");
 const EVENT_TYPE: Field = Field::new("event_type", "eventType");
-const NON_CLOUD_EVENTS: Field = Field::new("non_cloud_events", "nonCloudEvents");
-const DEAD_LETTER_BUS: Field = Field::new("dead_letter_bus", "deadLetterBus");
 const MAX_MESSAGES: Field = Field::new("max_messages", "maxMessages");
 const SESSION_TIMEOUT_MS: Field = Field::new("session_timeout_ms", "sessionTimeoutMs");
 const TLS: Field = Field::new("tls", "tls");
@@ -247,16 +248,7 @@ impl KafkaSourceConfig {
                 ));
             }
         };
-        let reject_non_cloud_events = match fields.string(NON_CLOUD_EVENTS)?.as_deref() {
-            None | Some("wrap") => false,
-            Some("reject") => true,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    NON_CLOUD_EVENTS.name(naming),
-                    format!("{other:?} is not \"wrap\" or \"reject\""),
-                ));
-            }
-        };
+        let reject_non_cloud_events = NonCloudEvents::read(fields)? == NonCloudEvents::Reject;
         if fields.boolean(TLS)? {
             return Err(ConfigError::new(
                 TLS.name(naming),
@@ -311,7 +303,7 @@ impl KafkaSourceConfig {
                 .string(EVENT_TYPE)?
                 .unwrap_or_else(|| DEFAULT_EVENT_TYPE.into()),
             reject_non_cloud_events,
-            dead_letter_bus: fields.string(DEAD_LETTER_BUS)?,
+            dead_letter_bus: read_dead_letter_bus(fields)?,
             max_messages: fields.integer(MAX_MESSAGES, DEFAULT_MAX_MESSAGES)?,
             session_timeout_ms: fields.integer(SESSION_TIMEOUT_MS, DEFAULT_SESSION_TIMEOUT_MS)?,
             sasl,
@@ -361,14 +353,6 @@ impl KafkaSourceConfig {
         }
         if self.event_type.is_empty() {
             return Err(ConfigError::new(field(EVENT_TYPE), "must not be empty"));
-        }
-        if let Some(b) = &self.dead_letter_bus
-            && !crate::sources::is_name(b)
-        {
-            return Err(ConfigError::new(
-                field(DEAD_LETTER_BUS),
-                format!("{b:?} is not a bus name (1-64 characters of A-Z a-z 0-9 . _ -)"),
-            ));
         }
         if !(1..=10_000).contains(&self.max_messages) {
             return Err(ConfigError::new(
@@ -714,21 +698,24 @@ async fn commit(
             }
         }
     };
-    let dead_letter = |r: &Record, reason: &str| match &config.dead_letter_bus {
-        Some(dl) => Offer::Event {
-            bus: dl.clone(),
-            event: crate::sources::rejected_event(
+    let dead_letter = |r: &Record, reason: &str| {
+        let event = config.dead_letter_bus.as_ref().and_then(|dl| {
+            rejected_event(
                 name,
                 &format!("{}/{}", wrap.broker, r.topic),
                 &r.incoming().id(),
                 r.value.as_deref().unwrap_or_default(),
                 reason,
             )
-            .into_value(),
-        },
-        None => Offer::Refused {
-            bus: bus.to_string(),
-        },
+            .ok()
+            .map(|e| (dl.clone(), e.into_value()))
+        });
+        match event {
+            Some((bus, event)) => Offer::Event { bus, event },
+            None => Offer::Refused {
+                bus: bus.to_string(),
+            },
+        }
     };
     let mut offers = Vec::with_capacity(batch.len());
     let mut refused = Vec::with_capacity(batch.len());

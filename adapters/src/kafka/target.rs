@@ -135,17 +135,30 @@ impl KafkaTarget {
             Err(p) => p.into_inner().clone(),
         };
         let sent = producer.send(record, self.timeout).await;
-        if sent.is_err()
-            && let Some((code, why)) = producer.client().fatal_error()
-        {
-            tracing::warn!(topic = %self.settings.topic, error = %why, code = ?code, "Kafka producer failed for good; making a new one");
-            if let Ok(fresh) = producer_for(&self.settings, self.timeout) {
-                let mut slot = match self.producer.write() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
-                if Arc::ptr_eq(&slot, &producer) {
-                    *slot = Arc::new(fresh);
+        if let Err((e, _)) = &sent {
+            // A producer that failed for good, or whose records time out
+            // (a broker restarted without the producer's state answers
+            // UNKNOWN_PRODUCER_ID to every record, which librdkafka retries
+            // until the record times out): start a new one.
+            let fatal = producer.client().fatal_error();
+            let timed_out =
+                e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageTimedOut);
+            if fatal.is_some() || timed_out {
+                tracing::warn!(topic = %self.settings.topic, error = %e, fatal = ?fatal, "Kafka producer made again");
+                if let Ok(fresh) = producer_for(&self.settings, self.timeout) {
+                    let old = {
+                        let mut slot = match self.producer.write() {
+                            Ok(g) => g,
+                            Err(p) => p.into_inner(),
+                        };
+                        Arc::ptr_eq(&slot, &producer)
+                            .then(|| std::mem::replace(&mut *slot, Arc::new(fresh)))
+                    };
+                    // Dropping a producer flushes it: not on this thread.
+                    drop(producer);
+                    if let Some(old) = old {
+                        tokio::task::spawn_blocking(move || drop(old));
+                    }
                 }
             }
         }
