@@ -134,10 +134,14 @@ async fn a_replay_survives_a_leader_kill_and_a_rebuilt_follower_keeps_the_archiv
         let receiver = Receiver::start(Behavior::Ok).await?;
         let leader = c.leader(Duration::from_secs(20)).await?;
         let lc = c.client(leader)?;
+        // One delivery at a time: the replay's events then arrive in their
+        // original order (with more in flight, only started in order).
+        let mut target = http_target("t", &receiver.url("/in"), retry(50, 20, 200));
+        target["concurrency"] = json!(1);
         lc.put_rule(
             BUS,
             "r",
-            &json!({"pattern": {"type": ["chaos.replay"]}, "targets": [http_target("t", &receiver.url("/in"), retry(50, 20, 200))]}),
+            &json!({"pattern": {"type": ["chaos.replay"]}, "targets": [target]}),
         )
         .await?
         .expect_status(200, "PUT rule")?;

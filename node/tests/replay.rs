@@ -4,7 +4,7 @@
 //! * an archive keeps only the events matching its pattern and reports
 //!   their count and size; bad settings get 4xx naming the field;
 //! * a replay of one batch's window to one of two rules sends exactly
-//!   those events, in order, to exactly that rule's target, each with
+//!   those events, in order (a target with `concurrency: 1`), to exactly that rule's target, each with
 //!   `replayname`, and ends `COMPLETED`;
 //! * a replay can be cancelled; errors for an unknown archive, a bad
 //!   window, a name in use and a finished replay.
@@ -171,7 +171,7 @@ async fn a_replay_sends_one_windows_archived_events_again_to_the_named_rule_only
             &app,
             "PUT",
             &format!("/v1/buses/default/rules/{rule}"),
-            Some(json!({"pattern": {"type": ["order"]}, "targets": [{"id": "t", "type": "http", "endpoint": format!("{url}/{path}")}]})),
+            Some(json!({"pattern": {"type": ["order"]}, "targets": [{"id": "t", "type": "http", "endpoint": format!("{url}/{path}"), "concurrency": 1}]})),
         )
         .await;
         assert_eq!(s, 200, "{v}");

@@ -218,6 +218,7 @@ pub async fn put_archive(
     if let (Some(p), Value::Object(m)) = (input.pattern, &mut spec) {
         m.insert("pattern".into(), p);
     }
+    let written = spec.clone();
     OpError::check(
         writer
             .write(Command::PutArchive {
@@ -227,6 +228,17 @@ pub async fn put_archive(
             })
             .await?,
     )?;
+    let key = (bus.to_string(), name.to_string());
+    until_replica_shows(state, |v| {
+        v.archives.get(&key).is_some_and(|stored| {
+            written.as_object().is_some_and(|w| {
+                w.iter()
+                    .filter(|(k, _)| *k != "createdAt")
+                    .all(|(k, val)| stored.get(k) == Some(val))
+            })
+        })
+    })
+    .await;
     describe_archive(state, bus, name)
 }
 
@@ -289,6 +301,32 @@ pub async fn delete_archive(writer: &Writer, bus: &str, name: &str) -> Result<()
             })
             .await?,
     )
+}
+
+/// How long an operation waits for this node's replica to show a write it
+/// made through the leader.
+const OWN_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Wait until this node's replica shows a write just committed through the
+/// site's leader (`shows`): on a follower, the leader answers once it has
+/// applied the entry, which this node may apply a moment later, and an
+/// answer read from this replica before then would not show the write (a
+/// replay just started would be "not found"). Gives up after
+/// [`OWN_WRITE_WAIT`] (the answer then shows the replica as it is).
+pub(crate) async fn until_replica_shows(
+    state: &SiteState,
+    shows: impl Fn(&strait_federation::store::state::View) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + OWN_WRITE_WAIT;
+    while !shows(&state.view()) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "a write committed through the leader has not reached this node's replica within 5 s"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// `ms` as RFC 3339 (UTC, milliseconds).

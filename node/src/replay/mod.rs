@@ -251,6 +251,14 @@ pub async fn start_replay(
             return Err(e);
         }
     }
+    crate::archive::until_replica_shows(state, |v| {
+        v.replays
+            .get(name)
+            .and_then(|r| r.get("requestId"))
+            .and_then(Value::as_str)
+            == Some(request_id.as_str())
+    })
+    .await;
     describe_replay(state, name)
 }
 
@@ -329,6 +337,16 @@ pub async fn cancel_replay(
             })
             .await?,
     )?;
+    crate::archive::until_replica_shows(state, |v| {
+        !matches!(
+            v.replays
+                .get(name)
+                .and_then(|r| r.get("state"))
+                .and_then(Value::as_str),
+            Some(STARTING | RUNNING)
+        )
+    })
+    .await;
     describe_replay(state, name)
 }
 
