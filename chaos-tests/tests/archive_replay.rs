@@ -258,7 +258,11 @@ async fn a_replay_survives_a_leader_kill_and_a_rebuilt_follower_keeps_the_archiv
         let mut seen = BTreeSet::new();
         let mut per_source: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for e in events.iter().filter(|e| e.attr("replayname") == Some("rp")) {
-            anyhow::ensure!(e.id.starts_with("in-"), "replayed from outside the window: {}", e.id);
+            anyhow::ensure!(
+                e.id.starts_with("in-"),
+                "replayed from outside the window: {}",
+                e.id
+            );
             if seen.insert(e.id.clone()) {
                 per_source
                     .entry(e.attr("source").unwrap_or("").to_string())
@@ -302,8 +306,14 @@ async fn a_replay_survives_a_leader_kill_and_a_rebuilt_follower_keeps_the_archiv
         for id in c.ids() {
             c.kill_9(id)?;
         }
-        let want: Vec<(u64, Vec<u8>)> = archived(&odata)?.into_iter().map(|(_, s, j)| (s, j)).collect();
-        let got: Vec<(u64, Vec<u8>)> = archived(&fdata)?.into_iter().map(|(_, s, j)| (s, j)).collect();
+        let want: Vec<(u64, Vec<u8>)> = archived(&odata)?
+            .into_iter()
+            .map(|(_, s, j)| (s, j))
+            .collect();
+        let got: Vec<(u64, Vec<u8>)> = archived(&fdata)?
+            .into_iter()
+            .map(|(_, s, j)| (s, j))
+            .collect();
         anyhow::ensure!(
             want.len() as u64 >= total,
             "node {other} archived {} events of {total}",
@@ -315,7 +325,10 @@ async fn a_replay_survives_a_leader_kill_and_a_rebuilt_follower_keeps_the_archiv
             got.len(),
             want.len()
         );
-        let killed: Vec<(u64, Vec<u8>)> = archived(&ldata)?.into_iter().map(|(_, s, j)| (s, j)).collect();
+        let killed: Vec<(u64, Vec<u8>)> = archived(&ldata)?
+            .into_iter()
+            .map(|(_, s, j)| (s, j))
+            .collect();
         anyhow::ensure!(
             killed == want,
             "the archive of the leader killed with SIGKILL differs: {} events, the others {}",
