@@ -136,13 +136,13 @@ def test_confluent_kafka_round_trip(strait: StraitServer, default_bus: str,
     assert resp.status_code == 200, describe(resp)
 
     binary = CloudEvent(
-        {"id": "b-1", "source": "/py/binary", "type": f"{event_type}.binary",
+        {"id": f"b-{tag}", "source": "/py/kafka/binary", "type": f"{event_type}.binary",
          "specversion": "1.0", "datacontenttype": "application/json", "myext": "v 1",
          "partitionkey": "pk-1"},
         {"n": 1},
     )
     structured = CloudEvent(
-        {"id": "s-1", "source": "/py/structured", "type": f"{event_type}.structured",
+        {"id": f"s-{tag}", "source": "/py/kafka/structured", "type": f"{event_type}.structured",
          "specversion": "1.0", "datacontenttype": "application/json", "subject": "a b"},
         {"n": 2, "text": "ünïcode"},
     )
@@ -164,7 +164,7 @@ def test_confluent_kafka_round_trip(strait: StraitServer, default_bus: str,
     p.produce(topic_in, value=b"poison", headers=[("ce_specversion", b"1.0"), ("ce_id", b"x")],
               on_delivery=sent)
     # The source moves on past it.
-    after = CloudEvent({"id": "a-1", "source": "/py/after", "type": f"{event_type}.after",
+    after = CloudEvent({"id": f"a-{tag}", "source": "/py/kafka/after", "type": f"{event_type}.after",
                         "specversion": "1.0"}, None)
     msg = ce_kafka.to_binary(after, JSON_FORMAT)
     p.produce(topic_in, value=msg.value, headers=list(msg.headers.items()), on_delivery=sent)
@@ -175,15 +175,15 @@ def test_confluent_kafka_round_trip(strait: StraitServer, default_bus: str,
     assert len(got) == 4, f"got {len(got)} records back:\n{strait.logs()}"
     events = {e.get_id(): (e, m) for m in got for e in [as_event(m)]}
     plain_id = f"{topic_in}:0:{offsets[2]}"
-    assert set(events) == {"b-1", "s-1", plain_id, "a-1"}, events.keys()
+    assert set(events) == {f"b-{tag}", f"s-{tag}", plain_id, f"a-{tag}"}, events.keys()
 
-    b, bm = events["b-1"]
-    assert b.get_source() == "/py/binary"
+    b, bm = events[f"b-{tag}"]
+    assert b.get_source() == "/py/kafka/binary"
     assert b.get_extension("myext") == "v 1"
     assert bm.key() == b"pk-1", "partitionkey is the record key"
     assert b.get_data() == {"n": 1}
 
-    s, _ = events["s-1"]
+    s, _ = events[f"s-{tag}"]
     assert s.get_subject() == "a b"
     assert s.get_type() == f"{event_type}.structured"
     assert s.get_data() == {"n": 2, "text": "ünïcode"}

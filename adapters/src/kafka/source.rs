@@ -15,6 +15,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Map, Value, json};
 
+use crate::kafka::DropOffThread;
 use crate::kafka::mapping::{self, Incoming, Wrap};
 use crate::sources::{
     DEAD_LETTER_BUS, Field, Fields, NON_CLOUD_EVENTS, Naming, NonCloudEvents, SourceContext,
@@ -620,12 +621,12 @@ async fn read(
     status: &StatusCell,
     commit_delay: Option<Duration>,
 ) -> Result<(), String> {
-    let consumer: Arc<StreamConsumer> = Arc::new(
+    let consumer: Arc<DropOffThread<StreamConsumer>> = Arc::new(DropOffThread::new(
         config
             .client_config(credential)
             .create()
             .map_err(|e| format!("creating the Kafka consumer failed: {e}"))?,
-    );
+    ));
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use serde_json_path::JsonPath;
 use strait_routing::event::Event;
 
+use crate::kafka::DropOffThread;
 use crate::kafka::mapping;
 use crate::kafka::source::{validate_brokers, validate_topic};
 use crate::{ConfigError, DeliveryError, DeliveryFuture, Sink};
@@ -63,7 +64,7 @@ pub struct KafkaTarget {
     settings: KafkaSettings,
     key: Option<JsonPath>,
     timeout: Duration,
-    producer: RwLock<Arc<FutureProducer>>,
+    producer: RwLock<Arc<DropOffThread<FutureProducer>>>,
 }
 
 fn producer_for(
@@ -97,7 +98,9 @@ impl KafkaTarget {
             ),
             None => None,
         };
-        let producer = RwLock::new(Arc::new(producer_for(&settings, timeout)?));
+        let producer = RwLock::new(Arc::new(DropOffThread::new(producer_for(
+            &settings, timeout,
+        )?)));
         Ok(KafkaTarget {
             settings,
             key,
@@ -151,14 +154,12 @@ impl KafkaTarget {
                             Ok(g) => g,
                             Err(p) => p.into_inner(),
                         };
-                        Arc::ptr_eq(&slot, &producer)
-                            .then(|| std::mem::replace(&mut *slot, Arc::new(fresh)))
+                        Arc::ptr_eq(&slot, &producer).then(|| {
+                            std::mem::replace(&mut *slot, Arc::new(DropOffThread::new(fresh)))
+                        })
                     };
-                    // Dropping a producer flushes it: not on this thread.
-                    drop(producer);
-                    if let Some(old) = old {
-                        tokio::task::spawn_blocking(move || drop(old));
-                    }
+                    // (Dropped off the async threads by `DropOffThread`.)
+                    drop(old);
                 }
             }
         }
