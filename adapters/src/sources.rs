@@ -340,6 +340,8 @@ pub struct SourceContext {
     /// A source without `credential` and without a `default` credential
     /// uses the standard AWS chain (dev mode only).
     pub aws_chain_fallback: bool,
+    /// Kafka SASL credentials by name (node config `kafka.credentials`).
+    pub kafka_credentials: crate::kafka::KafkaCredentials,
     /// This node in messages (`node 1 at site aws`).
     pub node: String,
 }

@@ -441,6 +441,17 @@ pub struct NodeConfig {
     /// Which hosts and addresses targets and dead letters may reach
     /// (cloud metadata addresses are denied unless allowed explicitly).
     pub egress: strait_adapters::egress::EgressSpec,
+    /// Kafka secrets (SASL credentials of `kafka` sources).
+    pub kafka: Kafka,
+}
+
+/// Kafka: node-local secrets. Never replicated; a `kafka` source's `sasl`
+/// names a credential.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kafka {
+    /// SASL user names and passwords, by name.
+    pub credentials: std::collections::BTreeMap<String, strait_adapters::kafka::KafkaCredential>,
 }
 
 /// [`NodeConfig::max_state_bytes`] by default: 64 GiB.
@@ -476,6 +487,7 @@ impl Default for NodeConfig {
             aws: Aws::default(),
             connections: Default::default(),
             egress: Default::default(),
+            kafka: Kafka::default(),
         }
     }
 }

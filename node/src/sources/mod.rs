@@ -122,6 +122,7 @@ pub async fn run(ctx: Context) {
         ingest: Arc::new(gate.clone()),
         aws_credentials: Arc::new(ctx.cfg.aws.credentials.clone()),
         aws_chain_fallback: ctx.cfg.dev,
+        kafka_credentials: Arc::new(ctx.cfg.kafka.credentials.clone()),
         node: format!("node {} at site {}", ctx.cfg.node_id, ctx.cfg.site),
     };
     let mut config_rx = ctx.site.state.subscribe_config();
@@ -175,12 +176,14 @@ fn reconcile(
                 .settings
                 .get("queueUrl")
                 .or_else(|| spec.settings.get("subject"))
+                .or_else(|| spec.settings.get("topic"))
                 .and_then(Value::as_str)
                 .unwrap_or(&name);
             let sources = SourceContext {
                 ingest: Arc::new(SourceGate::new(gate.clone(), &name, kind.name, from)),
                 aws_credentials: sources.aws_credentials.clone(),
                 aws_chain_fallback: sources.aws_chain_fallback,
+                kafka_credentials: sources.kafka_credentials.clone(),
                 node: sources.node.clone(),
             };
             kind.build(&name, &spec.bus, &spec.settings, &sources, cell.clone())
