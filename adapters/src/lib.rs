@@ -10,7 +10,7 @@
 //! Alibaba Cloud EventBridge PutEvents, its ingress and push endpoint;
 //! [`aws_eventbridge`], AWS EventBridge PutEvents and its ingress;
 //! [`aws_sqs`], the SQS target and source; [`nats`], the NATS source and
-//! target ([`sources`]: what source kinds share).
+//! target; [`mqtt`], the MQTT source and target ([`sources`]: what source kinds share).
 //!
 //! The ingresses are functions from an HTTP request to a response (no HTTP
 //! server here); they hand their events to an [`Ingest`] ([`ingest`]), the
@@ -30,6 +30,7 @@ pub mod aws_eventbridge;
 pub mod aws_sqs;
 pub mod http;
 pub mod ingest;
+pub mod mqtt;
 pub mod nats;
 pub mod peer;
 pub mod sources;
@@ -143,6 +144,8 @@ pub struct SinkContext {
     pub alibaba_credentials: alibaba_eventbridge::Credentials,
     /// AWS credentials by name (node config `aws.credentials`).
     pub aws_credentials: aws_common::AwsCredentials,
+    /// MQTT credentials by name (node config `mqtt.credentials`).
+    pub mqtt_credentials: mqtt::MqttCredentials,
 }
 
 /// One kind of target this build knows: the `type` a rule target names,
@@ -212,6 +215,18 @@ pub const TARGET_KINDS: &[TargetKind] = &[
             Ok(Arc::new(nats::NatsTarget::new(
                 nats::NatsSettings::from_settings(m)?,
                 timeout,
+            )?))
+        },
+    },
+    TargetKind {
+        name: "mqtt",
+        messaging: true,
+        normalize: |m| Ok(serde_json::to_value(mqtt::MqttSettings::from_settings(m)?)),
+        build: |m, timeout, ctx| {
+            Ok(Arc::new(mqtt::MqttTarget::new(
+                mqtt::MqttSettings::from_settings(m)?,
+                timeout,
+                &ctx.mqtt_credentials,
             )?))
         },
     },
@@ -358,6 +373,11 @@ pub const SOURCE_KINDS: &[SourceKind] = &[
         normalize: nats::source::normalize,
         build: nats::source::build,
     },
+    SourceKind {
+        name: mqtt::source::KIND,
+        normalize: mqtt::source::normalize,
+        build: mqtt::source::build,
+    },
 ];
 
 impl SourceKind {
@@ -432,7 +452,7 @@ mod tests {
             .expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "type: \"kafka\" is not a source type (known: aws_sqs, nats)"
+            "type: \"kafka\" is not a source type (known: aws_sqs, nats, mqtt)"
         );
     }
 }

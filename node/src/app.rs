@@ -104,6 +104,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<App>> {
         http: Default::default(),
         alibaba_credentials: Arc::new(cfg.alibaba.credentials.clone()),
         aws_credentials: Arc::new(cfg.aws.credentials.clone()),
+        mqtt_credentials: Arc::new(cfg.mqtt.credentials.clone()),
     };
     let progress = Progress::default();
     let link_stats = crate::links::new_stats();

@@ -414,6 +414,17 @@ pub struct NodeConfig {
     pub control: Control,
     /// AWS secrets, PutEvents ingress and SQS sources.
     pub aws: Aws,
+    /// MQTT secrets (passwords of `mqtt` sources and targets).
+    pub mqtt: Mqtt,
+}
+
+/// MQTT: node-local credentials. Never replicated; sources and targets
+/// name a credential.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mqtt {
+    /// Passwords (and user names) of `mqtt` sources and targets, by name.
+    pub credentials: std::collections::BTreeMap<String, strait_adapters::mqtt::MqttCredential>,
 }
 
 /// [`NodeConfig::max_state_bytes`] by default: 64 GiB.
@@ -447,6 +458,7 @@ impl Default for NodeConfig {
             federation: Federation::default(),
             control: Control::default(),
             aws: Aws::default(),
+            mqtt: Mqtt::default(),
         }
     }
 }
@@ -726,7 +738,26 @@ impl NodeConfig {
         self.validate_cluster()?;
         self.validate_federation()?;
         self.validate_control()?;
-        self.validate_aws()
+        self.validate_aws()?;
+        self.validate_mqtt()
+    }
+
+    fn validate_mqtt(&self) -> Result<(), ConfigError> {
+        for (name, c) in &self.mqtt.credentials {
+            if crate::config::check::validate_name("credential", name).is_err() {
+                return Err(ConfigError::InvalidAt {
+                    field: format!("mqtt.credentials.{name}"),
+                    message: "credential names are 1-64 characters of A-Z a-z 0-9 . _ -".into(),
+                });
+            }
+            if c.password.is_empty() {
+                return Err(ConfigError::InvalidAt {
+                    field: format!("mqtt.credentials.{name}.password"),
+                    message: "must not be empty".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn validate_http_server(&self) -> Result<(), ConfigError> {
