@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Map, Value, json};
-use strait_routing::event::json_kind;
+use strait_routing::event::{Event, EventError, json_kind};
 
 use crate::{ConfigError, Ingest, aws_common};
 
@@ -188,6 +188,97 @@ pub fn is_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
+/// `deadLetterBus`: where a source sends the messages it cannot turn into
+/// events (see [`rejected_event`]); absent: they are dropped and counted.
+pub const DEAD_LETTER_BUS: Field = Field::new("dead_letter_bus", "deadLetterBus");
+/// `nonCloudEvents`: `"wrap"` (default) or `"reject"` (see [`NonCloudEvents`]).
+pub const NON_CLOUD_EVENTS: Field = Field::new("non_cloud_events", "nonCloudEvents");
+
+/// What a source does with a message that is not a CloudEvent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonCloudEvents {
+    /// Wrap it as the data of a new event (the default).
+    #[default]
+    Wrap,
+    /// Refuse it: it is dead-lettered (or dropped) as poison.
+    Reject,
+}
+
+impl NonCloudEvents {
+    /// Read `nonCloudEvents` from `fields` (default [`NonCloudEvents::Wrap`]).
+    pub fn read(fields: &Fields<'_>) -> Result<NonCloudEvents, ConfigError> {
+        match fields.string(NON_CLOUD_EVENTS)?.as_deref() {
+            None | Some("wrap") => Ok(NonCloudEvents::Wrap),
+            Some("reject") => Ok(NonCloudEvents::Reject),
+            Some(other) => Err(ConfigError::new(
+                NON_CLOUD_EVENTS.name(fields.naming()),
+                format!("must be \"wrap\" or \"reject\", got {other:?}"),
+            )),
+        }
+    }
+
+    /// Its spelling in a definition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NonCloudEvents::Wrap => "wrap",
+            NonCloudEvents::Reject => "reject",
+        }
+    }
+}
+
+/// Read `deadLetterBus` from `fields`: a bus name or nothing.
+pub fn read_dead_letter_bus(fields: &Fields<'_>) -> Result<Option<String>, ConfigError> {
+    match fields.string(DEAD_LETTER_BUS)? {
+        None => Ok(None),
+        Some(b) if is_name(&b) => Ok(Some(b)),
+        Some(b) => Err(ConfigError::new(
+            DEAD_LETTER_BUS.name(fields.naming()),
+            format!("{b:?} is not a bus name (1-64 of A-Z a-z 0-9 . _ -)"),
+        )),
+    }
+}
+
+/// The `type` of the event a source makes of a message it refused.
+pub const REJECTED_TYPE: &str = "strait.source.rejected";
+
+/// The dead letter of a message a source could not turn into an event:
+/// type [`REJECTED_TYPE`], `source` = `from` (the broker URI and
+/// topic/subject), `id` = the message's own deterministic id (so a message
+/// read again is deduplicated), the raw payload as `data_base64`, and the
+/// extensions `deadletterreason` and `deadlettersource` (the Strait
+/// source's name). Submit it to the source's `deadLetterBus` in the same
+/// batch as the good events, so the offset or ack moves past it only once
+/// it is committed. Empty `from` or `id` are replaced, so it does not
+/// fail for any input (the `Result` is `from_structured`'s).
+pub fn rejected_event(
+    source: &str,
+    from: &str,
+    id: &str,
+    payload: &[u8],
+    reason: &str,
+) -> Result<Event, EventError> {
+    use base64::Engine as _;
+    let from = if from.is_empty() {
+        "strait:source"
+    } else {
+        from
+    };
+    let id = if id.is_empty() { "unknown" } else { id };
+    let mut reason: String = reason.chars().take(1024).collect();
+    reason.retain(|c| c != '\r' && c != '\n');
+    let value = json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": from,
+        "type": REJECTED_TYPE,
+        "datacontenttype": "application/octet-stream",
+        "data_base64": base64::engine::general_purpose::STANDARD.encode(payload),
+        "deadletterreason": reason,
+        "deadlettersource": source,
+    });
+    Event::from_structured(value)
+}
+
 /// What a source reports on this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceStatus {
@@ -312,6 +403,50 @@ mod tests {
 
     fn map(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn rejected_event_keeps_the_payload_and_reason() {
+        let e = rejected_event(
+            "src",
+            "nats://h:4222/a.b",
+            "m-1",
+            b"\xff\x00junk",
+            "bad\nthing",
+        )
+        .expect("valid");
+        assert_eq!(e.event_type(), REJECTED_TYPE);
+        assert_eq!(e.id(), "m-1");
+        assert_eq!(e.source(), "nats://h:4222/a.b");
+        assert_eq!(e.str_attr("deadletterreason"), Some("badthing"));
+        assert_eq!(e.str_attr("deadlettersource"), Some("src"));
+        assert_eq!(e.str_attr("data_base64"), Some("/wBqdW5r"));
+        let e = rejected_event("", "", "", b"", "").expect("empty inputs still make an event");
+        assert_eq!(e.id(), "unknown");
+    }
+
+    #[test]
+    fn non_cloud_events_and_dead_letter_bus_are_checked() {
+        let m = map(json!({"nonCloudEvents": "reject", "deadLetterBus": "dlq"}));
+        let f = Fields::envelope(&m, Naming::Api);
+        assert_eq!(
+            NonCloudEvents::read(&f).expect("ok"),
+            NonCloudEvents::Reject
+        );
+        assert_eq!(
+            read_dead_letter_bus(&f).expect("ok").as_deref(),
+            Some("dlq")
+        );
+        let m = map(json!({"nonCloudEvents": "drop", "deadLetterBus": "a b"}));
+        let f = Fields::envelope(&m, Naming::Api);
+        assert_eq!(
+            NonCloudEvents::read(&f).expect_err("bad").field,
+            "nonCloudEvents"
+        );
+        assert_eq!(
+            read_dead_letter_bus(&f).expect_err("bad").field,
+            "deadLetterBus"
+        );
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //!   openraft's 3 MiB chunks, then `install_snapshot` on a fresh store.
 //!
 //! Each phase prints its wall time and its peak RSS (`VmHWM`). Knobs:
-//! `SNAPSHOT_BENCH_MB`, `SNAPSHOT_BENCH_DIR` (where the states go: a 10 GB
+//! `SNAPSHOT_BENCH_MB`, `SNAPSHOT_BENCH_ARCHIVE_MB` (0: an archive on the
+//! bus first takes that many MB of events, which then leave the state as
+//! delivered events past retention do: the state is the same size, and a
+//! snapshot should take as long as without the archive), `SNAPSHOT_BENCH_DIR` (where the states go: a 10 GB
 //! state needs about 3× that free), `SNAPSHOT_BENCH_CACHE_MB` (the state
 //! database's page cache, 1024 by default as on a node: the largest part
 //! of the budget, which a state smaller than it fills). A run with a state of about 10 GB:
@@ -92,7 +95,43 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-fn fill(dir: &Path, target_mb: u64) -> anyhow::Result<()> {
+/// Apply appends of 1000 events (ids from `*first`, ingested at
+/// `ingest_ms`) until they add up to `target` bytes of events.
+fn append_until(
+    state: &SiteState,
+    index: &mut u64,
+    first: &mut u64,
+    ingest_ms: u64,
+    target: u64,
+) -> anyhow::Result<()> {
+    let payload = "x".repeat(1024);
+    let mut bytes = 0u64;
+    while bytes < target {
+        let mut cmd = append_cmd(*first, 1000, &payload)?;
+        if let Command::Append {
+            entries,
+            ingest_ms: ms,
+            ..
+        } = &mut cmd
+        {
+            *ms = ingest_ms;
+            bytes += entries
+                .iter()
+                .map(|e| e.event.get().len() as u64)
+                .sum::<u64>();
+        }
+        state.apply(vec![entry(*index, cmd)], (*index).is_multiple_of(64))?;
+        *index += 1;
+        *first += 1000;
+    }
+    Ok(())
+}
+
+/// A state of `target_mb` MB of events; with `archive_mb`, an archive on
+/// the bus first takes that much (events that then leave the state, as
+/// delivered events past retention do), so the state is the same size
+/// with or without the archive.
+fn fill(dir: &Path, target_mb: u64, archive_mb: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("state.redb");
     let state = SiteState::open_with_cache(&path, cache())?;
@@ -101,25 +140,37 @@ fn fill(dir: &Path, target_mb: u64) -> anyhow::Result<()> {
         spec: serde_json::json!({}),
     };
     state.apply(vec![entry(1, bus)], true)?;
-    let payload = "x".repeat(1024);
     let mut index = 2;
     let mut first = 0;
-    let target = target_mb << 20;
-    let mut bytes = 0u64;
-    while bytes < target {
-        let cmd = append_cmd(first, 1000, &payload)?;
-        if let Command::Append { entries, .. } = &cmd {
-            bytes += entries
-                .iter()
-                .map(|e| e.event.get().len() as u64)
-                .sum::<u64>();
-        }
-        state.apply(vec![entry(index, cmd)], index % 64 == 0)?;
+    if archive_mb > 0 {
+        let archive = Command::PutArchive {
+            bus: "default".into(),
+            name: "all".into(),
+            spec: serde_json::json!({"retentionDays": 0}),
+        };
+        state.apply(vec![entry(index, archive)], true)?;
         index += 1;
-        first += 1000;
+        append_until(&state, &mut index, &mut first, 1, archive_mb << 20)?;
+        // Those events leave the state (no target waits for them, and
+        // they are past retention); the archive keeps them.
+        let checkpoint = Command::Checkpoint {
+            now_ms: 1_000_000,
+            retention_ms: 0,
+            dedup_window_ms: 0,
+            cursors: vec![],
+            journal: vec![],
+            counts: vec![],
+        };
+        state.apply(vec![entry(index, checkpoint)], true)?;
+        index += 1;
     }
+    append_until(&state, &mut index, &mut first, 2_000_000, target_mb << 20)?;
     state.flush()?;
-    println!("events={first}");
+    let archived = state.archive().stats("default", "all");
+    println!(
+        "events={first} archived_events={} archive_bytes={}",
+        archived.event_count, archived.size_bytes
+    );
     Ok(())
 }
 
@@ -209,7 +260,11 @@ fn child(phase: &str) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match phase {
-        "fill" => fill(&root.join("source"), env_or("SNAPSHOT_BENCH_MB", 300))?,
+        "fill" => fill(
+            &root.join("source"),
+            env_or("SNAPSHOT_BENCH_MB", 300),
+            env_or("SNAPSHOT_BENCH_ARCHIVE_MB", 0),
+        )?,
         "build" => rt.block_on(build(&root.join("source")))?,
         "install" => rt.block_on(install(&root.join("source"), &root.join("copy")))?,
         other => anyhow::bail!("unknown phase {other}"),

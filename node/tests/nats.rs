@@ -8,7 +8,8 @@
 //! - a JetStream source reads binary, structured and plain messages into a
 //!   bus; a rule delivers them to a JetStream target: the ids and data come
 //!   out as they went in, a plain message with the id `<stream>:<seq>`;
-//!   an invalid CloudEvent is rejected and the source moves on;
+//!   an invalid CloudEvent is dead-lettered to the source's dead-letter bus
+//!   (reason, payload unchanged) and the source moves on;
 //! - a core NATS source into a core NATS target;
 //! - a JetStream target without a stream (no responders) is retried, then
 //!   dead-lettered with its reason;
@@ -321,13 +322,16 @@ async fn nats_sources_and_targets_against_a_real_server() {
             "targets": [{"id": "seen", "type": "nats", "url": nats_url, "subject": "dlq.seen"}]}),
     )
     .await;
+    put(&node, "/v1/buses/rejected", json!({})).await;
     let (_, v) = put(
         &node,
         "/v1/sources/js-in",
         json!({"type": "nats", "bus": "default", "url": nats_url, "subject": "in.>",
-               "stream": "IN", "eventType": "t.wrapped", "ackWaitSecs": 2, "maxMessages": 50}),
+               "stream": "IN", "eventType": "t.wrapped", "ackWaitSecs": 2, "maxMessages": 50,
+               "deadLetterBus": "rejected"}),
     )
     .await;
+    assert_eq!(v["deadLetterBus"], "rejected", "{v}");
     assert_eq!(v["durable"], Value::Null, "{v}");
     put(
         &node,
@@ -461,6 +465,23 @@ async fn nats_sources_and_targets_against_a_real_server() {
     )
     .await;
     assert_eq!(st["received"], json!(4), "{st}");
+    // The invalid message is a dead letter on the source's dead-letter bus,
+    // with its reason and its payload unchanged.
+    let (s, v) = get(&node, "/v1/buses/rejected/dead-letters").await;
+    assert_eq!(s, 200, "{v}");
+    let dl = &v["deadLetters"];
+    assert_eq!(dl.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(dl[0]["id"], json!(format!("IN:{invalid}")), "{v}");
+    assert_eq!(dl[0]["source"], json!(format!("{nats_url}/in.c")), "{v}");
+    let reason = dl[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("binary mode"), "{v}");
+    let (_, ev) = get(&node, &format!("/v1/buses/rejected/events/IN:{invalid}")).await;
+    assert_eq!(
+        ev["event"]["data_base64"],
+        json!("bm8gc291cmNlIG5vciB0eXBl"),
+        "the raw payload: {ev}"
+    );
+    assert_eq!(ev["event"]["deadlettersource"], "js-in", "{ev}");
 
     // Core NATS in, core NATS out.
     client

@@ -69,6 +69,8 @@ pub struct Wrap {
     pub broker: String,
     /// The `type` of wrapped events.
     pub event_type: String,
+    /// Refuse (instead of wrap) a message that is not a CloudEvent.
+    pub reject: bool,
 }
 
 /// Why a message that says it is a CloudEvent is not a valid one.
@@ -137,6 +139,12 @@ pub fn to_cloudevent(
                 mode: "structured",
                 reason: e.to_string(),
             });
+    }
+    if wrap.reject {
+        return Err(MappingError {
+            mode: "plain",
+            reason: "not a CloudEvent, and the source's nonCloudEvents is \"reject\"".into(),
+        });
     }
     Ok(wrap_message(msg, origin, wrap, content_type))
 }
@@ -211,7 +219,31 @@ mod tests {
         Wrap {
             broker: "nats://127.0.0.1:4222".into(),
             event_type: "io.nats.message".into(),
+            reject: false,
         }
+    }
+
+    #[test]
+    fn a_plain_message_is_refused_when_the_source_rejects_them() {
+        let w = Wrap {
+            reject: true,
+            ..wrap()
+        };
+        let msg = Incoming {
+            subject: "a.b",
+            headers: &[],
+            payload: b"plain text",
+        };
+        let origin = Origin::JetStream {
+            stream: "S",
+            sequence: 7,
+        };
+        let e = to_cloudevent(&msg, origin, &w).expect_err("refused");
+        assert_eq!(e.mode, "plain");
+        assert!(
+            to_cloudevent(&msg, origin, &wrap()).is_ok(),
+            "wrapped by default"
+        );
     }
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -14,7 +14,10 @@ use futures::{FutureExt, StreamExt};
 use serde_json::{Map, Value, json};
 
 use crate::nats::mapping::{self, Incoming, Origin, Wrap};
-use crate::sources::{Field, Fields, Naming, SourceContext, SourceFuture, StatusCell};
+use crate::sources::{
+    DEAD_LETTER_BUS, Field, Fields, NON_CLOUD_EVENTS, Naming, NonCloudEvents, SourceContext,
+    SourceFuture, StatusCell, read_dead_letter_bus, rejected_event,
+};
 use crate::{ConfigError, Ingest, IngestOutcome, Offer};
 
 /// The `type` of a NATS source.
@@ -41,6 +44,8 @@ pub const FIELDS: &[Field] = &[
     EVENT_TYPE,
     MAX_MESSAGES,
     ACK_WAIT_SECS,
+    NON_CLOUD_EVENTS,
+    DEAD_LETTER_BUS,
 ];
 
 /// The `type` of a wrapped message when `eventType` is not set.
@@ -48,7 +53,7 @@ pub const DEFAULT_EVENT_TYPE: &str = "io.nats.message";
 const DEFAULT_MAX_MESSAGES: i32 = 100;
 const DEFAULT_ACK_WAIT_SECS: i32 = 30;
 
-/// The settings of a NATS source (see docs/connectors.md).
+/// The settings of a NATS source (see docs/adapters/nats.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NatsSourceConfig {
     /// `nats://host:port` (or `tls://`); credentials in the URL are used to
@@ -68,6 +73,10 @@ pub struct NatsSourceConfig {
     /// JetStream: how long a message handed out waits for its ack before
     /// the server redelivers it, seconds (1-3600).
     pub ack_wait_secs: i32,
+    /// What to do with a message that is not a CloudEvent.
+    pub non_cloud_events: NonCloudEvents,
+    /// Where messages that are not valid events go (absent: dropped).
+    pub dead_letter_bus: Option<String>,
 }
 
 /// Whether `s` is a NATS name (stream, consumer): 1-64 of `A-Z a-z 0-9 _ -`.
@@ -142,6 +151,8 @@ impl NatsSourceConfig {
                 .unwrap_or_else(|| DEFAULT_EVENT_TYPE.into()),
             max_messages: fields.integer(MAX_MESSAGES, DEFAULT_MAX_MESSAGES)?,
             ack_wait_secs: fields.integer(ACK_WAIT_SECS, DEFAULT_ACK_WAIT_SECS)?,
+            non_cloud_events: NonCloudEvents::read(fields)?,
+            dead_letter_bus: read_dead_letter_bus(fields)?,
         })
     }
 
@@ -224,6 +235,16 @@ impl NatsSourceConfig {
         if self.stream.is_some() {
             put(ACK_WAIT_SECS, Some(json!(self.ack_wait_secs)));
         }
+        if self.non_cloud_events != NonCloudEvents::Wrap {
+            put(
+                NON_CLOUD_EVENTS,
+                Some(json!(self.non_cloud_events.as_str())),
+            );
+        }
+        put(
+            DEAD_LETTER_BUS,
+            self.dead_letter_bus.as_ref().map(|s| json!(s)),
+        );
         m
     }
 
@@ -292,6 +313,7 @@ pub async fn run(
     let wrap = Wrap {
         broker: broker_uri(URL.api, &config.url).unwrap_or_else(|_| config.url.clone()),
         event_type: config.event_type.clone(),
+        reject: config.non_cloud_events == NonCloudEvents::Reject,
     };
     let ack_delay = std::env::var(ACK_DELAY_ENV)
         .ok()
@@ -327,6 +349,10 @@ async fn read(
         .await
         .map_err(|e| format!("connecting to {} failed: {e}", wrap.broker))?;
     let max = config.max_messages as usize;
+    let to = Buses {
+        bus,
+        dead_letter: config.dead_letter_bus.as_deref(),
+    };
     match &config.stream {
         Some(stream) => {
             let js = jetstream::new(client);
@@ -397,7 +423,7 @@ async fn read(
                         jetstream: Some((m, stream, seq)),
                     });
                 }
-                commit(name, bus, wrap, ingest, status, reads, ack_delay).await;
+                commit(name, to, wrap, ingest, status, reads, ack_delay).await;
             }
         }
         None => {
@@ -427,18 +453,38 @@ async fn read(
                         jetstream: None,
                     })
                     .collect();
-                commit(name, bus, wrap, ingest, status, reads, ack_delay).await;
+                commit(name, to, wrap, ingest, status, reads, ack_delay).await;
             }
         }
     }
 }
 
+/// Where a source's events go: its bus, and its dead-letter bus if any.
+#[derive(Debug, Clone, Copy)]
+struct Buses<'a> {
+    bus: &'a str,
+    dead_letter: Option<&'a str>,
+}
+
+/// What one offer of a batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// An event of the message.
+    Event,
+    /// A message refused and dropped (no dead-letter bus).
+    Refused,
+    /// A message refused, as a dead letter to the dead-letter bus.
+    DeadLetter,
+}
+
 /// Convert and commit one batch, then ack what is stored (now or before);
-/// an invalid CloudEvent is terminated (never redelivered) and counted as
-/// rejected; on a commit failure nothing is acked (JetStream redelivers).
+/// a message that is not a valid event goes to the dead-letter bus (acked
+/// once that is committed) or, without one, is terminated (never
+/// redelivered); both count as rejected. On a commit failure nothing is
+/// acked (JetStream redelivers).
 async fn commit(
     name: &str,
-    bus: &str,
+    to: Buses<'_>,
     wrap: &Wrap,
     ingest: &Arc<dyn Ingest>,
     status: &StatusCell,
@@ -452,8 +498,10 @@ async fn commit(
         status.update(|s| s.rejected += 1);
         metrics::counter!("strait_nats_source_rejected_total", "source" => name.to_string())
             .increment(1);
-        tracing::warn!(source = %name, message = %id, error = %e, "NATS message is not a valid event; dropped (terminated)");
+        tracing::warn!(source = %name, message = %id, error = %e, dead_letter_bus = ?to.dead_letter, "NATS message is not a valid event; dead-lettered, or dropped (terminated) without a dead-letter bus");
     };
+    let bus = to.bus;
+    let mut kinds = Vec::with_capacity(reads.len());
     let mut offers = Vec::with_capacity(reads.len());
     let mut ids = Vec::with_capacity(reads.len());
     for r in &reads {
@@ -472,22 +520,39 @@ async fn commit(
             payload: &r.payload,
         };
         match mapping::to_cloudevent(&msg, origin, wrap) {
-            Ok(event) => offers.push(Offer::Event {
-                bus: bus.to_string(),
-                event,
-            }),
+            Ok(event) => {
+                kinds.push(Kind::Event);
+                offers.push(Offer::Event {
+                    bus: bus.to_string(),
+                    event,
+                })
+            }
             Err(e) => {
                 reject(&origin.id(), &e);
-                offers.push(Offer::Refused {
-                    bus: bus.to_string(),
+                let from = format!("{}/{}", wrap.broker.trim_end_matches('/'), r.subject);
+                let dead = to.dead_letter.and_then(|dl| {
+                    rejected_event(name, &from, &origin.id(), &r.payload, &e.to_string())
+                        .ok()
+                        .map(|ev| (dl, ev))
                 });
+                match dead {
+                    Some((dl, ev)) => {
+                        kinds.push(Kind::DeadLetter);
+                        offers.push(Offer::Event {
+                            bus: dl.to_string(),
+                            event: ev.into_value(),
+                        });
+                    }
+                    None => {
+                        kinds.push(Kind::Refused);
+                        offers.push(Offer::Refused {
+                            bus: bus.to_string(),
+                        });
+                    }
+                }
             }
         }
     }
-    let refused: Vec<bool> = offers
-        .iter()
-        .map(|o| matches!(o, Offer::Refused { .. }))
-        .collect();
     let outcomes = match ingest.submit(offers).await {
         Ok(o) => o,
         Err(e) => {
@@ -497,30 +562,32 @@ async fn commit(
         }
     };
     let mut acks = Vec::new();
-    for (((r, outcome), refused), id) in reads.into_iter().zip(outcomes).zip(refused).zip(&ids) {
+    for (((r, outcome), kind), id) in reads.into_iter().zip(outcomes).zip(kinds).zip(&ids) {
+        let stored = matches!(outcome, IngestOutcome::Accepted | IngestOutcome::Duplicate);
+        if outcome == IngestOutcome::Accepted && kind == Kind::Event {
+            status.update(|s| s.committed += 1);
+        }
+        if let (IngestOutcome::Invalid(e), Kind::Event) = (&outcome, kind) {
+            reject(id, e);
+        }
+        if let (IngestOutcome::Invalid(e), Kind::DeadLetter) = (&outcome, kind) {
+            tracing::warn!(source = %name, message = %id, error = %e, "the dead letter of a NATS message was refused; dropped (terminated)");
+        }
         let Some((m, _, _)) = r.jetstream else {
-            if let IngestOutcome::Invalid(e) = &outcome {
-                reject(id, e);
-            } else if outcome == IngestOutcome::Accepted {
-                status.update(|s| s.committed += 1);
-            }
             continue;
         };
         match outcome {
-            IngestOutcome::Accepted => {
-                status.update(|s| s.committed += 1);
-                acks.push((m, AckKind::Ack));
-            }
-            IngestOutcome::Duplicate => acks.push((m, AckKind::Ack)),
-            IngestOutcome::Invalid(e) => {
-                reject(id, &e);
-                acks.push((m, AckKind::Term));
-            }
-            IngestOutcome::Refused if refused => acks.push((m, AckKind::Term)),
-            IngestOutcome::NoSuchBus | IngestOutcome::Refused => {
+            _ if stored => acks.push((m, AckKind::Ack)),
+            IngestOutcome::Invalid(_) => acks.push((m, AckKind::Term)),
+            IngestOutcome::Refused if kind == Kind::Refused => acks.push((m, AckKind::Term)),
+            _ => {
+                let missing = match kind {
+                    Kind::DeadLetter => to.dead_letter.unwrap_or(bus),
+                    Kind::Event | Kind::Refused => bus,
+                };
                 status.update(|s| {
                     s.last_error = Some(format!(
-                        "bus `{bus}` does not exist at this site; messages left unacknowledged"
+                        "bus `{missing}` does not exist at this site; messages left unacknowledged"
                     ))
                 });
             }

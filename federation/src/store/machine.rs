@@ -156,6 +156,9 @@ fn snapshot_of(
                 .write_snapshot(&read.txn, &mut out)
                 .map_err(std::io::Error::other)?;
             out.finish()?;
+            metrics::histogram!("strait_snapshot_write_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::gauge!("strait_snapshot_bytes").set(info.counts.bytes as f64);
             tracing::info!(
                 bytes = info.counts.bytes,
                 took_ms = started.elapsed().as_millis() as u64,
@@ -182,6 +185,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             })
             .await,
         )?;
+        metrics::histogram!("strait_snapshot_build_seconds")
+            .record(started.elapsed().as_secs_f64());
         tracing::info!(
             took_ms = started.elapsed().as_millis() as u64,
             "snapshot taken (the state is durable up to it)"

@@ -145,7 +145,8 @@ pub struct Dispatch {
     pub read_batch: usize,
     /// Most events a replay sends per second (each replay on its own), so
     /// that replays leave the targets room for live traffic (see
-    /// docs/replay.md).
+    /// docs/replay.md); 0 removes the cap (the targets' `concurrency` still
+    /// bounds a replay).
     pub replay_max_events_per_sec: u64,
 }
 

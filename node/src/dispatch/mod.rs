@@ -341,6 +341,12 @@ impl ReplayTarget {
     pub async fn deliver(&self, ingest_ms: u64, value: Value) {
         self.worker.clone().deliver_parsed(ingest_ms, value).await;
     }
+
+    /// How many of its deliveries may be in flight at once: the target's
+    /// `concurrency`, as for its live worker (more through a link).
+    pub fn concurrency(&self) -> usize {
+        self.worker.concurrency()
+    }
 }
 
 /// The key of a replay's figures for one target.

@@ -227,14 +227,7 @@ impl TargetWorker {
                 .unwrap_or(replicated),
         };
         with_stats(&this.ctx.progress, &this.key, |s| s.cursor = start);
-        let mut concurrency = this.rule.spec.targets[this.idx].concurrency;
-        if this.via_link {
-            // Enqueueing is a Raft write: let the outbox batch many at once.
-            // The deliveries in flight bound the deliveries per outbox
-            // commit, so this bounds the link's throughput to about
-            // LINK_CONCURRENCY per commit latency.
-            concurrency = concurrency.max(LINK_CONCURRENCY);
-        }
+        let concurrency = this.concurrency();
         let read_batch = this.ctx.cfg.dispatch.read_batch;
         let mut next_read = start;
         let mut buffer: std::collections::VecDeque<Pending> = Default::default();
@@ -291,6 +284,25 @@ impl TargetWorker {
                     if r.is_err() { return; }
                 }
             }
+        }
+    }
+
+    /// How many deliveries may be in flight at once.
+    pub(super) fn concurrency(&self) -> usize {
+        let concurrency = self
+            .rule
+            .spec
+            .targets
+            .get(self.idx)
+            .map_or(1, |t| t.concurrency);
+        if self.via_link {
+            // Enqueueing is a Raft write: let the outbox batch many at once.
+            // The deliveries in flight bound the deliveries per outbox
+            // commit, so this bounds the link's throughput to about
+            // LINK_CONCURRENCY per commit latency.
+            concurrency.max(LINK_CONCURRENCY)
+        } else {
+            concurrency
         }
     }
 

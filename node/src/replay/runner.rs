@@ -4,9 +4,12 @@
 //! replay's replicated position, skips events outside its window, marks
 //! each event with `replayname` and hands it to every target of the
 //! chosen rules (each matches, transforms and delivers it with its own
-//! retries and dead letter, or hands it to the link of the target's site),
-//! one event at a time, so the targets see the events in their original
-//! order. It paces itself to `dispatch.replay_max_events_per_sec` and
+//! retries and dead letter, or hands it to the link of the target's site).
+//! Each target takes the events in their original order with as many in
+//! flight as its `concurrency` allows, as its live worker does; the events
+//! are read and handed out in chunks of [`READ_BATCH`], and a chunk is
+//! finished at every target before the position moves past it. It paces
+//! itself to `dispatch.replay_max_events_per_sec` (0: no cap) and
 //! writes its position through the site's log every
 //! [`PROGRESS_EVERY`]; a new leader goes on from there (the events since
 //! the last progress write are sent again: at least once).
@@ -21,7 +24,7 @@ use strait_federation::store::state::CLOCK_SLACK_MS;
 
 use super::{CANCELLED, CANCELLING, COMPLETED, FAILED, RUNNING, STARTING};
 use crate::archive::{OpError, rfc3339};
-use crate::dispatch::{Context, replay_targets};
+use crate::dispatch::{Context, ReplayTarget, replay_targets};
 use crate::util::{AbortOnDrop, now_ms};
 
 /// How often a running replay writes its position.
@@ -203,8 +206,11 @@ async fn run_one(ctx: Arc<Context>, name: String) {
             return;
         }
     };
-    let rate = ctx.cfg.dispatch.replay_max_events_per_sec.max(1);
-    let gap = Duration::from_secs_f64(1.0 / rate as f64);
+    // 0: no cap (the targets' concurrency bounds the replay).
+    let gap = match ctx.cfg.dispatch.replay_max_events_per_sec {
+        0 => None,
+        rate => Some(Duration::from_secs_f64(1.0 / rate as f64)),
+    };
     let mut next_at = Instant::now();
     let mut last_write = Instant::now();
     loop {
@@ -267,14 +273,19 @@ async fn run_one(ctx: Arc<Context>, name: String) {
             finish(&ctx, &j, COMPLETED, None).await;
             return;
         }
+        // The events of this read that are in the window, in log order;
+        // `done` once an event past the window is seen.
+        let mut chunk: Vec<(u64, Value)> = Vec::with_capacity(events.len());
+        let mut done = false;
+        let mut last_position = j.position;
         for e in events {
             if e.ingest_ms >= j.end_ms.saturating_add(CLOCK_SLACK_MS) {
                 // Past the window, allowing for a new leader's clock being
                 // behind the old one's: nothing later is in it.
-                finish(&ctx, &j, COMPLETED, None).await;
-                return;
+                done = true;
+                break;
             }
-            j.position = Some((e.index, e.seq));
+            last_position = Some((e.index, e.seq));
             if e.ingest_ms < j.start_ms || e.ingest_ms >= j.end_ms {
                 continue;
             }
@@ -288,28 +299,49 @@ async fn run_one(ctx: Arc<Context>, name: String) {
             if let Value::Object(m) = &mut value {
                 m.insert("replayname".into(), Value::String(name.clone()));
             }
+            chunk.push((e.ingest_ms, value));
+        }
+        // Paced as a whole: the chunk may start once the rate allows its
+        // first event, and the next one `len` gaps later.
+        if let Some(gap) = gap
+            && !chunk.is_empty()
+        {
             let now = Instant::now();
             if next_at > now {
                 tokio::time::sleep(next_at - now).await;
             }
-            next_at = next_at.max(now) + gap;
-            futures::future::join_all(
-                targets
-                    .iter()
-                    .map(|t| t.deliver(e.ingest_ms, value.clone())),
-            )
-            .await;
-            j.replayed += 1;
-            j.last_ms = Some(e.ingest_ms);
-            if last_write.elapsed() >= PROGRESS_EVERY {
-                last_write = Instant::now();
-                if !update(&ctx, &name, Value::Object(progress(&j))).await {
-                    return;
-                }
-                if current_state(&ctx, &name).as_deref() == Some(CANCELLING) {
-                    break;
-                }
+            next_at = next_at.max(now) + gap * chunk.len() as u32;
+        }
+        deliver_chunk(&targets, &chunk).await;
+        j.position = last_position;
+        if let Some((ms, _)) = chunk.last() {
+            j.replayed += chunk.len() as u64;
+            j.last_ms = Some(*ms);
+        }
+        if done {
+            finish(&ctx, &j, COMPLETED, None).await;
+            return;
+        }
+        if last_write.elapsed() >= PROGRESS_EVERY {
+            last_write = Instant::now();
+            if !update(&ctx, &name, Value::Object(progress(&j))).await {
+                return;
             }
         }
     }
+}
+
+/// Hand `chunk` to every target: each target takes the events in order,
+/// with as many in flight as its `concurrency` allows (as its live worker
+/// does), and the targets run side by side. Returns once every event is
+/// finished at every target (delivered, dead-lettered or not matched).
+async fn deliver_chunk(targets: &[ReplayTarget], chunk: &[(u64, Value)]) {
+    use futures::StreamExt as _;
+    futures::future::join_all(targets.iter().map(|t| {
+        futures::stream::iter(chunk.iter().cloned())
+            .map(|(ms, v)| t.deliver(ms, v))
+            .buffered(t.concurrency().max(1))
+            .for_each(|_| async {})
+    }))
+    .await;
 }
