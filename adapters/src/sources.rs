@@ -343,54 +343,6 @@ pub struct SourceContext {
     pub node: String,
 }
 
-/// The dead letter of a poison message (not a valid CloudEvent, or not a
-/// CloudEvent where the source refuses those): type
-/// `strait.source.rejected`, `source` = `from` (where it was read: broker
-/// URI and topic), the message's `id`, extensions `deadletterreason` and
-/// `deadlettersource` (the Strait source's name), the raw payload as
-/// `data_base64`.
-pub fn rejected_event(
-    source: &str,
-    from: &str,
-    id: &str,
-    payload: &[u8],
-    reason: &str,
-) -> strait_routing::event::Event {
-    use base64::Engine as _;
-    let id = if id.is_empty() { "unknown" } else { id };
-    let from = if from.is_empty() { source } else { from };
-    let mut v = json!({
-        "specversion": "1.0",
-        "id": id,
-        "source": from,
-        "type": "strait.source.rejected",
-        "deadletterreason": reason,
-        "deadlettersource": source,
-        "datacontenttype": "application/octet-stream",
-    });
-    if !payload.is_empty() {
-        v["data_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(payload));
-    }
-    match strait_routing::event::Event::from_structured(v) {
-        Ok(e) => e,
-        Err(e) => {
-            // Unreachable (every attribute above is valid and non-empty).
-            tracing::error!(error = %e, "dead letter of a poison message is not valid");
-            strait_routing::event::Event::from_binary(
-                vec![
-                    ("specversion".into(), "1.0".into()),
-                    ("id".into(), "rejected".into()),
-                    ("source".into(), "strait".into()),
-                    ("type".into(), "strait.source.rejected".into()),
-                ],
-                None,
-                b"",
-            )
-            .unwrap_or_else(|_| unreachable!("a constant valid event"))
-        }
-    }
-}
-
 /// A source, built and ready to run: it runs until the future is dropped.
 pub type SourceFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 

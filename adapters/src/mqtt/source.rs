@@ -26,7 +26,10 @@ use crate::mqtt::mapping::{self, Incoming, Mode, Protocol, Wrap};
 use crate::mqtt::{
     ConnectOptions, Endpoint, MqttCredentials, Polled, Received, validate_client_id, validate_topic,
 };
-use crate::sources::{Field, Fields, Naming, SourceContext, SourceFuture, StatusCell, is_name};
+use crate::sources::{
+    DEAD_LETTER_BUS, Field, Fields, NON_CLOUD_EVENTS, Naming, NonCloudEvents, SourceContext,
+    SourceFuture, StatusCell, is_name, read_dead_letter_bus, rejected_event,
+};
 use crate::{ConfigError, Ingest, IngestOutcome, Offer};
 
 /// The `type` of an MQTT source.
@@ -44,8 +47,6 @@ const USERNAME: Field = Field::new("username", "username");
 const CREDENTIAL: Field = Field::new("credential", "credential");
 const PROTOCOL: Field = Field::new("protocol", "protocol");
 const EVENT_TYPE: Field = Field::new("event_type", "eventType");
-const NON_CLOUD_EVENTS: Field = Field::new("non_cloud_events", "nonCloudEvents");
-const DEAD_LETTER_BUS: Field = Field::new("dead_letter_bus", "deadLetterBus");
 const MAX_MESSAGES: Field = Field::new("max_messages", "maxMessages");
 const SESSION_EXPIRY_SECS: Field = Field::new("session_expiry_secs", "sessionExpirySecs");
 
@@ -71,16 +72,6 @@ const DEFAULT_MAX_MESSAGES: i32 = 100;
 /// A week: how long the broker keeps the session (and queues messages)
 /// while no node reads (MQTT 5).
 const DEFAULT_SESSION_EXPIRY_SECS: i32 = 7 * 24 * 3600;
-
-/// What the source does with a message that is not a CloudEvent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum NonCloudEvents {
-    /// Wrap it (see [`mapping`]).
-    #[default]
-    Wrap,
-    /// Refuse it: a poison message (dead-lettered or dropped).
-    Reject,
-}
 
 /// The settings of an MQTT source (see docs/adapters/mqtt.md).
 #[derive(Debug, Clone, PartialEq)]
@@ -128,16 +119,6 @@ impl MqttSourceConfig {
                 )
             })?,
         };
-        let non_cloud_events = match fields.string(NON_CLOUD_EVENTS)?.as_deref() {
-            None | Some("wrap") => NonCloudEvents::Wrap,
-            Some("reject") => NonCloudEvents::Reject,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    NON_CLOUD_EVENTS.name(naming),
-                    format!("{other:?} is not allowed (use \"wrap\" or \"reject\")"),
-                ));
-            }
-        };
         let session_expiry_secs = match fields.value(SESSION_EXPIRY_SECS) {
             None => i64::from(DEFAULT_SESSION_EXPIRY_SECS),
             Some(v) => v.as_i64().ok_or_else(|| {
@@ -158,8 +139,8 @@ impl MqttSourceConfig {
             event_type: fields
                 .string(EVENT_TYPE)?
                 .unwrap_or_else(|| DEFAULT_EVENT_TYPE.into()),
-            non_cloud_events,
-            dead_letter_bus: fields.string(DEAD_LETTER_BUS)?,
+            non_cloud_events: NonCloudEvents::read(fields)?,
+            dead_letter_bus: read_dead_letter_bus(fields)?,
             max_messages: fields.integer(MAX_MESSAGES, DEFAULT_MAX_MESSAGES)?,
             session_expiry_secs,
         })
@@ -212,7 +193,7 @@ impl MqttSourceConfig {
         {
             return Err(ConfigError::new(
                 field(DEAD_LETTER_BUS),
-                format!("{b:?} is not a bus name"),
+                format!("{b:?} is not a bus name (1-64 of A-Z a-z 0-9 . _ -)"),
             ));
         }
         if !(1..=1000).contains(&self.max_messages) {
@@ -248,10 +229,7 @@ impl MqttSourceConfig {
         put(EVENT_TYPE, Some(json!(self.event_type)));
         put(
             NON_CLOUD_EVENTS,
-            Some(json!(match self.non_cloud_events {
-                NonCloudEvents::Wrap => "wrap",
-                NonCloudEvents::Reject => "reject",
-            })),
+            Some(json!(self.non_cloud_events.as_str())),
         );
         put(
             DEAD_LETTER_BUS,
@@ -546,17 +524,15 @@ impl Reader {
     /// The offer of a poison message: its dead letter to the source's
     /// `deadLetterBus`, else a refusal (dropped, counted).
     fn poison_offer(&self, r: &Received, id: &str, reason: &str) -> Offer {
-        match &self.config.dead_letter_bus {
-            Some(dlb) => Offer::Event {
+        let from = format!("{}/{}", self.wrap.broker, r.topic);
+        match self.config.dead_letter_bus.as_ref().and_then(|dlb| {
+            rejected_event(&self.name, &from, id, &r.payload, reason)
+                .ok()
+                .map(|e| (dlb, e))
+        }) {
+            Some((dlb, event)) => Offer::Event {
                 bus: dlb.clone(),
-                event: crate::sources::rejected_event(
-                    &self.name,
-                    &format!("{}/{}", self.wrap.broker, r.topic),
-                    id,
-                    &r.payload,
-                    reason,
-                )
-                .into_value(),
+                event: event.into_value(),
             },
             None => Offer::Refused {
                 bus: self.bus.clone(),
