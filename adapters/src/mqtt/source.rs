@@ -401,7 +401,12 @@ impl Reader {
             Ok(c) => c,
             Err(e) => return e,
         };
-        let (tx, mut rx) = mpsc::channel::<Result<Received, String>>(max);
+        // QoS 1: the poller must never wait on the committer (which waits
+        // for the poller to send its acks); what it can hold is bounded by
+        // the broker's in-flight window (at most 65535 packet ids). QoS 0
+        // has no acks: a small channel makes the connection the buffer.
+        let capacity = if self.config.qos == 0 { max } else { 1 << 16 };
+        let (tx, mut rx) = mpsc::channel::<Result<Received, String>>(capacity);
         let uri = self.wrap.broker.clone();
         let topic = self.config.topic.clone();
         let qos = self.config.qos as u8;
