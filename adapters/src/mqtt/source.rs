@@ -19,6 +19,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
@@ -65,6 +67,9 @@ pub const FIELDS: &[Field] = &[
     MAX_MESSAGES,
     SESSION_EXPIRY_SECS,
 ];
+
+/// Batches committing at once.
+const COMMITS_IN_FLIGHT: usize = 2;
 
 /// The `type` of a wrapped message when `eventType` is not set.
 pub const DEFAULT_EVENT_TYPE: &str = "io.mqtt.message";
@@ -445,53 +450,58 @@ impl Reader {
                 }
             }
         }));
+        // Up to COMMITS_IN_FLIGHT batches commit at once (the node groups
+        // them); their acks go out in the order the messages came.
+        let mut in_flight = FuturesOrdered::new();
         loop {
-            let first = match rx.recv().await {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => return e,
-                None => return "the MQTT connection ended".into(),
-            };
-            let mut batch = vec![first];
-            let mut failed = None;
-            while batch.len() < max {
-                match rx.try_recv() {
-                    Ok(Ok(m)) => batch.push(m),
-                    Ok(Err(e)) => {
-                        failed = Some(e);
-                        break;
+            tokio::select! {
+                done = in_flight.next(), if !in_flight.is_empty() => {
+                    let acks: Vec<u16> = match done {
+                        Some(Ok(acks)) => acks,
+                        Some(Err(e)) => return e,
+                        None => continue,
+                    };
+                    if acks.is_empty() {
+                        continue;
                     }
-                    Err(_) => break,
-                }
-            }
-            // Messages of a connection that failed are not acknowledged:
-            // the broker sends them again on the next one.
-            if let Some(e) = failed {
-                return e;
-            }
-            let acks = match self.commit(&batch).await {
-                Ok(acks) => acks,
-                Err(e) => return e,
-            };
-            if acks.is_empty() {
-                continue;
-            }
-            match self.ack_delay {
-                Some(d) => {
-                    // Fault injection (tests): ack later, off the loop.
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(d).await;
-                        for pkid in acks {
-                            let _ = client.ack(pkid).await;
+                    match self.ack_delay {
+                        Some(d) => {
+                            // Fault injection (tests): ack later, off the loop.
+                            let client = client.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(d).await;
+                                for pkid in acks {
+                                    let _ = client.ack(pkid).await;
+                                }
+                            });
                         }
-                    });
-                }
-                None => {
-                    for pkid in acks {
-                        if let Err(e) = client.ack(pkid).await {
-                            return format!("acknowledging: {e}");
+                        None => {
+                            for pkid in acks {
+                                if let Err(e) = client.ack(pkid).await {
+                                    return format!("acknowledging: {e}");
+                                }
+                            }
                         }
                     }
+                }
+                m = rx.recv(), if in_flight.len() < COMMITS_IN_FLIGHT => {
+                    let first = match m {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => return e,
+                        None => return "the MQTT connection ended".into(),
+                    };
+                    let mut batch = vec![first];
+                    while batch.len() < max {
+                        match rx.try_recv() {
+                            Ok(Ok(m)) => batch.push(m),
+                            // Messages of a connection that failed are not
+                            // acknowledged: the broker sends them again on
+                            // the next one.
+                            Ok(Err(e)) => return e,
+                            Err(_) => break,
+                        }
+                    }
+                    in_flight.push_back(async move { self.commit(&batch).await });
                 }
             }
         }
