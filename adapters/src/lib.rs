@@ -12,6 +12,7 @@
 //! [`aws_sqs`], the SQS target and source; [`nats`], the NATS source and
 //! target; [`kafka`], the Kafka source and target ([`sources`]: what
 //! source kinds share).
+//! target; [`mqtt`], the MQTT source and target ([`sources`]: what source kinds share).
 //!
 //! The ingresses are functions from an HTTP request to a response (no HTTP
 //! server here); they hand their events to an [`Ingest`] ([`ingest`]), the
@@ -33,6 +34,7 @@ pub mod egress;
 pub mod http;
 pub mod ingest;
 pub mod kafka;
+pub mod mqtt;
 pub mod nats;
 pub mod nonces;
 pub mod peer;
@@ -152,6 +154,8 @@ pub struct SinkContext {
     pub aws_chain_fallback: bool,
     /// Connections of HTTP targets by name (node config `connections`).
     pub connections: http::Connections,
+    /// MQTT credentials by name (node config `mqtt.credentials`).
+    pub mqtt_credentials: mqtt::MqttCredentials,
 }
 
 /// One kind of target this build knows: the `type` a rule target names,
@@ -270,6 +274,19 @@ pub const TARGET_KINDS: &[TargetKind] = &[
             )?))
         },
         check: |m, _| kafka::KafkaSettings::from_settings(m).map(|_| ()),
+    },
+    TargetKind {
+        name: "mqtt",
+        messaging: true,
+        normalize: |m| Ok(serde_json::to_value(mqtt::MqttSettings::from_settings(m)?)),
+        build: |m, timeout, ctx| {
+            Ok(Arc::new(mqtt::MqttTarget::new(
+                mqtt::MqttSettings::from_settings(m)?,
+                timeout,
+                &ctx.mqtt_credentials,
+            )?))
+        },
+        check: |m, _| mqtt::MqttSettings::from_settings(m).map(|_| ()),
     },
 ];
 
@@ -460,6 +477,11 @@ pub const SOURCE_KINDS: &[SourceKind] = &[
         normalize: kafka::source::normalize,
         build: kafka::source::build,
     },
+    SourceKind {
+        name: mqtt::source::KIND,
+        normalize: mqtt::source::normalize,
+        build: mqtt::source::build,
+    },
 ];
 
 impl SourceKind {
@@ -535,7 +557,7 @@ mod tests {
             .expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "type: \"amqp\" is not a source type (known: aws_sqs, nats, kafka)"
+            "type: \"amqp\" is not a source type (known: aws_sqs, nats, kafka, mqtt)"
         );
     }
 }

@@ -342,6 +342,8 @@ pub struct SourceContext {
     pub aws_chain_fallback: bool,
     /// Kafka SASL credentials by name (node config `kafka.credentials`).
     pub kafka_credentials: crate::kafka::KafkaCredentials,
+    /// MQTT credentials by name (node config `mqtt.credentials`).
+    pub mqtt_credentials: crate::mqtt::MqttCredentials,
     /// This node in messages (`node 1 at site aws`).
     pub node: String,
 }

@@ -123,6 +123,7 @@ pub async fn run(ctx: Context) {
         aws_credentials: Arc::new(ctx.cfg.aws.credentials.clone()),
         aws_chain_fallback: ctx.cfg.dev,
         kafka_credentials: Arc::new(ctx.cfg.kafka.credentials.clone()),
+        mqtt_credentials: Arc::new(ctx.cfg.mqtt.credentials.clone()),
         node: format!("node {} at site {}", ctx.cfg.node_id, ctx.cfg.site),
     };
     let mut config_rx = ctx.site.state.subscribe_config();
@@ -184,6 +185,7 @@ fn reconcile(
                 aws_credentials: sources.aws_credentials.clone(),
                 aws_chain_fallback: sources.aws_chain_fallback,
                 kafka_credentials: sources.kafka_credentials.clone(),
+                mqtt_credentials: sources.mqtt_credentials.clone(),
                 node: sources.node.clone(),
             };
             kind.build(&name, &spec.bus, &spec.settings, &sources, cell.clone())
