@@ -188,11 +188,11 @@ def test_paho_round_trip_v5_binary_structured_plain_and_poison(
     writer = Client(broker.port, paho.MQTTv5)
     try:
         writer.publish(f"in/{tag}/a", b'{"n": 1}', user=[
-            ("specversion", "1.0"), ("id", "b-1"), ("source", "/py/binary"),
+            ("specversion", "1.0"), ("id", "b-1"), ("source", "/py/mqtt-binary"),
             ("type", f"{event_type}.binary"), ("myext", "v 1")],
             content_type="application/json")
         structured = CloudEvent(
-            {"id": "s-1", "source": "/py/structured", "type": f"{event_type}.structured",
+            {"id": "s-1", "source": "/py/mqtt-structured", "type": f"{event_type}.structured",
              "specversion": "1.0", "datacontenttype": "application/json", "subject": "a b"},
             {"n": 2, "text": "ünïcode"},
         )
@@ -208,7 +208,7 @@ def test_paho_round_trip_v5_binary_structured_plain_and_poison(
         assert {"b-1", "s-1"} <= set(by_id), by_id.keys()
 
         b = by_id["b-1"]
-        assert user_properties(b)["source"] == "/py/binary"
+        assert user_properties(b)["source"] == "/py/mqtt-binary"
         assert user_properties(b)["myext"] == "v 1"
         assert content_type(b) == "application/json"
         assert json.loads(b.payload) == {"n": 1}
