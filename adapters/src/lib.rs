@@ -10,7 +10,9 @@
 //! Alibaba Cloud EventBridge PutEvents, its ingress and push endpoint;
 //! [`aws_eventbridge`], AWS EventBridge PutEvents and its ingress;
 //! [`aws_sqs`], the SQS target and source; [`nats`], the NATS source and
-//! target ([`sources`]: what source kinds share).
+//! target; [`kafka`], the Kafka source and target ([`sources`]: what
+//! source kinds share).
+//! target; [`mqtt`], the MQTT source and target ([`sources`]: what source kinds share).
 //!
 //! The ingresses are functions from an HTTP request to a response (no HTTP
 //! server here); they hand their events to an [`Ingest`] ([`ingest`]), the
@@ -31,6 +33,8 @@ pub mod aws_sqs;
 pub mod egress;
 pub mod http;
 pub mod ingest;
+pub mod kafka;
+pub mod mqtt;
 pub mod nats;
 pub mod nonces;
 pub mod peer;
@@ -150,6 +154,8 @@ pub struct SinkContext {
     pub aws_chain_fallback: bool,
     /// Connections of HTTP targets by name (node config `connections`).
     pub connections: http::Connections,
+    /// MQTT credentials by name (node config `mqtt.credentials`).
+    pub mqtt_credentials: mqtt::MqttCredentials,
 }
 
 /// One kind of target this build knows: the `type` a rule target names,
@@ -252,6 +258,35 @@ pub const TARGET_KINDS: &[TargetKind] = &[
             )?))
         },
         check: |m, _| nats::NatsSettings::from_settings(m).map(|_| ()),
+    },
+    TargetKind {
+        name: "kafka",
+        messaging: true,
+        normalize: |m| {
+            Ok(serde_json::to_value(kafka::KafkaSettings::from_settings(
+                m,
+            )?))
+        },
+        build: |m, timeout, _| {
+            Ok(Arc::new(kafka::KafkaTarget::new(
+                kafka::KafkaSettings::from_settings(m)?,
+                timeout,
+            )?))
+        },
+        check: |m, _| kafka::KafkaSettings::from_settings(m).map(|_| ()),
+    },
+    TargetKind {
+        name: "mqtt",
+        messaging: true,
+        normalize: |m| Ok(serde_json::to_value(mqtt::MqttSettings::from_settings(m)?)),
+        build: |m, timeout, ctx| {
+            Ok(Arc::new(mqtt::MqttTarget::new(
+                mqtt::MqttSettings::from_settings(m)?,
+                timeout,
+                &ctx.mqtt_credentials,
+            )?))
+        },
+        check: |m, _| mqtt::MqttSettings::from_settings(m).map(|_| ()),
     },
 ];
 
@@ -437,6 +472,16 @@ pub const SOURCE_KINDS: &[SourceKind] = &[
         normalize: nats::source::normalize,
         build: nats::source::build,
     },
+    SourceKind {
+        name: kafka::source::KIND,
+        normalize: kafka::source::normalize,
+        build: kafka::source::build,
+    },
+    SourceKind {
+        name: mqtt::source::KIND,
+        normalize: mqtt::source::normalize,
+        build: mqtt::source::build,
+    },
 ];
 
 impl SourceKind {
@@ -506,12 +551,13 @@ mod tests {
     fn kinds_are_found_by_name() {
         assert_eq!(SourceKind::find("aws_sqs").map(|k| k.name), Ok("aws_sqs"));
         assert_eq!(SourceKind::find("nats").map(|k| k.name), Ok("nats"));
-        let e = SourceKind::find("kafka")
+        assert_eq!(SourceKind::find("kafka").map(|k| k.name), Ok("kafka"));
+        let e = SourceKind::find("amqp")
             .map(|k| k.name)
             .expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "type: \"kafka\" is not a source type (known: aws_sqs, nats)"
+            "type: \"amqp\" is not a source type (known: aws_sqs, nats, kafka, mqtt)"
         );
     }
 }

@@ -340,6 +340,10 @@ pub struct SourceContext {
     /// A source without `credential` and without a `default` credential
     /// uses the standard AWS chain (dev mode only).
     pub aws_chain_fallback: bool,
+    /// Kafka SASL credentials by name (node config `kafka.credentials`).
+    pub kafka_credentials: crate::kafka::KafkaCredentials,
+    /// MQTT credentials by name (node config `mqtt.credentials`).
+    pub mqtt_credentials: crate::mqtt::MqttCredentials,
     /// This node in messages (`node 1 at site aws`).
     pub node: String,
 }

@@ -334,5 +334,6 @@ pub fn sink_context(cfg: &NodeConfig) -> SinkContext {
         aws_credentials: Arc::new(cfg.aws.credentials.clone()),
         aws_chain_fallback: cfg.dev,
         connections: strait_adapters::http::connection::connections(&cfg.connections),
+        mqtt_credentials: Arc::new(cfg.mqtt.credentials.clone()),
     }
 }

@@ -441,6 +441,28 @@ pub struct NodeConfig {
     /// Which hosts and addresses targets and dead letters may reach
     /// (cloud metadata addresses are denied unless allowed explicitly).
     pub egress: strait_adapters::egress::EgressSpec,
+    /// Kafka secrets (SASL credentials of `kafka` sources).
+    pub kafka: Kafka,
+    /// MQTT secrets (passwords of `mqtt` sources and targets).
+    pub mqtt: Mqtt,
+}
+
+/// Kafka: node-local secrets. Never replicated; a `kafka` source's `sasl`
+/// names a credential.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kafka {
+    /// SASL user names and passwords, by name.
+    pub credentials: std::collections::BTreeMap<String, strait_adapters::kafka::KafkaCredential>,
+}
+
+/// MQTT: node-local credentials. Never replicated; sources and targets
+/// name a credential.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mqtt {
+    /// Passwords (and user names) of `mqtt` sources and targets, by name.
+    pub credentials: std::collections::BTreeMap<String, strait_adapters::mqtt::MqttCredential>,
 }
 
 /// [`NodeConfig::max_state_bytes`] by default: 64 GiB.
@@ -476,6 +498,8 @@ impl Default for NodeConfig {
             aws: Aws::default(),
             connections: Default::default(),
             egress: Default::default(),
+            kafka: Kafka::default(),
+            mqtt: Mqtt::default(),
         }
     }
 }
@@ -756,7 +780,26 @@ impl NodeConfig {
         self.validate_federation()?;
         self.validate_control()?;
         self.validate_egress()?;
-        self.validate_aws()
+        self.validate_aws()?;
+        self.validate_mqtt()
+    }
+
+    fn validate_mqtt(&self) -> Result<(), ConfigError> {
+        for (name, c) in &self.mqtt.credentials {
+            if crate::config::check::validate_name("credential", name).is_err() {
+                return Err(ConfigError::InvalidAt {
+                    field: format!("mqtt.credentials.{name}"),
+                    message: "credential names are 1-64 characters of A-Z a-z 0-9 . _ -".into(),
+                });
+            }
+            if c.password.is_empty() {
+                return Err(ConfigError::InvalidAt {
+                    field: format!("mqtt.credentials.{name}.password"),
+                    message: "must not be empty".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The checked egress policy.

@@ -122,6 +122,8 @@ pub async fn run(ctx: Context) {
         ingest: Arc::new(gate.clone()),
         aws_credentials: Arc::new(ctx.cfg.aws.credentials.clone()),
         aws_chain_fallback: ctx.cfg.dev,
+        kafka_credentials: Arc::new(ctx.cfg.kafka.credentials.clone()),
+        mqtt_credentials: Arc::new(ctx.cfg.mqtt.credentials.clone()),
         node: format!("node {} at site {}", ctx.cfg.node_id, ctx.cfg.site),
     };
     let mut config_rx = ctx.site.state.subscribe_config();
@@ -175,12 +177,15 @@ fn reconcile(
                 .settings
                 .get("queueUrl")
                 .or_else(|| spec.settings.get("subject"))
+                .or_else(|| spec.settings.get("topic"))
                 .and_then(Value::as_str)
                 .unwrap_or(&name);
             let sources = SourceContext {
                 ingest: Arc::new(SourceGate::new(gate.clone(), &name, kind.name, from)),
                 aws_credentials: sources.aws_credentials.clone(),
                 aws_chain_fallback: sources.aws_chain_fallback,
+                kafka_credentials: sources.kafka_credentials.clone(),
+                mqtt_credentials: sources.mqtt_credentials.clone(),
                 node: sources.node.clone(),
             };
             kind.build(&name, &spec.bus, &spec.settings, &sources, cell.clone())
