@@ -151,20 +151,25 @@ fn fill(dir: &Path, target_mb: u64, archive_mb: u64) -> anyhow::Result<()> {
         state.apply(vec![entry(index, archive)], true)?;
         index += 1;
         append_until(&state, &mut index, &mut first, 1, archive_mb << 20)?;
-        // Those events leave the state (no target waits for them, and
-        // they are past retention); the archive keeps them.
-        let checkpoint = Command::Checkpoint {
-            now_ms: 1_000_000,
-            retention_ms: 0,
-            dedup_window_ms: 0,
-            cursors: vec![],
-            journal: vec![],
-            counts: vec![],
-        };
-        state.apply(vec![entry(index, checkpoint)], true)?;
-        index += 1;
+        // Those events leave the state (no target waits for them, they are
+        // past retention, and so are their dedup entries, swept 20,000 per
+        // checkpoint as on a node); the archive keeps them.
+        for _ in 0..(first / 20_000 + 2) {
+            let checkpoint = Command::Checkpoint {
+                // After the archived events' dedup entries expire (their
+                // window is a day).
+                now_ms: 100_000_000,
+                retention_ms: 0,
+                dedup_window_ms: 1,
+                cursors: vec![],
+                journal: vec![],
+                counts: vec![],
+            };
+            state.apply(vec![entry(index, checkpoint)], true)?;
+            index += 1;
+        }
     }
-    append_until(&state, &mut index, &mut first, 2_000_000, target_mb << 20)?;
+    append_until(&state, &mut index, &mut first, 200_000_000, target_mb << 20)?;
     state.flush()?;
     let archived = state.archive().stats("default", "all");
     println!(

@@ -332,7 +332,7 @@ async fn run_one(ctx: Arc<Context>, name: String) {
             needed: if chunk.is_empty() { 0 } else { pipes.len() },
         });
         if !chunk.is_empty() {
-            pipes.send(next_id, Arc::new(chunk)).await;
+            pipes.send(next_id, chunk).await;
         }
         next_id += 1;
         if done {
@@ -353,7 +353,7 @@ async fn run_one(ctx: Arc<Context>, name: String) {
 }
 
 /// The events of a chunk: (ingest time, event marked as replayed).
-type Chunk = Arc<Vec<(u64, Value)>>;
+type Chunk = Vec<(u64, Value)>;
 
 /// A chunk handed to the targets: where it ends in the archive and what
 /// it holds, and how many targets have still to finish it.
@@ -391,18 +391,19 @@ impl Pipes {
             tasks.push(AbortOnDrop(tokio::spawn(async move {
                 let chunks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
                 chunks
-                    .flat_map(|(id, chunk)| {
+                    .flat_map(|(id, chunk): (u64, Chunk)| {
                         let n = chunk.len();
                         futures::stream::iter(
-                            (0..n).map(move |i| (id, chunk.clone(), i, i + 1 == n)),
+                            chunk
+                                .into_iter()
+                                .enumerate()
+                                .map(move |(i, (ms, v))| (id, ms, v, i + 1 == n)),
                         )
                     })
-                    .map(|(id, chunk, i, last)| {
+                    .map(|(id, ms, v, last)| {
                         let t = t.clone();
                         async move {
-                            if let Some((ms, v)) = chunk.get(i) {
-                                t.deliver(*ms, v.clone()).await;
-                            }
+                            t.deliver(ms, v).await;
                             last.then_some(id)
                         }
                     })
@@ -432,8 +433,19 @@ impl Pipes {
     /// Hand chunk `id` to every target (waits while a target is two chunks
     /// behind: what the replay holds stays bounded).
     async fn send(&mut self, id: u64, chunk: Chunk) {
-        for tx in &self.senders {
-            let _ = tx.send((id, chunk.clone())).await;
+        // Each target owns its copy (the last one takes the chunk itself):
+        // a delivery moves its event, nothing is copied for one target.
+        let mut chunk = Some(chunk);
+        let n = self.senders.len();
+        for (i, tx) in self.senders.iter().enumerate() {
+            let own = if i + 1 == n {
+                chunk.take()
+            } else {
+                chunk.clone()
+            };
+            if let Some(own) = own {
+                let _ = tx.send((id, own)).await;
+            }
         }
     }
 
