@@ -335,7 +335,7 @@ async fn a_shared_sqs_source_polls_into_a_bus_until_deleted() {
             "InvalidSource",
             "queueUrl",
         ),
-        (bad("type", json!("kafka")), 400, "InvalidSource", "type"),
+        (bad("type", json!("amqp")), 400, "InvalidSource", "type"),
         (
             bad("maxMessages", json!("ten")),
             400,
