@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use common::{
     EVENT_DATA_BYTES, Stats, Summary, closed_loop, cpu_secs, env_or, event, fsync_rate, open_loop,
-    pct, report,
+    pct, report, strait_bin,
 };
 use serde_json::Value;
 use strait_node::local::{self, LocalCluster, LocalNode};
@@ -60,28 +60,6 @@ struct Knobs {
 }
 
 /// The release `strait` binary.
-fn strait_bin() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("STRAIT_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            // This bench runs as target/release/deps/cluster-HASH.
-            let exe = std::env::current_exe()?;
-            exe.parent()
-                .and_then(Path::parent)
-                .map(|release| release.join("strait"))
-                .context("cannot locate the target directory")?
-        }
-    };
-    if !path.exists() {
-        bail!(
-            "{} does not exist: build it first with `cargo build --release -p strait-node` \
-             (same CARGO_TARGET_DIR) or set STRAIT_BIN",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 /// A cluster started with `strait local up`; stopped (`strait local down`)
 /// when dropped.
 struct Local {

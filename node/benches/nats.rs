@@ -29,31 +29,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use async_nats::jetstream::{self, stream};
-use common::{batch_body, closed_loop, env_or, report};
+use common::{batch_body, closed_loop, env_or, report, strait_bin};
 use serde_json::{Value, json};
 use strait_node::local;
 use tokio::sync::Mutex;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn strait_bin() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("STRAIT_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .map(|release| release.join("strait"))
-            .context("cannot locate the target directory")?,
-    };
-    if !path.exists() {
-        bail!(
-            "{} does not exist: build it first with `cargo build --release -p strait-node`",
-            path.display()
-        );
-    }
-    Ok(path)
-}
 
 fn nats_server() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("NATS_SERVER") {

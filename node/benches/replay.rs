@@ -33,30 +33,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use common::{batch_body, env_or};
+use common::{batch_body, env_or, strait_bin};
 use serde_json::{Value, json};
 use strait_node::local;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn strait_bin() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("STRAIT_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .map(|release| release.join("strait"))
-            .context("cannot locate the target directory")?,
-    };
-    if !path.exists() {
-        bail!(
-            "{} does not exist: build it first with `cargo build --release -p strait-node`",
-            path.display()
-        );
-    }
-    Ok(path)
-}
 
 /// What the sink saw: live deliveries and replayed ones (`ce-replayname`).
 #[derive(Default)]

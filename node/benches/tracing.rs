@@ -22,31 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use common::{closed_loop, cpu_secs, env_or, report};
+use common::{closed_loop, cpu_secs, env_or, report, strait_bin};
 use serde_json::json;
 use strait_node::local;
 use tokio::sync::Mutex;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn strait_bin() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("STRAIT_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .map(|release| release.join("strait"))
-            .context("cannot locate the target directory")?,
-    };
-    if !path.exists() {
-        bail!(
-            "{} does not exist: build it first with `cargo build --release -p strait-node`",
-            path.display()
-        );
-    }
-    Ok(path)
-}
 
 /// One node with `extra` merged into its config; stopped when dropped.
 struct Node {

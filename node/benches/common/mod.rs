@@ -282,3 +282,26 @@ pub fn cpu_secs(pids: &[u32]) -> f64 {
         })
         .sum()
 }
+
+/// The release `strait` binary the process benches start: `STRAIT_BIN`, or
+/// `strait` in the target directory this bench runs from
+/// (`target/release/deps/<bench>-HASH`).
+pub fn strait_bin() -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    let path = match std::env::var_os("STRAIT_BIN") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(std::path::Path::parent)
+            .map(|release| release.join("strait"))
+            .context("cannot locate the target directory")?,
+    };
+    if !path.exists() {
+        anyhow::bail!(
+            "{} does not exist: build it first with `cargo build --release -p strait-node` \
+             (same CARGO_TARGET_DIR) or set STRAIT_BIN",
+            path.display()
+        );
+    }
+    Ok(path)
+}
